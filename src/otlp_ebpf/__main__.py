@@ -1,0 +1,3 @@
+from otlp_ebpf.cli.app import main
+
+main()

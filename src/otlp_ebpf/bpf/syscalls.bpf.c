@@ -1,0 +1,237 @@
+/* Per (process, syscall): count, errors by errno, total/min/max latency and a log2 histogram,
+ * aggregated in the kernel. tp_btf + task storage is the fast path; the raw_syscalls
+ * tracepoints with a tid-keyed hash are the fallback where tp_btf is missing. User space
+ * disables whichever pair it does not use. */
+#include "core.h"
+#include "target.h"
+#include "syscalls.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+const volatile u32 errors_only = 0;
+const volatile u32 filter_syscalls = 0;
+const volatile u8 syscall_wanted[MAX_SYSCALL_NR] = {};
+/* Calls that never return (exit, exit_group) are counted on entry. */
+const volatile s64 nr_exit = -1;
+const volatile s64 nr_exit_group = -1;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct syscall_key);
+	__type(value, struct syscall_stats);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct errno_key);
+	__type(value, u64);
+} errnos SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, u32);
+	__type(value, char[TASK_COMM_LEN]);
+} comms SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct syscall_start);
+} start_storage SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, u32);
+	__type(value, struct syscall_start);
+} start_by_tid SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_SLOTS);
+	__type(key, u32);
+	__type(value, u64);
+} drops SEC(".maps");
+
+static __always_inline void count_drop(u32 reason)
+{
+	u64 *slot = bpf_map_lookup_elem(&drops, &reason);
+
+	if (slot)
+		*slot += 1;
+}
+
+static __always_inline bool syscall_selected(long nr)
+{
+	if (nr < 0 || nr >= MAX_SYSCALL_NR)
+		return !filter_syscalls;
+	if (!filter_syscalls)
+		return true;
+	return syscall_wanted[nr & (MAX_SYSCALL_NR - 1)];
+}
+
+static __always_inline u32 log2_slot(u64 v)
+{
+	u32 r = 0, shift;
+
+	shift = (v > 0xFFFFFFFF) << 5; v >>= shift; r = shift;
+	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
+	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	r |= (v >> 1);
+	return r < SYSCALL_SLOTS ? r : SYSCALL_SLOTS - 1;
+}
+
+static __always_inline struct syscall_stats *stats_for(u32 tgid, u32 nr)
+{
+	struct syscall_key key = { .tgid = tgid, .nr = nr };
+	struct syscall_stats *st = bpf_map_lookup_elem(&stats, &key);
+	static const struct syscall_stats zero = {};
+
+	if (st)
+		return st;
+	if (bpf_map_update_elem(&stats, &key, &zero, BPF_NOEXIST) && bpf_map_lookup_elem(&stats, &key) == NULL) {
+		count_drop(DROP_STATS_FULL);
+		return NULL;
+	}
+	if (!bpf_map_lookup_elem(&comms, &tgid)) {
+		char comm[TASK_COMM_LEN];
+
+		bpf_get_current_comm(comm, sizeof(comm));
+		bpf_map_update_elem(&comms, &tgid, comm, BPF_NOEXIST);
+	}
+	return bpf_map_lookup_elem(&stats, &key);
+}
+
+static __always_inline void record_exit(u32 tgid, u64 nr, long ret, u64 delta, bool timed)
+{
+	struct syscall_stats *st;
+	bool failed = ret < 0 && ret >= -4095;
+
+	if (errors_only && !failed)
+		return;
+	st = stats_for(tgid, (u32)nr);
+	if (!st)
+		return;
+	st->count += 1;
+	if (timed) {
+		st->total_ns += delta;
+		if (delta > st->max_ns)
+			st->max_ns = delta;
+		if (!st->min_ns || delta < st->min_ns)
+			st->min_ns = delta;
+		u32 slot = log2_slot(delta);
+
+		if (slot < SYSCALL_SLOTS)
+			st->hist[slot] += 1;
+	}
+	if (failed) {
+		struct errno_key ekey = { .tgid = tgid, .nr = (u32)nr, .err = (u32)-ret, .pad = 0 };
+		u64 *n;
+
+		st->errors += 1;
+		n = bpf_map_lookup_elem(&errnos, &ekey);
+		if (n) {
+			*n += 1;
+		} else {
+			u64 one = 1;
+
+			if (bpf_map_update_elem(&errnos, &ekey, &one, BPF_NOEXIST) &&
+			    !bpf_map_lookup_elem(&errnos, &ekey))
+				count_drop(DROP_ERRNO_FULL);
+		}
+	}
+}
+
+static __always_inline bool never_returns(long nr)
+{
+	return nr == nr_exit || nr == nr_exit_group;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(btf_sys_enter, struct pt_regs *regs, long id)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct syscall_start *start;
+
+	if (!target_wanted(pid_tgid) || !syscall_selected(id))
+		return 0;
+	if (never_returns(id)) {
+		record_exit(pid_tgid >> 32, id, 0, 0, false);
+		return 0;
+	}
+	start = bpf_task_storage_get(&start_storage, bpf_get_current_task_btf(), 0,
+				     BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!start) {
+		count_drop(DROP_START_FULL);
+		return 0;
+	}
+	start->nr = id;
+	start->ts = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(btf_sys_exit, struct pt_regs *regs, long ret)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct syscall_start *start;
+	u64 ts;
+
+	if (!target_wanted(pid_tgid))
+		return 0;
+	start = bpf_task_storage_get(&start_storage, bpf_get_current_task_btf(), 0, 0);
+	if (!start || !start->ts)
+		return 0; /* entered before we attached */
+	ts = start->ts;
+	start->ts = 0;
+	record_exit(pid_tgid >> 32, start->nr, ret, bpf_ktime_get_ns() - ts, true);
+	return 0;
+}
+
+SEC("tp/raw_syscalls/sys_enter")
+int tp_sys_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	long id = ctx->id;
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tid = (u32)pid_tgid;
+	struct syscall_start start = {};
+
+	if (!target_wanted(pid_tgid) || !syscall_selected(id))
+		return 0;
+	if (never_returns(id)) {
+		record_exit(pid_tgid >> 32, id, 0, 0, false);
+		return 0;
+	}
+	start.nr = id;
+	start.ts = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&start_by_tid, &tid, &start, BPF_ANY))
+		count_drop(DROP_START_FULL);
+	return 0;
+}
+
+SEC("tp/raw_syscalls/sys_exit")
+int tp_sys_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	long ret = ctx->ret;
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tid = (u32)pid_tgid;
+	struct syscall_start *start;
+	u64 ts, nr;
+
+	if (!target_wanted(pid_tgid))
+		return 0;
+	start = bpf_map_lookup_elem(&start_by_tid, &tid);
+	if (!start)
+		return 0;
+	ts = start->ts;
+	nr = start->nr;
+	bpf_map_delete_elem(&start_by_tid, &tid);
+	record_exit(pid_tgid >> 32, nr, ret, bpf_ktime_get_ns() - ts, true);
+	return 0;
+}

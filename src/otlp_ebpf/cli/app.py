@@ -1,0 +1,97 @@
+"""The `otlp-ebpf` typer app: global flags, command registration, one place errors become exit codes."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Annotated
+
+import typer
+from typer.exceptions import TyperException
+
+from otlp_ebpf import __version__, console
+from otlp_ebpf.errors import EXIT_RUNTIME, OtlpEbpfError
+
+# One module per command; each exposes `register(app)`. Heavy imports stay inside the
+# command bodies so `otlp-ebpf --help` is instant.
+COMMAND_MODULES = [
+    "doctor",
+    "syscalls",
+    "diff",
+    "push",
+]
+
+app = typer.Typer(
+    name="otlp-ebpf",
+    help="eBPF profiling for the command line: cpu, syscalls, net and mem collectors with "
+    "flamegraphs, standard files and OTLP export.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.out.print(f"otlp-ebpf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="OTLP_EBPF_DEBUG", help="Show tracebacks and libbpf logs. [env: OTLP_EBPF_DEBUG]")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", envvar="OTLP_EBPF_QUIET", help="Only results and warnings. [env: OTLP_EBPF_QUIET]")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    console.configure(quiet=quiet, debug=debug)
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"otlp_ebpf.cli.{_name}").register(app)
+
+
+def report_error(exc: OtlpEbpfError) -> int:
+    """Print an expected failure as one line (plus a hint) and return its exit code."""
+    console.err.print(f"[red]error:[/] {console.escape(exc.message)}")
+    if exc.hint:
+        console.err.print(f"  {console.escape(exc.hint)}")
+    if console.is_debug():
+        console.err.print_exception()
+    return exc.exit_code
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the CLI and return the exit code instead of exiting (used by main and tests)."""
+    try:
+        app(args=args, standalone_mode=False)
+    except OtlpEbpfError as exc:
+        return report_error(exc)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        console.err.print("aborted")
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130
+    except TyperException as exc:  # usage errors: typer prints them, exit code 2
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show(file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
+    except Exception as exc:
+        if console.is_debug():
+            raise
+        console.err.print(f"[red]internal error:[/] {console.escape(repr(exc))} (rerun with --debug)")
+        return EXIT_RUNTIME
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,209 @@
+"""Options and steps every collector command shares: targets, duration, outputs, OTLP, summary.
+
+Output paths are checked before collecting (a bad path must not cost a 30 s profile), and
+outputs are written before anything that can fail late (OTLP delivery), so nothing collected
+is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated
+
+import typer
+
+from otlp_ebpf import console
+from otlp_ebpf.errors import UsageError
+from otlp_ebpf.model import Snapshot
+from otlp_ebpf.targets import TargetSpec
+
+PidOpt = Annotated[
+    list[int] | None,
+    typer.Option("-p", "--pid", help="Process to record (repeatable; all its threads and children)."),
+]
+TidOpt = Annotated[int, typer.Option("--tid", help="Only this thread.")]
+DurationOpt = Annotated[
+    float | None,
+    typer.Option(
+        "-d", "--duration", help="Seconds to record (default: until Ctrl-C or the command exits)."
+    ),
+]
+OutputOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-o",
+        "--output",
+        help="Write a file; format from the extension (.html .svg .folded .speedscope.json "
+        ".json .pb.gz .otlp.pb). Repeatable.",
+    ),
+]
+FormatOpt = Annotated[
+    str | None, typer.Option("--format", help="Force the format of every -o file.")
+]
+OtlpOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--otlp",
+        metavar="[URL]",
+        help="Push the results to an OTLP endpoint (default from OTEL_EXPORTER_OTLP_ENDPOINT).",
+    ),
+]
+OtlpFileOpt = Annotated[
+    str | None, typer.Option("--otlp-file", help="Write the OTLP request to a file instead.")
+]
+IntervalOpt = Annotated[
+    float | None, typer.Option("--interval", help="Refresh a live view every SEC seconds.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+CommandArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="-- CMD ARGS: run CMD, held until probes are attached, and follow it."),
+]
+
+OTLP_DEFAULT = "@env"
+
+
+def check_duration(duration: float | None, name: str = "duration") -> None:
+    if duration is not None and not duration > 0:
+        raise UsageError(f"--{name} must be a positive number of seconds, got {duration:g}")
+
+
+def target_spec(
+    pids: Sequence[int] | None, tid: int, command: Sequence[str] | None
+) -> TargetSpec:
+    """Options -> TargetSpec, refusing combinations that make no sense."""
+    if command and pids:
+        raise UsageError("give either --pid or -- CMD, not both")
+    if tid < 0:
+        raise UsageError(f"no such thread: {tid}")
+    return TargetSpec(pids=tuple(pids or ()), tid=tid, command=tuple(command or ()))
+
+
+@dataclass(frozen=True)
+class PlannedOutput:
+    path: str
+    format_name: str
+
+
+def check_output_path(path: str) -> None:
+    """Refuse, before collecting, a path we could not or should not write."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(parent):
+        raise UsageError(f"{path}: directory {parent} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a directory")
+    if os.path.islink(path):
+        mode = os.stat(parent).st_mode
+        if mode & stat.S_IWOTH:
+            raise UsageError(
+                f"{path}: refusing to write through a symlink in world-writable {parent}"
+            )
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"{path}: not writable")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{path}: directory {parent} is not writable")
+
+
+def plan_outputs(
+    paths: Sequence[str] | None, forced: str | None, kind: str
+) -> list[PlannedOutput]:
+    planned: list[PlannedOutput] = []
+    if not paths:
+        return planned
+    from otlp_ebpf.formatters import registry
+
+    for path in paths:
+        fmt = registry.format_for_path(path, forced)
+        registry.check_supported(fmt, kind)
+        check_output_path(path)
+        planned.append(PlannedOutput(path, fmt.name))
+    return planned
+
+
+def write_outputs(snapshot: Snapshot, outputs: Sequence[PlannedOutput]) -> None:
+    from otlp_ebpf.formatters import registry
+
+    for out in outputs:
+        fmt = registry.format_for_path(out.path, out.format_name)
+        for written in registry.write_output(snapshot, out.path, fmt):
+            console.status(f"wrote {written}")
+
+
+def deliver_otlp(snapshot: Snapshot, url: str | None, otlp_file: str | None) -> None:
+    """Write and/or push the OTLP form; a failed push spills a file and raises (exit 1)."""
+    if otlp_file:
+        from otlp_ebpf.formatters import registry
+
+        fmt = registry.format_for_path(otlp_file, "otlp")
+        for written in registry.write_output(snapshot, otlp_file, fmt):
+            console.status(f"wrote {written}")
+    if url:
+        from otlp_ebpf.export.config import OtlpConfig
+        from otlp_ebpf.export.deliver import deliver
+
+        config = OtlpConfig.from_cli(None if url == OTLP_DEFAULT else url)
+        deliver(snapshot, config)
+
+
+def validate_otlp(url: str | None, otlp_file: str | None) -> None:
+    if otlp_file:
+        check_output_path(otlp_file)
+    if url:
+        from otlp_ebpf.export.config import OtlpConfig
+
+        OtlpConfig.from_cli(None if url == OTLP_DEFAULT else url)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def summary_line(snapshot: Snapshot, events: int, what: str = "events") -> str:
+    """The one-line account every run ends with."""
+    cost = snapshot.self_cost
+    cpu_pct = 100.0 * cost.cpu_s / snapshot.duration_s if snapshot.duration_s else 0.0
+    lost = snapshot.lost_total
+    lost_text = f"{lost:,} lost" + (
+        " (" + ", ".join(f"{k}: {v:,}" for k, v in snapshot.lost_events.items() if v) + ")"
+        if lost
+        else ""
+    )
+    return (
+        f"{snapshot.duration_s:.1f} s, {events:,} {what}, {lost_text}; "
+        f"cost {cost.cpu_s:.2f} s CPU ({cpu_pct:.1f}%), BPF {cost.bpf_ns / 1e6:.1f} ms "
+        f"in {cost.bpf_runs:,} runs, peak RSS {human_bytes(cost.peak_rss_kb * 1024)}"
+    )
+
+
+def finish(
+    snapshot: Snapshot,
+    outputs: Sequence[PlannedOutput],
+    *,
+    as_json: bool,
+    otlp_url: str | None,
+    otlp_file: str | None,
+    show: Callable[[Snapshot], None],
+    events: int,
+    what: str = "events",
+) -> None:
+    """Write every output, print the result (table or JSON) and the summary, then push OTLP."""
+    write_outputs(snapshot, outputs)
+    if as_json:
+        import json
+
+        console.out.print_json(json.dumps(snapshot.to_dict()))
+    else:
+        show(snapshot)
+    if snapshot.lost_total:
+        console.warn(f"{snapshot.lost_total:,} events lost: " + ", ".join(
+            f"{k} {v:,}" for k, v in snapshot.lost_events.items() if v
+        ))
+    console.status(summary_line(snapshot, events, what))
+    deliver_otlp(snapshot, otlp_url, otlp_file)

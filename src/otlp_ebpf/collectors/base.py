@@ -1,0 +1,232 @@
+"""What every collector shares: targets, the held command, the run loop, signals, self-cost.
+
+A collector opens its BPF object, passes `Targets.rodata()` to it before load, calls
+`Targets.seed()` after load, attaches, then hands a poll function to `run_loop`, which returns
+when the duration is over, the launched command (or every --pid target) has exited, or
+SIGINT/SIGTERM arrived. Outputs are written after it returns, so Ctrl-C still writes them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+
+from otlp_ebpf import console
+from otlp_ebpf.errors import UsageError
+from otlp_ebpf.model import ProcessInfo, SelfCost
+from otlp_ebpf.runtime import stats
+from otlp_ebpf.runtime.launch import HeldCommand
+from otlp_ebpf.runtime.loader import BpfObject, close_all
+from otlp_ebpf.targets import TargetSpec
+
+
+def check_pid(pid: int) -> None:
+    if pid <= 0 or not Path(f"/proc/{pid}").is_dir():
+        raise UsageError(f"no such process: {pid}")
+
+
+def tgid_of(tid: int) -> int:
+    try:
+        for line in Path(f"/proc/{tid}/status").read_text().splitlines():
+            if line.startswith("Tgid:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    raise UsageError(f"no such thread: {tid}")
+
+
+def read_process_info(pid: int) -> ProcessInfo | None:
+    """comm, executable and command line of a live process (None once it is gone)."""
+    base = Path(f"/proc/{pid}")
+    try:
+        comm = (base / "comm").read_text().strip()
+    except OSError:
+        return None
+    try:
+        exe = os.readlink(base / "exe")
+    except OSError:
+        exe = ""
+    try:
+        cmdline = tuple(a for a in (base / "cmdline").read_bytes().decode(errors="replace").split("\0") if a)
+    except OSError:
+        cmdline = ()
+    return ProcessInfo(pid, comm, exe, cmdline)
+
+
+class Targets:
+    """Resolved targets for one run, including the held child of `-- CMD`."""
+
+    def __init__(self, spec: TargetSpec) -> None:
+        self.spec = spec
+        for pid in spec.pids:
+            check_pid(pid)
+        self.tgids: list[int] = list(spec.pids)
+        if spec.tid:
+            tgid = tgid_of(spec.tid)
+            if tgid not in self.tgids:
+                self.tgids.append(tgid)
+        self.held: HeldCommand | None = None
+        if spec.command:
+            self.held = HeldCommand(spec.command)
+            self.tgids.append(self.held.pid)
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.tgids)
+
+    def rodata(self) -> dict[str, int]:
+        return {
+            "targ_mode": 1 if self.filtered else 0,
+            "targ_tid": self.spec.tid,
+            "self_tgid": os.getpid(),
+        }
+
+    def seed(self, obj: BpfObject, map_name: str = "targets") -> None:
+        targets = obj.map(map_name)
+        for tgid in self.tgids:
+            targets.update(tgid.to_bytes(4, "little"), b"\x01")
+        for tgid in self.tgids:
+            # Threads and children that already exist are targets too.
+            for child in _children_of(tgid):
+                targets.update(child.to_bytes(4, "little"), b"\x01")
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.held.release()
+
+    def finished(self) -> bool:
+        """True once the launched command, or every --pid target, has exited."""
+        if self.held is not None:
+            return self.held.poll() is not None
+        if self.spec.pids:
+            return not any(Path(f"/proc/{p}").exists() for p in self.spec.pids)
+        return False
+
+    def abandon(self) -> None:
+        if self.held is not None and self.held.returncode is None:
+            if self.held._go >= 0:
+                self.held.abandon()
+            else:
+                self.held.wait()
+
+
+def _children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+            found.extend(int(c) for c in text.split())
+    except OSError:
+        return found
+    return found
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM. Handlers are installed explicitly: a process started in the
+    background by a script inherits SIGINT ignored, and Ctrl-C must still end the run cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.signal = signum
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    flag = StopFlag()
+    previous = {sig: signal.signal(sig, flag._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class RunClock:
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    t0: float = field(default_factory=time.monotonic)
+    cpu0: float = field(default_factory=stats.process_cpu_seconds)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+
+def run_loop(
+    targets: Targets,
+    poll: Callable[[float], None],
+    *,
+    duration_s: float | None,
+    interval_s: float | None = None,
+    on_interval: Callable[[float], None] | None = None,
+    clock: RunClock,
+    stop: StopFlag,
+    poll_s: float = 0.1,
+) -> str:
+    """Call `poll(timeout_s)` until the run ends; returns why it ended (for the summary)."""
+    next_tick = interval_s if interval_s else None
+    while True:
+        elapsed = clock.elapsed()
+        if stop:
+            return "interrupted"
+        if duration_s is not None and elapsed >= duration_s:
+            return "duration"
+        if targets.finished():
+            return "target exited"
+        if next_tick is not None and elapsed >= next_tick and on_interval is not None:
+            on_interval(elapsed)
+            next_tick += interval_s or 0.0
+        wait = poll_s
+        if duration_s is not None:
+            wait = max(0.0, min(wait, duration_s - elapsed))
+        poll(wait)
+
+
+def program_cost(obj: BpfObject, programs: Sequence[str]) -> tuple[int, int]:
+    """Total run time (ns) and runs of the given loaded programs (needs an active StatsSession)."""
+    total_ns = runs = 0
+    for name in programs:
+        if obj.enabled(name):
+            ps = stats.program_stats(obj.program_fd(name))
+            total_ns += ps.run_time_ns
+            runs += ps.run_cnt
+    return total_ns, runs
+
+
+def self_cost(clock: RunClock, bpf_ns: int, bpf_runs: int) -> SelfCost:
+    return SelfCost(
+        cpu_s=round(stats.process_cpu_seconds() - clock.cpu0, 4),
+        bpf_ns=bpf_ns,
+        bpf_runs=bpf_runs,
+        peak_rss_kb=stats.peak_rss_kb(),
+    )
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def cleanup() -> None:
+    """The one cleanup path: every link and object of this process goes."""
+    close_all()
+
+
+def sleep_poll(timeout_s: float) -> None:
+    """A poll function for collectors that only read maps at the end."""
+    if timeout_s > 0:
+        time.sleep(timeout_s)
+
+

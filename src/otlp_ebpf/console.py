@@ -1,0 +1,62 @@
+"""One place every command prints through: results on stdout, status on stderr."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from rich.console import Console
+from rich.markup import escape
+
+__all__ = ["debug", "err", "escape", "out", "status", "warn"]
+
+_state = {"quiet": False, "debug": False}
+
+
+def _no_color() -> bool:
+    return bool(os.environ.get("NO_COLOR"))
+
+
+def _width(stream: object) -> int | None:
+    """Wide tables when piped (a log or CI output), the terminal's width otherwise."""
+    isatty = getattr(stream, "isatty", None)
+    if os.environ.get("COLUMNS") or (isatty is not None and isatty()):
+        return None
+    return 160
+
+
+out = Console(
+    file=sys.stdout, no_color=_no_color(), highlight=False, soft_wrap=True, width=_width(sys.stdout)
+)
+err = Console(
+    file=sys.stderr, no_color=_no_color(), highlight=False, soft_wrap=True, width=_width(sys.stderr)
+)
+
+
+def configure(*, quiet: bool = False, debug: bool = False) -> None:
+    """Apply the global --quiet/--debug flags for the rest of the process."""
+    _state["quiet"] = quiet
+    _state["debug"] = debug
+    # Consoles capture sys.stdout at import; CliRunner swaps the streams per invocation.
+    out.file = sys.stdout
+    err.file = sys.stderr
+
+
+def is_debug() -> bool:
+    return _state["debug"]
+
+
+def status(message: str) -> None:
+    """A progress or status line on stderr, silenced by --quiet. `message` is plain text."""
+    if not _state["quiet"]:
+        err.print(escape(message))
+
+
+def warn(message: str) -> None:
+    """A warning on stderr; never silenced, a user must see what was lost."""
+    err.print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def debug(message: str) -> None:
+    if _state["debug"]:
+        err.print(f"[dim]debug: {escape(message)}[/]")

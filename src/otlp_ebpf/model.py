@@ -1,0 +1,344 @@
+"""Typed, immutable snapshots: the one contract between collectors and everything after them.
+
+A collector builds a snapshot; formatters, exporters and analysis read it. A snapshot round-trips
+through JSON (`to_dict` / `snapshot_from_dict`) so `report`, `diff` and `analyze` can work on
+files written by an earlier run. The JSON layout is documented in docs/snapshot.md.
+
+Frames are plain strings, root first. Kernel frames end in `_[k]` (the folded-format
+convention); an unresolved user frame is `module+0xoffset`. `modules`, when present, runs
+parallel to `frames` and names the file each frame came from ("" when unknown).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any, ClassVar, Literal
+
+from otlp_ebpf.errors import UsageError
+
+SNAPSHOT_VERSION = 1
+KERNEL_SUFFIX = "_[k]"
+
+Kind = Literal["cpu", "syscalls", "net", "mem"]
+
+
+def is_kernel_frame(name: str) -> bool:
+    return name.endswith(KERNEL_SUFFIX)
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """What we knew of a target process while it lived (for OTLP resources and tables)."""
+
+    pid: int
+    comm: str
+    exe: str = ""
+    cmdline: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SelfCost:
+    """The tool's own cost over the run: user+system CPU, BPF program time, peak RSS."""
+
+    cpu_s: float = 0.0
+    bpf_ns: int = 0
+    bpf_runs: int = 0
+    peak_rss_kb: int = 0
+
+
+@dataclass(frozen=True)
+class StackCount:
+    """One distinct stack of one thread and how often (or how long) it was seen.
+
+    `count` is samples (on-CPU), blocks (off-CPU) or allocations (mem); `total_ns` carries
+    blocked time for off-CPU stacks and is 0 elsewhere.
+    """
+
+    pid: int
+    tid: int
+    comm: str
+    frames: tuple[str, ...]
+    count: int
+    total_ns: int = 0
+    modules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Outstanding (allocated, not freed) memory for one user stack."""
+
+    pid: int
+    frames: tuple[str, ...]
+    bytes: int
+    count: int
+    comm: str = ""
+    modules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SyscallStat:
+    """Aggregates for one (pid, syscall). `hist` holds log2 latency slots: slot i counts
+    calls with latency in [2**i, 2**(i+1)) ns (slot 0 also takes 0 and 1 ns)."""
+
+    pid: int
+    comm: str
+    name: str
+    count: int
+    errors: int
+    errno: Mapping[str, int]
+    total_ns: int
+    p50_ns: int
+    p99_ns: int
+    max_ns: int
+    min_ns: int = 0
+    hist: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class IntervalPoint:
+    """Counts per syscall (or bytes per connection) for one `--interval` tick."""
+
+    t_s: float
+    values: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One TCP connection's life. Open connections have `state` != "CLOSE" and `open` set."""
+
+    pid: int
+    comm: str
+    family: int
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    tx_bytes: int
+    rx_bytes: int
+    duration_ms: float
+    retransmits: int
+    connect_latency_us: float = 0.0
+    srtt_us: float = 0.0
+    resets_sent: int = 0
+    resets_received: int = 0
+    state: str = "CLOSE"
+    open: bool = False
+    started_at_ns: int = 0
+
+
+@dataclass(frozen=True)
+class StackProfile:
+    """A weighted stack list ready for any flame-style format (folded, speedscope, html, pprof,
+    OTLP profiles). `stacks` carries (frames root-first including a leading comm frame when
+    `with_comm`, weight). Built from a snapshot by `Snapshot.stack_profiles()`."""
+
+    name: str
+    sample_type: str
+    unit: Literal["count", "nanoseconds", "bytes"]
+    stacks: tuple[StackCount, ...]
+    period_ns: int = 0
+
+    def weight(self, stack: StackCount) -> int:
+        if self.unit == "nanoseconds":
+            return stack.total_ns
+        return stack.count
+
+    @property
+    def total(self) -> int:
+        return sum(self.weight(s) for s in self.stacks)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Fields common to every kind of snapshot."""
+
+    kind: ClassVar[Kind]
+    started_at: str
+    duration_s: float
+    host: str
+    targets: tuple[str, ...] = ()
+    lost_events: Mapping[str, int] = field(default_factory=dict)
+    processes: tuple[ProcessInfo, ...] = ()
+    self_cost: SelfCost = field(default_factory=SelfCost)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def lost_total(self) -> int:
+        return sum(self.lost_events.values())
+
+    def stack_profiles(self) -> list[StackProfile]:
+        """The flame-able views of this snapshot; empty for table-only kinds."""
+        return []
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": self.kind, "version": SNAPSHOT_VERSION}
+        data.update(_plain(dataclasses.asdict(self)))
+        return data
+
+
+@dataclass(frozen=True)
+class CpuSnapshot(Snapshot):
+    kind: ClassVar[Kind] = "cpu"
+    frequency_hz: int = 99
+    samples_total: int = 0
+    stacks: tuple[StackCount, ...] = ()
+    off_cpu: tuple[StackCount, ...] = ()
+    off_cpu_min_block_us: int = 0
+
+    def stack_profiles(self) -> list[StackProfile]:
+        profiles = []
+        if self.stacks or not self.off_cpu:
+            period = 1_000_000_000 // self.frequency_hz if self.frequency_hz else 0
+            profiles.append(StackProfile("cpu", "samples", "count", self.stacks, period))
+        if self.off_cpu:
+            profiles.append(StackProfile("off_cpu", "off_cpu", "nanoseconds", self.off_cpu))
+        return profiles
+
+
+@dataclass(frozen=True)
+class SyscallsSnapshot(Snapshot):
+    kind: ClassVar[Kind] = "syscalls"
+    syscalls: tuple[SyscallStat, ...] = ()
+    series: tuple[IntervalPoint, ...] = ()
+    interval_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class NetSnapshot(Snapshot):
+    kind: ClassVar[Kind] = "net"
+    connections: tuple[Connection, ...] = ()
+    retransmits: int = 0
+    resets: Mapping[str, int] = field(default_factory=lambda: {"sent": 0, "received": 0})
+    drops: Mapping[str, int] = field(default_factory=dict)
+    series: tuple[IntervalPoint, ...] = ()
+    interval_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class MemSnapshot(Snapshot):
+    kind: ClassVar[Kind] = "mem"
+    outstanding: tuple[Allocation, ...] = ()
+    outstanding_bytes: int = 0
+    allocations_total: int = 0
+    frees_total: int = 0
+    page_faults: tuple[StackCount, ...] = ()
+    mode: Literal["user", "kernel"] = "user"
+    min_age_ms: int = 0
+
+    def stack_profiles(self) -> list[StackProfile]:
+        as_stacks = tuple(
+            StackCount(a.pid, a.pid, a.comm, a.frames, a.bytes, modules=a.modules)
+            for a in self.outstanding
+        )
+        as_objects = tuple(
+            StackCount(a.pid, a.pid, a.comm, a.frames, a.count, modules=a.modules)
+            for a in self.outstanding
+        )
+        profiles = [
+            StackProfile("outstanding_bytes", "allocated_space", "bytes", as_stacks),
+            StackProfile("outstanding_objects", "allocated_objects", "count", as_objects),
+        ]
+        if self.page_faults:
+            profiles.append(StackProfile("page_faults", "page_faults", "count", self.page_faults))
+        return profiles
+
+
+SNAPSHOT_TYPES: dict[str, type[Snapshot]] = {
+    "cpu": CpuSnapshot,
+    "syscalls": SyscallsSnapshot,
+    "net": NetSnapshot,
+    "mem": MemSnapshot,
+}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists and mappings to dicts, so json.dumps writes them as users expect."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any]) -> Any:
+    """Construct dataclass `cls` from a JSON mapping, recursing into nested dataclasses."""
+    hints = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for name, fld in hints.items():
+        if name not in data:
+            continue
+        kwargs[name] = _convert(fld.type, data[name])
+    return cls(**kwargs)
+
+
+_NESTED: dict[str, type] = {
+    "ProcessInfo": ProcessInfo,
+    "SelfCost": SelfCost,
+    "StackCount": StackCount,
+    "Allocation": Allocation,
+    "SyscallStat": SyscallStat,
+    "IntervalPoint": IntervalPoint,
+    "Connection": Connection,
+}
+
+
+def _convert(annotation: Any, value: Any) -> Any:
+    text = str(annotation)
+    for name, cls in _NESTED.items():
+        if text == name:
+            return _build(cls, value)
+        if text.startswith("tuple[") and name in text:
+            return tuple(_build(cls, v) for v in value)
+    if text.startswith("tuple[") and isinstance(value, list):
+        return tuple(value)
+    if text.startswith("Mapping[") and isinstance(value, dict):
+        return dict(value)
+    return value
+
+
+def snapshot_from_dict(data: Mapping[str, Any]) -> Snapshot:
+    """Rebuild a snapshot from its JSON form; UsageError when it is not one we can read."""
+    if not isinstance(data, Mapping):
+        raise UsageError("not an otlp-ebpf snapshot: top level is not an object")
+    kind = data.get("kind")
+    cls = SNAPSHOT_TYPES.get(str(kind))
+    if cls is None:
+        raise UsageError(f"not an otlp-ebpf snapshot: unknown kind {kind!r}")
+    version = data.get("version")
+    if version != SNAPSHOT_VERSION:
+        raise UsageError(
+            f"snapshot version {version!r} is not supported (this build reads {SNAPSHOT_VERSION})"
+        )
+    try:
+        return _build(cls, data)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise UsageError(f"malformed {kind} snapshot: {exc}") from exc
+
+
+def write_snapshot(snapshot: Snapshot, stream: IO[str]) -> None:
+    json.dump(snapshot.to_dict(), stream, indent=1)
+    stream.write("\n")
+
+
+def read_snapshot(path: str) -> Snapshot:
+    """Load a snapshot file, turning every expected failure into a UsageError (exit 2)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError as exc:
+        raise UsageError(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not a JSON snapshot ({exc})") from exc
+    try:
+        return snapshot_from_dict(data)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc.message}") from exc
+
+
+def total_weight(stacks: Iterable[StackCount]) -> int:
+    return sum(s.count for s in stacks)

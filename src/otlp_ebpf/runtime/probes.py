@@ -1,0 +1,190 @@
+"""Attach programs: tracepoints, tp_btf/raw_tp, perf events per CPU, uprobes.
+
+Every attach returns a `Link` owned by its BpfObject, so `BpfObject.close()` (the one cleanup
+path) detaches it; a Link is also a context manager for callers that attach briefly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+from ctypes import c_uint32, c_uint64
+from pathlib import Path
+from typing import Any
+
+from otlp_ebpf.errors import EnvironmentLacks, UsageError
+from otlp_ebpf.runtime import libbpf
+from otlp_ebpf.runtime.libbpf import UprobeOpts
+from otlp_ebpf.runtime.loader import BpfObject
+
+PERF_TYPE_SOFTWARE = 1
+PERF_COUNT_SW_CPU_CLOCK = 0
+PERF_FLAG_FD_CLOEXEC = 1 << 3
+PERF_EVENT_OPEN_NR = {"x86_64": 298, "aarch64": 241}
+MAX_SAMPLE_RATE_PATH = "/proc/sys/kernel/perf_event_max_sample_rate"
+
+
+class PerfEventAttr(ctypes.Structure):
+    """The leading, stable part of struct perf_event_attr (size set to what we pass)."""
+
+    _fields_ = [
+        ("type", c_uint32),
+        ("size", c_uint32),
+        ("config", c_uint64),
+        ("sample_period_or_freq", c_uint64),
+        ("sample_type", c_uint64),
+        ("read_format", c_uint64),
+        ("flags", c_uint64),
+        ("wakeup_events", c_uint32),
+        ("bp_type", c_uint32),
+        ("config1", c_uint64),
+        ("config2", c_uint64),
+    ]
+
+
+ATTR_FLAG_DISABLED = 1 << 0
+ATTR_FLAG_FREQ = 1 << 10
+
+
+class Link:
+    """One attachment. `destroy()` detaches; safe to call twice."""
+
+    def __init__(self, ptr: int, description: str) -> None:
+        self._ptr: int | None = ptr
+        self.description = description
+
+    def destroy(self) -> None:
+        if self._ptr is not None:
+            libbpf.lib().bpf_link__destroy(self._ptr)
+            self._ptr = None
+
+    @property
+    def attached(self) -> bool:
+        return self._ptr is not None
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.destroy()
+
+
+def _attach(obj: BpfObject, ptr: int | None, what: str) -> Link:
+    if not ptr:
+        err = ctypes.get_errno()
+        if err in (errno.EPERM, errno.EACCES):
+            raise EnvironmentLacks(
+                f"not allowed to attach {what}",
+                hint="run as root or grant CAP_BPF and CAP_PERFMON",
+            )
+        raise libbpf.os_error(err, f"attach {what}")
+    return obj.own(Link(ptr, what))
+
+
+def attach_auto(obj: BpfObject, program: str) -> Link:
+    """Attach by the program's SEC() (tp/, tp_btf/, raw_tp/ ...)."""
+    ptr = libbpf.lib().bpf_program__attach(obj.program_ptr(program))
+    return _attach(obj, ptr, f"{program} ({obj.section_of(program)})")
+
+
+def attach_tracepoint(obj: BpfObject, program: str, category: str, name: str) -> Link:
+    ptr = libbpf.lib().bpf_program__attach_tracepoint(
+        obj.program_ptr(program), category.encode(), name.encode()
+    )
+    return _attach(obj, ptr, f"tracepoint {category}/{name}")
+
+
+def attach_raw_tracepoint(obj: BpfObject, program: str, name: str) -> Link:
+    ptr = libbpf.lib().bpf_program__attach_raw_tracepoint(obj.program_ptr(program), name.encode())
+    return _attach(obj, ptr, f"raw tracepoint {name}")
+
+
+def max_sample_rate() -> int:
+    try:
+        return int(Path(MAX_SAMPLE_RATE_PATH).read_text().strip())
+    except (OSError, ValueError):
+        return 100_000
+
+
+def online_cpus() -> list[int]:
+    """CPUs to open perf events on, from /sys/devices/system/cpu/online ("0-3,5")."""
+    try:
+        text = Path("/sys/devices/system/cpu/online").read_text().strip()
+    except OSError:
+        return list(range(os.cpu_count() or 1))
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int, group_fd: int = -1) -> int:
+    nr = PERF_EVENT_OPEN_NR.get(platform.machine(), 298)
+    libc = libbpf.libc()
+    fd = int(
+        libc.syscall(
+            ctypes.c_long(nr),
+            ctypes.byref(attr),
+            ctypes.c_int(pid),
+            ctypes.c_int(cpu),
+            ctypes.c_int(group_fd),
+            ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC),
+        )
+    )
+    if fd < 0:
+        raise libbpf.os_error(ctypes.get_errno(), f"perf_event_open on cpu {cpu}")
+    return fd
+
+
+def attach_cpu_clock(obj: BpfObject, program: str, frequency_hz: int) -> list[Link]:
+    """One software CPU-clock sampling event per online CPU, each running `program`."""
+    limit = max_sample_rate()
+    if frequency_hz <= 0 or frequency_hz > limit:
+        raise UsageError(
+            f"frequency {frequency_hz} Hz is outside 1..{limit} "
+            f"(the kernel's limit, {MAX_SAMPLE_RATE_PATH})"
+        )
+    links = []
+    for cpu in online_cpus():
+        attr = PerfEventAttr(
+            type=PERF_TYPE_SOFTWARE,
+            size=ctypes.sizeof(PerfEventAttr),
+            config=PERF_COUNT_SW_CPU_CLOCK,
+            sample_period_or_freq=frequency_hz,
+            flags=ATTR_FLAG_FREQ,
+        )
+        fd = perf_event_open(attr, -1, cpu)
+        ptr = libbpf.lib().bpf_program__attach_perf_event(obj.program_ptr(program), fd)
+        if not ptr:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise libbpf.os_error(err, f"attach perf event on cpu {cpu}")
+        # The link owns the fd: bpf_link__destroy closes it.
+        links.append(obj.own(Link(ptr, f"perf cpu-clock cpu{cpu}")))
+    return links
+
+
+def attach_uprobe(
+    obj: BpfObject,
+    program: str,
+    binary: str,
+    *,
+    function: str | None = None,
+    offset: int = 0,
+    pid: int = -1,
+    retprobe: bool = False,
+) -> Link:
+    """Uprobe (or uretprobe) on `function` (resolved by libbpf) or a file `offset` in `binary`."""
+    opts = UprobeOpts(
+        sz=ctypes.sizeof(UprobeOpts),
+        retprobe=retprobe,
+        func_name=function.encode() if function else None,
+    )
+    ptr = libbpf.lib().bpf_program__attach_uprobe_opts(
+        obj.program_ptr(program), pid, binary.encode(), offset, ctypes.byref(opts)
+    )
+    kind = "uretprobe" if retprobe else "uprobe"
+    return _attach(obj, ptr, f"{kind} {binary}:{function or hex(offset)}")
