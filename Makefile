@@ -3,8 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool iproute2 nftables strace valgrind \
-	libc6-dbg linux-perf bpftrace chromium nodejs npm
+APT_PACKAGES := gcc g++ binutils make clang llvm libbpf-dev libbpf1 bpftool iproute2 nftables strace valgrind \
+	libc6-dbg linux-perf bpftrace chromium
+# Commands that may come from elsewhere than Debian (a vendor Node.js ships its own npm).
+APT_IF_NO_COMMAND := npm:npm
 RUN_ARGS ?= cpu --duration 5 -o flame.html
 
 .PHONY: setup apt venv bpf run test lint typecheck unit integration bench clean
@@ -14,6 +16,9 @@ setup: apt venv bpf tracefs ## idempotent: system packages, .venv, BPF objects
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	for pair in $(APT_IF_NO_COMMAND); do \
+		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \

@@ -3,31 +3,33 @@
 
 Used by `make bpf` and by the package build hook, so wheels, sdists and editable installs all
 carry objects and nothing needs clang at run time. Rebuilds an object only when it is older
-than its source or any header in the directory.
+than its source or a header it includes.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "src" / "otlp_ebpf" / "bpf"
 ARCH = {"x86_64": "x86", "aarch64": "arm64"}.get(platform.machine(), "x86")
 
 
-def _headers_mtime() -> float:
-    return max((h.stat().st_mtime for h in BPF_DIR.glob("*.h")), default=0.0)
+def _load_deps() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bpf_deps", BPF_DIR / "deps.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def stale(source: Path) -> bool:
-    obj = source.with_suffix(".o")
-    if not obj.exists():
-        return True
-    return obj.stat().st_mtime < max(source.stat().st_mtime, _headers_mtime())
+stale = _load_deps().is_stale
 
 
 def compile_one(source: Path, clang: str, strip: str | None) -> None:

@@ -25,11 +25,11 @@ def _width(stream: object) -> int | None:
     return 160
 
 
-out = Console(
-    file=sys.stdout, no_color=_no_color(), highlight=False, soft_wrap=True, width=_width(sys.stdout)
-)
+# No file= argument: rich then writes to whatever sys.stdout/sys.stderr is at print time, which
+# keeps output capturable by test runners that swap the streams.
+out = Console(no_color=_no_color(), highlight=False, soft_wrap=True, width=_width(sys.stdout))
 err = Console(
-    file=sys.stderr, no_color=_no_color(), highlight=False, soft_wrap=True, width=_width(sys.stderr)
+    stderr=True, no_color=_no_color(), highlight=False, soft_wrap=True, width=_width(sys.stderr)
 )
 
 
@@ -37,9 +37,6 @@ def configure(*, quiet: bool = False, debug: bool = False) -> None:
     """Apply the global --quiet/--debug flags for the rest of the process."""
     _state["quiet"] = quiet
     _state["debug"] = debug
-    # Consoles capture sys.stdout at import; CliRunner swaps the streams per invocation.
-    out.file = sys.stdout
-    err.file = sys.stderr
 
 
 def is_debug() -> bool:

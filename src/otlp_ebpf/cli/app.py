@@ -70,7 +70,8 @@ def report_error(exc: OtlpEbpfError) -> int:
 def run(args: list[str] | None = None) -> int:
     """Run the CLI and return the exit code instead of exiting (used by main and tests)."""
     try:
-        app(args=args, standalone_mode=False)
+        # Without standalone mode, click returns the code of a typer.Exit instead of raising.
+        result = app(args=args, standalone_mode=False)
     except OtlpEbpfError as exc:
         return report_error(exc)
     except typer.Exit as exc:
@@ -90,7 +91,7 @@ def run(args: list[str] | None = None) -> int:
             raise
         console.err.print(f"[red]internal error:[/] {console.escape(repr(exc))} (rerun with --debug)")
         return EXIT_RUNTIME
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 def main() -> None:

@@ -115,21 +115,23 @@ def _object_checks() -> list[Check]:
 
 
 def _load_check() -> Check:
-    """Load the syscalls object and attach one tracepoint: the whole path, end to end."""
+    """Load the self-test object, attach it, make a syscall and read it back through both a
+    map and the ring buffer: the whole path, end to end."""
     from otlp_ebpf.errors import OtlpEbpfError
-    from otlp_ebpf.runtime import probes
-    from otlp_ebpf.runtime.loader import BpfObject
+    from otlp_ebpf.runtime.selftest import round_trip
 
     try:
-        with BpfObject.open("syscalls") as obj:
-            for prog in ("btf_sys_enter", "btf_sys_exit", "tp_sys_exit", "follow_fork"):
-                obj.disable(prog)
-            obj.load()
-            probes.attach_auto(obj, "tp_sys_enter")
-        return Check("load + attach", True, "syscalls.bpf.o on raw_syscalls/sys_enter")
+        events = round_trip(calls=3)
     except (OtlpEbpfError, OSError) as exc:
         message = getattr(exc, "message", None) or str(exc)
-        return Check("load + attach", False, message, "see the failures above")
+        return Check("load + attach + read", False, message, "see the failures above")
+    ok = events == 3
+    return Check(
+        "load + attach + read",
+        ok,
+        f"selftest.bpf.o: {events}/3 events through map and ring buffer",
+        "" if ok else "run with --debug for libbpf's log",
+    )
 
 
 def register(app: typer.Typer) -> None:

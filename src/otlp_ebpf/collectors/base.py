@@ -108,7 +108,7 @@ class Targets:
         if self.held is not None:
             return self.held.poll() is not None
         if self.spec.pids:
-            return not any(Path(f"/proc/{p}").exists() for p in self.spec.pids)
+            return not any(process_alive(p) for p in self.spec.pids)
         return False
 
     def abandon(self) -> None:
@@ -117,6 +117,15 @@ class Targets:
                 self.held.abandon()
             else:
                 self.held.wait()
+
+
+def process_alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def _children_of(pid: int) -> list[int]:

@@ -57,7 +57,8 @@ class RingBuffer:
         self._raise_handler_error()
         if ret < 0 and ret != -4:  # -EINTR: a signal arrived; the caller checks its stop flag
             raise libbpf.os_error(ret, "ring buffer poll")
-        return max(ret, 0)
+        # Records submitted with BPF_RB_NO_WAKEUP never wake epoll: consume them explicitly.
+        return max(ret, 0) + self.drain()
 
     def drain(self) -> int:
         """Consume everything pending without waiting (at the end of a run)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from otlp_ebpf.bpf.deps import is_stale
 from otlp_ebpf.runtime.loader import object_path
 
 
@@ -14,14 +15,13 @@ def bpf_dir() -> Path:
 def object_status() -> list[tuple[str, bool, str]]:
     """(object name, ok, detail) for every NAME.bpf.c shipped with the package."""
     directory = bpf_dir()
-    headers = max((h.stat().st_mtime for h in directory.glob("*.h")), default=0.0)
     out = []
     for source in sorted(directory.glob("*.bpf.c")):
         obj = source.with_suffix(".o")
         name = obj.name
         if not obj.exists():
             out.append((name, False, "missing"))
-        elif obj.stat().st_mtime < max(source.stat().st_mtime, headers):
+        elif is_stale(source):
             out.append((name, False, "older than its source"))
         else:
             out.append((name, True, f"{obj.stat().st_size} bytes"))

@@ -1,0 +1,190 @@
+"""The one place file extensions map to output formats, and where output files get written.
+
+Each format lives in its own module, imported only when used, exposing
+`render(snapshot, stream)`. A format that holds one profile per file (folded, svg) or one group
+of profiles sharing stacks (pprof) also exposes `render_parts(snapshot)`: the main file first,
+then one sibling per extra profile, named by inserting the profile name before the extension
+(`out.folded` -> `out.off_cpu.folded`). See docs/formats.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import importlib
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import BinaryIO
+
+from otlp_ebpf.errors import OtlpEbpfError, RuntimeFailure, UsageError
+from otlp_ebpf.model import SNAPSHOT_TYPES, Snapshot, StackProfile
+
+# (sibling name, writer); the main file has the name "".
+Part = tuple[str, Callable[[BinaryIO], None]]
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """A file format we can write, and the extensions that select it."""
+
+    name: str
+    extensions: tuple[str, ...]
+    module: str
+    stack_only: bool
+
+
+FORMATS: tuple[OutputFormat, ...] = (
+    OutputFormat("html", (".html", ".htm"), "otlp_ebpf.formatters.flamegraph_html", True),
+    OutputFormat("svg", (".svg",), "otlp_ebpf.formatters.flamegraph_svg", True),
+    OutputFormat("folded", (".folded",), "otlp_ebpf.formatters.folded", True),
+    OutputFormat("speedscope", (".speedscope.json",), "otlp_ebpf.formatters.speedscope", True),
+    OutputFormat("json", (".json",), "otlp_ebpf.formatters.snapshot_json", False),
+    OutputFormat("pprof", (".pb.gz",), "otlp_ebpf.formatters.pprof", True),
+    OutputFormat("otlp", (".otlp.pb",), "otlp_ebpf.formatters.otlp_request", False),
+)
+
+
+def format_names() -> list[str]:
+    """Names accepted by `--format`."""
+    return [f.name for f in FORMATS]
+
+
+def known_extensions() -> list[str]:
+    return [ext for f in FORMATS for ext in f.extensions]
+
+
+def format_for_path(path: str, forced: str | None = None) -> OutputFormat:
+    """The format named by `forced`, else the one whose extension `path` ends with.
+
+    The longest matching extension wins, so `.speedscope.json` is not taken for `.json`.
+    """
+    if forced is not None:
+        for fmt in FORMATS:
+            if fmt.name == forced.lower():
+                return fmt
+        raise UsageError(f"unknown format {forced!r}; known formats: {', '.join(format_names())}")
+    lowered = path.lower()
+    matches = [
+        (len(ext), fmt) for fmt in FORMATS for ext in fmt.extensions if lowered.endswith(ext)
+    ]
+    if not matches:
+        raise UsageError(
+            f"{path}: cannot tell the format from the extension; use one of "
+            f"{', '.join(known_extensions())} or --format"
+        )
+    return max(matches, key=lambda m: m[0])[1]
+
+
+def has_stacks(kind: str) -> bool:
+    """True when snapshots of `kind` provide stack profiles (cpu, mem)."""
+    cls = SNAPSHOT_TYPES.get(kind)
+    if cls is None:
+        raise UsageError(f"unknown snapshot kind {kind!r}")
+    return cls.stack_profiles is not Snapshot.stack_profiles
+
+
+def check_supported(fmt: OutputFormat, kind: str) -> None:
+    """UsageError when `fmt` cannot represent a `kind` snapshot (stack formats need stacks)."""
+    if fmt.stack_only and not has_stacks(kind):
+        alternatives = " or ".join(f.extensions[0] for f in FORMATS if not f.stack_only)
+        raise UsageError(
+            f"{fmt.name} needs stacks; {kind} snapshots have none (use {alternatives})"
+        )
+
+
+def _module(fmt: OutputFormat) -> ModuleType:
+    return importlib.import_module(fmt.module)
+
+
+def render(snapshot: Snapshot, fmt: OutputFormat, stream: BinaryIO) -> None:
+    """Write the main file of `fmt` for `snapshot` to `stream`."""
+    check_supported(fmt, snapshot.kind)
+    _module(fmt).render(snapshot, stream)
+
+
+def parts(snapshot: Snapshot, fmt: OutputFormat) -> list[Part]:
+    """The files `fmt` needs for `snapshot`: the main one first, then named siblings."""
+    check_supported(fmt, snapshot.kind)
+    module = _module(fmt)
+    render_parts = getattr(module, "render_parts", None)
+    if render_parts is None:
+        return [("", lambda stream: module.render(snapshot, stream))]
+    result: list[Part] = render_parts(snapshot)
+    return result
+
+
+def sibling_path(path: str, fmt: OutputFormat, name: str) -> str:
+    """`out.pb.gz` with name "off_cpu" -> `out.off_cpu.pb.gz` (name appended if no extension)."""
+    if not name:
+        return path
+    lowered = path.lower()
+    for ext in sorted(fmt.extensions, key=len, reverse=True):
+        if lowered.endswith(ext):
+            return f"{path[: -len(ext)]}.{name}{path[-len(ext) :]}"
+    return f"{path}.{name}"
+
+
+def write_output(snapshot: Snapshot, path: str, fmt: OutputFormat) -> list[str]:
+    """Write `snapshot` as `fmt` to `path` (and siblings); returns every path written.
+
+    Each file appears whole or not at all: it is written next to its target and renamed.
+    """
+    written = []
+    for name, write in parts(snapshot, fmt):
+        target = sibling_path(path, fmt, name)
+        _write_atomically(target, write)
+        written.append(target)
+    return written
+
+
+def _write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
+    directory, base = os.path.split(path)
+    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.tmp")
+    try:
+        # 0o666 through os.open lets the umask decide, as for any file the user creates.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            write(stream)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise _write_error(path, exc) from exc
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+# The disk failing us is not the user's doing; a bad path or permission is.
+_RUNTIME_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT}
+
+
+def _write_error(path: str, exc: OSError) -> OtlpEbpfError:
+    message = f"{path}: cannot write: {exc.strerror or exc}"
+    if exc.errno in _RUNTIME_ERRNOS:
+        return RuntimeFailure(message)
+    return UsageError(message)
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def one_file_per_profile(
+    snapshot: Snapshot, write_profile: Callable[[StackProfile, BinaryIO], None]
+) -> list[Part]:
+    """Parts for a format that holds a single profile: the first profile is the main file,
+    each further one a sibling named after it."""
+    profiles = snapshot.stack_profiles()
+    result: list[Part] = []
+    for index, profile in enumerate(profiles):
+        name = "" if index == 0 else profile.name
+        result.append((name, functools.partial(write_profile, profile)))
+    return result

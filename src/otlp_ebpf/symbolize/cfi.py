@@ -1,0 +1,524 @@
+"""Unwind tables from an ELF's call frame information (CFI), compiled to compact sorted arrays.
+
+Sources, in order of preference: the file's `.eh_frame`, its `.debug_frame`, and the
+`.debug_frame` of its separate debug file (found by build-id under the debug roots). Every FDE
+is decoded with pyelftools once, one entry at a time: an entry pyelftools cannot decode (libc has
+one with an opcode it does not know) is skipped and counted, the rest still unwind.
+
+Each row of the compiled table says, for the PCs from its start to the next row's start, how to
+find the canonical frame address (CFA) and where the return address and the frame pointer were
+saved (offsets from the CFA). Only the rules an unwinder starting from (pc, sp, fp[, lr]) can
+evaluate are kept: the CFA as sp/fp + offset, `*(sp/fp + offset)` (stack realignment), and the
+x86_64 PLT stub's `DW_CFA_def_cfa_expression`; anything else is marked unsupported and counted
+when a sample needs it. FDEs of a CIE with the 'S' augmentation are signal trampolines: the
+caller's registers are in the ucontext on the stack.
+
+Decoding is the slow part (libc ~0.4 s, libpython ~1.3 s), so tables are cached in memory and
+on disk (`~/.cache/otlp-ebpf/cfi/<build-id>.cfi`, or under $XDG_CACHE_HOME), keyed by
+build-id: a table read back from disk loads in milliseconds.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import io
+import json
+import os
+import struct
+import tempfile
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, NamedTuple
+
+from elftools.common.exceptions import ELFError
+from elftools.dwarf.callframe import CIE, FDE, RegisterRule
+from elftools.elf.elffile import ELFFile
+
+from otlp_ebpf.symbolize.elf import DEFAULT_DEBUG_ROOT
+
+# How the CFA is computed (CfiRow.kind).
+CFA_NONE = 0  # no CFI covers this PC
+CFA_REG = 1  # CFA = reg + offset
+CFA_REG_DEREF = 2  # CFA = *(reg + offset)
+CFA_PLT = 3  # x86_64 PLT stub: CFA = sp + 8, + 8 more when (pc & 15) >= offset
+CFA_SIGNAL = 4  # signal trampoline: registers are in the ucontext at sp
+CFA_UNSUPPORTED = 5  # an expression or base register we cannot evaluate
+
+# The registers an unwinder knows (CfiRow.cfa_reg), as in the BPF sample's regs[].
+REG_PC = 0
+REG_SP = 1
+REG_FP = 2
+REG_LR = 3
+REG_OTHER = 255
+
+# A saved-register rule that is not "at CFA + offset" (CfiRow.ra / CfiRow.fp).
+SAVED_SAME = 0x7FFF_FFF0  # unchanged from the callee (or, for arm64 RA, still in lr)
+SAVED_UNDEFINED = 0x7FFF_FFF1  # no caller: for the return address, the outermost frame
+SAVED_UNSUPPORTED = 0x7FFF_FFF2  # a rule we cannot evaluate
+
+_CACHE_MAGIC = b"OECFI\x00\x01\x00"
+_DW_OP_BREG0 = 0x70
+_DW_OP_DEREF = 0x06
+
+
+@dataclass(frozen=True)
+class Arch:
+    """DWARF register numbers of one architecture."""
+
+    name: str
+    sp: int
+    fp: int
+    ra: int  # the return-address column
+
+
+X86_64 = Arch("x86_64", sp=7, fp=6, ra=16)
+AARCH64 = Arch("aarch64", sp=31, fp=29, ra=30)
+_ARCHES = {"EM_X86_64": X86_64, "EM_AARCH64": AARCH64}
+# DW_OP_breg7 (rsp) 8; DW_OP_breg16 (rip) 0; DW_OP_lit15; DW_OP_and; DW_OP_lit<T>; DW_OP_ge;
+# DW_OP_lit3; DW_OP_shl; DW_OP_plus — the lazy-binding PLT stub's CFA (T is 10 or 11).
+_PLT_HEAD = (0x77, 0x08, 0x80, 0x00, 0x3F, 0x1A)
+_PLT_TAIL = (0x2A, 0x33, 0x24, 0x22)
+
+
+class CfiRow(NamedTuple):
+    """The unwind rule for one PC."""
+
+    kind: int
+    cfa_reg: int
+    cfa_offset: int
+    ra: int  # offset from the CFA where the return address is saved, or a SAVED_* value
+    fp: int  # offset from the CFA where the frame pointer is saved, or a SAVED_* value
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A PT_LOAD program header: file bytes [offset, offset+filesz) load at vaddr."""
+
+    offset: int
+    vaddr: int
+    filesz: int
+
+
+@dataclass
+class CfiTable:
+    """Unwind rows of one ELF, sorted by PC (ELF virtual addresses)."""
+
+    arch: str
+    build_id: str
+    segments: tuple[Segment, ...]
+    starts: array[int] = field(default_factory=lambda: array("Q"))
+    kinds: array[int] = field(default_factory=lambda: array("B"))
+    cfa_regs: array[int] = field(default_factory=lambda: array("B"))
+    cfa_offsets: array[int] = field(default_factory=lambda: array("i"))
+    ras: array[int] = field(default_factory=lambda: array("i"))
+    fps: array[int] = field(default_factory=lambda: array("i"))
+    entries: int = 0  # FDEs decoded
+    failures: int = 0  # FDEs pyelftools could not decode (skipped)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def find(self, vaddr: int) -> CfiRow | None:
+        """The rule covering ELF address `vaddr`, or None where no CFI covers it."""
+        index = bisect.bisect_right(self.starts, vaddr) - 1
+        if index < 0 or self.kinds[index] == CFA_NONE:
+            return None
+        return CfiRow(
+            self.kinds[index],
+            self.cfa_regs[index],
+            self.cfa_offsets[index],
+            self.ras[index],
+            self.fps[index],
+        )
+
+    def vaddr_for_offset(self, file_offset: int) -> int | None:
+        """The ELF virtual address of file byte `file_offset`, if a PT_LOAD segment loads it."""
+        for seg in self.segments:
+            if seg.offset <= file_offset < seg.offset + seg.filesz:
+                return seg.vaddr + (file_offset - seg.offset)
+        return None
+
+    def append(self, start: int, row: CfiRow) -> None:
+        self.starts.append(start)
+        self.kinds.append(row.kind)
+        self.cfa_regs.append(row.cfa_reg)
+        self.cfa_offsets.append(_clamp_i32(row.cfa_offset))
+        self.ras.append(_clamp_i32(row.ra))
+        self.fps.append(_clamp_i32(row.fp))
+
+    def to_bytes(self) -> bytes:
+        """The on-disk form: magic, a JSON header, then the arrays' raw bytes."""
+        header = json.dumps(
+            {
+                "arch": self.arch,
+                "build_id": self.build_id,
+                "segments": [[s.offset, s.vaddr, s.filesz] for s in self.segments],
+                "rows": len(self.starts),
+                "entries": self.entries,
+                "failures": self.failures,
+            }
+        ).encode()
+        parts = [_CACHE_MAGIC, struct.pack("<I", len(header)), header]
+        parts.extend(a.tobytes() for a in self._arrays())
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CfiTable:
+        """Read back `to_bytes`; ValueError when the data is not a table of this version."""
+        if not data.startswith(_CACHE_MAGIC) or len(data) < len(_CACHE_MAGIC) + 4:
+            raise ValueError("not a CFI cache file of this version")
+        at = len(_CACHE_MAGIC)
+        (header_len,) = struct.unpack_from("<I", data, at)
+        at += 4
+        meta = json.loads(data[at : at + header_len])
+        at += header_len
+        table = cls(
+            arch=meta["arch"],
+            build_id=meta["build_id"],
+            segments=tuple(Segment(*s) for s in meta["segments"]),
+            entries=meta["entries"],
+            failures=meta["failures"],
+        )
+        rows = int(meta["rows"])
+        for arr in table._arrays():
+            size = rows * arr.itemsize
+            if at + size > len(data):
+                raise ValueError("truncated CFI cache file")
+            arr.frombytes(data[at : at + size])
+            at += size
+        return table
+
+    def _arrays(self) -> tuple[array[int], ...]:
+        return (self.starts, self.kinds, self.cfa_regs, self.cfa_offsets, self.ras, self.fps)
+
+
+def _clamp_i32(value: int) -> int:
+    return max(-(2**31), min(2**31 - 1, value))
+
+
+# -- building a table from ELF bytes ---------------------------------------------------------
+
+
+@dataclass
+class _Fde:
+    start: int
+    end: int
+    priority: int
+    rows: list[tuple[int, CfiRow]]
+
+
+def build_table(elf: ELFFile, debug_elf: ELFFile | None = None) -> CfiTable:
+    """Decode every FDE of `elf` (and the .debug_frame of `debug_elf`) into one table."""
+    arch = _ARCHES.get(elf["e_machine"])
+    table = CfiTable(
+        arch=arch.name if arch else str(elf["e_machine"]),
+        build_id=build_id_of(elf),
+        segments=_segments_of(elf),
+    )
+    if arch is None:
+        return table
+    fdes: list[_Fde] = []
+    for priority, entries in enumerate(_cfi_sources(elf, debug_elf)):
+        for entry in entries:
+            if not isinstance(entry, FDE):
+                continue
+            try:
+                fdes.append(_compile_fde(entry, arch, priority))
+                table.entries += 1
+            except Exception:  # pyelftools raises assorted errors on entries it cannot decode
+                table.failures += 1
+    _fill_rows(table, fdes)
+    return table
+
+
+def _cfi_sources(elf: ELFFile, debug_elf: ELFFile | None) -> Iterator[list[Any]]:
+    """CFI entry lists, most trusted first; a section pyelftools cannot parse is left out."""
+    candidates: list[tuple[ELFFile, bool]] = [(elf, True), (elf, False)]
+    if debug_elf is not None:
+        candidates.append((debug_elf, False))
+    for source, eh in candidates:
+        try:
+            dwarf = source.get_dwarf_info(relocate_dwarf_sections=False)
+            if eh and dwarf.has_EH_CFI():
+                yield dwarf.EH_CFI_entries()
+            elif not eh and dwarf.has_CFI():
+                yield dwarf.CFI_entries()
+        except Exception:  # a malformed section: the others still count
+            continue
+
+
+def _compile_fde(fde: FDE, arch: Arch, priority: int) -> _Fde:
+    start = int(fde.header["initial_location"])
+    end = start + int(fde.header["address_range"])
+    cie = fde.cie
+    signal = isinstance(cie, CIE) and b"S" in bytes(cie.header.get("augmentation") or b"")
+    decoded = fde.get_decoded()
+    rows: list[tuple[int, CfiRow]] = []
+    for raw in decoded.table:
+        row = _signal_row() if signal else _row_of(raw, arch)
+        pc = int(raw["pc"])
+        if rows and rows[-1][0] == pc:
+            rows[-1] = (pc, row)
+        else:
+            rows.append((pc, row))
+    if not rows:
+        rows.append((start, _signal_row() if signal else CfiRow(CFA_UNSUPPORTED, 0, 0, 0, 0)))
+    return _Fde(start, end, priority, rows)
+
+
+def _signal_row() -> CfiRow:
+    return CfiRow(CFA_SIGNAL, REG_SP, 0, SAVED_UNSUPPORTED, SAVED_UNSUPPORTED)
+
+
+def _row_of(raw: dict[Any, Any], arch: Arch) -> CfiRow:
+    kind, reg, offset = _cfa_of(raw["cfa"], arch)
+    return CfiRow(
+        kind,
+        reg,
+        offset,
+        _saved(raw.get(arch.ra), default=SAVED_UNSUPPORTED if arch is X86_64 else SAVED_SAME),
+        _saved(raw.get(arch.fp), default=SAVED_SAME),
+    )
+
+
+def _cfa_of(rule: Any, arch: Arch) -> tuple[int, int, int]:
+    if rule.expr is None:
+        reg = _our_reg(rule.reg, arch)
+        if reg == REG_OTHER or rule.offset is None:
+            return CFA_UNSUPPORTED, REG_OTHER, 0
+        return CFA_REG, reg, int(rule.offset)
+    expr = tuple(rule.expr)
+    if (
+        arch is X86_64
+        and len(expr) == len(_PLT_HEAD) + 1 + len(_PLT_TAIL)
+        and expr[: len(_PLT_HEAD)] == _PLT_HEAD
+        and expr[len(_PLT_HEAD) + 1 :] == _PLT_TAIL
+        and 0x30 <= expr[len(_PLT_HEAD)] <= 0x4F
+    ):
+        return CFA_PLT, REG_SP, expr[len(_PLT_HEAD)] - 0x30
+    if len(expr) >= 3 and _DW_OP_BREG0 <= expr[0] < _DW_OP_BREG0 + 32 and expr[-1] == _DW_OP_DEREF:
+        reg = _our_reg(expr[0] - _DW_OP_BREG0, arch)
+        offset, used = _sleb128(expr, 1)
+        if reg != REG_OTHER and used == len(expr) - 1:
+            return CFA_REG_DEREF, reg, offset
+    return CFA_UNSUPPORTED, REG_OTHER, 0
+
+
+def _our_reg(dwarf_reg: int | None, arch: Arch) -> int:
+    if dwarf_reg == arch.sp:
+        return REG_SP
+    if dwarf_reg == arch.fp:
+        return REG_FP
+    return REG_OTHER
+
+
+def _saved(rule: RegisterRule | None, *, default: int) -> int:
+    if rule is None:
+        return default
+    if rule.type == RegisterRule.OFFSET:
+        return int(rule.arg)
+    if rule.type == RegisterRule.UNDEFINED:
+        return SAVED_UNDEFINED
+    if rule.type == RegisterRule.SAME_VALUE:
+        return SAVED_SAME
+    return SAVED_UNSUPPORTED
+
+
+def _sleb128(data: Sequence[int], at: int) -> tuple[int, int]:
+    """Decode a signed LEB128 at `at`; (value, index after it)."""
+    result = shift = 0
+    while at < len(data):
+        byte = data[at]
+        at += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            if byte & 0x40:
+                result -= 1 << shift
+            break
+    return result, at
+
+
+def _fill_rows(table: CfiTable, fdes: list[_Fde]) -> None:
+    """Rows of non-overlapping FDEs in PC order, with a no-CFI row in every gap."""
+    fdes.sort(key=lambda f: (f.start, f.priority))
+    covered_to = -1
+    for index, fde in enumerate(fdes):
+        if fde.start < covered_to or fde.end <= fde.start:
+            continue  # a duplicate (debug_frame of code eh_frame covers) or an empty FDE
+        for pc, row in fde.rows:
+            if fde.start <= pc < fde.end:
+                if table.starts and table.starts[-1] == pc:
+                    _replace_last(table, pc, row)
+                else:
+                    table.append(pc, row)
+        covered_to = fde.end
+        following = fdes[index + 1].start if index + 1 < len(fdes) else None
+        if following != fde.end:
+            table.append(fde.end, CfiRow(CFA_NONE, 0, 0, 0, 0))
+
+
+def _replace_last(table: CfiTable, pc: int, row: CfiRow) -> None:
+    for arr in table._arrays():
+        arr.pop()
+    table.append(pc, row)
+
+
+def _segments_of(elf: ELFFile) -> tuple[Segment, ...]:
+    return tuple(
+        Segment(seg["p_offset"], seg["p_vaddr"], seg["p_filesz"])
+        for seg in elf.iter_segments()
+        if seg["p_type"] == "PT_LOAD"
+    )
+
+
+def build_id_of(elf: ELFFile) -> str:
+    """The GNU build-id of an ELF as hex, or "" when it has none."""
+    sources: list[Any] = [s for s in elf.iter_sections() if s["sh_type"] == "SHT_NOTE"]
+    if not sources:
+        sources = [s for s in elf.iter_segments() if s["p_type"] == "PT_NOTE"]
+    for source in sources:
+        with contextlib.suppress(ELFError, struct.error):
+            for note in source.iter_notes():
+                if note["n_type"] == "NT_GNU_BUILD_ID" and note["n_name"] == "GNU":
+                    return str(note["n_desc"])
+    return ""
+
+
+# -- the cache -------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> str:
+    """Where decoded tables are kept between runs ($XDG_CACHE_HOME or ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "otlp-ebpf", "cfi")
+
+
+@dataclass
+class CfiCacheStats:
+    """How tables were obtained over a run."""
+
+    decoded: int = 0  # built from the ELF (the slow path)
+    from_disk: int = 0
+    from_memory: int = 0
+    unreadable: int = 0  # files that could not be parsed at all
+    fde_failures: int = 0  # FDEs skipped in decoded tables
+
+
+class CfiCache:
+    """Unwind tables per build-id, decoded at most once per machine (when `cache_dir` is set).
+
+    `cache_dir=None` keeps tables in memory only. `debug_roots` are searched for separate debug
+    files (`<root>/.build-id/xx/rest.debug`) whose `.debug_frame` fills what `.eh_frame` lacks.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | None = None,
+        debug_roots: Iterable[str] = (DEFAULT_DEBUG_ROOT,),
+    ) -> None:
+        self.cache_dir = cache_dir
+        self.debug_roots = tuple(debug_roots)
+        self.stats = CfiCacheStats()
+        self._by_build_id: dict[str, CfiTable] = {}
+
+    def table_for_path(self, path: str) -> CfiTable | None:
+        """The table of the ELF file at `path`; None when it cannot be read as ELF."""
+        return self.table_for(lambda: open(path, "rb"))
+
+    def table_for_image(self, image: bytes) -> CfiTable | None:
+        """The table of an in-memory ELF image (the vDSO read from a process)."""
+        return self.table_for(lambda: io.BytesIO(image))
+
+    def table_for(self, opener: Callable[[], BinaryIO]) -> CfiTable | None:
+        """The table of the ELF that `opener` opens (cached by build-id)."""
+        try:
+            with opener() as stream:
+                elf = ELFFile(stream)
+                build_id = build_id_of(elf)
+                cached = self._cached(build_id)
+                if cached is not None:
+                    return cached
+                table = self._decode(elf, build_id)
+        except (OSError, ELFError, struct.error, ValueError):
+            self.stats.unreadable += 1
+            return None
+        if build_id:
+            self._by_build_id[build_id] = table
+            self._store(table)
+        return table
+
+    def _cached(self, build_id: str) -> CfiTable | None:
+        if not build_id:
+            return None
+        table = self._by_build_id.get(build_id)
+        if table is not None:
+            self.stats.from_memory += 1
+            return table
+        table = self._load(build_id)
+        if table is not None:
+            self.stats.from_disk += 1
+            self._by_build_id[build_id] = table
+        return table
+
+    def _decode(self, elf: ELFFile, build_id: str) -> CfiTable:
+        debug_path = self._debug_file(build_id)
+        self.stats.decoded += 1
+        if debug_path:
+            with open(debug_path, "rb") as debug_stream:
+                table = build_table(elf, _elf_or_none(debug_stream))
+        else:
+            table = build_table(elf)
+        self.stats.fde_failures += table.failures
+        return table
+
+    def _debug_file(self, build_id: str) -> str:
+        if len(build_id) <= 2:
+            return ""
+        for root in self.debug_roots:
+            candidate = os.path.join(root, ".build-id", build_id[:2], build_id[2:] + ".debug")
+            if os.path.isfile(candidate):
+                return candidate
+        return ""
+
+    def _cache_path(self, build_id: str) -> str | None:
+        if not self.cache_dir or not build_id.isalnum():
+            return None
+        return os.path.join(self.cache_dir, f"{build_id}.cfi")
+
+    def _load(self, build_id: str) -> CfiTable | None:
+        path = self._cache_path(build_id)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as fh:
+                table = CfiTable.from_bytes(fh.read())
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return table if table.build_id == build_id else None
+
+    def _store(self, table: CfiTable) -> None:
+        path = self._cache_path(table.build_id)
+        if path is None:
+            return
+        # A cache we cannot write (read-only home) only costs the next run the decode time.
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(table.to_bytes())
+                os.replace(tmp, path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+
+
+def _elf_or_none(stream: BinaryIO) -> ELFFile | None:
+    try:
+        return ELFFile(stream)
+    except (ELFError, struct.error):
+        return None

@@ -1,0 +1,92 @@
+"""JIT symbol maps in the perf format: `/tmp/perf-PID.map`.
+
+Runtimes that generate code (V8/Node with `--perf-basic-prof`, the JVM with perf-map-agent,
+CPython 3.12 with `-X perf`, LuaJIT, .NET) write one line per generated function:
+
+    START SIZE name
+
+with START and SIZE in hexadecimal (with or without `0x`) and a name that may contain spaces.
+A later line for the same start wins, since runtimes reuse code space after collecting it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PerfMapEntry:
+    """One generated function: [start, start + size)."""
+
+    start: int
+    size: int
+    name: str
+
+
+class PerfMap:
+    """Sorted JIT entries with lookup by address."""
+
+    def __init__(self, entries: list[PerfMapEntry]) -> None:
+        newest_by_start = {entry.start: entry for entry in entries}
+        self._entries = sorted(newest_by_start.values(), key=lambda e: e.start)
+        self._starts = [entry.start for entry in self._entries]
+
+    @classmethod
+    def parse(cls, text: str) -> PerfMap:
+        """Parse perf map text; lines that do not follow the format are skipped."""
+        return cls([entry for line in text.splitlines() if (entry := _parse_line(line))])
+
+    @classmethod
+    def load(cls, path: str) -> PerfMap | None:
+        """Read a perf map file; None when it does not exist or cannot be read."""
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                return cls.parse(fh.read())
+        except OSError:
+            return None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, addr: int) -> str | None:
+        """The name of the generated function holding `addr`, or None."""
+        index = bisect.bisect_right(self._starts, addr) - 1
+        if index < 0:
+            return None
+        entry = self._entries[index]
+        return entry.name if addr < entry.start + max(entry.size, 1) else None
+
+
+def perf_map_path(pid: int, proc_root: str = "/proc") -> str:
+    """Where the perf map of `pid` is, seen from this host.
+
+    A process in a container writes /tmp/perf-<its own pid>.map inside its own root, so the
+    file is looked up through /proc/PID/root with the innermost namespace pid.
+    """
+    ns_pid = _namespace_pid(pid, proc_root)
+    return os.path.join(proc_root, str(pid), "root", "tmp", f"perf-{ns_pid}.map")
+
+
+def _namespace_pid(pid: int, proc_root: str) -> int:
+    try:
+        with open(os.path.join(proc_root, str(pid), "status"), encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return pid
+
+
+def _parse_line(line: str) -> PerfMapEntry | None:
+    parts = line.strip().split(maxsplit=2)
+    if len(parts) < 3:
+        return None
+    try:
+        start = int(parts[0], 16)
+        size = int(parts[1], 16)
+    except ValueError:
+        return None
+    return PerfMapEntry(start, size, parts[2])

@@ -1,0 +1,251 @@
+"""Memory maps of a process, captured while it lives.
+
+A stack sampled from a process that exits before the end of the run must still be symbolized,
+and once it has exited /proc/PID is gone. So `ProcessMaps.capture(pid)` records the mappings and,
+for each executable file mapping, opens the file and keeps it open in an `OpenFiles` registry
+(one descriptor per distinct file, shared by every process mapping it). An open descriptor keeps
+the file readable after the process exits, after the file is deleted or replaced, and whatever
+mount namespace the process lives in; it is read back through /proc/self/fd/N.
+
+Files are opened through /proc/PID/root/<path>, which reaches into a container's root, when the
+inode there is the one mapped; otherwise (deleted or replaced binaries) through
+/proc/PID/map_files/<start>-<end>, which always names the mapped inode.
+
+The vDSO has no file: its image (two pages) is read from /proc/PID/mem at capture time.
+Anonymous executable regions (JIT code) are kept as mappings without a file; their names come
+from the process's perf map, also read at capture time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from otlp_ebpf.errors import UsageError
+from otlp_ebpf.symbolize.perfmap import PerfMap, perf_map_path
+
+PROC_ROOT = "/proc"
+_DELETED = " (deleted)"
+_VDSO = "[vdso]"
+
+
+class FileId(NamedTuple):
+    """The identity of an opened file: same identity, same bytes."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One line of /proc/PID/maps."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    inode: int
+    path: str  # as the process saw it, without the " (deleted)" mark; "" when anonymous
+    deleted: bool = False
+    file_id: FileId | None = None  # set for executable file mappings we could open
+
+    @property
+    def executable(self) -> bool:
+        return "x" in self.perms
+
+    @property
+    def is_file(self) -> bool:
+        return self.inode != 0 and self.path.startswith("/")
+
+    @property
+    def basename(self) -> str:
+        return os.path.basename(self.path) if self.is_file else self.path
+
+    def file_offset(self, addr: int) -> int:
+        """Offset in the mapped file of the byte at run-time address `addr`."""
+        return addr - self.start + self.offset
+
+
+def parse_maps_line(line: str) -> Mapping | None:
+    """Parse one /proc/PID/maps line; None when it is not one."""
+    parts = line.rstrip("\n").split(maxsplit=5)
+    if len(parts) < 5:
+        return None
+    try:
+        start_hex, end_hex = parts[0].split("-")
+        start, end = int(start_hex, 16), int(end_hex, 16)
+        offset = int(parts[2], 16)
+        inode = int(parts[4])
+    except ValueError:
+        return None
+    path = parts[5] if len(parts) > 5 else ""
+    deleted = path.endswith(_DELETED)
+    if deleted:
+        path = path[: -len(_DELETED)]
+    return Mapping(start, end, parts[1], offset, inode, path, deleted)
+
+
+class OpenFiles:
+    """Executable files held open by identity, so they stay readable for the whole run."""
+
+    def __init__(self) -> None:
+        self._fds: dict[FileId, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def keep(self, candidates: list[tuple[str, bool]], inode: int) -> FileId | None:
+        """Open the first candidate path that works; its identity, or None.
+
+        A candidate is (path, must the inode be `inode`): a path in the process's root may name
+        a newer file than the one mapped, while map_files always names the mapped one (overlay
+        file systems may show it with another inode number).
+        """
+        for candidate, check_inode in candidates:
+            try:
+                fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            st = os.fstat(fd)
+            if check_inode and st.st_ino != inode:
+                os.close(fd)
+                continue
+            file_id = FileId(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if file_id in self._fds:
+                os.close(fd)
+            else:
+                self._fds[file_id] = fd
+            return file_id
+        return None
+
+    def path_of(self, file_id: FileId) -> str:
+        """A path that opens the kept file (valid while this registry is open)."""
+        return f"/proc/self/fd/{self._fds[file_id]}"
+
+    def close(self) -> None:
+        """Close every kept descriptor."""
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+
+@dataclass
+class ProcessMaps:
+    """The mappings of one process at one moment, with what is needed to symbolize them."""
+
+    pid: int
+    mappings: list[Mapping]
+    start_time: int = 0  # clock ticks after boot: tells a pid reused by another process apart
+    vdso_image: bytes = b""
+    perf_map: PerfMap | None = None
+    perf_map_path: str = ""
+    perf_map_stamp: tuple[int, int] = (0, 0)  # (mtime_ns, size) of the perf map when read
+    _proc_root: str = field(default=PROC_ROOT, repr=False)
+    _starts: list[int] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self.mappings.sort(key=lambda m: m.start)
+        self._starts = [m.start for m in self.mappings]
+
+    @classmethod
+    def capture(
+        cls, pid: int, files: OpenFiles | None = None, proc_root: str = PROC_ROOT
+    ) -> ProcessMaps:
+        """Read /proc/PID/maps now, keeping executable files open in `files`.
+
+        Raises UsageError when the process does not exist (or is not ours to read).
+        """
+        proc = os.path.join(proc_root, str(pid))
+        try:
+            with open(os.path.join(proc, "maps"), encoding="utf-8", errors="replace") as fh:
+                lines = fh.readlines()
+        except FileNotFoundError as exc:
+            raise UsageError(f"process {pid} not found") from exc
+        except OSError as exc:
+            message = f"cannot read the memory maps of process {pid}: {exc.strerror}"
+            raise UsageError(message) from exc
+        files = files if files is not None else OpenFiles()
+        mappings = [m for line in lines if (m := parse_maps_line(line))]
+        mappings = [_with_file(m, proc, files) for m in mappings]
+        vdso = next((m for m in mappings if m.path == _VDSO), None)
+        maps = cls(
+            pid=pid,
+            mappings=mappings,
+            start_time=process_start_time(pid, proc_root),
+            vdso_image=_read_memory(proc, vdso) if vdso else b"",
+            perf_map_path=perf_map_path(pid, proc_root),
+            _proc_root=proc_root,
+        )
+        maps.refresh_perf_map()
+        return maps
+
+    def refresh_perf_map(self) -> bool:
+        """Reread the perf map if it changed since last read (JIT runtimes append to it);
+        True when new content was read."""
+        try:
+            st = os.stat(self.perf_map_path)
+        except OSError:
+            return False
+        if self.start_time and process_start_time(self.pid, self._proc_root) != self.start_time:
+            return False  # the pid now belongs to another process
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self.perf_map_stamp:
+            return False
+        fresh = PerfMap.load(self.perf_map_path)
+        if fresh is None:
+            return False
+        self.perf_map, self.perf_map_stamp = fresh, stamp
+        return True
+
+    def find(self, addr: int) -> Mapping | None:
+        """The mapping holding run-time address `addr`, or None."""
+        index = bisect.bisect_right(self._starts, addr) - 1
+        if index < 0:
+            return None
+        mapping = self.mappings[index]
+        return mapping if addr < mapping.end else None
+
+
+def process_start_time(pid: int, proc_root: str = PROC_ROOT) -> int:
+    """Start time of `pid` in clock ticks after boot (field 22 of stat); 0 when gone."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat"), encoding="utf-8") as fh:
+            stat = fh.read()
+    except OSError:
+        return 0
+    # comm (field 2) may hold spaces and parentheses: count fields after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _with_file(mapping: Mapping, proc: str, files: OpenFiles) -> Mapping:
+    if not (mapping.executable and mapping.is_file):
+        return mapping
+    candidates = [(f"{proc}/map_files/{mapping.start:x}-{mapping.end:x}", False)]
+    if not mapping.deleted:
+        candidates.insert(0, (f"{proc}/root{mapping.path}", True))
+    file_id = files.keep(candidates, mapping.inode)
+    return dataclasses.replace(mapping, file_id=file_id) if file_id else mapping
+
+
+def _read_memory(proc: str, mapping: Mapping) -> bytes:
+    try:
+        fd = os.open(os.path.join(proc, "mem"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return os.pread(fd, mapping.end - mapping.start, mapping.start)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)

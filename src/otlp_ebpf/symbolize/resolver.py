@@ -1,0 +1,292 @@
+"""Turning raw stack addresses into frame names: the one entry point collectors use.
+
+    symbolizer = Symbolizer()
+    symbolizer.remember_process(pid)          # at attach, and at each exec/exit event
+    ...
+    frames = symbolizer.user_frames(pid, user_stack)   # leaf first, as the kernel gives them
+    kernel = symbolizer.kernel_frames(kernel_stack)
+    symbolizer.close()
+
+Return addresses: every frame of a stack except the leaf is a return address, which points to
+the instruction after the call. When the call is the last instruction of a function (a call to
+a `noreturn` function), that address already belongs to the next function. So by default every
+frame but the first (the leaf) is looked up at `addr - 1`; pass
+`adjust_return_addresses=False` when the stack holds no return addresses, and the caller must
+not subtract anything itself. Unresolved frames show the looked-up address.
+
+Names: a resolved user frame is the function name (C++ demangled). An unresolved one is
+`<module basename>+0x<file offset>`; an address in an anonymous region is `0x<address>` unless
+the process's perf map (JIT) names it; an address in no mapping is `[unknown]`. Kernel frames
+carry the `_[k]` suffix (`vfs_read_[k]`, or `0xffffffff81234567_[k]`). No frame is ever dropped:
+the output has one entry per input address, in the same order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import struct
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import BinaryIO
+
+from elftools.common.exceptions import ELFError
+
+from otlp_ebpf.errors import UsageError
+from otlp_ebpf.model import KERNEL_SUFFIX
+from otlp_ebpf.symbolize.elf import DEFAULT_DEBUG_ROOT, ElfSymbolizer, LoadedElf, file_opener
+from otlp_ebpf.symbolize.kernel import KALLSYMS_PATH, KernelSymbols
+from otlp_ebpf.symbolize.procmaps import (
+    PROC_ROOT,
+    FileId,
+    Mapping,
+    OpenFiles,
+    ProcessMaps,
+    process_start_time,
+)
+
+UNKNOWN_FRAME = "[unknown]"
+# Snapshots of one pid's maps kept at most (each exec or remember adds one).
+_MAX_SNAPSHOTS_PER_PID = 8
+
+# Reasons a frame stays unresolved, as counted in SymbolizeStats.by_reason.
+REASON_PROCESS_UNKNOWN = "process_unknown"
+REASON_NO_MAPPING = "no_mapping"
+REASON_ANONYMOUS = "anonymous"
+REASON_FILE_UNREADABLE = "file_unreadable"
+REASON_NO_SYMBOL = "no_symbol"
+REASON_KERNEL_NO_SYMBOL = "kernel_no_symbol"
+REASON_KALLSYMS_UNAVAILABLE = "kallsyms_unavailable"
+
+_Resolution = tuple[str, str, str]  # frame name, module path, reason ("" when resolved)
+
+
+@dataclass
+class SymbolizeStats:
+    """Frames resolved and unresolved over a run, the unresolved ones counted by reason."""
+
+    resolved: int = 0
+    unresolved: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+
+    def count(self, reason: str) -> None:
+        if reason:
+            self.unresolved += 1
+            self.by_reason[reason] += 1
+        else:
+            self.resolved += 1
+
+    def summary(self) -> str:
+        """One line for the end-of-run account."""
+        text = f"{self.resolved} frames resolved, {self.unresolved} unresolved"
+        if self.by_reason:
+            reasons = ", ".join(f"{r} {n}" for r, n in self.by_reason.most_common())
+            text += f" ({reasons})"
+        return text
+
+
+@dataclass
+class _Snapshot:
+    maps: ProcessMaps
+    memo: dict[int, _Resolution] = field(default_factory=dict)
+
+
+class Symbolizer:
+    """Names for user and kernel stack addresses, with every table loaded at most once.
+
+    `debug_roots` are where separate debug files are searched (default /usr/lib/debug);
+    `kallsyms_path` and `proc_root` exist so tests can point elsewhere.
+    Holds open descriptors on the executables of remembered processes: call `close()` (or use
+    it as a context manager) when done.
+    """
+
+    def __init__(
+        self,
+        *,
+        debug_roots: Sequence[str] = (DEFAULT_DEBUG_ROOT,),
+        kallsyms_path: str = KALLSYMS_PATH,
+        proc_root: str = PROC_ROOT,
+    ) -> None:
+        self.stats = SymbolizeStats()
+        self._elf = ElfSymbolizer(debug_roots)
+        self._files = OpenFiles()
+        self._kallsyms_path = kallsyms_path
+        self._proc_root = proc_root
+        self._kernel: KernelSymbols | None = None
+        self._kernel_loaded = False
+        self._snapshots: dict[int, list[_Snapshot]] = {}
+        self._by_file: dict[FileId, LoadedElf | None] = {}
+        self._by_vdso_image: dict[bytes, LoadedElf | None] = {}
+
+    def __enter__(self) -> Symbolizer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the descriptors held on remembered executables."""
+        self._files.close()
+        self._by_file.clear()
+
+    @property
+    def files_parsed(self) -> int:
+        """ELF and debug files parsed so far (a table cached by build-id is parsed once)."""
+        return self._elf.files_parsed
+
+    def remember_process(self, pid: int) -> bool:
+        """Capture the maps of `pid` now; False when the process is gone or has no memory left.
+
+        Call it at attach, when a new process is first seen and after each exec. By the time an
+        exit event is handled the process has usually released its memory, so captures must be
+        taken earlier; an empty capture never replaces a good one.
+        """
+        try:
+            maps = ProcessMaps.capture(pid, self._files, self._proc_root)
+        except UsageError:
+            return False
+        if not maps.mappings:
+            return False  # an exiting process has already dropped its memory: keep what we had
+        snapshots = self._snapshots.setdefault(pid, [])
+        if snapshots and snapshots[0].maps.mappings == maps.mappings:
+            snapshots[0] = _Snapshot(maps)
+            return True
+        snapshots.insert(0, _Snapshot(maps))
+        del snapshots[_MAX_SNAPSHOTS_PER_PID:]
+        return True
+
+    def user_frames(
+        self, pid: int, addrs: Sequence[int], *, adjust_return_addresses: bool = True
+    ) -> list[tuple[str, str]]:
+        """(frame name, module path) for each address of a user stack, leaf first, same order.
+
+        With `adjust_return_addresses`, every address but the first is looked up at addr - 1.
+        """
+        if pid not in self._snapshots:
+            self.remember_process(pid)
+        frames = []
+        recaptured = False
+        for index, addr in enumerate(addrs):
+            lookup = addr - 1 if adjust_return_addresses and index > 0 and addr > 0 else addr
+            resolution = self._resolve_user(pid, lookup)
+            if resolution[2] == REASON_NO_MAPPING and not recaptured:
+                # Code mapped after the last capture (dlopen): look again while the process lives.
+                recaptured = True
+                if self._recapture_if_same_process(pid):
+                    resolution = self._resolve_user(pid, lookup)
+            self.stats.count(resolution[2])
+            frames.append((resolution[0], resolution[1]))
+        return frames
+
+    def kernel_frames(
+        self, addrs: Sequence[int], *, adjust_return_addresses: bool = True
+    ) -> list[str]:
+        """Kernel frame names with the `_[k]` suffix, same order as `addrs` (leaf first)."""
+        kernel = self._kernel_symbols()
+        names = []
+        for index, addr in enumerate(addrs):
+            lookup = addr - 1 if adjust_return_addresses and index > 0 and addr > 0 else addr
+            symbol = kernel.lookup(lookup) if kernel else None
+            if symbol is None:
+                reason = REASON_KERNEL_NO_SYMBOL if kernel else REASON_KALLSYMS_UNAVAILABLE
+                self.stats.count(reason)
+                names.append(f"0x{lookup:x}{KERNEL_SUFFIX}")
+            else:
+                self.stats.count("")
+                names.append(symbol.name + KERNEL_SUFFIX)
+        return names
+
+    def _kernel_symbols(self) -> KernelSymbols | None:
+        if not self._kernel_loaded:
+            self._kernel_loaded = True
+            with contextlib.suppress(OSError):
+                loaded = KernelSymbols.load(self._kallsyms_path)
+                self._kernel = None if loaded.restricted else loaded
+        return self._kernel
+
+    def _recapture_if_same_process(self, pid: int) -> bool:
+        snapshots = self._snapshots.get(pid)
+        if not snapshots:
+            return False
+        alive_since = process_start_time(pid, self._proc_root)
+        if not alive_since or alive_since != snapshots[0].maps.start_time:
+            return False
+        newest = snapshots[0]
+        return self.remember_process(pid) and self._snapshots[pid][0] is not newest
+
+    def _resolve_user(self, pid: int, addr: int) -> _Resolution:
+        snapshots = self._snapshots.get(pid)
+        if not snapshots:
+            return UNKNOWN_FRAME, "", REASON_PROCESS_UNKNOWN
+        newest = snapshots[0]
+        cached = newest.memo.get(addr)
+        if cached is None:
+            cached = self._resolve_in_snapshots(snapshots, addr)
+            newest.memo[addr] = cached
+        return cached
+
+    def _resolve_in_snapshots(self, snapshots: list[_Snapshot], addr: int) -> _Resolution:
+        for snapshot in snapshots:
+            mapping = snapshot.maps.find(addr)
+            if mapping is not None:
+                return self._resolve_in_mapping(snapshot.maps, mapping, addr)
+        jit = _perf_map_name(snapshots[0].maps, addr)
+        if jit is not None:
+            return jit, snapshots[0].maps.perf_map_path, ""
+        return UNKNOWN_FRAME, "", REASON_NO_MAPPING
+
+    def _resolve_in_mapping(self, maps: ProcessMaps, mapping: Mapping, addr: int) -> _Resolution:
+        if mapping.path == "[vdso]":
+            loaded = self._vdso_symbols(maps.vdso_image)
+        elif mapping.is_file:
+            loaded = self._file_symbols(mapping)
+        else:
+            jit = _perf_map_name(maps, addr)
+            if jit is not None:
+                return jit, maps.perf_map_path, ""
+            return f"0x{addr:x}", mapping.path, REASON_ANONYMOUS
+        offset = mapping.file_offset(addr)
+        fallback = f"{mapping.basename}+0x{offset:x}"
+        if loaded is None:
+            return fallback, mapping.path, REASON_FILE_UNREADABLE
+        vaddr = loaded.info.vaddr_for_offset(offset)
+        name = loaded.symbols.lookup(vaddr) if vaddr is not None else None
+        if name is None:
+            return fallback, mapping.path, REASON_NO_SYMBOL
+        return name, mapping.path, ""
+
+    def _file_symbols(self, mapping: Mapping) -> LoadedElf | None:
+        file_id = mapping.file_id
+        if file_id is None:
+            return None
+        if file_id not in self._by_file:
+            opener = file_opener(self._files.path_of(file_id))
+            self._by_file[file_id] = self._load(opener, mapping.path)
+        return self._by_file[file_id]
+
+    def _vdso_symbols(self, image: bytes) -> LoadedElf | None:
+        if not image:
+            return None
+        if image not in self._by_vdso_image:
+            self._by_vdso_image[image] = self._load(lambda: io.BytesIO(image), "[vdso]")
+        return self._by_vdso_image[image]
+
+    def _load(self, opener: Callable[[], BinaryIO], path: str) -> LoadedElf | None:
+        try:
+            return self._elf.load(opener, path)
+        except (OSError, ELFError, struct.error, ValueError):
+            return None
+
+
+def _perf_map_name(maps: ProcessMaps, addr: int) -> str | None:
+    name = maps.perf_map.lookup(addr) if maps.perf_map else None
+    if name is None and maps.refresh_perf_map():
+        name = maps.perf_map.lookup(addr) if maps.perf_map else None
+    return name

@@ -1,0 +1,68 @@
+"""Shared test set-up: real BPF for integration tests, failing loudly where it must exist."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from otlp_ebpf import console
+
+
+def bpf_unavailable_reason() -> str | None:
+    """Why real BPF cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "not root (BPF needs root or CAP_BPF + CAP_PERFMON)"
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        return "kernel has no BTF (/sys/kernel/btf/vmlinux)"
+    from otlp_ebpf.runtime import features
+
+    if features.tracefs() is None:
+        return "tracefs is not mounted"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = bpf_unavailable_reason()
+    if reason is None:
+        return
+    for item in items:
+        if "bpf" not in item.keywords:
+            continue
+        if os.environ.get("CI"):
+            # In CI real BPF must run: a missing capability is a failure, never a skip.
+            item.add_marker(pytest.mark.usefixtures("_fail_without_bpf"))
+        else:
+            item.add_marker(pytest.mark.skip(reason=f"BPF unavailable: {reason}"))
+
+
+@pytest.fixture
+def _fail_without_bpf() -> None:
+    pytest.fail(f"BPF unavailable in CI: {bpf_unavailable_reason()}")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_console() -> Iterator[None]:
+    """Each test starts with default console flags (a CLI run may have set --quiet)."""
+    console.configure(quiet=False, debug=False)
+    yield
+    console.configure(quiet=False, debug=False)
+
+
+@pytest.fixture(scope="session")
+def cc() -> str:
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    assert compiler, "a C compiler is needed to build test workloads"
+    return compiler
+
+
+def build_c(cc: str, source: str, out: Path, *flags: str) -> Path:
+    """Compile a C workload for a test; returns the binary path."""
+    src = out.with_suffix(".c")
+    src.write_text(source)
+    subprocess.run([cc, *flags, "-o", str(out), str(src)], check=True)
+    return out

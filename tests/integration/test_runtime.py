@@ -1,0 +1,137 @@
+"""The libbpf runtime against the real kernel: load, .rodata, attach, maps, ring buffer, BTF."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import pytest
+
+from otlp_ebpf.collectors.syscalls import ErrnoKey, SyscallKey, SyscallStats
+from otlp_ebpf.errors import EnvironmentLacks, RuntimeFailure
+from otlp_ebpf.runtime import btf, probes
+from otlp_ebpf.runtime.events import RingBuffer
+from otlp_ebpf.runtime.loader import BpfObject, load_error
+from otlp_ebpf.runtime.selftest import PROBE_FD, SelftestEvent, make_calls, open_selftest
+
+pytestmark = pytest.mark.bpf
+
+
+def test_rodata_is_read_from_btf_and_refused_after_load():
+    obj = BpfObject.open("selftest")
+    try:
+        layout = obj.rodata_layout()
+        assert set(layout) >= {"probe_tgid", "probe_nr", "wakeup_bytes"}
+        assert layout["wakeup_bytes"][1] == 8
+        with pytest.raises(KeyError, match="no .rodata variable"):
+            obj.set_rodata(nonexistent=1)
+        obj.set_rodata(probe_tgid=os.getpid())
+        obj.load()
+        with pytest.raises(RuntimeError, match="before load"):
+            obj.set_rodata(probe_tgid=1)
+    finally:
+        obj.close()
+
+
+def test_tracepoint_map_and_ring_buffer_round_trip():
+    with open_selftest(wakeup_bytes=1 << 20) as obj:
+        link = probes.attach_auto(obj, "selftest_enter")
+        assert link.attached
+        events: list[SelftestEvent] = []
+        ring = RingBuffer(obj.map("events"), lambda raw: events.append(SelftestEvent.from_buffer_copy(raw)))
+        make_calls(25)
+        make_calls(5, fd=PROBE_FD + 1)
+        # Wakeups are batched (threshold far above 30 events): polling with a timeout still
+        # delivers everything.
+        ours = lambda: [e for e in events if e.arg0 in (PROBE_FD, PROBE_FD + 1)]  # noqa: E731
+        for _ in range(20):
+            if len(ours()) >= 30:
+                break
+            ring.poll(50)
+        counted = obj.map("counters").lookup_u64(0)
+        ring.poll(0)
+        ring.close()
+        assert len(ours()) == 30
+        assert {e.pid for e in events} == {os.getpid()}
+        # Every call the kernel counted arrived (the interpreter may close fds of its own).
+        assert counted == len(events)
+        assert obj.map("counters").lookup_u64(1) == 0  # nothing dropped
+        by_arg = {int.from_bytes(k, "little"): int.from_bytes(v, "little") for k, v in obj.map("by_arg").items()}
+        assert by_arg[PROBE_FD] == 25 and by_arg[PROBE_FD + 1] == 5
+        drained = obj.map("by_arg").drain()
+        assert len(drained) == len(by_arg) and obj.map("by_arg").items() == []
+
+
+def test_per_cpu_values_split_per_possible_cpu():
+    with open_selftest() as obj:
+        counters = obj.map("counters")
+        assert counters.percpu and counters.ncpus >= 1
+        raw = counters.lookup((0).to_bytes(4, "little"))
+        assert raw is not None and len(counters.per_cpu(raw)) == counters.ncpus
+
+
+def test_map_resize_before_load():
+    obj = BpfObject.open("selftest")
+    try:
+        obj.resize_map("by_arg", 77)
+        obj.set_rodata(probe_tgid=os.getpid())
+        obj.load()
+        assert obj.map("by_arg").max_entries == 77
+    finally:
+        obj.close()
+
+
+def test_ctypes_mirrors_match_the_objects_btf():
+    with BpfObject.open("syscalls") as obj:
+        for struct, mirror in (
+            ("syscall_key", SyscallKey),
+            ("syscall_stats", SyscallStats),
+            ("errno_key", ErrnoKey),
+        ):
+            size, members = btf.struct_layout(obj, struct)
+            assert size == ctypes.sizeof(mirror), struct
+            for name, offset in members.items():
+                assert getattr(mirror, name).offset == offset, f"{struct}.{name}"
+    with BpfObject.open("selftest") as obj:
+        size, members = btf.struct_layout(obj, "selftest_event")
+        assert size == ctypes.sizeof(SelftestEvent)
+        assert {n: getattr(SelftestEvent, n).offset for n in members} == members
+
+
+def test_kernel_enums_come_from_vmlinux_btf():
+    reasons = btf.kernel_enum("skb_drop_reason")
+    assert reasons.get(2) == "SKB_DROP_REASON_NOT_SPECIFIED"
+    assert "SKB_DROP_REASON_NO_SOCKET" in reasons.values()
+    assert btf.kernel_enum("no_such_enum_anywhere") == {}
+
+
+def test_disabled_programs_are_not_loaded():
+    obj = BpfObject.open("syscalls")
+    try:
+        for prog in ("btf_sys_enter", "btf_sys_exit"):
+            obj.disable(prog)
+        obj.load()
+        assert not obj.enabled("btf_sys_enter")
+        assert obj.program_fd("tp_sys_enter") > 0
+    finally:
+        obj.close()
+
+
+def test_cpu_clock_frequency_above_the_kernel_limit_is_refused():
+    from otlp_ebpf.errors import UsageError
+
+    with open_selftest() as obj, pytest.raises(UsageError, match="kernel's limit"):
+        probes.attach_cpu_clock(obj, "selftest_enter", probes.max_sample_rate() + 1)
+
+
+def test_load_errors_carry_the_verifier_log():
+    exc = load_error("x.bpf.o", 22, "line 1\nR1 invalid mem access 'scalar'\n")
+    assert isinstance(exc, RuntimeFailure)
+    assert "invalid mem access" in exc.message
+    assert "invalid mem access" in exc.verifier_log  # type: ignore[attr-defined]
+    assert isinstance(load_error("x.bpf.o", 1, ""), EnvironmentLacks)
+
+
+def test_missing_object_is_an_environment_error(tmp_path):
+    with pytest.raises(EnvironmentLacks, match="missing from the installation"):
+        BpfObject(tmp_path / "nothing.bpf.o")

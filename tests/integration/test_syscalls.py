@@ -1,0 +1,157 @@
+"""`otlp-ebpf syscalls` on workloads with known syscall counts, checked against strace."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from otlp_ebpf.cli.app import run
+from tests.conftest import build_c
+
+pytestmark = pytest.mark.bpf
+
+WORKLOAD = r"""
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 1000;
+    int sleep_first = argc > 2 ? atoi(argv[2]) : 0;
+    if (sleep_first) usleep(sleep_first * 1000);
+    for (int i = 0; i < n; i++) getppid();
+    for (int i = 0; i < 7; i++) open("/nonexistent/otlp-ebpf", O_RDONLY);   /* ENOENT x7 */
+    for (int i = 0; i < 3; i++) close(1000 + i);                             /* EBADF x3 */
+    if (fork() == 0) { for (int i = 0; i < 11; i++) getppid(); _exit(0); }   /* a child */
+    int status; wait(&status);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory, cc) -> Path:
+    out = tmp_path_factory.mktemp("syscalls") / "workload"
+    return build_c(cc, WORKLOAD.replace("int status;", "int status; extern int wait(int*);"), out, "-O1")
+
+
+def trace(capsys, *args: str) -> dict:
+    assert run(["syscalls", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def counts(doc: dict, pid: int | None = None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in doc["syscalls"]:
+        if pid is None or s["pid"] == pid:
+            out[s["name"]] = out.get(s["name"], 0) + s["count"]
+    return out
+
+
+def strace_counts(argv: list[str]) -> dict[str, int]:
+    proc = subprocess.run(["strace", "-c", "-f", *argv], capture_output=True, text=True, check=True)
+    found = {}
+    for line in proc.stderr.splitlines():
+        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:(\d+)\s+)?(\w+)$", line)
+        if m and m.group(3) != "total":
+            found[m.group(3)] = int(m.group(1))
+    return found
+
+
+def test_launch_mode_counts_exactly_and_follows_children(capsys, workload):
+    doc = trace(capsys, "--", str(workload), "1234")
+    c = counts(doc)
+    assert c["getppid"] == 1234 + 11  # parent + forked child
+    byname = {s["name"]: s for s in doc["syscalls"] if s["name"] in ("openat", "close")}
+    errnos: dict[str, dict[str, int]] = {}
+    for s in doc["syscalls"]:
+        for k, v in s["errno"].items():
+            errnos.setdefault(s["name"], {}).setdefault(k, 0)
+            errnos[s["name"]][k] += v
+    assert errnos["openat"]["ENOENT"] == 7
+    assert errnos["close"]["EBADF"] == 3
+    assert byname["openat"]["errors"] >= 7
+    assert len({s["pid"] for s in doc["syscalls"]}) == 2  # parent and child
+    assert doc["lost_events"] == {}
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
+def test_counts_agree_with_strace(capsys, workload):
+    ours = counts(trace(capsys, "--", str(workload), "500"))
+    theirs = strace_counts([str(workload), "500"])
+    # strace -c cannot time exit_group (it never returns) and leaves it out; we count it.
+    ours.pop("exit_group", None)
+    assert ours == theirs
+
+
+def test_pid_mode_and_syscall_filter(capsys, workload):
+    proc = subprocess.Popen([str(workload), "4321", "700"])
+    try:
+        time.sleep(0.2)  # attach while it sleeps, before the loop
+        doc = trace(capsys, "-p", str(proc.pid), "--syscall", "getppid", "-d", "5")
+    finally:
+        proc.wait(timeout=10)
+    c = counts(doc)
+    assert set(c) == {"getppid"}
+    assert c["getppid"] == 4321 + 11
+    assert "target exited" in " ".join(doc["notes"])
+
+
+def test_errors_only_keeps_just_failures(capsys, workload):
+    doc = trace(capsys, "--errors-only", "--", str(workload), "100")
+    assert all(s["errors"] == s["count"] for s in doc["syscalls"])
+    assert counts(doc)["openat"] >= 7 and "getppid" not in counts(doc)
+
+
+def test_latency_histogram_is_consistent(capsys, workload):
+    doc = trace(capsys, "--syscall", "getppid", "--", str(workload), "2000")
+    row = next(s for s in doc["syscalls"] if s["name"] == "getppid" and s["count"] == 2000)
+    assert sum(row["hist"]) == row["count"]
+    assert 0 < row["min_ns"] <= row["p50_ns"] <= row["p99_ns"] <= row["max_ns"]
+    assert row["total_ns"] >= row["count"] * row["min_ns"]
+
+
+def test_table_snapshot_file_and_latency_view(capsys, workload, tmp_path):
+    snap = tmp_path / "s.json"
+    assert run(["syscalls", "-o", str(snap), "-L", "getppid", "--by-process", "--", str(workload), "50"]) == 0
+    out = capsys.readouterr()
+    assert "getppid" in out.out and "latency" in out.out
+    assert "syscalls" in out.err and "lost" in out.err  # the one-line account
+    assert json.loads(snap.read_text())["kind"] == "syscalls"
+
+
+def test_interval_series_are_kept(capsys, workload):
+    doc = trace(capsys, "--interval", "0.2", "--", str(workload), "200", "700")
+    assert doc["interval_s"] == 0.2
+    assert len(doc["series"]) >= 2
+    assert sum(p["values"].get("getppid", 0) for p in doc["series"]) <= 211
+
+
+def test_comm_filter(capsys, workload):
+    doc = trace(capsys, "--comm", "no-such-comm", "--", str(workload), "10")
+    assert doc["syscalls"] == []
+
+
+def test_bad_input_exit_codes(capsys, tmp_path):
+    assert run(["syscalls", "-p", "999999999", "-d", "1"]) == 2
+    assert "no such process" in capsys.readouterr().err
+    assert run(["syscalls", "--", str(tmp_path / "missing")]) == 2
+    assert "command not found" in capsys.readouterr().err
+    assert run(["syscalls", "-o", str(tmp_path / "no" / "x.json"), "-d", "1"]) == 2
+    assert run(["syscalls", "-o", str(tmp_path / "x.svg"), "-d", "1"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_module_entry_point_runs(workload):
+    proc = subprocess.run(
+        [sys.executable, "-m", "otlp_ebpf", "-q", "syscalls", "--json", "--", str(workload), "10"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert counts(json.loads(proc.stdout))["getppid"] == 21

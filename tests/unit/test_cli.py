@@ -1,0 +1,61 @@
+import pytest
+
+from otlp_ebpf import __version__
+from otlp_ebpf.cli.app import run
+from otlp_ebpf.cli.common import check_output_path, summary_line, target_spec
+from otlp_ebpf.errors import UsageError
+from otlp_ebpf.model import CpuSnapshot, SelfCost
+
+
+def test_version_and_help(capsys):
+    assert run(["--version"]) == 0
+    assert __version__ in capsys.readouterr().out
+    assert run(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "doctor" in out and "syscalls" in out
+
+
+def test_unknown_command_and_option_exit_2(capsys):
+    assert run(["no-such-command"]) == 2
+    assert run(["syscalls", "--no-such-option"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_bad_duration_is_a_usage_error(capsys):
+    assert run(["syscalls", "-d", "-1"]) == 2
+    assert "--duration must be a positive number" in capsys.readouterr().err
+
+
+def test_unknown_syscall_lists_close_matches(capsys):
+    assert run(["syscalls", "--syscall", "opena", "-d", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown syscall 'opena'" in err and "openat" in err
+
+
+def test_pid_and_command_together_are_refused():
+    with pytest.raises(UsageError, match="either --pid or -- CMD"):
+        target_spec([1], 0, ["true"])
+
+
+def test_output_path_checks(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        check_output_path(str(tmp_path / "nope" / "x.json"))
+    with pytest.raises(UsageError, match="is a directory"):
+        check_output_path(str(tmp_path))
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "link.json").symlink_to(tmp_path / "target.json")
+    with pytest.raises(UsageError, match="symlink in world-writable"):
+        check_output_path(str(sticky / "link.json"))
+    check_output_path(str(tmp_path / "fine.json"))
+
+
+def test_summary_line_accounts_for_losses_and_cost():
+    snap = CpuSnapshot(
+        started_at="t", duration_s=2.0, host="h", lost_events={"ring buffer full": 5},
+        self_cost=SelfCost(cpu_s=0.1, bpf_ns=2_000_000, bpf_runs=40, peak_rss_kb=2048),
+    )
+    line = summary_line(snap, 1234, "samples")
+    assert "1,234 samples" in line and "5 lost (ring buffer full: 5)" in line
+    assert "5.0%" in line and "BPF 2.0 ms in 40 runs" in line and "2.0 MB" in line

@@ -1,0 +1,112 @@
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from otlp_ebpf.errors import UsageError
+from otlp_ebpf.model import (
+    Allocation,
+    Connection,
+    CpuSnapshot,
+    IntervalPoint,
+    MemSnapshot,
+    NetSnapshot,
+    ProcessInfo,
+    SelfCost,
+    StackCount,
+    SyscallsSnapshot,
+    SyscallStat,
+    read_snapshot,
+    snapshot_from_dict,
+    write_snapshot,
+)
+
+COMMON = {"started_at": "2026-01-01T00:00:00+00:00", "duration_s": 2.5, "host": "h"}
+
+
+def roundtrip(snap):
+    return snapshot_from_dict(json.loads(json.dumps(snap.to_dict())))
+
+
+def test_cpu_snapshot_round_trips_with_nested_records():
+    snap = CpuSnapshot(
+        **COMMON,
+        targets=("pid 1",),
+        lost_events={"stack collisions": 3},
+        processes=(ProcessInfo(1, "init", "/sbin/init", ("init",)),),
+        self_cost=SelfCost(0.5, 1000, 10, 4096),
+        stacks=(StackCount(1, 2, "a", ("main", "work", "vfs_read_[k]"), 7),),
+        off_cpu=(StackCount(1, 2, "a", ("main", "sleep"), 2, total_ns=5_000),),
+        frequency_hz=99,
+        samples_total=7,
+    )
+    back = roundtrip(snap)
+    assert back == snap
+    assert [p.name for p in back.stack_profiles()] == ["cpu", "off_cpu"]
+    assert back.stack_profiles()[1].total == 5_000
+    assert back.lost_total == 3
+
+
+def test_json_layout_matches_the_documented_fields():
+    snap = SyscallsSnapshot(
+        **COMMON,
+        syscalls=(SyscallStat(1, "a", "read", 3, 1, {"EBADF": 1}, 30, 8, 16, 20, hist=(0, 3)),),
+        series=(IntervalPoint(1.0, {"read": 3}),),
+    )
+    data = snap.to_dict()
+    assert data["kind"] == "syscalls" and data["version"] == 1
+    row = data["syscalls"][0]
+    assert set(row) >= {"pid", "comm", "name", "count", "errors", "errno", "total_ns", "p50_ns", "p99_ns", "max_ns"}
+    assert roundtrip(snap) == snap
+
+
+def test_net_and_mem_round_trip():
+    net = NetSnapshot(
+        **COMMON,
+        connections=(Connection(1, "c", 4, "10.0.0.1", 1, "10.0.0.2", 2, 10, 20, 1.5, 0),),
+        retransmits=4,
+        resets={"sent": 1, "received": 2},
+        drops={"TCP_CSUM": 1},
+    )
+    mem = MemSnapshot(**COMMON, outstanding=(Allocation(1, ("main", "leak"), 4096, 2, "c"),), outstanding_bytes=4096)
+    assert roundtrip(net) == net
+    assert roundtrip(mem) == mem
+    assert [p.unit for p in mem.stack_profiles()] == ["bytes", "count"]
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ([], "top level"),
+        ({"kind": "gpu", "version": 1}, "unknown kind"),
+        ({"kind": "cpu", "version": 99}, "version 99"),
+        ({"kind": "cpu", "version": 1, "stacks": [{"pid": 1}]}, "malformed"),
+    ],
+)
+def test_bad_snapshots_are_usage_errors(data, message):
+    with pytest.raises(UsageError, match=message):
+        snapshot_from_dict(data)
+
+
+def test_read_snapshot_errors_name_the_file(tmp_path):
+    with pytest.raises(UsageError, match="no such file"):
+        read_snapshot(str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UsageError, match="bad.json: not a JSON snapshot"):
+        read_snapshot(str(bad))
+    good = tmp_path / "good.json"
+    snap = CpuSnapshot(**COMMON)
+    with good.open("w") as fh:
+        write_snapshot(snap, fh)
+    assert read_snapshot(str(good)) == snap
+
+
+frames = st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=6).map(tuple)
+
+
+@given(st.lists(st.tuples(frames, st.integers(1, 10**9)), max_size=20))
+def test_any_cpu_snapshot_round_trips(stacks):
+    snap = CpuSnapshot(**COMMON, stacks=tuple(StackCount(1, 1, "x", f, n) for f, n in stacks))
+    assert roundtrip(snap) == snap

@@ -1,0 +1,172 @@
+"""The Symbolizer facade on a /proc tree and kallsyms laid out in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from otlp_ebpf.symbolize.elf import ElfSymbolizer
+from otlp_ebpf.symbolize.resolver import UNKNOWN_FRAME, Symbolizer, SymbolizeStats
+
+LIBC = os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")
+BASE = 0x7F0000000000
+JIT = 0x7E0000000000
+KALLSYMS = "ffffffff81000000 T _stext\nffffffff81000400 T vfs_read\nffffffff81000800 T ksys_read\n"
+
+
+def _libc_file_offset(name: str) -> int:
+    text = subprocess.run(
+        ["nm", "-D", "--defined-only", LIBC], check=True, capture_output=True, text=True
+    ).stdout
+    vaddr = next(
+        int(p[0], 16) for p in map(str.split, text.splitlines()) if p[2].split("@")[0] == name
+    )
+    info = ElfSymbolizer().load_path(LIBC).info
+    segment = next(s for s in info.segments if s.vaddr <= vaddr < s.vaddr + s.filesz)
+    return segment.offset + (vaddr - segment.vaddr)
+
+
+class FakeProc:
+    """A /proc/PID directory with a maps file, a stat line and a root."""
+
+    def __init__(self, proc_root: Path, pid: int) -> None:
+        self.dir = proc_root / str(pid)
+        self.dir.mkdir(parents=True)
+        (self.dir / "root").symlink_to("/")
+        self.set_start_time(1234)
+        self.lines: list[str] = []
+
+    def set_start_time(self, ticks: int) -> None:
+        fields = ["S"] + ["0"] * 18 + [str(ticks), "0"]
+        (self.dir / "stat").write_text(f"77 (my (odd) comm) {' '.join(fields)}\n")
+
+    def map(self, start: int, end: int, perms: str, path: str = "", inode: int = 0) -> None:
+        self.lines.append(f"{start:x}-{end:x} {perms} 00000000 08:01 {inode} {path}")
+        (self.dir / "maps").write_text("\n".join(self.lines) + "\n")
+
+
+@pytest.fixture
+def proc(tmp_path: Path) -> FakeProc:
+    fake = FakeProc(tmp_path / "proc", 77)
+    fake.map(BASE, BASE + os.path.getsize(LIBC), "r-xp", LIBC, os.stat(LIBC).st_ino)
+    fake.map(JIT, JIT + 0x10000, "rwxp")
+    return fake
+
+
+def _symbolizer(tmp_path: Path, kallsyms: str = KALLSYMS) -> Symbolizer:
+    (tmp_path / "kallsyms").write_text(kallsyms)
+    return Symbolizer(
+        proc_root=str(tmp_path / "proc"),
+        kallsyms_path=str(tmp_path / "kallsyms"),
+        debug_roots=["/usr/lib/debug"],
+    )
+
+
+def test_user_frames_name_each_address_in_order(proc: FakeProc, tmp_path: Path) -> None:
+    qsort = BASE + _libc_file_offset("qsort")
+    with _symbolizer(tmp_path) as symbolizer:
+        assert symbolizer.remember_process(77)
+        frames = symbolizer.user_frames(77, [qsort + 1, qsort + 1, JIT + 5, 0x42])
+    assert frames == [
+        ("qsort", LIBC),
+        ("qsort", LIBC),
+        (f"0x{JIT + 4:x}", ""),
+        (UNKNOWN_FRAME, ""),
+    ]
+    assert symbolizer.stats.resolved == 2
+    assert symbolizer.stats.by_reason == {"anonymous": 1, "no_mapping": 1}
+
+
+def test_perf_map_names_anonymous_code(proc: FakeProc, tmp_path: Path) -> None:
+    perf_dir = proc.dir / "root"
+    perf_dir.unlink()
+    perf_dir.mkdir()
+    (perf_dir / "tmp").mkdir()
+    (perf_dir / "tmp" / "perf-77.map").write_text(f"{JIT + 0x100:x} 40 jitted_fn\n")
+    with _symbolizer(tmp_path) as symbolizer:
+        frames = symbolizer.user_frames(77, [JIT + 0x110], adjust_return_addresses=False)
+    assert frames == [("jitted_fn", str(perf_dir / "tmp" / "perf-77.map"))]
+
+
+def test_unreadable_file_gives_module_plus_offset(proc: FakeProc, tmp_path: Path) -> None:
+    proc.map(0x1000, 0x3000, "r-xp", "/nonexistent/libgone.so", 99)
+    with _symbolizer(tmp_path) as symbolizer:
+        frames = symbolizer.user_frames(77, [0x1234], adjust_return_addresses=False)
+    assert frames == [("libgone.so+0x234", "/nonexistent/libgone.so")]
+    assert symbolizer.stats.by_reason == {"file_unreadable": 1}
+
+
+def test_code_mapped_after_capture_is_found_by_capturing_again(
+    proc: FakeProc, tmp_path: Path
+) -> None:
+    with _symbolizer(tmp_path) as symbolizer:
+        symbolizer.remember_process(77)
+        proc.map(0x5000, 0x6000, "r-xp", "/nonexistent/libdlopened.so", 98)
+        frames = symbolizer.user_frames(77, [0x5010], adjust_return_addresses=False)
+    assert frames == [("libdlopened.so+0x10", "/nonexistent/libdlopened.so")]
+
+
+def test_a_reused_pid_is_not_captured_again(proc: FakeProc, tmp_path: Path) -> None:
+    with _symbolizer(tmp_path) as symbolizer:
+        symbolizer.remember_process(77)
+        proc.set_start_time(999)
+        proc.map(0x5000, 0x6000, "r-xp", "/nonexistent/other.so", 98)
+        assert symbolizer.user_frames(77, [0x5010]) == [(UNKNOWN_FRAME, "")]
+
+
+def test_addresses_from_before_an_exec_use_the_older_maps(proc: FakeProc, tmp_path: Path) -> None:
+    qsort = BASE + _libc_file_offset("qsort")
+    with _symbolizer(tmp_path) as symbolizer:
+        symbolizer.remember_process(77)
+        proc.lines = []
+        proc.map(0x1000, 0x2000, "r-xp", "/nonexistent/newprog", 5)
+        symbolizer.remember_process(77)
+        frames = symbolizer.user_frames(77, [0x1004, qsort], adjust_return_addresses=False)
+    assert frames == [("newprog+0x4", "/nonexistent/newprog"), ("qsort", LIBC)]
+
+
+def test_unknown_process_gives_unknown_frames(tmp_path: Path) -> None:
+    with _symbolizer(tmp_path) as symbolizer:
+        assert not symbolizer.remember_process(31337)
+        assert symbolizer.user_frames(31337, [1, 2]) == [(UNKNOWN_FRAME, "")] * 2
+    assert symbolizer.stats.by_reason == {"process_unknown": 2}
+
+
+def test_kernel_frames_carry_the_suffix_and_adjust_return_addresses(tmp_path: Path) -> None:
+    with _symbolizer(tmp_path) as symbolizer:
+        names = symbolizer.kernel_frames([0xFFFFFFFF81000410, 0xFFFFFFFF81000800, 0x10])
+    # The second frame is a return address right at the start of ksys_read: the call was
+    # the last instruction of vfs_read.
+    assert names == ["vfs_read_[k]", "vfs_read_[k]", "0xf_[k]"]
+    assert symbolizer.stats.summary() == ("2 frames resolved, 1 unresolved (kernel_no_symbol 1)")
+
+
+def test_restricted_or_missing_kallsyms_gives_hex_kernel_frames(tmp_path: Path) -> None:
+    zeros = "0000000000000000 T _stext\n0000000000000000 T vfs_read\n"
+    with _symbolizer(tmp_path, zeros) as symbolizer:
+        names = symbolizer.kernel_frames([0xFFFFFFFF81000410], adjust_return_addresses=False)
+    assert names == ["0xffffffff81000410_[k]"]
+    assert symbolizer.stats.by_reason == {"kallsyms_unavailable": 1}
+    missing = Symbolizer(kallsyms_path=str(tmp_path / "absent"))
+    assert missing.kernel_frames([0xFFFFFFFF81000410]) == ["0xffffffff81000410_[k]"]
+
+
+def test_stats_summary_without_failures() -> None:
+    stats = SymbolizeStats()
+    stats.count("")
+    assert stats.summary() == "1 frames resolved, 0 unresolved"
+
+
+def test_an_empty_capture_of_an_exiting_process_keeps_the_earlier_one(
+    proc: FakeProc, tmp_path: Path
+) -> None:
+    qsort = BASE + _libc_file_offset("qsort")
+    with _symbolizer(tmp_path) as symbolizer:
+        assert symbolizer.remember_process(77)
+        (proc.dir / "maps").write_text("")
+        assert not symbolizer.remember_process(77)
+        frames = symbolizer.user_frames(77, [qsort], adjust_return_addresses=False)
+    assert frames == [("qsort", LIBC)]
