@@ -59,3 +59,12 @@ def test_summary_line_accounts_for_losses_and_cost():
     line = summary_line(snap, 1234, "samples")
     assert "1,234 samples" in line and "5 lost (ring buffer full: 5)" in line
     assert "5.0%" in line and "BPF 2.0 ms in 40 runs" in line and "2.0 MB" in line
+
+
+def test_bare_otlp_flag_takes_the_endpoint_from_the_environment():
+    from otlp_ebpf.cli.app import optional_otlp_value
+
+    assert optional_otlp_value(["net", "--otlp"]) == ["net", "--otlp=@env"]
+    assert optional_otlp_value(["net", "--otlp", "-d", "1"]) == ["net", "--otlp=@env", "-d", "1"]
+    assert optional_otlp_value(["net", "--otlp", "http://c:4317"]) == ["net", "--otlp", "http://c:4317"]
+    assert optional_otlp_value(["cpu", "--", "prog", "--otlp"]) == ["cpu", "--", "prog", "--otlp"]

@@ -15,6 +15,8 @@ from otlp_ebpf.errors import EXIT_RUNTIME, OtlpEbpfError
 # One module per command; each exposes `register(app)`. Heavy imports stay inside the
 # command bodies so `otlp-ebpf --help` is instant.
 COMMAND_MODULES = [
+    "cpu",
+    "report",
     "doctor",
     "syscalls",
     "diff",
@@ -41,10 +43,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _global(
     debug: Annotated[
-        bool, typer.Option("--debug", envvar="OTLP_EBPF_DEBUG", help="Show tracebacks and libbpf logs. [env: OTLP_EBPF_DEBUG]")
+        bool, typer.Option("--debug", envvar="OTLP_EBPF_DEBUG", help="Show tracebacks and libbpf logs.")
     ] = False,
     quiet: Annotated[
-        bool, typer.Option("-q", "--quiet", envvar="OTLP_EBPF_QUIET", help="Only results and warnings. [env: OTLP_EBPF_QUIET]")
+        bool, typer.Option("-q", "--quiet", envvar="OTLP_EBPF_QUIET", help="Only results and warnings.")
     ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
@@ -67,11 +69,27 @@ def report_error(exc: OtlpEbpfError) -> int:
     return exc.exit_code
 
 
+def optional_otlp_value(args: list[str]) -> list[str]:
+    """`--otlp` takes an optional URL (DESIGN: `--otlp [URL]`), which click cannot express:
+    a bare `--otlp` becomes `--otlp=@env` (endpoint from OTEL_EXPORTER_OTLP_ENDPOINT)."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        nxt = args[i + 1] if i + 1 < len(args) else None
+        if arg == "--otlp" and (nxt is None or nxt.startswith("-")):
+            out.append("--otlp=@env")
+        else:
+            out.append(arg)
+    return out
+
+
 def run(args: list[str] | None = None) -> int:
     """Run the CLI and return the exit code instead of exiting (used by main and tests)."""
+    args = optional_otlp_value(sys.argv[1:] if args is None else list(args))
     try:
         # Without standalone mode, click returns the code of a typer.Exit instead of raising.
-        result = app(args=args, standalone_mode=False)
+        result = app(args=args, prog_name="otlp-ebpf", standalone_mode=False)
     except OtlpEbpfError as exc:
         return report_error(exc)
     except typer.Exit as exc:

@@ -136,12 +136,13 @@ def write_output(snapshot: Snapshot, path: str, fmt: OutputFormat) -> list[str]:
     written = []
     for name, write in parts(snapshot, fmt):
         target = sibling_path(path, fmt, name)
-        _write_atomically(target, write)
+        write_atomically(target, write)
         written.append(target)
     return written
 
 
-def _write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
+def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """The file appears whole or not at all (written next to its target, then renamed)."""
     directory, base = os.path.split(path)
     tmp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.tmp")
     try:

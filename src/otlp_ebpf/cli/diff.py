@@ -1,0 +1,299 @@
+"""`otlp-ebpf diff`: compare two sets of snapshots and, in CI, fail on a regression."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, BinaryIO, TextIO
+
+import typer
+
+from otlp_ebpf import console
+from otlp_ebpf.cli import common
+from otlp_ebpf.errors import EXIT_RUNTIME, UsageError
+from otlp_ebpf.formatters.registry import write_atomically
+
+if TYPE_CHECKING:
+    from otlp_ebpf.analysis.diff import DiffReport, RunSet
+    from otlp_ebpf.analysis.gate import Verdict
+
+OUTPUT_EXTENSIONS = (".html", ".svg", ".folded", ".json", ".md")
+STACK_OUTPUTS = (".html", ".svg", ".folded")
+
+HELP = """Compare BASE with NEW snapshots: which functions (stacks, syscalls, connection groups)
+took a larger or smaller share, and whether that is beyond run-to-run noise.
+
+BASE and NEW are each one snapshot file, a directory (every *.json in it), a quoted glob
+("runs/base-*.json"), or a comma-separated list of those. Several runs per side give a
+noise estimate from their spread (Mann-Whitney U, bootstrap interval); a single run per side
+is judged by the sampling error of each share.
+
+With --fail-on-regression PCT the exit code is 1 when a share grew by more than PCT points
+beyond noise (or, for latencies and rates, by more than PCT percent), 0 otherwise. The
+verdict goes to stderr, the table to stdout.
+"""
+
+
+class DiffByChoice(StrEnum):
+    function = "function"
+    stack = "stack"
+
+
+@dataclass(frozen=True)
+class DiffConfig:
+    """Everything the command was asked to do, checked."""
+
+    base: str
+    new: str
+    outputs: tuple[str, ...]
+    threshold: float | None
+    min_share: float
+    by: str
+    metric: str
+    profiles: tuple[str, ...]
+    reverse: bool
+    json: bool
+    confidence: float
+    top: int
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `diff` command to the app."""
+    app.command("diff", help=HELP)(diff_command)
+
+
+def diff_command(
+    base: Annotated[
+        str,
+        typer.Argument(metavar="BASE", help="BASE snapshot(s): file, directory, glob or a,b,c."),
+    ],
+    new: Annotated[
+        str, typer.Argument(metavar="NEW", help="NEW snapshot(s): file, directory, glob or a,b,c.")
+    ],
+    output: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-o",
+            "--output",
+            metavar="PATH",
+            help="Write PATH (.html/.svg differential flamegraph, .folded as difffolded.pl, "
+            ".json diff document, .md pull-request summary). Repeatable.",
+        ),
+    ] = None,
+    fail_on_regression: Annotated[
+        float | None,
+        typer.Option(
+            "--fail-on-regression",
+            metavar="PCT",
+            help="Exit 1 when a share grew by more than PCT points beyond noise.",
+        ),
+    ] = None,
+    min_share: Annotated[
+        float,
+        typer.Option("--min-share", metavar="PCT", help="Hide rows under PCT % in both runs."),
+    ] = 0.0,
+    by: Annotated[
+        DiffByChoice, typer.Option("--by", help="Compare self time per function, or whole stacks.")
+    ] = DiffByChoice.function,
+    metric: Annotated[
+        str,
+        typer.Option(
+            "--metric",
+            metavar="NAME",
+            help="What the gate judges: self|total (cpu, mem), calls|errors|p50|p99 "
+            "(syscalls), bytes|retransmits (net). Default: the first of each.",
+        ),
+    ] = "",
+    profile: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--profile", metavar="NAME", help="Only this profile (cpu, off_cpu, ...). Repeatable."
+        ),
+    ] = None,
+    reverse: Annotated[
+        bool, typer.Option("--reverse", help="Flamegraph widths from BASE instead of NEW.")
+    ] = False,
+    as_json: common.JsonOpt = False,
+    confidence: Annotated[
+        float,
+        typer.Option("--confidence", metavar="LEVEL", help="Confidence level of the noise test."),
+    ] = 0.95,
+    top: Annotated[
+        int, typer.Option("--top", metavar="N", help="Rows per direction in the table.")
+    ] = 10,
+) -> None:
+    config = DiffConfig(
+        base=base,
+        new=new,
+        outputs=tuple(output or ()),
+        threshold=fail_on_regression,
+        min_share=min_share,
+        by=by.value,
+        metric=metric,
+        profiles=tuple(profile or ()),
+        reverse=reverse,
+        json=as_json,
+        confidence=confidence,
+        top=top,
+    )
+    check_config(config)
+    verdict = run_diff(config)
+    if verdict.failed:
+        console.err.print(console.escape(verdict.reason), style="red")
+        raise typer.Exit(EXIT_RUNTIME)
+    console.err.print(
+        console.escape(verdict.reason), style="green" if verdict.threshold is not None else None
+    )
+
+
+def check_config(config: DiffConfig) -> None:
+    """Reject bad values before reading any file."""
+    if config.threshold is not None and config.threshold < 0:
+        raise UsageError("--fail-on-regression must be 0 or more (points of share)")
+    if config.min_share < 0:
+        raise UsageError("--min-share must be 0 or more")
+    if not 0.5 <= config.confidence < 1.0:
+        raise UsageError("--confidence must be at least 0.5 and below 1 (e.g. 0.95)")
+    if config.top < 1:
+        raise UsageError("--top must be at least 1")
+    for path in config.outputs:
+        if not path.lower().endswith(OUTPUT_EXTENSIONS):
+            raise UsageError(
+                f"{path}: diff writes {', '.join(OUTPUT_EXTENSIONS)}; cannot tell the format"
+            )
+        common.check_output_path(path)
+
+
+def run_diff(config: DiffConfig) -> Verdict:
+    """Compare, print the results, write the outputs; the gate's verdict."""
+    from otlp_ebpf.analysis.diff import DiffOptions, check_same_kind, diff_runs, load_runs
+    from otlp_ebpf.analysis.gate import evaluate
+
+    base = load_runs(config.base, "BASE")
+    new = load_runs(config.new, "NEW")
+    check_same_kind(base, new)
+    options = DiffOptions(
+        by="stack" if config.by == "stack" else "function",
+        metric=config.metric,
+        threshold=config.threshold,
+        confidence=config.confidence,
+        min_share=config.min_share,
+        profiles=config.profiles,
+    )
+    report = diff_runs(base, new, options)
+    verdict = evaluate(report)
+    for path in config.outputs:
+        write_output(path, report, verdict, base, new, config)
+    print_results(report, verdict, config)
+    return verdict
+
+
+def print_results(report: DiffReport, verdict: Verdict, config: DiffConfig) -> None:
+    """Table or JSON on stdout (the verdict line goes to stderr from the command)."""
+    from otlp_ebpf.analysis.gate import to_document
+    from otlp_ebpf.formatters.diff_table import render_table
+
+    if config.json:
+        console.out.file.write(json.dumps(to_document(report, verdict), indent=1) + "\n")
+    else:
+        render_table(report, console.out, top=config.top)
+
+
+def write_output(
+    path: str,
+    report: DiffReport,
+    verdict: Verdict,
+    base: RunSet,
+    new: RunSet,
+    config: DiffConfig,
+) -> None:
+    """Write one requested file, its format chosen by extension."""
+    lowered = path.lower()
+    if lowered.endswith(STACK_OUTPUTS):
+        _check_stack_kind(path, report)
+    if lowered.endswith(".json"):
+        from otlp_ebpf.analysis.gate import to_document
+
+        document = to_document(report, verdict)
+        write_text(path, lambda s: _dump_json(document, s))
+    elif lowered.endswith(".md"):
+        from otlp_ebpf.formatters.diff_markdown import render_markdown
+
+        write_text(path, lambda s: render_markdown(report, verdict, s, top=config.top))
+    elif lowered.endswith(".folded"):
+        _write_folded(path, report, base, new)
+    else:
+        _write_flamegraph(path, report, base, new, config)
+    console.status(f"wrote {path}")
+
+
+def _dump_json(document: dict[str, object], stream: TextIO) -> None:
+    json.dump(document, stream, indent=1)
+    stream.write("\n")
+
+
+def _check_stack_kind(path: str, report: DiffReport) -> None:
+    if report.kind not in ("cpu", "mem"):
+        raise UsageError(f"{path}: {report.kind} snapshots have no stacks; use .json or .md")
+
+
+def _write_folded(path: str, report: DiffReport, base: RunSet, new: RunSet) -> None:
+    from otlp_ebpf.analysis.diff import summed_stacks
+    from otlp_ebpf.formatters.diff_folded import render_diff_folded
+
+    name = report.sections[0].name
+    if len(report.sections) > 1:
+        console.status(f"{path}: folded holds one profile; writing {name} (choose with --profile)")
+    before, after = summed_stacks(base, name), summed_stacks(new, name)
+    write_text(path, lambda s: render_diff_folded(before, after, s))
+
+
+def _write_flamegraph(
+    path: str, report: DiffReport, base: RunSet, new: RunSet, config: DiffConfig
+) -> None:
+    from otlp_ebpf.analysis.diff import profile_units
+    from otlp_ebpf.formatters import diff_flamegraph
+
+    units = profile_units(new) | profile_units(base)
+    wanted = [(s.name, units[s.name]) for s in report.sections]
+    trees = diff_flamegraph.differential_trees(base, new, wanted, reverse=config.reverse)
+    widths = "BASE" if config.reverse else "NEW"
+    title = f"{report.kind} diff: {_side(report.base)} -> {_side(report.new)} (widths: {widths})"
+    if path.lower().endswith(".svg"):
+        label, tree, unit = trees[0]
+        if len(trees) > 1:
+            console.status(
+                f"{path}: svg holds one profile; writing {label} (choose with --profile)"
+            )
+        write_atomically(
+            path,
+            lambda s: diff_flamegraph.render_svg(tree, s, title=f"{title}: {label}", unit=unit),
+        )
+    else:
+        write_atomically(path, lambda s: diff_flamegraph.render_html(trees, s, title=title))
+
+
+def _side(paths: tuple[str, ...]) -> str:
+    """How a title names one side: the file, or the directory and how many runs it held."""
+    if len(paths) == 1:
+        return paths[0]
+    folder = os.path.dirname(paths[0])
+    if all(os.path.dirname(p) == folder for p in paths):
+        return f"{folder or '.'}/ ({len(paths)} runs)"
+    return f"{paths[0]} (+{len(paths) - 1} runs)"
+
+
+def write_text(path: str, write: Callable[[TextIO], None]) -> None:
+    """Like `write_atomically` for a writer of UTF-8 text."""
+
+    def encode(stream: BinaryIO) -> None:
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
+        write(text)
+        text.flush()
+        text.detach()
+
+    write_atomically(path, encode)

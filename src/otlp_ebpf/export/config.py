@@ -1,0 +1,298 @@
+"""Where and how OTLP data is sent, resolved once from command-line flags and the environment.
+
+Flags win over signal-specific variables (OTEL_EXPORTER_OTLP_PROFILES_*, _METRICS_*), which win
+over the general ones (OTEL_EXPORTER_OTLP_*), which win over defaults. Header values may hold
+credentials: they are never part of a repr, a message or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, cast
+from urllib.parse import unquote, urlsplit
+
+from otlp_ebpf.errors import UsageError
+
+Protocol = Literal["grpc", "http/protobuf"]
+Signal = Literal["profiles", "metrics"]
+Compression = Literal["gzip", "none"]
+
+PROTOCOLS: tuple[Protocol, ...] = ("grpc", "http/protobuf")
+SIGNALS: tuple[Signal, ...] = ("profiles", "metrics")
+HTTP_PATHS: dict[Signal, str] = {"profiles": "v1development/profiles", "metrics": "v1/metrics"}
+DEFAULT_PORTS: dict[Protocol, int] = {"grpc": 4317, "http/protobuf": 4318}
+DEFAULT_TIMEOUT_S = 10.0
+# Profiles are large and compress 5-10x; every OTLP receiver accepts gzip.
+DEFAULT_COMPRESSION: Compression = "gzip"
+
+_HEADER_KEY = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+@dataclass(frozen=True)
+class SignalTarget:
+    """Everything needed to send one signal (profiles or metrics) to one receiver.
+
+    `url` is `scheme://host:port` for gRPC and the full signal URL for HTTP.
+    """
+
+    signal: Signal
+    url: str
+    protocol: Protocol
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    compression: Compression = DEFAULT_COMPRESSION
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    insecure: bool = False
+    certificate: str | None = None
+
+    @property
+    def authority(self) -> str:
+        """`host:port` as gRPC channels want it."""
+        return urlsplit(self.url).netloc
+
+    def describe(self) -> str:
+        """Where this goes, for messages: protocol and URL, never headers."""
+        return f"{self.url} ({self.protocol})"
+
+    def header_names(self) -> list[str]:
+        return [name for name, _ in self.headers]
+
+
+@dataclass(frozen=True)
+class OtlpConfig:
+    """The resolved OTLP settings for both signals plus the resource attributes to attach."""
+
+    profiles: SignalTarget
+    metrics: SignalTarget
+    resource_attributes: Mapping[str, str] = field(default_factory=dict)
+
+    def target(self, signal: Signal) -> SignalTarget:
+        return self.profiles if signal == "profiles" else self.metrics
+
+    @classmethod
+    def from_cli(
+        cls,
+        url: str | None = None,
+        protocol: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        compression: str | None = None,
+        insecure: bool | None = None,
+        certificate: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> OtlpConfig:
+        """Resolve flags (None = not given) over the OTEL_* environment; UsageError on bad values.
+
+        `url` is the receiver's base URL (`http://collector:4317`); HTTP signal paths are added.
+        """
+        env = os.environ if environ is None else environ
+        flags = _Flags(url, protocol, headers, timeout_s, compression, insecure, certificate)
+        profiles, metrics = (_resolve_target(signal, flags, env) for signal in SIGNALS)
+        return cls(profiles, metrics, resource_attributes_from_env(env))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OtlpConfig:
+        return cls.from_cli(None, None, environ=environ)
+
+
+@dataclass(frozen=True)
+class _Flags:
+    url: str | None
+    protocol: str | None
+    headers: Mapping[str, str] | None
+    timeout_s: float | None
+    compression: str | None
+    insecure: bool | None
+    certificate: str | None
+
+
+def _lookup(env: Mapping[str, str], signal: Signal, name: str) -> tuple[str, str] | None:
+    """(variable name, value) of the signal-specific variable, else the general one."""
+    for var in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
+        value = env.get(var, "").strip()
+        if value:
+            return var, value
+    return None
+
+
+def _resolve_target(signal: Signal, flags: _Flags, env: Mapping[str, str]) -> SignalTarget:
+    insecure = _resolve_insecure(signal, flags, env)
+    raw_url, is_signal_url = _raw_url(signal, flags, env)
+    protocol = _resolve_protocol(signal, flags, env, raw_url)
+    if raw_url is None:
+        raw_url = f"http://localhost:{DEFAULT_PORTS[protocol]}"
+    base = _normalize_url(raw_url, insecure=insecure, keep_path=is_signal_url)
+    url = base
+    if protocol == "http/protobuf" and not is_signal_url:
+        url = f"{base.rstrip('/')}/{HTTP_PATHS[signal]}"
+    if protocol == "grpc":
+        url = _origin(base)
+    return SignalTarget(
+        signal=signal,
+        url=url,
+        protocol=protocol,
+        headers=_resolve_headers(signal, flags, env),
+        compression=_resolve_compression(signal, flags, env),
+        timeout_s=_resolve_timeout(signal, flags, env),
+        insecure=urlsplit(url).scheme == "http",
+        certificate=_resolve_certificate(signal, flags, env),
+    )
+
+
+def _raw_url(signal: Signal, flags: _Flags, env: Mapping[str, str]) -> tuple[str | None, bool]:
+    """The endpoint as given and whether it already names the signal (per-signal variable)."""
+    if flags.url:
+        return flags.url.strip(), False
+    specific = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip()
+    if specific:
+        return specific, True
+    general = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    return (general or None), False
+
+
+def _resolve_protocol(
+    signal: Signal, flags: _Flags, env: Mapping[str, str], raw_url: str | None
+) -> Protocol:
+    source, value = "--protocol", flags.protocol
+    if value is None and (found := _lookup(env, signal, "PROTOCOL")):
+        source, value = found
+    if value is None:
+        # A receiver on the standard HTTP port speaks HTTP; anything else is taken for gRPC.
+        port = _port_of(raw_url) if raw_url else None
+        return "http/protobuf" if port == DEFAULT_PORTS["http/protobuf"] else "grpc"
+    normalized = value.strip().lower()
+    if normalized == "http":
+        normalized = "http/protobuf"
+    if normalized not in PROTOCOLS:
+        raise UsageError(
+            f"{source}: unsupported OTLP protocol {value!r}; use grpc or http/protobuf"
+        )
+    return cast(Protocol, normalized)
+
+
+def _port_of(raw_url: str) -> int | None:
+    text = raw_url if "://" in raw_url else f"//{raw_url}"
+    try:
+        return urlsplit(text).port
+    except ValueError:
+        return None
+
+
+def _normalize_url(raw: str, *, insecure: bool, keep_path: bool) -> str:
+    """An absolute http(s) URL; a bare `host:port` gets https unless insecure is asked for."""
+    text = raw if "://" in raw else f"{'http' if insecure else 'https'}://{raw}"
+    parts = urlsplit(text)
+    try:
+        _ = parts.port  # only to reject a malformed port now rather than at connect time
+    except ValueError as exc:
+        raise UsageError(f"OTLP endpoint {raw!r} has a bad port") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(
+            f"OTLP endpoint {raw!r} is not a URL like http://collector:4317 or https://host:4318"
+        )
+    path = parts.path if keep_path else parts.path.rstrip("/")
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _resolve_headers(
+    signal: Signal, flags: _Flags, env: Mapping[str, str]
+) -> tuple[tuple[str, str], ...]:
+    headers: dict[str, str] = {}
+    if found := _lookup(env, signal, "HEADERS"):
+        headers.update(parse_key_values(found[1], found[0]))
+    if flags.headers:
+        headers.update({k.strip().lower(): v for k, v in flags.headers.items()})
+    for key in headers:
+        if not _HEADER_KEY.match(key):
+            raise UsageError(f"OTLP header name {key!r} is not a valid header name")
+    return tuple(headers.items())
+
+
+def parse_key_values(text: str, source: str) -> dict[str, str]:
+    """`k1=v1,k2=v2` with percent-encoded values (the OTEL_*_HEADERS / _ATTRIBUTES format).
+
+    Keys come back lower-cased when they are header names (gRPC metadata keys must be).
+    Error messages name the entry's position, never its value.
+    """
+    result: dict[str, str] = {}
+    for position, entry in enumerate(text.split(","), start=1):
+        if not entry.strip():
+            continue
+        key, sep, value = entry.partition("=")
+        key = unquote(key).strip()
+        if not sep or not key:
+            raise UsageError(f"{source}: entry {position} is not key=value")
+        if source.endswith("HEADERS"):
+            key = key.lower()
+        result[key] = unquote(value).strip()
+    return result
+
+
+def _resolve_compression(signal: Signal, flags: _Flags, env: Mapping[str, str]) -> Compression:
+    source, value = "--compression", flags.compression
+    if value is None and (found := _lookup(env, signal, "COMPRESSION")):
+        source, value = found
+    if value is None:
+        return DEFAULT_COMPRESSION
+    normalized = value.strip().lower()
+    if normalized not in ("gzip", "none"):
+        raise UsageError(f"{source}: unsupported compression {value!r}; use gzip or none")
+    return cast(Compression, normalized)
+
+
+def _resolve_timeout(signal: Signal, flags: _Flags, env: Mapping[str, str]) -> float:
+    if flags.timeout_s is not None:
+        if flags.timeout_s <= 0:
+            raise UsageError("--timeout must be a positive number of seconds")
+        return float(flags.timeout_s)
+    found = _lookup(env, signal, "TIMEOUT")
+    if found is None:
+        return DEFAULT_TIMEOUT_S
+    var, value = found
+    try:
+        millis = float(value)
+    except ValueError:
+        millis = -1.0
+    if not millis > 0:
+        raise UsageError(f"{var}: {value!r} is not a positive number of milliseconds")
+    return millis / 1000.0
+
+
+def _resolve_insecure(signal: Signal, flags: _Flags, env: Mapping[str, str]) -> bool:
+    if flags.insecure is not None:
+        return flags.insecure
+    found = _lookup(env, signal, "INSECURE")
+    if found is None:
+        return False
+    var, value = found
+    if value.lower() not in ("true", "false"):
+        raise UsageError(f"{var}: {value!r} is not true or false")
+    return value.lower() == "true"
+
+
+def _resolve_certificate(signal: Signal, flags: _Flags, env: Mapping[str, str]) -> str | None:
+    source, path = "--certificate", flags.certificate
+    if path is None and (found := _lookup(env, signal, "CERTIFICATE")):
+        source, path = found
+    if path is None:
+        return None
+    if not os.access(path, os.R_OK) or not os.path.isfile(path):
+        raise UsageError(f"{source}: cannot read certificate file {path}")
+    return path
+
+
+def resource_attributes_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """OTEL_RESOURCE_ATTRIBUTES, with OTEL_SERVICE_NAME taking precedence for service.name."""
+    attrs = parse_key_values(env.get("OTEL_RESOURCE_ATTRIBUTES", ""), "OTEL_RESOURCE_ATTRIBUTES")
+    service = env.get("OTEL_SERVICE_NAME", "").strip()
+    if service:
+        attrs["service.name"] = service
+    return attrs
