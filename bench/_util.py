@@ -31,7 +31,12 @@ def median_of(runs: int, measure: Callable[[], float]) -> float:
 
 def run_quiet(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True, **kwargs  # type: ignore[arg-type]
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=True,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 

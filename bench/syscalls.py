@@ -46,7 +46,9 @@ def main() -> None:
     results = {"untraced": median_of(RUNS, lambda: rate([]))}
     results["otlp-ebpf syscalls"] = median_of(RUNS, lambda: rate([*CLI, "syscalls", "--"]))
     if shutil.which("strace"):
-        results["strace -c -f"] = median_of(RUNS, lambda: rate(["strace", "-c", "-f", "-o", "/dev/null"], N // 20))
+        results["strace -c -f"] = median_of(
+            RUNS, lambda: rate(["strace", "-c", "-f", "-o", "/dev/null"], N // 20)
+        )
     if shutil.which("bpftrace"):
         script = "tracepoint:raw_syscalls:sys_enter /pid == cpid/ { @[args->id] = count(); }"
         results["bpftrace count"] = median_of(RUNS, lambda: _bpftrace_rate(script))
@@ -64,7 +66,9 @@ def _bpftrace_rate(script: str) -> float:
     with tempfile.NamedTemporaryFile(suffix=".rate") as out:
         subprocess.run(
             ["bpftrace", "-q", "-e", script, "-c", f"{WORKLOAD} {N} {out.name}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
         )
         return float(Path(out.name).read_text())
 

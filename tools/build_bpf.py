@@ -36,8 +36,20 @@ def compile_one(source: Path, clang: str, strip: str | None) -> None:
     obj = source.with_suffix(".o")
     tmp = obj.with_suffix(".o.tmp")
     cmd = [
-        clang, "-O2", "-g", "-Wall", "-Werror", "-target", "bpf", f"-D__TARGET_ARCH_{ARCH}",
-        "-I", str(BPF_DIR), "-c", str(source), "-o", str(tmp),
+        clang,
+        "-O2",
+        "-g",
+        "-Wall",
+        "-Werror",
+        "-target",
+        "bpf",
+        f"-D__TARGET_ARCH_{ARCH}",
+        "-I",
+        str(BPF_DIR),
+        "-c",
+        str(source),
+        "-o",
+        str(tmp),
     ]
     subprocess.run(cmd, check=True)
     if strip:

@@ -313,7 +313,7 @@ def snapshot_from_dict(data: Mapping[str, Any]) -> Snapshot:
             f"snapshot version {version!r} is not supported (this build reads {SNAPSHOT_VERSION})"
         )
     try:
-        return _build(cls, data)  # type: ignore[no-any-return]
+        return _build(cls, data)
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise UsageError(f"malformed {kind} snapshot: {exc}") from exc
 

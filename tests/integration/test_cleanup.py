@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,9 @@ CLI = [sys.executable, "-m", "otlp_ebpf"]
 
 
 def all_programs() -> set[int]:
-    out = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True
+    )
     return {p["id"] for p in json.loads(out.stdout)}
 
 
@@ -29,7 +32,7 @@ def programs_held_by(pid: int) -> set[int]:
     held = set()
     for fd in os.listdir(f"/proc/{pid}/fdinfo"):
         try:
-            text = open(f"/proc/{pid}/fdinfo/{fd}").read()
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
         except OSError:
             continue
         for line in text.splitlines():
@@ -90,7 +93,9 @@ def test_signal_ends_the_run_writes_output_and_detaches(tmp_path, sig):
 
 
 def test_killed_process_leaves_nothing_behind():
-    proc = subprocess.Popen([*CLI, "syscalls"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*CLI, "syscalls"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     held = wait_for_programs(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)

@@ -37,9 +37,21 @@ def test_doctor_table(capsys):
 def test_doctor_exits_3_for_an_unprivileged_user():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COV_", "COVERAGE"))}
     proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-         sys.executable, "-m", "otlp_ebpf", "doctor"],
-        capture_output=True, text=True, timeout=60, env=env, cwd="/",
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "otlp_ebpf",
+            "doctor",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd="/",
     )
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr

@@ -23,7 +23,7 @@ def test_rodata_is_read_from_btf_and_refused_after_load():
         layout = obj.rodata_layout()
         assert set(layout) >= {"probe_tgid", "probe_nr", "wakeup_bytes"}
         assert layout["wakeup_bytes"][1] == 8
-        with pytest.raises(KeyError, match="no .rodata variable"):
+        with pytest.raises(KeyError, match=r"no \.rodata variable"):
             obj.set_rodata(nonexistent=1)
         obj.set_rodata(probe_tgid=os.getpid())
         obj.load()
@@ -38,7 +38,9 @@ def test_tracepoint_map_and_ring_buffer_round_trip():
         link = probes.attach_auto(obj, "selftest_enter")
         assert link.attached
         events: list[SelftestEvent] = []
-        ring = RingBuffer(obj.map("events"), lambda raw: events.append(SelftestEvent.from_buffer_copy(raw)))
+        ring = RingBuffer(
+            obj.map("events"), lambda raw: events.append(SelftestEvent.from_buffer_copy(raw))
+        )
         make_calls(25)
         make_calls(5, fd=PROBE_FD + 1)
         # Wakeups are batched (threshold far above 30 events): polling with a timeout still
@@ -56,7 +58,10 @@ def test_tracepoint_map_and_ring_buffer_round_trip():
         # Every call the kernel counted arrived (the interpreter may close fds of its own).
         assert counted == len(events)
         assert obj.map("counters").lookup_u64(1) == 0  # nothing dropped
-        by_arg = {int.from_bytes(k, "little"): int.from_bytes(v, "little") for k, v in obj.map("by_arg").items()}
+        by_arg = {
+            int.from_bytes(k, "little"): int.from_bytes(v, "little")
+            for k, v in obj.map("by_arg").items()
+        }
         assert by_arg[PROBE_FD] == 25 and by_arg[PROBE_FD + 1] == 5
         drained = obj.map("by_arg").drain()
         assert len(drained) == len(by_arg) and obj.map("by_arg").items() == []

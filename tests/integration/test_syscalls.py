@@ -38,7 +38,9 @@ int main(int argc, char **argv) {
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory, cc) -> Path:
     out = tmp_path_factory.mktemp("syscalls") / "workload"
-    return build_c(cc, WORKLOAD.replace("int status;", "int status; extern int wait(int*);"), out, "-O1")
+    return build_c(
+        cc, WORKLOAD.replace("int status;", "int status; extern int wait(int*);"), out, "-O1"
+    )
 
 
 def trace(capsys, *args: str) -> dict:
@@ -119,7 +121,22 @@ def test_latency_histogram_is_consistent(capsys, workload):
 
 def test_table_snapshot_file_and_latency_view(capsys, workload, tmp_path):
     snap = tmp_path / "s.json"
-    assert run(["syscalls", "-o", str(snap), "-L", "getppid", "--by-process", "--", str(workload), "50"]) == 0
+    assert (
+        run(
+            [
+                "syscalls",
+                "-o",
+                str(snap),
+                "-L",
+                "getppid",
+                "--by-process",
+                "--",
+                str(workload),
+                "50",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert "getppid" in out.out and "latency" in out.out
     assert "syscalls" in out.err and "lost" in out.err  # the one-line account
@@ -151,7 +168,9 @@ def test_bad_input_exit_codes(capsys, tmp_path):
 def test_module_entry_point_runs(workload):
     proc = subprocess.run(
         [sys.executable, "-m", "otlp_ebpf", "-q", "syscalls", "--json", "--", str(workload), "10"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert counts(json.loads(proc.stdout))["getppid"] == 21

@@ -53,7 +53,10 @@ def test_output_path_checks(tmp_path):
 
 def test_summary_line_accounts_for_losses_and_cost():
     snap = CpuSnapshot(
-        started_at="t", duration_s=2.0, host="h", lost_events={"ring buffer full": 5},
+        started_at="t",
+        duration_s=2.0,
+        host="h",
+        lost_events={"ring buffer full": 5},
         self_cost=SelfCost(cpu_s=0.1, bpf_ns=2_000_000, bpf_runs=40, peak_rss_kb=2048),
     )
     line = summary_line(snap, 1234, "samples")
@@ -66,5 +69,9 @@ def test_bare_otlp_flag_takes_the_endpoint_from_the_environment():
 
     assert optional_otlp_value(["net", "--otlp"]) == ["net", "--otlp=@env"]
     assert optional_otlp_value(["net", "--otlp", "-d", "1"]) == ["net", "--otlp=@env", "-d", "1"]
-    assert optional_otlp_value(["net", "--otlp", "http://c:4317"]) == ["net", "--otlp", "http://c:4317"]
+    assert optional_otlp_value(["net", "--otlp", "http://c:4317"]) == [
+        "net",
+        "--otlp",
+        "http://c:4317",
+    ]
     assert optional_otlp_value(["cpu", "--", "prog", "--otlp"]) == ["cpu", "--", "prog", "--otlp"]

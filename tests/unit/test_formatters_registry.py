@@ -153,7 +153,7 @@ def test_a_failing_writer_keeps_the_old_file_and_cleans_up(tmp_path: Path) -> No
         raise ValueError("renderer bug")
 
     with pytest.raises(ValueError):
-        registry._write_atomically(str(target), explode)
+        registry.write_atomically(str(target), explode)
     assert target.read_text() == "old\n"
     assert os.listdir(tmp_path) == ["out.folded"]
 

@@ -57,7 +57,18 @@ def test_json_layout_matches_the_documented_fields():
     data = snap.to_dict()
     assert data["kind"] == "syscalls" and data["version"] == 1
     row = data["syscalls"][0]
-    assert set(row) >= {"pid", "comm", "name", "count", "errors", "errno", "total_ns", "p50_ns", "p99_ns", "max_ns"}
+    assert set(row) >= {
+        "pid",
+        "comm",
+        "name",
+        "count",
+        "errors",
+        "errno",
+        "total_ns",
+        "p50_ns",
+        "p99_ns",
+        "max_ns",
+    }
     assert roundtrip(snap) == snap
 
 
@@ -69,7 +80,11 @@ def test_net_and_mem_round_trip():
         resets={"sent": 1, "received": 2},
         drops={"TCP_CSUM": 1},
     )
-    mem = MemSnapshot(**COMMON, outstanding=(Allocation(1, ("main", "leak"), 4096, 2, "c"),), outstanding_bytes=4096)
+    mem = MemSnapshot(
+        **COMMON,
+        outstanding=(Allocation(1, ("main", "leak"), 4096, 2, "c"),),
+        outstanding_bytes=4096,
+    )
     assert roundtrip(net) == net
     assert roundtrip(mem) == mem
     assert [p.unit for p in mem.stack_profiles()] == ["bytes", "count"]
@@ -94,7 +109,7 @@ def test_read_snapshot_errors_name_the_file(tmp_path):
         read_snapshot(str(tmp_path / "missing.json"))
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(UsageError, match="bad.json: not a JSON snapshot"):
+    with pytest.raises(UsageError, match=r"bad\.json: not a JSON snapshot"):
         read_snapshot(str(bad))
     good = tmp_path / "good.json"
     snap = CpuSnapshot(**COMMON)

@@ -18,7 +18,7 @@ def test_unknown_numbers_get_a_stable_name():
 
 
 def test_unknown_names_suggest_close_matches():
-    with pytest.raises(UsageError, match="did you mean.*getppid"):
+    with pytest.raises(UsageError, match=r"did you mean.*getppid"):
         resolve_names(["getpid_"], syscall_table("x86_64"))
 
 

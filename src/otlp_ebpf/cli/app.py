@@ -1,4 +1,5 @@
-"""The `otlp-ebpf` typer app: global flags, command registration, one place errors become exit codes."""
+"""The `otlp-ebpf` typer app: global flags, command registration, and the one place where
+errors become exit codes."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ COMMAND_MODULES = [
     "report",
     "doctor",
     "syscalls",
+    "net",
     "diff",
     "push",
 ]
@@ -43,10 +45,12 @@ def _version(value: bool) -> None:
 @app.callback()
 def _global(
     debug: Annotated[
-        bool, typer.Option("--debug", envvar="OTLP_EBPF_DEBUG", help="Show tracebacks and libbpf logs.")
+        bool,
+        typer.Option("--debug", envvar="OTLP_EBPF_DEBUG", help="Show tracebacks and libbpf logs."),
     ] = False,
     quiet: Annotated[
-        bool, typer.Option("-q", "--quiet", envvar="OTLP_EBPF_QUIET", help="Only results and warnings.")
+        bool,
+        typer.Option("-q", "--quiet", envvar="OTLP_EBPF_QUIET", help="Only results and warnings."),
     ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
@@ -107,7 +111,9 @@ def run(args: list[str] | None = None) -> int:
     except Exception as exc:
         if console.is_debug():
             raise
-        console.err.print(f"[red]internal error:[/] {console.escape(repr(exc))} (rerun with --debug)")
+        console.err.print(
+            f"[red]internal error:[/] {console.escape(repr(exc))} (rerun with --debug)"
+        )
         return EXIT_RUNTIME
     return result if isinstance(result, int) else 0
 

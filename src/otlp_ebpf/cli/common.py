@@ -22,7 +22,9 @@ from otlp_ebpf.targets import TargetSpec
 
 PidOpt = Annotated[
     list[int] | None,
-    typer.Option("-p", "--pid", help="Process to record (repeatable; all its threads and children)."),
+    typer.Option(
+        "-p", "--pid", help="Process to record (repeatable; all its threads and children)."
+    ),
 ]
 TidOpt = Annotated[int, typer.Option("--tid", help="Only this thread.")]
 DurationOpt = Annotated[
@@ -71,9 +73,7 @@ def check_duration(duration: float | None, name: str = "duration") -> None:
         raise UsageError(f"--{name} must be a positive number of seconds, got {duration:g}")
 
 
-def target_spec(
-    pids: Sequence[int] | None, tid: int, command: Sequence[str] | None
-) -> TargetSpec:
+def target_spec(pids: Sequence[int] | None, tid: int, command: Sequence[str] | None) -> TargetSpec:
     """Options -> TargetSpec, refusing combinations that make no sense."""
     if command and pids:
         raise UsageError("give either --pid or -- CMD, not both")
@@ -107,9 +107,7 @@ def check_output_path(path: str) -> None:
         raise UsageError(f"{path}: directory {parent} is not writable")
 
 
-def plan_outputs(
-    paths: Sequence[str] | None, forced: str | None, kind: str
-) -> list[PlannedOutput]:
+def plan_outputs(paths: Sequence[str] | None, forced: str | None, kind: str) -> list[PlannedOutput]:
     planned: list[PlannedOutput] = []
     if not paths:
         return planned
@@ -202,8 +200,9 @@ def finish(
     else:
         show(snapshot)
     if snapshot.lost_total:
-        console.warn(f"{snapshot.lost_total:,} events lost: " + ", ".join(
-            f"{k} {v:,}" for k, v in snapshot.lost_events.items() if v
-        ))
+        console.warn(
+            f"{snapshot.lost_total:,} events lost: "
+            + ", ".join(f"{k} {v:,}" for k, v in snapshot.lost_events.items() if v)
+        )
     console.status(summary_line(snapshot, events, what))
     deliver_otlp(snapshot, otlp_url, otlp_file)

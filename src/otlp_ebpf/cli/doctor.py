@@ -38,7 +38,12 @@ def run_checks() -> list[Check]:
     checks: list[Check] = []
     root_fix = "run as root, or grant CAP_BPF and CAP_PERFMON (setcap cap_bpf,cap_perfmon+ep)"
     checks.append(
-        Check("privileges", features.privileged(), _whoami(), "" if features.privileged() else root_fix)
+        Check(
+            "privileges",
+            features.privileged(),
+            _whoami(),
+            "" if features.privileged() else root_fix,
+        )
     )
     checks.append(Check("kernel", True, features.kernel_release()))
     checks.append(
@@ -80,7 +85,9 @@ def run_checks() -> list[Check]:
             Check(f"program type {label}", features.prog_type_supported(prog_type), "", root_fix)
         )
     for label, map_type in features.MAP_TYPES.items():
-        checks.append(Check(f"map type {label}", features.map_type_supported(map_type), "", root_fix))
+        checks.append(
+            Check(f"map type {label}", features.map_type_supported(map_type), "", root_fix)
+        )
     ok, detail = features.perf_events_ok()
     checks.append(
         Check("perf events", ok, detail, "set kernel.perf_event_paranoid <= 2, or run as root")
@@ -146,8 +153,13 @@ def register(app: typer.Typer) -> None:
             doc = {
                 "ok": not failed,
                 "checks": [
-                    {"name": c.name, "ok": c.ok, "detail": c.detail, "fix": "" if c.ok else c.fix,
-                     "required": c.required}
+                    {
+                        "name": c.name,
+                        "ok": c.ok,
+                        "detail": c.detail,
+                        "fix": "" if c.ok else c.fix,
+                        "required": c.required,
+                    }
                     for c in checks
                 ],
             }
@@ -163,6 +175,12 @@ def register(app: typer.Typer) -> None:
         console.status("everything needed works")
 
 
+def _status_cell(check: Check) -> str:
+    if check.ok:
+        return "[green]ok[/]"
+    return "[red]FAIL[/]" if check.required else "[yellow]missing[/]"
+
+
 def _print_table(checks: list[Check]) -> None:
     from rich.table import Table
 
@@ -172,10 +190,7 @@ def _print_table(checks: list[Check]) -> None:
     table.add_column("detail")
     table.add_column("fix")
     for c in checks:
-        if c.ok:
-            status = "[green]ok[/]"
-        else:
-            status = "[red]FAIL[/]" if c.required else "[yellow]missing[/]"
+        status = _status_cell(c)
         table.add_row(
             console.escape(c.name),
             status,

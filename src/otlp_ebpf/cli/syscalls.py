@@ -46,7 +46,12 @@ def register(app: typer.Typer) -> None:
         Examples: `otlp-ebpf syscalls -- ./integration-test`,
         `otlp-ebpf syscalls -p 1234 -d 10 --by-process`.
         """
-        from otlp_ebpf.collectors.syscalls import SyscallsConfig, collect, resolve_names, syscall_table
+        from otlp_ebpf.collectors.syscalls import (
+            SyscallsConfig,
+            collect,
+            resolve_names,
+            syscall_table,
+        )
 
         common.check_duration(duration)
         common.check_duration(interval, "interval")

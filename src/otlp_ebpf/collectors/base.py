@@ -19,8 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-
-from otlp_ebpf import console
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import ProcessInfo, SelfCost
 from otlp_ebpf.runtime import stats
@@ -56,7 +54,9 @@ def read_process_info(pid: int) -> ProcessInfo | None:
     except OSError:
         exe = ""
     try:
-        cmdline = tuple(a for a in (base / "cmdline").read_bytes().decode(errors="replace").split("\0") if a)
+        cmdline = tuple(
+            a for a in (base / "cmdline").read_bytes().decode(errors="replace").split("\0") if a
+        )
     except OSError:
         cmdline = ()
     return ProcessInfo(pid, comm, exe, cmdline)
@@ -237,5 +237,3 @@ def sleep_poll(timeout_s: float) -> None:
     """A poll function for collectors that only read maps at the end."""
     if timeout_s > 0:
         time.sleep(timeout_s)
-
-

@@ -13,7 +13,7 @@ import errno as errno_mod
 import platform
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base
@@ -89,7 +89,7 @@ def resolve_names(names: Sequence[str], table: dict[int, str]) -> list[int]:
 
 @dataclass(frozen=True)
 class SyscallsConfig:
-    targets: TargetSpec = TargetSpec()
+    targets: TargetSpec = field(default_factory=TargetSpec)
     duration_s: float | None = None
     interval_s: float | None = None
     syscalls: tuple[str, ...] = ()
@@ -208,9 +208,7 @@ class SyscallsCollector:
     def read_drops(self) -> dict[str, int]:
         assert self.obj is not None
         drops = self.obj.map("drops")
-        return {
-            reason: n for i, reason in enumerate(DROP_REASONS) if (n := drops.lookup_u64(i))
-        }
+        return {reason: n for i, reason in enumerate(DROP_REASONS) if (n := drops.lookup_u64(i))}
 
     def stats(self) -> list[SyscallStat]:
         rows = self.read_rows()

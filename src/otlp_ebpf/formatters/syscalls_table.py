@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -58,8 +58,8 @@ def merge_by_name(stats: Iterable[SyscallStat]) -> list[SyscallStat]:
     return merged
 
 
-def _errno_text(errno: dict[str, int] | object) -> str:
-    items = sorted(dict(errno).items(), key=lambda kv: -kv[1])  # type: ignore[call-overload]
+def _errno_text(errno: Mapping[str, int]) -> str:
+    items = sorted(errno.items(), key=lambda kv: -kv[1])
     return ", ".join(f"{k} {v:,}" for k, v in items[:3]) + (" ..." if len(items) > 3 else "")
 
 

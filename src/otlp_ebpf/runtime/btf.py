@@ -16,7 +16,11 @@ BTF_KIND_ENUM64 = 19
 
 
 class BtfMember(ctypes.Structure):
-    _fields_ = [("name_off", ctypes.c_uint32), ("type", ctypes.c_uint32), ("offset", ctypes.c_uint32)]
+    _fields_ = [
+        ("name_off", ctypes.c_uint32),
+        ("type", ctypes.c_uint32),
+        ("offset", ctypes.c_uint32),
+    ]
 
 
 def _type(btf: int, type_id: int) -> BtfType:

@@ -37,7 +37,8 @@ class RingBuffer:
     def _on_sample(self, _ctx: int | None, data: int | None, size: int) -> int:
         try:
             self.received += 1
-            self.handler(ctypes.string_at(data, size))
+            if data:
+                self.handler(ctypes.string_at(data, size))
         except BaseException as exc:  # an exception must not unwind through C frames
             self.errors.append(exc)
             return -1

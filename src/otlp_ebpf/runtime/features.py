@@ -102,10 +102,14 @@ def map_type_supported(map_type: int) -> bool:
 
 
 def perf_events_ok() -> tuple[bool, str]:
-    from otlp_ebpf.runtime.probes import PERF_COUNT_SW_CPU_CLOCK, PERF_TYPE_SOFTWARE
-    from otlp_ebpf.runtime.probes import PerfEventAttr, perf_event_open
-
     import ctypes
+
+    from otlp_ebpf.runtime.probes import (
+        PERF_COUNT_SW_CPU_CLOCK,
+        PERF_TYPE_SOFTWARE,
+        PerfEventAttr,
+        perf_event_open,
+    )
 
     attr = PerfEventAttr(
         type=PERF_TYPE_SOFTWARE,

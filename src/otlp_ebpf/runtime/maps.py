@@ -132,9 +132,14 @@ class BpfMap:
 
     # -- struct helpers ----------------------------------------------------------------------
 
-    def items_as(self, key_type: type[S], value_type: type[ctypes.Structure]) -> list[tuple[S, ctypes.Structure]]:
+    def items_as(
+        self, key_type: type[S], value_type: type[ctypes.Structure]
+    ) -> list[tuple[S, ctypes.Structure]]:
         return [
-            (key_type.from_buffer_copy(k), value_type.from_buffer_copy(v[: ctypes.sizeof(value_type)]))
+            (
+                key_type.from_buffer_copy(k),
+                value_type.from_buffer_copy(v[: ctypes.sizeof(value_type)]),
+            )
             for k, v in self.items()
         ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -39,10 +40,8 @@ def open_selftest(**rodata: int) -> BpfObject:
 
 def make_calls(calls: int, fd: int = PROBE_FD) -> None:
     for _ in range(calls):
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def round_trip(calls: int) -> int:
@@ -50,7 +49,9 @@ def round_trip(calls: int) -> int:
     with open_selftest(wakeup_bytes=1) as obj:
         probes.attach_auto(obj, "selftest_enter")
         received: list[SelftestEvent] = []
-        ring = RingBuffer(obj.map("events"), lambda raw: received.append(SelftestEvent.from_buffer_copy(raw)))
+        ring = RingBuffer(
+            obj.map("events"), lambda raw: received.append(SelftestEvent.from_buffer_copy(raw))
+        )
         try:
             make_calls(calls)
             for _ in range(20):
