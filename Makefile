@@ -9,7 +9,7 @@ APT_PACKAGES := gcc g++ binutils make openssl clang llvm libbpf-dev libbpf1 bpft
 APT_IF_NO_COMMAND := npm:npm
 RUN_ARGS ?= cpu --duration 5 -o flame.html
 
-.PHONY: setup apt venv bpf run test lint typecheck unit integration bench clean
+.PHONY: setup apt venv bpf run test lint typecheck unit integration bench docs clean
 
 setup: apt venv bpf tracefs ## idempotent: system packages, .venv, BPF objects
 
@@ -63,6 +63,9 @@ integration: setup
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+docs: setup
+	$(BIN)/python tools/gen_docs.py
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .coverage src/otlp_ebpf/bpf/*.bpf.o

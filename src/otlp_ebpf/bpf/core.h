@@ -129,6 +129,9 @@ struct pt_regs {
 } __attribute__((preserve_access_index));
 #endif
 
+/* This header stands in for vmlinux.h: bpf_tracing.h then names pt_regs fields as the kernel
+ * does (di, si, ...), matching the struct above, instead of the user-space names (rdi, ...). */
+#define __VMLINUX_H__
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>

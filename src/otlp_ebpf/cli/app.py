@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "net",
     "diff",
     "push",
+    "mem",
 ]
 
 app = typer.Typer(
