@@ -1,0 +1,262 @@
+/* On-CPU sampling and off-CPU (blocked) time by stack, aggregated in the kernel.
+ *
+ * on_cpu_sample runs on a software CPU-clock perf event on every CPU and counts
+ * (pid, tid, user stack, kernel stack, comm). Off-CPU: at sched_switch the task leaving the
+ * CPU records when and where it blocked; when it is switched back in, the blocked time is added
+ * to its stacks' total. tp_btf is the fast path, the sched_switch tracepoint the fallback; user
+ * space disables the one it does not use. Pid events (first sample, exec, exit) go through a
+ * small ring buffer so user space captures /proc/PID/maps while short-lived processes live. */
+#include "core.h"
+#include "target.h"
+#include "cpu.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+const volatile u32 user_stacks = 1;
+const volatile u32 kernel_stacks = 1;
+const volatile u64 min_block_ns = 0;
+
+/* Mirrors the UAPI context of perf_event programs (the verifier rewrites its accesses). */
+struct bpf_perf_event_data {
+	struct pt_regs regs;
+	__u64 sample_period;
+	__u64 addr;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 16384);
+	__type(key, u32);
+	__uint(value_size, CPU_MAX_STACK_DEPTH * sizeof(u64));
+} stacks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct cpu_key);
+	__type(value, u64);
+} counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct cpu_key);
+	__type(value, struct offcpu_value);
+} offcpu SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, u32);
+	__type(value, struct offcpu_start);
+} offcpu_start SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, u32);
+	__type(value, u8);
+} seen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} pid_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CPU_DROP_SLOTS);
+	__type(key, u32);
+	__type(value, u64);
+} drops SEC(".maps");
+
+static __always_inline void count_drop(u32 reason)
+{
+	u64 *slot = bpf_map_lookup_elem(&drops, &reason);
+
+	if (slot)
+		*slot += 1;
+}
+
+static __always_inline void send_pid_event(u32 pid, u32 kind)
+{
+	struct pid_event *ev = bpf_ringbuf_reserve(&pid_events, sizeof(*ev), 0);
+
+	if (!ev) {
+		count_drop(CPU_DROP_EVENTS_FULL);
+		return;
+	}
+	ev->pid = pid;
+	ev->kind = kind;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline void note_process(u32 tgid)
+{
+	u8 one = 1;
+
+	if (bpf_map_lookup_elem(&seen, &tgid))
+		return;
+	bpf_map_update_elem(&seen, &tgid, &one, BPF_ANY);
+	send_pid_event(tgid, CPU_PID_SEEN);
+}
+
+/* Stack ids for the current task; a collision is counted, a missing stack of one kind is
+ * normal (a kernel thread has no user stack, a sample in user mode no kernel stack). */
+static __always_inline void read_stacks(void *ctx, s32 *user_id, s32 *kernel_id)
+{
+	s32 uid = -EFAULT, kid = -EFAULT;
+
+	if (user_stacks)
+		uid = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+	if (kernel_stacks)
+		kid = bpf_get_stackid(ctx, &stacks, 0);
+	if (uid == -EEXIST || kid == -EEXIST)
+		count_drop(CPU_DROP_STACK_COLLISION);
+	else if (uid < 0 && kid < 0)
+		count_drop(CPU_DROP_NO_STACK);
+	*user_id = uid;
+	*kernel_id = kid;
+}
+
+SEC("perf_event")
+int on_cpu_sample(struct bpf_perf_event_data *ctx)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tid = (u32)pid_tgid;
+	struct cpu_key key;
+	u64 one = 1, *count;
+
+	if (tid == 0 || !target_wanted(pid_tgid))
+		return 0; /* the idle task is not work */
+	__builtin_memset(&key, 0, sizeof(key));
+	key.pid = pid_tgid >> 32;
+	key.tid = tid;
+	read_stacks(ctx, &key.user_stack_id, &key.kernel_stack_id);
+	bpf_get_current_comm(key.comm, sizeof(key.comm));
+	note_process(key.pid);
+	count = bpf_map_lookup_elem(&counts, &key);
+	if (count) {
+		__sync_fetch_and_add(count, 1);
+		return 0;
+	}
+	if (bpf_map_update_elem(&counts, &key, &one, BPF_NOEXIST)) {
+		count = bpf_map_lookup_elem(&counts, &key);
+		if (count)
+			__sync_fetch_and_add(count, 1);
+		else
+			count_drop(CPU_DROP_COUNTS_FULL);
+	}
+	return 0;
+}
+
+/* The task leaving the CPU is the current one: remember when and where it stopped. */
+static __always_inline void switch_out(void *ctx, u32 prev_tid)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct offcpu_start start;
+
+	if (prev_tid == 0 || (u32)pid_tgid != prev_tid || !target_wanted(pid_tgid))
+		return;
+	__builtin_memset(&start, 0, sizeof(start));
+	start.ts = bpf_ktime_get_ns();
+	start.pid = pid_tgid >> 32;
+	read_stacks(ctx, &start.user_stack_id, &start.kernel_stack_id);
+	bpf_get_current_comm(start.comm, sizeof(start.comm));
+	if (bpf_map_update_elem(&offcpu_start, &prev_tid, &start, BPF_ANY))
+		count_drop(CPU_DROP_START_FULL);
+}
+
+static __always_inline void add_offcpu(struct cpu_key *key, u64 delta)
+{
+	struct offcpu_value *value = bpf_map_lookup_elem(&offcpu, key);
+	struct offcpu_value first = { .count = 1, .total_ns = delta };
+
+	if (!value) {
+		if (!bpf_map_update_elem(&offcpu, key, &first, BPF_NOEXIST))
+			return;
+		value = bpf_map_lookup_elem(&offcpu, key);
+		if (!value) {
+			count_drop(CPU_DROP_OFFCPU_FULL);
+			return;
+		}
+	}
+	__sync_fetch_and_add(&value->count, 1);
+	__sync_fetch_and_add(&value->total_ns, delta);
+}
+
+/* The task coming back: its blocked time goes to the stacks it left with. */
+static __always_inline void switch_in(u32 next_tid)
+{
+	struct offcpu_start *start;
+	struct cpu_key key;
+	u64 delta;
+
+	if (next_tid == 0)
+		return;
+	start = bpf_map_lookup_elem(&offcpu_start, &next_tid);
+	if (!start)
+		return;
+	delta = bpf_ktime_get_ns() - start->ts;
+	__builtin_memset(&key, 0, sizeof(key));
+	key.pid = start->pid;
+	key.tid = next_tid;
+	key.user_stack_id = start->user_stack_id;
+	key.kernel_stack_id = start->kernel_stack_id;
+	__builtin_memcpy(key.comm, start->comm, sizeof(key.comm));
+	bpf_map_delete_elem(&offcpu_start, &next_tid);
+	if (delta >= min_block_ns)
+		add_offcpu(&key, delta);
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(btf_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	u32 prev_tid = prev->pid;
+	u32 next_tid = next->pid;
+
+	switch_out(ctx, prev_tid);
+	switch_in(next_tid);
+	return 0;
+}
+
+SEC("tp/sched/sched_switch")
+int tp_sched_switch(struct trace_event_raw_sched_switch *ctx)
+{
+	u32 prev_tid = ctx->prev_pid;
+	u32 next_tid = ctx->next_pid;
+
+	switch_out(ctx, prev_tid);
+	switch_in(next_tid);
+	return 0;
+}
+
+SEC("tp/sched/sched_process_exec")
+int on_exec(void *ctx)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tgid = pid_tgid >> 32;
+
+	if (!target_wanted(pid_tgid))
+		return 0;
+	/* The loader has not mapped the libraries yet: the first sample of the new image asks
+	 * for another capture. */
+	bpf_map_delete_elem(&seen, &tgid);
+	send_pid_event(tgid, CPU_PID_EXEC);
+	return 0;
+}
+
+SEC("tp/sched/sched_process_exit")
+int on_exit(void *ctx)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tgid = pid_tgid >> 32;
+	u32 tid = (u32)pid_tgid;
+
+	bpf_map_delete_elem(&offcpu_start, &tid);
+	if (tid != tgid || !bpf_map_lookup_elem(&seen, &tgid))
+		return 0;
+	bpf_map_delete_elem(&seen, &tgid);
+	send_pid_event(tgid, CPU_PID_EXIT);
+	return 0;
+}

@@ -1,0 +1,54 @@
+/* Types shared by cpu.bpf.c and collectors/cpu.py (mirrored with ctypes there and checked
+ * against this object's BTF in tests). */
+#ifndef OTLP_EBPF_CPU_H
+#define OTLP_EBPF_CPU_H
+
+#define CPU_MAX_STACK_DEPTH 127
+#define CPU_COMM_LEN 16
+
+enum cpu_drop {
+	CPU_DROP_COUNTS_FULL = 0,     /* (thread, stacks) table full: the sample is not counted */
+	CPU_DROP_STACK_COLLISION = 1, /* stack map bucket taken (-EEXIST): counted, stack lost */
+	CPU_DROP_NO_STACK = 2,        /* neither a user nor a kernel stack could be read */
+	CPU_DROP_OFFCPU_FULL = 3,     /* off-CPU table full: the block is not counted */
+	CPU_DROP_START_FULL = 4,      /* no room to remember a switch-out: the block is not seen */
+	CPU_DROP_EVENTS_FULL = 5,     /* pid event ring buffer full: maps may be captured late */
+	CPU_DROP_SLOTS = 8,
+};
+
+enum cpu_pid_event_kind {
+	CPU_PID_SEEN = 1, /* first sample of a process: capture its maps while it lives */
+	CPU_PID_EXEC = 2,
+	CPU_PID_EXIT = 3,
+};
+
+/* Counts are keyed by thread and both stacks; a stack id < 0 is the negated errno of
+ * bpf_get_stackid (EFAULT: no stack of that kind, EEXIST: collision). */
+struct cpu_key {
+	__u32 pid;
+	__u32 tid;
+	__s32 user_stack_id;
+	__s32 kernel_stack_id;
+	char comm[CPU_COMM_LEN];
+};
+
+struct offcpu_value {
+	__u64 count;
+	__u64 total_ns;
+};
+
+struct offcpu_start {
+	__u64 ts;
+	__u32 pid;
+	__s32 user_stack_id;
+	__s32 kernel_stack_id;
+	__u32 pad;
+	char comm[CPU_COMM_LEN];
+};
+
+struct pid_event {
+	__u32 pid;
+	__u32 kind;
+};
+
+#endif

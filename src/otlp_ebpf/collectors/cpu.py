@@ -1,0 +1,525 @@
+"""On-CPU sampling and off-CPU blocked time by stack (bpf/cpu.bpf.c), symbolized at the end.
+
+The kernel side counts samples per (pid, tid, user stack id, kernel stack id, comm) and sums
+blocked nanoseconds per the same key; only those aggregates and the stack map cross to user
+space, once, when the run ends. While it runs, a small ring buffer of pid events (first sample
+of a process, exec, exit) lets the symbolizer capture /proc/PID/maps while short-lived
+processes still exist.
+
+Stack unwinding is chosen by `pick_sampler`: this module provides frame-pointer unwinding
+(`bpf_get_stackid`); another unwinder plugs in as a module exposing
+`make_sampler(config, symbolizer) -> Sampler`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import importlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from otlp_ebpf import console
+from otlp_ebpf.collectors import base
+from otlp_ebpf.errors import UsageError
+from otlp_ebpf.model import CpuSnapshot, ProcessInfo, StackCount
+from otlp_ebpf.runtime import features, probes
+from otlp_ebpf.runtime.events import RingBuffer
+from otlp_ebpf.runtime.loader import BpfObject
+from otlp_ebpf.runtime.stats import StatsSession
+from otlp_ebpf.symbolize.resolver import UNKNOWN_FRAME, Symbolizer
+from otlp_ebpf.targets import TargetSpec
+
+MAX_STACK_DEPTH = 127
+COMM_LEN = 16
+KERNEL_MODULE = "[kernel.kallsyms]"
+LOST_STACK_FRAME = "[lost stack]"
+UNWIND_MODES = ("fp", "dwarf", "auto")
+# Kernel frames of the tracing machinery itself (sched_switch runs our program on top of the
+# blocked task's stack): not part of what the task was doing.
+TRACING_FRAME_PREFIXES = (
+    "bpf_prog_",
+    "bpf_trace_run",
+    "__bpf_trace_",
+    "perf_trace_",
+    "trace_call_bpf",
+    "__traceiter_",
+)
+# A process's libraries are mapped after exec, while it already runs: capture its maps again
+# this long after it was first seen (while it lives), so short runs still symbolize.
+RECAPTURE_AFTER_S = (0.02, 0.2)
+# Index in the kernel's drops array -> the name shown in lost_events.
+DROP_REASONS = (
+    "count table full",
+    "stack collisions",
+    "samples without stack",
+    "off-cpu table full",
+    "off-cpu start table full",
+    "pid events lost",
+)
+PID_SEEN, PID_EXEC, PID_EXIT = 1, 2, 3
+SAMPLE_PROGRAM = "on_cpu_sample"
+SWITCH_BTF, SWITCH_TP = "btf_sched_switch", "tp_sched_switch"
+PID_PROGRAMS = ("on_exec", "on_exit")
+
+
+class CpuKey(ctypes.Structure):
+    """Mirror of struct cpu_key (bpf/cpu.h)."""
+
+    _fields_ = [
+        ("pid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("user_stack_id", ctypes.c_int32),
+        ("kernel_stack_id", ctypes.c_int32),
+        ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+class OffCpuValue(ctypes.Structure):
+    """Mirror of struct offcpu_value (bpf/cpu.h)."""
+
+    _fields_ = [("count", ctypes.c_uint64), ("total_ns", ctypes.c_uint64)]
+
+
+class OffCpuStart(ctypes.Structure):
+    """Mirror of struct offcpu_start (bpf/cpu.h)."""
+
+    _fields_ = [
+        ("ts", ctypes.c_uint64),
+        ("pid", ctypes.c_uint32),
+        ("user_stack_id", ctypes.c_int32),
+        ("kernel_stack_id", ctypes.c_int32),
+        ("pad", ctypes.c_uint32),
+        ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+class PidEvent(ctypes.Structure):
+    """Mirror of struct pid_event (bpf/cpu.h)."""
+
+    _fields_ = [("pid", ctypes.c_uint32), ("kind", ctypes.c_uint32)]
+
+
+@dataclass(frozen=True)
+class CpuConfig:
+    """What `otlp-ebpf cpu` was asked to record."""
+
+    targets: TargetSpec = field(default_factory=TargetSpec)
+    duration_s: float | None = None
+    frequency_hz: int = 99
+    on_cpu: bool = True
+    off_cpu: bool = False
+    min_block_us: int = 1
+    user_stacks: bool = True
+    kernel_stacks: bool = True
+    unwind: str = "fp"
+    stack_entries: int = 16384
+
+
+def check_config(config: CpuConfig) -> None:
+    """UsageError for settings that cannot work, before anything is loaded or launched."""
+    limit = probes.max_sample_rate()
+    if config.on_cpu and not 1 <= config.frequency_hz <= limit:
+        raise UsageError(
+            f"frequency {config.frequency_hz} Hz is outside 1..{limit} "
+            f"(the kernel's limit, {probes.MAX_SAMPLE_RATE_PATH})"
+        )
+    if not config.user_stacks and not config.kernel_stacks:
+        raise UsageError("--user-only and --kernel-only exclude each other")
+    if not config.on_cpu and not config.off_cpu:
+        raise UsageError("nothing to record: enable on-CPU sampling or --off-cpu")
+    if config.min_block_us < 0:
+        raise UsageError(f"--min-block-us must be >= 0, got {config.min_block_us}")
+    if config.unwind not in UNWIND_MODES:
+        raise UsageError(
+            f"--unwind must be one of {', '.join(UNWIND_MODES)}, got {config.unwind!r}"
+        )
+
+
+@dataclass
+class SampledStacks:
+    """What a sampler hands back at the end of a run, already symbolized."""
+
+    on_cpu: list[StackCount] = field(default_factory=list)
+    off_cpu: list[StackCount] = field(default_factory=list)
+    lost: dict[str, int] = field(default_factory=dict)
+
+
+class Sampler(Protocol):
+    """One way of collecting stacks: load + attach, poll while running, read at the end."""
+
+    def start(self, targets: base.Targets) -> None: ...
+
+    def poll(self, timeout_s: float) -> None: ...
+
+    def finish(self) -> SampledStacks: ...
+
+    def cost(self) -> tuple[int, int]: ...
+
+    def processes(self) -> dict[int, ProcessInfo]: ...
+
+
+def pick_sampler(config: CpuConfig, symbolizer: Symbolizer) -> Sampler:
+    """The sampler for `config.unwind`: frame pointers here, other unwinders by module."""
+    if config.unwind == "fp":
+        return FramePointerSampler(config, symbolizer)
+    try:
+        module = importlib.import_module("otlp_ebpf.collectors.cpu_dwarf")
+    except ModuleNotFoundError:
+        if config.unwind == "auto":
+            return FramePointerSampler(config, symbolizer)
+        raise UsageError("--unwind dwarf is not available in this build; use --unwind fp") from None
+    make: Callable[[CpuConfig, Symbolizer], Sampler] = module.make_sampler
+    return make(config, symbolizer)
+
+
+@dataclass
+class _RawCounts:
+    on_cpu: list[tuple[CpuKey, int]]
+    off_cpu: list[tuple[CpuKey, int, int]]
+    stacks: dict[int, tuple[int, ...]]
+
+
+class ProcessWatch:
+    """Captures /proc/PID/maps (and identity) of processes as they appear, while they live.
+
+    Each process is captured when first seen and again at RECAPTURE_AFTER_S, because the
+    first capture may come before the dynamic loader has mapped the libraries.
+    """
+
+    def __init__(self, symbolizer: Symbolizer) -> None:
+        self.symbolizer = symbolizer
+        self.processes: dict[int, ProcessInfo] = {}
+        self._due: list[tuple[float, int]] = []
+
+    def remember(self, pid: int) -> None:
+        self._capture(pid)
+        now = time.monotonic()
+        self._due.extend((now + delay, pid) for delay in RECAPTURE_AFTER_S)
+        self._due.sort()
+
+    def _capture(self, pid: int) -> None:
+        self.symbolizer.remember_process(pid)
+        info = base.read_process_info(pid)
+        # An exiting process has no exe left: keep what was read while it ran.
+        if info is not None and (info.exe or pid not in self.processes):
+            self.processes[pid] = info
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the next recapture is due, or None when none is pending."""
+        return max(0.0, self._due[0][0] - time.monotonic()) if self._due else None
+
+    def recapture_due(self) -> None:
+        now = time.monotonic()
+        while self._due and self._due[0][0] <= now:
+            _, pid = self._due.pop(0)
+            self._capture(pid)
+
+
+class FramePointerSampler:
+    """cpu.bpf.o with bpf_get_stackid: frame-pointer user stacks and kernel stacks."""
+
+    def __init__(self, config: CpuConfig, symbolizer: Symbolizer) -> None:
+        self.config = config
+        self.symbolizer = symbolizer
+        self.obj: BpfObject | None = None
+        self.use_btf = features.tp_btf_supported()
+        self.events: RingBuffer | None = None
+        self.watch = ProcessWatch(symbolizer)
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _rodata(self, targets: base.Targets) -> dict[str, int | bytes]:
+        values: dict[str, int | bytes] = dict(targets.rodata())
+        values.update(
+            user_stacks=int(self.config.user_stacks),
+            kernel_stacks=int(self.config.kernel_stacks),
+            min_block_ns=self.config.min_block_us * 1000,
+        )
+        return values
+
+    def _unused_programs(self, targets: base.Targets) -> list[str]:
+        unused = [SWITCH_TP if self.use_btf else SWITCH_BTF]
+        if not self.config.off_cpu:
+            unused = [SWITCH_BTF, SWITCH_TP]
+        if not self.config.on_cpu:
+            unused.append(SAMPLE_PROGRAM)
+        if not targets.filtered:
+            unused.append("follow_fork")
+        return unused
+
+    def programs(self) -> list[str]:
+        """The programs this run loaded (for the tool's own cost)."""
+        assert self.obj is not None
+        return [p for p in self.obj.program_names() if self.obj.enabled(p)]
+
+    def start(self, targets: base.Targets) -> None:
+        obj = BpfObject.open("cpu")
+        self.obj = obj
+        obj.set_rodata(**self._rodata(targets))
+        obj.resize_map("stacks", self.config.stack_entries)
+        for prog in self._unused_programs(targets):
+            obj.disable(prog)
+        obj.load()
+        targets.seed(obj)
+        self.events = RingBuffer(obj.map("pid_events"), self._on_pid_event)
+        for prog in PID_PROGRAMS:
+            probes.attach_auto(obj, prog)
+        if targets.filtered:
+            probes.attach_auto(obj, "follow_fork")
+        if self.config.off_cpu:
+            probes.attach_auto(obj, SWITCH_BTF if self.use_btf else SWITCH_TP)
+        if self.config.on_cpu:
+            probes.attach_cpu_clock(obj, SAMPLE_PROGRAM, self.config.frequency_hz)
+        for tgid in targets.tgids:
+            self.watch.remember(tgid)
+
+    # -- while running --------------------------------------------------------------------------
+
+    def _on_pid_event(self, data: bytes) -> None:
+        event = PidEvent.from_buffer_copy(data[: ctypes.sizeof(PidEvent)])
+        self.watch.remember(event.pid)
+
+    def poll(self, timeout_s: float) -> None:
+        due = self.watch.next_due_in()
+        wait = timeout_s if due is None else min(timeout_s, due)
+        if self.events is None:
+            base.sleep_poll(wait)
+        else:
+            self.events.poll(int(wait * 1000))
+        self.watch.recapture_due()
+
+    def processes(self) -> dict[int, ProcessInfo]:
+        return dict(self.watch.processes)
+
+    # -- at the end -----------------------------------------------------------------------------
+
+    def cost(self) -> tuple[int, int]:
+        assert self.obj is not None
+        return base.program_cost(self.obj, self.programs())
+
+    def finish(self) -> SampledStacks:
+        """Read the aggregates, stop sampling, then symbolize (the slow part) detached."""
+        assert self.obj is not None
+        if self.events is not None:
+            self.events.drain()
+        raw = self._read_raw()
+        lost = self._read_drops()
+        self.obj.detach_all()
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+        return SampledStacks(
+            on_cpu=self._symbolize_counts(raw.on_cpu, raw.stacks),
+            off_cpu=self._symbolize_blocked(raw.off_cpu, raw.stacks),
+            lost=lost,
+        )
+
+    def _read_raw(self) -> _RawCounts:
+        assert self.obj is not None
+        on_cpu = [
+            (CpuKey.from_buffer_copy(k), int.from_bytes(v[:8], "little"))
+            for k, v in self.obj.map("counts").items()
+        ]
+        off_cpu = []
+        for k, v in self.obj.map("offcpu").items():
+            value = OffCpuValue.from_buffer_copy(v[: ctypes.sizeof(OffCpuValue)])
+            off_cpu.append((CpuKey.from_buffer_copy(k), int(value.count), int(value.total_ns)))
+        keys = [key for key, _ in on_cpu] + [key for key, _, _ in off_cpu]
+        ids = {i for key in keys for i in (key.user_stack_id, key.kernel_stack_id) if i >= 0}
+        return _RawCounts(on_cpu, off_cpu, self._read_stacks(ids))
+
+    def _read_stacks(self, ids: set[int]) -> dict[int, tuple[int, ...]]:
+        assert self.obj is not None
+        stack_map = self.obj.map("stacks")
+        stacks: dict[int, tuple[int, ...]] = {}
+        for stack_id in ids:
+            raw = stack_map.lookup(stack_id.to_bytes(4, "little"))
+            stacks[stack_id] = addresses_of(raw) if raw is not None else ()
+        return stacks
+
+    def _read_drops(self) -> dict[str, int]:
+        assert self.obj is not None
+        drops = self.obj.map("drops")
+        return {reason: n for i, reason in enumerate(DROP_REASONS) if (n := drops.lookup_u64(i))}
+
+    def _frames(
+        self, key: CpuKey, stacks: dict[int, tuple[int, ...]]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return stack_frames(
+            self.symbolizer,
+            key.pid,
+            user=_stack_part(key.user_stack_id, stacks),
+            kernel=_stack_part(key.kernel_stack_id, stacks),
+        )
+
+    def _symbolize_counts(
+        self, rows: Sequence[tuple[CpuKey, int]], stacks: dict[int, tuple[int, ...]]
+    ) -> list[StackCount]:
+        out = []
+        for key, count in rows:
+            frames, modules = self._frames(key, stacks)
+            out.append(StackCount(key.pid, key.tid, _comm(key), frames, count, modules=modules))
+        return merge_stacks(out)
+
+    def _symbolize_blocked(
+        self, rows: Sequence[tuple[CpuKey, int, int]], stacks: dict[int, tuple[int, ...]]
+    ) -> list[StackCount]:
+        out = []
+        for key, count, total_ns in rows:
+            frames, modules = self._frames(key, stacks)
+            out.append(
+                StackCount(key.pid, key.tid, _comm(key), frames, count, total_ns, modules=modules)
+            )
+        return merge_stacks(out)
+
+
+def addresses_of(raw: bytes) -> tuple[int, ...]:
+    """The addresses of one stack-map entry, leaf first (the kernel pads with zeros)."""
+    out = []
+    for i in range(0, min(len(raw), MAX_STACK_DEPTH * 8), 8):
+        addr = int.from_bytes(raw[i : i + 8], "little")
+        if addr == 0:
+            break
+        out.append(addr)
+    return tuple(out)
+
+
+def _stack_part(stack_id: int, stacks: dict[int, tuple[int, ...]]) -> tuple[int, ...] | None:
+    """Addresses for a stack id; None when the stack was lost (collision), () when absent."""
+    if stack_id == -errno.EEXIST:
+        return None
+    if stack_id < 0:
+        return ()
+    return stacks.get(stack_id, ())
+
+
+def stack_frames(
+    symbolizer: Symbolizer,
+    pid: int,
+    *,
+    user: tuple[int, ...] | None,
+    kernel: tuple[int, ...] | None,
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Root-first frame names and their modules: user frames, then kernel frames.
+
+    A stack lost to a collision becomes one `[lost stack]` frame, so its samples still count.
+    """
+    frames: list[str] = []
+    modules: list[str] = []
+    if user is None:
+        frames.append(LOST_STACK_FRAME)
+        modules.append("")
+    elif user:
+        for name, module in reversed(symbolizer.user_frames(pid, user)):
+            frames.append(name)
+            modules.append(module)
+    if kernel is None:
+        if user is not None:
+            frames.append(LOST_STACK_FRAME)
+            modules.append("")
+    elif kernel:
+        for name in reversed(without_tracing_frames(symbolizer.kernel_frames(kernel))):
+            frames.append(name)
+            modules.append(KERNEL_MODULE)
+    if not frames:
+        frames.append(UNKNOWN_FRAME)
+        modules.append("")
+    return tuple(frames), tuple(modules)
+
+
+def without_tracing_frames(kernel_leaf_first: list[str]) -> list[str]:
+    """Drop the tracing machinery's frames from the leaf end of a kernel stack."""
+    start = 0
+    while start < len(kernel_leaf_first) and kernel_leaf_first[start].startswith(
+        TRACING_FRAME_PREFIXES
+    ):
+        start += 1
+    return kernel_leaf_first[start:]
+
+
+def merge_stacks(stacks: Sequence[StackCount]) -> list[StackCount]:
+    """One entry per (pid, tid, comm, frames): different stack ids can symbolize alike."""
+    merged: dict[tuple[int, int, str, tuple[str, ...]], StackCount] = {}
+    for s in stacks:
+        key = (s.pid, s.tid, s.comm, s.frames)
+        prev = merged.get(key)
+        if prev is None:
+            merged[key] = s
+        else:
+            merged[key] = StackCount(
+                s.pid,
+                s.tid,
+                s.comm,
+                s.frames,
+                prev.count + s.count,
+                prev.total_ns + s.total_ns,
+                modules=prev.modules,
+            )
+    return sorted(merged.values(), key=lambda s: (-(s.total_ns or s.count), s.pid, s.tid))
+
+
+def _comm(key: CpuKey) -> str:
+    return bytes(key.comm).split(b"\0", 1)[0].decode(errors="replace")
+
+
+def collect(config: CpuConfig) -> CpuSnapshot:
+    """Run the cpu collector to its end (duration, Ctrl-C/SIGTERM, or target exit)."""
+    check_config(config)
+    symbolizer = Symbolizer()
+    targets = base.Targets(config.targets)
+    sampler = pick_sampler(config, symbolizer)
+    clock = base.RunClock()
+    try:
+        with StatsSession(), base.stop_on_signals() as stop:
+            t0 = time.monotonic()
+            sampler.start(targets)
+            attach_ms = (time.monotonic() - t0) * 1000
+            targets.release()
+            clock = base.RunClock()
+            ended = base.run_loop(
+                targets, sampler.poll, duration_s=config.duration_s, clock=clock, stop=stop
+            )
+            duration = clock.elapsed()
+            bpf_ns, runs = sampler.cost()
+            sampled = sampler.finish()
+    finally:
+        targets.abandon()
+        base.cleanup()
+        symbolizer.close()
+    console.debug(f"cpu: {symbolizer.stats.summary()}")
+    return CpuSnapshot(
+        started_at=clock.started_at,
+        duration_s=round(duration, 3),
+        host=base.hostname(),
+        targets=config.targets.describe(),
+        lost_events=sampled.lost,
+        processes=_processes_seen(sampler.processes(), sampled),
+        self_cost=base.self_cost(clock, bpf_ns, runs),
+        notes=(
+            f"ended: {ended}",
+            f"unwind: {config.unwind}",
+            f"attach: {attach_ms:.1f} ms",
+            f"symbols: {symbolizer.stats.summary()}",
+        ),
+        frequency_hz=config.frequency_hz if config.on_cpu else 0,
+        samples_total=sum(s.count for s in sampled.on_cpu),
+        stacks=tuple(sampled.on_cpu),
+        off_cpu=tuple(sampled.off_cpu),
+        off_cpu_min_block_us=config.min_block_us if config.off_cpu else 0,
+    )
+
+
+def _processes_seen(
+    known: dict[int, ProcessInfo], sampled: SampledStacks
+) -> tuple[ProcessInfo, ...]:
+    """Identity of every process in the profile: captured while it lived, else read now."""
+    pids = sorted({s.pid for s in [*sampled.on_cpu, *sampled.off_cpu]})
+    out = []
+    for pid in pids:
+        info = known.get(pid) or base.read_process_info(pid)
+        if info is not None:
+            out.append(info)
+    return tuple(out)

@@ -1,0 +1,321 @@
+"""`otlp-ebpf cpu` and `report` against real workloads whose time split is known."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jsonschema
+import pytest
+
+from otlp_ebpf.cli.app import run
+from otlp_ebpf.model import CpuSnapshot, StackCount, read_snapshot
+from tests.conftest import build_c
+from tests.unit.test_formatters_pprof import profile_pb2  # noqa: F401 (fixture)
+from tests.unit.test_formatters_speedscope import (
+    check_indices,
+    schema,  # noqa: F401 (fixture)
+)
+
+pytestmark = pytest.mark.bpf
+
+WORKLOAD_FLAGS = ("-O1", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls", "-fno-inline")
+OTLP_EBPF = Path(sys.executable).with_name("otlp-ebpf")
+OUR_PROGRAMS = ("on_cpu_sample", "btf_sched_switc", "tp_sched_switch")
+
+# a() does A_UNITS (argv[2], default 2) units of work for each unit b() does, until argv[1]
+# seconds have passed: a known on-CPU split with call chains main;a and main;b.
+SPIN_C = r"""
+#include <stdlib.h>
+#include <time.h>
+static volatile unsigned long sink;
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+/* A call in each loop keeps a() and b() non-leaf: gcc omits leaf frame pointers regardless. */
+__attribute__((noinline)) void tick(void) { sink ^= 1; }
+#define WORK(n) for (long i = 0; i < (n); i++) { sink += i; if ((i & 0xffff) == 0) tick(); }
+__attribute__((noinline)) void a(long unit, long units) { WORK(unit * units) }
+__attribute__((noinline)) void b(long unit) { WORK(unit) }
+int main(int argc, char **argv) {
+    double secs = argc > 1 ? atof(argv[1]) : 1.0;
+    long units = argc > 2 ? atol(argv[2]) : 2;
+    double end = now() + secs;
+    while (now() < end) { a(200000, units); b(200000); }
+    return 0;
+}
+"""
+
+# slow() blocks 200 ms and fast() 100 ms per round, through a raw syscall so the frame
+# pointer chain (libc has none) still names the caller.
+SLEEP_C = r"""
+#include <stdlib.h>
+#include <time.h>
+static inline __attribute__((always_inline)) void nap(long ms) {
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    long ret;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"(35), "D"(&ts), "S"(0) : "rcx", "r11", "memory");
+}
+__attribute__((noinline)) void slow(void) { nap(200); }
+__attribute__((noinline)) void fast(void) { nap(100); }
+int main(int argc, char **argv) {
+    int rounds = argc > 1 ? atoi(argv[1]) : 3;
+    for (int i = 0; i < rounds; i++) { slow(); fast(); }
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def spin_bin(tmp_path_factory: pytest.TempPathFactory, cc: str) -> Path:
+    return build_c(cc, SPIN_C, tmp_path_factory.mktemp("cpu") / "spin", *WORKLOAD_FLAGS)
+
+
+@pytest.fixture(scope="module")
+def sleep_bin(tmp_path_factory: pytest.TempPathFactory, cc: str) -> Path:
+    return build_c(cc, SLEEP_C, tmp_path_factory.mktemp("cpu") / "sleeper", *WORKLOAD_FLAGS)
+
+
+def weight_under(stacks: Iterable[StackCount], chain: tuple[str, ...], *, ns: bool = False) -> int:
+    """Weight of stacks whose frames contain `chain` as consecutive frames."""
+    total = 0
+    for s in stacks:
+        frames = s.frames
+        if any(frames[i : i + len(chain)] == chain for i in range(len(frames))):
+            total += s.total_ns if ns else s.count
+    return total
+
+
+def assert_two_to_one(first: int, second: int) -> None:
+    assert second > 0, "the lighter function was never seen"
+    assert 1.7 <= first / second <= 2.3, f"ratio {first / second:.2f} ({first} vs {second})"
+
+
+def load_cpu(path: Path) -> CpuSnapshot:
+    snapshot = read_snapshot(str(path))
+    assert isinstance(snapshot, CpuSnapshot)
+    return snapshot
+
+
+def folded_lines(path: Path) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        counts[stack] += int(count)
+    return counts
+
+
+def test_launched_command_split_chains_and_every_format(
+    tmp_path: Path,
+    spin_bin: Path,
+    schema: dict[str, Any],  # noqa: F811
+    profile_pb2: ModuleType,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    outs = {
+        ext: tmp_path / f"prof{ext}"
+        for ext in (".json", ".folded", ".speedscope.json", ".pb.gz", ".html", ".svg")
+    }
+    args = [a for p in outs.values() for a in ("-o", str(p))]
+    assert run(["cpu", "-F", "499", *args, "--", str(spin_bin), "1.5"]) == 0
+    shown = capsys.readouterr()
+    assert "self %" in shown.out and "main" in shown.out
+    assert "samples" in shown.err and "lost" in shown.err
+
+    snap = load_cpu(outs[".json"])
+    assert snap.frequency_hz == 499 and snap.samples_total > 300
+    # Everything but the few samples of the held child before its exec is the workload.
+    spin_samples = sum(s.count for s in snap.stacks if s.comm == "spin")
+    assert spin_samples / snap.samples_total > 0.95
+    a = weight_under(snap.stacks, ("main", "a"))
+    b = weight_under(snap.stacks, ("main", "b"))
+    assert_two_to_one(a, b)
+    assert (a + b) / snap.samples_total > 0.9
+    assert any(p.exe == str(spin_bin) for p in snap.processes)
+
+    folded = folded_lines(outs[".folded"])
+    assert sum(folded.values()) == snap.samples_total
+    assert sum(n for line, n in folded.items() if line.startswith("spin;")) == spin_samples
+    a_folded = sum(n for line, n in folded.items() if ";main;a" in line)
+    assert a_folded == a
+
+    doc = json.loads(outs[".speedscope.json"].read_text())
+    jsonschema.validate(doc, schema)
+    check_indices(doc)
+    names = [f["name"] for f in doc["shared"]["frames"]]
+    assert {"main", "a", "b"} <= set(names)
+    assert sum(doc["profiles"][0]["weights"]) == snap.samples_total
+
+    profile = profile_pb2.Profile()
+    profile.ParseFromString(gzip.decompress(outs[".pb.gz"].read_bytes()))
+    strings = list(profile.string_table)
+    assert {"main", "a", "b"} <= set(strings)
+    assert sum(s.value[0] for s in profile.sample) == snap.samples_total
+
+    html = outs[".html"].read_text()
+    assert all(name in html for name in ("__libc_start_call_main", "main"))
+    assert outs[".svg"].read_text().lstrip().startswith(("<?xml", "<svg"))
+
+    # The saved snapshot renders again, to the table and to new files.
+    again = tmp_path / "again.folded"
+    assert run(["report", str(outs[".json"]), "-o", str(again), "--top", "2"]) == 0
+    assert folded_lines(again) == folded
+    top_rows = [line for line in capsys.readouterr().out.splitlines() if "%" in line]
+    assert [row.split()[-2] for row in top_rows[1:]] == ["a", "b"]
+
+
+@pytest.fixture
+def running_spin(spin_bin: Path) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([str(spin_bin), "30"])
+    time.sleep(0.2)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_pid_mode_split_and_chains(tmp_path: Path, running_spin: subprocess.Popen[bytes]) -> None:
+    out = tmp_path / "pid.json"
+    assert run(["cpu", "-p", str(running_spin.pid), "-d", "1.5", "-F", "499", "-o", str(out)]) == 0
+    snap = load_cpu(out)
+    assert {s.pid for s in snap.stacks} == {running_spin.pid}
+    assert_two_to_one(
+        weight_under(snap.stacks, ("main", "a")),
+        weight_under(snap.stacks, ("main", "b")),
+    )
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the sleep workload uses x86_64 asm")
+def test_off_cpu_blocked_time_split(tmp_path: Path, sleep_bin: Path) -> None:
+    out = tmp_path / "off.json"
+    assert run(["cpu", "--off-cpu-only", "-o", str(out), "--", str(sleep_bin), "3"]) == 0
+    snap = load_cpu(out)
+    assert not snap.stacks and snap.off_cpu
+    slow = weight_under(snap.off_cpu, ("main", "slow"), ns=True)
+    fast = weight_under(snap.off_cpu, ("main", "fast"), ns=True)
+    assert_two_to_one(slow, fast)
+    assert 0.55e9 <= slow <= 0.7e9
+
+
+def test_on_and_off_cpu_in_one_run(tmp_path: Path, spin_bin: Path) -> None:
+    out = tmp_path / "both.folded"
+    assert run(["cpu", "--off-cpu", "-o", str(out), "--", str(spin_bin), "0.5"]) == 0
+    assert sum(folded_lines(out).values()) > 0
+    off = tmp_path / "both.off_cpu.folded"
+    assert off.exists() and folded_lines(off)
+
+
+def test_bad_input_exits_2_before_collecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    free_pid = 4_000_000
+    assert run(["cpu", "-p", str(free_pid), "-d", "1"]) == 2
+    assert f"no such process: {free_pid}" in capsys.readouterr().err
+
+    limit = Path("/proc/sys/kernel/perf_event_max_sample_rate").read_text().strip()
+    assert run(["cpu", "-F", str(int(limit) + 1), "-d", "1"]) == 2
+    assert limit in capsys.readouterr().err
+
+    started = time.monotonic()
+    assert run(["cpu", "-d", "5", "-o", str(tmp_path / "missing" / "x.json")]) == 2
+    assert time.monotonic() - started < 2
+    assert "does not exist" in capsys.readouterr().err
+
+    assert run(["cpu", "--repeat", "2", "-d", "1"]) == 2
+    assert run(["cpu", "--user-only", "--kernel-only", "-d", "1"]) == 2
+
+
+def test_repeat_writes_one_snapshot_per_run(tmp_path: Path, spin_bin: Path) -> None:
+    base = tmp_path / "base.json"
+    assert run(["cpu", "--repeat", "2", "-o", str(base), "--", str(spin_bin), "0.3"]) == 0
+    for index in (1, 2):
+        assert load_cpu(tmp_path / f"base.{index}.json").samples_total > 0
+    assert not base.exists()
+
+
+def test_sigint_ends_an_open_run_and_still_writes(tmp_path: Path) -> None:
+    out = tmp_path / "sigint.json"
+    proc = subprocess.Popen(
+        [str(OTLP_EBPF), "cpu", "-o", str(out)], stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    assert "Ctrl-C to stop" in proc.stderr.readline()
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    snap = load_cpu(out)
+    assert "ended: interrupted" in snap.notes
+
+
+def our_programs() -> int:
+    listed = subprocess.run(
+        ["bpftool", "prog", "list", "-j"], capture_output=True, text=True, check=True
+    )
+    return sum(1 for p in json.loads(listed.stdout) if p.get("name") in OUR_PROGRAMS)
+
+
+def test_no_program_left_after_a_run(tmp_path: Path, spin_bin: Path) -> None:
+    before = our_programs()
+    assert run(["cpu", "--off-cpu", "-d", "0.3", "-o", str(tmp_path / "x.json")]) == 0
+    assert our_programs() == before
+
+
+def test_ctypes_mirrors_match_the_object() -> None:
+    from otlp_ebpf.collectors import cpu
+    from otlp_ebpf.runtime import btf
+    from otlp_ebpf.runtime.loader import BpfObject
+
+    mirrors = {
+        "cpu_key": cpu.CpuKey,
+        "offcpu_value": cpu.OffCpuValue,
+        "offcpu_start": cpu.OffCpuStart,
+    }
+    with BpfObject.open("cpu") as obj:
+        for struct, mirror in mirrors.items():
+            size, members = btf.struct_layout(obj, struct)
+            assert size == ctypes_size(mirror), struct
+            for name, _ in mirror._fields_:
+                assert members[name] == getattr(mirror, name).offset, (struct, name)
+
+
+def ctypes_size(mirror: type) -> int:
+    import ctypes
+
+    return ctypes.sizeof(mirror)
+
+
+def test_diff_gate_finds_the_doubled_function(
+    tmp_path: Path, spin_bin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def snapshot(name: str, units: str) -> str:
+        path = tmp_path / f"{name}.json"
+        assert run(["cpu", "-F", "499", "-o", str(path), "--", str(spin_bin), "1", units]) == 0
+        return str(path)
+
+    base, base_again, doubled = snapshot("base", "1"), snapshot("again", "1"), snapshot("new", "2")
+    capsys.readouterr()
+    assert run(["diff", base, doubled, "--fail-on-regression", "5"]) == 1
+    verdict = capsys.readouterr().err
+    assert verdict.startswith("REGRESSION: a self"), verdict
+    assert run(["diff", base, base_again, "--fail-on-regression", "5"]) == 0
+
+
+@pytest.fixture(autouse=True)
+def _clean_env() -> Iterator[None]:
+    saved = os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    yield
+    if saved is not None:
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = saved
