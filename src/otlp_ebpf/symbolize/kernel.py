@@ -6,7 +6,8 @@ tables and reports that show kernel names bare. Symbols of loadable modules (and
 BPF programs, listed as module `bpf`) carry their module name in `KernelSymbol.module`.
 An address no symbol covers resolves to `0x<hex>`, so no frame is ever dropped.
 
-/proc/kallsyms lists ~120k symbols; only text symbols are kept, in compact arrays. With `kernel.kptr_restrict` set, or without CAP_SYSLOG, every address reads
+/proc/kallsyms lists ~120k symbols; only text symbols are kept, in compact arrays. With
+`kernel.kptr_restrict` set, or without CAP_SYSLOG, every address reads
 as zero; `restricted` is then true and every address resolves to its hex form.
 """
 
