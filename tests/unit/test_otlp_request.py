@@ -89,3 +89,23 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
         read_request_file(str(tmp_path / "absent.otlp.pb"))
     with pytest.raises(UsageError, match="cannot read"):
         read_request_file(str(tmp_path))
+
+
+def test_files_written_by_extension_carry_the_environment_resource(tmp_path, monkeypatch):
+    from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import (
+        ExportProfilesServiceRequest,
+    )
+
+    from otlp_ebpf.formatters import registry
+    from otlp_ebpf.formatters.otlp_request import read_request_file
+    from tests.otlp_samples import cpu_snapshot
+
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "checkout")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=ci")
+    path = tmp_path / "x.otlp.pb"
+    registry.write_output(cpu_snapshot(), str(path), registry.format_for_path(str(path)))
+    (request,) = read_request_file(str(path))
+    decoded = ExportProfilesServiceRequest.FromString(request.payload)
+    attrs = {a.key: a.value.string_value for a in decoded.resource_profiles[0].resource.attributes}
+    assert attrs["service.name"] == "checkout"
+    assert attrs["deployment.environment"] == "ci"

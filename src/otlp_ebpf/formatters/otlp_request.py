@@ -13,6 +13,7 @@ OTLP/HTTP. `otlp-ebpf push` reads these files back with `read_request_file`.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -73,7 +74,12 @@ def encode_requests(
 def render(
     snapshot: Snapshot, stream: BinaryIO, resource_attrs: Mapping[str, str] | None = None
 ) -> None:
-    """Write the `.otlp.pb` file of `snapshot` to `stream`."""
+    """Write the `.otlp.pb` file of `snapshot` to `stream`. Without explicit attributes, the
+    standard OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME apply, as they would to a push."""
+    if resource_attrs is None:
+        from otlp_ebpf.export.config import resource_attributes_from_env
+
+        resource_attrs = resource_attributes_from_env(os.environ)
     write_requests(encode_requests(snapshot, resource_attrs), stream)
 
 
