@@ -99,15 +99,17 @@ def test_off_cpu_only_ignores_the_frequency() -> None:
 
 
 def test_sampler_choice_by_unwind_mode() -> None:
+    from otlp_ebpf.collectors.cpu_dwarf import CpuDwarfSampler
+
     with Symbolizer() as sym:
-        assert isinstance(cpu.pick_sampler(cpu.CpuConfig(), sym), cpu.FramePointerSampler)
-        try:
-            import otlp_ebpf.collectors.cpu_dwarf  # noqa: F401
-        except ModuleNotFoundError:
-            auto = cpu.pick_sampler(cpu.CpuConfig(unwind="auto"), sym)
-            assert isinstance(auto, cpu.FramePointerSampler)
-            with pytest.raises(UsageError, match="not available"):
-                cpu.pick_sampler(cpu.CpuConfig(unwind="dwarf"), sym)
+        assert isinstance(
+            cpu.pick_sampler(cpu.CpuConfig(unwind="fp"), sym), cpu.FramePointerSampler
+        )
+        assert isinstance(cpu.pick_sampler(cpu.CpuConfig(), sym), CpuDwarfSampler)  # auto
+        off_cpu = cpu.CpuConfig(off_cpu=True)
+        assert isinstance(cpu.pick_sampler(off_cpu, sym), cpu.FramePointerSampler)
+        with pytest.raises(UsageError, match="on-CPU sampling of user stacks only"):
+            cpu.pick_sampler(cpu.CpuConfig(unwind="dwarf", off_cpu=True), sym)
 
 
 def test_repeat_needs_a_command_and_numbers_outputs(tmp_path: Path) -> None:

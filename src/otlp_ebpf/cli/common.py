@@ -146,6 +146,28 @@ def deliver_otlp(snapshot: Snapshot, url: str | None, otlp_file: str | None) -> 
         deliver(snapshot, config)
 
 
+def interval_exporter(
+    url: str | None, duration: float | None, interval: float | None
+) -> Callable[[Snapshot], None] | None:
+    """With --otlp, --interval and no --duration, push the cumulative snapshot every interval.
+    A failed push spills its batch (for `push`) and the run goes on: nothing is lost."""
+    if not (url and interval and duration is None):
+        return None
+    from otlp_ebpf.errors import OtlpEbpfError
+    from otlp_ebpf.export.config import OtlpConfig
+    from otlp_ebpf.export.deliver import deliver
+
+    config = OtlpConfig.from_cli(None if url == OTLP_DEFAULT else url)
+
+    def push(snapshot: Snapshot) -> None:
+        try:
+            deliver(snapshot, config)
+        except OtlpEbpfError as exc:
+            console.warn(f"interval export failed, run continues: {exc.message}")
+
+    return push
+
+
 def validate_otlp(url: str | None, otlp_file: str | None) -> None:
     if otlp_file:
         check_output_path(otlp_file)

@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
         unwind: Annotated[
             str, typer.Option("--unwind", help="User stack unwinding: fp, dwarf or auto.")
-        ] = "fp",
+        ] = "auto",
         repeat: Annotated[
             int,
             typer.Option(

@@ -73,7 +73,11 @@ def register(app: typer.Typer) -> None:
         )
         live = _live_view(top or 20) if interval and not as_json else None
         console.status(f"tracing TCP ({', '.join(config.targets.describe())}); Ctrl-C to stop")
-        snapshot = collect(config, on_interval=live)
+        snapshot = collect(
+            config,
+            on_interval=live,
+            on_partial=common.interval_exporter(otlp, duration, interval),
+        )
 
         def show(snap: Snapshot) -> None:
             from otlp_ebpf.formatters import net_table

@@ -70,7 +70,11 @@ def register(app: typer.Typer) -> None:
         )
         live = _live_view(by_process, top) if interval and not as_json else None
         console.status(f"tracing syscalls ({', '.join(config.targets.describe())}); Ctrl-C to stop")
-        snapshot = collect(config, on_interval=live)
+        snapshot = collect(
+            config,
+            on_interval=live,
+            on_partial=common.interval_exporter(otlp, duration, interval),
+        )
 
         def show(snap: Snapshot) -> None:
             from otlp_ebpf.formatters import syscalls_table

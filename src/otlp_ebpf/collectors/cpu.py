@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import importlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base
@@ -114,7 +113,7 @@ class CpuConfig:
     min_block_us: int = 1
     user_stacks: bool = True
     kernel_stacks: bool = True
-    unwind: str = "fp"
+    unwind: str = "auto"
     stack_entries: int = 16384
 
 
@@ -162,17 +161,13 @@ class Sampler(Protocol):
 
 
 def pick_sampler(config: CpuConfig, symbolizer: Symbolizer) -> Sampler:
-    """The sampler for `config.unwind`: frame pointers here, other unwinders by module."""
+    """The sampler for `config.unwind`: frame pointers here; DWARF (and `auto`, which picks
+    per frame) in collectors/cpu_dwarf.py."""
     if config.unwind == "fp":
         return FramePointerSampler(config, symbolizer)
-    try:
-        module = importlib.import_module("otlp_ebpf.collectors.cpu_dwarf")
-    except ModuleNotFoundError:
-        if config.unwind == "auto":
-            return FramePointerSampler(config, symbolizer)
-        raise UsageError("--unwind dwarf is not available in this build; use --unwind fp") from None
-    make: Callable[[CpuConfig, Symbolizer], Sampler] = module.make_sampler
-    return make(config, symbolizer)
+    from otlp_ebpf.collectors.cpu_dwarf import make_sampler
+
+    return cast(Sampler, make_sampler(config, symbolizer))
 
 
 @dataclass

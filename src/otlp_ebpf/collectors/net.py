@@ -393,8 +393,11 @@ def resets_summary(
 def collect(
     config: NetConfig,
     on_interval: Callable[[list[Connection], float], None] | None = None,
+    on_partial: Callable[[NetSnapshot], None] | None = None,
 ) -> NetSnapshot:
-    """Run the net collector to its end and return the snapshot."""
+    """Run the net collector to its end and return the snapshot. With --interval,
+    `on_interval` gets each interval's busiest connections and `on_partial` the cumulative
+    snapshot so far (for periodic export)."""
     collector = NetCollector(config)
     clock = base.RunClock()
     try:
@@ -407,6 +410,8 @@ def collect(
                 rows = collector.tick(elapsed)
                 if on_interval is not None:
                     on_interval(rows, elapsed)
+                if on_partial is not None:
+                    on_partial(build_snapshot(collector, config, clock, "interval"))
 
             ended = base.run_loop(
                 collector.targets,
@@ -417,23 +422,28 @@ def collect(
                 clock=clock,
                 stop=stop,
             )
-            duration = clock.elapsed()
-            assert collector.obj is not None
-            bpf_ns, runs = base.program_cost(collector.obj, collector.programs())
-            collector.drain()
-            still_open = collector.open_connections()
-            lost = collector.lost()
-            drops = collector.drops()
-            host_resets = (
-                collector.counter(COUNTER_RESETS_SENT),
-                collector.counter(COUNTER_RESETS_RECEIVED),
-            )
-            retransmit_skbs = collector.counter(COUNTER_RETRANSMIT_SKBS)
+            return build_snapshot(collector, config, clock, ended)
     finally:
         if collector.ring is not None:
             collector.ring.close()
         collector.targets.abandon()
         base.cleanup()
+
+
+def build_snapshot(
+    collector: NetCollector, config: NetConfig, clock: base.RunClock, ended: str
+) -> NetSnapshot:
+    """Everything recorded so far: closed connections, open ones with their bytes so far."""
+    duration = clock.elapsed()
+    assert collector.obj is not None
+    bpf_ns, runs = base.program_cost(collector.obj, collector.programs())
+    collector.drain()
+    still_open = collector.open_connections()
+    host_resets = (
+        collector.counter(COUNTER_RESETS_SENT),
+        collector.counter(COUNTER_RESETS_RECEIVED),
+    )
+    retransmit_skbs = collector.counter(COUNTER_RETRANSMIT_SKBS)
     connections = sorted(
         [*collector.closed, *still_open], key=lambda c: (c.started_at_ns, c.lport, c.rport)
     )
@@ -450,14 +460,14 @@ def collect(
         duration_s=round(duration, 3),
         host=base.hostname(),
         targets=_describe(config),
-        lost_events=lost,
+        lost_events=collector.lost(),
         processes=processes,
         self_cost=base.self_cost(clock, bpf_ns, runs),
         notes=tuple(notes),
         connections=tuple(connections),
         retransmits=sum(c.retransmits for c in connections),
         resets=resets_summary(config, connections, *host_resets),
-        drops=drops,
+        drops=collector.drops(),
         series=tuple(collector.intervals.series),
         interval_s=config.interval_s or 0.0,
     )

@@ -253,8 +253,10 @@ class SyscallsCollector:
 def collect(
     config: SyscallsConfig,
     on_interval: Callable[[list[SyscallStat], float], None] | None = None,
+    on_partial: Callable[[SyscallsSnapshot], None] | None = None,
 ) -> SyscallsSnapshot:
-    """Run the syscalls collector to its end and return the snapshot."""
+    """Run the syscalls collector to its end and return the snapshot. With --interval,
+    `on_interval` gets the rows so far and `on_partial` the cumulative snapshot so far."""
     collector = SyscallsCollector(config)
     clock = base.RunClock()
     try:
@@ -267,6 +269,8 @@ def collect(
                 rows = collector.tick(elapsed)
                 if on_interval is not None:
                     on_interval(rows, elapsed)
+                if on_partial is not None:
+                    on_partial(build_snapshot(collector, clock, "interval", rows))
 
             ended = base.run_loop(
                 collector.targets,
@@ -277,23 +281,32 @@ def collect(
                 clock=clock,
                 stop=stop,
             )
-            duration = clock.elapsed()
-            assert collector.obj is not None
-            bpf_ns, runs = base.program_cost(collector.obj, collector._programs())
-            syscalls = collector.stats()
-            drops = collector.read_drops()
+            return build_snapshot(collector, clock, ended, collector.stats())
     finally:
         collector.targets.abandon()
         base.cleanup()
+
+
+def build_snapshot(
+    collector: SyscallsCollector,
+    clock: base.RunClock,
+    ended: str,
+    syscalls: list[SyscallStat],
+) -> SyscallsSnapshot:
+    """The aggregates so far as a snapshot (cumulative since the start of the run)."""
+    assert collector.obj is not None
+    duration = clock.elapsed()
+    bpf_ns, runs = base.program_cost(collector.obj, collector._programs())
     processes = tuple(
         p for pid in sorted({s.pid for s in syscalls}) if (p := base.read_process_info(pid))
     )
+    config = collector.config
     return SyscallsSnapshot(
         started_at=clock.started_at,
         duration_s=round(duration, 3),
         host=base.hostname(),
         targets=config.targets.describe(),
-        lost_events=drops,
+        lost_events=collector.read_drops(),
         processes=processes,
         self_cost=base.self_cost(clock, bpf_ns, runs),
         notes=(f"ended: {ended}",),

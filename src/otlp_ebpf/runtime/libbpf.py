@@ -130,6 +130,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__name": (c_char_p, [c_void_p]),
     "bpf_program__section_name": (c_char_p, [c_void_p]),
     "bpf_program__set_autoload": (c_int, [c_void_p, c_bool]),
+    "bpf_program__set_expected_attach_type": (c_int, [c_void_p, c_uint32]),
     "bpf_program__autoload": (c_bool, [c_void_p]),
     "bpf_program__fd": (c_int, [c_void_p]),
     "bpf_program__attach": (c_void_p, [c_void_p]),

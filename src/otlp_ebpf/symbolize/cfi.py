@@ -314,7 +314,7 @@ def _our_reg(dwarf_reg: int | None, arch: Arch) -> int:
     return REG_OTHER
 
 
-def _saved(rule: RegisterRule | None, *, default: int) -> int:
+def _saved(rule: Any, *, default: int) -> int:
     if rule is None:
         return default
     if rule.type == RegisterRule.OFFSET:

@@ -1,0 +1,497 @@
+/* Outstanding memory by stack, kept in the kernel: every live block in `allocs`
+ * ((process, address) -> size, time, stack id) and running totals per (process, stack) in
+ * `totals`. Nothing crosses to user space per allocation; the maps are read at the end.
+ *
+ * User mode: uprobes on the C allocator's entry points remember the request size per thread;
+ * the return probe records the block and its stack. The stack is taken at the return because
+ * there the instruction pointer is inside the caller and rbp is the caller's frame, while at
+ * the entry of a frame-pointer-less malloc the immediate caller is unreachable. Allocator calls
+ * made inside another one (glibc realloc(NULL, n) -> malloc) are counted once, by the outer.
+ * Kernel mode: kmem tracepoints with kernel stacks. */
+#include "core.h"
+#include "target.h"
+#include "mem.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define SIGSTOP 19
+#define MAP_PRIVATE 0x02
+#define MAP_FIXED 0x10
+#define MAP_ANONYMOUS 0x20
+#define MAX_ERRNO 4095
+
+/* Function arguments and return value at a uprobe (the C calling convention). */
+#if defined(__TARGET_ARCH_x86)
+#define ARG1(regs) ((regs)->di)
+#define ARG2(regs) ((regs)->si)
+#define ARG3(regs) ((regs)->dx)
+#define RET(regs) ((regs)->ax)
+#elif defined(__TARGET_ARCH_arm64)
+#define ARG1(regs) ((regs)->regs[0])
+#define ARG2(regs) ((regs)->regs[1])
+#define ARG3(regs) ((regs)->regs[2])
+#define RET(regs) ((regs)->regs[0])
+#endif
+
+/* Pause a target at exit() so user space can read its memory maps before they vanish. */
+const volatile u32 stop_at_exit = 0;
+const volatile s64 nr_mmap = 9;
+const volatile s64 nr_munmap = 11;
+
+struct trace_event_raw_kmalloc {
+	struct trace_entry ent;
+	unsigned long call_site;
+	const void *ptr;
+	unsigned long bytes_req;
+	unsigned long bytes_alloc;
+} __attribute__((preserve_access_index));
+
+struct trace_event_raw_kmem_cache_alloc {
+	struct trace_entry ent;
+	unsigned long call_site;
+	const void *ptr;
+	unsigned long bytes_req;
+	unsigned long bytes_alloc;
+} __attribute__((preserve_access_index));
+
+struct trace_event_raw_kfree {
+	struct trace_entry ent;
+	unsigned long call_site;
+	const void *ptr;
+} __attribute__((preserve_access_index));
+
+struct trace_event_raw_kmem_cache_free {
+	struct trace_entry ent;
+	unsigned long call_site;
+	const void *ptr;
+} __attribute__((preserve_access_index));
+
+struct trace_event_raw_x86_exceptions {
+	struct trace_entry ent;
+	unsigned long address;
+	unsigned long ip;
+	unsigned long error_code;
+} __attribute__((preserve_access_index));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct alloc_key);
+	__type(value, struct alloc_info);
+} allocs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct stack_key);
+	__type(value, struct stack_total);
+} totals SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 16384);
+	__uint(key_size, sizeof(u32));
+	__uint(value_size, MEM_STACK_DEPTH * sizeof(u64));
+} stacks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, u64);
+	__type(value, struct pending_call);
+} pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, u64);
+	__type(value, struct pending_call);
+} pending_mmap SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct stack_key);
+	__type(value, u64);
+} faults SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, u32);
+	__type(value, char[TASK_COMM_LEN]);
+} comms SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096 * 4);
+} exits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MEM_DROP_SLOTS);
+	__type(key, u32);
+	__type(value, u64);
+} drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MEM_COUNT_SLOTS);
+	__type(key, u32);
+	__type(value, u64);
+} counters SEC(".maps");
+
+static __always_inline void bump(void *array, u32 slot)
+{
+	u64 *n = bpf_map_lookup_elem(array, &slot);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline void remember_comm(u32 tgid)
+{
+	char comm[TASK_COMM_LEN];
+
+	if (!tgid || bpf_map_lookup_elem(&comms, &tgid))
+		return;
+	bpf_get_current_comm(comm, sizeof(comm));
+	bpf_map_update_elem(&comms, &tgid, comm, BPF_NOEXIST);
+}
+
+static __always_inline void account(u32 tgid, s32 stack_id, s64 bytes, s64 count)
+{
+	struct stack_key key = { .tgid = tgid, .stack_id = stack_id };
+	struct stack_total *total = bpf_map_lookup_elem(&totals, &key);
+
+	if (!total) {
+		struct stack_total zero = {};
+
+		if (count < 0)
+			return; /* its allocation was never counted here (table full) */
+		bpf_map_update_elem(&totals, &key, &zero, BPF_NOEXIST);
+		total = bpf_map_lookup_elem(&totals, &key);
+		if (!total) {
+			bump(&drops, MEM_DROP_TOTALS_FULL);
+			return;
+		}
+		remember_comm(tgid);
+	}
+	__sync_fetch_and_add(&total->bytes, bytes);
+	__sync_fetch_and_add(&total->count, count);
+}
+
+static __always_inline void forget_block(u32 tgid, u64 addr)
+{
+	struct alloc_key key;
+	struct alloc_info *info;
+	s32 stack_id;
+	u64 size;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.addr = addr;
+	key.tgid = tgid;
+	info = bpf_map_lookup_elem(&allocs, &key);
+	if (!info)
+		return; /* allocated before we attached, or never tracked */
+	stack_id = info->stack_id;
+	size = info->size;
+	if (bpf_map_delete_elem(&allocs, &key) == 0) {
+		account(tgid, stack_id, -(s64)size, -1);
+		bump(&counters, MEM_COUNT_FREES);
+	}
+}
+
+static __always_inline void remember_block(void *ctx, u32 tgid, u64 addr, u64 size, u64 flags)
+{
+	struct alloc_key key;
+	struct alloc_info info = {};
+	s64 stack_id = bpf_get_stackid(ctx, &stacks, flags);
+
+	if (stack_id < 0) {
+		bump(&drops, MEM_DROP_STACK);
+		stack_id = -1;
+	}
+	/* The address is live again: a free we never saw (a path not probed) ends the old one. */
+	forget_block(tgid, addr);
+	__builtin_memset(&key, 0, sizeof(key));
+	key.addr = addr;
+	key.tgid = tgid;
+	info.size = size;
+	info.ts = bpf_ktime_get_ns();
+	info.stack_id = stack_id;
+	if (bpf_map_update_elem(&allocs, &key, &info, BPF_NOEXIST)) {
+		bump(&drops, MEM_DROP_TABLE_FULL);
+		return;
+	}
+	account(tgid, stack_id, size, 1);
+	bump(&counters, MEM_COUNT_ALLOCS);
+}
+
+static __always_inline int enter_call(u64 size, u64 ptr, u32 kind)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct pending_call call = { .size = size, .ptr = ptr, .kind = kind, .depth = 0 };
+	struct pending_call *outer;
+
+	if (!target_wanted(id))
+		return 0;
+	outer = bpf_map_lookup_elem(&pending, &id);
+	if (outer) {
+		outer->depth += 1;
+		return 0;
+	}
+	if (bpf_map_update_elem(&pending, &id, &call, BPF_NOEXIST))
+		bump(&drops, MEM_DROP_PENDING_FULL);
+	return 0;
+}
+
+static __always_inline int free_call(u64 ptr)
+{
+	u64 id;
+
+	if (!ptr)
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	if (!target_wanted(id))
+		return 0;
+	forget_block(id >> 32, ptr);
+	return 0;
+}
+
+static __always_inline int exit_call(void)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct exit_event *event;
+
+	if (!stop_at_exit || !target_wanted(id))
+		return 0;
+	/* Stop first: a SIGCONT sent after this cancels the stop even if it is still pending. */
+	bpf_send_signal(SIGSTOP);
+	event = bpf_ringbuf_reserve(&exits, sizeof(*event), 0);
+	if (!event)
+		return 0;
+	event->tgid = id >> 32;
+	event->pad = 0;
+	bpf_ringbuf_submit(event, 0);
+	return 0;
+}
+
+/* The one entry probe of every allocator function; the attach cookie says which. */
+SEC("uprobe")
+int alloc_enter(struct pt_regs *ctx)
+{
+	u64 a1 = ARG1(ctx);
+	u64 a2 = ARG2(ctx);
+	u64 a3 = ARG3(ctx);
+
+	switch (bpf_get_attach_cookie(ctx)) {
+	case FN_MALLOC:
+		return enter_call(a1, 0, CALL_ALLOC);
+	case FN_CALLOC:
+		return enter_call(a1 * a2, 0, CALL_ALLOC);
+	case FN_REALLOC:
+		return enter_call(a2, a1, CALL_REALLOC);
+	case FN_REALLOCARRAY:
+		return enter_call(a2 * a3, a1, CALL_REALLOC);
+	case FN_POSIX_MEMALIGN:
+		return enter_call(a3, a1, CALL_MEMALIGN_OUT);
+	case FN_MEMALIGN:
+		return enter_call(a2, 0, CALL_ALLOC);
+	case FN_FREE:
+		return free_call(a1);
+	case FN_EXIT:
+		return exit_call();
+	}
+	return 0;
+}
+
+/* The one return probe of every allocating function. */
+SEC("uretprobe")
+int alloc_return(struct pt_regs *ctx)
+{
+	u64 ret = RET(ctx);
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32;
+	struct pending_call *p = bpf_map_lookup_elem(&pending, &id);
+	struct pending_call call;
+	u64 addr = ret;
+
+	if (!p)
+		return 0; /* not a target, or the call began before we attached */
+	if (p->depth) {
+		p->depth -= 1;
+		return 0;
+	}
+	call = *p;
+	bpf_map_delete_elem(&pending, &id);
+	if (call.kind == CALL_MEMALIGN_OUT) {
+		if ((int)ret != 0 || bpf_probe_read_user(&addr, sizeof(addr), (void *)call.ptr))
+			return 0;
+	}
+	/* realloc moved or freed the old block; a failed realloc leaves it alive. */
+	if (call.kind == CALL_REALLOC && call.ptr && (addr || !call.size))
+		forget_block(tgid, call.ptr);
+	if (!addr)
+		return 0;
+	remember_block(ctx, tgid, addr, call.size, BPF_F_USER_STACK);
+	return 0;
+}
+
+/* Anonymous private mappings made by the program itself (not inside an allocator call,
+ * whose blocks the uprobes already count). */
+SEC("tp/raw_syscalls/sys_enter")
+int mmap_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	long nr = ctx->id;
+	u64 addr = ctx->args[0];
+	u64 len = ctx->args[1];
+	u64 flags = ctx->args[3];
+	u64 id;
+	struct pending_call call = {};
+
+	if (nr != nr_mmap && nr != nr_munmap)
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	if (!target_wanted(id) || bpf_map_lookup_elem(&pending, &id))
+		return 0;
+	if (nr == nr_munmap) {
+		forget_block(id >> 32, addr);
+		return 0;
+	}
+	if (!(flags & MAP_ANONYMOUS) || !(flags & MAP_PRIVATE) || (flags & MAP_FIXED))
+		return 0;
+	call.size = len;
+	call.kind = CALL_MMAP;
+	if (bpf_map_update_elem(&pending_mmap, &id, &call, BPF_ANY))
+		bump(&drops, MEM_DROP_PENDING_FULL);
+	return 0;
+}
+
+SEC("tp/raw_syscalls/sys_exit")
+int mmap_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	long nr = ctx->id;
+	long ret = ctx->ret;
+	u64 id;
+	struct pending_call *p;
+	u64 size;
+
+	if (nr != nr_mmap)
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	p = bpf_map_lookup_elem(&pending_mmap, &id);
+	if (!p)
+		return 0;
+	size = p->size;
+	bpf_map_delete_elem(&pending_mmap, &id);
+	if (ret < 0 && ret >= -MAX_ERRNO)
+		return 0;
+	remember_block(ctx, id >> 32, (u64)ret, size, BPF_F_USER_STACK);
+	return 0;
+}
+
+static long forget_if_process(void *map, struct alloc_key *key, struct alloc_info *info,
+			      u32 *tgid)
+{
+	if (key->tgid != *tgid)
+		return 0;
+	account(key->tgid, info->stack_id, -(s64)info->size, -1);
+	bpf_map_delete_elem(map, key);
+	return 0;
+}
+
+/* exec replaces the address space: blocks of the old image are gone with it (this also drops
+ * what a launcher allocated between fork and exec). */
+SEC("tp/sched/sched_process_exec")
+int forget_on_exec(void *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32;
+
+	char comm[TASK_COMM_LEN];
+
+	if (!target_wanted(id))
+		return 0;
+	bpf_for_each_map_elem(&allocs, forget_if_process, &tgid, 0);
+	/* The name the process had before exec (the launcher's) is not its name any more. */
+	bpf_get_current_comm(comm, sizeof(comm));
+	bpf_map_update_elem(&comms, &tgid, comm, BPF_ANY);
+	return 0;
+}
+
+SEC("tp/exceptions/page_fault_user")
+int page_fault(struct trace_event_raw_x86_exceptions *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct stack_key key;
+	s64 stack_id;
+	u64 *n, one = 1;
+
+	if (!target_wanted(id))
+		return 0;
+	stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+	if (stack_id < 0) {
+		bump(&drops, MEM_DROP_STACK);
+		stack_id = -1;
+	}
+	key.tgid = id >> 32;
+	key.stack_id = stack_id;
+	n = bpf_map_lookup_elem(&faults, &key);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return 0;
+	}
+	if (bpf_map_update_elem(&faults, &key, &one, BPF_NOEXIST)) {
+		n = bpf_map_lookup_elem(&faults, &key);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		else
+			bump(&drops, MEM_DROP_FAULTS_FULL);
+		return 0;
+	}
+	remember_comm(key.tgid);
+	return 0;
+}
+
+SEC("tp/kmem/kmalloc")
+int kmalloc(struct trace_event_raw_kmalloc *ctx)
+{
+	u64 ptr = (u64)ctx->ptr;
+	u64 bytes = ctx->bytes_alloc;
+
+	if (ptr)
+		remember_block(ctx, 0, ptr, bytes, 0);
+	return 0;
+}
+
+SEC("tp/kmem/kmem_cache_alloc")
+int kmem_cache_alloc(struct trace_event_raw_kmem_cache_alloc *ctx)
+{
+	u64 ptr = (u64)ctx->ptr;
+	u64 bytes = ctx->bytes_alloc;
+
+	if (ptr)
+		remember_block(ctx, 0, ptr, bytes, 0);
+	return 0;
+}
+
+SEC("tp/kmem/kfree")
+int kfree(struct trace_event_raw_kfree *ctx)
+{
+	u64 ptr = (u64)ctx->ptr;
+
+	if (ptr)
+		forget_block(0, ptr);
+	return 0;
+}
+
+SEC("tp/kmem/kmem_cache_free")
+int kmem_cache_free(struct trace_event_raw_kmem_cache_free *ctx)
+{
+	u64 ptr = (u64)ctx->ptr;
+
+	if (ptr)
+		forget_block(0, ptr);
+	return 0;
+}

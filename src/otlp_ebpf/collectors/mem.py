@@ -1,0 +1,607 @@
+"""Outstanding memory by stack (leaks), page faults, and kernel allocations (bpf/mem.bpf.c).
+
+User mode (a --pid or `-- CMD` target): uprobes on the allocator's entry points and one return
+probe; the kernel keeps every live block and per-stack totals, and only those maps are read,
+at the end. `-- CMD` attaches by file (every process) before the command starts, so its first
+allocation is seen, and filters by target in BPF; --pid attaches to that process only and
+sees what it allocates after the attach. A launched target is paused for an instant when it
+calls exit(), so its memory maps can be read for symbolization before they vanish.
+Kernel mode (no target): the kmem tracepoints, by kernel stack, like bcc memleak without -p.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import platform
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from otlp_ebpf import console
+from otlp_ebpf.collectors import base, mem_allocator
+from otlp_ebpf.errors import EnvironmentLacks, UsageError
+from otlp_ebpf.model import Allocation, MemSnapshot, StackCount
+from otlp_ebpf.runtime import features, probes, uprobe_multi
+from otlp_ebpf.runtime.events import RingBuffer
+from otlp_ebpf.runtime.loader import BpfObject
+from otlp_ebpf.runtime.stats import StatsSession
+from otlp_ebpf.symbolize.resolver import Symbolizer
+from otlp_ebpf.targets import TargetSpec
+
+STACK_DEPTH = 127
+DEFAULT_TABLE_SIZE = 262_144
+UNKNOWN_STACK = "[stack not recorded]"
+DROP_REASONS = {
+    0: "allocation table full",
+    1: "call table full",
+    2: "stack not recorded",
+    3: "stack table full",
+    4: "page-fault table full",
+}
+COUNT_ALLOCS, COUNT_FREES = 0, 1
+MMAP_SYSCALLS = {"x86_64": (9, 11), "aarch64": (222, 215)}
+REMEMBER_EVERY_S = 0.5
+DETACH_THREADS = 32
+
+# Allocator functions and the cookie that tells `alloc_enter` which one it is on (bpf/mem.h).
+FN_MALLOC, FN_CALLOC, FN_REALLOC, FN_REALLOCARRAY = 0, 1, 2, 3
+FN_POSIX_MEMALIGN, FN_MEMALIGN, FN_FREE, FN_EXIT = 4, 5, 6, 7
+ALLOCATING = {
+    "malloc": FN_MALLOC,
+    "calloc": FN_CALLOC,
+    "realloc": FN_REALLOC,
+    "reallocarray": FN_REALLOCARRAY,
+    "posix_memalign": FN_POSIX_MEMALIGN,
+    "aligned_alloc": FN_MEMALIGN,
+    "memalign": FN_MEMALIGN,
+    "valloc": FN_MALLOC,
+    "pvalloc": FN_MALLOC,
+}
+UPROBE_PROGRAMS = ("alloc_enter", "alloc_return")
+MMAP_PROGRAMS = ("mmap_enter", "mmap_exit")
+KERNEL_PROGRAMS = ("kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free")
+KMEM_TRACEPOINTS = ("kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free")
+
+
+class AllocKey(ctypes.Structure):
+    """Mirror of struct alloc_key (bpf/mem.h)."""
+
+    _fields_ = [("addr", ctypes.c_uint64), ("tgid", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class AllocInfo(ctypes.Structure):
+    """Mirror of struct alloc_info (bpf/mem.h)."""
+
+    _fields_ = [
+        ("size", ctypes.c_uint64),
+        ("ts", ctypes.c_uint64),
+        ("stack_id", ctypes.c_int32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
+class StackKey(ctypes.Structure):
+    """Mirror of struct stack_key (bpf/mem.h)."""
+
+    _fields_ = [("tgid", ctypes.c_uint32), ("stack_id", ctypes.c_int32)]
+
+
+class StackTotal(ctypes.Structure):
+    """Mirror of struct stack_total (bpf/mem.h)."""
+
+    _fields_ = [("bytes", ctypes.c_int64), ("count", ctypes.c_int64)]
+
+
+class ExitEvent(ctypes.Structure):
+    """Mirror of struct exit_event (bpf/mem.h)."""
+
+    _fields_ = [("tgid", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+@dataclass(frozen=True)
+class ProbePoint:
+    function: str
+    offset: int
+    cookie: int
+
+
+@dataclass(frozen=True)
+class MemConfig:
+    targets: TargetSpec = field(default_factory=TargetSpec)
+    duration_s: float | None = None
+    min_age_ms: int = 0
+    page_faults: bool = False
+    track_mmap: bool = True
+    table_size: int = DEFAULT_TABLE_SIZE
+    multi_uprobes: bool = True  # one link for all probes where the kernel has it (6.6+)
+
+    @property
+    def kernel_mode(self) -> bool:
+        return not (self.targets.pids or self.targets.tid or self.targets.command)
+
+
+@dataclass
+class RawOutstanding:
+    """Outstanding totals per (tgid, stack id), before symbolization."""
+
+    by_stack: dict[tuple[int, int], list[int]] = field(default_factory=dict)
+
+    def add(self, tgid: int, stack_id: int, size: int, count: int) -> None:
+        row = self.by_stack.setdefault((tgid, stack_id), [0, 0])
+        row[0] += size
+        row[1] += count
+
+
+def aggregate_blocks(
+    blocks: list[tuple[AllocKey, AllocInfo]], *, now_ns: int, min_age_ns: int
+) -> RawOutstanding:
+    """Per-stack totals of live blocks at least `min_age_ns` old."""
+    out = RawOutstanding()
+    for key, info in blocks:
+        if now_ns - info.ts < min_age_ns:
+            continue
+        out.add(key.tgid, max(info.stack_id, -1), info.size, 1)
+    return out
+
+
+def return_addresses_to_calls(addrs: list[int]) -> list[int]:
+    """Stacks taken at a return probe hold only return addresses (the leaf too): look each
+    up one byte back, inside the call instruction."""
+    return [a - 1 if a > 0 else a for a in addrs]
+
+
+def parse_stack(raw: bytes) -> list[int]:
+    """A STACK_TRACE value: addresses leaf first, ending at the first zero."""
+    addrs = []
+    for i in range(0, len(raw) - 7, 8):
+        addr = int.from_bytes(raw[i : i + 8], "little")
+        if not addr:
+            break
+        addrs.append(addr)
+    return addrs
+
+
+class MemCollector:
+    """Open, configure, load and attach mem.bpf.o; read its maps into a snapshot."""
+
+    def __init__(self, config: MemConfig) -> None:
+        if config.min_age_ms < 0:
+            raise UsageError(f"--min-age must be >= 0 ms, got {config.min_age_ms}")
+        if config.table_size < 1024:
+            raise UsageError(f"--table-size must be at least 1024, got {config.table_size}")
+        self.config = config
+        self.kernel_mode = config.kernel_mode
+        self.launch = bool(config.targets.command)
+        self.targets = base.Targets(config.targets)
+        self.obj: BpfObject | None = None
+        self.allocators: dict[int, str] = {}  # pid (-1: every process) -> allocator file
+        self.missing_functions: set[str] = set()
+        self.symbolizer = Symbolizer()
+        self.exits: RingBuffer | None = None
+        self.stopped: set[int] = set()
+        self._remembered_at = 0.0
+        self.multi = config.multi_uprobes and uprobe_multi.kernel_supports()
+        self._check_environment()
+
+    def _check_environment(self) -> None:
+        needed: list[tuple[str, str]] = []
+        if self.kernel_mode:
+            needed += [("kmem", tp) for tp in KMEM_TRACEPOINTS]
+        if self.config.page_faults:
+            needed.append(("exceptions", "page_fault_user"))
+        for category, name in needed:
+            if not features.tracepoint_exists(category, name):
+                raise EnvironmentLacks(
+                    f"tracepoint {category}/{name} is missing on this kernel",
+                    hint="`otlp-ebpf doctor` lists what this kernel offers",
+                )
+        if not self.kernel_mode and not features.uprobes_available():
+            raise EnvironmentLacks(
+                "uprobes are not available on this kernel (CONFIG_UPROBE_EVENTS)",
+                hint="`otlp-ebpf doctor` lists what this kernel offers",
+            )
+
+    def _resolve_allocators(self) -> None:
+        if self.kernel_mode:
+            return
+        if self.targets.held is not None:
+            self.allocators[-1] = mem_allocator.allocator_of_command(self.targets.held.path)
+            return
+        for tgid in self.targets.tgids:
+            self.allocators[tgid] = mem_allocator.allocator_of_process(tgid)
+
+    def _rodata(self) -> dict[str, int | bytes]:
+        nr_mmap, nr_munmap = MMAP_SYSCALLS.get(platform.machine(), MMAP_SYSCALLS["x86_64"])
+        values: dict[str, int | bytes] = dict(self.targets.rodata())
+        values.update(stop_at_exit=int(self.launch), nr_mmap=nr_mmap, nr_munmap=nr_munmap)
+        return values
+
+    def _programs_off(self) -> list[str]:
+        off: list[str] = []
+        if self.kernel_mode:
+            off += [*UPROBE_PROGRAMS, *MMAP_PROGRAMS, "forget_on_exec", "follow_fork"]
+        else:
+            off += KERNEL_PROGRAMS
+            if not self.config.track_mmap:
+                off += MMAP_PROGRAMS
+        if not self.config.page_faults:
+            off.append("page_fault")
+        return off
+
+    def start(self) -> None:
+        self._resolve_allocators()
+        obj = BpfObject.open("mem")
+        self.obj = obj
+        obj.set_rodata(**self._rodata())
+        obj.resize_map("allocs", self.config.table_size)
+        for prog in self._programs_off():
+            obj.disable(prog)
+        if self.multi and not self.kernel_mode:
+            uprobe_multi.prepare(obj, UPROBE_PROGRAMS)
+        obj.load()
+        if not self.kernel_mode:
+            self.targets.seed(obj)
+        for prog in self._tracepoint_programs():
+            probes.attach_auto(obj, prog)
+        for pid, binary in self.allocators.items():
+            self._attach_allocator(obj, binary, pid)
+        if self.launch:
+            self.exits = RingBuffer(obj.map("exits"), self._on_exit)
+        for tgid in self.targets.tgids:
+            if self.targets.held is None or tgid != self.targets.held.pid:
+                self.symbolizer.remember_process(tgid)
+        console.debug(f"mem: attached ({'kernel' if self.kernel_mode else 'user'} mode)")
+
+    def _tracepoint_programs(self) -> list[str]:
+        off = set(self._programs_off())
+        candidates = [*MMAP_PROGRAMS, "forget_on_exec", "follow_fork", "page_fault"]
+        if self.kernel_mode:
+            candidates += KERNEL_PROGRAMS
+        return [p for p in candidates if p not in off]
+
+    def probe_points(self, binary: str) -> list[ProbePoint]:
+        """Where to probe in `binary`: one point per distinct function address."""
+        wanted = dict(ALLOCATING, free=FN_FREE)
+        if self.launch:
+            wanted["exit"] = FN_EXIT
+        offsets = mem_allocator.function_offsets(binary, wanted)
+        self.missing_functions |= set(wanted) - set(offsets)
+        if "malloc" not in offsets or "free" not in offsets:
+            raise UsageError(f"{binary}: no malloc/free to attach to")
+        offsets["free"] = mem_allocator.cheap_probe_offset(
+            binary, offsets["free"], platform.machine()
+        )
+        points: list[ProbePoint] = []
+        for name, cookie in wanted.items():
+            offset = offsets.get(name)
+            if offset is not None and all(p.offset != offset for p in points):
+                points.append(ProbePoint(name, offset, cookie))
+        return points
+
+    def _attach_allocator(self, obj: BpfObject, binary: str, pid: int) -> None:
+        points = self.probe_points(binary)
+        returning = [p for p in points if p.cookie not in (FN_FREE, FN_EXIT)]
+        try:
+            if self.multi:
+                uprobe_multi.attach_multi(
+                    obj,
+                    "alloc_enter",
+                    binary,
+                    [p.offset for p in points],
+                    [p.cookie for p in points],
+                    pid=pid,
+                )
+                uprobe_multi.attach_multi(
+                    obj,
+                    "alloc_return",
+                    binary,
+                    [p.offset for p in returning],
+                    [p.cookie for p in returning],
+                    pid=pid,
+                    retprobe=True,
+                )
+                return
+            for point in points:
+                uprobe_multi.attach_classic(
+                    obj, "alloc_enter", binary, point.offset, point.cookie, pid=pid
+                )
+            for point in returning:
+                uprobe_multi.attach_classic(
+                    obj,
+                    "alloc_return",
+                    binary,
+                    point.offset,
+                    point.cookie,
+                    pid=pid,
+                    retprobe=True,
+                )
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise UsageError(f"process {pid} exited before it could be attached") from exc
+            raise
+
+    # -- during the run ----------------------------------------------------------------------
+
+    def _on_exit(self, data: bytes) -> None:
+        tgid = ExitEvent.from_buffer_copy(data[: ctypes.sizeof(ExitEvent)]).tgid
+        self.stopped.add(tgid)
+        self.symbolizer.remember_process(tgid)
+        self._resume(tgid)
+
+    def _resume(self, tgid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(tgid, signal.SIGCONT)
+        self.stopped.discard(tgid)
+
+    def resume_all(self) -> None:
+        """Never leave a target paused at exit, whatever ends the run."""
+        if self.exits is not None:
+            with contextlib.suppress(OSError):
+                self.exits.drain()
+        for tgid in list(self.stopped):
+            self._resume(tgid)
+
+    def poll(self, timeout_s: float) -> None:
+        if self.exits is not None:
+            self.exits.poll(max(0, int(timeout_s * 1000)))
+        elif timeout_s > 0:
+            time.sleep(timeout_s)
+        now = time.monotonic()
+        if not self.kernel_mode and now - self._remembered_at >= REMEMBER_EVERY_S:
+            self._remembered_at = now
+            self.remember_targets()
+
+    def remember_targets(self) -> None:
+        """Capture the maps of every live target (children and exec'd images included), for
+        processes that end without calling exit()."""
+        assert self.obj is not None
+        held = self.targets.held
+        target_keys = self.obj.map("targets").keys()
+        for raw in target_keys:
+            tgid = int.from_bytes(raw, "little")
+            if held is not None and tgid == held.pid and held.poll() is not None:
+                continue  # reaped: the pid may belong to another process now
+            self.symbolizer.remember_process(tgid)
+
+    def detach(self) -> None:
+        """Detach every probe at once: each uprobe detach waits ~0.1 s for the kernel to
+        quiesce, and those waits overlap when the detaches run side by side."""
+        if self.obj is None or not self.obj.links:
+            return
+        links = list(self.obj.links)
+        with ThreadPoolExecutor(max_workers=min(DETACH_THREADS, len(links))) as pool:
+            list(pool.map(lambda link: link.destroy(), links))
+
+    # -- reading the maps --------------------------------------------------------------------
+
+    def read_counter(self, slot: int) -> int:
+        assert self.obj is not None
+        return self.obj.map("counters").lookup_u64(slot)
+
+    def read_drops(self) -> dict[str, int]:
+        assert self.obj is not None
+        drops = self.obj.map("drops")
+        return {r: n for slot, r in DROP_REASONS.items() if (n := drops.lookup_u64(slot))}
+
+    def read_outstanding(self, drops: dict[str, int]) -> RawOutstanding:
+        """Per-stack totals: the kernel's own unless they are incomplete or an age filter
+        needs each block's time, then summed from the live blocks."""
+        assert self.obj is not None
+        if self.config.min_age_ms == 0 and not drops.get(DROP_REASONS[3]):
+            out = RawOutstanding()
+            for raw_key, raw_value in self.obj.map("totals").items():
+                key = StackKey.from_buffer_copy(raw_key)
+                total = StackTotal.from_buffer_copy(raw_value)
+                if total.count > 0:
+                    out.add(key.tgid, key.stack_id, total.bytes, total.count)
+            return out
+        blocks = [
+            (AllocKey.from_buffer_copy(k), AllocInfo.from_buffer_copy(v))
+            for k, v in self.obj.map("allocs").items()
+        ]
+        return aggregate_blocks(
+            blocks, now_ns=time.monotonic_ns(), min_age_ns=self.config.min_age_ms * 1_000_000
+        )
+
+    def read_faults(self) -> dict[tuple[int, int], int]:
+        assert self.obj is not None
+        out: dict[tuple[int, int], int] = defaultdict(int)
+        for raw_key, raw_value in self.obj.map("faults").items():
+            key = StackKey.from_buffer_copy(raw_key)
+            out[(key.tgid, key.stack_id)] += int.from_bytes(raw_value[:8], "little")
+        return out
+
+    def read_stacks(self, ids: Iterator[int]) -> dict[int, list[int]]:
+        assert self.obj is not None
+        stack_map = self.obj.map("stacks")
+        stacks: dict[int, list[int]] = {}
+        for stack_id in set(ids):
+            if stack_id < 0:
+                continue
+            raw = stack_map.lookup(stack_id.to_bytes(4, "little"))
+            stacks[stack_id] = parse_stack(raw) if raw else []
+        return stacks
+
+    def read_comms(self) -> dict[int, str]:
+        assert self.obj is not None
+        return {
+            int.from_bytes(k, "little"): v.split(b"\0", 1)[0].decode(errors="replace")
+            for k, v in self.obj.map("comms").items()
+        }
+
+    # -- symbolization -----------------------------------------------------------------------
+
+    def frames_of(
+        self, tgid: int, addrs: list[int], *, at_return: bool
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(frames, modules) root first."""
+        if not addrs:
+            return (UNKNOWN_STACK,), ("",)
+        if tgid == 0:
+            names = self.symbolizer.kernel_frames(addrs)
+            return tuple(reversed(names)), ("",) * len(names)
+        if at_return:
+            pairs = self.symbolizer.user_frames(
+                tgid, return_addresses_to_calls(addrs), adjust_return_addresses=False
+            )
+        else:
+            pairs = self.symbolizer.user_frames(tgid, addrs)
+        pairs.reverse()
+        return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+
+
+@dataclass
+class RawResult:
+    """Everything read from the kernel before the BPF object closes."""
+
+    outstanding: RawOutstanding
+    faults: dict[tuple[int, int], int]
+    stacks: dict[int, list[int]]
+    comms: dict[int, str]
+    drops: dict[str, int]
+    allocations: int
+    frees: int
+
+
+def read_result(collector: MemCollector) -> RawResult:
+    drops = collector.read_drops()
+    outstanding = collector.read_outstanding(drops)
+    faults = collector.read_faults()
+    ids = [sid for _, sid in outstanding.by_stack] + [sid for _, sid in faults]
+    return RawResult(
+        outstanding=outstanding,
+        faults=faults,
+        stacks=collector.read_stacks(iter(ids)),
+        comms=collector.read_comms(),
+        drops=drops,
+        allocations=collector.read_counter(COUNT_ALLOCS),
+        frees=collector.read_counter(COUNT_FREES),
+    )
+
+
+@dataclass
+class _Merged:
+    bytes: int = 0
+    count: int = 0
+    modules: tuple[str, ...] = ()
+
+
+def build_allocations(collector: MemCollector, raw: RawResult) -> list[Allocation]:
+    """Symbolized outstanding allocations, merged by frames, largest first."""
+    merged: dict[tuple[int, tuple[str, ...]], _Merged] = {}
+    for (tgid, stack_id), (size, count) in raw.outstanding.by_stack.items():
+        if count <= 0:
+            continue
+        frames, modules = collector.frames_of(
+            tgid, raw.stacks.get(stack_id, []), at_return=tgid != 0
+        )
+        row = merged.setdefault((tgid, frames), _Merged(modules=modules))
+        row.bytes += size
+        row.count += count
+    out = [
+        Allocation(
+            pid=tgid,
+            frames=frames,
+            bytes=row.bytes,
+            count=row.count,
+            comm=raw.comms.get(tgid, "kernel" if tgid == 0 else ""),
+            modules=row.modules,
+        )
+        for (tgid, frames), row in merged.items()
+    ]
+    out.sort(key=lambda a: (-a.bytes, -a.count, a.frames))
+    return out
+
+
+def build_faults(collector: MemCollector, raw: RawResult) -> list[StackCount]:
+    counts: dict[tuple[int, tuple[str, ...]], int] = defaultdict(int)
+    modules_of: dict[tuple[int, tuple[str, ...]], tuple[str, ...]] = {}
+    for (tgid, stack_id), n in raw.faults.items():
+        frames, modules = collector.frames_of(tgid, raw.stacks.get(stack_id, []), at_return=False)
+        counts[(tgid, frames)] += n
+        modules_of[(tgid, frames)] = modules
+    out = [
+        StackCount(
+            tgid, tgid, raw.comms.get(tgid, ""), frames, n, modules=modules_of[(tgid, frames)]
+        )
+        for (tgid, frames), n in counts.items()
+    ]
+    out.sort(key=lambda s: (-s.count, s.frames))
+    return out
+
+
+def notes_for(collector: MemCollector, ended: str) -> tuple[str, ...]:
+    notes = [f"ended: {ended}"]
+    if collector.kernel_mode:
+        notes.append("kernel allocations (kmalloc, kmem_cache_alloc) by kernel stack")
+    for pid, binary in sorted(collector.allocators.items()):
+        who = "every process (filtered to targets)" if pid == -1 else f"pid {pid}"
+        notes.append(f"allocator: {binary} ({who})")
+    if collector.config.targets.pids:
+        notes.append("attached to a running process: only allocations made after attach count")
+    if collector.missing_functions:
+        notes.append("not in the allocator: " + ", ".join(sorted(collector.missing_functions)))
+    if collector.config.min_age_ms:
+        notes.append(f"allocations younger than {collector.config.min_age_ms} ms ignored")
+    return tuple(notes)
+
+
+def collect(config: MemConfig) -> MemSnapshot:
+    """Run the mem collector to its end and return the snapshot."""
+    collector = MemCollector(config)
+    clock = base.RunClock()
+    try:
+        with StatsSession(), base.stop_on_signals() as stop:
+            collector.start()
+            collector.targets.release()
+            clock = base.RunClock()
+            ended = base.run_loop(
+                collector.targets,
+                collector.poll,
+                duration_s=config.duration_s,
+                clock=clock,
+                stop=stop,
+                poll_s=0.05,
+            )
+            duration = clock.elapsed()
+            collector.resume_all()
+            if not collector.kernel_mode:
+                collector.remember_targets()
+            assert collector.obj is not None
+            bpf_ns, runs = base.program_cost(collector.obj, collector.obj.program_names())
+            raw = read_result(collector)
+    finally:
+        collector.resume_all()
+        collector.targets.abandon()
+        collector.detach()
+        base.cleanup()
+    try:
+        allocations = build_allocations(collector, raw)
+        faults = build_faults(collector, raw)
+    finally:
+        collector.symbolizer.close()
+    pids = sorted({a.pid for a in allocations if a.pid} | {f.pid for f in faults})
+    processes = tuple(p for pid in pids if (p := base.read_process_info(pid)))
+    return MemSnapshot(
+        started_at=clock.started_at,
+        duration_s=round(duration, 3),
+        host=base.hostname(),
+        targets=config.targets.describe(),
+        lost_events=raw.drops,
+        processes=processes,
+        self_cost=base.self_cost(clock, bpf_ns, runs),
+        notes=notes_for(collector, ended),
+        outstanding=tuple(allocations),
+        outstanding_bytes=sum(a.bytes for a in allocations),
+        allocations_total=raw.allocations,
+        frees_total=raw.frees,
+        page_faults=tuple(faults),
+        mode="kernel" if collector.kernel_mode else "user",
+        min_age_ms=config.min_age_ms,
+    )

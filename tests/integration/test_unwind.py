@@ -1,0 +1,278 @@
+"""DWARF unwinding end to end: real samples of programs built without frame pointers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from otlp_ebpf.collectors import base
+from otlp_ebpf.collectors.cpu_dwarf import TRUNCATED_FRAME, DwarfSampler
+from otlp_ebpf.model import StackCount
+from otlp_ebpf.runtime.stats import StatsSession
+from otlp_ebpf.targets import TargetSpec
+from tests.conftest import build_c
+
+pytestmark = pytest.mark.bpf
+
+NO_FP = ("-O2", "-fomit-frame-pointer")
+
+# main -> a -> hot1 and main -> b -> hot2, hot1 running twice as long as hot2 (by the clock,
+# so the ratio holds whatever the loop bodies cost).
+TWO_TO_ONE = r"""
+#include <stdlib.h>
+#include <time.h>
+volatile unsigned long sink;
+static double now(void) {
+    struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9;
+}
+__attribute__((noinline)) void hot1(double ms) {
+    double end = now() + ms / 1e3;
+    while (now() < end) for (int k = 0; k < 2000; k++) sink += k;
+}
+__attribute__((noinline)) void hot2(double ms) {
+    double end = now() + ms / 1e3;
+    while (now() < end) for (int k = 0; k < 2000; k++) sink += k * 3;
+}
+__attribute__((noinline)) void a(void) { hot1(2.0); sink++; }
+__attribute__((noinline)) void b(void) { hot2(1.0); sink++; }
+int main(int argc, char **argv) {
+    double end = now() + atof(argv[1]);
+    while (now() < end) { a(); b(); }
+    return 0;
+}
+"""
+
+# The system libc's qsort calls back into the program's comparator, which spins.
+QSORT = r"""
+#include <stdlib.h>
+volatile unsigned long sink;
+__attribute__((noinline)) int cmp(const void *x, const void *y) {
+    for (int k = 0; k < 20000; k++) sink += k;
+    return *(const int *)x - *(const int *)y;
+}
+__attribute__((noinline)) void sort_all(int rounds) {
+    int v[64];
+    for (int r = 0; r < rounds; r++) {
+        for (int i = 0; i < 64; i++) v[i] = (i * 7919 + r) % 64;
+        qsort(v, 64, sizeof v[0], cmp);
+    }
+    sink += v[0];
+}
+int main(int argc, char **argv) { sort_all(atoi(argv[1])); return 0; }
+"""
+
+# A SIGALRM handler that spins, interrupting a loop: frames above and below the signal frame.
+SIGNAL = r"""
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/time.h>
+volatile unsigned long sink;
+volatile int ticks;
+__attribute__((noinline)) void handler_spin(void) { for (int k = 0; k < 3000000; k++) sink += k; }
+__attribute__((noinline)) void on_alarm(int sig) { handler_spin(); ticks++; }
+__attribute__((noinline)) void outer_loop(int limit) {
+    while (ticks < limit) for (int k = 0; k < 1000; k++) sink += k;
+}
+int main(int argc, char **argv) {
+    struct itimerval it = {{0, 10000}, {0, 10000}};
+    signal(SIGALRM, on_alarm);
+    setitimer(ITIMER_REAL, &it, NULL);
+    outer_loop(atoi(argv[1]));
+    return 0;
+}
+"""
+
+# Deep recursion: a stack far larger than the copied window.
+DEEP = r"""
+#include <stdlib.h>
+volatile unsigned long sink;
+__attribute__((noinline)) void leaf(long n) { for (long k = 0; k < n; k++) sink += k; }
+__attribute__((noinline)) void down(int depth, long n) {
+    volatile char pad[256];
+    pad[0] = (char)depth;
+    if (depth) down(depth - 1, n); else leaf(n);
+    sink += pad[0];
+}
+int main(int argc, char **argv) {
+    for (int i = 0; i < atoi(argv[1]); i++) down(200, 3000000);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def workloads(cc: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("unwind")
+    sources = {"two_to_one": TWO_TO_ONE, "qsort": QSORT, "signal": SIGNAL, "deep": DEEP}
+    return {name: build_c(cc, src, out / name, *NO_FP) for name, src in sources.items()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cfi_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Unwind tables cached for this module's runs, never in the user's home."""
+    CACHE_DIR.append(str(tmp_path_factory.mktemp("cfi-cache")))
+
+
+CACHE_DIR: list[str] = []
+
+
+def profile(argv: Sequence[str], **options: int) -> DwarfSampler:
+    """Run `argv` held until attached, sampling it until it exits."""
+    targets = base.Targets(TargetSpec(command=tuple(argv)))
+    sampler = DwarfSampler(
+        frequency_hz=options.pop("frequency_hz", 199), cache_dir=CACHE_DIR[-1], **options
+    )
+    try:
+        with StatsSession():
+            sampler.start(targets)
+            targets.release()
+            while not targets.finished():
+                sampler.poll(100)
+            sampler.drain()
+    finally:
+        targets.abandon()
+        base.cleanup()
+    return sampler
+
+
+def has_chain(frames: Sequence[str], chain: Sequence[str]) -> bool:
+    """`chain` appears in `frames` in order (other frames may sit between its members)."""
+    at = 0
+    for frame in frames:
+        if at < len(chain) and frame == chain[at]:
+            at += 1
+    return at == len(chain)
+
+
+def own_stacks(stacks: list[StackCount], comm: str) -> list[StackCount]:
+    return [s for s in stacks if s.comm == comm]
+
+
+def test_full_chains_and_ratio_without_frame_pointers(workloads: dict[str, Path]) -> None:
+    sampler = profile([str(workloads["two_to_one"]), "2.5"])
+    stacks = own_stacks(sampler.stacks(), "two_to_one")
+    total = sum(s.count for s in stacks)
+    hot1 = sum(s.count for s in stacks if has_chain(s.frames, ["_start", "main", "a", "hot1"]))
+    hot2 = sum(s.count for s in stacks if has_chain(s.frames, ["_start", "main", "b", "hot2"]))
+    assert total >= 300
+    assert (hot1 + hot2) / total >= 0.90, Counter(";".join(s.frames) for s in stacks)
+    assert hot1 / hot2 == pytest.approx(2.0, rel=0.15)
+    assert sampler.cfi.stats.decoded + sampler.cfi.stats.from_disk >= 2  # program and libc
+
+
+def test_frames_above_and_below_libc_qsort(workloads: dict[str, Path]) -> None:
+    sampler = profile([str(workloads["qsort"]), "200"])
+    stacks = own_stacks(sampler.stacks(), "qsort")
+    total = sum(s.count for s in stacks)
+    through_libc = sum(
+        s.count
+        for s in stacks
+        if has_chain(s.frames, ["main", "sort_all", "qsort", "cmp"])
+        or has_chain(s.frames, ["main", "sort_all", "qsort_r", "cmp"])
+    )
+    assert total >= 50
+    assert through_libc / total >= 0.90, Counter(";".join(s.frames) for s in stacks)
+    libc_frames = {
+        f for s in stacks for f, m in zip(s.frames, s.modules, strict=True) if "libc" in m
+    }
+    assert libc_frames & {"qsort", "qsort_r"}
+
+
+def test_signal_handler_frames_continue_into_the_interrupted_code(
+    workloads: dict[str, Path],
+) -> None:
+    sampler = profile([str(workloads["signal"]), "150"])
+    stacks = own_stacks(sampler.stacks(), "signal")
+    in_handler = [s for s in stacks if "handler_spin" in s.frames]
+    handler_samples = sum(s.count for s in in_handler)
+    through_signal = sum(
+        s.count
+        for s in in_handler
+        if has_chain(s.frames, ["main", "outer_loop", "on_alarm", "handler_spin"])
+    )
+    assert handler_samples >= 30
+    assert through_signal / handler_samples >= 0.90, [";".join(s.frames) for s in in_handler]
+
+
+def test_stack_deeper_than_the_window_is_marked_truncated(workloads: dict[str, Path]) -> None:
+    sampler = profile([str(workloads["deep"]), "300"], window_bytes=8192)
+    stacks = own_stacks(sampler.stacks(), "deep")
+    in_leaf = [s for s in stacks if s.frames[-1] == "leaf"]
+    leaf_samples = sum(s.count for s in in_leaf)
+    truncated = sum(s.count for s in in_leaf if s.frames[0] == TRUNCATED_FRAME)
+    assert leaf_samples >= 30
+    assert truncated / leaf_samples >= 0.90
+    assert sampler.unwind_failures().get("unwind: stack_window_exhausted", 0) >= truncated
+    deep_one = max(in_leaf, key=lambda s: len(s.frames))
+    assert deep_one.frames.count("down") >= 20  # 8 KB holds dozens of 256-byte frames
+
+
+def test_a_full_window_reaches_main_from_deep_recursion(workloads: dict[str, Path]) -> None:
+    sampler = profile([str(workloads["deep"]), "100"], window_bytes=32768, frequency_hz=99)
+    stacks = own_stacks(sampler.stacks(), "deep")
+    # 201 frames of ~300 bytes do not fit in 32 KB either: still truncated, never misattributed.
+    recursing = [s for s in stacks if "down" in s.frames]
+    assert recursing
+    for s in recursing:
+        if s.frames[0] != TRUNCATED_FRAME:
+            assert has_chain(s.frames, ["_start", "main", "down"]), s.frames
+
+
+@pytest.mark.skipif(shutil.which("perf") is None, reason="perf (linux-perf) is not installed")
+def test_ratio_matches_perf_dwarf_call_graphs(workloads: dict[str, Path], tmp_path: Path) -> None:
+    binary = str(workloads["two_to_one"])
+    data = tmp_path / "perf.data"
+    subprocess.run(
+        [
+            "perf",
+            "record",
+            "-q",
+            "-F",
+            "199",
+            "--call-graph",
+            "dwarf",
+            "-o",
+            str(data),
+            binary,
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    script = subprocess.run(
+        ["perf", "script", "-i", str(data), "-F", "ip,sym"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    perf_counts = Counter(
+        "hot1" if "hot1" in block else "hot2" if "hot2" in block else "other"
+        for block in script.split("\n\n")
+        if block.strip()
+    )
+    perf_ratio = perf_counts["hot1"] / perf_counts["hot2"]
+
+    stacks = own_stacks(profile([binary, "2"]).stacks(), "two_to_one")
+    ours = {
+        hot: sum(s.count for s in stacks if has_chain(s.frames, ["main", hot]))
+        for hot in ("hot1", "hot2")
+    }
+    assert ours["hot1"] / ours["hot2"] == pytest.approx(perf_ratio, rel=0.15)
+
+
+def test_sample_header_mirror_matches_the_object_btf() -> None:
+    from otlp_ebpf.collectors.cpu_dwarf import HEADER_BYTES, MAX_WINDOW, DwarfSampleHeader
+    from otlp_ebpf.runtime.btf import struct_layout
+    from otlp_ebpf.runtime.loader import BpfObject
+
+    with BpfObject.open("cpu_dwarf") as obj:
+        size, offsets = struct_layout(obj, "dwarf_sample")
+    assert size == HEADER_BYTES + MAX_WINDOW
+    for name, *_ in DwarfSampleHeader._fields_:
+        assert offsets[name] == getattr(DwarfSampleHeader, name).offset, name
+    assert offsets["stack"] == HEADER_BYTES

@@ -1,0 +1,228 @@
+"""Unwind tables from real ELF files: the system libc and programs compiled here."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from otlp_ebpf.symbolize.cfi import (
+    CFA_PLT,
+    CFA_REG,
+    CFA_REG_DEREF,
+    CFA_SIGNAL,
+    CFA_UNSUPPORTED,
+    REG_FP,
+    REG_SP,
+    SAVED_SAME,
+    SAVED_UNDEFINED,
+    CfiCache,
+    CfiTable,
+    build_id_of,
+    default_cache_dir,
+)
+from tests.conftest import build_c
+
+LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
+
+PROGRAM = r"""
+#include <stdlib.h>
+volatile unsigned long sink;
+__attribute__((noinline)) void leaf(long n) { for (long i = 0; i < n; i++) sink += i; }
+__attribute__((noinline)) void framed(long n) {
+    volatile char big[64];
+    big[0] = 1;
+    leaf(n);
+    sink += big[0];
+}
+int main(int argc, char **argv) { framed(argc > 1 ? atol(argv[1]) : 10); return 0; }
+"""
+
+
+def symbol_address(path: str | Path, name: str) -> int:
+    with open(path, "rb") as fh:
+        elf = ELFFile(fh)
+        for table in (".symtab", ".dynsym"):
+            section = elf.get_section_by_name(table)
+            if section is None:
+                continue
+            for sym in section.iter_symbols():
+                if sym.name == name:
+                    return int(sym["st_value"])
+    raise LookupError(name)
+
+
+@pytest.fixture(scope="module")
+def libc_table() -> CfiTable:
+    table = CfiCache().table_for_path(LIBC)
+    assert table is not None
+    return table
+
+
+@pytest.fixture(scope="module")
+def program(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cfi")
+    return build_c(cc, PROGRAM, out / "prog", "-O2", "-fomit-frame-pointer", "-Wl,-z,lazy")
+
+
+def test_libc_table_covers_its_functions(libc_table: CfiTable) -> None:
+    assert libc_table.arch == "x86_64"
+    assert libc_table.entries > 3000
+    assert len(libc_table) > 20000
+    row = libc_table.find(symbol_address(LIBC, "qsort"))
+    assert row is not None
+    assert (row.kind, row.cfa_reg, row.cfa_offset, row.ra) == (CFA_REG, REG_SP, 8, -8)
+
+
+def test_libc_entries_that_fail_to_decode_are_counted_not_fatal(libc_table: CfiTable) -> None:
+    # pyelftools cannot decode every libc entry; each failure is one skipped FDE.
+    assert libc_table.failures < 10
+    assert libc_table.entries + libc_table.failures >= 3700
+
+
+def test_libc_signal_trampoline_is_a_signal_frame(libc_table: CfiTable) -> None:
+    kinds = set(libc_table.kinds)
+    assert CFA_SIGNAL in kinds
+
+
+def test_program_without_frame_pointers(program: Path) -> None:
+    table = CfiCache().table_for_path(str(program))
+    assert table is not None
+    leaf = table.find(symbol_address(program, "leaf"))
+    assert leaf is not None
+    assert (leaf.cfa_reg, leaf.cfa_offset, leaf.ra, leaf.fp) == (REG_SP, 8, -8, SAVED_SAME)
+    start = table.find(symbol_address(program, "_start"))
+    assert start is not None and start.ra == SAVED_UNDEFINED  # the outermost frame
+
+
+def test_lazy_plt_stub_uses_the_plt_expression(program: Path) -> None:
+    table = CfiCache().table_for_path(str(program))
+    assert table is not None
+    plt_rows = [i for i, kind in enumerate(table.kinds) if kind == CFA_PLT]
+    assert plt_rows
+    assert table.cfa_offsets[plt_rows[0]] in (10, 11)  # the (pc & 15) threshold
+
+
+def test_frame_pointer_code_has_cfa_on_rbp(cc: str, tmp_path: Path) -> None:
+    binary = build_c(cc, PROGRAM, tmp_path / "fp", "-O0", "-fno-omit-frame-pointer")
+    table = CfiCache().table_for_path(str(binary))
+    assert table is not None
+    start = symbol_address(binary, "framed")
+    rules = [table.find(pc) for pc in range(start, start + 16)]
+    on_rbp = [r for r in rules if r is not None and r.cfa_reg == REG_FP]
+    assert on_rbp and on_rbp[0].cfa_offset == 16 and on_rbp[0].fp == -16
+
+
+def test_debug_frame_and_separate_debug_file(cc: str, tmp_path: Path) -> None:
+    flags = ("-O2", "-g", "-fno-asynchronous-unwind-tables", "-fno-exceptions")
+    binary = build_c(cc, PROGRAM, tmp_path / "dbg", *flags, "-Wl,--build-id")
+    table = CfiCache().table_for_path(str(binary))
+    assert table is not None and table.find(symbol_address(binary, "leaf")) is not None
+
+    with open(binary, "rb") as fh:
+        build_id = build_id_of(ELFFile(fh))
+    debug_dir = tmp_path / "debug" / ".build-id" / build_id[:2]
+    debug_dir.mkdir(parents=True)
+    subprocess.run(
+        ["objcopy", "--only-keep-debug", str(binary), str(debug_dir / f"{build_id[2:]}.debug")],
+        check=True,
+    )
+    subprocess.run(["objcopy", "--strip-debug", str(binary)], check=True)
+    leaf = symbol_address(binary, "leaf")
+    assert CfiCache().table_for_path(str(binary)).find(leaf) is None  # type: ignore[union-attr]
+    with_debug = CfiCache(debug_roots=[str(tmp_path / "debug")]).table_for_path(str(binary))
+    assert with_debug is not None and with_debug.find(leaf) is not None
+
+
+def test_disk_cache_round_trip(program: Path, tmp_path: Path) -> None:
+    first = CfiCache(cache_dir=str(tmp_path))
+    table = first.table_for_path(str(program))
+    assert table is not None and first.stats.decoded == 1
+    assert list(tmp_path.glob("*.cfi"))
+
+    second = CfiCache(cache_dir=str(tmp_path))
+    again = second.table_for_path(str(program))
+    assert second.stats.from_disk == 1 and second.stats.decoded == 0
+    assert again is not None and again.to_bytes() == table.to_bytes()
+    assert second.table_for_path(str(program)) is again
+    assert second.stats.from_memory == 1
+
+
+def test_corrupt_cache_file_is_decoded_again(program: Path, tmp_path: Path) -> None:
+    CfiCache(cache_dir=str(tmp_path)).table_for_path(str(program))
+    for path in tmp_path.glob("*.cfi"):
+        path.write_bytes(b"garbage")
+    cache = CfiCache(cache_dir=str(tmp_path))
+    assert cache.table_for_path(str(program)) is not None
+    assert cache.stats.decoded == 1
+
+
+def test_unreadable_files_give_none(tmp_path: Path) -> None:
+    not_elf = tmp_path / "text"
+    not_elf.write_text("hello")
+    cache = CfiCache()
+    assert cache.table_for_path(str(not_elf)) is None
+    assert cache.table_for_path(str(tmp_path / "missing")) is None
+    assert cache.stats.unreadable == 2
+    with pytest.raises(ValueError):
+        CfiTable.from_bytes(b"nope")
+
+
+def test_vdso_image_has_unwind_rows() -> None:
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    line = next(m for m in maps if m.endswith("[vdso]"))
+    start, end = (int(x, 16) for x in line.split()[0].split("-"))
+    with open("/proc/self/mem", "rb") as mem:
+        mem.seek(start)
+        image = mem.read(end - start)
+    table = CfiCache().table_for_image(image)
+    assert table is not None and len(table) > 0
+    assert table.vaddr_for_offset(0) is not None
+
+
+def test_deref_cfa_rule_as_gcc_emits_for_stack_realignment(cc: str, tmp_path: Path) -> None:
+    # DW_CFA_def_cfa_expression: DW_OP_breg6 (rbp) -8; DW_OP_deref (gcc's DRAP functions),
+    # then an expression we do not evaluate (DW_OP_breg3 (rbx) 0).
+    asm = tmp_path / "drap.s"
+    asm.write_text(
+        """
+        .text
+        .globl drap
+        .type drap, @function
+drap:
+        .cfi_startproc
+        push %rbp
+        .cfi_escape 0x0f,0x03,0x76,0x78,0x06
+        nop
+        .cfi_escape 0x0f,0x02,0x73,0x00
+        nop
+        pop %rbp
+        ret
+        .cfi_endproc
+        .size drap, .-drap
+        .globl main
+main:
+        xor %eax, %eax
+        ret
+        .section .note.GNU-stack,"",@progbits
+"""
+    )
+    binary = tmp_path / "drap"
+    subprocess.run([cc, "-o", str(binary), str(asm)], check=True)
+    table = CfiCache().table_for_path(str(binary))
+    assert table is not None
+    start = symbol_address(binary, "drap")
+    deref = table.find(start + 1)
+    assert deref is not None
+    assert (deref.kind, deref.cfa_reg, deref.cfa_offset) == (CFA_REG_DEREF, REG_FP, -8)
+    other = table.find(start + 2)
+    assert other is not None and other.kind == CFA_UNSUPPORTED
+
+
+def test_default_cache_dir_honours_xdg(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
+    assert default_cache_dir() == "/somewhere/otlp-ebpf/cfi"
+    assert shutil.which("objcopy")  # the debug-file test needs binutils
