@@ -1,0 +1,1 @@
+complete --command otlp-ebpf --no-files --arguments "(env _OTLP_EBPF_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) otlp-ebpf)" --condition "env _OTLP_EBPF_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) otlp-ebpf"
