@@ -47,14 +47,17 @@ def test_syscalls_push_every_interval_and_at_the_end(
     script = tmp_path / "work.sh"
     script.write_text("#!/bin/sh\nsleep 1.3\n")
     script.chmod(0o755)
-    code = run(
-        ["-q", "syscalls", "--interval", "0.4", "--otlp", receiver.url, "--", str(script)]
-    )
+    code = run(["-q", "syscalls", "--interval", "0.4", "--otlp", receiver.url, "--", str(script)])
     assert code == 0
     batches = receiver.of("metrics")
     assert len(batches) >= 3  # two or three ticks, then the final batch
     assert all(b.violations() == [] for b in batches)
-    names = {m.name for rm in batches[-1].request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    names = {
+        m.name
+        for rm in batches[-1].request.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    }
     count_metric = next(n for n in names if "count" in n or n.endswith("calls"))
     first, last = (syscall_counts(b.request, count_metric) for b in (batches[0], batches[-1]))
     # Cumulative: the final batch holds at least what the first one did.
@@ -65,7 +68,9 @@ def test_syscalls_push_every_interval_and_at_the_end(
 def test_dead_collector_spills_and_exits_1(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "500")
-    code = run(["-q", "syscalls", "--json", "-d", "0.3", "--otlp", "http://127.0.0.1:9", "--", "/bin/true"])
+    code = run(
+        ["-q", "syscalls", "--json", "-d", "0.3", "--otlp", "http://127.0.0.1:9", "--", "/bin/true"]
+    )
     assert code == 1
     spilled = list(tmp_path.glob("*.otlp.pb"))
     assert len(spilled) == 1
