@@ -8,6 +8,7 @@
  * small ring buffer so user space captures /proc/PID/maps while short-lived processes live. */
 #include "core.h"
 #include "target.h"
+#include "counters.h"
 #include "cpu.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -63,27 +64,14 @@ struct {
 	__uint(max_entries, 64 * 1024);
 } pid_events SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, CPU_DROP_SLOTS);
-	__type(key, u32);
-	__type(value, u64);
-} drops SEC(".maps");
-
-static __always_inline void count_drop(u32 reason)
-{
-	u64 *slot = bpf_map_lookup_elem(&drops, &reason);
-
-	if (slot)
-		*slot += 1;
-}
+COUNTER_ARRAY(drops, CPU_DROP_SLOTS);
 
 static __always_inline void send_pid_event(u32 pid, u32 kind)
 {
 	struct pid_event *ev = bpf_ringbuf_reserve(&pid_events, sizeof(*ev), 0);
 
 	if (!ev) {
-		count_drop(CPU_DROP_EVENTS_FULL);
+		bump(&drops, CPU_DROP_EVENTS_FULL);
 		return;
 	}
 	ev->pid = pid;
@@ -112,9 +100,9 @@ static __always_inline void read_stacks(void *ctx, s32 *user_id, s32 *kernel_id)
 	if (kernel_stacks)
 		kid = bpf_get_stackid(ctx, &stacks, 0);
 	if (uid == -EEXIST || kid == -EEXIST)
-		count_drop(CPU_DROP_STACK_COLLISION);
+		bump(&drops, CPU_DROP_STACK_COLLISION);
 	else if (uid < 0 && kid < 0)
-		count_drop(CPU_DROP_NO_STACK);
+		bump(&drops, CPU_DROP_NO_STACK);
 	*user_id = uid;
 	*kernel_id = kid;
 }
@@ -145,7 +133,7 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 		if (count)
 			__sync_fetch_and_add(count, 1);
 		else
-			count_drop(CPU_DROP_COUNTS_FULL);
+			bump(&drops, CPU_DROP_COUNTS_FULL);
 	}
 	return 0;
 }
@@ -164,7 +152,7 @@ static __always_inline void switch_out(void *ctx, u32 prev_tid)
 	read_stacks(ctx, &start.user_stack_id, &start.kernel_stack_id);
 	bpf_get_current_comm(start.comm, sizeof(start.comm));
 	if (bpf_map_update_elem(&offcpu_start, &prev_tid, &start, BPF_ANY))
-		count_drop(CPU_DROP_START_FULL);
+		bump(&drops, CPU_DROP_START_FULL);
 }
 
 static __always_inline void add_offcpu(struct cpu_key *key, u64 delta)
@@ -177,7 +165,7 @@ static __always_inline void add_offcpu(struct cpu_key *key, u64 delta)
 			return;
 		value = bpf_map_lookup_elem(&offcpu, key);
 		if (!value) {
-			count_drop(CPU_DROP_OFFCPU_FULL);
+			bump(&drops, CPU_DROP_OFFCPU_FULL);
 			return;
 		}
 	}

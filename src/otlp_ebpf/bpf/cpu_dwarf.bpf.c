@@ -5,6 +5,7 @@
  * mapping is still copied up to that top. Wakeups are batched: the consumer polls. */
 #include "core.h"
 #include "target.h"
+#include "counters.h"
 #include "cpu_dwarf.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -66,20 +67,7 @@ struct {
 	__uint(max_entries, 4 * 1024 * 1024);
 } samples SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, DWARF_DROP_SLOTS);
-	__type(key, u32);
-	__type(value, u64);
-} drops SEC(".maps");
-
-static __always_inline void count_drop(u32 reason)
-{
-	u64 *slot = bpf_map_lookup_elem(&drops, &reason);
-
-	if (slot)
-		*slot += 1;
-}
+COUNTER_ARRAY(drops, DWARF_DROP_SLOTS);
 
 #if defined(__TARGET_ARCH_arm64)
 static __always_inline bool interrupted_user(struct bpf_perf_event_data_dwarf *ctx)
@@ -176,7 +164,7 @@ int dwarf_sample(struct bpf_perf_event_data_dwarf *ctx)
 		return 0;
 	buf = bpf_map_lookup_elem(&scratch, &cpu);
 	if (!buf) {
-		count_drop(DWARF_DROP_NO_SCRATCH);
+		bump(&drops, DWARF_DROP_NO_SCRATCH);
 		return 0;
 	}
 	s = &buf->sample;
@@ -207,6 +195,6 @@ int dwarf_sample(struct bpf_perf_event_data_dwarf *ctx)
 	if (size > sizeof(struct dwarf_sample))
 		size = sizeof(struct dwarf_sample);
 	if (bpf_ringbuf_output(&samples, s, size, wakeup_flag()))
-		count_drop(DWARF_DROP_RINGBUF_FULL);
+		bump(&drops, DWARF_DROP_RINGBUF_FULL);
 	return 0;
 }

@@ -10,6 +10,7 @@
  * Kernel mode: kmem tracepoints with kernel stacks. */
 #include "core.h"
 #include "target.h"
+#include "counters.h"
 #include "mem.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -127,27 +128,9 @@ struct {
 	__uint(max_entries, 4096 * 4);
 } exits SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MEM_DROP_SLOTS);
-	__type(key, u32);
-	__type(value, u64);
-} drops SEC(".maps");
+COUNTER_ARRAY(drops, MEM_DROP_SLOTS);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MEM_COUNT_SLOTS);
-	__type(key, u32);
-	__type(value, u64);
-} counters SEC(".maps");
-
-static __always_inline void bump(void *array, u32 slot)
-{
-	u64 *n = bpf_map_lookup_elem(array, &slot);
-
-	if (n)
-		*n += 1;
-}
+COUNTER_ARRAY(counters, MEM_COUNT_SLOTS);
 
 static __always_inline void remember_comm(u32 tgid)
 {

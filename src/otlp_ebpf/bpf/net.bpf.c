@@ -10,6 +10,7 @@
  * close()/shutdown()). */
 #include "core.h"
 #include "target.h"
+#include "counters.h"
 #include "net.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -47,19 +48,9 @@ struct {
 	__uint(max_entries, 4 * 1024 * 1024);
 } events SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, LOST_SLOTS);
-	__type(key, u32);
-	__type(value, u64);
-} lost SEC(".maps");
+COUNTER_ARRAY(lost, LOST_SLOTS);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, COUNTER_SLOTS);
-	__type(key, u32);
-	__type(value, u64);
-} counters SEC(".maps");
+COUNTER_ARRAY(counters, COUNTER_SLOTS);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -67,14 +58,6 @@ struct {
 	__type(key, u32);
 	__type(value, u64);
 } drop_reasons SEC(".maps");
-
-static __always_inline void bump(void *array, u32 slot)
-{
-	u64 *n = bpf_map_lookup_elem(array, &slot);
-
-	if (n)
-		*n += 1;
-}
 
 static __always_inline bool is_zero16(const u8 *a)
 {

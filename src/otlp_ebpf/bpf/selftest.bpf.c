@@ -3,6 +3,7 @@
  * buffer with batched wakeups. `doctor` loads it; the runtime tests use it for a real round
  * trip through every map kind the collectors depend on. */
 #include "core.h"
+#include "counters.h"
 #include "selftest.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -20,12 +21,8 @@ struct {
 	__uint(max_entries, 64 * 1024);
 } events SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
-	__type(key, u32);
-	__type(value, u64);
-} counters SEC(".maps");
+/* slot 0: calls seen, slot 1: ring buffer full */
+COUNTER_ARRAY(counters, 2);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -33,14 +30,6 @@ struct {
 	__type(key, u64);
 	__type(value, u64);
 } by_arg SEC(".maps");
-
-static __always_inline void bump(u32 slot)
-{
-	u64 *n = bpf_map_lookup_elem(&counters, &slot);
-
-	if (n)
-		*n += 1;
-}
 
 SEC("tp/raw_syscalls/sys_enter")
 int selftest_enter(struct trace_event_raw_sys_enter *ctx)
@@ -54,7 +43,7 @@ int selftest_enter(struct trace_event_raw_sys_enter *ctx)
 
 	if ((pid_tgid >> 32) != probe_tgid || id != probe_nr)
 		return 0;
-	bump(0);
+	bump(&counters, 0);
 	n = bpf_map_lookup_elem(&by_arg, &arg0);
 	if (n)
 		__sync_fetch_and_add(n, 1);
@@ -62,7 +51,7 @@ int selftest_enter(struct trace_event_raw_sys_enter *ctx)
 		bpf_map_update_elem(&by_arg, &arg0, &one, BPF_NOEXIST);
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
-		bump(1); /* ring buffer full: counted, never silent */
+		bump(&counters, 1); /* ring buffer full: counted, never silent */
 		return 0;
 	}
 	ev->pid = pid_tgid >> 32;

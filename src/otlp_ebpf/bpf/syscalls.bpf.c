@@ -4,6 +4,7 @@
  * disables whichever pair it does not use. */
 #include "core.h"
 #include "target.h"
+#include "counters.h"
 #include "syscalls.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -50,20 +51,7 @@ struct {
 	__type(value, struct syscall_start);
 } start_by_tid SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, DROP_SLOTS);
-	__type(key, u32);
-	__type(value, u64);
-} drops SEC(".maps");
-
-static __always_inline void count_drop(u32 reason)
-{
-	u64 *slot = bpf_map_lookup_elem(&drops, &reason);
-
-	if (slot)
-		*slot += 1;
-}
+COUNTER_ARRAY(drops, DROP_SLOTS);
 
 static __always_inline bool syscall_selected(long nr)
 {
@@ -96,7 +84,7 @@ static __always_inline struct syscall_stats *stats_for(u32 tgid, u32 nr)
 	if (st)
 		return st;
 	if (bpf_map_update_elem(&stats, &key, &zero, BPF_NOEXIST) && bpf_map_lookup_elem(&stats, &key) == NULL) {
-		count_drop(DROP_STATS_FULL);
+		bump(&drops, DROP_STATS_FULL);
 		return NULL;
 	}
 	if (!bpf_map_lookup_elem(&comms, &tgid)) {
@@ -143,7 +131,7 @@ static __always_inline void record_exit(u32 tgid, u64 nr, long ret, u64 delta, b
 
 			if (bpf_map_update_elem(&errnos, &ekey, &one, BPF_NOEXIST) &&
 			    !bpf_map_lookup_elem(&errnos, &ekey))
-				count_drop(DROP_ERRNO_FULL);
+				bump(&drops, DROP_ERRNO_FULL);
 		}
 	}
 }
@@ -168,7 +156,7 @@ int BPF_PROG(btf_sys_enter, struct pt_regs *regs, long id)
 	start = bpf_task_storage_get(&start_storage, bpf_get_current_task_btf(), 0,
 				     BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!start) {
-		count_drop(DROP_START_FULL);
+		bump(&drops, DROP_START_FULL);
 		return 0;
 	}
 	start->nr = id;
@@ -211,7 +199,7 @@ int tp_sys_enter(struct trace_event_raw_sys_enter *ctx)
 	start.nr = id;
 	start.ts = bpf_ktime_get_ns();
 	if (bpf_map_update_elem(&start_by_tid, &tid, &start, BPF_ANY))
-		count_drop(DROP_START_FULL);
+		bump(&drops, DROP_START_FULL);
 	return 0;
 }
 

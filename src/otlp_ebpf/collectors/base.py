@@ -174,6 +174,33 @@ class RunClock:
         return time.monotonic() - self.t0
 
 
+@dataclass(frozen=True)
+class Session:
+    """A collection in progress: its clock (from the moment the target was released), the
+    stop flag signals set, and how long attaching took."""
+
+    clock: RunClock
+    stop: StopFlag
+    attach_ms: float
+
+
+@contextmanager
+def session(targets: Targets, attach: Callable[[], None]) -> Iterator[Session]:
+    """Run statistics on, signal handlers in, probes attached by `attach`, the held command
+    released. On the way out, whatever happened, the command is reaped and every link and
+    object of this process is closed: the one cleanup path."""
+    try:
+        with stats.StatsSession(), stop_on_signals() as stop:
+            t0 = time.monotonic()
+            attach()
+            attach_ms = (time.monotonic() - t0) * 1000
+            targets.release()
+            yield Session(RunClock(), stop, attach_ms)
+    finally:
+        targets.abandon()
+        cleanup()
+
+
 def run_loop(
     targets: Targets,
     poll: Callable[[float], None],

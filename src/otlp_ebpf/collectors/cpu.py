@@ -27,7 +27,6 @@ from otlp_ebpf.model import CpuSnapshot, ProcessInfo, StackCount
 from otlp_ebpf.runtime import features, probes
 from otlp_ebpf.runtime.events import RingBuffer
 from otlp_ebpf.runtime.loader import BpfObject
-from otlp_ebpf.runtime.stats import StatsSession
 from otlp_ebpf.symbolize.resolver import UNKNOWN_FRAME, Symbolizer
 from otlp_ebpf.targets import TargetSpec
 
@@ -466,24 +465,17 @@ def collect(config: CpuConfig) -> CpuSnapshot:
     symbolizer = Symbolizer()
     targets = base.Targets(config.targets)
     sampler = pick_sampler(config, symbolizer)
-    clock = base.RunClock()
     try:
-        with StatsSession(), base.stop_on_signals() as stop:
-            t0 = time.monotonic()
-            sampler.start(targets)
-            attach_ms = (time.monotonic() - t0) * 1000
-            targets.release()
-            clock = base.RunClock()
+        with base.session(targets, lambda: sampler.start(targets)) as run:
             ended = base.run_loop(
-                targets, sampler.poll, duration_s=config.duration_s, clock=clock, stop=stop
+                targets, sampler.poll, duration_s=config.duration_s, clock=run.clock, stop=run.stop
             )
-            duration = clock.elapsed()
+            duration = run.clock.elapsed()
             bpf_ns, runs = sampler.cost()
             sampled = sampler.finish()
     finally:
-        targets.abandon()
-        base.cleanup()
         symbolizer.close()
+    clock, attach_ms = run.clock, run.attach_ms
     console.debug(f"cpu: {symbolizer.stats.summary()}")
     return CpuSnapshot(
         started_at=clock.started_at,

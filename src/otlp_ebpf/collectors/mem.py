@@ -30,7 +30,6 @@ from otlp_ebpf.model import Allocation, MemSnapshot, StackCount
 from otlp_ebpf.runtime import features, probes, uprobe_multi
 from otlp_ebpf.runtime.events import RingBuffer
 from otlp_ebpf.runtime.loader import BpfObject
-from otlp_ebpf.runtime.stats import StatsSession
 from otlp_ebpf.symbolize.resolver import Symbolizer
 from otlp_ebpf.targets import TargetSpec
 
@@ -555,32 +554,28 @@ def notes_for(collector: MemCollector, ended: str) -> tuple[str, ...]:
 def collect(config: MemConfig) -> MemSnapshot:
     """Run the mem collector to its end and return the snapshot."""
     collector = MemCollector(config)
-    clock = base.RunClock()
-    try:
-        with StatsSession(), base.stop_on_signals() as stop:
-            collector.start()
-            collector.targets.release()
-            clock = base.RunClock()
+    with base.session(collector.targets, collector.start) as run:
+        try:
             ended = base.run_loop(
                 collector.targets,
                 collector.poll,
                 duration_s=config.duration_s,
-                clock=clock,
-                stop=stop,
+                clock=run.clock,
+                stop=run.stop,
                 poll_s=0.05,
             )
-            duration = clock.elapsed()
+            duration = run.clock.elapsed()
             collector.resume_all()
             if not collector.kernel_mode:
                 collector.remember_targets()
             assert collector.obj is not None
             bpf_ns, runs = base.program_cost(collector.obj, collector.obj.program_names())
             raw = read_result(collector)
-    finally:
-        collector.resume_all()
-        collector.targets.abandon()
-        collector.detach()
-        base.cleanup()
+        finally:
+            # Stopped targets must run again before the held command is reaped.
+            collector.resume_all()
+            collector.detach()
+    clock = run.clock
     try:
         allocations = build_allocations(collector, raw)
         faults = build_faults(collector, raw)

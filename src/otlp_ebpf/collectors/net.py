@@ -22,7 +22,6 @@ from otlp_ebpf.model import Connection, IntervalPoint, NetSnapshot
 from otlp_ebpf.runtime import btf, features, probes
 from otlp_ebpf.runtime.events import RingBuffer
 from otlp_ebpf.runtime.loader import BpfObject
-from otlp_ebpf.runtime.stats import StatsSession
 from otlp_ebpf.targets import TargetSpec
 
 AF_INET = 2
@@ -399,19 +398,15 @@ def collect(
     `on_interval` gets each interval's busiest connections and `on_partial` the cumulative
     snapshot so far (for periodic export)."""
     collector = NetCollector(config)
-    clock = base.RunClock()
     try:
-        with StatsSession(), base.stop_on_signals() as stop:
-            collector.start()
-            collector.targets.release()
-            clock = base.RunClock()
+        with base.session(collector.targets, collector.start) as run:
 
             def interval(elapsed: float) -> None:
                 rows = collector.tick(elapsed)
                 if on_interval is not None:
                     on_interval(rows, elapsed)
                 if on_partial is not None:
-                    on_partial(build_snapshot(collector, config, clock, "interval"))
+                    on_partial(build_snapshot(collector, config, run.clock, "interval"))
 
             ended = base.run_loop(
                 collector.targets,
@@ -419,15 +414,13 @@ def collect(
                 duration_s=config.duration_s,
                 interval_s=config.interval_s,
                 on_interval=interval if config.interval_s else None,
-                clock=clock,
-                stop=stop,
+                clock=run.clock,
+                stop=run.stop,
             )
-            return build_snapshot(collector, config, clock, ended)
+            return build_snapshot(collector, config, run.clock, ended)
     finally:
         if collector.ring is not None:
             collector.ring.close()
-        collector.targets.abandon()
-        base.cleanup()
 
 
 def build_snapshot(

@@ -23,7 +23,6 @@ from otlp_ebpf.latency import percentile_ns
 from otlp_ebpf.model import IntervalPoint, SyscallsSnapshot, SyscallStat
 from otlp_ebpf.runtime import features, probes
 from otlp_ebpf.runtime.loader import BpfObject
-from otlp_ebpf.runtime.stats import StatsSession
 from otlp_ebpf.targets import TargetSpec
 
 SYSCALL_SLOTS = 40
@@ -258,33 +257,25 @@ def collect(
     """Run the syscalls collector to its end and return the snapshot. With --interval,
     `on_interval` gets the rows so far and `on_partial` the cumulative snapshot so far."""
     collector = SyscallsCollector(config)
-    clock = base.RunClock()
-    try:
-        with StatsSession(), base.stop_on_signals() as stop:
-            collector.start()
-            collector.targets.release()
-            clock = base.RunClock()
+    with base.session(collector.targets, collector.start) as run:
 
-            def interval(elapsed: float) -> None:
-                rows = collector.tick(elapsed)
-                if on_interval is not None:
-                    on_interval(rows, elapsed)
-                if on_partial is not None:
-                    on_partial(build_snapshot(collector, clock, "interval", rows))
+        def interval(elapsed: float) -> None:
+            rows = collector.tick(elapsed)
+            if on_interval is not None:
+                on_interval(rows, elapsed)
+            if on_partial is not None:
+                on_partial(build_snapshot(collector, run.clock, "interval", rows))
 
-            ended = base.run_loop(
-                collector.targets,
-                base.sleep_poll,
-                duration_s=config.duration_s,
-                interval_s=config.interval_s,
-                on_interval=interval if config.interval_s else None,
-                clock=clock,
-                stop=stop,
-            )
-            return build_snapshot(collector, clock, ended, collector.stats())
-    finally:
-        collector.targets.abandon()
-        base.cleanup()
+        ended = base.run_loop(
+            collector.targets,
+            base.sleep_poll,
+            duration_s=config.duration_s,
+            interval_s=config.interval_s,
+            on_interval=interval if config.interval_s else None,
+            clock=run.clock,
+            stop=run.stop,
+        )
+        return build_snapshot(collector, run.clock, ended, collector.stats())
 
 
 def build_snapshot(

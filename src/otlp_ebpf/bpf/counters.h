@@ -1,0 +1,26 @@
+/* Per-CPU counter arrays: every program counts what it could not record (map full, ring
+ * buffer full, stack collision ...) in one, indexed by a reason enum of its own, and user
+ * space sums the CPUs into `lost_events`. Nothing is dropped silently. */
+#ifndef OTLP_EBPF_COUNTERS_H
+#define OTLP_EBPF_COUNTERS_H
+
+#include "core.h"
+
+#define COUNTER_ARRAY(name, slots)                                                         \
+	struct {                                                                           \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);                                   \
+		__uint(max_entries, slots);                                                \
+		__type(key, u32);                                                          \
+		__type(value, u64);                                                        \
+	} name SEC(".maps")
+
+/* Per-CPU slots need no atomics: each CPU only ever adds to its own. */
+static __always_inline void bump(void *array, u32 slot)
+{
+	u64 *n = bpf_map_lookup_elem(array, &slot);
+
+	if (n)
+		*n += 1;
+}
+
+#endif
