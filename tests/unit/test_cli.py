@@ -75,3 +75,16 @@ def test_bare_otlp_flag_takes_the_endpoint_from_the_environment():
         "http://c:4317",
     ]
     assert optional_otlp_value(["cpu", "--", "prog", "--otlp"]) == ["cpu", "--", "prog", "--otlp"]
+
+
+def test_outputs_on_unwritable_filesystems_are_refused_before_collecting():
+    # root passes every access() check; the probe file tells the truth.
+    with pytest.raises(UsageError, match="cannot write in /proc"):
+        check_output_path("/proc/flame.html")
+
+
+def test_missing_pids_and_threads_are_refused_up_front():
+    with pytest.raises(UsageError, match="no such process: 999999999"):
+        target_spec([999999999], 0, None)
+    with pytest.raises(UsageError, match="no such thread"):
+        target_spec(None, 999999999, None)

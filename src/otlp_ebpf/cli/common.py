@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated
@@ -77,7 +78,10 @@ def target_spec(pids: Sequence[int] | None, tid: int, command: Sequence[str] | N
     """Options -> TargetSpec, refusing combinations that make no sense."""
     if command and pids:
         raise UsageError("give either --pid or -- CMD, not both")
-    if tid < 0:
+    for pid in pids or ():
+        if pid <= 0 or not os.path.isdir(f"/proc/{pid}"):
+            raise UsageError(f"no such process: {pid}")
+    if tid < 0 or (tid and not os.path.isdir(f"/proc/{tid}")):
         raise UsageError(f"no such thread: {tid}")
     return TargetSpec(pids=tuple(pids or ()), tid=tid, command=tuple(command or ()))
 
@@ -103,8 +107,19 @@ def check_output_path(path: str) -> None:
             )
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UsageError(f"{path}: not writable")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{path}: directory {parent} is not writable")
+    _probe_directory(path, parent)
+
+
+def _probe_directory(path: str, parent: str) -> None:
+    """Create and remove a file where the output will be written (outputs are written to a
+    temporary file beside the target, then renamed): permission bits alone do not tell about
+    read-only mounts or pseudo filesystems, and root passes every access() check."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".otlp-ebpf-", dir=parent)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write in {parent}: {exc.strerror}") from exc
+    os.close(fd)
+    os.unlink(probe)
 
 
 def plan_outputs(paths: Sequence[str] | None, forced: str | None, kind: str) -> list[PlannedOutput]:
