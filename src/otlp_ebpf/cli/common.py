@@ -203,7 +203,10 @@ def human_bytes(n: float) -> str:
 def summary_line(snapshot: Snapshot, events: int, what: str = "events") -> str:
     """The one-line account every run ends with."""
     cost = snapshot.self_cost
-    cpu_pct = 100.0 * cost.cpu_s / snapshot.duration_s if snapshot.duration_s else 0.0
+    # Set-up and symbolization dominate very short runs: a percentage of them says nothing.
+    share = (
+        f" ({100.0 * cost.cpu_s / snapshot.duration_s:.1f}%)" if snapshot.duration_s >= 1 else ""
+    )
     lost = snapshot.lost_total
     lost_text = f"{lost:,} lost" + (
         " (" + ", ".join(f"{k}: {v:,}" for k, v in snapshot.lost_events.items() if v) + ")"
@@ -211,10 +214,14 @@ def summary_line(snapshot: Snapshot, events: int, what: str = "events") -> str:
         else ""
     )
     return (
-        f"{snapshot.duration_s:.1f} s, {events:,} {what}, {lost_text}; "
-        f"cost {cost.cpu_s:.2f} s CPU ({cpu_pct:.1f}%), BPF {cost.bpf_ns / 1e6:.1f} ms "
+        f"{_seconds(snapshot.duration_s)}, {events:,} {what}, {lost_text}; "
+        f"cost {cost.cpu_s:.2f} s CPU{share}, BPF {cost.bpf_ns / 1e6:.1f} ms "
         f"in {cost.bpf_runs:,} runs, peak RSS {human_bytes(cost.peak_rss_kb * 1024)}"
     )
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value >= 1 else f"{value * 1000:.0f} ms"
 
 
 def finish(
