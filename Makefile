@@ -62,7 +62,7 @@ integration: setup
 	$(BIN)/pytest -q tests/integration
 
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 docs: setup
 	$(BIN)/python tools/gen_docs.py
