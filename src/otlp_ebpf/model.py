@@ -286,16 +286,44 @@ _NESTED: dict[str, type] = {
 
 
 def _convert(annotation: Any, value: Any) -> Any:
+    """A JSON value as the field's type, checked: a snapshot edited by hand or written by
+    something else must fail here with a clear message, not later inside a renderer."""
     text = str(annotation)
     for name, cls in _NESTED.items():
         if text == name:
-            return _build(cls, value)
+            return _build(cls, _expect(value, dict, name))
         if text.startswith("tuple[") and name in text:
-            return tuple(_build(cls, v) for v in value)
-    if text.startswith("tuple[") and isinstance(value, list):
-        return tuple(value)
-    if text.startswith("Mapping[") and isinstance(value, dict):
-        return dict(value)
+            return tuple(_build(cls, _expect(v, dict, name)) for v in _expect(value, list, text))
+    if text.startswith("tuple["):
+        item = text[len("tuple[") :].split(",")[0].strip()
+        return tuple(_scalar(item, v) for v in _expect(value, list, text))
+    if text.startswith("Mapping["):
+        item = text[len("Mapping[") : -1].split(",")[1].strip()
+        return {str(k): _scalar(item, v) for k, v in _expect(value, dict, text).items()}
+    return _scalar(text, value)
+
+
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+}
+
+
+def _scalar(type_name: str, value: Any) -> Any:
+    allowed = _SCALARS.get(type_name)
+    if allowed is None:  # Literal[...] and other rare annotations: checked by their users
+        return value
+    fits = isinstance(value, allowed) and (type_name == "bool" or not isinstance(value, bool))
+    if not fits:
+        raise ValueError(f"expected {type_name}, got {type(value).__name__} {value!r:.40}")
+    return float(value) if type_name == "float" else value
+
+
+def _expect(value: Any, kind: type, what: str) -> Any:
+    if not isinstance(value, kind):
+        raise ValueError(f"expected {what}, got {type(value).__name__}")
     return value
 
 

@@ -72,16 +72,17 @@ def test_in_process_close_all_after_exception():
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_ends_the_run_writes_output_and_detaches(tmp_path, sig):
+def test_signal_ends_the_run_writes_output_and_detaches(tmp_path, sig, request):
     out = tmp_path / "run.json"
     proc = subprocess.Popen(
-        [*CLI, "syscalls", "-o", str(out)],
+        [*CLI, "syscalls", "-d", "60", "-o", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         # A script's background job inherits SIGINT ignored; the tool must still honour it.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
+    request.addfinalizer(proc.kill)  # never leave a tracer behind, whatever fails below
     held = wait_for_programs(proc.pid)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=30)

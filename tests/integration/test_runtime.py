@@ -129,14 +129,81 @@ def test_cpu_clock_frequency_above_the_kernel_limit_is_refused():
         probes.attach_cpu_clock(obj, "selftest_enter", probes.max_sample_rate() + 1)
 
 
-def test_load_errors_carry_the_verifier_log():
-    exc = load_error("x.bpf.o", 22, "line 1\nR1 invalid mem access 'scalar'\n")
+def test_load_errors_carry_the_verifier_log(monkeypatch):
+    from otlp_ebpf.runtime import loader
+
+    log = "-- BEGIN PROG LOAD LOG --\nR1 invalid mem access 'scalar'\nprocessed 9 insns\n"
+    exc = load_error("x.bpf.o", 22, log + "-- END PROG LOAD LOG --\n")
     assert isinstance(exc, RuntimeFailure)
-    assert "invalid mem access" in exc.message
-    assert "invalid mem access" in exc.verifier_log  # type: ignore[attr-defined]
+    assert exc.message.endswith("(R1 invalid mem access 'scalar')")
+    assert "processed 9 insns" in exc.verifier_log  # type: ignore[attr-defined]
+    assert isinstance(load_error("x.bpf.o", 1, ""), RuntimeFailure)  # root: not a privilege issue
+    monkeypatch.setattr(loader, "_privileged", lambda: False)
     assert isinstance(load_error("x.bpf.o", 1, ""), EnvironmentLacks)
 
 
 def test_missing_object_is_an_environment_error(tmp_path):
     with pytest.raises(EnvironmentLacks, match="missing from the installation"):
         BpfObject(tmp_path / "nothing.bpf.o")
+
+
+REJECTED = r"""
+#include "core.h"
+char LICENSE[] SEC("license") = "GPL";
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1000); __type(key, u32);
+         __type(value, u64); } m SEC(".maps");
+SEC("tp/raw_syscalls/sys_enter")
+int rejected(void *ctx)
+{
+	u64 acc = 0;
+#pragma unroll
+	for (int i = 0; i < 400; i++) {
+		u32 k = i;
+		u64 *v = bpf_map_lookup_elem(&m, &k);
+		if (v) acc += *v;
+	}
+	return acc + *(volatile u64 *)((char *)ctx + 20000); /* outside the context */
+}
+"""
+
+
+def test_a_rejected_program_reports_the_verifiers_reason_with_the_whole_log(tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from otlp_ebpf.runtime.loader import object_path
+
+    clang = shutil.which("clang")
+    assert clang, "clang builds the objects; make setup installs it"
+    src = tmp_path / "rejected.bpf.c"
+    src.write_text(REJECTED)
+    obj_path = tmp_path / "rejected.bpf.o"
+    include = str(object_path("core").parent)
+    subprocess.run(
+        [
+            clang,
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            "-D__TARGET_ARCH_x86",
+            "-I",
+            include,
+            "-c",
+            str(src),
+            "-o",
+            str(obj_path),
+        ],
+        check=True,
+    )
+    obj = BpfObject(Path(obj_path))
+    try:
+        with pytest.raises(RuntimeFailure) as info:
+            obj.load()
+    finally:
+        obj.close()
+    # Root is privileged: the verifier's EACCES is about the program, not about permissions.
+    assert "invalid bpf_context access" in info.value.message
+    log = info.value.verifier_log  # type: ignore[attr-defined]
+    assert len(log) > 100_000 and "processed" in log and "...(truncated)" not in log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -153,6 +154,68 @@ def test_interval_series_are_kept(capsys, workload):
 def test_comm_filter(capsys, workload):
     doc = trace(capsys, "--comm", "no-such-comm", "--", str(workload), "10")
     assert doc["syscalls"] == []
+    doc = trace(capsys, "--comm", "workload", "--syscall", "getppid", "--", str(workload), "100")
+    assert counts(doc) == {"getppid": 100 + 11}
+
+
+def test_classic_tracepoints_count_the_same(capsys, workload, monkeypatch):
+    from otlp_ebpf.runtime import features
+
+    monkeypatch.setattr(features, "tp_btf_supported", lambda: False)
+    doc = trace(capsys, "--", str(workload), "321")
+    c = counts(doc)
+    assert c["getppid"] == 321 + 11
+    assert sum(s["errno"].get("ENOENT", 0) for s in doc["syscalls"] if s["name"] == "openat") == 7
+
+
+THREADS_THEN_CHILD = """
+import os, subprocess, sys, threading
+for _ in range(int(sys.argv[1])):
+    t = threading.Thread(target=lambda: None); t.start(); t.join()
+subprocess.run([sys.argv[2], "777"])
+"""
+
+
+def test_thousands_of_threads_do_not_crowd_out_children(capsys, workload, tmp_path):
+    # Threads are not processes: a target that made more threads than the targets table holds
+    # must still have its later children followed.
+    script = tmp_path / "threads.py"
+    script.write_text(THREADS_THEN_CHILD)
+    doc = trace(capsys, "-s", "getppid", "--", sys.executable, str(script), "9000", str(workload))
+    assert counts(doc)["getppid"] == 777 + 11
+    assert doc["lost_events"] == {}
+
+
+def test_duration_ends_a_run_whose_command_runs_on(capsys, tmp_path):
+    out = tmp_path / "s.json"
+    started = time.monotonic()
+    assert run(["syscalls", "-d", "0.5", "-o", str(out), "--", "/bin/sleep", "30"]) == 0
+    assert time.monotonic() - started < 6
+    assert json.loads(out.read_text())["notes"] == ["ended: duration"]
+    assert "stopped /bin/sleep" in capsys.readouterr().err
+
+
+def test_a_thread_id_given_as_pid_is_pointed_at_its_process(capsys):
+    import threading
+
+    ready = threading.Event()
+    done = threading.Event()
+    tids: list[int] = []
+
+    def worker() -> None:
+        tids.append(threading.get_native_id())
+        ready.set()
+        done.wait(10)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    ready.wait(5)
+    try:
+        assert run(["syscalls", "-p", str(tids[0]), "-d", "1"]) == 2
+    finally:
+        done.set()
+        thread.join()
+    assert f"is a thread of process {os.getpid()}" in capsys.readouterr().err
 
 
 def test_bad_input_exit_codes(capsys, tmp_path):

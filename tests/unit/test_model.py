@@ -125,3 +125,27 @@ frames = st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=6).map(
 def test_any_cpu_snapshot_round_trips(stacks):
     snap = CpuSnapshot(**COMMON, stacks=tuple(StackCount(1, 1, "x", f, n) for f, n in stacks))
     assert roundtrip(snap) == snap
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"stacks": [{"pid": 1, "tid": 1, "comm": "a", "frames": ["x"], "count": "5"}]},
+        {"lost_events": [1]},
+        {"duration_s": "long"},
+        {"stacks": [{"pid": 1, "tid": 1, "comm": "a", "frames": [3], "count": 5}]},
+        {"processes": "nope"},
+        {"frequency_hz": True},
+    ],
+)
+def test_wrong_types_are_usage_errors_not_crashes(patch):
+    data = CpuSnapshot(**COMMON).to_dict()
+    data.update(patch)
+    with pytest.raises(UsageError, match="malformed cpu snapshot"):
+        snapshot_from_dict(data)
+
+
+def test_integers_are_accepted_where_floats_are_expected():
+    data = CpuSnapshot(**COMMON).to_dict()
+    data["duration_s"] = 3
+    assert snapshot_from_dict(data).duration_s == 3.0

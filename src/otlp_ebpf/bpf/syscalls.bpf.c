@@ -16,8 +16,11 @@ const volatile u8 syscall_wanted[MAX_SYSCALL_NR] = {};
 const volatile s64 nr_exit = -1;
 const volatile s64 nr_exit_group = -1;
 
+/* Not preallocated: a per-CPU value is 360 bytes per possible CPU, and the table is sized for
+ * a busy system-wide run, most of which a targeted run never touches. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 16384);
 	__type(key, struct syscall_key);
 	__type(value, struct syscall_stats);
@@ -25,6 +28,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 16384);
 	__type(key, struct errno_key);
 	__type(value, u64);

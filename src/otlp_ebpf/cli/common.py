@@ -12,6 +12,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -79,11 +80,23 @@ def target_spec(pids: Sequence[int] | None, tid: int, command: Sequence[str] | N
     if command and pids:
         raise UsageError("give either --pid or -- CMD, not both")
     for pid in pids or ():
-        if pid <= 0 or not os.path.isdir(f"/proc/{pid}"):
-            raise UsageError(f"no such process: {pid}")
+        check_process_id(pid)
     if tid < 0 or (tid and not os.path.isdir(f"/proc/{tid}")):
         raise UsageError(f"no such thread: {tid}")
     return TargetSpec(pids=tuple(pids or ()), tid=tid, command=tuple(command or ()))
+
+
+def check_process_id(pid: int) -> None:
+    """A live process id; a thread id gets pointed at its process (or at --tid)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text() if pid > 0 else ""
+    except OSError:
+        status = ""
+    tgid = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("Tgid:")), None)
+    if tgid is None:
+        raise UsageError(f"no such process: {pid}")
+    if int(tgid) != pid:
+        raise UsageError(f"{pid} is a thread of process {tgid}: use -p {tgid}, or --tid {pid}")
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from otlp_ebpf import console
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import ProcessInfo, SelfCost
-from otlp_ebpf.runtime import stats
+from otlp_ebpf.runtime import features, probes, stats
 from otlp_ebpf.runtime.launch import HeldCommand
 from otlp_ebpf.runtime.loader import BpfObject, close_all
+from otlp_ebpf.runtime.maps import BpfMap
 from otlp_ebpf.targets import TargetSpec
 
 
@@ -62,6 +64,10 @@ def read_process_info(pid: int) -> ProcessInfo | None:
     return ProcessInfo(pid, comm, exe, cmdline)
 
 
+# Programs every object gets from bpf/target.h.
+TARGET_PROGRAMS = ("follow_fork", "follow_fork_tp", "forget_exited")
+
+
 class Targets:
     """Resolved targets for one run, including the held child of `-- CMD`."""
 
@@ -75,6 +81,7 @@ class Targets:
             if tgid not in self.tgids:
                 self.tgids.append(tgid)
         self.held: HeldCommand | None = None
+        self._drops: BpfMap | None = None
         if spec.command:
             self.held = HeldCommand(spec.command)
             self.tgids.append(self.held.pid)
@@ -90,14 +97,37 @@ class Targets:
             "self_tgid": os.getpid(),
         }
 
+    def unused_programs(self, use_btf: bool | None = None) -> list[str]:
+        """target.h programs this run does not load: none of them system-wide, and the
+        classic fork tracepoint where tp_btf works."""
+        if not self.filtered:
+            return list(TARGET_PROGRAMS)
+        if use_btf is None:
+            use_btf = features.tp_btf_supported()
+        return ["follow_fork_tp"] if use_btf else ["follow_fork"]
+
+    def attach(self, obj: BpfObject) -> None:
+        """After load: follow forks and exits first, then seed the targets, then add the
+        descendants that already exist, so a fork racing the attach is not missed."""
+        for prog in TARGET_PROGRAMS:
+            if obj.enabled(prog):
+                probes.attach_auto(obj, prog)
+        self.seed(obj)
+        if self.filtered:
+            self._drops = obj.map("target_drops")
+
     def seed(self, obj: BpfObject, map_name: str = "targets") -> None:
         targets = obj.map(map_name)
         for tgid in self.tgids:
             targets.update(tgid.to_bytes(4, "little"), b"\x01")
-        for tgid in self.tgids:
-            # Threads and children that already exist are targets too.
-            for child in _children_of(tgid):
+            for child in descendants_of(tgid):
                 targets.update(child.to_bytes(4, "little"), b"\x01")
+
+    def losses(self) -> dict[str, int]:
+        """Children that could not be followed because the targets table was full (read it
+        before the object closes)."""
+        full = self._drops.lookup_u64(0) if self._drops is not None else 0
+        return {"targets table full": full} if full else {}
 
     def release(self) -> None:
         if self.held is not None:
@@ -112,11 +142,16 @@ class Targets:
         return False
 
     def abandon(self) -> None:
-        if self.held is not None and self.held.returncode is None:
-            if self.held._go >= 0:
-                self.held.abandon()
-            else:
-                self.held.wait()
+        """End the launched command's part in the run. Never released: it exits without
+        running. Still running when the run ended (--duration, Ctrl-C, SIGTERM): it is
+        terminated, so the run ends on time and its outputs are written."""
+        held = self.held
+        if held is None or held.returncode is not None:
+            return
+        if not held.released:
+            held.abandon()
+        elif held.stop():
+            console.status(f"stopped {held.argv[0]} (pid {held.pid}): the run is over")
 
 
 def process_alive(pid: int) -> bool:
@@ -128,14 +163,24 @@ def process_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
-def _children_of(pid: int) -> list[int]:
+def descendants_of(pid: int) -> list[int]:
+    """Every live descendant process of `pid` (children of all its threads, recursively)."""
     found: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
-            found.extend(int(c) for c in text.split())
-    except OSError:
-        return found
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                text = Path(f"/proc/{parent}/task/{task}/children").read_text()
+            except OSError:
+                continue
+            children = [int(c) for c in text.split()]
+            found.extend(children)
+            todo.extend(children)
     return found
 
 
@@ -189,13 +234,14 @@ def session(targets: Targets, attach: Callable[[], None]) -> Iterator[Session]:
     """Run statistics on, signal handlers in, probes attached by `attach`, the held command
     released. On the way out, whatever happened, the command is reaped and every link and
     object of this process is closed: the one cleanup path."""
+    cpu0 = stats.process_cpu_seconds()  # the tool's cost includes loading and attaching
     try:
         with stats.StatsSession(), stop_on_signals() as stop:
             t0 = time.monotonic()
             attach()
             attach_ms = (time.monotonic() - t0) * 1000
             targets.release()
-            yield Session(RunClock(), stop, attach_ms)
+            yield Session(RunClock(cpu0=cpu0), stop, attach_ms)
     finally:
         targets.abandon()
         cleanup()

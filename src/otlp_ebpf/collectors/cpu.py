@@ -240,9 +240,7 @@ class FramePointerSampler:
             unused = [SWITCH_BTF, SWITCH_TP]
         if not self.config.on_cpu:
             unused.append(SAMPLE_PROGRAM)
-        if not targets.filtered:
-            unused.append("follow_fork")
-        return unused
+        return unused + targets.unused_programs(self.use_btf)
 
     def programs(self) -> list[str]:
         """The programs this run loaded (for the tool's own cost)."""
@@ -257,12 +255,10 @@ class FramePointerSampler:
         for prog in self._unused_programs(targets):
             obj.disable(prog)
         obj.load()
-        targets.seed(obj)
+        targets.attach(obj)
         self.events = RingBuffer(obj.map("pid_events"), self._on_pid_event)
         for prog in PID_PROGRAMS:
             probes.attach_auto(obj, prog)
-        if targets.filtered:
-            probes.attach_auto(obj, "follow_fork")
         if self.config.off_cpu:
             probes.attach_auto(obj, SWITCH_BTF if self.use_btf else SWITCH_TP)
         if self.config.on_cpu:
@@ -473,6 +469,7 @@ def collect(config: CpuConfig) -> CpuSnapshot:
             duration = run.clock.elapsed()
             bpf_ns, runs = sampler.cost()
             sampled = sampler.finish()
+            lost = {**sampled.lost, **targets.losses()}
     finally:
         symbolizer.close()
     clock, attach_ms = run.clock, run.attach_ms
@@ -482,7 +479,7 @@ def collect(config: CpuConfig) -> CpuSnapshot:
         duration_s=round(duration, 3),
         host=base.hostname(),
         targets=config.targets.describe(),
-        lost_events=sampled.lost,
+        lost_events=lost,
         processes=_processes_seen(sampler.processes(), sampled),
         self_cost=base.self_cost(clock, bpf_ns, runs),
         notes=(

@@ -145,13 +145,11 @@ class DwarfSampler:
         obj.set_rodata(**targets.rodata(), stack_window=self.window_bytes)
         # One scratch slot per possible CPU: the program indexes it with its CPU number.
         obj.resize_map("scratch", libbpf.lib().libbpf_num_possible_cpus())
-        if not targets.filtered:
-            obj.disable("follow_fork")
+        for prog in targets.unused_programs():
+            obj.disable(prog)
         obj.load()
-        targets.seed(obj)
+        targets.attach(obj)
         self._ring = RingBuffer(obj.map("samples"), self._on_sample)
-        if targets.filtered:
-            probes.attach_auto(obj, "follow_fork")
         probes.attach_cpu_clock(obj, PROGRAM, self.frequency_hz)
         for tgid in targets.tgids:
             self._capture(tgid, "")

@@ -224,14 +224,14 @@ class MemCollector:
     def _programs_off(self) -> list[str]:
         off: list[str] = []
         if self.kernel_mode:
-            off += [*UPROBE_PROGRAMS, *MMAP_PROGRAMS, "forget_on_exec", "follow_fork"]
+            off += [*UPROBE_PROGRAMS, *MMAP_PROGRAMS, "forget_on_exec"]
         else:
             off += KERNEL_PROGRAMS
             if not self.config.track_mmap:
                 off += MMAP_PROGRAMS
         if not self.config.page_faults:
             off.append("page_fault")
-        return off
+        return off + self.targets.unused_programs()
 
     def start(self) -> None:
         self._resolve_allocators()
@@ -244,8 +244,7 @@ class MemCollector:
         if self.multi and not self.kernel_mode:
             uprobe_multi.prepare(obj, UPROBE_PROGRAMS)
         obj.load()
-        if not self.kernel_mode:
-            self.targets.seed(obj)
+        self.targets.attach(obj)
         for prog in self._tracepoint_programs():
             probes.attach_auto(obj, prog)
         for pid, binary in self.allocators.items():
@@ -259,7 +258,7 @@ class MemCollector:
 
     def _tracepoint_programs(self) -> list[str]:
         off = set(self._programs_off())
-        candidates = [*MMAP_PROGRAMS, "forget_on_exec", "follow_fork", "page_fault"]
+        candidates = [*MMAP_PROGRAMS, "forget_on_exec", "page_fault"]
         if self.kernel_mode:
             candidates += KERNEL_PROGRAMS
         return [p for p in candidates if p not in off]
@@ -478,7 +477,7 @@ def read_result(collector: MemCollector) -> RawResult:
         faults=faults,
         stacks=collector.read_stacks(iter(ids)),
         comms=collector.read_comms(),
-        drops=drops,
+        drops={**drops, **collector.targets.losses()},
         allocations=collector.read_counter(COUNT_ALLOCS),
         frees=collector.read_counter(COUNT_FREES),
     )

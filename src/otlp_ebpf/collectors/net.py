@@ -285,14 +285,12 @@ class NetCollector:
         rodata["targ_port"] = self.config.port
         obj.set_rodata(**rodata)
         self._disable_missing(obj)
-        if not self.targets.filtered:
-            obj.disable("follow_fork")
+        for prog in self.targets.unused_programs():
+            obj.disable(prog)
         obj.load()
-        self.targets.seed(obj)
+        self.targets.attach(obj)
         for prog in self.programs():
             probes.attach_auto(obj, prog)
-        if self.targets.filtered:
-            probes.attach_auto(obj, "follow_fork")
         self.ring = RingBuffer(obj.map("events"), self._on_record)
         console.debug(f"net: attached {', '.join(self.programs())}")
 
@@ -348,7 +346,8 @@ class NetCollector:
     def lost(self) -> dict[str, int]:
         assert self.obj is not None
         lost = self.obj.map("lost")
-        return {name: n for i, name in enumerate(LOST_REASONS) if (n := lost.lookup_u64(i))}
+        found = {name: n for i, name in enumerate(LOST_REASONS) if (n := lost.lookup_u64(i))}
+        return {**found, **self.targets.losses()}
 
     def counter(self, slot: int) -> int:
         assert self.obj is not None

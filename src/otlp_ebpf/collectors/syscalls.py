@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base
 from otlp_ebpf.collectors.syscall_table import ARM64, X86_64
-from otlp_ebpf.errors import UsageError
+from otlp_ebpf.errors import RuntimeFailure, UsageError
 from otlp_ebpf.latency import percentile_ns
 from otlp_ebpf.model import IntervalPoint, SyscallsSnapshot, SyscallStat
 from otlp_ebpf.runtime import features, probes
@@ -118,8 +118,31 @@ class _Row:
             self.hist[i] += st.hist[i]
 
 
+# Kernel-internal codes a syscall can end with (restarts, mostly): not in libc's table.
+KERNEL_ERRNOS = {
+    512: "ERESTARTSYS",
+    513: "ERESTARTNOINTR",
+    514: "ERESTARTNOHAND",
+    515: "ENOIOCTLCMD",
+    516: "ERESTART_RESTARTBLOCK",
+    517: "EPROBE_DEFER",
+    518: "EOPENSTALE",
+    519: "ENOPARAM",
+    521: "EBADHANDLE",
+    522: "ENOTSYNC",
+    523: "EBADCOOKIE",
+    524: "ENOTSUPP",
+    525: "ETOOSMALL",
+    526: "ESERVERFAULT",
+    527: "EBADTYPE",
+    528: "EJUKEBOX",
+    529: "EIOCBQUEUED",
+    530: "ERECALLCONFLICT",
+}
+
+
 def _errno_name(err: int) -> str:
-    return errno_mod.errorcode.get(err, f"E{err}")
+    return errno_mod.errorcode.get(err) or KERNEL_ERRNOS.get(err, f"E{err}")
 
 
 class SyscallsCollector:
@@ -156,21 +179,32 @@ class SyscallsCollector:
         return values
 
     def start(self) -> None:
-        obj = BpfObject.open("syscalls")
-        self.obj = obj
-        obj.set_rodata(**self._rodata())
         self.use_btf = features.tp_btf_supported()
-        for prog in TP_PROGRAMS if self.use_btf else BTF_PROGRAMS:
-            obj.disable(prog)
-        if not self.targets.filtered:
-            obj.disable("follow_fork")
-        obj.load()
-        self.targets.seed(obj)
-        for prog in BTF_PROGRAMS if self.use_btf else TP_PROGRAMS:
-            probes.attach_auto(obj, prog)
-        if self.targets.filtered:
-            probes.attach_auto(obj, "follow_fork")
+        try:
+            self.obj = self._load(self.use_btf)
+        except RuntimeFailure as exc:
+            if not self.use_btf:
+                raise
+            # BTF present but tracing programs refused (as fentry is on some kernels):
+            # the classic tracepoints count the same calls, a little slower.
+            console.debug(f"syscalls: tp_btf refused ({exc.message}); using raw_syscalls")
+            base.cleanup()
+            self.use_btf = False
+            self.obj = self._load(False)
+        self.targets.attach(self.obj)
+        for prog in self._programs():
+            probes.attach_auto(self.obj, prog)
         console.debug(f"syscalls: attached ({'tp_btf' if self.use_btf else 'raw_syscalls'})")
+
+    def _load(self, use_btf: bool) -> BpfObject:
+        obj = BpfObject.open("syscalls")
+        obj.set_rodata(**self._rodata())
+        for prog in TP_PROGRAMS if use_btf else BTF_PROGRAMS:
+            obj.disable(prog)
+        for prog in self.targets.unused_programs(use_btf):
+            obj.disable(prog)
+        obj.load()
+        return obj
 
     def _programs(self) -> tuple[str, ...]:
         return BTF_PROGRAMS if self.use_btf else TP_PROGRAMS
@@ -287,7 +321,7 @@ def build_snapshot(
     """The aggregates so far as a snapshot (cumulative since the start of the run)."""
     assert collector.obj is not None
     duration = clock.elapsed()
-    bpf_ns, runs = base.program_cost(collector.obj, collector._programs())
+    bpf_ns, runs = base.program_cost(collector.obj, (*collector._programs(), *base.TARGET_PROGRAMS))
     processes = tuple(
         p for pid in sorted({s.pid for s in syscalls}) if (p := base.read_process_info(pid))
     )
@@ -297,7 +331,7 @@ def build_snapshot(
         duration_s=round(duration, 3),
         host=base.hostname(),
         targets=config.targets.describe(),
-        lost_events=collector.read_drops(),
+        lost_events={**collector.read_drops(), **collector.targets.losses()},
         processes=processes,
         self_cost=base.self_cost(clock, bpf_ns, runs),
         notes=(f"ended: {ended}",),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 from collections.abc import Sequence
 
 from otlp_ebpf.errors import UsageError
@@ -53,6 +54,10 @@ class HeldCommand:
             os.write(status_write, str(exc.errno).encode())
         os._exit(127)
 
+    @property
+    def released(self) -> bool:
+        return self._go < 0
+
     def release(self) -> None:
         """Let the child exec; raises UsageError if exec failed."""
         os.write(self._go, b"g")
@@ -85,6 +90,16 @@ class HeldCommand:
         if self.returncode is None:
             self.wait()
 
-    def terminate(self) -> None:
+    def stop(self, grace_s: float = 2.0) -> bool:
+        """End a command that outlived the run: SIGTERM, then SIGKILL after `grace_s`.
+        Returns True when it had to be stopped (it was still running)."""
+        if self.poll() is not None:
+            return False
+        os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         if self.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
+            os.kill(self.pid, signal.SIGKILL)
+            self.wait()
+        return True

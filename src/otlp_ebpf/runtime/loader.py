@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 import threading
 import weakref
 from ctypes import c_size_t
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 BTF_KIND_VAR = 14
 BTF_KIND_DATASEC = 15
-VERIFIER_LOG_LIMIT = 4 * 1024 * 1024
+VERIFIER_LOG_LIMIT = 16 * 1024 * 1024
 
 
 class LibbpfLog:
@@ -43,13 +44,9 @@ class LibbpfLog:
         self._callback = PRINT_FN(self._on_print)
 
     def _on_print(self, level: int, fmt: bytes | None, va_list: int | None) -> int:
-        if fmt is None:
+        if fmt is None or not va_list:
             return 0
-        buf = ctypes.create_string_buffer(64 * 1024)
-        n = libbpf.libc().vsnprintf(buf, len(buf), fmt, va_list)
-        text = buf.value.decode("utf-8", "replace")
-        if n >= len(buf):
-            text += "...(truncated)\n"
+        text = format_va(fmt, va_list)
         with self._lock:
             if self._size < VERIFIER_LOG_LIMIT:
                 self.lines.append(text)
@@ -67,6 +64,29 @@ class LibbpfLog:
             self.lines.clear()
             self._size = 0
         return text
+
+
+# On x86_64 a va_list is a pointer to one 24-byte __va_list_tag; copying those bytes is what
+# va_copy does, so a message longer than the first buffer can be formatted again in full (the
+# whole verifier log arrives as one message, and it can be megabytes).
+VA_LIST_BYTES = 24 if platform.machine() == "x86_64" else 0
+FIRST_BUFFER = 64 * 1024
+
+
+def format_va(fmt: bytes, va_list: int) -> str:
+    """printf-format one libbpf message."""
+    libc = libbpf.libc()
+    saved = ctypes.string_at(va_list, VA_LIST_BYTES) if VA_LIST_BYTES else b""
+    size = FIRST_BUFFER if VA_LIST_BYTES else 4 * 1024 * 1024
+    args = ctypes.create_string_buffer(saved, VA_LIST_BYTES) if VA_LIST_BYTES else None
+    buf = ctypes.create_string_buffer(size)
+    n = libc.vsnprintf(buf, size, fmt, ctypes.addressof(args) if args else va_list)
+    if n >= size and VA_LIST_BYTES and n < VERIFIER_LOG_LIMIT:
+        args = ctypes.create_string_buffer(saved, VA_LIST_BYTES)
+        buf = ctypes.create_string_buffer(n + 1)
+        n = libc.vsnprintf(buf, n + 1, fmt, ctypes.addressof(args))
+    text = buf.value.decode("utf-8", "replace")
+    return text + "...(truncated)\n" if n >= len(buf) else text
 
 
 _LOG = LibbpfLog()
@@ -256,21 +276,40 @@ def close_all() -> None:
         obj.close()
 
 
+def verifier_reason(log: str) -> str:
+    """The verifier's own complaint: the last line of the program's load log that is not
+    its statistics (libbpf frames that log with BEGIN/END PROG LOAD LOG markers)."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    end = next((i for i, ln in enumerate(lines) if "END PROG LOAD LOG" in ln), len(lines))
+    for line in reversed(lines[:end]):
+        if not line.startswith(("processed ", "verification time", "stack depth", "--")):
+            return line
+    return lines[-1] if lines else ""
+
+
+def _privileged() -> bool:
+    from otlp_ebpf.runtime.features import privileged
+
+    return privileged()
+
+
 def _encode_int(value: int, width: int) -> bytes:
     return value.to_bytes(width, "little", signed=value < 0)
 
 
 def load_error(name: str, err: int, log: str) -> Exception:
     """Turn a failed load into the error users should see; the verifier log rides along."""
-    if err in (errno.EPERM, errno.EACCES):
+    # The verifier also answers EACCES for a program it rejects: only an unprivileged caller
+    # is told about privileges.
+    if err in (errno.EPERM, errno.EACCES) and not _privileged():
         exc: Exception = EnvironmentLacks(
             f"not allowed to load BPF programs ({os.strerror(err)})",
             hint="run as root or grant CAP_BPF and CAP_PERFMON; `otlp-ebpf doctor` checks",
         )
     else:
-        tail = "\n".join(log.strip().splitlines()[-3:])
+        reason = verifier_reason(log)
         exc = RuntimeFailure(
-            f"loading {name} failed: {os.strerror(err)}" + (f" ({tail})" if tail else ""),
+            f"loading {name} failed: {os.strerror(err)}" + (f" ({reason})" if reason else ""),
             hint="rerun with --debug for the full verifier log",
         )
     exc.verifier_log = log  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from otlp_ebpf.runtime.libbpf import BatchOpts
 
 PERCPU_TYPES = {5, 6, 10, 21}  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
 S = TypeVar("S", bound=ctypes.Structure)
+BATCH_BYTES = 8 * 1024 * 1024
 
 
 def _round8(n: int) -> int:
@@ -99,7 +100,8 @@ class BpfMap:
         return out
 
     def _batch(self, call: str) -> list[tuple[bytes, bytes]]:
-        chunk = max(1, min(self.max_entries, 4096))
+        # Per-CPU values grow with the machine: bound the buffers by bytes, not entries.
+        chunk = max(1, min(self.max_entries, 4096, BATCH_BYTES // max(self.buffer_size, 1)))
         keys = ctypes.create_string_buffer(self.key_size * chunk)
         values = ctypes.create_string_buffer(self.buffer_size * chunk)
         opts = BatchOpts(sz=ctypes.sizeof(BatchOpts))
