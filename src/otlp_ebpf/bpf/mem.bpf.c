@@ -249,11 +249,15 @@ static __always_inline int exit_call(void)
 
 	if (!stop_at_exit || !target_wanted(id))
 		return 0;
-	/* Stop first: a SIGCONT sent after this cancels the stop even if it is still pending. */
-	bpf_send_signal(SIGSTOP);
+	/* Stop only a process user space will hear about (the event is reserved first), and
+	 * queue the stop before the event is visible: a SIGCONT sent on reading it then cancels
+	 * the stop even if it is still pending. */
 	event = bpf_ringbuf_reserve(&exits, sizeof(*event), 0);
-	if (!event)
+	if (!event) {
+		bump(&drops, MEM_DROP_EXITS_FULL);
 		return 0;
+	}
+	bpf_send_signal(SIGSTOP);
 	event->tgid = id >> 32;
 	event->pad = 0;
 	bpf_ringbuf_submit(event, 0);

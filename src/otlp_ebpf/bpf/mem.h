@@ -11,6 +11,7 @@ enum mem_drop {
 	MEM_DROP_STACK = 2,         /* stack table full or collision: tracked without a stack */
 	MEM_DROP_TOTALS_FULL = 3,   /* per-stack table full: tracked, shown as an unknown stack */
 	MEM_DROP_FAULTS_FULL = 4,   /* page-fault table full: the fault is not counted */
+	MEM_DROP_EXITS_FULL = 5,    /* exit event ring full: the process ran on unpaused */
 	MEM_DROP_SLOTS = 8,
 };
 

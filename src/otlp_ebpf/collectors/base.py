@@ -154,13 +154,19 @@ class Targets:
             console.status(f"stopped {held.argv[0]} (pid {held.pid}): the run is over")
 
 
-def process_alive(pid: int) -> bool:
-    """Running, not a zombie waiting for its parent to reap it."""
+def process_state(pid: int) -> str:
+    """The one-letter state in /proc/PID/stat ("" once the process is gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+        return ""
+    fields = stat.rpartition(")")[2].split()
+    return fields[0] if fields else ""
+
+
+def process_alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent to reap it."""
+    return process_state(pid) not in ("", "Z", "X")
 
 
 def descendants_of(pid: int) -> list[int]:

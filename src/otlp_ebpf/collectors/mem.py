@@ -42,6 +42,7 @@ DROP_REASONS = {
     2: "stack not recorded",
     3: "stack table full",
     4: "page-fault table full",
+    5: "exit event lost (process not paused)",
 }
 COUNT_ALLOCS, COUNT_FREES = 0, 1
 MMAP_SYSCALLS = {"x86_64": (9, 11), "aarch64": (222, 215)}
@@ -338,12 +339,18 @@ class MemCollector:
         self.stopped.discard(tgid)
 
     def resume_all(self) -> None:
-        """Never leave a target paused at exit, whatever ends the run."""
+        """Never leave a target paused at exit, whatever ends the run: resume every stop we
+        were told of, then any target still stopped (its event may not have been read)."""
         if self.exits is not None:
             with contextlib.suppress(OSError):
                 self.exits.drain()
         for tgid in list(self.stopped):
             self._resume(tgid)
+        if self.launch and self.obj is not None and self.obj.loaded:
+            for raw in self.obj.map("targets"):
+                tgid = int.from_bytes(raw, "little")
+                if base.process_state(tgid) == "T":
+                    self._resume(tgid)
 
     def poll(self, timeout_s: float) -> None:
         if self.exits is not None:
@@ -571,9 +578,11 @@ def collect(config: MemConfig) -> MemSnapshot:
             bpf_ns, runs = base.program_cost(collector.obj, collector.obj.program_names())
             raw = read_result(collector)
         finally:
-            # Stopped targets must run again before the held command is reaped.
-            collector.resume_all()
+            # Detach first: afterwards no target can be stopped at exit any more, so the
+            # resume below is the last word. Stopped targets must run again before the held
+            # command is reaped.
             collector.detach()
+            collector.resume_all()
     clock = run.clock
     try:
         allocations = build_allocations(collector, raw)

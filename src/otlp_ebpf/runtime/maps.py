@@ -57,6 +57,9 @@ class BpfMap:
             raise libbpf.os_error(ret, f"delete from {self.name}")
         return ret == 0
 
+    def __iter__(self) -> Iterator[bytes]:
+        return self.keys()
+
     def keys(self) -> Iterator[bytes]:
         """Every key, by get_next_key (works on every map type that has keys)."""
         prev: bytes | None = None
