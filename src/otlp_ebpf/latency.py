@@ -6,8 +6,10 @@ from collections.abc import Sequence
 
 
 def slot_bounds(slots: int) -> list[int]:
-    """Upper edges of slots 0..slots-2 (explicit-bucket bounds for OTLP histograms)."""
-    return [1 << (i + 1) for i in range(slots - 1)]
+    """Explicit-bucket bounds that reproduce the slots exactly. Latencies are whole
+    nanoseconds, so slot i = [2**i, 2**(i+1)) holds 2**i .. 2**(i+1)-1, which is the OTLP bucket
+    (bounds[i-1], bounds[i]] with bounds[i] = 2**(i+1) - 1. The overflow bucket stays empty."""
+    return [(1 << (i + 1)) - 1 for i in range(slots)]
 
 
 def percentile_ns(hist: Sequence[int], q: float, lo: int, hi: int) -> int:

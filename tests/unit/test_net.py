@@ -175,6 +175,17 @@ def test_interval_tracker_reports_bytes_moved_per_tick() -> None:
     )
 
 
+def test_a_reset_socket_still_held_is_not_counted_again_each_tick() -> None:
+    # Reset by the peer but not yet closed by the application: still in the kernel's table,
+    # no longer `open` (ESTABLISHED/CLOSE_WAIT), and its bytes must count once.
+    tracker = IntervalTracker()
+    held = _conn(started_at_ns=3, tx_bytes=600, rx_bytes=400, open=False, state="CLOSE")
+    totals = [sum(c.tx_bytes + c.rx_bytes for c in tracker.tick(t, [], [held])) for t in (1, 2, 3)]
+    destroyed = tracker.tick(4.0, [held], [])
+    assert totals == [1000, 0, 0]
+    assert sum(c.tx_bytes + c.rx_bytes for c in destroyed) == 0
+
+
 def _snapshot() -> NetSnapshot:
     return NetSnapshot(
         started_at="2025-01-01T00:00:00+00:00",

@@ -49,3 +49,26 @@ def test_path_uses_the_innermost_namespace_pid(tmp_path: Path) -> None:
     (tmp_path / "4242" / "status").write_text("Name:\tnode\nNSpid:\t4242\t7\n")
     assert perf_map_path(4242, str(tmp_path)) == f"{tmp_path}/4242/root/tmp/perf-7.map"
     assert perf_map_path(99, str(tmp_path)) == f"{tmp_path}/99/root/tmp/perf-99.map"
+
+
+def test_planted_fifos_symlinks_and_devices_are_not_read(tmp_path):
+    import os
+    import threading
+
+    from otlp_ebpf.symbolize.perfmap import PerfMap
+
+    fifo = tmp_path / "perf-1.map"
+    os.mkfifo(fifo)
+    result: list[object] = []
+    reader = threading.Thread(target=lambda: result.append(PerfMap.load(str(fifo))), daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive(), "a FIFO must not block the reader"
+    assert result == [None]
+    link = tmp_path / "perf-2.map"
+    link.symlink_to("/dev/zero")
+    assert PerfMap.load(str(link)) is None
+    good = tmp_path / "perf-3.map"
+    good.write_text("1000 10 jitted_fn\n")
+    loaded = PerfMap.load(str(good))
+    assert loaded is not None and loaded.lookup(0x1004) == "jitted_fn"

@@ -28,4 +28,4 @@ def test_percentiles_interpolate_inside_slots_and_clamp():
     assert 16 <= percentile_ns(hist, 0.5, 16, 31) <= 31
     assert percentile_ns(hist, 0.99, 18, 20) == 20
     assert percentile_ns([0, 0], 0.5, 0, 0) == 0
-    assert slot_bounds(4) == [2, 4, 8]
+    assert slot_bounds(4) == [1, 3, 7, 15]

@@ -134,7 +134,7 @@ def parse_address(text: str, option: str) -> str:
 
 def check_port(port: int) -> None:
     if not 0 <= port <= 65535:
-        raise UsageError(f"--port must be between 1 and 65535, got {port}")
+        raise UsageError(f"--port must be 0-65535 (0 = any), got {port}")
 
 
 def _unmapped(
@@ -244,11 +244,14 @@ class IntervalTracker:
         """Per-connection bytes this interval, busiest first; remembered in `series`."""
         rows: list[Connection] = []
         seen: dict[tuple[int, int, int, str, str], tuple[int, int]] = {}
+        # Everything still in the kernel's table is remembered, whatever its TCP state (a
+        # socket closed by a reset stays there until the application closes it): only a
+        # destroyed socket, reported through the ring buffer, is forgotten.
+        for conn in still_open:
+            seen[_key(conn)] = (conn.tx_bytes, conn.rx_bytes)
         for conn in [*closed, *still_open]:
             key = _key(conn)
             tx0, rx0 = self._last.get(key, (0, 0))
-            if conn.open:
-                seen[key] = (conn.tx_bytes, conn.rx_bytes)
             delta = dataclasses.replace(
                 conn, tx_bytes=conn.tx_bytes - tx0, rx_bytes=conn.rx_bytes - rx0
             )

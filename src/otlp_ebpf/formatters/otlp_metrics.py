@@ -35,6 +35,7 @@ from otlp_ebpf.formatters.otlp_profiles import (
     process_resource_attributes,
     snapshot_time_unix_nano,
 )
+from otlp_ebpf.latency import slot_bounds
 from otlp_ebpf.model import (
     Connection,
     MemSnapshot,
@@ -153,9 +154,8 @@ def _points(metric: Metric) -> int:
 
 
 def log2_bounds(slots: int) -> list[float]:
-    """Explicit bounds equal to the kernel's log2 slot edges: slot i = [2**i, 2**(i+1)) ns
-    becomes bucket i = (2**i, 2**(i+1)]; the last (overflow) bucket stays empty."""
-    return [float(2**i) for i in range(1, slots + 1)]
+    """The kernel's log2 slots as explicit bounds (see latency.slot_bounds)."""
+    return [float(b) for b in slot_bounds(slots)]
 
 
 def _syscall_metrics(stats: Iterable[SyscallStat], clock: _Clock, out: _PerProcess) -> None:
@@ -264,8 +264,9 @@ def _connection_metrics(conns: Iterable[Connection], clock: _Clock, out: _PerPro
                 unit="us",
                 data=Gauge(rtt),
             ),
-            _counter(
-                "otlp_ebpf.tcp.connections", "{connection}", "TCP connections seen", connections
+            # Per state, so a connection moves between points: not a monotonic counter.
+            _updown(
+                "otlp_ebpf.tcp.connections", "{connection}", "TCP connections by state", connections
             ),
         ]
 
@@ -286,12 +287,6 @@ def _net_host_metrics(snapshot: NetSnapshot, clock: _Clock) -> list[Metric]:
     ]
     drops = [clock.point(n, {"otlp_ebpf.drop.reason": r}) for r, n in snapshot.drops.items()]
     metrics = [
-        _counter(
-            "otlp_ebpf.tcp.retransmits",
-            "{segment}",
-            "TCP segments retransmitted, host-wide",
-            [clock.point(snapshot.retransmits)],
-        ),
         _counter("otlp_ebpf.tcp.resets", "{segment}", "TCP resets sent and received", resets),
         _counter("otlp_ebpf.network.drops", "{packet}", "Packets dropped by the kernel", drops),
     ]

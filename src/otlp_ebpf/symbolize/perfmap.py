@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import bisect
 import os
+import stat
 from dataclasses import dataclass
+
+# A JIT's map grows with the code it generates; this bounds what one file may cost us.
+MAX_PERF_MAP_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,12 +44,23 @@ class PerfMap:
 
     @classmethod
     def load(cls, path: str) -> PerfMap | None:
-        """Read a perf map file; None when it does not exist or cannot be read."""
+        """Read a perf map file; None when it does not exist, cannot be read, or is not a
+        plain file of sane size. The file sits in a world-writable directory and we may run
+        as root: a FIFO, a device or a symlink planted there must not hang or flood us."""
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                return cls.parse(fh.read())
+            fd = os.open(path, flags)
         except OSError:
             return None
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_PERF_MAP_BYTES:
+                return None
+            try:
+                data = fh.read(MAX_PERF_MAP_BYTES)
+            except OSError:
+                return None
+        return cls.parse(data.decode("utf-8", "replace"))
 
     def __len__(self) -> int:
         return len(self._entries)

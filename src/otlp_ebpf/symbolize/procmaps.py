@@ -22,6 +22,7 @@ import bisect
 import contextlib
 import dataclasses
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -109,11 +110,12 @@ class OpenFiles:
         """
         for candidate, check_inode in candidates:
             try:
-                fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
+                # Non-blocking: a path in another process's root may name a FIFO.
+                fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError:
                 continue
             st = os.fstat(fd)
-            if check_inode and st.st_ino != inode:
+            if not stat.S_ISREG(st.st_mode) or (check_inode and st.st_ino != inode):
                 os.close(fd)
                 continue
             file_id = FileId(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
