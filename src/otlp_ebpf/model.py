@@ -127,6 +127,8 @@ class Connection:
     state: str = "CLOSE"
     open: bool = False
     started_at_ns: int = 0
+    # Opened before the run: duration and bytes count from when it was first seen.
+    started_before_run: bool = False
 
 
 @dataclass(frozen=True)

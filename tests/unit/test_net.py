@@ -90,6 +90,18 @@ def test_closed_active_record_becomes_connection_with_latency_and_duration() -> 
     assert conn.state == "CLOSE" and not conn.open
     assert conn.started_at_ns == 1_001_000
     assert conn.resets_sent == 1
+    assert not conn.started_before_run
+
+
+def test_a_connection_older_than_the_run_says_so() -> None:
+    rec = _record(start_ns=1_000_000, state=1, flags=CONN_OWNER_KNOWN)  # handshake not seen
+    conn = record_to_connection(rec, now_ns=3_000_000, clock=_Clock())
+    assert conn.started_before_run and conn.connect_latency_us == 0.0
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(net_table.connections_table([conn]))
+    assert ">2.00" in console.export_text()
 
 
 def test_open_passive_record_without_owner_and_ipv6() -> None:

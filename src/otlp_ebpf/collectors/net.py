@@ -224,6 +224,7 @@ def record_to_connection(rec: ConnRecord, now_ns: int, clock: MonotonicClock) ->
         state=TCP_STATES.get(rec.state, str(rec.state)),
         open=not closed,
         started_at_ns=clock.epoch_ns(rec.start_ns),
+        started_before_run=not rec.flags & CONN_SEEN_START,
     )
 
 

@@ -58,7 +58,7 @@ def connections_table(
             str(c.rport),
             f"{c.tx_bytes:,}",
             f"{c.rx_bytes:,}",
-            format_ms(c.duration_ms),
+            ">" + format_ms(c.duration_ms) if c.started_before_run else format_ms(c.duration_ms),
             _us(c.connect_latency_us),
             f"{c.retransmits:,}",
             _us(c.srtt_us),
