@@ -65,7 +65,11 @@ def kernel_supports(release: str | None = None) -> bool:
         major, minor = (int(p) for p in text.split("-")[0].split(".")[:2])
     except ValueError:
         return False
-    return (major, minor) >= MIN_KERNEL and libbpf.has("bpf_program__set_expected_attach_type")
+    return (
+        (major, minor) >= MIN_KERNEL
+        and platform.machine() in BPF_SYSCALL_NR
+        and libbpf.has("bpf_program__set_expected_attach_type")
+    )
 
 
 def prepare(obj: BpfObject, programs: Sequence[str]) -> None:
@@ -100,7 +104,7 @@ def attach_multi(
         multi_flags=BPF_F_UPROBE_MULTI_RETURN if retprobe else 0,
         pid=max(pid, 0),
     )
-    nr = BPF_SYSCALL_NR.get(platform.machine(), 321)
+    nr = BPF_SYSCALL_NR[platform.machine()]  # kernel_supports() checked the architecture
     fd = int(
         libbpf.libc().syscall(
             ctypes.c_long(nr),
