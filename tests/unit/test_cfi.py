@@ -15,12 +15,14 @@ from otlp_ebpf.symbolize.cfi import (
     CFA_REG_DEREF,
     CFA_SIGNAL,
     CFA_UNSUPPORTED,
+    PENDING,
     REG_FP,
     REG_SP,
     SAVED_SAME,
     SAVED_UNDEFINED,
     CfiCache,
     CfiTable,
+    DecodeWorker,
     build_id_of,
     default_cache_dir,
 )
@@ -226,3 +228,51 @@ def test_default_cache_dir_honours_xdg(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
     assert default_cache_dir() == "/somewhere/otlp-ebpf/cfi"
     assert shutil.which("objcopy")  # the debug-file test needs binutils
+
+
+def test_background_decoding_answers_pending_then_the_table(program: Path, tmp_path: Path) -> None:
+    cache = CfiCache(cache_dir=str(tmp_path), background=True)
+    try:
+        assert cache.lookup_path(str(program)) is PENDING
+        assert cache.lookup_path(str(program)) is PENDING  # asked once, still pending
+        assert cache.receive(30.0) == 1
+        table = cache.lookup_path(str(program))
+        assert isinstance(table, CfiTable) and len(table) > 0
+        assert cache.stats.decoded == 1
+    finally:
+        cache.close()
+    worker = cache.worker
+    assert worker is not None and worker.cpu_s > 0  # its cost is known once it ended
+    # The child stored the table: a later run reads it back without decoding.
+    again = CfiCache(cache_dir=str(tmp_path), background=True)
+    assert isinstance(again.lookup_path(str(program)), CfiTable)
+    assert again.worker is not None and not again.worker.started
+
+
+def test_background_decoding_of_a_file_that_is_not_elf(tmp_path: Path) -> None:
+    not_elf = tmp_path / "x.so"
+    not_elf.write_bytes(b"\x7fELF" + b"\0" * 60)
+    cache = CfiCache(background=True)
+    try:
+        assert cache.lookup_path(str(not_elf)) is None
+        assert cache.lookup_path(str(tmp_path / "missing")) is None
+    finally:
+        cache.close()
+    assert cache.stats.unreadable == 2
+
+
+def test_urgent_requests_go_before_prefetches(program: Path, tmp_path: Path) -> None:
+    worker = DecodeWorker(None, ())
+    try:
+        worker.request("a", str(program), urgent=True)  # sent at once
+        worker.request("b", str(program), urgent=False)
+        worker.request("c", str(program), urgent=True)
+        worker.request("b", str(program), urgent=False)  # already queued: no duplicate
+        assert [t[2] for t in worker._todo] == ["c", "b"]
+        assert worker.pending_urgent() == 2
+        done: list[str] = []
+        while worker.busy:
+            done += [key for key, data in worker.receive(30.0) if data]
+        assert done == ["a", "c", "b"]
+    finally:
+        worker.close()

@@ -87,6 +87,8 @@ def test_merge_sums_stacks_that_symbolize_alike() -> None:
         (cpu.CpuConfig(on_cpu=False), "nothing to record"),
         (cpu.CpuConfig(off_cpu=True, min_block_us=-1), "min-block-us"),
         (cpu.CpuConfig(unwind="lbr"), "--unwind"),
+        (cpu.CpuConfig(unwind="dwarf", on_cpu=False, off_cpu=True), "--off-cpu-only takes none"),
+        (cpu.CpuConfig(unwind="dwarf", user_stacks=False), "--kernel-only records none"),
     ],
 )
 def test_impossible_settings_are_usage_errors(config: cpu.CpuConfig, message: str) -> None:
@@ -106,10 +108,26 @@ def test_sampler_choice_by_unwind_mode() -> None:
             cpu.pick_sampler(cpu.CpuConfig(unwind="fp"), sym), cpu.FramePointerSampler
         )
         assert isinstance(cpu.pick_sampler(cpu.CpuConfig(), sym), CpuDwarfSampler)  # auto
-        off_cpu = cpu.CpuConfig(off_cpu=True)
-        assert isinstance(cpu.pick_sampler(off_cpu, sym), cpu.FramePointerSampler)
-        with pytest.raises(UsageError, match="on-CPU sampling of user stacks only"):
-            cpu.pick_sampler(cpu.CpuConfig(unwind="dwarf", off_cpu=True), sym)
+        for mode in ("auto", "dwarf"):
+            # On-CPU stacks stay DWARF-unwound when off-CPU time is recorded as well.
+            both = cpu.pick_sampler(cpu.CpuConfig(off_cpu=True, unwind=mode), sym)
+            assert isinstance(both, cpu.CompositeSampler)
+            on, off = both.parts
+            assert isinstance(on, CpuDwarfSampler) and isinstance(off, cpu.FramePointerSampler)
+            assert not off.config.on_cpu and off.config.off_cpu
+        off_only = cpu.CpuConfig(on_cpu=False, off_cpu=True)
+        assert isinstance(cpu.pick_sampler(off_only, sym), cpu.FramePointerSampler)
+        kernel_only = cpu.CpuConfig(user_stacks=False)
+        assert isinstance(cpu.pick_sampler(kernel_only, sym), cpu.FramePointerSampler)
+
+
+def test_unwind_note_says_what_each_kind_of_stack_used() -> None:
+    assert cpu.unwind_note(cpu.CpuConfig()) == "auto"
+    assert cpu.unwind_note(cpu.CpuConfig(unwind="dwarf", off_cpu=True)) == (
+        "dwarf on-CPU, fp off-CPU"
+    )
+    assert cpu.unwind_note(cpu.CpuConfig(on_cpu=False, off_cpu=True)) == "fp"
+    assert cpu.unwind_note(cpu.CpuConfig(user_stacks=False)) == "fp"
 
 
 def test_repeat_needs_a_command_and_numbers_outputs(tmp_path: Path) -> None:

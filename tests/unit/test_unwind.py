@@ -6,6 +6,7 @@ import ctypes
 import os
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from otlp_ebpf.symbolize.cfi import (
     CFA_PLT,
@@ -31,12 +32,14 @@ from otlp_ebpf.symbolize.unwind import (
     REASON_NO_PROGRESS,
     REASON_NO_USER_REGS,
     REASON_SIGNAL_ARCH,
+    REASON_TABLE_PENDING,
     REASON_UNSUPPORTED_CFA,
     REASON_UNSUPPORTED_RA,
     REASON_WINDOW,
     STATUS_CFI,
     STATUS_NO_CFI,
     STATUS_NO_MAPPING,
+    STATUS_PENDING,
     Regs,
     UnwindMaps,
     unwind,
@@ -191,3 +194,44 @@ def test_unwind_maps_on_this_process() -> None:
             assert maps.rule_for(anonymous.start)[0] == STATUS_NO_CFI
     finally:
         files.close()
+
+
+@dataclass
+class PendingMaps(HandMaps):
+    """HandMaps whose code at NO_CFI_CODE has a table still being decoded."""
+
+    def rule_for(self, pc: int) -> tuple[str, CfiRow | None]:
+        if NO_CFI_CODE <= pc < NO_CFI_CODE + 0x10000:
+            return STATUS_PENDING, None
+        return super().rule_for(pc)
+
+
+def test_a_table_not_decoded_yet_stops_the_walk_with_the_frames_so_far() -> None:
+    maps = PendingMaps()
+    leaf = maps.add(1, *LEAF)
+    # leaf's caller is in the mapping whose table is pending.
+    stack = words(NO_CFI_CODE + 0x10)
+    result = unwind(Regs(leaf, SP, 0), stack, SP, maps)
+    assert result.pcs == [leaf, NO_CFI_CODE + 0x10]
+    assert result.reason == REASON_TABLE_PENDING
+    assert not result.truncated
+
+
+def test_unwind_maps_answer_pending_until_the_background_table_arrives(tmp_path: Path) -> None:
+    files = OpenFiles()
+    cache = CfiCache(str(tmp_path), background=True)
+    try:
+        maps = UnwindMaps(ProcessMaps.capture(os.getpid(), files), cache, files)
+        libc = ctypes.CDLL(None)
+        pc = ctypes.cast(libc.getpid, ctypes.c_void_p).value or 0
+        first, _ = maps.rule_for(pc)
+        while cache.worker is not None and cache.worker.busy:
+            cache.receive(30.0)
+        then, row = maps.rule_for(pc)
+    finally:
+        cache.close()
+        files.close()
+    assert (first, then) == (STATUS_PENDING, STATUS_CFI)
+    assert row is not None
+    assert cache.stats.decoded >= 1
+    assert list(tmp_path.glob("*.cfi"))  # the child wrote the disk cache

@@ -3,7 +3,8 @@
  * on_cpu_sample runs on a software CPU-clock perf event on every CPU and counts
  * (pid, tid, user stack, kernel stack, comm). Off-CPU: at sched_switch the task leaving the
  * CPU records when and where it blocked; when it is switched back in, the blocked time is added
- * to its stacks' total. tp_btf is the fast path, the sched_switch tracepoint the fallback; user
+ * to its stacks' total (user space adds the blocks still in progress when the run ends, from
+ * offcpu_start). tp_btf is the fast path, the sched_switch tracepoint the fallback; user
  * space disables the one it does not use. Pid events (first sample, exec, exit) go through a
  * small ring buffer so user space captures /proc/PID/maps while short-lived processes live. */
 #include "core.h"
@@ -90,7 +91,9 @@ static __always_inline void note_process(u32 tgid)
 }
 
 /* Stack ids for the current task; a collision is counted, a missing stack of one kind is
- * normal (a kernel thread has no user stack, a sample in user mode no kernel stack). */
+ * normal (a kernel thread has no user stack, a sample in user mode no kernel stack). Only a
+ * sample missing every kind asked for counts as without stack, except with kernel stacks
+ * alone: there a sample with no kernel stack interrupted user code, and is marked so. */
 static __always_inline void read_stacks(void *ctx, s32 *user_id, s32 *kernel_id)
 {
 	s32 uid = -EFAULT, kid = -EFAULT;
@@ -99,9 +102,11 @@ static __always_inline void read_stacks(void *ctx, s32 *user_id, s32 *kernel_id)
 		uid = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
 	if (kernel_stacks)
 		kid = bpf_get_stackid(ctx, &stacks, 0);
+	if (!user_stacks && kid == -EFAULT)
+		uid = CPU_STACK_USER_MODE;
 	if (uid == -EEXIST || kid == -EEXIST)
 		bump(&drops, CPU_DROP_STACK_COLLISION);
-	else if (uid < 0 && kid < 0)
+	else if (uid < 0 && uid != CPU_STACK_USER_MODE && kid < 0)
 		bump(&drops, CPU_DROP_NO_STACK);
 	*user_id = uid;
 	*kernel_id = kid;

@@ -5,6 +5,8 @@
 
 #define CPU_MAX_STACK_DEPTH 127
 #define CPU_COMM_LEN 16
+/* user_stack_id of a --kernel-only sample that interrupted user code (outside errno range). */
+#define CPU_STACK_USER_MODE (-4096)
 
 enum cpu_drop {
 	CPU_DROP_COUNTS_FULL = 0,     /* (thread, stacks) table full: the sample is not counted */

@@ -85,7 +85,15 @@ def register(app: typer.Typer) -> None:
         for index, outputs in enumerate(runs, start=1):
             if repeat > 1:
                 console.status(f"run {index} of {repeat}")
-            _profile_once(config, outputs, as_json, otlp, otlp_file, top)
+            snapshot = _profile_once(config, outputs, as_json, otlp, otlp_file, top)
+            if index < repeat and was_interrupted(snapshot):
+                console.status(f"interrupted: runs {index + 1} to {repeat} not started")
+                break
+
+
+def was_interrupted(snapshot: Snapshot) -> bool:
+    """True when Ctrl-C or SIGTERM ended the run (not its duration or its command)."""
+    return "ended: interrupted" in snapshot.notes
 
 
 def check_repeat(repeat: int, config: CpuConfig) -> None:
@@ -124,7 +132,7 @@ def _profile_once(
     otlp: str | None,
     otlp_file: str | None,
     top: int,
-) -> None:
+) -> CpuSnapshot:
     from otlp_ebpf.collectors.cpu import collect
 
     what = "profiling" if config.on_cpu else "recording blocked time"
@@ -137,6 +145,7 @@ def _profile_once(
         cpu_table.render_table(snap, console.out, top=top or None)
 
     assert isinstance(snapshot, CpuSnapshot)
+    blocks = sum(s.count for s in snapshot.off_cpu)
     common.finish(
         snapshot,
         outputs,
@@ -144,6 +153,14 @@ def _profile_once(
         otlp_url=otlp,
         otlp_file=otlp_file,
         show=show,
-        events=snapshot.samples_total + sum(s.count for s in snapshot.off_cpu),
-        what="samples" if not snapshot.off_cpu else "samples and blocks",
+        events=snapshot.samples_total + blocks,
+        what=events_name(config),
     )
+    return snapshot
+
+
+def events_name(config: CpuConfig) -> str:
+    """What the summary line counts for this kind of run."""
+    if not config.on_cpu:
+        return "blocks"
+    return "samples and blocks" if config.off_cpu else "samples"

@@ -8,12 +8,17 @@ processes still exist.
 
 Stack unwinding is chosen by `pick_sampler`: this module provides frame-pointer unwinding
 (`bpf_get_stackid`); another unwinder plugs in as a module exposing
-`make_sampler(config, symbolizer) -> Sampler`.
+`make_sampler(config, symbolizer) -> Sampler`. `CompositeSampler` runs two in one run (DWARF
+for on-CPU samples, frame pointers for off-CPU blocks).
+
+Off-CPU blocks still in progress when the run ends count up to that moment: their start time
+and stacks were recorded when the thread left the CPU.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import time
 from collections.abc import Sequence
@@ -34,6 +39,9 @@ MAX_STACK_DEPTH = 127
 COMM_LEN = 16
 KERNEL_MODULE = "[kernel.kallsyms]"
 LOST_STACK_FRAME = "[lost stack]"
+# --kernel-only: a sample taken while the thread ran user code (it has no kernel stack).
+USER_MODE_FRAME = "[user]"
+STACK_USER_MODE = -4096  # CPU_STACK_USER_MODE in bpf/cpu.h: outside the errno range
 UNWIND_MODES = ("fp", "dwarf", "auto")
 # Kernel frames of the tracing machinery itself (sched_switch runs our program on top of the
 # blocked task's stack): not part of what the task was doing.
@@ -134,6 +142,13 @@ def check_config(config: CpuConfig) -> None:
         raise UsageError(
             f"--unwind must be one of {', '.join(UNWIND_MODES)}, got {config.unwind!r}"
         )
+    if config.unwind == "dwarf" and not config.on_cpu:
+        raise UsageError(
+            "--unwind dwarf unwinds on-CPU samples; --off-cpu-only takes none "
+            "(off-CPU stacks use frame pointers): use --unwind fp or auto"
+        )
+    if config.unwind == "dwarf" and not config.user_stacks:
+        raise UsageError("--unwind dwarf unwinds user stacks; --kernel-only records none")
 
 
 @dataclass
@@ -143,18 +158,25 @@ class SampledStacks:
     on_cpu: list[StackCount] = field(default_factory=list)
     off_cpu: list[StackCount] = field(default_factory=list)
     lost: dict[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    own_pids: frozenset[int] = frozenset()  # this tool's helper processes, left out
 
 
 class Sampler(Protocol):
-    """One way of collecting stacks: load + attach, poll while running, read at the end."""
+    """One way of collecting stacks: load + attach, poll while running, stop (detach) at the
+    end of the run, then read."""
 
     def start(self, targets: base.Targets) -> None: ...
 
     def poll(self, timeout_s: float) -> None: ...
 
+    def stop(self) -> None: ...
+
     def finish(self) -> SampledStacks: ...
 
     def cost(self) -> tuple[int, int]: ...
+
+    def helper_cpu_s(self) -> float: ...
 
     def processes(self) -> dict[int, ProcessInfo]: ...
 
@@ -174,6 +196,8 @@ class _RawCounts:
     on_cpu: list[tuple[CpuKey, int]]
     off_cpu: list[tuple[CpuKey, int, int]]
     stacks: dict[int, tuple[int, ...]]
+    still_blocked: int = 0  # blocks in progress at the end, included in off_cpu
+    still_blocked_ns: int = 0
 
 
 class ProcessWatch:
@@ -212,6 +236,45 @@ class ProcessWatch:
             self._capture(pid)
 
 
+class CompositeSampler:
+    """Two samplers in one run: one for on-CPU samples, one for off-CPU blocks."""
+
+    def __init__(self, on_cpu: Sampler, off_cpu: Sampler) -> None:
+        self.parts = (on_cpu, off_cpu)
+
+    def start(self, targets: base.Targets) -> None:
+        for part in self.parts:
+            part.start(targets)
+
+    def poll(self, timeout_s: float) -> None:
+        self.parts[0].poll(timeout_s)
+        self.parts[1].poll(0.0)
+
+    def stop(self) -> None:
+        for part in self.parts:
+            part.stop()
+
+    def finish(self) -> SampledStacks:
+        self.stop()  # both at once: neither keeps recording while the other is read
+        on, off = (part.finish() for part in self.parts)
+        lost = dict(on.lost)
+        for reason, n in off.lost.items():
+            lost[reason] = lost.get(reason, 0) + n
+        own = on.own_pids | off.own_pids
+        off_cpu = [s for s in off.off_cpu if s.pid not in own]
+        return SampledStacks(on.on_cpu, off_cpu, lost, on.notes + off.notes, own)
+
+    def cost(self) -> tuple[int, int]:
+        costs = [part.cost() for part in self.parts]
+        return sum(c[0] for c in costs), sum(c[1] for c in costs)
+
+    def helper_cpu_s(self) -> float:
+        return sum(part.helper_cpu_s() for part in self.parts)
+
+    def processes(self) -> dict[int, ProcessInfo]:
+        return {**self.parts[1].processes(), **self.parts[0].processes()}
+
+
 class FramePointerSampler:
     """cpu.bpf.o with bpf_get_stackid: frame-pointer user stacks and kernel stacks."""
 
@@ -222,6 +285,7 @@ class FramePointerSampler:
         self.use_btf = features.tp_btf_supported()
         self.events: RingBuffer | None = None
         self.watch = ProcessWatch(symbolizer)
+        self.stopped_ns = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns) when sampling stopped
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -290,22 +354,37 @@ class FramePointerSampler:
         assert self.obj is not None
         return base.program_cost(self.obj, self.programs())
 
+    def helper_cpu_s(self) -> float:
+        return 0.0
+
+    def stop(self) -> None:
+        """Detach every program: the aggregates stay readable and stop changing."""
+        if self.obj is not None and not self.stopped_ns:
+            self.obj.detach_all()
+            self.stopped_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
     def finish(self) -> SampledStacks:
-        """Read the aggregates, stop sampling, then symbolize (the slow part) detached."""
+        """Stop sampling, read the aggregates, then symbolize (the slow part) detached."""
         assert self.obj is not None
+        self.stop()
         if self.events is not None:
             self.events.drain()
-        raw = self._read_raw()
-        lost = self._read_drops()
-        self.obj.detach_all()
-        if self.events is not None:
             self.events.close()
             self.events = None
+        raw = self._read_raw()
+        lost = self._read_drops()
         return SampledStacks(
             on_cpu=self._symbolize_counts(raw.on_cpu, raw.stacks),
             off_cpu=self._symbolize_blocked(raw.off_cpu, raw.stacks),
             lost=lost,
+            notes=self._still_blocked_note(raw),
         )
+
+    def _still_blocked_note(self, raw: _RawCounts) -> tuple[str, ...]:
+        if not self.config.off_cpu:
+            return ()
+        ms = raw.still_blocked_ns / 1e6
+        return (f"off-CPU: {raw.still_blocked} threads still blocked at the end ({ms:.1f} ms)",)
 
     def _read_raw(self) -> _RawCounts:
         assert self.obj is not None
@@ -317,9 +396,38 @@ class FramePointerSampler:
         for k, v in self.obj.map("offcpu").items():
             value = OffCpuValue.from_buffer_copy(v[: ctypes.sizeof(OffCpuValue)])
             off_cpu.append((CpuKey.from_buffer_copy(k), int(value.count), int(value.total_ns)))
+        pending = self._blocks_in_progress() if self.config.off_cpu else []
+        off_cpu.extend(pending)
         keys = [key for key, _ in on_cpu] + [key for key, _, _ in off_cpu]
         ids = {i for key in keys for i in (key.user_stack_id, key.kernel_stack_id) if i >= 0}
-        return _RawCounts(on_cpu, off_cpu, self._read_stacks(ids))
+        return _RawCounts(
+            on_cpu,
+            off_cpu,
+            self._read_stacks(ids),
+            still_blocked=len(pending),
+            still_blocked_ns=sum(ns for _, _, ns in pending),
+        )
+
+    def _blocks_in_progress(self) -> list[tuple[CpuKey, int, int]]:
+        """Threads that left the CPU and had not come back when sampling stopped: blocked
+        from their switch-out to then, under the stacks recorded at switch-out."""
+        assert self.obj is not None
+        min_ns = self.config.min_block_us * 1000
+        out = []
+        for k, v in self.obj.map("offcpu_start").items():
+            start = OffCpuStart.from_buffer_copy(v[: ctypes.sizeof(OffCpuStart)])
+            blocked = self.stopped_ns - int(start.ts)
+            if blocked <= 0 or blocked < min_ns:
+                continue
+            key = CpuKey(
+                pid=start.pid,
+                tid=int.from_bytes(k[:4], "little"),
+                user_stack_id=start.user_stack_id,
+                kernel_stack_id=start.kernel_stack_id,
+                comm=bytes(start.comm),
+            )
+            out.append((key, 1, blocked))
+        return out
 
     def _read_stacks(self, ids: set[int]) -> dict[int, tuple[int, ...]]:
         assert self.obj is not None
@@ -338,6 +446,8 @@ class FramePointerSampler:
     def _frames(
         self, key: CpuKey, stacks: dict[int, tuple[int, ...]]
     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        if key.user_stack_id == STACK_USER_MODE:
+            return (USER_MODE_FRAME,), ("",)
         return stack_frames(
             self.symbolizer,
             key.pid,
@@ -467,6 +577,7 @@ def collect(config: CpuConfig) -> CpuSnapshot:
                 targets, sampler.poll, duration_s=config.duration_s, clock=run.clock, stop=run.stop
             )
             duration = run.clock.elapsed()
+            sampler.stop()
             bpf_ns, runs = sampler.cost()
             sampled = sampler.finish()
             lost = {**sampled.lost, **targets.losses()}
@@ -474,6 +585,9 @@ def collect(config: CpuConfig) -> CpuSnapshot:
         symbolizer.close()
     clock, attach_ms = run.clock, run.attach_ms
     console.debug(f"cpu: {symbolizer.stats.summary()}")
+    cost = base.self_cost(clock, bpf_ns, runs)
+    # The unwind-table decoding child works for this run: its CPU is part of the tool's cost.
+    cost = dataclasses.replace(cost, cpu_s=round(cost.cpu_s + sampler.helper_cpu_s(), 4))
     return CpuSnapshot(
         started_at=clock.started_at,
         duration_s=round(duration, 3),
@@ -481,12 +595,13 @@ def collect(config: CpuConfig) -> CpuSnapshot:
         targets=config.targets.describe(),
         lost_events=lost,
         processes=_processes_seen(sampler.processes(), sampled),
-        self_cost=base.self_cost(clock, bpf_ns, runs),
+        self_cost=cost,
         notes=(
             f"ended: {ended}",
-            f"unwind: {config.unwind}",
+            f"unwind: {unwind_note(config)}",
             f"attach: {attach_ms:.1f} ms",
             f"symbols: {symbolizer.stats.summary()}",
+            *sampled.notes,
         ),
         frequency_hz=config.frequency_hz if config.on_cpu else 0,
         samples_total=sum(s.count for s in sampled.on_cpu),
@@ -494,6 +609,15 @@ def collect(config: CpuConfig) -> CpuSnapshot:
         off_cpu=tuple(sampled.off_cpu),
         off_cpu_min_block_us=config.min_block_us if config.off_cpu else 0,
     )
+
+
+def unwind_note(config: CpuConfig) -> str:
+    """How stacks were unwound in this run (off-CPU stacks always use frame pointers)."""
+    if not config.on_cpu or not config.user_stacks or config.unwind == "fp":
+        return "fp"
+    if config.off_cpu:
+        return f"{config.unwind} on-CPU, fp off-CPU"
+    return config.unwind
 
 
 def _processes_seen(

@@ -5,6 +5,12 @@ top of the user stack; here each sample is unwound with the CFI of the mapping e
 is in (symbolize/unwind.py) while the process's maps are known, and counted per distinct stack.
 Frames are named at the end, through the shared Symbolizer.
 
+Unwind tables missing from the disk cache are decoded in a child process (symbolize/cfi.py
+DecodeWorker), never while samples wait in the ring buffer: a sample that needs a table not
+decoded yet waits in a bounded queue and is unwound when the table arrives, or at the end of
+the run after a bounded wait. For a targeted run the tables of the targets' mappings are asked
+for as soon as each process is seen.
+
 Unwinding modes (`--unwind`):
 - `dwarf`: CFI only; a frame whose code has no CFI ends the stack (counted as `no_cfi`).
 - `auto`: CFI wherever the mapping has it, frame pointers for the frames whose code has none
@@ -16,16 +22,17 @@ Kernel stacks come from bpf_get_stack, as with frame-pointer sampling.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
+import dataclasses
+import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base
-from otlp_ebpf.errors import RuntimeFailure, UsageError
+from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import ProcessInfo, StackCount
 from otlp_ebpf.runtime import libbpf, probes
 from otlp_ebpf.runtime.events import RingBuffer
@@ -37,8 +44,10 @@ from otlp_ebpf.symbolize.resolver import UNKNOWN_FRAME, Symbolizer
 from otlp_ebpf.symbolize.unwind import (
     REASON_NO_MAPPING,
     REASON_NO_USER_REGS,
+    REASON_TABLE_PENDING,
     Regs,
     UnwindMaps,
+    UnwindResult,
     unwind,
 )
 
@@ -60,6 +69,13 @@ TRACING_FRAME_PREFIXES = ("bpf_prog_", "bpf_overflow_handler", "__perf_event_ove
 # A pc in no known mapping means the maps are stale (exec, dlopen): look again, at most this
 # often per process.
 RECAPTURE_MIN_INTERVAL_S = 0.05
+# Samples waiting for an unwind table being decoded: at most this many bytes of copied stacks
+# (about 500 samples with a 16 KB window; a libpython decode takes ~1.6 s, ~320 samples at
+# 99 Hz on two busy CPUs). Beyond it a sample is counted with the frames walked so far.
+MAX_WAITING_BYTES = 8 * 1024 * 1024
+# At the end of a run, how long to wait for the tables that waiting samples need.
+END_WAIT_S = 3.0
+REASON_QUEUE_FULL = "waiting_queue_full"
 
 
 class DwarfSampleHeader(ctypes.Structure):
@@ -86,8 +102,22 @@ _StackKey = tuple[int, int, str, tuple[int, ...], tuple[int, ...], bool]
 @dataclass
 class _Process:
     maps: UnwindMaps
-    comm: str
+    exe: tuple[int, int] | None  # (device, inode) of /proc/PID/exe when captured
     captured_at: float
+    comms: set[str] = field(default_factory=set)  # thread names seen (threads differ)
+
+
+@dataclass
+class _Waiting:
+    """A sample whose walk needs a table still being decoded."""
+
+    pid: int
+    tid: int
+    comm: str
+    kernel: tuple[int, ...]
+    regs: Regs
+    stack: bytes
+    process: _Process
 
 
 class DwarfSampler:
@@ -100,7 +130,8 @@ class DwarfSampler:
 
     `fp_fallback` is the `auto` mode: frame pointers for code without CFI. Decoded unwind
     tables are kept between runs in `cache_dir` (default ~/.cache/otlp-ebpf/cfi) unless
-    `disk_cache` is False.
+    `disk_cache` is False; `background` decodes them in a child process (see the module doc),
+    and `end_wait_s` bounds the wait for them once sampling has stopped.
     """
 
     def __init__(
@@ -114,6 +145,8 @@ class DwarfSampler:
         cache_dir: str | None = None,
         disk_cache: bool = True,
         debug_roots: tuple[str, ...] = (DEFAULT_DEBUG_ROOT,),
+        background: bool = True,
+        end_wait_s: float = END_WAIT_S,
     ) -> None:
         if not 0 < window_bytes <= MAX_WINDOW:
             raise UsageError(f"stack window must be 1..{MAX_WINDOW} bytes, got {window_bytes}")
@@ -124,17 +157,22 @@ class DwarfSampler:
         self.kernel_stacks = kernel_stacks
         if disk_cache and cache_dir is None:
             cache_dir = default_cache_dir()
-        self.cfi = CfiCache(cache_dir if disk_cache else None, debug_roots)
+        self.cfi = CfiCache(cache_dir if disk_cache else None, debug_roots, background=background)
+        self.end_wait_s = end_wait_s
         self.obj: BpfObject | None = None
         self.samples_total = 0
         self.truncated = 0
+        self.captures = 0  # reads of /proc/PID/maps
+        self.prefetch = False
+        self._waiting: list[_Waiting] = []
+        self._waiting_bytes = 0
+        self._final_drops: dict[str, int] | None = None
         self._ring: RingBuffer | None = None
         self._files = OpenFiles()
         self._processes: dict[int, _Process] = {}
         self._infos: dict[int, ProcessInfo] = {}
         self._counts: Counter[_StackKey] = Counter()
         self._failures: Counter[str] = Counter()
-        self._drops: dict[str, int] = {}
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -151,8 +189,14 @@ class DwarfSampler:
         targets.attach(obj)
         self._ring = RingBuffer(obj.map("samples"), self._on_sample)
         probes.attach_cpu_clock(obj, PROGRAM, self.frequency_hz)
+        # Known targets: their tables are decoded while they run, before samples need them.
+        self.prefetch = targets.filtered
+        held = targets.held.pid if targets.held is not None else None
         for tgid in targets.tgids:
-            self._capture(tgid, "")
+            # A held command has not exec'd yet: its maps are still ours. It is captured at
+            # its first sample, after the exec, like any new process.
+            if tgid != held:
+                self._capture(tgid)
         console.debug(f"cpu (dwarf): attached, {self.window_bytes} B stack window")
 
     def programs(self) -> list[str]:
@@ -163,73 +207,135 @@ class DwarfSampler:
     # -- while running --------------------------------------------------------------------------
 
     def poll(self, timeout_ms: int = 100) -> int:
-        """Wait up to `timeout_ms` for samples and unwind them; returns how many arrived."""
-        return self._ring.poll(timeout_ms) if self._ring is not None else 0
+        """Wait up to `timeout_ms` for samples and unwind them; returns how many arrived.
+        Samples waiting for a table are unwound once it has arrived."""
+        arrived = self._ring.poll(timeout_ms) if self._ring is not None else 0
+        if self.cfi.receive(0.0):
+            self._retry_waiting(final=False)
+        return arrived
+
+    def stop(self) -> None:
+        """Detach the sampling program: no sample is taken after this."""
+        if self.obj is not None and self.obj.loaded:
+            self.obj.detach_all()
 
     def drain(self) -> int:
-        """Unwind every pending sample without waiting (at the end of a run)."""
+        """At the end of a run: stop sampling, unwind every sample still in the ring buffer,
+        read the kernel's drop counts (once, after the last sample), and give samples waiting
+        for a table up to `end_wait_s` for it to arrive."""
+        self.stop()
         drained = self._ring.drain() if self._ring is not None else 0
-        self.drops()  # remember them: the object may be closed before they are asked for
+        if self._final_drops is None:
+            self._final_drops = self._read_drops()
+        self._wait_for_tables()
         return drained
 
     def _on_sample(self, data: bytes) -> None:
         head = DwarfSampleHeader.from_buffer_copy(data[:HEADER_BYTES].ljust(HEADER_BYTES, b"\0"))
+        if head.pid in self.own_pids():
+            return  # the table-decoding child is part of this tool, not of the profile
         self.samples_total += 1
         comm = head.comm.decode(errors="replace")
         kernel = tuple(head.kstack[: head.kstack_bytes // 8]) if self.kernel_stacks else ()
-        user, truncated = self._unwind(head, data[HEADER_BYTES : HEADER_BYTES + head.stack_bytes])
-        self._counts[(head.pid, head.tid, comm, user, kernel, truncated)] += 1
-
-    def _unwind(self, head: DwarfSampleHeader, stack: bytes) -> tuple[tuple[int, ...], bool]:
+        key = (head.pid, head.tid, comm)
         if head.flags & SAMPLE_NO_USER_REGS:
             if not head.flags & SAMPLE_IN_KERNEL:
                 self._failures[REASON_NO_USER_REGS] += 1
-            return (), False
-        comm = head.comm.decode(errors="replace")
+            self._counts[(*key, (), kernel, False)] += 1
+            return
         process = self._process_for(head.pid, comm)
         if process is None:
             self._failures["process_gone"] += 1
-            return (head.regs[0],), False
+            self._counts[(*key, (head.regs[0],), kernel, False)] += 1
+            return
         regs = Regs(head.regs[0], head.regs[1], head.regs[2], head.regs[3])
+        stack = data[HEADER_BYTES : HEADER_BYTES + head.stack_bytes]
+        result = self._walk(head.pid, process, regs, stack)
+        if result.reason == REASON_TABLE_PENDING:
+            if self._waiting_bytes + len(stack) <= MAX_WAITING_BYTES:
+                self._waiting.append(_Waiting(*key, kernel, regs, stack, process))
+                self._waiting_bytes += len(stack)
+                return
+            result = UnwindResult(result.pcs, result.truncated, REASON_QUEUE_FULL)
+        self._count(key, kernel, result)
+
+    def _walk(self, pid: int, process: _Process, regs: Regs, stack: bytes) -> UnwindResult:
         result = unwind(regs, stack, regs.sp, process.maps, fp_fallback=self.fp_fallback)
-        if result.reason == REASON_NO_MAPPING and self._recapture(head.pid, comm, process):
-            process = self._processes[head.pid]
+        if result.reason == REASON_NO_MAPPING and self._recapture(pid, process):
+            process = self._processes[pid]
             result = unwind(regs, stack, regs.sp, process.maps, fp_fallback=self.fp_fallback)
-        if result.reason:
-            self._failures[result.reason] += 1
-        if result.truncated:
+        return result
+
+    def _count(self, key: tuple[int, int, str], kernel: tuple[int, ...], res: UnwindResult) -> None:
+        if res.reason:
+            self._failures[res.reason] += 1
+        if res.truncated:
             self.truncated += 1
-        return tuple(result.pcs), result.truncated
+        self._counts[(*key, tuple(res.pcs), kernel, res.truncated)] += 1
+
+    def _retry_waiting(self, *, final: bool) -> None:
+        """Walk the waiting samples again; those still missing a table wait on, unless this is
+        the end (then they count with the frames walked so far)."""
+        waiting, self._waiting, self._waiting_bytes = self._waiting, [], 0
+        for w in waiting:
+            result = self._walk(w.pid, w.process, w.regs, w.stack)
+            if result.reason == REASON_TABLE_PENDING and not final:
+                self._waiting.append(w)
+                self._waiting_bytes += len(w.stack)
+            else:
+                self._count((w.pid, w.tid, w.comm), w.kernel, result)
+
+    def _wait_for_tables(self) -> None:
+        deadline = time.monotonic() + self.end_wait_s
+        worker = self.cfi.worker
+        while self._waiting and worker is not None and worker.pending_urgent():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if self.cfi.receive(left):
+                self._retry_waiting(final=False)
+        self._retry_waiting(final=True)
+        self.cfi.close()
 
     def _process_for(self, pid: int, comm: str) -> _Process | None:
+        """The process's maps; captured again only when an exec may have changed them.
+
+        `comm` is the sampled thread's name, and threads of one process may differ: a new name
+        only makes us check whether the executable changed, which is what an exec does."""
         process = self._processes.get(pid)
-        if process is None or (comm and process.comm and comm != process.comm):
-            # First sight, or an exec changed the program (its name with it).
-            self._capture(pid, comm)
-            process = self._processes.get(pid)
+        if process is None:
+            self._capture(pid)
+            return self._processes.get(pid)
+        if comm not in process.comms:
+            process.comms.add(comm)
+            if _exe_identity(pid) not in (process.exe, None):
+                self._capture(pid)
+                process = self._processes.get(pid, process)
+                process.comms.add(comm)
         return process
 
-    def _recapture(self, pid: int, comm: str, process: _Process) -> bool:
+    def _recapture(self, pid: int, process: _Process) -> bool:
         if time.monotonic() - process.captured_at < RECAPTURE_MIN_INTERVAL_S:
             return False
-        return self._capture(pid, comm)
+        return self._capture(pid)
 
-    def _capture(self, pid: int, comm: str) -> bool:
+    def _capture(self, pid: int) -> bool:
+        exe = _exe_identity(pid)
         try:
             maps = ProcessMaps.capture(pid, self._files)
         except UsageError:
             return False
         if not maps.mappings:
             return False  # already exiting: keep what we had
+        self.captures += 1
         self.symbolizer.remember_process(pid)
         info = base.read_process_info(pid)
         if info is not None:
             self._infos[pid] = info
-        self._processes[pid] = _Process(
-            UnwindMaps(maps, self.cfi, self._files),
-            comm or (info.comm if info else ""),
-            time.monotonic(),
-        )
+        unwind_maps = UnwindMaps(maps, self.cfi, self._files)
+        self._processes[pid] = _Process(unwind_maps, exe, time.monotonic())
+        if self.prefetch:
+            unwind_maps.prefetch()
         return True
 
     # -- results --------------------------------------------------------------------------------
@@ -272,15 +378,42 @@ class DwarfSampler:
         return {f"unwind: {reason}": n for reason, n in sorted(self._failures.items())}
 
     def drops(self) -> dict[str, int]:
-        """Samples the kernel side could not deliver, by reason."""
-        if self.obj is not None and self.obj.loaded:
-            with contextlib.suppress(RuntimeFailure):  # closed: keep the last reading
-                _ = self.obj.handle
-                drops = self.obj.map("drops")
-                self._drops = {
-                    reason: n for i, reason in enumerate(DROP_REASONS) if (n := drops.lookup_u64(i))
-                }
-        return dict(self._drops)
+        """Samples the kernel side could not deliver, by reason (as read after the last
+        sample, once the run has been drained)."""
+        if self._final_drops is not None:
+            return dict(self._final_drops)
+        return self._read_drops()
+
+    def _read_drops(self) -> dict[str, int]:
+        if self.obj is None or not self.obj.loaded:
+            return {}
+        drops = self.obj.map("drops")
+        return {reason: n for i, reason in enumerate(DROP_REASONS) if (n := drops.lookup_u64(i))}
+
+    def own_pids(self) -> frozenset[int]:
+        """Processes of this tool besides its own (the table-decoding child)."""
+        worker = self.cfi.worker
+        return frozenset((worker.pid,)) if worker is not None and worker.pid else frozenset()
+
+    def helper_cost(self) -> tuple[float, int]:
+        """CPU seconds and peak RSS (KB) of the table-decoding child (known once it ended)."""
+        worker = self.cfi.worker
+        return (worker.cpu_s, worker.peak_rss_kb) if worker is not None else (0.0, 0)
+
+    def notes(self) -> tuple[str, ...]:
+        """How unwind tables were obtained and how often maps were read, for the snapshot."""
+        st = self.cfi.stats
+        text = (
+            f"unwind tables: {st.from_disk} from the disk cache, {st.decoded} decoded"
+            f"; /proc/PID/maps read {self.captures} times"
+        )
+        worker = self.cfi.worker
+        if worker is not None and worker.started:
+            text += (
+                f"; decoding process: {worker.cpu_s:.2f} s CPU (included in the cost), "
+                f"peak RSS {worker.peak_rss_kb / 1024:.0f} MB"
+            )
+        return (text,)
 
     def lost_events(self) -> dict[str, int]:
         """Drops and unwind failures together, as a snapshot's lost_events."""
@@ -295,11 +428,22 @@ class DwarfSampler:
         return base.program_cost(self.obj, self.programs())
 
     def close(self) -> None:
-        """Free the ring buffer and the descriptors kept on mapped files."""
+        """Free the ring buffer, the decoding child and the descriptors kept on mapped files
+        (the child reads files through them, so it goes first)."""
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        self.cfi.close()
         self._files.close()
+
+
+def _exe_identity(pid: int) -> tuple[int, int] | None:
+    """(device, inode) of the program a process runs; None once it is gone."""
+    try:
+        st = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class CpuDwarfSampler:
@@ -320,6 +464,9 @@ class CpuDwarfSampler:
     def poll(self, timeout_s: float) -> None:
         self.sampler.poll(max(0, int(timeout_s * 1000)))
 
+    def stop(self) -> None:
+        self.sampler.stop()
+
     def finish(self) -> SampledStacks:
         from otlp_ebpf.collectors.cpu import SampledStacks
 
@@ -327,10 +474,18 @@ class CpuDwarfSampler:
         stacks = self.sampler.stacks()
         lost = self.sampler.lost_events()
         self.sampler.close()
-        return SampledStacks(on_cpu=stacks, lost=lost)
+        return SampledStacks(
+            on_cpu=stacks,
+            lost=lost,
+            notes=self.sampler.notes(),
+            own_pids=self.sampler.own_pids(),
+        )
 
     def cost(self) -> tuple[int, int]:
         return self.sampler.cost()
+
+    def helper_cpu_s(self) -> float:
+        return self.sampler.helper_cost()[0]
 
     def processes(self) -> dict[int, ProcessInfo]:
         return self.sampler.processes()
@@ -339,14 +494,17 @@ class CpuDwarfSampler:
 def make_sampler(config: CpuConfig, symbolizer: Symbolizer) -> object:
     """The sampler for `--unwind dwarf|auto` (collectors/cpu.py's plug-in entry point).
 
-    DWARF unwinding covers on-CPU user stacks. Where it cannot help (off-CPU time, kernel-only
-    stacks) `auto` keeps frame-pointer sampling and `dwarf` is a usage error.
+    DWARF unwinding covers on-CPU user stacks. Off-CPU stacks are taken with frame pointers in
+    the same run (a copy of 16 KB of stack at every context switch would cost far more than the
+    sampling itself); without on-CPU user stacks to unwind, `auto` is frame-pointer sampling
+    (check_config refuses `dwarf` there).
     """
-    from otlp_ebpf.collectors.cpu import FramePointerSampler
+    from otlp_ebpf.collectors.cpu import CompositeSampler, FramePointerSampler
 
-    unsupported = config.off_cpu or not config.on_cpu or not config.user_stacks
-    if unsupported and config.unwind == "auto":
+    if not config.on_cpu or not config.user_stacks:
         return FramePointerSampler(config, symbolizer)
-    if unsupported:
-        raise UsageError("--unwind dwarf supports on-CPU sampling of user stacks only")
-    return CpuDwarfSampler(config, symbolizer)
+    dwarf = CpuDwarfSampler(config, symbolizer)
+    if not config.off_cpu:
+        return dwarf
+    off_cpu_only = dataclasses.replace(config, on_cpu=False)
+    return CompositeSampler(on_cpu=dwarf, off_cpu=FramePointerSampler(off_cpu_only, symbolizer))

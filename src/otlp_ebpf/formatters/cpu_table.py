@@ -85,7 +85,13 @@ def _processes(stacks: Iterable[StackCount]) -> int:
 def run_summary(snapshot: CpuSnapshot) -> str:
     """What the tables cover: samples, rate, duration, processes, blocked time."""
     parts = []
-    if snapshot.stacks or not snapshot.off_cpu:
+    off_cpu_only = snapshot.frequency_hz == 0
+    if off_cpu_only and not snapshot.off_cpu:
+        return (
+            f"no blocked time recorded over {snapshot.duration_s:.1f} s "
+            f"(>= {snapshot.off_cpu_min_block_us} us)"
+        )
+    if not off_cpu_only and (snapshot.stacks or not snapshot.off_cpu):
         parts.append(
             f"{snapshot.samples_total:,} samples at {snapshot.frequency_hz} Hz "
             f"over {snapshot.duration_s:.1f} s in {_processes(snapshot.stacks)} processes"

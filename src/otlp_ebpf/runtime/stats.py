@@ -6,6 +6,7 @@ import ctypes
 import os
 import resource
 from dataclasses import dataclass
+from pathlib import Path
 
 from otlp_ebpf.runtime import libbpf
 from otlp_ebpf.runtime.libbpf import BpfProgInfo
@@ -55,4 +56,12 @@ def process_cpu_seconds() -> float:
 
 
 def peak_rss_kb() -> int:
+    """Peak resident memory of this process image. VmHWM, not ru_maxrss: the latter survives
+    exec and would report the peak of whatever process launched us (a test runner, a shell)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -13,9 +13,12 @@ x86_64 PLT stub's `DW_CFA_def_cfa_expression`; anything else is marked unsupport
 when a sample needs it. FDEs of a CIE with the 'S' augmentation are signal trampolines: the
 caller's registers are in the ucontext on the stack.
 
-Decoding is the slow part (libc ~0.4 s, libpython ~1.3 s), so tables are cached in memory and
+Decoding is the slow part (libc ~0.6 s, libpython ~1.6 s), so tables are cached in memory and
 on disk (`~/.cache/otlp-ebpf/cfi/<build-id>.cfi`, or under $XDG_CACHE_HOME), keyed by
-build-id: a table read back from disk loads in milliseconds.
+build-id: a table read back from disk loads in milliseconds. A profiler must not stall on a
+decode while samples pile up, so `CfiCache(background=True)` hands decodes to a child process
+(`DecodeWorker`, this module run with `--decode-worker`) and answers `PENDING` until the table
+arrives; the child also writes the disk cache.
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ import contextlib
 import io
 import json
 import os
+import select
 import struct
+import subprocess
+import sys
 import tempfile
+import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, NamedTuple
+from typing import IO, Any, BinaryIO, NamedTuple
 
 from elftools.common.exceptions import ELFError
 from elftools.dwarf.callframe import CIE, FDE, RegisterRule
@@ -407,22 +414,87 @@ class CfiCacheStats:
     fde_failures: int = 0  # FDEs skipped in decoded tables
 
 
+class Pending:
+    """The answer for a table still being decoded in the background."""
+
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+PENDING = Pending()
+
+
 class CfiCache:
     """Unwind tables per build-id, decoded at most once per machine (when `cache_dir` is set).
 
     `cache_dir=None` keeps tables in memory only. `debug_roots` are searched for separate debug
     files (`<root>/.build-id/xx/rest.debug`) whose `.debug_frame` fills what `.eh_frame` lacks.
+    With `background=True`, `lookup_path` never decodes in this process: see DecodeWorker.
     """
 
     def __init__(
         self,
         cache_dir: str | None = None,
         debug_roots: Iterable[str] = (DEFAULT_DEBUG_ROOT,),
+        *,
+        background: bool = False,
     ) -> None:
         self.cache_dir = cache_dir
         self.debug_roots = tuple(debug_roots)
         self.stats = CfiCacheStats()
         self._by_build_id: dict[str, CfiTable] = {}
+        self.worker = DecodeWorker(cache_dir, self.debug_roots) if background else None
+        self._keys: dict[str, str] = {}  # path -> cache key (build-id, or the path itself)
+        self._failed: set[str] = set()
+
+    def lookup_path(self, path: str, *, urgent: bool = True) -> CfiTable | Pending | None:
+        """The table of `path` if it is at hand (memory or disk); otherwise, with a background
+        worker, ask for it and answer PENDING (without one, decode it now)."""
+        if self.worker is None:
+            return self.table_for_path(path)
+        key = self._key_of(path)
+        if key is None or key in self._failed:
+            return None
+        table = self._cached(key)
+        if table is not None:
+            return table
+        self.worker.request(key, path, urgent=urgent)
+        return PENDING
+
+    def receive(self, timeout_s: float = 0.0) -> int:
+        """Take the tables the worker finished (waiting up to `timeout_s` for the first one);
+        returns how many arrived."""
+        if self.worker is None:
+            return 0
+        arrived = 0
+        for key, data in self.worker.receive(timeout_s):
+            arrived += 1
+            table = _table_or_none(data)
+            if table is None:
+                self._failed.add(key)
+                self.stats.unreadable += 1
+                continue
+            self.stats.decoded += 1
+            self.stats.fde_failures += table.failures
+            self._by_build_id[key] = table
+        return arrived
+
+    def close(self) -> None:
+        """Stop the background worker, if any (a decode in progress is abandoned)."""
+        if self.worker is not None:
+            self.worker.close()
+
+    def _key_of(self, path: str) -> str | None:
+        key = self._keys.get(path)
+        if key is None:
+            try:
+                with open(path, "rb") as stream:
+                    key = build_id_of(ELFFile(stream)) or path
+            except (OSError, ELFError, struct.error, ValueError):
+                self.stats.unreadable += 1
+                return None
+            self._keys[path] = key
+        return key
 
     def table_for_path(self, path: str) -> CfiTable | None:
         """The table of the ELF file at `path`; None when it cannot be read as ELF."""
@@ -457,7 +529,7 @@ class CfiCache:
         if table is not None:
             self.stats.from_memory += 1
             return table
-        table = self._load(build_id)
+        table = self._load(build_id) if build_id.isalnum() else None
         if table is not None:
             self.stats.from_disk += 1
             self._by_build_id[build_id] = table
@@ -517,8 +589,187 @@ class CfiCache:
                 raise
 
 
+def _table_or_none(data: bytes | None) -> CfiTable | None:
+    if data is None:
+        return None
+    try:
+        return CfiTable.from_bytes(data)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+# -- decoding in a child process ---------------------------------------------------------------
+
+WORKER_FLAG = "--decode-worker"
+
+
+class DecodeWorker:
+    """A child process that decodes unwind tables, one at a time, most urgent first.
+
+    The profiler's process stays small and responsive: it sends a path, goes on with its work,
+    and picks the table up when `receive` finds it ready. The child is started at the first
+    request, so runs whose tables are all cached never start it. Paths of files this process
+    holds open (`/proc/self/fd/N`) are passed as `/proc/<our pid>/fd/N`.
+    """
+
+    def __init__(self, cache_dir: str | None, debug_roots: Sequence[str]) -> None:
+        self.cache_dir = cache_dir
+        self.debug_roots = tuple(debug_roots)
+        self.cpu_s = 0.0  # the child's CPU time, read when it ends
+        self.peak_rss_kb = 0
+        self.started = False
+        self.pid = 0  # the child's pid once started (the profile leaves it out)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._todo: list[tuple[int, int, str, str]] = []  # (0 urgent / 1 prefetch, seq, key, path)
+        self._asked: dict[str, int] = {}  # key -> priority of its queued request
+        self._in_flight: str | None = None
+        self._seq = 0
+
+    @property
+    def busy(self) -> bool:
+        """A decode is running or queued."""
+        return self._in_flight is not None or bool(self._todo)
+
+    def pending_urgent(self) -> int:
+        """Urgent decodes not finished yet (the running one included)."""
+        return int(self._in_flight is not None) + sum(1 for t in self._todo if t[0] == 0)
+
+    def request(self, key: str, path: str, *, urgent: bool) -> None:
+        """Queue a decode unless it is queued or running; an urgent ask moves it forward."""
+        priority = 0 if urgent else 1
+        if key == self._in_flight or self._asked.get(key, 2) <= priority:
+            return
+        self._todo = [t for t in self._todo if t[2] != key]
+        self._seq += 1
+        self._todo.append((priority, self._seq, key, _shareable_path(path)))
+        self._todo.sort()
+        self._asked[key] = priority
+        self._send_next()
+
+    def receive(self, timeout_s: float = 0.0) -> list[tuple[str, bytes | None]]:
+        """Finished decodes as (key, table bytes or None), waiting up to `timeout_s`."""
+        done: list[tuple[str, bytes | None]] = []
+        deadline = time.monotonic() + timeout_s
+        while self._proc is not None and self._in_flight is not None:
+            wait = max(0.0, deadline - time.monotonic()) if not done else 0.0
+            stdout = self._proc.stdout
+            assert stdout is not None
+            ready, _, _ = select.select([stdout], [], [], wait)
+            if not ready:
+                break
+            result = self._read_result(stdout)
+            if result is None:
+                break  # the child died: what it had not done stays undone
+            done.append(result)
+            self._send_next()
+        return done
+
+    def close(self) -> None:
+        """End the child now, recording what it cost."""
+        proc, self._proc = self._proc, None
+        self._todo.clear()
+        self._in_flight = None
+        if proc is None:
+            return
+        self._record_cost(proc.pid)
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+    def _send_next(self) -> None:
+        if self._in_flight is not None or not self._todo:
+            return
+        proc = self._ensure_started()
+        if proc is None:
+            return
+        _, _, key, path = self._todo.pop(0)
+        self._asked.pop(key, None)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps({"key": key, "path": path}).encode() + b"\n")
+            proc.stdin.flush()
+        except OSError:
+            self.close()
+            return
+        self._in_flight = key
+
+    def _ensure_started(self) -> subprocess.Popen[bytes] | None:
+        if self._proc is None and not self.started:
+            self.started = True
+            argv = [sys.executable, "-m", __name__, WORKER_FLAG, self.cache_dir or ""]
+            self._proc = subprocess.Popen(
+                [*argv, *self.debug_roots],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+            )
+            self.pid = self._proc.pid
+        return self._proc
+
+    def _read_result(self, stdout: IO[bytes]) -> tuple[str, bytes | None] | None:
+        line = stdout.readline()
+        if not line:
+            self.close()
+            return None
+        header = json.loads(line)
+        size = int(header["size"])
+        data = _read_exactly(stdout, size) if size >= 0 else None
+        key = str(header["key"])
+        self._in_flight = None
+        return key, data
+
+    def _record_cost(self, pid: int) -> None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            ticks = os.sysconf("SC_CLK_TCK")
+            self.cpu_s = (int(fields[11]) + int(fields[12])) / ticks
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        self.peak_rss_kb = int(line.split()[1])
+
+
+def _shareable_path(path: str) -> str:
+    prefix = "/proc/self/"
+    return f"/proc/{os.getpid()}/{path[len(prefix) :]}" if path.startswith(prefix) else path
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    chunks, left = [], size
+    while left > 0:
+        chunk = stream.read(left)
+        if not chunk:
+            raise ValueError("decode worker output ended early")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    """The child's loop: one JSON request a line in, a JSON header line and the table out."""
+    cache = CfiCache(argv[0] or None, argv[1:])
+    out = sys.stdout.buffer
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        table = cache.table_for_path(str(request["path"]))
+        data = table.to_bytes() if table is not None else b""
+        header = {"key": request["key"], "size": len(data) if table is not None else -1}
+        out.write(json.dumps(header).encode() + b"\n" + data)
+        out.flush()
+    return 0
+
+
 def _elf_or_none(stream: BinaryIO) -> ELFFile | None:
     try:
         return ELFFile(stream)
     except (ELFError, struct.error):
         return None
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == WORKER_FLAG:
+    sys.exit(worker_main(sys.argv[2:]))

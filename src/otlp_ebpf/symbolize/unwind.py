@@ -33,6 +33,7 @@ from otlp_ebpf.symbolize.cfi import (
     CfiCache,
     CfiRow,
     CfiTable,
+    Pending,
 )
 from otlp_ebpf.symbolize.procmaps import Mapping, OpenFiles, ProcessMaps
 
@@ -51,6 +52,8 @@ REASON_NO_PROGRESS = "no_progress"
 REASON_MAX_DEPTH = "max_depth"
 REASON_SIGNAL_ARCH = "signal_frame_unsupported_arch"
 REASON_NO_USER_REGS = "no_user_registers"
+# The table of a frame's mapping is still being decoded: the caller may walk again later.
+REASON_TABLE_PENDING = "table_not_ready"
 
 # x86_64 rt_sigframe: at __restore_rt, sp points at the ucontext; uc_mcontext.gregs starts at
 # byte 40 (uc_flags, uc_link, uc_stack) with REG_RBP = 10, REG_RSP = 15, REG_RIP = 16.
@@ -62,6 +65,7 @@ _UC_RIP = _UC_GREGS + 16 * 8
 STATUS_CFI = "cfi"
 STATUS_NO_CFI = "no_cfi"
 STATUS_NO_MAPPING = "no_mapping"
+STATUS_PENDING = "pending"
 
 
 class Regs(NamedTuple):
@@ -105,6 +109,8 @@ class UnwindMaps:
     """A process's mappings with the unwind table of each, looked up by PC.
 
     `files` must be the registry `maps` was captured with (it keeps the mapped files open).
+    With a background cache, a mapping whose table is being decoded answers STATUS_PENDING
+    until it arrives.
     """
 
     maps: ProcessMaps
@@ -114,11 +120,14 @@ class UnwindMaps:
     _tables: dict[int, CfiTable | None] = field(default_factory=dict)
 
     def rule_for(self, pc: int) -> tuple[str, CfiRow | None]:
-        """(status, rule) for `pc`: STATUS_CFI with the rule, STATUS_NO_CFI, STATUS_NO_MAPPING."""
+        """(status, rule) for `pc`: STATUS_CFI with the rule, STATUS_NO_CFI, STATUS_NO_MAPPING,
+        STATUS_PENDING."""
         mapping = self.maps.find(pc)
         if mapping is None:
             return STATUS_NO_MAPPING, None
         table = self._table_of(mapping)
+        if isinstance(table, Pending):
+            return STATUS_PENDING, None
         if table is None:
             return STATUS_NO_CFI, None
         vaddr = table.vaddr_for_offset(mapping.file_offset(pc))
@@ -130,16 +139,25 @@ class UnwindMaps:
         mapping = self.maps.find(sp)
         return mapping.end if mapping is not None else 0
 
-    def _table_of(self, mapping: Mapping) -> CfiTable | None:
-        if mapping.start not in self._tables:
-            self._tables[mapping.start] = self._load(mapping)
-        return self._tables[mapping.start]
+    def prefetch(self) -> None:
+        """Ask for the tables of every executable file mapping, ahead of any sample."""
+        for mapping in self.maps.mappings:
+            if mapping.executable and mapping.is_file and mapping.file_id is not None:
+                self.cache.lookup_path(self.files.path_of(mapping.file_id), urgent=False)
 
-    def _load(self, mapping: Mapping) -> CfiTable | None:
+    def _table_of(self, mapping: Mapping) -> CfiTable | Pending | None:
+        if mapping.start in self._tables:
+            return self._tables[mapping.start]
+        table = self._load(mapping)
+        if not isinstance(table, Pending):
+            self._tables[mapping.start] = table
+        return table
+
+    def _load(self, mapping: Mapping) -> CfiTable | Pending | None:
         if mapping.path == "[vdso]" and self.maps.vdso_image:
             return self.cache.table_for_image(self.maps.vdso_image)
         if mapping.is_file and mapping.file_id is not None:
-            return self.cache.table_for_path(self.files.path_of(mapping.file_id))
+            return self.cache.lookup_path(self.files.path_of(mapping.file_id))
         return None
 
 
@@ -203,6 +221,8 @@ def _step(frame: _Frame, window: _Window, maps: CodeMaps, fp_fallback: bool) -> 
     status, row = maps.rule_for(lookup)
     if status == STATUS_NO_MAPPING:
         raise _Stop(REASON_NO_MAPPING)
+    if status == STATUS_PENDING:
+        raise _Stop(REASON_TABLE_PENDING)
     if row is None:
         if not fp_fallback:
             raise _Stop(REASON_NO_CFI)
