@@ -44,7 +44,8 @@ USER_MODE_FRAME = "[user]"
 STACK_USER_MODE = -4096  # CPU_STACK_USER_MODE in bpf/cpu.h: outside the errno range
 UNWIND_MODES = ("fp", "dwarf", "auto")
 # Kernel frames of the tracing machinery itself (sched_switch runs our program on top of the
-# blocked task's stack): not part of what the task was doing.
+# blocked task's stack; a sample's copy starts in the perf overflow path): not part of what
+# the task was doing.
 TRACING_FRAME_PREFIXES = (
     "bpf_prog_",
     "bpf_trace_run",
@@ -52,6 +53,8 @@ TRACING_FRAME_PREFIXES = (
     "perf_trace_",
     "trace_call_bpf",
     "__traceiter_",
+    "bpf_overflow_handler",
+    "__perf_event_overflow",
 )
 # A process's libraries are mapped after exec, while it already runs: capture its maps again
 # this long after it was first seen (while it lives), so short runs still symbolize.

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base
+from otlp_ebpf.collectors.cpu import without_tracing_frames
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import ProcessInfo, StackCount
 from otlp_ebpf.runtime import libbpf, probes
@@ -65,7 +66,6 @@ DROP_REASONS = ("ring buffer full", "no scratch buffer")
 KERNEL_MODULE = "[kernel.kallsyms]"
 TRUNCATED_FRAME = "[truncated]"
 # Kernel frames of the sampling machinery itself, dropped from the leaf end.
-TRACING_FRAME_PREFIXES = ("bpf_prog_", "bpf_overflow_handler", "__perf_event_overflow")
 # A pc in no known mapping means the maps are stale (exec, dlopen): look again, at most this
 # often per process.
 RECAPTURE_MIN_INTERVAL_S = 0.05
@@ -363,9 +363,7 @@ class DwarfSampler:
             frames.append(name)
             modules.append(module)
         kernel_names = self.symbolizer.kernel_frames(kernel) if kernel else []
-        while kernel_names and kernel_names[0].startswith(TRACING_FRAME_PREFIXES):
-            kernel_names.pop(0)
-        for name in reversed(kernel_names):
+        for name in reversed(without_tracing_frames(kernel_names)):
             frames.append(name)
             modules.append(KERNEL_MODULE)
         if not frames:
