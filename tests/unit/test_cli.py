@@ -88,3 +88,28 @@ def test_missing_pids_and_threads_are_refused_up_front():
         target_spec([999999999], 0, None)
     with pytest.raises(UsageError, match="no such thread"):
         target_spec(None, 999999999, None)
+
+
+def test_outputs_follow_symlinks_and_write_devices_in_place(tmp_path):
+    import os
+    import threading
+
+    from otlp_ebpf.formatters.registry import write_atomically
+
+    target = tmp_path / "real.folded"
+    link = tmp_path / "link.folded"
+    link.symlink_to(target)
+    check_output_path(str(link))
+    write_atomically(str(link), lambda s: s.write(b"a;b 1\n"))
+    assert link.is_symlink() and target.read_bytes() == b"a;b 1\n"
+
+    fifo = tmp_path / "pipe.folded"
+    os.mkfifo(fifo)
+    check_output_path(str(fifo))
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    write_atomically(str(fifo), lambda s: s.write(b"x 2\n"))
+    reader.join(5)
+    assert got == [b"x 2\n"]
+    assert not fifo.is_file() and fifo.exists()  # still a FIFO, not replaced by a file

@@ -151,3 +151,24 @@ def test_only_the_gated_section_marks_regressions() -> None:
     report = diff_runs(*sides([base], [new]), DiffOptions(threshold=5.0))
     assert [r.key for r in section(report, "syscalls.calls").rows if r.regression] == ["write"]
     assert not any(r.regression for r in section(report, "syscalls.p99").rows)
+
+
+def test_latency_quantiles_do_not_depend_on_how_calls_split_across_processes():
+    from otlp_ebpf.analysis.summary_diff import latency_quantile
+    from otlp_ebpf.model import SyscallStat
+
+    hist = [0] * 12
+    hist[9] = 100  # 100 calls between 512 and 1023 ns
+
+    def stat(pid: int, n: int) -> SyscallStat:
+        h = [0] * 12
+        h[9] = n
+        return SyscallStat(
+            pid, "x", "read", n, 0, {}, n * 1005, 0, 0, 1010, min_ns=1000, hist=tuple(h)
+        )
+
+    one = [stat(1, 100)]
+    split = [stat(1, 50), stat(2, 50)]
+    for q in (0.5, 0.99):
+        assert latency_quantile(one, q) == latency_quantile(split, q)
+        assert 1000 <= latency_quantile(split, q) <= 1010

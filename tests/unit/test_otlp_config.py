@@ -98,8 +98,12 @@ def test_bare_host_port_uses_tls_unless_insecure() -> None:
         ({"OTEL_EXPORTER_OTLP_INSECURE": "maybe"}, "not true or false"),
         ({"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"}, "cannot read certificate"),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://x:1"}, "is not a URL"),
-        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:notaport"}, "bad port"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:notaport"}, "not a valid URL"),
         ({"OTEL_RESOURCE_ATTRIBUTES": "a=1,broken"}, "entry 2 is not key=value"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "inf"}, "positive number of milliseconds"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://[::1"}, "not a valid URL"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://user:pw@x:4317"}, "credentials go in headers"),
+        ({"OTEL_EXPORTER_OTLP_HEADERS": "authorization=se%0Acret"}, "control character"),
     ],
 )
 def test_bad_values_are_usage_errors(env: dict[str, str], message: str) -> None:
@@ -114,6 +118,12 @@ def test_bad_flag_values_are_usage_errors() -> None:
         OtlpConfig.from_cli(None, None, timeout_s=0, environ={})
     with pytest.raises(UsageError, match="not a valid header name"):
         OtlpConfig.from_cli(None, None, headers={"bad header": "x"}, environ={})
+
+
+def test_a_control_character_in_a_header_is_reported_without_the_value() -> None:
+    with pytest.raises(UsageError) as info:
+        OtlpConfig.from_env({"OTEL_EXPORTER_OTLP_HEADERS": "authorization=top%0Asecret"})
+    assert "top" not in info.value.message and "secret" not in info.value.message
 
 
 def test_header_values_never_show() -> None:

@@ -18,6 +18,7 @@ from statistics import fmean
 from otlp_ebpf.analysis import stats
 from otlp_ebpf.analysis.diff import DiffOptions, DiffRow, DiffSection, RunSet
 from otlp_ebpf.errors import UsageError
+from otlp_ebpf.latency import percentile_ns
 from otlp_ebpf.model import Connection, NetSnapshot, Snapshot, SyscallsSnapshot, SyscallStat
 
 SYSCALL_METRICS = ("calls", "errors", "p50", "p99")
@@ -100,6 +101,10 @@ def _row(
     xs = [run.get(key, 0.0) for run in before]
     ys = [run.get(key, 0.0) for run in after]
     test = _test(xs, ys, spec.relative, options)
+    if spec.relative and not (any(key in r for r in before) and any(key in r for r in after)):
+        # A latency (or rate) with no calls on one side has no baseline to grow from: the row
+        # is shown as new or gone, never gated.
+        gated = False
     return DiffRow(
         key=key,
         before=fmean(xs),
@@ -164,31 +169,19 @@ def error_rates(snapshot: Snapshot) -> dict[str, float]:
 
 
 def latency_quantile(group: Sequence[SyscallStat], q: float) -> float:
-    """A quantile (ns) of one syscall's latency across processes.
-
-    One process: its own figure. Several: from the merged log2 histograms when every entry
-    has one (geometric interpolation inside the slot), else the call-weighted mean."""
-    if len(group) == 1:
-        return float(group[0].p50_ns if q == 0.5 else group[0].p99_ns)
+    """A quantile (ns) of one syscall's latency across processes: from the merged log2
+    histograms with the collector's own estimator (so one process or many, the same calls give
+    the same figure), else the call-weighted mean of the recorded quantiles."""
     if all(s.hist for s in group):
-        return _hist_quantile(group, q)
+        width = max(len(s.hist) for s in group)
+        merged = [sum(s.hist[i] for s in group if i < len(s.hist)) for i in range(width)]
+        lo = min((s.min_ns for s in group if s.min_ns), default=0)
+        hi = max(s.max_ns for s in group)
+        return float(percentile_ns(merged, q, lo, hi))
     calls = sum(s.count for s in group)
     if not calls:
         return 0.0
     return sum((s.p50_ns if q == 0.5 else s.p99_ns) * s.count for s in group) / calls
-
-
-def _hist_quantile(group: Sequence[SyscallStat], q: float) -> float:
-    width = max(len(s.hist) for s in group)
-    merged = [sum(s.hist[i] for s in group if i < len(s.hist)) for i in range(width)]
-    target = q * sum(merged)
-    seen = 0.0
-    for slot, count in enumerate(merged):
-        if count and seen + count >= target:
-            inside = (target - seen) / count
-            return float(2.0 ** (slot + inside))
-        seen += count
-    return 0.0
 
 
 def _latencies(q: float) -> Callable[[Snapshot], dict[str, float]]:

@@ -56,7 +56,8 @@ OtlpOpt = Annotated[
     ),
 ]
 OtlpFileOpt = Annotated[
-    str | None, typer.Option("--otlp-file", help="Write the OTLP request to a file instead.")
+    str | None,
+    typer.Option("--otlp-file", help="Also write the OTLP request to a file (for `push`)."),
 ]
 IntervalOpt = Annotated[
     float | None, typer.Option("--interval", help="Refresh a live view every SEC seconds.")
@@ -120,7 +121,9 @@ def check_output_path(path: str) -> None:
             )
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UsageError(f"{path}: not writable")
-    _probe_directory(path, parent)
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        return  # a device, pipe or FIFO (/dev/stdout): written in place
+    _probe_directory(path, os.path.dirname(os.path.realpath(path)))
 
 
 def _probe_directory(path: str, parent: str) -> None:

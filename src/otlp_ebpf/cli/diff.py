@@ -176,6 +176,9 @@ def run_diff(config: DiffConfig) -> Verdict:
     base = load_runs(config.base, "BASE")
     new = load_runs(config.new, "NEW")
     check_same_kind(base, new)
+    for path in config.outputs:  # refuse a format the kind cannot fill before writing any
+        if path.lower().endswith(STACK_OUTPUTS) and base.kind not in ("cpu", "mem"):
+            raise UsageError(f"{path}: {base.kind} snapshots have no stacks; use .json or .md")
     options = DiffOptions(
         by="stack" if config.by == "stack" else "function",
         metric=config.metric,
@@ -213,8 +216,6 @@ def write_output(
 ) -> None:
     """Write one requested file, its format chosen by extension."""
     lowered = path.lower()
-    if lowered.endswith(STACK_OUTPUTS):
-        _check_stack_kind(path, report)
     if lowered.endswith(".json"):
         from otlp_ebpf.analysis.gate import to_document
 
@@ -234,11 +235,6 @@ def write_output(
 def _dump_json(document: dict[str, object], stream: TextIO) -> None:
     json.dump(document, stream, indent=1)
     stream.write("\n")
-
-
-def _check_stack_kind(path: str, report: DiffReport) -> None:
-    if report.kind not in ("cpu", "mem"):
-        raise UsageError(f"{path}: {report.kind} snapshots have no stacks; use .json or .md")
 
 
 def _write_folded(path: str, report: DiffReport, base: RunSet, new: RunSet) -> None:

@@ -49,13 +49,15 @@ def register(app: typer.Typer) -> None:
 
         Examples: `otlp-ebpf mem -- ./server --once`, `otlp-ebpf mem -p 1234 -d 30 -o leaks.html`.
         """
-        from otlp_ebpf.collectors.mem import MemConfig, collect
+        from otlp_ebpf.collectors.mem import MIN_TABLE_SIZE, MemConfig, collect
 
         common.check_duration(duration)
         if min_age < 0:
             raise UsageError(f"--min-age must be >= 0 ms, got {min_age}")
         if top < 0:
             raise UsageError(f"--top must be >= 0, got {top}")
+        if table_size < MIN_TABLE_SIZE:
+            raise UsageError(f"--table-size must be at least {MIN_TABLE_SIZE}, got {table_size}")
         outputs = common.plan_outputs(output, fmt, "mem")
         common.validate_otlp(otlp, otlp_file)
         config = MemConfig(

@@ -48,16 +48,20 @@ def push_command(
         bool, typer.Option("--remove-sent", help="Delete each file once it has been delivered.")
     ] = False,
 ) -> None:
+    from otlp_ebpf.cli.common import OTLP_DEFAULT
     from otlp_ebpf.errors import RuntimeFailure
     from otlp_ebpf.export.config import OtlpConfig
     from otlp_ebpf.export.deliver import deliver_file
     from otlp_ebpf.formatters.otlp_request import read_request_file
 
-    config = OtlpConfig.from_cli(otlp, protocol)
-    for path in files:
-        read_request_file(path)  # a corrupt file stops everything before anything is sent
+    # A bare --otlp means "the endpoint from the environment", as for the collectors.
+    config = OtlpConfig.from_cli(None if otlp == OTLP_DEFAULT else otlp, protocol)
+    empty = {path for path in files if not read_request_file(path)}  # corrupt: stop now
     failed = []
     for path in files:
+        if path in empty:
+            console.status(f"{path}: nothing to send")
+            continue
         try:
             deliver_file(path, config)
         except RuntimeFailure as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from typing import Annotated
 
@@ -55,18 +54,14 @@ def show_table(snapshot: Snapshot, top: int | None) -> None:
         from otlp_ebpf.formatters import syscalls_table
 
         syscalls_table.render_table(snapshot, console.out, by_process=False, top=top)
-    else:
-        _render_by_module(snapshot)
+    elif isinstance(snapshot, NetSnapshot):
+        from otlp_ebpf.formatters import net_table
 
+        net_table.render_table(snapshot, console.out, top=top)
+    elif isinstance(snapshot, MemSnapshot):
+        from otlp_ebpf.formatters import mem_table
 
-def _render_by_module(snapshot: Snapshot) -> None:
-    name = f"otlp_ebpf.formatters.{snapshot.kind}_table"
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError:
-        console.warn(f"no table view for {snapshot.kind} snapshots in this build; use --json")
-        return
-    module.render_table(snapshot, console.out)
+        mem_table.render_table(snapshot, console.out, top=top)
 
 
 def events_of(snapshot: Snapshot) -> tuple[int, str]:
@@ -78,5 +73,5 @@ def events_of(snapshot: Snapshot) -> tuple[int, str]:
     if isinstance(snapshot, NetSnapshot):
         return len(snapshot.connections), "connections"
     if isinstance(snapshot, MemSnapshot):
-        return snapshot.allocations_total, "allocations"
+        return snapshot.allocations_total + snapshot.frees_total, "allocations and frees"
     return 0, "events"

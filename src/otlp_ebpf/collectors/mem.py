@@ -35,6 +35,7 @@ from otlp_ebpf.targets import TargetSpec
 
 STACK_DEPTH = 127
 DEFAULT_TABLE_SIZE = 262_144
+MIN_TABLE_SIZE = 1024
 UNKNOWN_STACK = "[stack not recorded]"
 DROP_REASONS = {
     0: "allocation table full",
@@ -173,8 +174,10 @@ class MemCollector:
     def __init__(self, config: MemConfig) -> None:
         if config.min_age_ms < 0:
             raise UsageError(f"--min-age must be >= 0 ms, got {config.min_age_ms}")
-        if config.table_size < 1024:
-            raise UsageError(f"--table-size must be at least 1024, got {config.table_size}")
+        if config.table_size < MIN_TABLE_SIZE:
+            raise UsageError(
+                f"--table-size must be at least {MIN_TABLE_SIZE}, got {config.table_size}"
+            )
         self.config = config
         self.kernel_mode = config.kernel_mode
         self.launch = bool(config.targets.command)

@@ -7,6 +7,7 @@ credentials: they are never part of a repr, a message or a log line.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -184,11 +185,13 @@ def _port_of(raw_url: str) -> int | None:
 def _normalize_url(raw: str, *, insecure: bool, keep_path: bool) -> str:
     """An absolute http(s) URL; a bare `host:port` gets https unless insecure is asked for."""
     text = raw if "://" in raw else f"{'http' if insecure else 'https'}://{raw}"
-    parts = urlsplit(text)
     try:
+        parts = urlsplit(text)
         _ = parts.port  # only to reject a malformed port now rather than at connect time
     except ValueError as exc:
-        raise UsageError(f"OTLP endpoint {raw!r} has a bad port") from exc
+        raise UsageError(f"OTLP endpoint {raw!r} is not a valid URL ({exc})") from exc
+    if parts.username is not None or parts.password is not None:
+        raise UsageError(f"OTLP endpoint {raw!r}: credentials go in headers, not in the URL")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(
             f"OTLP endpoint {raw!r} is not a URL like http://collector:4317 or https://host:4318"
@@ -210,9 +213,14 @@ def _resolve_headers(
         headers.update(parse_key_values(found[1], found[0]))
     if flags.headers:
         headers.update({k.strip().lower(): v for k, v in flags.headers.items()})
-    for key in headers:
+    for position, (key, value) in enumerate(headers.items(), start=1):
         if not _HEADER_KEY.match(key):
             raise UsageError(f"OTLP header name {key!r} is not a valid header name")
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+            # Named by key and position, never by value: headers carry credentials.
+            raise UsageError(
+                f"OTLP header {key!r} (entry {position}) has a control character in its value"
+            )
     return tuple(headers.items())
 
 
@@ -250,7 +258,7 @@ def _resolve_compression(signal: Signal, flags: _Flags, env: Mapping[str, str]) 
 
 def _resolve_timeout(signal: Signal, flags: _Flags, env: Mapping[str, str]) -> float:
     if flags.timeout_s is not None:
-        if flags.timeout_s <= 0:
+        if not (flags.timeout_s > 0 and math.isfinite(flags.timeout_s)):
             raise UsageError("--timeout must be a positive number of seconds")
         return float(flags.timeout_s)
     found = _lookup(env, signal, "TIMEOUT")
@@ -261,7 +269,7 @@ def _resolve_timeout(signal: Signal, flags: _Flags, env: Mapping[str, str]) -> f
         millis = float(value)
     except ValueError:
         millis = -1.0
-    if not millis > 0:
+    if not (millis > 0 and math.isfinite(millis)):
         raise UsageError(f"{var}: {value!r} is not a positive number of milliseconds")
     return millis / 1000.0
 

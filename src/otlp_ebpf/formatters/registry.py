@@ -15,6 +15,7 @@ import functools
 import importlib
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -142,7 +143,13 @@ def write_output(snapshot: Snapshot, path: str, fmt: OutputFormat) -> list[str]:
 
 
 def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """The file appears whole or not at all (written next to its target, then renamed)."""
+    """A regular file appears whole or not at all (written next to its target, then renamed).
+    A symlink is followed, so its target gets the data; a device or FIFO (`-o /dev/stdout`)
+    is written in place: renaming over it would replace the node itself."""
+    if _is_special(path):
+        _write_in_place(path, write)
+        return
+    path = os.path.realpath(path)
     directory, base = os.path.split(path)
     tmp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.tmp")
     try:
@@ -160,6 +167,21 @@ def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def _is_special(path: str) -> bool:
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False  # does not exist yet: a new regular file
+
+
+def _write_in_place(path: str, write: Callable[[BinaryIO], None]) -> None:
+    try:
+        with open(path, "wb") as stream:
+            write(stream)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
 
 
 # The disk failing us is not the user's doing; a bad path or permission is.
