@@ -225,6 +225,24 @@ def test_push_keeps_undeliverable_files_and_exits_1(
     assert spilled.exists()
 
 
+def test_a_partly_delivered_file_keeps_only_the_rest(tmp_path: Path) -> None:
+    dead = OtlpConfig.from_cli("http://127.0.0.1:9", "http/protobuf", timeout_s=0.2)
+    with pytest.raises(RuntimeFailure):
+        deliver(mem_snapshot(), dead, spill_dir=str(tmp_path))  # profiles + metrics
+    (spilled,) = tmp_path.glob("mem-*.otlp.pb")
+    server = HttpReceiver().start()
+    server.failures = [None, Failure(400)]  # type: ignore[list-item]  # profiles pass, metrics fail
+    try:
+        first = run(["push", str(spilled), "--otlp", server.url, "--protocol", "http/protobuf"])
+        assert [r.signal for r in read_request_file(str(spilled))] == ["metrics"]
+        second = run(["push", str(spilled), "--otlp", server.url, "--protocol", "http/protobuf"])
+    finally:
+        server.stop()
+    assert (first, second) == (1, 0)
+    # Pushing again never sent the delivered profiles twice.
+    assert [r.signal for r in server.received] == ["profiles", "metrics"]
+
+
 def test_push_rejects_a_corrupt_file_before_sending(tmp_path: Path) -> None:
     server = HttpReceiver().start()
     good = tmp_path / "good.otlp.pb"

@@ -22,6 +22,7 @@ from otlp_ebpf.export.profiles_transport import ExportFailed, send_request
 from otlp_ebpf.formatters.otlp_metrics import build_metrics_data, has_metrics
 from otlp_ebpf.formatters.otlp_profiles import build_profiles_request
 from otlp_ebpf.formatters.otlp_request import EncodedRequest, read_request_file, write_requests
+from otlp_ebpf.formatters.registry import write_atomically
 from otlp_ebpf.model import Snapshot
 
 
@@ -70,7 +71,8 @@ def deliver_file(path: str, config: OtlpConfig) -> None:
     """Send every request stored in an `.otlp.pb` file.
 
     UsageError when the file is unreadable or corrupt; RuntimeFailure when a request could not
-    be delivered (the file is left as it is).
+    be delivered. The file then keeps only what was not delivered, so pushing it again never
+    sends a batch twice.
     """
     failures: list[_Failure] = []
     sent: list[str] = []
@@ -78,6 +80,9 @@ def deliver_file(path: str, config: OtlpConfig) -> None:
         target = config.target(request.signal)
         _send(partial(send_request, request.payload, target), request, target, sent, failures)
     if failures:
+        if sent:
+            undelivered = [f.request for f in failures]
+            write_atomically(path, lambda stream: write_requests(undelivered, stream))
         raise RuntimeFailure(f"{path}: {_failure_message(failures)}")
 
 
