@@ -155,12 +155,22 @@ static void on_usr1(int sig) { (void)sig; go = 1; }
 __attribute__((noinline)) void early_leak(void) { for (int i = 0; i < 5; i++) sink(malloc(1000)); }
 __attribute__((noinline)) void late_leak(void) { for (int i = 0; i < 7; i++) sink(malloc(2048)); }
 
-int main(void) {
+/* With an argument it waits allocating, so the probes go live in the middle of its calls. */
+int main(int argc, char **argv) {
+    (void)argv;
     signal(SIGUSR1, on_usr1);
     early_leak();
     printf("ready\n");
     fflush(stdout);
-    while (!go) usleep(1000);
+    while (!go) {
+        if (argc > 1) {
+            void *p = malloc(64);
+            sink(p);
+            free(p);
+        } else {
+            usleep(1000);
+        }
+    }
     churn(5000);
     late_leak();
     printf("leaked\n");
@@ -226,6 +236,16 @@ def totals(allocations: list[Allocation]) -> tuple[int, int]:
     return sum(a.bytes for a in allocations), sum(a.count for a in allocations)
 
 
+def describe(snapshot: MemSnapshot) -> str:
+    """What a failed assertion shows: the run's counters and its largest stacks."""
+    lines = [
+        f"allocations {snapshot.allocations_total} frees {snapshot.frees_total}",
+        f"lost {dict(snapshot.lost_events)} notes {list(snapshot.notes)}",
+    ]
+    lines += [f"  {a.bytes} B x{a.count} {';'.join(a.frames[-4:])}" for a in snapshot.outstanding]
+    return "\n".join(lines[:40])
+
+
 def test_launch_reports_exact_leak_and_nothing_from_churn(programs: dict[str, Path]) -> None:
     snapshot = launch(programs["leaker"])
 
@@ -258,13 +278,13 @@ def test_agrees_with_valgrind_definitely_lost(programs: dict[str, Path]) -> None
         expected = (int(match[1].replace(",", "")), int(match[2].replace(",", "")))
         snapshot = launch(programs[name])
         ours = totals([a for f in leakers for a in from_function(snapshot, f)])
-        assert ours == expected, name
+        assert ours == expected, (name, describe(snapshot))
 
 
 def test_calloc_realloc_memalign_paths(programs: dict[str, Path]) -> None:
     snapshot = launch(programs["variants"])
 
-    assert totals(from_function(snapshot, "leak_calloc")) == (3 * 500, 3)
+    assert totals(from_function(snapshot, "leak_calloc")) == (3 * 500, 3), describe(snapshot)
     assert totals(from_function(snapshot, "leak_realloc")) == (5000, 1)
     assert totals(from_function(snapshot, "leak_reallocarray")) == (7 * 300, 1)
     assert totals(from_function(snapshot, "leak_memalign")) == (2 * 3000 + 1024, 3)
@@ -296,11 +316,15 @@ def test_min_age_ignores_young_allocations(programs: dict[str, Path]) -> None:
     assert snapshot.min_age_ms == 300
 
 
-@pytest.fixture
-def live_process(programs: dict[str, Path]) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [str(programs["live"])], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
-    )
+@pytest.fixture(params=["sleeping", "allocating"])
+def live_process(
+    programs: dict[str, Path], request: pytest.FixtureRequest
+) -> Iterator[subprocess.Popen[str]]:
+    """A process that leaks once before and once after SIGUSR1; while it waits it sleeps, or
+    allocates and frees at full speed (the attach then lands inside malloc calls: a call
+    entered before its return probe was live must not swallow the calls after it)."""
+    argv = [str(programs["live"])] + (["busy"] if request.param == "allocating" else [])
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     yield proc
@@ -334,7 +358,7 @@ def test_pid_mode_counts_only_allocations_after_attach(
     trigger.join(10)
 
     assert lines == ["leaked"]
-    assert totals(from_function(snapshot, "late_leak")) == (7 * 2048, 7)
+    assert totals(from_function(snapshot, "late_leak")) == (7 * 2048, 7), describe(snapshot)
     assert from_function(snapshot, "early_leak") == []
     assert not [a for a in snapshot.outstanding if "churn" in a.frames]
     assert any("only allocations made after attach" in n for n in snapshot.notes)
@@ -395,6 +419,7 @@ def test_ctypes_mirrors_match_object_btf() -> None:
             ("alloc_info", AllocInfo),
             ("stack_key", StackKey),
             ("stack_total", StackTotal),
+            ("mem_stack", mem.MemStack),
         ):
             size, members = btf.struct_layout(obj, name)
             assert size == ctypes.sizeof(mirror), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 from pathlib import Path
@@ -12,8 +13,10 @@ from rich.console import Console
 from otlp_ebpf.cli.app import run
 from otlp_ebpf.collectors import mem_allocator
 from otlp_ebpf.collectors.mem import (
+    STACK_DEPTH,
     AllocInfo,
     AllocKey,
+    MemStack,
     aggregate_blocks,
     parse_stack,
     return_addresses_to_calls,
@@ -103,8 +106,9 @@ def test_aggregate_blocks_sums_by_stack_and_applies_min_age() -> None:
 
 
 def test_stack_parsing_and_return_address_adjustment() -> None:
-    raw = b"".join(a.to_bytes(8, "little") for a in (0x401000, 0x402000, 0, 0x999))
-    assert parse_stack(raw) == [0x401000, 0x402000]
+    addrs = (0x401000, 0x402000, 0x999)
+    raw = bytes(MemStack(nr=2, ips=(ctypes.c_uint64 * STACK_DEPTH)(*addrs)))
+    assert parse_stack(raw) == [0x401000, 0x402000]  # only the first `nr` are the stack
     assert return_addresses_to_calls([0x401000, 0]) == [0x400FFF, 0]
 
 

@@ -88,12 +88,31 @@ struct {
 	__type(value, struct stack_total);
 } totals SEC(".maps");
 
+/* Stacks by the hash of their addresses, compared in full on every hit: unlike a
+ * STACK_TRACE map, two stacks never share a slot, so a leak is never lost to a collision. */
 struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
-	__uint(key_size, sizeof(u32));
-	__uint(value_size, MEM_STACK_DEPTH * sizeof(u64));
+	__type(key, s64);
+	__type(value, struct mem_stack);
 } stacks SEC(".maps");
+
+/* Where a stack is read before it is known whether it is new. Per thread for user stacks
+ * (uprobe programs can be preempted, so a per-CPU buffer could be overwritten midway); per
+ * CPU for the kmem tracepoints of kernel mode, which run with preemption off and never nest. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct mem_stack);
+} user_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct mem_stack);
+} kernel_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -142,9 +161,9 @@ static __always_inline void remember_comm(u32 tgid)
 	bpf_map_update_elem(&comms, &tgid, comm, BPF_NOEXIST);
 }
 
-static __always_inline void account(u32 tgid, s32 stack_id, s64 bytes, s64 count)
+static __always_inline void account(u32 tgid, s64 stack_id, s64 bytes, s64 count)
 {
-	struct stack_key key = { .tgid = tgid, .stack_id = stack_id };
+	struct stack_key key = { .tgid = tgid, .pad = 0, .stack_id = stack_id };
 	struct stack_total *total = bpf_map_lookup_elem(&totals, &key);
 
 	if (!total) {
@@ -168,7 +187,7 @@ static __always_inline void forget_block(u32 tgid, u64 addr)
 {
 	struct alloc_key key;
 	struct alloc_info *info;
-	s32 stack_id;
+	s64 stack_id;
 	u64 size;
 
 	__builtin_memset(&key, 0, sizeof(key));
@@ -185,16 +204,80 @@ static __always_inline void forget_block(u32 tgid, u64 addr)
 	}
 }
 
+static __always_inline struct mem_stack *scratch_for(u64 flags)
+{
+	u32 zero = 0;
+
+	if (flags & BPF_F_USER_STACK)
+		return bpf_task_storage_get(&user_scratch, bpf_get_current_task_btf(), 0,
+					    BPF_LOCAL_STORAGE_GET_F_CREATE);
+	return bpf_map_lookup_elem(&kernel_scratch, &zero);
+}
+
+/* FNV-1a over whole addresses with a final fold; the top bit is cleared so that an id is
+ * never negative (negative means "no stack"). */
+static __always_inline s64 stack_hash(const struct mem_stack *s)
+{
+	u64 h = 0xcbf29ce484222325ULL;
+
+	for (u32 i = 0; i < MEM_STACK_DEPTH; i++) {
+		if (i >= s->nr)
+			break;
+		h ^= s->ips[i];
+		h *= 0x100000001b3ULL;
+	}
+	h ^= h >> 31;
+	return (s64)(h >> 1);
+}
+
+static __always_inline bool same_stack(const struct mem_stack *a, const struct mem_stack *b)
+{
+	if (a->nr != b->nr)
+		return false;
+	for (u32 i = 0; i < MEM_STACK_DEPTH; i++) {
+		if (i >= a->nr)
+			break;
+		if (a->ips[i] != b->ips[i])
+			return false;
+	}
+	return true;
+}
+
+/* The id of the current stack: the same id for the same addresses, negative when the stack
+ * cannot be read or stored (counted by the caller). */
+static __always_inline s64 stack_id_of(void *ctx, u64 flags)
+{
+	struct mem_stack *s = scratch_for(flags);
+	struct mem_stack *stored;
+	long len;
+	s64 id;
+
+	if (!s)
+		return -1;
+	len = bpf_get_stack(ctx, s->ips, sizeof(s->ips), flags);
+	if (len <= 0)
+		return -1;
+	s->nr = len / sizeof(u64);
+	id = stack_hash(s);
+	stored = bpf_map_lookup_elem(&stacks, &id);
+	if (!stored) {
+		if (bpf_map_update_elem(&stacks, &id, s, BPF_NOEXIST) == 0)
+			return id;
+		stored = bpf_map_lookup_elem(&stacks, &id); /* stored meanwhile on another CPU */
+		if (!stored)
+			return -1; /* table full */
+	}
+	return same_stack(stored, s) ? id : -1;
+}
+
 static __always_inline void remember_block(void *ctx, u32 tgid, u64 addr, u64 size, u64 flags)
 {
 	struct alloc_key key;
 	struct alloc_info info = {};
-	s64 stack_id = bpf_get_stackid(ctx, &stacks, flags);
+	s64 stack_id = stack_id_of(ctx, flags);
 
-	if (stack_id < 0) {
+	if (stack_id < 0)
 		bump(&drops, MEM_DROP_STACK);
-		stack_id = -1;
-	}
 	/* The address is live again: a free we never saw (a path not probed) ends the old one. */
 	forget_block(tgid, addr);
 	__builtin_memset(&key, 0, sizeof(key));
@@ -211,20 +294,24 @@ static __always_inline void remember_block(void *ctx, u32 tgid, u64 addr, u64 si
 	bump(&counters, MEM_COUNT_ALLOCS);
 }
 
-static __always_inline int enter_call(u64 size, u64 ptr, u32 kind)
+static __always_inline int enter_call(u64 sp, u64 size, u64 ptr, u32 kind)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	struct pending_call call = { .size = size, .ptr = ptr, .kind = kind, .depth = 0 };
+	struct pending_call call = { .size = size, .ptr = ptr, .sp = sp, .kind = kind, .depth = 0 };
 	struct pending_call *outer;
 
 	if (!target_wanted(id))
 		return 0;
 	outer = bpf_map_lookup_elem(&pending, &id);
-	if (outer) {
+	/* A call made deeper in the stack runs inside the outer one. Anything else means the
+	 * outer call's return was never seen (a longjmp out of the allocator, or a call begun
+	 * before the return probe was attached): that entry is stale and this call replaces it,
+	 * or every later call of the thread would be taken for a nested one and lost. */
+	if (outer && sp < outer->sp) {
 		outer->depth += 1;
 		return 0;
 	}
-	if (bpf_map_update_elem(&pending, &id, &call, BPF_NOEXIST))
+	if (bpf_map_update_elem(&pending, &id, &call, BPF_ANY))
 		bump(&drops, MEM_DROP_PENDING_FULL);
 	return 0;
 }
@@ -271,20 +358,21 @@ int alloc_enter(struct pt_regs *ctx)
 	u64 a1 = ARG1(ctx);
 	u64 a2 = ARG2(ctx);
 	u64 a3 = ARG3(ctx);
+	u64 sp = PT_REGS_SP(ctx);
 
 	switch (bpf_get_attach_cookie(ctx)) {
 	case FN_MALLOC:
-		return enter_call(a1, 0, CALL_ALLOC);
+		return enter_call(sp, a1, 0, CALL_ALLOC);
 	case FN_CALLOC:
-		return enter_call(a1 * a2, 0, CALL_ALLOC);
+		return enter_call(sp, a1 * a2, 0, CALL_ALLOC);
 	case FN_REALLOC:
-		return enter_call(a2, a1, CALL_REALLOC);
+		return enter_call(sp, a2, a1, CALL_REALLOC);
 	case FN_REALLOCARRAY:
-		return enter_call(a2 * a3, a1, CALL_REALLOC);
+		return enter_call(sp, a2 * a3, a1, CALL_REALLOC);
 	case FN_POSIX_MEMALIGN:
-		return enter_call(a3, a1, CALL_MEMALIGN_OUT);
+		return enter_call(sp, a3, a1, CALL_MEMALIGN_OUT);
 	case FN_MEMALIGN:
-		return enter_call(a2, 0, CALL_ALLOC);
+		return enter_call(sp, a2, 0, CALL_ALLOC);
 	case FN_FREE:
 		return free_call(a1);
 	case FN_EXIT:
@@ -400,6 +488,7 @@ int forget_on_exec(void *ctx)
 
 	if (!target_wanted(id))
 		return 0;
+	bpf_map_delete_elem(&pending, &id); /* no call of the old image can return */
 	bpf_for_each_map_elem(&allocs, forget_if_process, &tgid, 0);
 	/* The name the process had before exec (the launcher's) is not its name any more. */
 	bpf_get_current_comm(comm, sizeof(comm));
@@ -417,11 +506,10 @@ int page_fault(struct trace_event_raw_x86_exceptions *ctx)
 
 	if (!target_wanted(id))
 		return 0;
-	stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-	if (stack_id < 0) {
+	stack_id = stack_id_of(ctx, BPF_F_USER_STACK);
+	if (stack_id < 0)
 		bump(&drops, MEM_DROP_STACK);
-		stack_id = -1;
-	}
+	__builtin_memset(&key, 0, sizeof(key));
 	key.tgid = id >> 32;
 	key.stack_id = stack_id;
 	n = bpf_map_lookup_elem(&faults, &key);

@@ -8,7 +8,7 @@
 enum mem_drop {
 	MEM_DROP_TABLE_FULL = 0,    /* allocation table full: the block is not tracked */
 	MEM_DROP_PENDING_FULL = 1,  /* no room for a call in flight: the block is not tracked */
-	MEM_DROP_STACK = 2,         /* stack table full or collision: tracked without a stack */
+	MEM_DROP_STACK = 2,         /* stack unreadable or stack table full: tracked without one */
 	MEM_DROP_TOTALS_FULL = 3,   /* per-stack table full: tracked, shown as an unknown stack */
 	MEM_DROP_FAULTS_FULL = 4,   /* page-fault table full: the fault is not counted */
 	MEM_DROP_EXITS_FULL = 5,    /* exit event ring full: the process ran on unpaused */
@@ -31,14 +31,22 @@ struct alloc_key {
 struct alloc_info {
 	__u64 size;
 	__u64 ts;         /* bpf_ktime_get_ns() at allocation (CLOCK_MONOTONIC) */
-	__s32 stack_id;   /* negative: the stack could not be stored */
-	__u32 pad;
+	__s64 stack_id;   /* key of `stacks`; negative: the stack could not be stored */
 };
 
 /* Outstanding bytes and blocks per (process, stack), kept in step with the live blocks. */
 struct stack_key {
 	__u32 tgid;
-	__s32 stack_id;
+	__u32 pad;
+	__s64 stack_id;
+};
+
+/* A stack stored once: `stacks` maps a 63-bit hash of the addresses to the addresses
+ * themselves, and the hash is the stack's id everywhere else. */
+struct mem_stack {
+	__u32 nr;         /* addresses in ips, leaf first */
+	__u32 pad;
+	__u64 ips[MEM_STACK_DEPTH];
 };
 
 struct stack_total {
@@ -50,6 +58,7 @@ struct stack_total {
 struct pending_call {
 	__u64 size;
 	__u64 ptr;        /* realloc: the old block; posix_memalign: where the result goes */
+	__u64 sp;         /* stack pointer at entry: tells a nested call from a stale entry */
 	__u32 kind;
 	__u32 depth;      /* allocator calls nested inside this one (glibc realloc -> malloc) */
 };

@@ -106,13 +106,16 @@ class Targets:
             use_btf = features.tp_btf_supported()
         return ["follow_fork_tp"] if use_btf else ["follow_fork"]
 
-    def attach(self, obj: BpfObject) -> None:
+    def attach(self, obj: BpfObject, *, seed: bool = True) -> None:
         """After load: follow forks and exits first, then seed the targets, then add the
-        descendants that already exist, so a fork racing the attach is not missed."""
+        descendants that already exist, so a fork racing the attach is not missed.
+        `seed=False` leaves the seeding to the caller (`seed()`), for collectors whose probes
+        must all be live before a target's first event counts."""
         for prog in TARGET_PROGRAMS:
             if obj.enabled(prog):
                 probes.attach_auto(obj, prog)
-        self.seed(obj)
+        if seed:
+            self.seed(obj)
         if self.filtered:
             self._drops = obj.map("target_drops")
 

@@ -82,15 +82,24 @@ class AllocInfo(ctypes.Structure):
     _fields_ = [
         ("size", ctypes.c_uint64),
         ("ts", ctypes.c_uint64),
-        ("stack_id", ctypes.c_int32),
-        ("pad", ctypes.c_uint32),
+        ("stack_id", ctypes.c_int64),
     ]
 
 
 class StackKey(ctypes.Structure):
     """Mirror of struct stack_key (bpf/mem.h)."""
 
-    _fields_ = [("tgid", ctypes.c_uint32), ("stack_id", ctypes.c_int32)]
+    _fields_ = [("tgid", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("stack_id", ctypes.c_int64)]
+
+
+class MemStack(ctypes.Structure):
+    """Mirror of struct mem_stack (bpf/mem.h): the value of `stacks`, keyed by its id."""
+
+    _fields_ = [
+        ("nr", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("ips", ctypes.c_uint64 * STACK_DEPTH),
+    ]
 
 
 class StackTotal(ctypes.Structure):
@@ -158,14 +167,9 @@ def return_addresses_to_calls(addrs: list[int]) -> list[int]:
 
 
 def parse_stack(raw: bytes) -> list[int]:
-    """A STACK_TRACE value: addresses leaf first, ending at the first zero."""
-    addrs = []
-    for i in range(0, len(raw) - 7, 8):
-        addr = int.from_bytes(raw[i : i + 8], "little")
-        if not addr:
-            break
-        addrs.append(addr)
-    return addrs
+    """A `stacks` value (struct mem_stack): its addresses, leaf first."""
+    stack = MemStack.from_buffer_copy(raw[: ctypes.sizeof(MemStack)])
+    return list(stack.ips[: min(stack.nr, STACK_DEPTH)])
 
 
 class MemCollector:
@@ -248,11 +252,15 @@ class MemCollector:
         if self.multi and not self.kernel_mode:
             uprobe_multi.prepare(obj, UPROBE_PROGRAMS)
         obj.load()
-        self.targets.attach(obj)
+        self.targets.attach(obj, seed=False)
         for prog in self._tracepoint_programs():
             probes.attach_auto(obj, prog)
         for pid, binary in self.allocators.items():
             self._attach_allocator(obj, binary, pid)
+        # Targets count only once entry and return probes are both live: a call entered
+        # between the two attaches would never see its return (the launched child runs
+        # Python code until it is released; a --pid target may be inside malloc).
+        self.targets.seed(obj)
         if self.launch:
             self.exits = RingBuffer(obj.map("exits"), self._on_exit)
         for tgid in self.targets.tgids:
@@ -426,13 +434,14 @@ class MemCollector:
         return out
 
     def read_stacks(self, ids: Iterator[int]) -> dict[int, list[int]]:
+        """Addresses (leaf first) of each wanted stack id; a negative id has none."""
         assert self.obj is not None
         stack_map = self.obj.map("stacks")
         stacks: dict[int, list[int]] = {}
         for stack_id in set(ids):
             if stack_id < 0:
                 continue
-            raw = stack_map.lookup(stack_id.to_bytes(4, "little"))
+            raw = stack_map.lookup(stack_id.to_bytes(8, "little", signed=True))
             stacks[stack_id] = parse_stack(raw) if raw else []
         return stacks
 
