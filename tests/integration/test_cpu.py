@@ -206,7 +206,8 @@ def test_off_cpu_blocked_time_split(tmp_path: Path, sleep_bin: Path) -> None:
     slow = weight_under(snap.off_cpu, ("main", "slow"), ns=True)
     fast = weight_under(snap.off_cpu, ("main", "fast"), ns=True)
     assert_two_to_one(slow, fast)
-    assert 0.55e9 <= slow <= 0.7e9
+    # 0.6 s asleep in `slow`: never less, and a busy machine's late wake-ups, never double.
+    assert 0.55e9 <= slow <= 1.0e9
 
 
 def test_on_and_off_cpu_in_one_run(tmp_path: Path, spin_bin: Path) -> None:
@@ -230,7 +231,7 @@ def test_bad_input_exits_2_before_collecting(
 
     started = time.monotonic()
     assert run(["cpu", "-d", "5", "-o", str(tmp_path / "missing" / "x.json")]) == 2
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 4  # refused before the 5 s run
     assert "does not exist" in capsys.readouterr().err
 
     assert run(["cpu", "--repeat", "2", "-d", "1"]) == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,16 +296,13 @@ def test_second_process_of_the_same_binary_parses_nothing_again(
         symbolizer.user_frames(first.pid, [first.addrs["sym_alpha"], first.addrs["qsort"]])
         assert symbolizer.files_parsed == 3  # the program, libc and libc's debug file
         parsed = symbolizer.files_parsed
-        started = time.perf_counter()
         frames = symbolizer.user_frames(
             second.pid,
             [second.addrs["sym_alpha"], second.addrs["qsort"]],
             adjust_return_addresses=False,
         )
-        elapsed = time.perf_counter() - started
     assert [name for name, _ in frames] == ["sym_alpha", "qsort"]
-    assert symbolizer.files_parsed == parsed
-    assert elapsed < 0.05
+    assert symbolizer.files_parsed == parsed  # nothing parsed again (timings: bench/)
 
 
 def test_kernel_symbol_from_kallsyms_resolves_with_suffix() -> None:
