@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -297,6 +298,22 @@ def test_classic_uprobes_give_the_same_answer(programs: dict[str, Path]) -> None
 
     assert totals(from_function(snapshot, "leak_here")) == (17 * 4096, 17)
     assert not [a for a in snapshot.outstanding if "churn" in a.frames]
+
+
+def test_kernel_refusing_multi_uprobes_falls_back_to_classic(
+    programs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel that reports 6.6+ but answers BPF_LINK_CREATE for uprobe_multi with EINVAL
+    (this one has the links, so the refusal is simulated at that one syscall)."""
+
+    def refuse(*_: object, **__: object) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(mem.uprobe_multi, "attach_multi", refuse)
+    snapshot = launch(programs["leaker"])
+
+    assert totals(from_function(snapshot, "leak_here")) == (17 * 4096, 17)
+    assert "multi-uprobe links refused by the kernel: one uprobe per function" in snapshot.notes
 
 
 def test_full_table_is_counted_never_silent(programs: dict[str, Path]) -> None:

@@ -48,6 +48,8 @@ DROP_REASONS = {
 COUNT_ALLOCS, COUNT_FREES = 0, 1
 MMAP_SYSCALLS = {"x86_64": (9, 11), "aarch64": (222, 215)}
 REMEMBER_EVERY_S = 0.5
+# What BPF_LINK_CREATE answers on a kernel without multi-uprobe links (524: ENOTSUPP).
+MULTI_REFUSED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, 524}
 DETACH_THREADS = 32
 
 # Allocator functions and the cookie that tells `alloc_enter` which one it is on (bpf/mem.h).
@@ -194,6 +196,7 @@ class MemCollector:
         self.stopped: set[int] = set()
         self._remembered_at = 0.0
         self.multi = config.multi_uprobes and uprobe_multi.kernel_supports()
+        self.multi_refused = False
         self._check_environment()
 
     def _check_environment(self) -> None:
@@ -243,6 +246,21 @@ class MemCollector:
 
     def start(self) -> None:
         self._resolve_allocators()
+        try:
+            self._load_and_attach()
+        except OSError as exc:
+            if not (self.multi and exc.errno in MULTI_REFUSED):
+                raise
+            # A kernel can report 6.6+ and still refuse multi-uprobe links (built without
+            # them, or a distribution kernel that says so): start again, one uprobe each.
+            console.debug(f"mem: multi-uprobe link refused ({exc}); classic uprobes")
+            assert self.obj is not None
+            self.obj.close()
+            self.multi = False
+            self.multi_refused = True
+            self._load_and_attach()
+
+    def _load_and_attach(self) -> None:
         obj = BpfObject.open("mem")
         self.obj = obj
         obj.set_rodata(**self._rodata())
@@ -562,6 +580,8 @@ def notes_for(collector: MemCollector, ended: str) -> tuple[str, ...]:
         notes.append(f"allocator: {binary} ({who})")
     if collector.config.targets.pids:
         notes.append("attached to a running process: only allocations made after attach count")
+    if collector.multi_refused:
+        notes.append("multi-uprobe links refused by the kernel: one uprobe per function")
     if collector.missing_functions:
         notes.append("not in the allocator: " + ", ".join(sorted(collector.missing_functions)))
     if collector.config.min_age_ms:
