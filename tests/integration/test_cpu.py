@@ -276,6 +276,7 @@ def test_no_program_left_after_a_run(tmp_path: Path, spin_bin: Path) -> None:
 
 def test_ctypes_mirrors_match_the_object() -> None:
     from otlp_ebpf.collectors import cpu
+    from otlp_ebpf.collectors.stack_store import StoredStack
     from otlp_ebpf.runtime import btf
     from otlp_ebpf.runtime.loader import BpfObject
 
@@ -283,6 +284,7 @@ def test_ctypes_mirrors_match_the_object() -> None:
         "cpu_key": cpu.CpuKey,
         "offcpu_value": cpu.OffCpuValue,
         "offcpu_start": cpu.OffCpuStart,
+        "stored_stack": StoredStack,
     }
     with BpfObject.open("cpu") as obj:
         for struct, mirror in mirrors.items():

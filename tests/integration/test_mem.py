@@ -18,6 +18,7 @@ import pytest
 from otlp_ebpf.cli.app import run
 from otlp_ebpf.collectors import mem
 from otlp_ebpf.collectors.mem import AllocInfo, AllocKey, MemConfig, StackKey, StackTotal, collect
+from otlp_ebpf.collectors.stack_store import StoredStack
 from otlp_ebpf.model import Allocation, MemSnapshot
 from otlp_ebpf.runtime import btf
 from otlp_ebpf.runtime.loader import BpfObject
@@ -436,7 +437,7 @@ def test_ctypes_mirrors_match_object_btf() -> None:
             ("alloc_info", AllocInfo),
             ("stack_key", StackKey),
             ("stack_total", StackTotal),
-            ("mem_stack", mem.MemStack),
+            ("stored_stack", StoredStack),
         ):
             size, members = btf.struct_layout(obj, name)
             assert size == ctypes.sizeof(mirror), name

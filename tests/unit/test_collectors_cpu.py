@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from otlp_ebpf.collectors import cpu
+from otlp_ebpf.collectors.stack_store import STORED_STACK_DEPTH, StoredStack, read_stored_stacks
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import StackCount
 from otlp_ebpf.symbolize.resolver import Symbolizer
@@ -58,10 +60,21 @@ def test_stack_ids_map_to_addresses_lost_or_absent() -> None:
     assert cpu._stack_part(-errno.EFAULT, stacks) == ()
 
 
-def test_addresses_stop_at_the_first_zero() -> None:
-    raw = (0x10).to_bytes(8, "little") + (0x20).to_bytes(8, "little") + bytes(8 * 125)
-    assert cpu.addresses_of(raw) == (0x10, 0x20)
-    assert cpu.addresses_of(bytes(8 * 127)) == ()
+def test_stored_stacks_read_by_id_skipping_absent_ones() -> None:
+    class FakeMap:
+        def __init__(self, entries: dict[int, tuple[int, ...]]) -> None:
+            self.entries = entries
+
+        def lookup(self, key: bytes) -> bytes | None:
+            ips = self.entries.get(int.from_bytes(key, "little", signed=True))
+            if ips is None:
+                return None
+            array = (ctypes.c_uint64 * STORED_STACK_DEPTH)(*ips)
+            return bytes(StoredStack(nr=len(ips), ips=array))
+
+    stacks = FakeMap({2**62 + 5: (0x10, 0x20), 7: ()})
+    read = read_stored_stacks(stacks, [2**62 + 5, 7, 9, -errno.EEXIST])  # type: ignore[arg-type]
+    assert read == {2**62 + 5: (0x10, 0x20), 7: (), 9: ()}
 
 
 def test_merge_sums_stacks_that_symbolize_alike() -> None:

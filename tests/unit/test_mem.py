@@ -13,14 +13,12 @@ from rich.console import Console
 from otlp_ebpf.cli.app import run
 from otlp_ebpf.collectors import mem_allocator
 from otlp_ebpf.collectors.mem import (
-    STACK_DEPTH,
     AllocInfo,
     AllocKey,
-    MemStack,
     aggregate_blocks,
-    parse_stack,
     return_addresses_to_calls,
 )
+from otlp_ebpf.collectors.stack_store import STORED_STACK_DEPTH, StoredStack, addresses_of
 from otlp_ebpf.formatters import mem_table
 from otlp_ebpf.model import Allocation, MemSnapshot, StackCount, snapshot_from_dict
 from otlp_ebpf.runtime import uprobe_multi
@@ -107,8 +105,8 @@ def test_aggregate_blocks_sums_by_stack_and_applies_min_age() -> None:
 
 def test_stack_parsing_and_return_address_adjustment() -> None:
     addrs = (0x401000, 0x402000, 0x999)
-    raw = bytes(MemStack(nr=2, ips=(ctypes.c_uint64 * STACK_DEPTH)(*addrs)))
-    assert parse_stack(raw) == [0x401000, 0x402000]  # only the first `nr` are the stack
+    raw = bytes(StoredStack(nr=2, ips=(ctypes.c_uint64 * STORED_STACK_DEPTH)(*addrs)))
+    assert addresses_of(raw) == (0x401000, 0x402000)  # only the first `nr` are the stack
     assert return_addresses_to_calls([0x401000, 0]) == [0x400FFF, 0]
 
 

@@ -33,7 +33,7 @@ def test_cpu_snapshot_round_trips_with_nested_records():
     snap = CpuSnapshot(
         **COMMON,
         targets=("pid 1",),
-        lost_events={"stack collisions": 3},
+        lost_events={"stack table full": 3},
         processes=(ProcessInfo(1, "init", "/sbin/init", ("init",)),),
         self_cost=SelfCost(0.5, 1000, 10, 4096),
         stacks=(StackCount(1, 2, "a", ("main", "work", "vfs_read_[k]"), 7),),

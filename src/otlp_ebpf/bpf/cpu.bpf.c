@@ -11,6 +11,7 @@
 #include "target.h"
 #include "counters.h"
 #include "cpu.h"
+#include "stack_store.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -25,12 +26,22 @@ struct bpf_perf_event_data {
 	__u64 addr;
 };
 
+/* Every stack once (stack_store.h): a sample never loses its stack to a bucket collision. */
 struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
-	__type(key, u32);
-	__uint(value_size, CPU_MAX_STACK_DEPTH * sizeof(u64));
+	__type(key, s64);
+	__type(value, struct stored_stack);
 } stacks SEC(".maps");
+
+/* Where a stack is read before it is stored. Per CPU: samples (timer interrupt) and
+ * sched_switch (interrupts off) never interrupt one another on a CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct stored_stack);
+} scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -94,14 +105,22 @@ static __always_inline void note_process(u32 tgid)
  * normal (a kernel thread has no user stack, a sample in user mode no kernel stack). Only a
  * sample missing every kind asked for counts as without stack, except with kernel stacks
  * alone: there a sample with no kernel stack interrupted user code, and is marked so. */
-static __always_inline void read_stacks(void *ctx, s32 *user_id, s32 *kernel_id)
+static __always_inline void read_stacks(void *ctx, s64 *user_id, s64 *kernel_id)
 {
-	s32 uid = -EFAULT, kid = -EFAULT;
+	s64 uid = -EFAULT, kid = -EFAULT;
+	u32 zero = 0;
+	struct stored_stack *buf = bpf_map_lookup_elem(&scratch, &zero);
 
+	if (!buf) {
+		bump(&drops, CPU_DROP_NO_STACK);
+		*user_id = -EFAULT;
+		*kernel_id = -EFAULT;
+		return;
+	}
 	if (user_stacks)
-		uid = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+		uid = store_stack(ctx, &stacks, buf, BPF_F_USER_STACK);
 	if (kernel_stacks)
-		kid = bpf_get_stackid(ctx, &stacks, 0);
+		kid = store_stack(ctx, &stacks, buf, 0);
 	if (!user_stacks && kid == -EFAULT)
 		uid = CPU_STACK_USER_MODE;
 	if (uid == -EEXIST || kid == -EEXIST)

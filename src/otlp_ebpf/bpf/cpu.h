@@ -10,7 +10,7 @@
 
 enum cpu_drop {
 	CPU_DROP_COUNTS_FULL = 0,     /* (thread, stacks) table full: the sample is not counted */
-	CPU_DROP_STACK_COLLISION = 1, /* stack map bucket taken (-EEXIST): counted, stack lost */
+	CPU_DROP_STACK_COLLISION = 1, /* stack table full (-EEXIST): counted, stack lost */
 	CPU_DROP_NO_STACK = 2,        /* neither a user nor a kernel stack could be read */
 	CPU_DROP_OFFCPU_FULL = 3,     /* off-CPU table full: the block is not counted */
 	CPU_DROP_START_FULL = 4,      /* no room to remember a switch-out: the block is not seen */
@@ -24,13 +24,13 @@ enum cpu_pid_event_kind {
 	CPU_PID_EXIT = 3,
 };
 
-/* Counts are keyed by thread and both stacks; a stack id < 0 is the negated errno of
- * bpf_get_stackid (EFAULT: no stack of that kind, EEXIST: collision). */
+/* Counts are keyed by thread and both stacks (ids are keys of `stacks`, stack_store.h); a
+ * stack id < 0 is a negated errno (EFAULT: no stack of that kind, EEXIST: not stored). */
 struct cpu_key {
 	__u32 pid;
 	__u32 tid;
-	__s32 user_stack_id;
-	__s32 kernel_stack_id;
+	__s64 user_stack_id;
+	__s64 kernel_stack_id;
 	char comm[CPU_COMM_LEN];
 };
 
@@ -42,9 +42,9 @@ struct offcpu_value {
 struct offcpu_start {
 	__u64 ts;
 	__u32 pid;
-	__s32 user_stack_id;
-	__s32 kernel_stack_id;
 	__u32 pad;
+	__s64 user_stack_id;
+	__s64 kernel_stack_id;
 	char comm[CPU_COMM_LEN];
 };
 

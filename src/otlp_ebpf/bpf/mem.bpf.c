@@ -12,6 +12,7 @@
 #include "target.h"
 #include "counters.h"
 #include "mem.h"
+#include "stack_store.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -88,13 +89,12 @@ struct {
 	__type(value, struct stack_total);
 } totals SEC(".maps");
 
-/* Stacks by the hash of their addresses, compared in full on every hit: unlike a
- * STACK_TRACE map, two stacks never share a slot, so a leak is never lost to a collision. */
+/* Every stack once (stack_store.h): a leak is never lost to a stack-map collision. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, s64);
-	__type(value, struct mem_stack);
+	__type(value, struct stored_stack);
 } stacks SEC(".maps");
 
 /* Where a stack is read before it is known whether it is new. Per thread for user stacks
@@ -104,14 +104,14 @@ struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct mem_stack);
+	__type(value, struct stored_stack);
 } user_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, u32);
-	__type(value, struct mem_stack);
+	__type(value, struct stored_stack);
 } kernel_scratch SEC(".maps");
 
 struct {
@@ -204,7 +204,7 @@ static __always_inline void forget_block(u32 tgid, u64 addr)
 	}
 }
 
-static __always_inline struct mem_stack *scratch_for(u64 flags)
+static __always_inline struct stored_stack *scratch_for(u64 flags)
 {
 	u32 zero = 0;
 
@@ -214,60 +214,13 @@ static __always_inline struct mem_stack *scratch_for(u64 flags)
 	return bpf_map_lookup_elem(&kernel_scratch, &zero);
 }
 
-/* FNV-1a over whole addresses with a final fold; the top bit is cleared so that an id is
- * never negative (negative means "no stack"). */
-static __always_inline s64 stack_hash(const struct mem_stack *s)
-{
-	u64 h = 0xcbf29ce484222325ULL;
-
-	for (u32 i = 0; i < MEM_STACK_DEPTH; i++) {
-		if (i >= s->nr)
-			break;
-		h ^= s->ips[i];
-		h *= 0x100000001b3ULL;
-	}
-	h ^= h >> 31;
-	return (s64)(h >> 1);
-}
-
-static __always_inline bool same_stack(const struct mem_stack *a, const struct mem_stack *b)
-{
-	if (a->nr != b->nr)
-		return false;
-	for (u32 i = 0; i < MEM_STACK_DEPTH; i++) {
-		if (i >= a->nr)
-			break;
-		if (a->ips[i] != b->ips[i])
-			return false;
-	}
-	return true;
-}
-
-/* The id of the current stack: the same id for the same addresses, negative when the stack
- * cannot be read or stored (counted by the caller). */
+/* The id of the current stack, negative when it cannot be read or stored (the caller
+ * counts it). */
 static __always_inline s64 stack_id_of(void *ctx, u64 flags)
 {
-	struct mem_stack *s = scratch_for(flags);
-	struct mem_stack *stored;
-	long len;
-	s64 id;
+	struct stored_stack *scratch = scratch_for(flags);
 
-	if (!s)
-		return -1;
-	len = bpf_get_stack(ctx, s->ips, sizeof(s->ips), flags);
-	if (len <= 0)
-		return -1;
-	s->nr = len / sizeof(u64);
-	id = stack_hash(s);
-	stored = bpf_map_lookup_elem(&stacks, &id);
-	if (!stored) {
-		if (bpf_map_update_elem(&stacks, &id, s, BPF_NOEXIST) == 0)
-			return id;
-		stored = bpf_map_lookup_elem(&stacks, &id); /* stored meanwhile on another CPU */
-		if (!stored)
-			return -1; /* table full */
-	}
-	return same_stack(stored, s) ? id : -1;
+	return scratch ? store_stack(ctx, &stacks, scratch, flags) : STACK_NOT_STORED;
 }
 
 static __always_inline void remember_block(void *ctx, u32 tgid, u64 addr, u64 size, u64 flags)

@@ -3,7 +3,6 @@
 #ifndef OTLP_EBPF_MEM_H
 #define OTLP_EBPF_MEM_H
 
-#define MEM_STACK_DEPTH 127
 
 enum mem_drop {
 	MEM_DROP_TABLE_FULL = 0,    /* allocation table full: the block is not tracked */
@@ -39,14 +38,6 @@ struct stack_key {
 	__u32 tgid;
 	__u32 pad;
 	__s64 stack_id;
-};
-
-/* A stack stored once: `stacks` maps a 63-bit hash of the addresses to the addresses
- * themselves, and the hash is the stack's id everywhere else. */
-struct mem_stack {
-	__u32 nr;         /* addresses in ips, leaf first */
-	__u32 pad;
-	__u64 ips[MEM_STACK_DEPTH];
 };
 
 struct stack_total {

@@ -27,6 +27,7 @@ from typing import Protocol, cast
 
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base
+from otlp_ebpf.collectors.stack_store import read_stored_stacks
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import CpuSnapshot, ProcessInfo, StackCount
 from otlp_ebpf.runtime import features, probes
@@ -35,7 +36,6 @@ from otlp_ebpf.runtime.loader import BpfObject
 from otlp_ebpf.symbolize.resolver import UNKNOWN_FRAME, Symbolizer
 from otlp_ebpf.targets import TargetSpec
 
-MAX_STACK_DEPTH = 127
 COMM_LEN = 16
 KERNEL_MODULE = "[kernel.kallsyms]"
 LOST_STACK_FRAME = "[lost stack]"
@@ -62,7 +62,7 @@ RECAPTURE_AFTER_S = (0.02, 0.2)
 # Index in the kernel's drops array -> the name shown in lost_events.
 DROP_REASONS = (
     "count table full",
-    "stack collisions",
+    "stack table full",
     "samples without stack",
     "off-cpu table full",
     "off-cpu start table full",
@@ -80,8 +80,8 @@ class CpuKey(ctypes.Structure):
     _fields_ = [
         ("pid", ctypes.c_uint32),
         ("tid", ctypes.c_uint32),
-        ("user_stack_id", ctypes.c_int32),
-        ("kernel_stack_id", ctypes.c_int32),
+        ("user_stack_id", ctypes.c_int64),
+        ("kernel_stack_id", ctypes.c_int64),
         ("comm", ctypes.c_char * COMM_LEN),
     ]
 
@@ -98,9 +98,9 @@ class OffCpuStart(ctypes.Structure):
     _fields_ = [
         ("ts", ctypes.c_uint64),
         ("pid", ctypes.c_uint32),
-        ("user_stack_id", ctypes.c_int32),
-        ("kernel_stack_id", ctypes.c_int32),
         ("pad", ctypes.c_uint32),
+        ("user_stack_id", ctypes.c_int64),
+        ("kernel_stack_id", ctypes.c_int64),
         ("comm", ctypes.c_char * COMM_LEN),
     ]
 
@@ -434,12 +434,7 @@ class FramePointerSampler:
 
     def _read_stacks(self, ids: set[int]) -> dict[int, tuple[int, ...]]:
         assert self.obj is not None
-        stack_map = self.obj.map("stacks")
-        stacks: dict[int, tuple[int, ...]] = {}
-        for stack_id in ids:
-            raw = stack_map.lookup(stack_id.to_bytes(4, "little"))
-            stacks[stack_id] = addresses_of(raw) if raw is not None else ()
-        return stacks
+        return read_stored_stacks(self.obj.map("stacks"), ids)
 
     def _read_drops(self) -> dict[str, int]:
         assert self.obj is not None
@@ -479,19 +474,8 @@ class FramePointerSampler:
         return merge_stacks(out)
 
 
-def addresses_of(raw: bytes) -> tuple[int, ...]:
-    """The addresses of one stack-map entry, leaf first (the kernel pads with zeros)."""
-    out = []
-    for i in range(0, min(len(raw), MAX_STACK_DEPTH * 8), 8):
-        addr = int.from_bytes(raw[i : i + 8], "little")
-        if addr == 0:
-            break
-        out.append(addr)
-    return tuple(out)
-
-
 def _stack_part(stack_id: int, stacks: dict[int, tuple[int, ...]]) -> tuple[int, ...] | None:
-    """Addresses for a stack id; None when the stack was lost (collision), () when absent."""
+    """Addresses for a stack id; None when the stack was lost (not stored), () when absent."""
     if stack_id == -errno.EEXIST:
         return None
     if stack_id < 0:
@@ -508,7 +492,7 @@ def stack_frames(
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Root-first frame names and their modules: user frames, then kernel frames.
 
-    A stack lost to a collision becomes one `[lost stack]` frame, so its samples still count.
+    A stack that could not be stored becomes one `[lost stack]` frame, so its samples still count.
     """
     frames: list[str] = []
     modules: list[str] = []

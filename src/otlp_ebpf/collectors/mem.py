@@ -19,12 +19,13 @@ import platform
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base, mem_allocator
+from otlp_ebpf.collectors.stack_store import read_stored_stacks
 from otlp_ebpf.errors import EnvironmentLacks, UsageError
 from otlp_ebpf.model import Allocation, MemSnapshot, StackCount
 from otlp_ebpf.runtime import features, probes, uprobe_multi
@@ -33,7 +34,6 @@ from otlp_ebpf.runtime.loader import BpfObject
 from otlp_ebpf.symbolize.resolver import Symbolizer
 from otlp_ebpf.targets import TargetSpec
 
-STACK_DEPTH = 127
 DEFAULT_TABLE_SIZE = 262_144
 MIN_TABLE_SIZE = 1024
 UNKNOWN_STACK = "[stack not recorded]"
@@ -94,16 +94,6 @@ class StackKey(ctypes.Structure):
     _fields_ = [("tgid", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("stack_id", ctypes.c_int64)]
 
 
-class MemStack(ctypes.Structure):
-    """Mirror of struct mem_stack (bpf/mem.h): the value of `stacks`, keyed by its id."""
-
-    _fields_ = [
-        ("nr", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
-        ("ips", ctypes.c_uint64 * STACK_DEPTH),
-    ]
-
-
 class StackTotal(ctypes.Structure):
     """Mirror of struct stack_total (bpf/mem.h)."""
 
@@ -162,16 +152,10 @@ def aggregate_blocks(
     return out
 
 
-def return_addresses_to_calls(addrs: list[int]) -> list[int]:
+def return_addresses_to_calls(addrs: Sequence[int]) -> list[int]:
     """Stacks taken at a return probe hold only return addresses (the leaf too): look each
     up one byte back, inside the call instruction."""
     return [a - 1 if a > 0 else a for a in addrs]
-
-
-def parse_stack(raw: bytes) -> list[int]:
-    """A `stacks` value (struct mem_stack): its addresses, leaf first."""
-    stack = MemStack.from_buffer_copy(raw[: ctypes.sizeof(MemStack)])
-    return list(stack.ips[: min(stack.nr, STACK_DEPTH)])
 
 
 class MemCollector:
@@ -451,17 +435,10 @@ class MemCollector:
             out[(key.tgid, key.stack_id)] += int.from_bytes(raw_value[:8], "little")
         return out
 
-    def read_stacks(self, ids: Iterator[int]) -> dict[int, list[int]]:
+    def read_stacks(self, ids: Iterator[int]) -> dict[int, tuple[int, ...]]:
         """Addresses (leaf first) of each wanted stack id; a negative id has none."""
         assert self.obj is not None
-        stack_map = self.obj.map("stacks")
-        stacks: dict[int, list[int]] = {}
-        for stack_id in set(ids):
-            if stack_id < 0:
-                continue
-            raw = stack_map.lookup(stack_id.to_bytes(8, "little", signed=True))
-            stacks[stack_id] = parse_stack(raw) if raw else []
-        return stacks
+        return read_stored_stacks(self.obj.map("stacks"), ids)
 
     def read_comms(self) -> dict[int, str]:
         assert self.obj is not None
@@ -473,7 +450,7 @@ class MemCollector:
     # -- symbolization -----------------------------------------------------------------------
 
     def frames_of(
-        self, tgid: int, addrs: list[int], *, at_return: bool
+        self, tgid: int, addrs: Sequence[int], *, at_return: bool
     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(frames, modules) root first."""
         if not addrs:
@@ -497,7 +474,7 @@ class RawResult:
 
     outstanding: RawOutstanding
     faults: dict[tuple[int, int], int]
-    stacks: dict[int, list[int]]
+    stacks: dict[int, tuple[int, ...]]
     comms: dict[int, str]
     drops: dict[str, int]
     allocations: int
@@ -534,7 +511,7 @@ def build_allocations(collector: MemCollector, raw: RawResult) -> list[Allocatio
         if count <= 0:
             continue
         frames, modules = collector.frames_of(
-            tgid, raw.stacks.get(stack_id, []), at_return=tgid != 0
+            tgid, raw.stacks.get(stack_id, ()), at_return=tgid != 0
         )
         row = merged.setdefault((tgid, frames), _Merged(modules=modules))
         row.bytes += size
@@ -558,7 +535,7 @@ def build_faults(collector: MemCollector, raw: RawResult) -> list[StackCount]:
     counts: dict[tuple[int, tuple[str, ...]], int] = defaultdict(int)
     modules_of: dict[tuple[int, tuple[str, ...]], tuple[str, ...]] = {}
     for (tgid, stack_id), n in raw.faults.items():
-        frames, modules = collector.frames_of(tgid, raw.stacks.get(stack_id, []), at_return=False)
+        frames, modules = collector.frames_of(tgid, raw.stacks.get(stack_id, ()), at_return=False)
         counts[(tgid, frames)] += n
         modules_of[(tgid, frames)] = modules
     out = [
