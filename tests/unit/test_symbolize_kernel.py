@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from otlp_ebpf.symbolize.kernel import KernelSymbols
 
 KALLSYMS = b"""\
@@ -49,6 +52,29 @@ def test_unsorted_input_is_sorted() -> None:
     kernel = KernelSymbols.parse(b"\n".join(reversed(lines)))
     assert kernel.resolve(0xFFFFFFFF81000110) == "helper_local"
     assert len(kernel) == 6
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    image=st.lists(st.integers(0, 2**20), min_size=1, max_size=40, unique=True),
+    strays=st.lists(st.integers(0, 2**20), max_size=10, unique=True),
+)
+def test_image_in_order_then_strays_resolve_every_symbol(
+    image: list[int], strays: list[int]
+) -> None:
+    """kallsyms' shape: the image in address order, then modules and BPF programs anywhere."""
+    base = 0xFFFFFFFF81000000
+    strays = [a for a in strays if a not in image]
+    lines = [f"{base + a * 16:016x} T img_{a}" for a in sorted(image)]
+    lines += [f"{base + a * 16:016x} t stray_{a}\t[mod]" for a in strays]
+    kernel = KernelSymbols.parse("\n".join(lines).encode())
+
+    assert len(kernel) == len(image) + len(strays)
+    for a in image:
+        assert kernel.resolve(base + a * 16 + 3) == f"img_{a}"
+    for a in strays:
+        found = kernel.lookup(base + a * 16)
+        assert found is not None and (found.name, found.module) == (f"stray_{a}", "mod")
 
 
 def test_restricted_kallsyms_resolves_nothing() -> None:

@@ -40,14 +40,16 @@ class KernelSymbols:
     """Sorted kernel text symbols with lookup by address.
 
     Kept compact because it lives for the whole run: addresses in one `array('Q')`, and each
-    symbol's `name[\t[module]]` text in one bytes blob indexed by an `array('I')` of offsets
-    (about 5 MB for 120k symbols, against ~35 MB as a list of per-line objects).
+    symbol's `name[\t[module]]` text in one bytes blob, found through `array('I')`s of start
+    and end offsets (about 5 MB for 120k symbols, against ~35 MB as a list of per-line
+    objects).
     """
 
-    def __init__(self, addrs: array, blob: bytes, offsets: array) -> None:
+    def __init__(self, addrs: array, blob: bytes, starts: array, ends: array) -> None:
         self._addrs = addrs
         self._blob = blob
-        self._offsets = offsets
+        self._starts = starts
+        self._ends = ends
         self.restricted = bool(addrs) and not any(addrs[:64])
 
     @classmethod
@@ -78,24 +80,35 @@ class KernelSymbols:
                 continue
             blob += rest[2:].rstrip(b"\n")
             offsets.append(len(blob))
-        symbols = cls(addrs, bytes(blob), offsets)
-        if any(addrs[i] > addrs[i + 1] for i in range(len(addrs) - 1)):
-            symbols = symbols._sorted()
-        return symbols
+        symbols = cls(addrs, bytes(blob), offsets[:-1], offsets[1:])
+        unsorted_from = _first_descent(addrs)
+        return symbols if unsorted_from is None else symbols._sorted(unsorted_from)
 
-    def _sorted(self) -> KernelSymbols:
-        """The same symbols in address order (module symbols follow the kernel image's)."""
-        order = array("I", sorted(range(len(self._addrs)), key=self._addrs.__getitem__))
-        view = memoryview(self._blob)
-        blob = bytearray()
-        offsets = array("I", [0])
-        for i in order:
-            blob += view[self._offsets[i] : self._offsets[i + 1]]
-            offsets.append(len(blob))
-        return KernelSymbols(array("Q", (self._addrs[i] for i in order)), bytes(blob), offsets)
+    def _sorted(self, unsorted_from: int) -> KernelSymbols:
+        """The same symbols in address order. kallsyms lists the kernel image in order and
+        then modules and BPF programs (loaded ones included, ours among them): only that tail
+        is sorted, then merged with the image's run, and the text blob is shared, not copied.
+        Sorting all 120k entries as Python objects peaked at ~15 MB for a few dozen strays."""
+        addrs, old_starts, old_ends = self._addrs, self._starts, self._ends
+        tail = sorted(range(unsorted_from, len(addrs)), key=addrs.__getitem__)
+        new_addrs, starts, ends = array("Q"), array("I"), array("I")
+        copied = 0
+        for i in tail:
+            at = bisect.bisect_right(addrs, addrs[i], 0, unsorted_from)
+            new_addrs.extend(addrs[copied:at])
+            starts.extend(old_starts[copied:at])
+            ends.extend(old_ends[copied:at])
+            new_addrs.append(addrs[i])
+            starts.append(old_starts[i])
+            ends.append(old_ends[i])
+            copied = at
+        new_addrs.extend(addrs[copied:unsorted_from])
+        starts.extend(old_starts[copied:unsorted_from])
+        ends.extend(old_ends[copied:unsorted_from])
+        return KernelSymbols(new_addrs, self._blob, starts, ends)
 
     def _text(self, index: int) -> bytes:
-        return self._blob[self._offsets[index] : self._offsets[index + 1]]
+        return self._blob[self._starts[index] : self._ends[index]]
 
     def __len__(self) -> int:
         return len(self._addrs)
@@ -121,3 +134,11 @@ class KernelSymbols:
         """The plain function name at `addr`, or `0x<hex>` when unknown."""
         symbol = self.lookup(addr)
         return symbol.name if symbol else f"0x{addr:x}"
+
+
+def _first_descent(addrs: array) -> int | None:
+    """The index of the first address lower than the one before it (None when sorted)."""
+    for i in range(1, len(addrs)):
+        if addrs[i] < addrs[i - 1]:
+            return i
+    return None
