@@ -20,7 +20,7 @@ from otlp_ebpf.collectors import mem
 from otlp_ebpf.collectors.mem import AllocInfo, AllocKey, MemConfig, StackKey, StackTotal, collect
 from otlp_ebpf.collectors.stack_store import StoredStack
 from otlp_ebpf.model import Allocation, MemSnapshot
-from otlp_ebpf.runtime import btf
+from otlp_ebpf.runtime import btf, uprobe_multi
 from otlp_ebpf.runtime.loader import BpfObject
 from otlp_ebpf.targets import TargetSpec
 from tests.conftest import build_c
@@ -301,6 +301,7 @@ def test_classic_uprobes_give_the_same_answer(programs: dict[str, Path]) -> None
     assert not [a for a in snapshot.outstanding if "churn" in a.frames]
 
 
+@pytest.mark.skipif(not uprobe_multi.kernel_supports(), reason="classic uprobes already")
 def test_kernel_refusing_multi_uprobes_falls_back_to_classic(
     programs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,5 +1,5 @@
 /* Per-CPU counter arrays: every program counts what it could not record (map full, ring
- * buffer full, stack collision ...) in one, indexed by a reason enum of its own, and user
+ * buffer full, stack not stored ...) in one, indexed by a reason enum of its own, and user
  * space sums the CPUs into `lost_events`. Nothing is dropped silently. */
 #ifndef OTLP_EBPF_COUNTERS_H
 #define OTLP_EBPF_COUNTERS_H

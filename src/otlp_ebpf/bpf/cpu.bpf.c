@@ -101,10 +101,11 @@ static __always_inline void note_process(u32 tgid)
 	send_pid_event(tgid, CPU_PID_SEEN);
 }
 
-/* Stack ids for the current task; a collision is counted, a missing stack of one kind is
- * normal (a kernel thread has no user stack, a sample in user mode no kernel stack). Only a
- * sample missing every kind asked for counts as without stack, except with kernel stacks
- * alone: there a sample with no kernel stack interrupted user code, and is marked so. */
+/* Stack ids for the current task; a stack that cannot be stored is counted, a missing
+ * stack of one kind is normal (a kernel thread has no user stack, a sample in user mode no
+ * kernel stack). Only a sample missing every kind asked for counts as without stack, except
+ * with kernel stacks alone: there a sample with no kernel stack interrupted user code, and
+ * is marked so. */
 static __always_inline void read_stacks(void *ctx, s64 *user_id, s64 *kernel_id)
 {
 	s64 uid = -EFAULT, kid = -EFAULT;

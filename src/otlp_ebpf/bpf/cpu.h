@@ -3,7 +3,6 @@
 #ifndef OTLP_EBPF_CPU_H
 #define OTLP_EBPF_CPU_H
 
-#define CPU_MAX_STACK_DEPTH 127
 #define CPU_COMM_LEN 16
 /* user_stack_id of a --kernel-only sample that interrupted user code (outside errno range). */
 #define CPU_STACK_USER_MODE (-4096)

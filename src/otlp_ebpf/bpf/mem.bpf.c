@@ -256,10 +256,15 @@ static __always_inline int enter_call(u64 sp, u64 size, u64 ptr, u32 kind)
 	if (!target_wanted(id))
 		return 0;
 	outer = bpf_map_lookup_elem(&pending, &id);
-	/* A call made deeper in the stack runs inside the outer one. Anything else means the
-	 * outer call's return was never seen (a longjmp out of the allocator, or a call begun
-	 * before the return probe was attached): that entry is stale and this call replaces it,
-	 * or every later call of the thread would be taken for a nested one and lost. */
+	/* A call made deeper in the stack runs inside the outer one. At the same depth it is a
+	 * tail call (glibc realloc(NULL, n) jumps to malloc): the callee's arguments describe the
+	 * same block, so it replaces the outer entry, and of the two chained return probes the
+	 * first records the block and the second finds nothing. Higher up, the outer call's
+	 * return was never seen (a longjmp out of the allocator): that entry is stale and is
+	 * replaced, or the thread's later calls would all be taken for nested ones. (A stale
+	 * entry still swallows calls made deeper than it until the thread calls at its depth or
+	 * above; entries are never left by the attach: targets count once both probes are live,
+	 * and exec and thread exit clear them.) */
 	if (outer && sp < outer->sp) {
 		outer->depth += 1;
 		return 0;
@@ -446,6 +451,19 @@ int forget_on_exec(void *ctx)
 	/* The name the process had before exec (the launcher's) is not its name any more. */
 	bpf_get_current_comm(comm, sizeof(comm));
 	bpf_map_update_elem(&comms, &tgid, comm, BPF_ANY);
+	return 0;
+}
+
+/* A thread that dies inside an allocator call (killed, or another thread called exit())
+ * never returns from it: its call in flight goes with it, or it would fill the table and
+ * could be taken, by a thread that reuses the id, for an outer call. */
+SEC("tp/sched/sched_process_exit")
+int forget_thread(void *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&pending, &id);
+	bpf_map_delete_elem(&pending_mmap, &id);
 	return 0;
 }
 

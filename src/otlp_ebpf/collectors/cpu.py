@@ -7,7 +7,7 @@ of a process, exec, exit) lets the symbolizer capture /proc/PID/maps while short
 processes still exist.
 
 Stack unwinding is chosen by `pick_sampler`: this module provides frame-pointer unwinding
-(`bpf_get_stackid`); another unwinder plugs in as a module exposing
+(`bpf_get_stack`, each stack stored once); another unwinder plugs in as a module exposing
 `make_sampler(config, symbolizer) -> Sampler`. `CompositeSampler` runs two in one run (DWARF
 for on-CPU samples, frame pointers for off-CPU blocks).
 
@@ -279,7 +279,7 @@ class CompositeSampler:
 
 
 class FramePointerSampler:
-    """cpu.bpf.o with bpf_get_stackid: frame-pointer user stacks and kernel stacks."""
+    """cpu.bpf.o with bpf_get_stack: frame-pointer user stacks and kernel stacks."""
 
     def __init__(self, config: CpuConfig, symbolizer: Symbolizer) -> None:
         self.config = config

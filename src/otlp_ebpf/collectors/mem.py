@@ -41,7 +41,7 @@ DROP_REASONS = {
     0: "allocation table full",
     1: "call table full",
     2: "stack not recorded",
-    3: "stack table full",
+    3: "per-stack totals table full",
     4: "page-fault table full",
     5: "exit event lost (process not paused)",
 }
@@ -104,6 +104,10 @@ class ExitEvent(ctypes.Structure):
     """Mirror of struct exit_event (bpf/mem.h)."""
 
     _fields_ = [("tgid", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class MultiUprobeRefused(Exception):
+    """The kernel refused a multi-uprobe link (it predates them or was built without)."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,9 @@ class MemCollector:
         self.exits: RingBuffer | None = None
         self.stopped: set[int] = set()
         self._remembered_at = 0.0
-        self.multi = config.multi_uprobes and uprobe_multi.kernel_supports()
+        self.multi = (
+            config.multi_uprobes and not self.kernel_mode and uprobe_multi.kernel_supports()
+        )
         self.multi_refused = False
         self._check_environment()
 
@@ -219,7 +225,7 @@ class MemCollector:
     def _programs_off(self) -> list[str]:
         off: list[str] = []
         if self.kernel_mode:
-            off += [*UPROBE_PROGRAMS, *MMAP_PROGRAMS, "forget_on_exec"]
+            off += [*UPROBE_PROGRAMS, *MMAP_PROGRAMS, "forget_on_exec", "forget_thread"]
         else:
             off += KERNEL_PROGRAMS
             if not self.config.track_mmap:
@@ -232,9 +238,7 @@ class MemCollector:
         self._resolve_allocators()
         try:
             self._load_and_attach()
-        except OSError as exc:
-            if not (self.multi and exc.errno in MULTI_REFUSED):
-                raise
+        except MultiUprobeRefused as exc:
             # A kernel can report 6.6+ and still refuse multi-uprobe links (built without
             # them, or a distribution kernel that says so): start again, one uprobe each.
             console.debug(f"mem: multi-uprobe link refused ({exc}); classic uprobes")
@@ -272,7 +276,7 @@ class MemCollector:
 
     def _tracepoint_programs(self) -> list[str]:
         off = set(self._programs_off())
-        candidates = [*MMAP_PROGRAMS, "forget_on_exec", "page_fault"]
+        candidates = [*MMAP_PROGRAMS, "forget_on_exec", "forget_thread", "page_fault"]
         if self.kernel_mode:
             candidates += KERNEL_PROGRAMS
         return [p for p in candidates if p not in off]
@@ -296,28 +300,43 @@ class MemCollector:
                 points.append(ProbePoint(name, offset, cookie))
         return points
 
+    def _attach_multi(
+        self,
+        obj: BpfObject,
+        binary: str,
+        pid: int,
+        points: list[ProbePoint],
+        returning: list[ProbePoint],
+    ) -> None:
+        try:
+            uprobe_multi.attach_multi(
+                obj,
+                "alloc_enter",
+                binary,
+                [p.offset for p in points],
+                [p.cookie for p in points],
+                pid=pid,
+            )
+            uprobe_multi.attach_multi(
+                obj,
+                "alloc_return",
+                binary,
+                [p.offset for p in returning],
+                [p.cookie for p in returning],
+                pid=pid,
+                retprobe=True,
+            )
+        except OSError as exc:
+            if exc.errno in MULTI_REFUSED:
+                raise MultiUprobeRefused(str(exc)) from exc
+            raise
+
     def _attach_allocator(self, obj: BpfObject, binary: str, pid: int) -> None:
         points = self.probe_points(binary)
         returning = [p for p in points if p.cookie not in (FN_FREE, FN_EXIT)]
         try:
             if self.multi:
-                uprobe_multi.attach_multi(
-                    obj,
-                    "alloc_enter",
-                    binary,
-                    [p.offset for p in points],
-                    [p.cookie for p in points],
-                    pid=pid,
-                )
-                uprobe_multi.attach_multi(
-                    obj,
-                    "alloc_return",
-                    binary,
-                    [p.offset for p in returning],
-                    [p.cookie for p in returning],
-                    pid=pid,
-                    retprobe=True,
-                )
+                self._attach_multi(obj, binary, pid, points, returning)
                 return
             for point in points:
                 uprobe_multi.attach_classic(

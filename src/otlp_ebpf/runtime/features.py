@@ -18,7 +18,14 @@ CAP_PERFMON = 38
 CAP_BPF = 39
 
 PROG_TYPES = {"kprobe/uprobe": 2, "tracepoint": 5, "perf_event": 7, "raw_tracepoint": 17}
-MAP_TYPES = {"hash": 1, "percpu_hash": 5, "stack_trace": 7, "ringbuf": 27, "task_storage": 29}
+MAP_TYPES = {
+    "hash": 1,
+    "array": 2,
+    "percpu_hash": 5,
+    "percpu_array": 6,
+    "ringbuf": 27,
+    "task_storage": 29,
+}
 
 
 @dataclass(frozen=True)
