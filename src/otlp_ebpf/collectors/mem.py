@@ -308,24 +308,13 @@ class MemCollector:
         points: list[ProbePoint],
         returning: list[ProbePoint],
     ) -> None:
+        links = (("alloc_enter", points, False), ("alloc_return", returning, True))
         try:
-            uprobe_multi.attach_multi(
-                obj,
-                "alloc_enter",
-                binary,
-                [p.offset for p in points],
-                [p.cookie for p in points],
-                pid=pid,
-            )
-            uprobe_multi.attach_multi(
-                obj,
-                "alloc_return",
-                binary,
-                [p.offset for p in returning],
-                [p.cookie for p in returning],
-                pid=pid,
-                retprobe=True,
-            )
+            for program, where, retprobe in links:
+                offsets, cookies = [p.offset for p in where], [p.cookie for p in where]
+                uprobe_multi.attach_multi(
+                    obj, program, binary, offsets, cookies, pid=pid, retprobe=retprobe
+                )
         except OSError as exc:
             if exc.errno in MULTI_REFUSED:
                 raise MultiUprobeRefused(str(exc)) from exc
