@@ -21,6 +21,7 @@ import pytest
 
 from otlp_ebpf.cli.app import run
 from otlp_ebpf.model import CpuSnapshot, StackCount, read_snapshot
+from otlp_ebpf.targets import TargetSpec
 from tests.conftest import build_c
 from tests.unit.test_formatters_pprof import profile_pb2  # noqa: F401 (fixture)
 from tests.unit.test_formatters_speedscope import (
@@ -322,3 +323,60 @@ def _clean_env() -> Iterator[None]:
     yield
     if saved is not None:
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = saved
+
+
+STUCK_C = r"""
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+static int fds[2];
+__attribute__((noinline)) void *wait_for_data(void *arg) {
+    char c;
+    printf("%ld\n", (long)syscall(SYS_gettid));
+    fflush(stdout);
+    read(fds[0], &c, 1); /* nothing is ever written */
+    return arg;
+}
+int main(void) {
+    pthread_t t;
+    if (pipe(fds)) return 1;
+    pthread_create(&t, 0, wait_for_data, 0);
+    pthread_join(t, 0);
+    return 0;
+}
+"""
+
+
+@pytest.fixture
+def stuck_process(tmp_path: Path, cc: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """Two threads asleep from the start: a reader on an empty pipe and main joining it."""
+    binary = build_c(cc, STUCK_C, tmp_path / "stuck", "-O1", "-pthread")
+    proc = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    reader_tid = int(proc.stdout.readline())
+    time.sleep(0.2)  # both asleep
+    yield proc, reader_tid
+    proc.kill()
+    proc.wait()
+
+
+def test_threads_blocked_for_the_whole_run_are_reported(
+    stuck_process: tuple[subprocess.Popen[str], int],
+) -> None:
+    from otlp_ebpf.collectors import cpu
+
+    proc, reader_tid = stuck_process
+    config = cpu.CpuConfig(targets=TargetSpec(pids=(proc.pid,)), off_cpu=True, duration_s=1.0)
+    snapshot = cpu.collect(config)
+
+    by_tid = {s.tid: s for s in snapshot.off_cpu}
+    reader, main = by_tid[reader_tid], by_tid[proc.pid]
+    for thread in (reader, main):
+        assert thread.frames[0] == cpu.BLOCKED_WHOLE_RUN_FRAME, thread.frames
+        assert 0.9e9 <= thread.total_ns <= 1.5e9
+    assert "read" in reader.frames[1], reader.frames  # libc's read wrapper, where it waits
+    assert any(f.endswith("pipe_read_[k]") for f in reader.frames), reader.frames
+    assert any(f.startswith("futex") for f in main.frames), main.frames
+    assert any("2 threads blocked for the whole run" in n for n in snapshot.notes)

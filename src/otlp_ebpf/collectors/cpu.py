@@ -27,9 +27,10 @@ from typing import Protocol, cast
 
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base
+from otlp_ebpf.collectors.blocked_threads import BlockedThread, blocked_threads
 from otlp_ebpf.collectors.stack_store import read_stored_stacks
 from otlp_ebpf.errors import UsageError
-from otlp_ebpf.model import CpuSnapshot, ProcessInfo, StackCount
+from otlp_ebpf.model import KERNEL_SUFFIX, CpuSnapshot, ProcessInfo, StackCount
 from otlp_ebpf.runtime import features, probes
 from otlp_ebpf.runtime.events import RingBuffer
 from otlp_ebpf.runtime.loader import BpfObject
@@ -39,6 +40,7 @@ from otlp_ebpf.targets import TargetSpec
 COMM_LEN = 16
 KERNEL_MODULE = "[kernel.kallsyms]"
 LOST_STACK_FRAME = "[lost stack]"
+BLOCKED_WHOLE_RUN_FRAME = "[blocked since before the run]"
 # --kernel-only: a sample taken while the thread ran user code (it has no kernel stack).
 USER_MODE_FRAME = "[user]"
 STACK_USER_MODE = -4096  # CPU_STACK_USER_MODE in bpf/cpu.h: outside the errno range
@@ -201,6 +203,8 @@ class _RawCounts:
     stacks: dict[int, tuple[int, ...]]
     still_blocked: int = 0  # blocks in progress at the end, included in off_cpu
     still_blocked_ns: int = 0
+    switched_tids: set[int] = field(default_factory=set)  # threads seen leaving a CPU
+    target_tgids: list[int] = field(default_factory=list)  # targets at the end, children too
 
 
 class ProcessWatch:
@@ -289,6 +293,9 @@ class FramePointerSampler:
         self.events: RingBuffer | None = None
         self.watch = ProcessWatch(symbolizer)
         self.stopped_ns = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns) when sampling stopped
+        self.attached_ns = 0  # CLOCK_MONOTONIC once every program was attached
+        self.whole_run_tid = 0  # with --tid, the one thread whose whole-run blocks count
+        self.targeted = False
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -332,6 +339,9 @@ class FramePointerSampler:
             probes.attach_cpu_clock(obj, SAMPLE_PROGRAM, self.config.frequency_hz)
         for tgid in targets.tgids:
             self.watch.remember(tgid)
+        self.attached_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self.targeted = targets.filtered
+        self.whole_run_tid = targets.spec.tid
 
     # -- while running --------------------------------------------------------------------------
 
@@ -376,11 +386,12 @@ class FramePointerSampler:
             self.events = None
         raw = self._read_raw()
         lost = self._read_drops()
+        whole_run = self._blocked_whole_run(raw)
         return SampledStacks(
             on_cpu=self._symbolize_counts(raw.on_cpu, raw.stacks),
-            off_cpu=self._symbolize_blocked(raw.off_cpu, raw.stacks),
+            off_cpu=merge_stacks(self._symbolize_blocked(raw.off_cpu, raw.stacks) + whole_run),
             lost=lost,
-            notes=self._still_blocked_note(raw),
+            notes=self._still_blocked_note(raw) + self._whole_run_note(whole_run),
         )
 
     def _still_blocked_note(self, raw: _RawCounts) -> tuple[str, ...]:
@@ -388,6 +399,51 @@ class FramePointerSampler:
             return ()
         ms = raw.still_blocked_ns / 1e6
         return (f"off-CPU: {raw.still_blocked} threads still blocked at the end ({ms:.1f} ms)",)
+
+    def _blocked_whole_run(self, raw: _RawCounts) -> list[StackCount]:
+        """Target threads asleep from before the attach to the end: no switch showed them."""
+        whole_ns = self.stopped_ns - self.attached_ns
+        if (
+            not (self.config.off_cpu and self.targeted)
+            or whole_ns < self.config.min_block_us * 1000
+        ):
+            return []
+        seen = raw.switched_tids | {row[0].tid for row in raw.on_cpu}
+        seen |= {row[0].tid for row in raw.off_cpu}
+        out = []
+        for thread in blocked_threads(raw.target_tgids, seen=seen):
+            if self.whole_run_tid and thread.tid != self.whole_run_tid:
+                continue
+            frames, modules = self._whole_run_frames(thread)
+            out.append(
+                StackCount(
+                    thread.pid, thread.tid, thread.comm, frames, 1, whole_ns, modules=modules
+                )
+            )
+        return out
+
+    def _whole_run_frames(self, thread: BlockedThread) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Root first: a marker (the callers are not known), the user instruction the thread
+        waits at, then its kernel stack."""
+        frames, modules = [BLOCKED_WHOLE_RUN_FRAME], [""]
+        if thread.user_pc is not None and self.config.user_stacks:
+            [(name, module)] = self.symbolizer.user_frames(thread.pid, [thread.user_pc])
+            frames.append(name)
+            modules.append(module)
+        if self.config.kernel_stacks:
+            kernel = without_tracing_frames([name + KERNEL_SUFFIX for name in thread.kernel])
+            frames += reversed(kernel)
+            modules += [KERNEL_MODULE] * (len(frames) - len(modules))
+        return tuple(frames), tuple(modules)
+
+    def _whole_run_note(self, whole_run: list[StackCount]) -> tuple[str, ...]:
+        if not whole_run:
+            return ()
+        return (
+            f"off-CPU: {len(whole_run)} threads blocked for the whole run (asleep before it "
+            f"began; shown under {BLOCKED_WHOLE_RUN_FRAME} with the instruction they wait at "
+            "and their kernel stack)",
+        )
 
     def _read_raw(self) -> _RawCounts:
         assert self.obj is not None
@@ -409,7 +465,13 @@ class FramePointerSampler:
             self._read_stacks(ids),
             still_blocked=len(pending),
             still_blocked_ns=sum(ns for _, _, ns in pending),
+            switched_tids=self._map_u32_keys("offcpu_start") if self.config.off_cpu else set(),
+            target_tgids=sorted(self._map_u32_keys("targets")) if self.targeted else [],
         )
+
+    def _map_u32_keys(self, name: str) -> set[int]:
+        assert self.obj is not None
+        return {int.from_bytes(k[:4], "little") for k in self.obj.map(name)}
 
     def _blocks_in_progress(self) -> list[tuple[CpuKey, int, int]]:
         """Threads that left the CPU and had not come back when sampling stopped: blocked
