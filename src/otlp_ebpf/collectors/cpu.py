@@ -373,8 +373,9 @@ class FramePointerSampler:
     def stop(self) -> None:
         """Detach every program: the aggregates stay readable and stop changing."""
         if self.obj is not None and not self.stopped_ns:
-            self.obj.detach_all()
+            # Blocks end when the run ends, not after the detach (which waits for the kernel).
             self.stopped_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            self.obj.detach_all()
 
     def finish(self) -> SampledStacks:
         """Stop sampling, read the aggregates, then symbolize (the slow part) detached."""
