@@ -194,6 +194,33 @@ int main(void) {
 """
 )
 
+MAPPER = (
+    COMMON
+    + r"""
+/* Direct mmap calls: the wrapper keeps no frame, its caller must still be shown. */
+__attribute__((noinline)) void map_leak(void) {
+    for (int i = 0; i < 3; i++) {
+        char *p = mmap(NULL, 8 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        sink(p);
+    }
+}
+
+__attribute__((noinline)) void map_churn(void) {
+    for (int i = 0; i < 50; i++) {
+        char *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        sink(p);
+        munmap(p, 4096);
+    }
+}
+
+int main(void) {
+    map_churn();
+    map_leak();
+    return 0;
+}
+"""
+)
+
 FAULTS = r"""
 #include <sys/mman.h>
 #include <string.h>
@@ -220,7 +247,14 @@ int main(void) {
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory: pytest.TempPathFactory, cc: str) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("mem")
-    sources = {"leaker": LEAKER, "variants": VARIANTS, "aged": AGED, "live": LIVE, "many": MANY}
+    sources = {
+        "leaker": LEAKER,
+        "variants": VARIANTS,
+        "aged": AGED,
+        "live": LIVE,
+        "many": MANY,
+        "mapper": MAPPER,
+    }
     built = {name: build_c(cc, src, out / name, *FLAGS) for name, src in sources.items()}
     built["faults"] = build_c(cc, FAULTS, out / "faults", *FLAGS)
     return built
@@ -292,6 +326,16 @@ def test_calloc_realloc_memalign_paths(programs: dict[str, Path]) -> None:
     assert totals(from_function(snapshot, "leak_memalign")) == (2 * 3000 + 1024, 3)
     for quiet in ("freed_variants", "churn"):
         assert not [a for a in snapshot.outstanding if quiet in a.frames]
+
+
+def test_direct_mmap_leaks_are_attributed_to_their_caller(programs: dict[str, Path]) -> None:
+    snapshot = launch(programs["mapper"])
+
+    mapped = [a for a in snapshot.outstanding if "map_leak" in a.frames]
+    assert totals(mapped) == (3 * 8 * 4096, 3), describe(snapshot)
+    assert mapped[0].frames[-3:-1] == ("main", "map_leak"), mapped[0].frames
+    assert "mmap" in mapped[0].frames[-1]  # the libc wrapper, where the system call is
+    assert not [a for a in snapshot.outstanding if "map_churn" in a.frames]
 
 
 def test_classic_uprobes_give_the_same_answer(programs: dict[str, Path]) -> None:

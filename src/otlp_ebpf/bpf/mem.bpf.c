@@ -223,11 +223,59 @@ static __always_inline s64 stack_id_of(void *ctx, u64 flags)
 	return scratch ? store_stack(ctx, &stacks, scratch, flags) : STACK_NOT_STORED;
 }
 
-static __always_inline void remember_block(void *ctx, u32 tgid, u64 addr, u64 size, u64 flags)
+#if defined(__TARGET_ARCH_x86)
+/* The return address on top of the user stack at a system call, if the bytes before it are a
+ * call instruction: the caller of a wrapper that keeps no frame (glibc's mmap), which a
+ * frame-pointer walk skips, as that caller's frame pointer leads to its own caller. */
+static __always_inline u64 wrapper_caller(void)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	u64 sp = BPF_CORE_READ(regs, sp);
+	u64 ret = 0;
+	u8 call[6];
+
+	if (!sp || bpf_probe_read_user(&ret, sizeof(ret), (void *)sp) || ret < sizeof(call))
+		return 0;
+	if (bpf_probe_read_user(call, sizeof(call), (void *)(ret - sizeof(call))))
+		return 0;
+	/* call rel32 (e8 + 4 bytes: through the PLT), call *disp32(%rip) (ff 15 + 4: -fno-plt) */
+	if (call[1] == 0xe8 || (call[0] == 0xff && call[1] == 0x15))
+		return ret;
+	return 0;
+}
+#else
+static __always_inline u64 wrapper_caller(void)
+{
+	return 0; /* arm64 would read lr; not done yet */
+}
+#endif
+
+/* The stack of a system call made by the program, its wrapper's caller put back in. */
+static __always_inline s64 syscall_stack_id(void *ctx)
+{
+	struct stored_stack *s = scratch_for(BPF_F_USER_STACK);
+	u64 caller = wrapper_caller();
+	u32 nr;
+
+	if (!s || read_stack(ctx, s, BPF_F_USER_STACK) < 0)
+		return STACK_NONE;
+	nr = s->nr;
+	if (caller && (nr < 2 || s->ips[1] != caller)) {
+		for (u32 i = STORED_STACK_DEPTH - 1; i > 1; i--) {
+			if (i <= nr)
+				s->ips[i] = s->ips[i - 1];
+		}
+		s->ips[1] = caller;
+		if (nr < STORED_STACK_DEPTH)
+			s->nr = nr + 1;
+	}
+	return store_read_stack(&stacks, s);
+}
+
+static __always_inline void remember_block(u32 tgid, u64 addr, u64 size, s64 stack_id)
 {
 	struct alloc_key key;
 	struct alloc_info info = {};
-	s64 stack_id = stack_id_of(ctx, flags);
 
 	if (stack_id < 0)
 		bump(&drops, MEM_DROP_STACK);
@@ -367,7 +415,7 @@ int alloc_return(struct pt_regs *ctx)
 		forget_block(tgid, call.ptr);
 	if (!addr)
 		return 0;
-	remember_block(ctx, tgid, addr, call.size, BPF_F_USER_STACK);
+	remember_block(tgid, addr, call.size, stack_id_of(ctx, BPF_F_USER_STACK));
 	return 0;
 }
 
@@ -420,7 +468,7 @@ int mmap_exit(struct trace_event_raw_sys_exit *ctx)
 	bpf_map_delete_elem(&pending_mmap, &id);
 	if (ret < 0 && ret >= -MAX_ERRNO)
 		return 0;
-	remember_block(ctx, id >> 32, (u64)ret, size, BPF_F_USER_STACK);
+	remember_block(id >> 32, (u64)ret, size, syscall_stack_id(ctx));
 	return 0;
 }
 
@@ -507,7 +555,7 @@ int kmalloc(struct trace_event_raw_kmalloc *ctx)
 	u64 bytes = ctx->bytes_alloc;
 
 	if (ptr)
-		remember_block(ctx, 0, ptr, bytes, 0);
+		remember_block(0, ptr, bytes, stack_id_of(ctx, 0));
 	return 0;
 }
 
@@ -518,7 +566,7 @@ int kmem_cache_alloc(struct trace_event_raw_kmem_cache_alloc *ctx)
 	u64 bytes = ctx->bytes_alloc;
 
 	if (ptr)
-		remember_block(ctx, 0, ptr, bytes, 0);
+		remember_block(0, ptr, bytes, stack_id_of(ctx, 0));
 	return 0;
 }
 

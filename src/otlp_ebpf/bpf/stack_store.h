@@ -51,21 +51,25 @@ static __always_inline bool same_stored_stack(const struct stored_stack *a,
 }
 
 /* Read the current stack (flags as for bpf_get_stack) into `scratch`, which the caller owns
- * for the duration, and store it in `stacks` unless it is there already. Returns its id
- * (>= 0), STACK_NONE or STACK_NOT_STORED. */
-static __always_inline s64 store_stack(void *ctx, void *stacks, struct stored_stack *scratch,
-				       u64 flags)
+ * until it is stored. Returns the number of addresses, or STACK_NONE. */
+static __always_inline long read_stack(void *ctx, struct stored_stack *scratch, u64 flags)
 {
-	struct stored_stack *stored;
-	long len;
-	s64 id;
+	long len = bpf_get_stack(ctx, scratch->ips, sizeof(scratch->ips), flags);
 
-	len = bpf_get_stack(ctx, scratch->ips, sizeof(scratch->ips), flags);
 	if (len <= 0)
 		return STACK_NONE;
 	scratch->nr = len / sizeof(u64);
 	scratch->pad = 0;
-	id = stored_stack_hash(scratch);
+	return scratch->nr;
+}
+
+/* Store the stack in `scratch` in `stacks` unless it is there already. Returns its id
+ * (>= 0) or STACK_NOT_STORED. */
+static __always_inline s64 store_read_stack(void *stacks, struct stored_stack *scratch)
+{
+	struct stored_stack *stored;
+	s64 id = stored_stack_hash(scratch);
+
 	stored = bpf_map_lookup_elem(stacks, &id);
 	if (!stored) {
 		if (bpf_map_update_elem(stacks, &id, scratch, BPF_NOEXIST) == 0)
@@ -75,6 +79,15 @@ static __always_inline s64 store_stack(void *ctx, void *stacks, struct stored_st
 			return STACK_NOT_STORED;
 	}
 	return same_stored_stack(stored, scratch) ? id : STACK_NOT_STORED;
+}
+
+/* Both: the id of the current stack (>= 0), STACK_NONE or STACK_NOT_STORED. */
+static __always_inline s64 store_stack(void *ctx, void *stacks, struct stored_stack *scratch,
+				       u64 flags)
+{
+	if (read_stack(ctx, scratch, flags) < 0)
+		return STACK_NONE;
+	return store_read_stack(stacks, scratch);
 }
 
 #endif /* __bpf__ */
