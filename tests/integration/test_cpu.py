@@ -339,10 +339,19 @@ __attribute__((noinline)) void *wait_for_data(void *arg) {
     read(fds[0], &c, 1); /* nothing is ever written */
     return arg;
 }
+/* Asleep nearly all the time too, but in short naps: it is seen switching. */
+__attribute__((noinline)) void *nap(void *arg) {
+    printf("%ld\n", (long)syscall(SYS_gettid));
+    fflush(stdout);
+    for (;;) usleep(200);
+    return arg;
+}
 int main(void) {
-    pthread_t t;
+    pthread_t t, n;
     if (pipe(fds)) return 1;
     pthread_create(&t, 0, wait_for_data, 0);
+    usleep(50000);
+    pthread_create(&n, 0, nap, 0);
     pthread_join(t, 0);
     return 0;
 }
@@ -350,25 +359,28 @@ int main(void) {
 
 
 @pytest.fixture
-def stuck_process(tmp_path: Path, cc: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """Two threads asleep from the start: a reader on an empty pipe and main joining it."""
+def stuck_process(tmp_path: Path, cc: str) -> Iterator[tuple[subprocess.Popen[str], int, int]]:
+    """Two threads asleep from the start (a reader on an empty pipe, main joining it) and one
+    napping 200 us at a time."""
     binary = build_c(cc, STUCK_C, tmp_path / "stuck", "-O1", "-pthread")
     proc = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    reader_tid = int(proc.stdout.readline())
-    time.sleep(0.2)  # both asleep
-    yield proc, reader_tid
+    reader_tid, napper_tid = int(proc.stdout.readline()), int(proc.stdout.readline())
+    time.sleep(0.2)  # all asleep
+    yield proc, reader_tid, napper_tid
     proc.kill()
     proc.wait()
 
 
 def test_threads_blocked_for_the_whole_run_are_reported(
-    stuck_process: tuple[subprocess.Popen[str], int],
+    stuck_process: tuple[subprocess.Popen[str], int, int],
 ) -> None:
     from otlp_ebpf.collectors import cpu
 
-    proc, reader_tid = stuck_process
-    config = cpu.CpuConfig(targets=TargetSpec(pids=(proc.pid,)), off_cpu=True, duration_s=1.0)
+    proc, reader_tid, napper_tid = stuck_process
+    config = cpu.CpuConfig(
+        targets=TargetSpec(pids=(proc.pid,)), off_cpu=True, duration_s=1.0, min_block_us=10_000
+    )
     snapshot = cpu.collect(config)
 
     by_tid = {s.tid: s for s in snapshot.off_cpu}
@@ -380,3 +392,6 @@ def test_threads_blocked_for_the_whole_run_are_reported(
     assert any(f.endswith("pipe_read_[k]") for f in reader.frames), reader.frames
     assert any(f.startswith("futex") for f in main.frames), main.frames
     assert any("2 threads blocked for the whole run" in n for n in snapshot.notes)
+    # Its naps are all under --min-block-us, so none is recorded; it is still not taken for
+    # a thread that slept throughout.
+    assert napper_tid not in by_tid

@@ -236,6 +236,10 @@ static __always_inline u64 wrapper_caller(void)
 
 	if (!sp || bpf_probe_read_user(&ret, sizeof(ret), (void *)sp) || ret < sizeof(call))
 		return 0;
+	/* A wrapper that saved something there would leave a stack address or data, not code:
+	 * a word pointing into the stack is not taken, whatever bytes precede it. */
+	if (ret >= sp && ret - sp < (8 << 20))
+		return 0;
 	if (bpf_probe_read_user(call, sizeof(call), (void *)(ret - sizeof(call))))
 		return 0;
 	/* call rel32 (e8 + 4 bytes: through the PLT), call *disp32(%rip) (ff 15 + 4: -fno-plt) */

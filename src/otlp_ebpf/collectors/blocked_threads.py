@@ -2,18 +2,19 @@
 
 Off-CPU time is recorded at context switches, so a thread that went to sleep before the
 probes were attached and is still asleep at the end (a deadlocked worker, a thread stuck on a
-lock: the very case off-CPU profiling is for) never switches while we watch. At the end of a
-run such threads are found in /proc: asleep (`S`/`D`), and seen by no switch or sample. What
-is known of them without stopping the process: the user instruction they wait at
-(`/proc/PID/task/TID/syscall`, its last field) and, as root, their kernel stack
-(`/proc/PID/task/TID/stack`). Their blocked time is at least the run's length.
+lock: the very case off-CPU profiling is for) never switches while we watch. Such threads are
+found in /proc: each target thread's context-switch counts are read when the run starts, and
+a thread asleep (`S`/`D`) at the end whose counts did not move slept throughout. What is known
+of it without stopping the process: the user instruction it waits at
+(`/proc/PID/task/TID/syscall`, its last field) and, as root, its kernel stack
+(`/proc/PID/task/TID/stack`). Its blocked time is at least the run's length.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 BLOCKED_STATES = frozenset("SD")
@@ -30,25 +31,40 @@ class BlockedThread:
     kernel: tuple[str, ...]  # kernel function names, leaf first; () when unreadable
 
 
-def blocked_threads(
-    tgids: Iterable[int], *, seen: Collection[int], proc: str = "/proc"
-) -> list[BlockedThread]:
-    """Threads of `tgids` asleep now whose thread ids are not in `seen`."""
-    out = []
+@dataclass(frozen=True)
+class ThreadMark:
+    """A thread as seen when the run started."""
+
+    pid: int
+    switches: int  # voluntary + involuntary context switches so far
+
+
+def mark_threads(tgids: Iterable[int], proc: str = "/proc") -> dict[int, ThreadMark]:
+    """Context-switch counts of every thread of `tgids` now, by thread id."""
+    marks = {}
     for tgid in tgids:
         try:
-            tids = sorted(int(t) for t in os.listdir(f"{proc}/{tgid}/task") if t.isdigit())
+            tids = [int(t) for t in os.listdir(f"{proc}/{tgid}/task") if t.isdigit()]
         except OSError:
             continue  # gone
         for tid in tids:
-            if tid in seen:
-                continue
-            task = f"{proc}/{tgid}/task/{tid}"
-            if _state(task) not in BLOCKED_STATES:
-                continue
-            out.append(
-                BlockedThread(tgid, tid, _read(task, "comm").strip(), _user_pc(task), _kernel(task))
-            )
+            status = _status(f"{proc}/{tgid}/task/{tid}")
+            if status is not None:
+                marks[tid] = ThreadMark(tgid, status[1])
+    return marks
+
+
+def blocked_threads(marks: Mapping[int, ThreadMark], proc: str = "/proc") -> list[BlockedThread]:
+    """The marked threads asleep now that have not switched since they were marked."""
+    out = []
+    for tid, mark in sorted(marks.items()):
+        task = f"{proc}/{mark.pid}/task/{tid}"
+        status = _status(task)
+        if status is None or status[0] not in BLOCKED_STATES or status[1] != mark.switches:
+            continue
+        out.append(
+            BlockedThread(mark.pid, tid, _read(task, "comm").strip(), _user_pc(task), _kernel(task))
+        )
     return out
 
 
@@ -60,9 +76,19 @@ def _read(task: str, name: str) -> str:
         return ""
 
 
-def _state(task: str) -> str:
-    fields = _read(task, "stat").rpartition(")")[2].split()
-    return fields[0] if fields else ""
+def _status(task: str) -> tuple[str, int] | None:
+    """(state letter, context switches) from /proc/.../status; None when the thread is gone."""
+    fields: dict[str, str] = {}
+    for line in _read(task, "status").splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    try:
+        switches = int(fields["voluntary_ctxt_switches"]) + int(
+            fields["nonvoluntary_ctxt_switches"]
+        )
+        return fields["State"][:1], switches
+    except (KeyError, ValueError):
+        return None
 
 
 def _user_pc(task: str) -> int | None:

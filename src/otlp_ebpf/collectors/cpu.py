@@ -27,7 +27,12 @@ from typing import Protocol, cast
 
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base
-from otlp_ebpf.collectors.blocked_threads import BlockedThread, blocked_threads
+from otlp_ebpf.collectors.blocked_threads import (
+    BlockedThread,
+    ThreadMark,
+    blocked_threads,
+    mark_threads,
+)
 from otlp_ebpf.collectors.stack_store import read_stored_stacks
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import KERNEL_SUFFIX, CpuSnapshot, ProcessInfo, StackCount
@@ -203,8 +208,6 @@ class _RawCounts:
     stacks: dict[int, tuple[int, ...]]
     still_blocked: int = 0  # blocks in progress at the end, included in off_cpu
     still_blocked_ns: int = 0
-    switched_tids: set[int] = field(default_factory=set)  # threads seen leaving a CPU
-    target_tgids: list[int] = field(default_factory=list)  # targets at the end, children too
 
 
 class ProcessWatch:
@@ -294,8 +297,8 @@ class FramePointerSampler:
         self.watch = ProcessWatch(symbolizer)
         self.stopped_ns = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns) when sampling stopped
         self.attached_ns = 0  # CLOCK_MONOTONIC once every program was attached
-        self.whole_run_tid = 0  # with --tid, the one thread whose whole-run blocks count
-        self.targeted = False
+        self.marks: dict[int, ThreadMark] = {}  # target threads at the start (off-CPU, -p)
+        self.asleep_throughout: list[BlockedThread] = []
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -340,8 +343,18 @@ class FramePointerSampler:
         for tgid in targets.tgids:
             self.watch.remember(tgid)
         self.attached_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        self.targeted = targets.filtered
-        self.whole_run_tid = targets.spec.tid
+        if self.config.off_cpu and (targets.spec.pids or targets.spec.tid):
+            self.marks = self._mark_threads(targets)
+
+    @staticmethod
+    def _mark_threads(targets: base.Targets) -> dict[int, ThreadMark]:
+        """Target threads and their switch counts now: one that has not switched by the end
+        slept through the run, unseen by sched_switch."""
+        tgids = [*targets.tgids, *(c for t in targets.tgids for c in base.descendants_of(t))]
+        marks = mark_threads(dict.fromkeys(tgids))
+        if targets.spec.tid:
+            marks = {tid: m for tid, m in marks.items() if tid == targets.spec.tid}
+        return marks
 
     # -- while running --------------------------------------------------------------------------
 
@@ -375,6 +388,7 @@ class FramePointerSampler:
         if self.obj is not None and not self.stopped_ns:
             # Blocks end when the run ends, not after the detach (which waits for the kernel).
             self.stopped_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            self.asleep_throughout = blocked_threads(self.marks)
             self.obj.detach_all()
 
     def finish(self) -> SampledStacks:
@@ -387,7 +401,7 @@ class FramePointerSampler:
             self.events = None
         raw = self._read_raw()
         lost = self._read_drops()
-        whole_run = self._blocked_whole_run(raw)
+        whole_run = self._blocked_whole_run()
         return SampledStacks(
             on_cpu=self._symbolize_counts(raw.on_cpu, raw.stacks),
             off_cpu=merge_stacks(self._symbolize_blocked(raw.off_cpu, raw.stacks) + whole_run),
@@ -401,20 +415,13 @@ class FramePointerSampler:
         ms = raw.still_blocked_ns / 1e6
         return (f"off-CPU: {raw.still_blocked} threads still blocked at the end ({ms:.1f} ms)",)
 
-    def _blocked_whole_run(self, raw: _RawCounts) -> list[StackCount]:
+    def _blocked_whole_run(self) -> list[StackCount]:
         """Target threads asleep from before the attach to the end: no switch showed them."""
         whole_ns = self.stopped_ns - self.attached_ns
-        if (
-            not (self.config.off_cpu and self.targeted)
-            or whole_ns < self.config.min_block_us * 1000
-        ):
+        if whole_ns < self.config.min_block_us * 1000:
             return []
-        seen = raw.switched_tids | {row[0].tid for row in raw.on_cpu}
-        seen |= {row[0].tid for row in raw.off_cpu}
         out = []
-        for thread in blocked_threads(raw.target_tgids, seen=seen):
-            if self.whole_run_tid and thread.tid != self.whole_run_tid:
-                continue
+        for thread in self.asleep_throughout:
             frames, modules = self._whole_run_frames(thread)
             out.append(
                 StackCount(
@@ -466,13 +473,7 @@ class FramePointerSampler:
             self._read_stacks(ids),
             still_blocked=len(pending),
             still_blocked_ns=sum(ns for _, _, ns in pending),
-            switched_tids=self._map_u32_keys("offcpu_start") if self.config.off_cpu else set(),
-            target_tgids=sorted(self._map_u32_keys("targets")) if self.targeted else [],
         )
-
-    def _map_u32_keys(self, name: str) -> set[int]:
-        assert self.obj is not None
-        return {int.from_bytes(k[:4], "little") for k in self.obj.map(name)}
 
     def _blocks_in_progress(self) -> list[tuple[CpuKey, int, int]]:
         """Threads that left the CPU and had not come back when sampling stopped: blocked
