@@ -23,4 +23,22 @@ static __always_inline void bump(void *array, u32 slot)
 		*n += 1;
 }
 
+/* Add one to the shared u64 count at `key` in hash `map`, creating it. Returns 1 when this
+ * call created the entry, 0 when it was there (or another CPU created it meanwhile), -1 when
+ * the table is full: the caller counts that drop in its own reason slot. */
+static __always_inline int count_one(void *map, const void *key)
+{
+	u64 one = 1, *n = bpf_map_lookup_elem(map, key);
+
+	if (!n) {
+		if (bpf_map_update_elem(map, key, &one, BPF_NOEXIST) == 0)
+			return 1;
+		n = bpf_map_lookup_elem(map, key);
+		if (!n)
+			return -1;
+	}
+	__sync_fetch_and_add(n, 1);
+	return 0;
+}
+
 #endif

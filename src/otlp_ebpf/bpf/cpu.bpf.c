@@ -138,7 +138,6 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tid = (u32)pid_tgid;
 	struct cpu_key key;
-	u64 one = 1, *count;
 
 	if (tid == 0 || !target_wanted(pid_tgid))
 		return 0; /* the idle task is not work */
@@ -148,18 +147,8 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 	read_stacks(ctx, &key.user_stack_id, &key.kernel_stack_id);
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	note_process(key.pid);
-	count = bpf_map_lookup_elem(&counts, &key);
-	if (count) {
-		__sync_fetch_and_add(count, 1);
-		return 0;
-	}
-	if (bpf_map_update_elem(&counts, &key, &one, BPF_NOEXIST)) {
-		count = bpf_map_lookup_elem(&counts, &key);
-		if (count)
-			__sync_fetch_and_add(count, 1);
-		else
-			bump(&drops, CPU_DROP_COUNTS_FULL);
-	}
+	if (count_one(&counts, &key) < 0)
+		bump(&drops, CPU_DROP_COUNTS_FULL);
 	return 0;
 }
 

@@ -525,7 +525,6 @@ int page_fault(struct trace_event_raw_x86_exceptions *ctx)
 	u64 id = bpf_get_current_pid_tgid();
 	struct stack_key key;
 	s64 stack_id;
-	u64 *n, one = 1;
 
 	if (!target_wanted(id))
 		return 0;
@@ -535,20 +534,14 @@ int page_fault(struct trace_event_raw_x86_exceptions *ctx)
 	__builtin_memset(&key, 0, sizeof(key));
 	key.tgid = id >> 32;
 	key.stack_id = stack_id;
-	n = bpf_map_lookup_elem(&faults, &key);
-	if (n) {
-		__sync_fetch_and_add(n, 1);
-		return 0;
+	switch (count_one(&faults, &key)) {
+	case -1:
+		bump(&drops, MEM_DROP_FAULTS_FULL);
+		break;
+	case 1:
+		remember_comm(key.tgid);
+		break;
 	}
-	if (bpf_map_update_elem(&faults, &key, &one, BPF_NOEXIST)) {
-		n = bpf_map_lookup_elem(&faults, &key);
-		if (n)
-			__sync_fetch_and_add(n, 1);
-		else
-			bump(&drops, MEM_DROP_FAULTS_FULL);
-		return 0;
-	}
-	remember_comm(key.tgid);
 	return 0;
 }
 
