@@ -405,8 +405,13 @@ int handle_kfree_skb(struct trace_event_raw_kfree_skb *ctx)
 		*n += 1;
 		return 0;
 	}
-	if (bpf_map_update_elem(&drop_reasons, &reason, &one, BPF_NOEXIST) &&
-	    !bpf_map_lookup_elem(&drop_reasons, &reason))
+	if (bpf_map_update_elem(&drop_reasons, &reason, &one, BPF_NOEXIST) == 0)
+		return 0;
+	/* Created meanwhile on another CPU: this CPU's slot of it is still to count. */
+	n = bpf_map_lookup_elem(&drop_reasons, &reason);
+	if (n)
+		*n += 1;
+	else
 		bump(&lost, LOST_REASON_TABLE_FULL);
 	return 0;
 }

@@ -133,8 +133,13 @@ static __always_inline void record_exit(u32 tgid, u64 nr, long ret, u64 delta, b
 		} else {
 			u64 one = 1;
 
-			if (bpf_map_update_elem(&errnos, &ekey, &one, BPF_NOEXIST) &&
-			    !bpf_map_lookup_elem(&errnos, &ekey))
+			if (bpf_map_update_elem(&errnos, &ekey, &one, BPF_NOEXIST) == 0)
+				return;
+			/* Created meanwhile on another CPU: count in this CPU's slot. */
+			n = bpf_map_lookup_elem(&errnos, &ekey);
+			if (n)
+				*n += 1;
+			else
 				bump(&drops, DROP_ERRNO_FULL);
 		}
 	}
