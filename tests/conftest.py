@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,3 +67,23 @@ def build_c(cc: str, source: str, out: Path, *flags: str) -> Path:
     src.write_text(source)
     subprocess.run([cc, *flags, "-o", str(out), str(src)], check=True)
     return out
+
+
+@pytest.fixture
+def full_disk() -> Iterator[Path]:
+    """A 64 KiB tmpfs filled to the last block: every write ends in ENOSPC."""
+    path = Path(tempfile.mkdtemp(prefix="otlp-ebpf-full-", dir="/tmp"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)], check=True)
+    try:
+        fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass  # full
+        finally:
+            os.close(fd)
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+        path.rmdir()

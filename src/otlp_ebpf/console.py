@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["debug", "err", "escape", "out", "status", "warn"]
+__all__ = ["debug", "err", "error", "escape", "out", "status", "warn"]
 
 _state = {"quiet": False, "debug": False}
 
@@ -52,6 +52,11 @@ def status(message: str) -> None:
 def warn(message: str) -> None:
     """A warning on stderr; never silenced, a user must see what was lost."""
     err.print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def error(message: str) -> None:
+    """An error on stderr (the run may go on to do what it still can)."""
+    err.print(f"[red]error:[/] {escape(message)}")
 
 
 def debug(message: str) -> None:

@@ -13,14 +13,17 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from otlp_ebpf import console
-from otlp_ebpf.errors import UsageError
+from otlp_ebpf.errors import OtlpEbpfError, UsageError
 from otlp_ebpf.model import Snapshot
 from otlp_ebpf.targets import TargetSpec
+
+if TYPE_CHECKING:
+    from otlp_ebpf.formatters.registry import OutputFormat
 
 PidOpt = Annotated[
     list[int] | None,
@@ -107,23 +110,21 @@ class PlannedOutput:
 
 
 def check_output_path(path: str) -> None:
-    """Refuse, before collecting, a path we could not or should not write."""
+    """Refuse, before collecting, a path we could not or should not write (the symlink rule
+    is checked again when writing: another user may create one meanwhile)."""
+    from otlp_ebpf.formatters.registry import final_target
+
     parent = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(parent):
         raise UsageError(f"{path}: directory {parent} does not exist")
     if os.path.isdir(path):
         raise UsageError(f"{path}: is a directory")
-    if os.path.islink(path):
-        mode = os.stat(parent).st_mode
-        if mode & stat.S_IWOTH:
-            raise UsageError(
-                f"{path}: refusing to write through a symlink in world-writable {parent}"
-            )
-    if os.path.exists(path) and not os.access(path, os.W_OK):
+    target = final_target(path)
+    if os.path.exists(target) and not os.access(target, os.W_OK):
         raise UsageError(f"{path}: not writable")
-    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+    if os.path.exists(target) and not stat.S_ISREG(os.stat(target).st_mode):
         return  # a device, pipe or FIFO (/dev/stdout): written in place
-    _probe_directory(path, os.path.dirname(os.path.realpath(path)))
+    _probe_directory(path, os.path.dirname(os.path.abspath(target)))
 
 
 def _probe_directory(path: str, parent: str) -> None:
@@ -152,29 +153,67 @@ def plan_outputs(paths: Sequence[str] | None, forced: str | None, kind: str) -> 
     return planned
 
 
-def write_outputs(snapshot: Snapshot, outputs: Sequence[PlannedOutput]) -> None:
+def write_outputs(snapshot: Snapshot, outputs: Sequence[PlannedOutput]) -> list[OtlpEbpfError]:
+    """Write every output that can be written; a failure is reported (one line) and returned,
+    never stops the others: one full disk must not cost the files on another."""
     from otlp_ebpf.formatters import registry
 
+    failures: list[OtlpEbpfError] = []
     for out in outputs:
         fmt = registry.format_for_path(out.path, out.format_name)
-        for written in registry.write_output(snapshot, out.path, fmt):
-            console.status(f"wrote {written}")
+        failures.extend(_write_one(snapshot, out.path, fmt))
+    return failures
 
 
-def deliver_otlp(snapshot: Snapshot, url: str | None, otlp_file: str | None) -> None:
-    """Write and/or push the OTLP form; a failed push spills a file and raises (exit 1)."""
+def _write_one(snapshot: Snapshot, path: str, fmt: OutputFormat) -> list[OtlpEbpfError]:
+    from otlp_ebpf.formatters import registry
+
+    failures: list[OtlpEbpfError] = []
+    for name, write in registry.parts(snapshot, fmt):
+        target = registry.sibling_path(path, fmt, name)
+        try:
+            registry.write_atomically(target, write)
+        except OtlpEbpfError as exc:
+            console.error(exc.message)
+            failures.append(exc)
+            continue
+        console.status(f"wrote {target}")
+    return failures
+
+
+def raise_failures(failures: Sequence[OtlpEbpfError], what: str = "outputs") -> None:
+    """After everything else is done: exit with the worst code of the failures, naming them
+    (each was already reported on its own line)."""
+    if not failures:
+        return
+    code = max(f.exit_code for f in failures)
+    if len(failures) == 1:
+        raise OtlpEbpfError(failures[0].message, hint=failures[0].hint, exit_code=code)
+    raise OtlpEbpfError(
+        f"{len(failures)} {what} failed: " + "; ".join(f.message for f in failures),
+        exit_code=code,
+    )
+
+
+def deliver_otlp(snapshot: Snapshot, url: str | None, otlp_file: str | None) -> list[OtlpEbpfError]:
+    """Write and/or push the OTLP form; a failed push spills a file. Failures are reported
+    and returned, as for `write_outputs`."""
+    failures: list[OtlpEbpfError] = []
     if otlp_file:
         from otlp_ebpf.formatters import registry
 
         fmt = registry.format_for_path(otlp_file, "otlp")
-        for written in registry.write_output(snapshot, otlp_file, fmt):
-            console.status(f"wrote {written}")
+        failures.extend(_write_one(snapshot, otlp_file, fmt))
     if url:
         from otlp_ebpf.export.config import OtlpConfig
         from otlp_ebpf.export.deliver import deliver
 
-        config = OtlpConfig.from_cli(None if url == OTLP_DEFAULT else url)
-        deliver(snapshot, config)
+        try:
+            deliver(snapshot, OtlpConfig.from_cli(None if url == OTLP_DEFAULT else url))
+        except OtlpEbpfError as exc:
+            console.error(exc.message)
+            failures.append(exc)
+    return failures
 
 
 def interval_exporter(
@@ -251,8 +290,10 @@ def finish(
     events: int,
     what: str = "events",
 ) -> None:
-    """Write every output, print the result (table or JSON) and the summary, then push OTLP."""
-    write_outputs(snapshot, outputs)
+    """Write every output that can be written, print the result (table or JSON) and the
+    summary, push OTLP, and only then fail (exit 1, or 2 for a refused path) naming what
+    could not be written or sent."""
+    failures = write_outputs(snapshot, outputs)
     if as_json:
         import json
 
@@ -265,4 +306,5 @@ def finish(
             + ", ".join(f"{k} {v:,}" for k, v in snapshot.lost_events.items() if v)
         )
     console.status(summary_line(snapshot, events, what))
-    deliver_otlp(snapshot, otlp_url, otlp_file)
+    failures.extend(deliver_otlp(snapshot, otlp_url, otlp_file))
+    raise_failures(failures)

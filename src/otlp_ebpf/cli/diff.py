@@ -14,7 +14,7 @@ import typer
 
 from otlp_ebpf import console
 from otlp_ebpf.cli import common
-from otlp_ebpf.errors import EXIT_RUNTIME, UsageError
+from otlp_ebpf.errors import EXIT_RUNTIME, OtlpEbpfError, UsageError
 from otlp_ebpf.formatters.registry import write_atomically
 
 if TYPE_CHECKING:
@@ -189,9 +189,15 @@ def run_diff(config: DiffConfig) -> Verdict:
     )
     report = diff_runs(base, new, options)
     verdict = evaluate(report)
-    for path in config.outputs:
-        write_output(path, report, verdict, base, new, config)
+    failures: list[OtlpEbpfError] = []
+    for path in config.outputs:  # every file that can be written is, whatever fails
+        try:
+            write_output(path, report, verdict, base, new, config)
+        except OtlpEbpfError as exc:
+            console.error(exc.message)
+            failures.append(exc)
     print_results(report, verdict, config)
+    common.raise_failures(failures)
     return verdict
 
 

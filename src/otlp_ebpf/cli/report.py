@@ -36,12 +36,13 @@ def register(app: typer.Typer) -> None:
         """
         snapshot = read_snapshot(snapshot_path)
         outputs = common.plan_outputs(output, fmt, snapshot.kind)
-        common.write_outputs(snapshot, outputs)
+        failures = common.write_outputs(snapshot, outputs)
         if as_json:
             console.out.print_json(json.dumps(snapshot.to_dict()))
         else:
             show_table(snapshot, top or None)
         console.status(common.summary_line(snapshot, *events_of(snapshot)))
+        common.raise_failures(failures)
 
 
 def show_table(snapshot: Snapshot, top: int | None) -> None:

@@ -143,30 +143,76 @@ def write_output(snapshot: Snapshot, path: str, fmt: OutputFormat) -> list[str]:
 
 
 def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """A regular file appears whole or not at all (written next to its target, then renamed).
-    A symlink is followed, so its target gets the data; a device or FIFO (`-o /dev/stdout`)
-    is written in place: renaming over it would replace the node itself."""
-    if _is_special(path):
-        _write_in_place(path, write)
+    """A regular file appears whole or not at all, created 0600 (outputs hold names, paths and
+    command lines of other users' processes): it is written to a temporary file created beside
+    it with O_EXCL|O_NOFOLLOW, then renamed over the final name, which is never resolved, so
+    nothing another user swaps in during the run is written through.
+
+    A symlink is followed only when it belongs to the caller or to root (`final_target`); one
+    of another user's is refused (UsageError, exit 2), checked here at write time and not only
+    before collecting. A device or FIFO (`-o /dev/stdout`) is written in place: renaming over
+    it would replace the node itself."""
+    target = final_target(path)
+    if _is_special(target) and _write_in_place(target, write):
         return
-    path = os.path.realpath(path)
-    directory, base = os.path.split(path)
-    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.tmp")
+    directory, base = os.path.split(target)
     try:
-        # 0o666 through os.open lets the umask decide, as for any file the user creates.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    try:
+        _write_beside(dir_fd, base, path, write)
+    finally:
+        os.close(dir_fd)
+
+
+def _write_beside(dir_fd: int, base: str, path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Write `base` in the directory `dir_fd` through a temporary file and a rename."""
+    tmp = f".{base}.{secrets.token_hex(4)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, OUTPUT_MODE, dir_fd=dir_fd)
     except OSError as exc:
         raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as stream:
             write(stream)
-        os.replace(tmp, path)
+        os.replace(tmp, base, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError as exc:
-        _remove_quietly(tmp)
+        _remove_quietly(tmp, dir_fd)
         raise _write_error(path, exc) from exc
     except BaseException:
-        _remove_quietly(tmp)
+        _remove_quietly(tmp, dir_fd)
         raise
+
+
+# Outputs can hold command lines and paths of every user's processes: like spill files, they
+# are readable by their owner only (docs/security.md).
+OUTPUT_MODE = 0o600
+
+# Enough for any sane chain of links; the kernel's own limit is 40.
+_MAX_LINKS = 40
+
+
+def final_target(path: str) -> str:
+    """The path the output will be written at: `path` itself unless it is a symlink that
+    belongs to the caller or to root, followed then one link at a time (each link is checked
+    again). UsageError (exit 2) for a link of another user: following it would let that
+    user choose which file of ours gets replaced."""
+    for _ in range(_MAX_LINKS):
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return path  # does not exist yet (or cannot be seen): created as a new file
+        if not stat.S_ISLNK(info.st_mode):
+            return path
+        if info.st_uid not in (os.geteuid(), 0):
+            raise UsageError(
+                f"{path}: refusing to write through a symlink owned by another user "
+                f"(uid {info.st_uid}); remove it or choose another path"
+            )
+        path = os.path.join(os.path.dirname(path), os.readlink(path))
+    raise UsageError(f"{path}: too many levels of symbolic links")
 
 
 def _is_special(path: str) -> bool:
@@ -176,12 +222,22 @@ def _is_special(path: str) -> bool:
         return False  # does not exist yet: a new regular file
 
 
-def _write_in_place(path: str, write: Callable[[BinaryIO], None]) -> None:
+def _write_in_place(path: str, write: Callable[[BinaryIO], None]) -> bool:
+    """Write a device or FIFO in place; False (nothing written) when `path` turned out to be a
+    regular file after all, swapped in since the check."""
     try:
-        with open(path, "wb") as stream:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return False
+    try:
+        with os.fdopen(fd, "wb") as stream:
             write(stream)
     except OSError as exc:
         raise _write_error(path, exc) from exc
+    return True
 
 
 # The disk failing us is not the user's doing; a bad path or permission is.
@@ -195,9 +251,9 @@ def _write_error(path: str, exc: OSError) -> OtlpEbpfError:
     return UsageError(message)
 
 
-def _remove_quietly(path: str) -> None:
+def _remove_quietly(name: str, dir_fd: int) -> None:
     with contextlib.suppress(OSError):
-        os.remove(path)
+        os.unlink(name, dir_fd=dir_fd)
 
 
 def one_file_per_profile(
