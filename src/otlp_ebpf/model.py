@@ -166,6 +166,8 @@ class Snapshot:
     processes: tuple[ProcessInfo, ...] = ()
     self_cost: SelfCost = field(default_factory=SelfCost)
     notes: tuple[str, ...] = ()
+    # The launched command's status when it ended by itself: exit code, or -N for signal N.
+    command_exit: int | None = None
 
     @property
     def lost_total(self) -> int:

@@ -268,11 +268,23 @@ def summary_line(snapshot: Snapshot, events: int, what: str = "events") -> str:
         if lost
         else ""
     )
+    command = next((n for n in snapshot.notes if n.startswith("command: ")), "")
     return (
         f"{_seconds(snapshot.duration_s)}, {events:,} {what}, {lost_text}; "
         f"cost {cost.cpu_s:.2f} s CPU{share}, BPF {cost.bpf_ns / 1e6:.1f} ms "
         f"in {cost.bpf_runs:,} runs, peak RSS {human_bytes(cost.peak_rss_kb * 1024)}"
+        + (f"; {command}" if command else "")
     )
+
+
+def command_exit_code(snapshot: Snapshot) -> int:
+    """The process exit code a successful run ends with: the launched command's own status
+    (128+N when signal N killed it), as strace and time do, so a CI step fails with its
+    tests; 0 without a command or when the run stopped it."""
+    status = snapshot.command_exit
+    if status is None:
+        return 0
+    return status if status >= 0 else 128 - status
 
 
 def _seconds(value: float) -> str:
@@ -289,10 +301,10 @@ def finish(
     show: Callable[[Snapshot], None],
     events: int,
     what: str = "events",
-) -> None:
+) -> int:
     """Write every output that can be written, print the result (table or JSON) and the
     summary, push OTLP, and only then fail (exit 1, or 2 for a refused path) naming what
-    could not be written or sent."""
+    could not be written or sent. Returns the exit code of the run (`command_exit_code`)."""
     failures = write_outputs(snapshot, outputs)
     if as_json:
         import json
@@ -308,3 +320,4 @@ def finish(
     console.status(summary_line(snapshot, events, what))
     failures.extend(deliver_otlp(snapshot, otlp_url, otlp_file))
     raise_failures(failures)
+    return command_exit_code(snapshot)

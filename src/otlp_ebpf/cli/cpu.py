@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         otlp: common.OtlpOpt = None,
         otlp_file: common.OtlpFileOpt = None,
         as_json: common.JsonOpt = False,
-    ) -> None:
+    ) -> int:
         """Sample stacks on every CPU (and, with --off-cpu, where threads block).
 
         Examples: `otlp-ebpf cpu -p 1234 -d 30 -o flame.html`,
@@ -82,13 +82,17 @@ def register(app: typer.Typer) -> None:
         check_repeat(repeat, config)
         runs = repeated_outputs(output, fmt, repeat)
         common.validate_otlp(otlp, otlp_file)
+        exit_code = 0
         for index, outputs in enumerate(runs, start=1):
             if repeat > 1:
                 console.status(f"run {index} of {repeat}")
             snapshot = _profile_once(config, outputs, as_json, otlp, otlp_file, top)
+            # The first run whose command failed decides, as a CI step expects.
+            exit_code = exit_code or common.command_exit_code(snapshot)
             if index < repeat and was_interrupted(snapshot):
                 console.status(f"interrupted: runs {index + 1} to {repeat} not started")
                 break
+        return exit_code
 
 
 def was_interrupted(snapshot: Snapshot) -> bool:

@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         otlp: common.OtlpOpt = None,
         otlp_file: common.OtlpFileOpt = None,
         as_json: common.JsonOpt = False,
-    ) -> None:
+    ) -> int:
         """Outstanding (not freed) memory by allocation stack: find leaks.
 
         With `-- CMD` every allocation of the command is seen from its first instruction;
@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
             assert isinstance(snap, MemSnapshot)
             mem_table.render_table(snap, console.out, top=top or None)
 
-        common.finish(
+        return common.finish(
             snapshot,
             outputs,
             as_json=as_json,

@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         otlp: common.OtlpOpt = None,
         otlp_file: common.OtlpFileOpt = None,
         as_json: common.JsonOpt = False,
-    ) -> None:
+    ) -> int:
         """Trace TCP connections: owner, addresses, exact payload bytes, connect latency,
         retransmitted segments, resets and RTT per connection, plus packet drops by reason.
 
@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
             assert isinstance(snap, NetSnapshot)
             net_table.render_table(snap, console.out, top=top or None)
 
-        common.finish(
+        return common.finish(
             snapshot,
             outputs,
             as_json=as_json,

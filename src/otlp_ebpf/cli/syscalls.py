@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         otlp: common.OtlpOpt = None,
         otlp_file: common.OtlpFileOpt = None,
         as_json: common.JsonOpt = False,
-    ) -> None:
+    ) -> int:
         """Count syscalls, errors by errno and latency, aggregated in the kernel.
 
         Examples: `otlp-ebpf syscalls -- ./integration-test`,
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
             if latency:
                 syscalls_table.render_latency(snap, latency, console.out)
 
-        common.finish(
+        return common.finish(
             snapshot,
             outputs,
             as_json=as_json,

@@ -81,6 +81,7 @@ class Targets:
             if tgid not in self.tgids:
                 self.tgids.append(tgid)
         self.held: HeldCommand | None = None
+        self.stopped_by_run = False
         self._drops: BpfMap | None = None
         if spec.command:
             self.held = HeldCommand(spec.command)
@@ -154,7 +155,36 @@ class Targets:
         if not held.released:
             held.abandon()
         elif held.stop():
+            self.stopped_by_run = True
             console.status(f"stopped {held.argv[0]} (pid {held.pid}): the run is over")
+
+    def command_exit(self) -> int | None:
+        """The launched command's status once it ended by itself: its exit code, or -N when
+        signal N killed it. None without a command, while it runs, or when the run stopped it."""
+        held = self.held
+        if held is None or not held.released or self.stopped_by_run:
+            return None
+        return held.poll()
+
+    def command_notes(self) -> tuple[str, ...]:
+        """What became of the launched command, for the snapshot's notes."""
+        held = self.held
+        if held is None or not held.released:
+            return ()
+        status = self.command_exit()
+        if status is None:
+            return ("command: still running when the run ended (stopped)",)
+        return (f"command: {describe_exit(status)}",)
+
+
+def describe_exit(status: int) -> str:
+    """`exited with status 3` / `killed by signal SIGKILL` (status as waitstatus_to_exitcode)."""
+    if status >= 0:
+        return f"exited with status {status}"
+    try:
+        return f"killed by {signal.Signals(-status).name}"
+    except ValueError:
+        return f"killed by signal {-status}"
 
 
 def process_state(pid: int) -> str:
