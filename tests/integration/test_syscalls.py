@@ -191,7 +191,10 @@ def test_duration_ends_a_run_whose_command_runs_on(capsys, tmp_path):
     started = time.monotonic()
     assert run(["syscalls", "-d", "0.5", "-o", str(out), "--", "/bin/sleep", "30"]) == 0
     assert time.monotonic() - started < 6
-    assert json.loads(out.read_text())["notes"] == ["ended: duration"]
+    assert json.loads(out.read_text())["notes"] == [
+        "ended: duration",
+        "command: still running when the run ended (stopped)",
+    ]
     assert "stopped /bin/sleep" in capsys.readouterr().err
 
 
