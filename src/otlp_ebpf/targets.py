@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from otlp_ebpf import hosttext
+
 
 @dataclass(frozen=True)
 class TargetSpec:
@@ -15,7 +17,7 @@ class TargetSpec:
 
     def describe(self) -> tuple[str, ...]:
         if self.command:
-            return ("command: " + " ".join(self.command),)
+            return ("command: " + " ".join(hosttext.from_fs(a) for a in self.command),)
         parts = tuple(f"pid {p}" for p in self.pids)
         if self.tid:
             parts += (f"tid {self.tid}",)

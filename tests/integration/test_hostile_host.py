@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from otlp_ebpf.cli.app import run
+from tests.conftest import build_c
 
 pytestmark = pytest.mark.bpf
 
@@ -63,3 +66,107 @@ def test_a_full_disk_costs_only_its_own_output(
     assert "execve" in captured.out  # the table is printed
     assert f"{lost}: cannot write: No space left on device" in captured.err
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+# Names itself with bytes that are not UTF-8 (and a terminal escape when asked), then keeps a
+# CPU busy with syscalls for argv[1] ms: seen by system-wide runs of every collector.
+HOSTILE = r"""
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+static double now(void) {
+    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+int main(int argc, char **argv) {
+    double until = now() + (argc > 1 ? atoi(argv[1]) : 1000) / 1000.0;
+    if (argc > 2) prctl(PR_SET_NAME, argv[2], 0, 0, 0);
+    volatile unsigned long sink = 0;
+    while (now() < until) { getppid(); for (int i = 0; i < 20000; i++) sink += i; }
+    return 0;
+}
+"""
+EVIL = b"evil\xff\xfe"
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory, cc: str) -> Path:
+    """The workload, copied under a name that is not UTF-8, where `nobody` can run it."""
+    folder = Path(tempfile.mkdtemp(prefix="otlp-ebpf-hostile-", dir="/tmp"))
+    folder.chmod(0o755)
+    built = build_c(cc, HOSTILE, tmp_path_factory.mktemp("hostile") / "hostile", "-O1")
+    evil = os.path.join(os.fsencode(folder), EVIL)
+    shutil.copy(built, evil)
+    os.chmod(evil, 0o755)
+    yield Path(os.fsdecode(evil))
+    shutil.rmtree(folder)
+
+
+@pytest.fixture
+def other_users_process(hostile: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Another user runs the hostile program (argument bytes not UTF-8 either) until the test
+    is over; returned once it has named itself."""
+    argv = [*AS_NOBODY, os.fsencode(hostile), b"600000", EVIL, b"--password=hunter\xff2"]
+    proc = subprocess.Popen(argv)
+    comm = f"/proc/{proc.pid}/comm"
+    while proc.poll() is None and Path(comm).read_bytes() != EVIL + b"\n":
+        time.sleep(0.01)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize(("collector", "table"), [("syscalls", "-P"), ("cpu", "--top=1")])
+def test_a_process_name_that_is_not_utf8_is_kept_system_wide(
+    collector: str,
+    table: str,
+    other_users_process: subprocess.Popen[bytes],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "snap.json"
+
+    otlp = str(tmp_path / "s.otlp.pb")
+    code = run([collector, table, "-d", "0.5", "-o", str(out), "-o", otlp])
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    snap = json.loads(out.read_text())
+    rows = snap["syscalls"] if collector == "syscalls" else snap["stacks"]
+    assert "evil\\xff\\xfe" in {r["comm"] for r in rows if r["pid"] == other_users_process.pid}
+    if collector == "syscalls":
+        assert "evil\\xff\\xfe" in captured.out  # the table shows it, escaped
+
+
+def test_a_launched_command_with_such_bytes_fills_every_output(
+    hostile: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [str(hostile), "300", os.fsdecode(b"arg\xfe")]
+    outputs = [str(tmp_path / n) for n in ("x.json", "x.html", "x.folded", "x.otlp.pb")]
+
+    code = run(["cpu", *(a for o in outputs for a in ("-o", o)), "--", *argv])
+
+    assert code == 0, capsys.readouterr().err
+    snap = json.loads((tmp_path / "x.json").read_text())
+    shown = os.fsencode(hostile).decode("utf-8", "backslashreplace")  # .../evil\\xff\\xfe
+    assert snap["targets"] == [f"command: {shown} 300 arg\\xfe"]
+    (info,) = snap["processes"]
+    assert info["comm"] == "arg\\xfe"  # named itself after its argument
+    assert info["exe"] == shown
+    assert "arg\\xfe" in (tmp_path / "x.html").read_text()
+    assert (tmp_path / "x.folded").read_text().startswith("arg\\xfe;")
+
+
+def test_a_comm_filter_with_such_bytes_matches_the_process(
+    hostile: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [str(hostile), "200", os.fsdecode(EVIL)]
+
+    code = run(["syscalls", "--json", "--comm", os.fsdecode(EVIL), "--", *argv])
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = json.loads(captured.out)["syscalls"]
+    assert rows and {r["comm"] for r in rows} == {"evil\\xff\\xfe"}

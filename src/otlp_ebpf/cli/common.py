@@ -12,12 +12,11 @@ import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from otlp_ebpf import console
+from otlp_ebpf import console, hosttext
 from otlp_ebpf.errors import OtlpEbpfError, UsageError
 from otlp_ebpf.model import Snapshot
 from otlp_ebpf.targets import TargetSpec
@@ -93,7 +92,7 @@ def target_spec(pids: Sequence[int] | None, tid: int, command: Sequence[str] | N
 def check_process_id(pid: int) -> None:
     """A live process id; a thread id gets pointed at its process (or at --tid)."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text() if pid > 0 else ""
+        status = hosttext.read(f"/proc/{pid}/status") if pid > 0 else ""
     except OSError:
         status = ""
     tgid = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("Tgid:")), None)

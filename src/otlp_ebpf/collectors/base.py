@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from otlp_ebpf import console
+from otlp_ebpf import console, hosttext
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import ProcessInfo, SelfCost
 from otlp_ebpf.runtime import features, probes, stats
@@ -36,7 +36,7 @@ def check_pid(pid: int) -> None:
 
 def tgid_of(tid: int) -> int:
     try:
-        for line in Path(f"/proc/{tid}/status").read_text().splitlines():
+        for line in hosttext.read(f"/proc/{tid}/status").splitlines():
             if line.startswith("Tgid:"):
                 return int(line.split()[1])
     except OSError:
@@ -45,20 +45,21 @@ def tgid_of(tid: int) -> int:
 
 
 def read_process_info(pid: int) -> ProcessInfo | None:
-    """comm, executable and command line of a live process (None once it is gone)."""
-    base = Path(f"/proc/{pid}")
+    """comm, executable and command line of a live process (None once it is gone), bytes
+    that are not UTF-8 kept as `\\xNN` (any user names their processes as they like)."""
+    base = f"/proc/{pid}"
     try:
-        comm = (base / "comm").read_text().strip()
+        comm = hosttext.read(f"{base}/comm").removesuffix("\n")
     except OSError:
         return None
     try:
-        exe = os.readlink(base / "exe")
+        exe = hosttext.decode(os.readlink(f"{base}/exe".encode()))
     except OSError:
         exe = ""
     try:
-        cmdline = tuple(
-            a for a in (base / "cmdline").read_bytes().decode(errors="replace").split("\0") if a
-        )
+        with open(f"{base}/cmdline", "rb") as fh:
+            raw = fh.read()
+        cmdline = tuple(hosttext.decode(a) for a in raw.split(b"\0") if a)
     except OSError:
         cmdline = ()
     return ProcessInfo(pid, comm, exe, cmdline)
@@ -190,7 +191,7 @@ def describe_exit(status: int) -> str:
 def process_state(pid: int) -> str:
     """The one-letter state in /proc/PID/stat ("" once the process is gone)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = hosttext.read(f"/proc/{pid}/stat")
     except OSError:
         return ""
     fields = stat.rpartition(")")[2].split()

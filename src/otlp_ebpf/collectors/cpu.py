@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
-from otlp_ebpf import console
+from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base
 from otlp_ebpf.collectors.blocked_threads import (
     BlockedThread,
@@ -613,7 +613,7 @@ def merge_stacks(stacks: Sequence[StackCount]) -> list[StackCount]:
 
 
 def _comm(key: CpuKey) -> str:
-    return bytes(key.comm).split(b"\0", 1)[0].decode(errors="replace")
+    return hosttext.decode(bytes(key.comm).split(b"\0", 1)[0])
 
 
 def collect(config: CpuConfig) -> CpuSnapshot:

@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from otlp_ebpf import console
+from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base
 from otlp_ebpf.collectors.cpu import without_tracing_frames
 from otlp_ebpf.errors import UsageError
@@ -235,7 +235,7 @@ class DwarfSampler:
         if head.pid in self.own_pids():
             return  # the table-decoding child is part of this tool, not of the profile
         self.samples_total += 1
-        comm = head.comm.decode(errors="replace")
+        comm = hosttext.decode(head.comm)
         kernel = tuple(head.kstack[: head.kstack_bytes // 8]) if self.kernel_stacks else ()
         key = (head.pid, head.tid, comm)
         if head.flags & SAMPLE_NO_USER_REGS:

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from otlp_ebpf import console
+from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base, mem_allocator
 from otlp_ebpf.collectors.stack_store import read_stored_stacks
 from otlp_ebpf.errors import EnvironmentLacks, UsageError
@@ -451,7 +451,7 @@ class MemCollector:
     def read_comms(self) -> dict[int, str]:
         assert self.obj is not None
         return {
-            int.from_bytes(k, "little"): v.split(b"\0", 1)[0].decode(errors="replace")
+            int.from_bytes(k, "little"): hosttext.decode(v.split(b"\0", 1)[0])
             for k, v in self.obj.map("comms").items()
         }
 

@@ -46,7 +46,8 @@ def is_libc(path: str) -> bool:
 def mapped_files(pid: int, proc_root: str = "/proc") -> list[str]:
     """Distinct file paths mapped executable by `pid`, in address order."""
     try:
-        text = Path(f"{proc_root}/{pid}/maps").read_text()
+        # Paths stay openable: undecodable bytes held as surrogates.
+        text = Path(f"{proc_root}/{pid}/maps").read_text(errors="surrogateescape")
     except OSError as exc:
         raise UsageError(f"no such process: {pid}") from exc
     paths: list[str] = []

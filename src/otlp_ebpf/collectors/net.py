@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from otlp_ebpf import console
+from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base
 from otlp_ebpf.errors import EnvironmentLacks, UsageError
 from otlp_ebpf.model import Connection, IntervalPoint, NetSnapshot
@@ -207,7 +207,7 @@ def record_to_connection(rec: ConnRecord, now_ns: int, clock: MonotonicClock) ->
     owner_known = bool(rec.flags & CONN_OWNER_KNOWN)
     return Connection(
         pid=rec.pid if owner_known else 0,
-        comm=rec.comm.decode(errors="replace") if owner_known else "",
+        comm=hosttext.decode(rec.comm) if owner_known else "",
         family=rec.family,
         laddr=format_address(rec.family, bytes(rec.laddr)),
         lport=rec.lport,

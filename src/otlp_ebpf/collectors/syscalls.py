@@ -10,12 +10,13 @@ from __future__ import annotations
 import ctypes
 import difflib
 import errno as errno_mod
+import os
 import platform
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from otlp_ebpf import console
+from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base
 from otlp_ebpf.collectors.syscall_table import ARM64, X86_64
 from otlp_ebpf.errors import RuntimeFailure, UsageError
@@ -175,7 +176,7 @@ class SyscallsCollector:
             nr_exit_group=by_name.get("exit_group", -1),
         )
         if self.config.comm:
-            values.update(targ_has_comm=1, targ_comm=self.config.comm.encode()[:15])
+            values.update(targ_has_comm=1, targ_comm=os.fsencode(self.config.comm)[:15])
         return values
 
     def start(self) -> None:
@@ -234,7 +235,7 @@ class SyscallsCollector:
     def read_comms(self) -> dict[int, str]:
         assert self.obj is not None
         return {
-            int.from_bytes(k, "little"): v.split(b"\0", 1)[0].decode(errors="replace")
+            int.from_bytes(k, "little"): hosttext.decode(v.split(b"\0", 1)[0])
             for k, v in self.obj.map("comms").items()
         }
 

@@ -40,6 +40,8 @@ from typing import Any, BinaryIO
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from otlp_ebpf import hosttext
+
 DEFAULT_DEBUG_ROOT = "/usr/lib/debug"
 
 _STT_FUNC = 2
@@ -121,7 +123,7 @@ class SymbolTable:
                 end = min(next_start, best.section_end) if best.section_end > start else next_start
             table.starts.append(start)
             table.ends.append(max(end, start + 1))
-            table.names.append(best.name.decode("utf-8", "replace"))
+            table.names.append(hosttext.decode(best.name))
         return table
 
 

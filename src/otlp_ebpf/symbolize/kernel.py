@@ -18,6 +18,8 @@ from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from otlp_ebpf import hosttext
+
 KALLSYMS_PATH = "/proc/kallsyms"
 
 # Code symbols: global/local text and weak symbols.
@@ -125,8 +127,8 @@ class KernelSymbols:
             return None
         name, _, module = self._text(index).partition(b"\t")
         return KernelSymbol(
-            name.decode("utf-8", "replace"),
-            module.strip(b"[] ").decode("utf-8", "replace"),
+            hosttext.decode(name),
+            hosttext.decode(module.strip(b"[] ")),
             offset,
         )
 

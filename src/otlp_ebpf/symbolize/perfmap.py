@@ -16,6 +16,8 @@ import os
 import stat
 from dataclasses import dataclass
 
+from otlp_ebpf import hosttext
+
 # A JIT's map grows with the code it generates; this bounds what one file may cost us.
 MAX_PERF_MAP_BYTES = 64 * 1024 * 1024
 
@@ -60,7 +62,7 @@ class PerfMap:
                 data = fh.read(MAX_PERF_MAP_BYTES)
             except OSError:
                 return None
-        return cls.parse(data.decode("utf-8", "replace"))
+        return cls.parse(hosttext.decode(data))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -86,9 +88,9 @@ def perf_map_path(pid: int, proc_root: str = "/proc") -> str:
 
 def _namespace_pid(pid: int, proc_root: str) -> int:
     try:
-        with open(os.path.join(proc_root, str(pid), "status"), encoding="utf-8") as fh:
+        with open(os.path.join(proc_root, str(pid), "status"), "rb") as fh:
             for line in fh:
-                if line.startswith("NSpid:"):
+                if line.startswith(b"NSpid:"):
                     return int(line.split()[-1])
     except (OSError, ValueError, IndexError):
         pass

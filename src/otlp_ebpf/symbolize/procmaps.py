@@ -166,7 +166,9 @@ class ProcessMaps:
         """
         proc = os.path.join(proc_root, str(pid))
         try:
-            with open(os.path.join(proc, "maps"), encoding="utf-8", errors="replace") as fh:
+            # Paths stay openable (undecodable bytes held as surrogates); they are made text only
+            # where they enter a snapshot (hosttext.from_fs).
+            with open(os.path.join(proc, "maps"), encoding="utf-8", errors="surrogateescape") as fh:
                 lines = fh.readlines()
         except FileNotFoundError as exc:
             raise UsageError(f"process {pid} not found") from exc
@@ -218,7 +220,9 @@ class ProcessMaps:
 def process_start_time(pid: int, proc_root: str = PROC_ROOT) -> int:
     """Start time of `pid` in clock ticks after boot (field 22 of stat); 0 when gone."""
     try:
-        with open(os.path.join(proc_root, str(pid), "stat"), encoding="utf-8") as fh:
+        with open(
+            os.path.join(proc_root, str(pid), "stat"), encoding="utf-8", errors="replace"
+        ) as fh:
             stat = fh.read()
     except OSError:
         return 0

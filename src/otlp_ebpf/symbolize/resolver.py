@@ -34,6 +34,7 @@ from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError
 
+from otlp_ebpf import hosttext
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import KERNEL_SUFFIX
 from otlp_ebpf.symbolize.elf import DEFAULT_DEBUG_ROOT, ElfSymbolizer, LoadedElf, file_opener
@@ -182,7 +183,7 @@ class Symbolizer:
                 if self._recapture_if_same_process(pid):
                     resolution = self._resolve_user(pid, lookup)
             self.stats.count(resolution[2])
-            frames.append((resolution[0], resolution[1]))
+            frames.append((hosttext.from_fs(resolution[0]), hosttext.from_fs(resolution[1])))
         return frames
 
     def kernel_frames(
