@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from statistics import fmean
 
 from otlp_ebpf.analysis import stats
-from otlp_ebpf.analysis.diff import DiffOptions, DiffRow, DiffSection, RunSet
+from otlp_ebpf.analysis.diff_model import DiffOptions, DiffRow, DiffSection, RunSet
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.latency import percentile_ns
 from otlp_ebpf.model import Connection, NetSnapshot, Snapshot, SyscallsSnapshot, SyscallStat

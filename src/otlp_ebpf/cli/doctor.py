@@ -33,16 +33,16 @@ TRACEPOINTS = [
 
 
 def run_checks() -> list[Check]:
-    from otlp_ebpf.runtime import features, libbpf
+    from otlp_ebpf.runtime import features, libbpf, privileges
 
     checks: list[Check] = []
     root_fix = "run as root, or grant CAP_BPF and CAP_PERFMON (setcap cap_bpf,cap_perfmon+ep)"
     checks.append(
         Check(
             "privileges",
-            features.privileged(),
+            privileges.privileged(),
             _whoami(),
-            "" if features.privileged() else root_fix,
+            "" if privileges.privileged() else root_fix,
         )
     )
     checks.append(Check("kernel", True, features.kernel_release()))

@@ -7,9 +7,9 @@ of a process, exec, exit) lets the symbolizer capture /proc/PID/maps while short
 processes still exist.
 
 Stack unwinding is chosen by `pick_sampler`: this module provides frame-pointer unwinding
-(`bpf_get_stack`, each stack stored once); another unwinder plugs in as a module exposing
-`make_sampler(config, symbolizer) -> Sampler`. `CompositeSampler` runs two in one run (DWARF
-for on-CPU samples, frame pointers for off-CPU blocks).
+(`bpf_get_stack`, each stack stored once); collectors/cpu_dwarf.py unwinds with DWARF CFI.
+`CompositeSampler` runs two in one run (DWARF for on-CPU samples, frame pointers for off-CPU
+blocks). What both share is in collectors/cpu_sampling.py.
 
 Off-CPU blocks still in progress when the run ends count up to that moment: their start time
 and stacks were recorded when the thread left the CPU.
@@ -22,8 +22,7 @@ import dataclasses
 import errno
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, cast
+from dataclasses import dataclass
 
 from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base
@@ -33,6 +32,14 @@ from otlp_ebpf.collectors.blocked_threads import (
     blocked_threads,
     mark_threads,
 )
+from otlp_ebpf.collectors.cpu_sampling import (
+    KERNEL_MODULE,
+    CompositeSampler,
+    CpuConfig,
+    SampledStacks,
+    Sampler,
+    without_tracing_frames,
+)
 from otlp_ebpf.collectors.stack_store import read_stored_stacks
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import KERNEL_SUFFIX, CpuSnapshot, ProcessInfo, StackCount
@@ -40,29 +47,14 @@ from otlp_ebpf.runtime import features, probes
 from otlp_ebpf.runtime.events import RingBuffer
 from otlp_ebpf.runtime.loader import BpfObject
 from otlp_ebpf.symbolize.resolver import UNKNOWN_FRAME, Symbolizer
-from otlp_ebpf.targets import TargetSpec
 
 COMM_LEN = 16
-KERNEL_MODULE = "[kernel.kallsyms]"
 LOST_STACK_FRAME = "[lost stack]"
 BLOCKED_WHOLE_RUN_FRAME = "[blocked since before the run]"
 # --kernel-only: a sample taken while the thread ran user code (it has no kernel stack).
 USER_MODE_FRAME = "[user]"
 STACK_USER_MODE = -4096  # CPU_STACK_USER_MODE in bpf/cpu.h: outside the errno range
 UNWIND_MODES = ("fp", "dwarf", "auto")
-# Kernel frames of the tracing machinery itself (sched_switch runs our program on top of the
-# blocked task's stack; a sample's copy starts in the perf overflow path): not part of what
-# the task was doing.
-TRACING_FRAME_PREFIXES = (
-    "bpf_prog_",
-    "bpf_trace_run",
-    "__bpf_trace_",
-    "perf_trace_",
-    "trace_call_bpf",
-    "__traceiter_",
-    "bpf_overflow_handler",
-    "__perf_event_overflow",
-)
 # A process's libraries are mapped after exec, while it already runs: capture its maps again
 # this long after it was first seen (while it lives), so short runs still symbolize.
 RECAPTURE_AFTER_S = (0.02, 0.2)
@@ -118,22 +110,6 @@ class PidEvent(ctypes.Structure):
     _fields_ = [("pid", ctypes.c_uint32), ("kind", ctypes.c_uint32)]
 
 
-@dataclass(frozen=True)
-class CpuConfig:
-    """What `otlp-ebpf cpu` was asked to record."""
-
-    targets: TargetSpec = field(default_factory=TargetSpec)
-    duration_s: float | None = None
-    frequency_hz: int = 99
-    on_cpu: bool = True
-    off_cpu: bool = False
-    min_block_us: int = 1
-    user_stacks: bool = True
-    kernel_stacks: bool = True
-    unwind: str = "auto"
-    stack_entries: int = 16384
-
-
 def check_config(config: CpuConfig) -> None:
     """UsageError for settings that cannot work, before anything is loaded or launched."""
     limit = probes.max_sample_rate()
@@ -161,44 +137,24 @@ def check_config(config: CpuConfig) -> None:
         raise UsageError("--unwind dwarf unwinds user stacks; --kernel-only records none")
 
 
-@dataclass
-class SampledStacks:
-    """What a sampler hands back at the end of a run, already symbolized."""
-
-    on_cpu: list[StackCount] = field(default_factory=list)
-    off_cpu: list[StackCount] = field(default_factory=list)
-    lost: dict[str, int] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
-    own_pids: frozenset[int] = frozenset()  # this tool's helper processes, left out
-
-
-class Sampler(Protocol):
-    """One way of collecting stacks: load + attach, poll while running, stop (detach) at the
-    end of the run, then read."""
-
-    def start(self, targets: base.Targets) -> None: ...
-
-    def poll(self, timeout_s: float) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def finish(self) -> SampledStacks: ...
-
-    def cost(self) -> tuple[int, int]: ...
-
-    def helper_cpu_s(self) -> float: ...
-
-    def processes(self) -> dict[int, ProcessInfo]: ...
-
-
 def pick_sampler(config: CpuConfig, symbolizer: Symbolizer) -> Sampler:
     """The sampler for `config.unwind`: frame pointers here; DWARF (and `auto`, which picks
-    per frame) in collectors/cpu_dwarf.py."""
-    if config.unwind == "fp":
-        return FramePointerSampler(config, symbolizer)
-    from otlp_ebpf.collectors.cpu_dwarf import make_sampler
+    per frame) in collectors/cpu_dwarf.py.
 
-    return cast(Sampler, make_sampler(config, symbolizer))
+    DWARF unwinding covers on-CPU user stacks. Off-CPU stacks are taken with frame pointers in
+    the same run (a copy of 16 KB of stack at every context switch would cost far more than the
+    sampling itself); without on-CPU user stacks to unwind, `auto` is frame-pointer sampling
+    (check_config refuses `dwarf` there).
+    """
+    if config.unwind == "fp" or not config.on_cpu or not config.user_stacks:
+        return FramePointerSampler(config, symbolizer)
+    from otlp_ebpf.collectors.cpu_dwarf import CpuDwarfSampler
+
+    dwarf = CpuDwarfSampler(config, symbolizer)
+    if not config.off_cpu:
+        return dwarf
+    off_cpu_only = dataclasses.replace(config, on_cpu=False)
+    return CompositeSampler(on_cpu=dwarf, off_cpu=FramePointerSampler(off_cpu_only, symbolizer))
 
 
 @dataclass
@@ -244,45 +200,6 @@ class ProcessWatch:
         while self._due and self._due[0][0] <= now:
             _, pid = self._due.pop(0)
             self._capture(pid)
-
-
-class CompositeSampler:
-    """Two samplers in one run: one for on-CPU samples, one for off-CPU blocks."""
-
-    def __init__(self, on_cpu: Sampler, off_cpu: Sampler) -> None:
-        self.parts = (on_cpu, off_cpu)
-
-    def start(self, targets: base.Targets) -> None:
-        for part in self.parts:
-            part.start(targets)
-
-    def poll(self, timeout_s: float) -> None:
-        self.parts[0].poll(timeout_s)
-        self.parts[1].poll(0.0)
-
-    def stop(self) -> None:
-        for part in self.parts:
-            part.stop()
-
-    def finish(self) -> SampledStacks:
-        self.stop()  # both at once: neither keeps recording while the other is read
-        on, off = (part.finish() for part in self.parts)
-        lost = dict(on.lost)
-        for reason, n in off.lost.items():
-            lost[reason] = lost.get(reason, 0) + n
-        own = on.own_pids | off.own_pids
-        off_cpu = [s for s in off.off_cpu if s.pid not in own]
-        return SampledStacks(on.on_cpu, off_cpu, lost, on.notes + off.notes, own)
-
-    def cost(self) -> tuple[int, int]:
-        costs = [part.cost() for part in self.parts]
-        return sum(c[0] for c in costs), sum(c[1] for c in costs)
-
-    def helper_cpu_s(self) -> float:
-        return sum(part.helper_cpu_s() for part in self.parts)
-
-    def processes(self) -> dict[int, ProcessInfo]:
-        return {**self.parts[1].processes(), **self.parts[0].processes()}
 
 
 class FramePointerSampler:
@@ -579,16 +496,6 @@ def stack_frames(
         frames.append(UNKNOWN_FRAME)
         modules.append("")
     return tuple(frames), tuple(modules)
-
-
-def without_tracing_frames(kernel_leaf_first: list[str]) -> list[str]:
-    """Drop the tracing machinery's frames from the leaf end of a kernel stack."""
-    start = 0
-    while start < len(kernel_leaf_first) and kernel_leaf_first[start].startswith(
-        TRACING_FRAME_PREFIXES
-    ):
-        start += 1
-    return kernel_leaf_first[start:]
 
 
 def merge_stacks(stacks: Sequence[StackCount]) -> list[StackCount]:

@@ -23,16 +23,19 @@ Kernel stacks come from bpf_get_stack, as with frame-pointer sampling.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base
-from otlp_ebpf.collectors.cpu import without_tracing_frames
+from otlp_ebpf.collectors.cpu_sampling import (
+    KERNEL_MODULE,
+    CpuConfig,
+    SampledStacks,
+    without_tracing_frames,
+)
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import ProcessInfo, StackCount
 from otlp_ebpf.runtime import libbpf, probes
@@ -52,9 +55,6 @@ from otlp_ebpf.symbolize.unwind import (
     unwind,
 )
 
-if TYPE_CHECKING:
-    from otlp_ebpf.collectors.cpu import CpuConfig, SampledStacks
-
 OBJECT = "cpu_dwarf"
 PROGRAM = "dwarf_sample"
 KSTACK_DEPTH = 64
@@ -63,9 +63,7 @@ DEFAULT_WINDOW = 16384
 SAMPLE_IN_KERNEL = 1
 SAMPLE_NO_USER_REGS = 4
 DROP_REASONS = ("ring buffer full", "no scratch buffer")
-KERNEL_MODULE = "[kernel.kallsyms]"
 TRUNCATED_FRAME = "[truncated]"
-# Kernel frames of the sampling machinery itself, dropped from the leaf end.
 # A pc in no known mapping means the maps are stale (exec, dlopen): look again, at most this
 # often per process.
 RECAPTURE_MIN_INTERVAL_S = 0.05
@@ -466,8 +464,6 @@ class CpuDwarfSampler:
         self.sampler.stop()
 
     def finish(self) -> SampledStacks:
-        from otlp_ebpf.collectors.cpu import SampledStacks
-
         self.sampler.drain()
         stacks = self.sampler.stacks()
         lost = self.sampler.lost_events()
@@ -487,22 +483,3 @@ class CpuDwarfSampler:
 
     def processes(self) -> dict[int, ProcessInfo]:
         return self.sampler.processes()
-
-
-def make_sampler(config: CpuConfig, symbolizer: Symbolizer) -> object:
-    """The sampler for `--unwind dwarf|auto` (collectors/cpu.py's plug-in entry point).
-
-    DWARF unwinding covers on-CPU user stacks. Off-CPU stacks are taken with frame pointers in
-    the same run (a copy of 16 KB of stack at every context switch would cost far more than the
-    sampling itself); without on-CPU user stacks to unwind, `auto` is frame-pointer sampling
-    (check_config refuses `dwarf` there).
-    """
-    from otlp_ebpf.collectors.cpu import CompositeSampler, FramePointerSampler
-
-    if not config.on_cpu or not config.user_stacks:
-        return FramePointerSampler(config, symbolizer)
-    dwarf = CpuDwarfSampler(config, symbolizer)
-    if not config.off_cpu:
-        return dwarf
-    off_cpu_only = dataclasses.replace(config, on_cpu=False)
-    return CompositeSampler(on_cpu=dwarf, off_cpu=FramePointerSampler(off_cpu_only, symbolizer))

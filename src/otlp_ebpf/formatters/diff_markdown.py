@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from otlp_ebpf.analysis.diff import DiffReport, DiffRow, DiffSection
+from otlp_ebpf.analysis.diff_model import DiffReport, DiffRow, DiffSection
 from otlp_ebpf.analysis.gate import Verdict
 from otlp_ebpf.formatters.diff_table import (
     DEFAULT_TOP,

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from otlp_ebpf.analysis.diff import DiffReport, DiffRow, DiffSection
+from otlp_ebpf.analysis.diff_model import DiffReport, DiffRow, DiffSection
 
 DEFAULT_TOP = 10
 

@@ -13,10 +13,6 @@ from otlp_ebpf.runtime import libbpf
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
-CAP_SYS_ADMIN = 21
-CAP_PERFMON = 38
-CAP_BPF = 39
-
 PROG_TYPES = {"kprobe/uprobe": 2, "tracepoint": 5, "perf_event": 7, "raw_tracepoint": 17}
 MAP_TYPES = {
     "hash": 1,
@@ -37,22 +33,6 @@ class Check:
     detail: str
     fix: str = ""
     required: bool = True
-
-
-def effective_caps() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def privileged() -> bool:
-    caps = effective_caps()
-    has = lambda cap: bool(caps >> cap & 1)  # noqa: E731
-    return os.geteuid() == 0 or has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
 
 
 def btf_available() -> bool:

@@ -26,7 +26,6 @@ from otlp_ebpf.runtime.libbpf import PRINT_FN, BtfType, BtfVarSecinfo
 
 if TYPE_CHECKING:
     from otlp_ebpf.runtime.maps import BpfMap
-    from otlp_ebpf.runtime.probes import Link
 
 BTF_KIND_VAR = 14
 BTF_KIND_DATASEC = 15
@@ -96,6 +95,29 @@ _LIVE: weakref.WeakSet[BpfObject] = weakref.WeakSet()
 def object_path(name: str) -> Path:
     """Where the packaged object NAME.bpf.o lives (inside the installed package)."""
     return Path(str(resources.files("otlp_ebpf.bpf").joinpath(f"{name}.bpf.o")))
+
+
+class Link:
+    """One attachment. `destroy()` detaches; safe to call twice."""
+
+    def __init__(self, ptr: int, description: str) -> None:
+        self._ptr: int | None = ptr
+        self.description = description
+
+    def destroy(self) -> None:
+        if self._ptr is not None:
+            libbpf.lib().bpf_link__destroy(self._ptr)
+            self._ptr = None
+
+    @property
+    def attached(self) -> bool:
+        return self._ptr is not None
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.destroy()
 
 
 class BpfObject:
@@ -288,7 +310,7 @@ def verifier_reason(log: str) -> str:
 
 
 def _privileged() -> bool:
-    from otlp_ebpf.runtime.features import privileged
+    from otlp_ebpf.runtime.privileges import privileged
 
     return privileged()
 

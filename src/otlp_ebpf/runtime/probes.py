@@ -1,7 +1,8 @@
 """Attach programs: tracepoints, tp_btf/raw_tp, perf events per CPU, uprobes.
 
-Every attach returns a `Link` owned by its BpfObject, so `BpfObject.close()` (the one cleanup
-path) detaches it; a Link is also a context manager for callers that attach briefly.
+Every attach returns a `Link` (runtime/loader.py) owned by its BpfObject, so
+`BpfObject.close()` (the one cleanup path) detaches it; a Link is also a context manager for
+callers that attach briefly.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import os
 import platform
 from ctypes import c_uint32, c_uint64
 from pathlib import Path
-from typing import Any
 
 from otlp_ebpf.errors import EnvironmentLacks, UsageError
 from otlp_ebpf.runtime import libbpf
 from otlp_ebpf.runtime.libbpf import UprobeOpts
-from otlp_ebpf.runtime.loader import BpfObject
+from otlp_ebpf.runtime.loader import BpfObject, Link
 
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_CPU_CLOCK = 0
@@ -46,29 +46,6 @@ class PerfEventAttr(ctypes.Structure):
 
 ATTR_FLAG_DISABLED = 1 << 0
 ATTR_FLAG_FREQ = 1 << 10
-
-
-class Link:
-    """One attachment. `destroy()` detaches; safe to call twice."""
-
-    def __init__(self, ptr: int, description: str) -> None:
-        self._ptr: int | None = ptr
-        self.description = description
-
-    def destroy(self) -> None:
-        if self._ptr is not None:
-            libbpf.lib().bpf_link__destroy(self._ptr)
-            self._ptr = None
-
-    @property
-    def attached(self) -> bool:
-        return self._ptr is not None
-
-    def __enter__(self) -> Link:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.destroy()
 
 
 def _attach(obj: BpfObject, ptr: int | None, what: str) -> Link:

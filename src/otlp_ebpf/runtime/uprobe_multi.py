@@ -17,8 +17,8 @@ from ctypes import c_char_p, c_int, c_uint32, c_uint64, c_void_p
 
 from otlp_ebpf.runtime import libbpf
 from otlp_ebpf.runtime.libbpf import UprobeOpts
-from otlp_ebpf.runtime.loader import BpfObject
-from otlp_ebpf.runtime.probes import Link, _attach
+from otlp_ebpf.runtime.loader import BpfObject, Link
+from otlp_ebpf.runtime.probes import _attach
 
 BPF_LINK_CREATE = 28
 BPF_TRACE_UPROBE_MULTI = 48
