@@ -13,16 +13,20 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from otlp_ebpf.errors import UsageError
+from otlp_ebpf.otlp_settings import (
+    SIGNALS,
+    Signal,
+    parse_key_values,
+    resource_attributes_from_env,
+)
 
 Protocol = Literal["grpc", "http/protobuf"]
-Signal = Literal["profiles", "metrics"]
 Compression = Literal["gzip", "none"]
 
 PROTOCOLS: tuple[Protocol, ...] = ("grpc", "http/protobuf")
-SIGNALS: tuple[Signal, ...] = ("profiles", "metrics")
 HTTP_PATHS: dict[Signal, str] = {"profiles": "v1development/profiles", "metrics": "v1/metrics"}
 DEFAULT_PORTS: dict[Protocol, int] = {"grpc": 4317, "http/protobuf": 4318}
 DEFAULT_TIMEOUT_S = 10.0
@@ -224,26 +228,6 @@ def _resolve_headers(
     return tuple(headers.items())
 
 
-def parse_key_values(text: str, source: str) -> dict[str, str]:
-    """`k1=v1,k2=v2` with percent-encoded values (the OTEL_*_HEADERS / _ATTRIBUTES format).
-
-    Keys come back lower-cased when they are header names (gRPC metadata keys must be).
-    Error messages name the entry's position, never its value.
-    """
-    result: dict[str, str] = {}
-    for position, entry in enumerate(text.split(","), start=1):
-        if not entry.strip():
-            continue
-        key, sep, value = entry.partition("=")
-        key = unquote(key).strip()
-        if not sep or not key:
-            raise UsageError(f"{source}: entry {position} is not key=value")
-        if source.endswith("HEADERS"):
-            key = key.lower()
-        result[key] = unquote(value).strip()
-    return result
-
-
 def _resolve_compression(signal: Signal, flags: _Flags, env: Mapping[str, str]) -> Compression:
     source, value = "--compression", flags.compression
     if value is None and (found := _lookup(env, signal, "COMPRESSION")):
@@ -295,12 +279,3 @@ def _resolve_certificate(signal: Signal, flags: _Flags, env: Mapping[str, str]) 
     if not os.access(path, os.R_OK) or not os.path.isfile(path):
         raise UsageError(f"{source}: cannot read certificate file {path}")
     return path
-
-
-def resource_attributes_from_env(env: Mapping[str, str]) -> dict[str, str]:
-    """OTEL_RESOURCE_ATTRIBUTES, with OTEL_SERVICE_NAME taking precedence for service.name."""
-    attrs = parse_key_values(env.get("OTEL_RESOURCE_ATTRIBUTES", ""), "OTEL_RESOURCE_ATTRIBUTES")
-    service = env.get("OTEL_SERVICE_NAME", "").strip()
-    if service:
-        attrs["service.name"] = service
-    return attrs

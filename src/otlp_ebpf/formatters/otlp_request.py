@@ -29,10 +29,10 @@ from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 i
 )
 
 from otlp_ebpf.errors import UsageError
-from otlp_ebpf.export.config import Signal
 from otlp_ebpf.formatters.otlp_metrics import build_metrics_data, has_metrics
 from otlp_ebpf.formatters.otlp_profiles import build_profiles_request
 from otlp_ebpf.model import Snapshot
+from otlp_ebpf.otlp_settings import Signal, resource_attributes_from_env
 
 MAGIC = b"OTLPEBPF"
 VERSION = 1
@@ -77,8 +77,6 @@ def render(
     """Write the `.otlp.pb` file of `snapshot` to `stream`. Without explicit attributes, the
     standard OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME apply, as they would to a push."""
     if resource_attrs is None:
-        from otlp_ebpf.export.config import resource_attributes_from_env
-
         resource_attrs = resource_attributes_from_env(os.environ)
     write_requests(encode_requests(snapshot, resource_attrs), stream)
 
