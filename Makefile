@@ -48,6 +48,7 @@ run: setup
 lint:
 	$(BIN)/ruff check src tests bench tools
 	$(BIN)/ruff format --check src tests bench tools
+	PYTHONPATH=src $(BIN)/lint-imports --no-cache --no-logo
 
 typecheck:
 	$(BIN)/mypy
