@@ -67,7 +67,10 @@ IntervalOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 CommandArg = Annotated[
     list[str] | None,
-    typer.Argument(help="-- CMD ARGS: run CMD, held until probes are attached, and follow it."),
+    typer.Argument(
+        help="-- CMD ARGS: run CMD, held until probes are attached, and follow it and its "
+        "descendants until all have exited (or the run ends)."
+    ),
 ]
 
 OTLP_DEFAULT = "@env"

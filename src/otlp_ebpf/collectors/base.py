@@ -84,6 +84,8 @@ class Targets:
         self.held: HeldCommand | None = None
         self.stopped_by_run = False
         self._drops: BpfMap | None = None
+        self._followed: BpfMap | None = None
+        self._outlived_note = ""
         if spec.command:
             self.held = HeldCommand(spec.command)
             self.tgids.append(self.held.pid)
@@ -120,6 +122,7 @@ class Targets:
             self.seed(obj)
         if self.filtered:
             self._drops = obj.map("target_drops")
+            self._followed = obj.map("targets")
 
     def seed(self, obj: BpfObject, map_name: str = "targets") -> None:
         targets = obj.map(map_name)
@@ -139,9 +142,16 @@ class Targets:
             self.held.release()
 
     def finished(self) -> bool:
-        """True once the launched command, or every --pid target, has exited."""
+        """True once the launched command and every descendant it left running, or every
+        --pid target, has exited. A descendant that outlives the command's first process
+        (`sh -c 'server & exit 0'`) is followed until it exits or the run ends."""
         if self.held is not None:
-            return self.held.poll() is not None
+            if self.held.poll() is None:
+                return False
+            survivors = self.live_descendants()
+            if survivors and not self._outlived_note:
+                self._announce_survivors(survivors)
+            return not survivors
         if self.spec.pids:
             return not any(process_alive(p) for p in self.spec.pids)
         return False
@@ -159,6 +169,29 @@ class Targets:
             self.stopped_by_run = True
             console.status(f"stopped {held.argv[0]} (pid {held.pid}): the run is over")
 
+    def live_descendants(self) -> list[int]:
+        """Followed processes still alive (the kernel side adds every child of a target
+        and removes each when it exits)."""
+        if self._followed is None:
+            return []
+        tgids = {int.from_bytes(raw, "little") for raw in self._followed}
+        if self.held is not None:
+            tgids.discard(self.held.pid)
+        return sorted(t for t in tgids if t != os.getpid() and process_alive(t))
+
+    def _announce_survivors(self, survivors: list[int]) -> None:
+        held = self.held
+        assert held is not None
+        shown = ", ".join(str(p) for p in survivors[:5]) + (" ..." if len(survivors) > 5 else "")
+        self._outlived_note = (
+            f"followed {len(survivors)} descendant(s) that outlived {held.argv[0]} until they "
+            "exited or the run ended"
+        )
+        console.status(
+            f"{held.argv[0]} exited; following {len(survivors)} descendant(s) still running "
+            f"(pid {shown}) until they exit or the run ends"
+        )
+
     def command_exit(self) -> int | None:
         """The launched command's status once it ended by itself: its exit code, or -N when
         signal N killed it. None without a command, while it runs, or when the run stopped it."""
@@ -173,9 +206,10 @@ class Targets:
         if held is None or not held.released:
             return ()
         status = self.command_exit()
+        outlived = (self._outlived_note,) if self._outlived_note else ()
         if status is None:
-            return ("command: still running when the run ended (stopped)",)
-        return (f"command: {describe_exit(status)}",)
+            return ("command: still running when the run ended (stopped)", *outlived)
+        return (f"command: {describe_exit(status)}", *outlived)
 
 
 def describe_exit(status: int) -> str:
