@@ -1,14 +1,26 @@
-"""One place every command prints through: results on stdout, status on stderr."""
+"""One place every command prints through: results on stdout, status on stderr.
+
+Names printed come from the host (process and symbol names, paths, command lines), and any
+user chooses them: a name holding `\\e]0;...\\a\\e[2J` must not retitle or clear root's
+terminal. Every control character in printed text is shown as an escape (`\\x1b`), whatever
+path the text took to the console (a table cell, a message, a rich Text).
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.segment import Segment
+from rich.text import Text
 
-__all__ = ["debug", "err", "error", "escape", "out", "status", "warn"]
+from otlp_ebpf.hosttext import escape_controls
+
+__all__ = ["debug", "err", "error", "escape", "escape_controls", "out", "status", "warn"]
 
 _state = {"quiet": False, "debug": False}
 
@@ -25,10 +37,25 @@ def _width(stream: object) -> int | None:
     return 160
 
 
+class SafeConsole(Console):
+    """A rich Console that never writes a control character it did not make itself: strings
+    are escaped before layout (so tables stay aligned), and every text segment again just
+    before output (rich Text objects built elsewhere take that path)."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(escape_controls(text), **kwargs)
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        return super()._render_buffer(
+            segment if segment.control else Segment(escape_controls(segment.text), segment.style)
+            for segment in buffer
+        )
+
+
 # No file= argument: rich then writes to whatever sys.stdout/sys.stderr is at print time, which
 # keeps output capturable by test runners that swap the streams.
-out = Console(no_color=_no_color(), highlight=False, soft_wrap=True, width=_width(sys.stdout))
-err = Console(
+out = SafeConsole(no_color=_no_color(), highlight=False, soft_wrap=True, width=_width(sys.stdout))
+err = SafeConsole(
     stderr=True, no_color=_no_color(), highlight=False, soft_wrap=True, width=_width(sys.stderr)
 )
 

@@ -10,8 +10,9 @@ format can hold; each format then escapes what it must (docs/security.md).
 from __future__ import annotations
 
 import os
+import re
 
-__all__ = ["decode", "from_fs", "read"]
+__all__ = ["decode", "escape_controls", "from_fs", "read"]
 
 
 def decode(raw: bytes) -> str:
@@ -33,3 +34,23 @@ def read(path: str) -> str:
     """A whole /proc or /sys file as text (OSError as for any read)."""
     with open(path, "rb") as fh:
         return decode(fh.read())
+
+
+# C0 and C1 controls but the newline, DEL, bidirectional overrides (which reorder what a reader
+# sees), and lone surrogates (bytes of argv or a path that are not UTF-8).
+_CONTROLS = re.compile(
+    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, held by surrogateescape
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as a visible escape (`\\x1b`): for a
+    terminal or a document, where a control character would act instead of being read."""
+    return _CONTROLS.sub(_visible, text)

@@ -170,3 +170,17 @@ def test_a_comm_filter_with_such_bytes_matches_the_process(
     assert code == 0, captured.err
     rows = json.loads(captured.out)["syscalls"]
     assert rows and {r["comm"] for r in rows} == {"evil\\xff\\xfe"}
+
+
+def test_terminal_escapes_in_a_process_name_are_shown_not_obeyed(
+    hostile: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    title_and_clear = hostile.parent / "\x1b]0;OWNED\x07\x1b[2J"  # fits the 15 bytes of a comm
+    shutil.copy(hostile, title_and_clear)
+
+    code = run(["syscalls", "-P", "--", str(title_and_clear), "100"])
+
+    captured = capfd.readouterr()
+    assert code == 0, captured.err
+    assert "\\x1b]0;OWNED\\x07\\x1b[2J" in captured.out
+    assert "\x1b" not in captured.out + captured.err and "\x07" not in captured.out

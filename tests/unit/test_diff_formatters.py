@@ -157,3 +157,22 @@ def test_latency_values_read_in_natural_units() -> None:
     text = console.export_text()
     assert "2ms" in text and "3ms" in text and "+50.0%" in text and "single run" in text
     assert "(not gated)" in text
+
+
+def test_markdown_summary_cannot_be_taken_over_by_a_function_name() -> None:
+    from markdown_it import MarkdownIt
+
+    hostile = "**d**<!--x"
+    base = {("main", "work", "hot"): 400, ("main", "cold"): 400}
+    new = {("main", "work", hostile): 1200, ("main", "work", "hot"): 400, ("main", "cold"): 400}
+    report = diff_runs(*sides(cpu(base), cpu(new)), DiffOptions(threshold=5.0))
+    stream = io.StringIO()
+
+    render_markdown(report, evaluate(report), stream)
+    stream.write("\nThe rest of the pull request comment.\n")
+
+    html = MarkdownIt("commonmark").enable("table").render(stream.getvalue())
+    assert "<!--" not in html and "<strong>d</strong>" not in html
+    assert "REGRESSION: **d**&lt;!--x" in html  # the verdict line names it, as text
+    assert "<code>**d**&lt;!--x</code>" in html  # and so does its table row
+    assert "The rest of the pull request comment." in html

@@ -104,3 +104,15 @@ def test_empty_tree_is_still_a_valid_image() -> None:
     stream = io.BytesIO()
     render_tree_svg(FlameNode("all"), stream, title="empty", unit="count")
     assert set(frames(stream.getvalue())) == {"all"}
+
+
+def test_control_characters_in_names_keep_the_image_readable() -> None:
+    hostile = "evil\x1b]0;OWNED\x07\x01"
+    stacks = (StackCount(1, 1, hostile, (hostile, "main"), 3),)
+    tree = build_tree(StackProfile("cpu", "samples", "count", stacks))
+    stream = io.BytesIO()
+
+    render_tree_svg(tree, stream, title=hostile, unit="samples")
+
+    drawn = frames(stream.getvalue())  # parses: XML 1.0 forbids those characters raw
+    assert "evil\\x1b]0;OWNED\\x07\\x01" in drawn

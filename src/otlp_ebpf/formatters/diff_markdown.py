@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TextIO
 
 from otlp_ebpf.analysis.diff_model import DiffReport, DiffRow, DiffSection
@@ -13,19 +14,30 @@ from otlp_ebpf.formatters.diff_table import (
     format_interval,
     format_value,
 )
+from otlp_ebpf.hosttext import escape_controls
 
 _ICONS = {"fail": "❌", "pass": "✅", "no-gate": "ℹ️"}
 
 
+# Every ASCII punctuation character may be backslash-escaped in CommonMark, and then means only
+# itself: no emphasis, link, HTML comment or tag, entity, heading or table pipe can start.
+_MD_PUNCTUATION = re.compile(r"""([!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~])""")
+
+
 def md_cell(text: str) -> str:
-    """Text made safe inside a Markdown table cell (pipes, backticks, newlines)."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`").replace("\n", " ")
+    """Text made inert in a Markdown table cell or paragraph: function names in it come from
+    the profiled programs (`**d**<!--x` must not hide the rest of a pull request comment)."""
+    return _MD_PUNCTUATION.sub(r"\\\1", _one_line(text))
 
 
 def md_code(text: str) -> str:
     """A frame name as a code span in a table cell: no emphasis from `__x__`, pipes escaped
     (GFM splits cells on them even inside code), backticks swapped (they would end the span)."""
-    return "`" + text.replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`"
+    return "`" + _one_line(text).replace("`", "'").replace("|", "\\|") + "`"
+
+
+def _one_line(text: str) -> str:
+    return escape_controls(text.replace("\r\n", " ").replace("\n", " "))
 
 
 def render_markdown(

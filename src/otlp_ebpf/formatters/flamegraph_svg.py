@@ -14,6 +14,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from otlp_ebpf.formatters.flametree import FlameNode, build_tree
 from otlp_ebpf.formatters.registry import Part, one_file_per_profile
+from otlp_ebpf.hosttext import escape_controls
 from otlp_ebpf.model import Snapshot, StackProfile
 
 WIDTH = 1200
@@ -87,13 +88,13 @@ def _frames(tree: FlameNode, unit: str, differential: bool) -> tuple[list[str], 
     for depth, x, width, node in rows:
         y = HEADER + (top_depth - depth) * FRAME_HEIGHT
         fill = frame_colour(node, differential=differential, max_delta=max_delta)
-        title = escape(_tooltip(node, tree.value, unit, differential))
+        title = _xml_text(_tooltip(node, tree.value, unit, differential))
         groups.append(
             f"<g><title>{title}</title>"
             f'<rect x="{MARGIN + x:.2f}" y="{y}" width="{width:.2f}" '
             f'height="{FRAME_HEIGHT - 1}" fill={quoteattr(fill)} rx="2"/>'
             f'<text x="{MARGIN + x + 3:.2f}" y="{y + FRAME_HEIGHT - 4}">'
-            f"{escape(_label(node.name, width))}</text></g>"
+            f"{_xml_text(_label(node.name, width))}</text></g>"
         )
     return groups, top_depth
 
@@ -115,7 +116,7 @@ def render_tree_svg(
         f'viewBox="0 0 {WIDTH} {height}" font-family="monospace" font-size="11">\n'
         f'<rect width="100%" height="100%" fill="#fff"/>\n'
         f'<text x="{WIDTH / 2}" y="20" text-anchor="middle" font-size="15" '
-        f'font-family="sans-serif">{escape(title)}</text>\n'
+        f'font-family="sans-serif">{_xml_text(title)}</text>\n'
     )
     body = "\n".join(groups)
     stream.write(f"{head}{body}\n</svg>\n".encode())
@@ -141,3 +142,9 @@ def render(snapshot: Snapshot, stream: BinaryIO) -> None:
 
 def render_parts(snapshot: Snapshot) -> list[Part]:
     return one_file_per_profile(snapshot, functools.partial(render_profile, snapshot))
+
+
+def _xml_text(text: str) -> str:
+    """Names as XML text: markup escaped, and control characters (which XML 1.0 forbids, so
+    one would make the whole file unreadable) shown as `\\xNN`."""
+    return escape(escape_controls(text))
