@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,25 +11,20 @@ from otlp_ebpf import console
 from otlp_ebpf.errors import EXIT_ENVIRONMENT
 from otlp_ebpf.runtime.features import Check
 
-# (category, name, what needs it, required for the tool as a whole)
-TRACEPOINTS = [
-    ("raw_syscalls", "sys_enter", "syscalls", True),
-    ("raw_syscalls", "sys_exit", "syscalls", True),
-    ("sched", "sched_process_fork", "-- CMD / --pid (follow children)", True),
-    ("sched", "sched_process_exit", "cpu, mem", False),
-    ("sched", "sched_process_exec", "cpu, mem", False),
-    ("sched", "sched_switch", "cpu --off-cpu", False),
-    ("sock", "inet_sock_set_state", "net", False),
-    ("sock", "sock_send_length", "net (exact bytes)", False),
-    ("sock", "sock_recv_length", "net (exact bytes)", False),
-    ("tcp", "tcp_retransmit_skb", "net", False),
-    ("tcp", "tcp_send_reset", "net", False),
-    ("tcp", "tcp_receive_reset", "net", False),
-    ("skb", "kfree_skb", "net (drops)", False),
-    ("exceptions", "page_fault_user", "mem --page-faults", False),
-    ("kmem", "kmalloc", "mem (kernel)", False),
-    ("kmem", "kfree", "mem (kernel)", False),
-]
+if TYPE_CHECKING:
+    from otlp_ebpf.runtime.objects import AttachPoint
+
+# The attach points checked are read from the BPF objects themselves (their programs' section
+# names), so a program added to an object is checked without editing this file. These
+# tracepoints are needed by the tool as a whole (the self-test and syscalls attach to
+# raw_syscalls; every collector follows children through fork); without any other, one
+# collector degrades or refuses its option.
+REQUIRED_TRACEPOINTS = frozenset(
+    {"raw_syscalls/sys_enter", "raw_syscalls/sys_exit", "sched/sched_process_fork"}
+)
+SELFTEST_OBJECT = "selftest"
+TRACEPOINT_FIX = "a kernel with this tracepoint (that collector degrades without it)"
+BTF_TRACEPOINT_FIX = "a kernel with BTF for this tracepoint (the collector falls back to tp/)"
 
 
 def run_checks() -> list[Check]:
@@ -69,17 +64,8 @@ def run_checks() -> list[Check]:
             "mount -t tracefs nodev /sys/kernel/tracing",
         )
     )
-    for category, name, who, required in TRACEPOINTS:
-        ok = features.tracepoint_exists(category, name)
-        checks.append(
-            Check(
-                f"tracepoint {category}/{name}",
-                ok,
-                f"used by {who}",
-                "a kernel with this tracepoint (that collector degrades without it)",
-                required=required,
-            )
-        )
+    points = all_attach_points()
+    checks.extend(_tracepoint_checks(points))
     for label, prog_type in features.PROG_TYPES.items():
         checks.append(
             Check(f"program type {label}", features.prog_type_supported(prog_type), "", root_fix)
@@ -96,14 +82,101 @@ def run_checks() -> list[Check]:
         Check(
             "uprobes",
             features.uprobes_available(),
-            "mem collector",
+            _users(points, "uprobes"),
             "a kernel with CONFIG_UPROBE_EVENTS",
             required=False,
         )
     )
+    checks.extend(_unknown_attach_checks(points))
     checks.extend(_object_checks())
     checks.append(_load_check())
     return checks
+
+
+def all_attach_points() -> list[AttachPoint]:
+    """Every program of every packaged BPF object (an object that cannot be opened has none
+    here: its own check says why)."""
+    from otlp_ebpf.errors import OtlpEbpfError
+    from otlp_ebpf.runtime.objects import attach_points, object_names
+
+    points: list[AttachPoint] = []
+    for name in object_names():
+        try:
+            points.extend(attach_points(name))
+        except (OtlpEbpfError, OSError):
+            continue
+    return points
+
+
+def check_name(point: AttachPoint) -> str:
+    """The doctor check that covers `point`."""
+    if point.kind == "tracepoint":
+        return f"tracepoint {point.target}"
+    if point.kind in ("tp_btf", "raw_tracepoint"):
+        return f"tp_btf {point.target}"
+    if point.kind == "perf_event":
+        return "perf events"
+    if point.kind == "uprobe":
+        return "uprobes"
+    return f"attach {point.section}"
+
+
+def _users(points: list[AttachPoint], name: str) -> str:
+    """Who needs the attach points checked as `name`: signals, or doctor's own self-test."""
+    from otlp_ebpf.collectors.signals import users_of
+
+    users: list[str] = []
+    for point in points:
+        if check_name(point) != name:
+            continue
+        obj = point.object.removesuffix(".bpf.o")
+        for user in users_of(obj) or (("self-test",) if obj == SELFTEST_OBJECT else (obj,)):
+            if user not in users:
+                users.append(user)
+    return "used by " + ", ".join(users)
+
+
+def _tracepoint_checks(points: list[AttachPoint]) -> list[Check]:
+    """One check per tracepoint any object attaches to: classic ones in tracefs, BTF ones in
+    the kernel's BTF."""
+    from otlp_ebpf.runtime import btf, features
+
+    names = list(dict.fromkeys(check_name(p) for p in points if p.kind == "tracepoint"))
+    btf_names = list(
+        dict.fromkeys(check_name(p) for p in points if p.kind in ("tp_btf", "raw_tracepoint"))
+    )
+    checks = []
+    for name in names:
+        category, _, event = name.removeprefix("tracepoint ").partition("/")
+        checks.append(
+            Check(
+                name,
+                features.tracepoint_exists(category, event),
+                _users(points, name),
+                TRACEPOINT_FIX,
+                required=f"{category}/{event}" in REQUIRED_TRACEPOINTS,
+            )
+        )
+    offered = btf.kernel_btf_tracepoints(n.removeprefix("tp_btf ") for n in btf_names)
+    for name in btf_names:
+        ok = name.removeprefix("tp_btf ") in offered
+        checks.append(Check(name, ok, _users(points, name), BTF_TRACEPOINT_FIX, required=False))
+    return checks
+
+
+def _unknown_attach_checks(points: list[AttachPoint]) -> list[Check]:
+    """Attach points of a kind doctor has no check for: shown as not verified, never skipped."""
+    unknown = dict.fromkeys(check_name(p) for p in points if check_name(p).startswith("attach "))
+    return [
+        Check(
+            name,
+            False,
+            _users(points, name),
+            "doctor cannot check this kind of attach point; try the collector",
+            required=False,
+        )
+        for name in unknown
+    ]
 
 
 def _whoami() -> str:
@@ -148,10 +221,21 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check privileges, BTF, tracefs, tracepoints, program types and BPF objects."""
         checks = run_checks()
+        results = {c.name: c.ok for c in checks}
         failed = [c for c in checks if not c.ok and c.required]
         if as_json:
             doc = {
                 "ok": not failed,
+                "attach_points": [
+                    {
+                        "object": p.object,
+                        "program": p.program,
+                        "section": p.section,
+                        "check": check_name(p),
+                        "ok": results.get(check_name(p), False),
+                    }
+                    for p in all_attach_points()
+                ],
                 "checks": [
                     {
                         "name": c.name,

@@ -4,6 +4,7 @@ enums (drop reasons) from the running kernel, so nothing is a hard-coded table."
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterable
 from functools import cache
 
 from otlp_ebpf.runtime import libbpf
@@ -12,6 +13,7 @@ from otlp_ebpf.runtime.loader import BpfObject
 
 BTF_KIND_STRUCT = 4
 BTF_KIND_ENUM = 6
+BTF_KIND_TYPEDEF = 8
 BTF_KIND_ENUM64 = 19
 
 
@@ -64,5 +66,20 @@ def kernel_enum(name: str) -> dict[int, str]:
             entry = BtfEnum.from_address(base + i * ctypes.sizeof(BtfEnum))
             values[int(entry.val)] = _name(btf, entry.name_off)
         return values
+    finally:
+        libbpf.lib().btf__free(btf)
+
+
+def kernel_btf_tracepoints(names: Iterable[str]) -> frozenset[str]:
+    """Which of `names` the running kernel offers to tp_btf and raw_tp programs: each such
+    tracepoint has a `btf_trace_NAME` typedef in /sys/kernel/btf/vmlinux."""
+    btf = libbpf.lib().btf__load_vmlinux_btf()
+    if not btf:
+        return frozenset()
+    try:
+        find = libbpf.lib().btf__find_by_name_kind
+        return frozenset(
+            name for name in names if find(btf, f"btf_trace_{name}".encode(), BTF_KIND_TYPEDEF) > 0
+        )
     finally:
         libbpf.lib().btf__free(btf)
