@@ -87,3 +87,42 @@ def full_disk() -> Iterator[Path]:
     finally:
         subprocess.run(["umount", str(path)], check=True)
         path.rmdir()
+
+
+# Workloads spin for a TIME of their own CPU, never for an iteration count: how much work a
+# loop does per second depends on the CPU (two equal loops were measured to split 3.9:1), the
+# split of CPU time does not, and a thread's CPU clock does not run while a busy machine
+# preempts it. Paste SPIN_CPU_C into a workload and call SPIN_CPU_MS(ms) in the function that
+# should own the time; the clock is read every 20,000 additions, so reading it (a syscall)
+# stays a few percent of the spin.
+SPIN_CPU_C = r"""
+#include <time.h>
+static volatile unsigned long spin_sink;
+__attribute__((noinline)) double thread_cpu_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+#define SPIN_CPU_MS(ms) do { \
+    double spin_end = thread_cpu_s() + (ms) / 1e3; \
+    while (thread_cpu_s() < spin_end) \
+        for (int spin_i = 0; spin_i < 20000; spin_i++) spin_sink += spin_i; \
+} while (0)
+"""
+
+
+def assert_ratio(first: float, second: float, expected: float) -> None:
+    """`first / second` is `expected`, within the sampling error of the two counts.
+
+    Sampled counts scatter like binomial draws: with n samples a count is off by about
+    sqrt(n). A fixed 15 % band is about one standard error for a few hundred samples, so it
+    would fail on chance alone; three standard errors of the ratio (never less than 15 %)
+    still tell a 2:1 split from 1.5:1 or 3:1. Counts that are not samples (nanoseconds of
+    blocked time) have a negligible error: the 15 % floor applies."""
+    assert second > 0, "the lighter function was never seen"
+    ratio = first / second
+    error = ratio * (1 / max(first, 1) + 1 / second) ** 0.5
+    allowed = max(0.15 * expected, 3 * error)
+    assert abs(ratio - expected) <= allowed, (
+        f"ratio {ratio:.2f} ({first:g} vs {second:g}), expected {expected:g} +- {allowed:.2f}"
+    )

@@ -24,46 +24,50 @@ from otlp_ebpf.collectors.cpu_dwarf import DwarfSampler
 from otlp_ebpf.model import CpuSnapshot, StackCount, snapshot_from_dict
 from otlp_ebpf.runtime.stats import StatsSession
 from otlp_ebpf.targets import TargetSpec
-from tests.conftest import build_c
+from tests.conftest import SPIN_CPU_C, build_c
 from tests.integration.test_cleanup import all_programs, programs_held_by, wait_for_programs
 
 pytestmark = pytest.mark.bpf
 
 OTLP_EBPF = Path(sys.executable).with_name("otlp-ebpf")
 
-# Two busy threads named alpha and beta for argv[1] seconds, while the main thread sleeps in
+# Two busy threads named alpha and beta, each spinning argv[1] seconds of its own CPU time
+# (samples per thread do not depend on the machine's load), while the main thread sleeps in
 # 50 ms steps; built without frame pointers.
-THREADS = r"""
+THREADS = (
+    SPIN_CPU_C
+    + r"""
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdlib.h>
-#include <time.h>
 #include <unistd.h>
-volatile unsigned long sink;
-static double now(void) {
-    struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9;
-}
 static double secs;
-__attribute__((noinline)) void hot(void) { for (int i = 0; i < 100000; i++) sink += i * i; }
-__attribute__((noinline)) void work(void) { hot(); sink++; }
+__attribute__((noinline)) void hot(void) { for (int i = 0; i < 100000; i++) spin_sink += i * i; }
+__attribute__((noinline)) void work(void) { hot(); spin_sink++; }
 void *run(void *name) {
     pthread_setname_np(pthread_self(), (char *)name);
-    double end = now() + secs;
-    while (now() < end) work();
+    double end = thread_cpu_s() + secs;
+    while (thread_cpu_s() < end) work();
     return 0;
 }
 int main(int argc, char **argv) {
     pthread_t a, b;
+    struct timespec t;
     secs = atof(argv[1]);
     pthread_create(&a, 0, run, "alpha");
     pthread_create(&b, 0, run, "beta");
-    double end = now() + secs;
-    while (now() < end) usleep(50000);
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    double end = t.tv_sec + secs;
+    do {
+        usleep(50000);
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while (t.tv_sec + t.tv_nsec / 1e9 < end);
     pthread_join(a, 0);
     pthread_join(b, 0);
     return 0;
 }
 """
+)
 THREAD_CHAIN = ("start_thread", "run", "work", "hot")
 
 
@@ -109,18 +113,14 @@ def assert_both_threads_full(snapshot: CpuSnapshot, *, least: int) -> None:
         assert samples_of(snapshot.stacks, comm, full=True) / total >= 0.9, comm
 
 
-def test_differently_named_threads_keep_the_collector_cheap(threads_bin: Path) -> None:
-    config = cpu.CpuConfig(
-        targets=TargetSpec(command=(str(threads_bin), "2.5")), unwind="dwarf", duration_s=2.0
-    )
+def test_differently_named_threads_do_not_reread_the_maps(threads_bin: Path) -> None:
+    config = cpu.CpuConfig(targets=TargetSpec(command=(str(threads_bin), "1.5")), unwind="dwarf")
     snapshot = cpu.collect(config)
-    # Two busy threads at 99 Hz for 2 s: ~400 samples on an idle machine, each thread's name
-    # alternating; a shared machine may give each thread a quarter of that.
+    # Two threads, 1.5 s of CPU each at 99 Hz: ~150 samples each, their names alternating.
     assert_both_threads_full(snapshot, least=50)
-    # The maps are read when the process is first seen (and after its exec), not per name.
+    # The maps are read when the process is first seen (and after its exec), not per name
+    # (what this costs in CPU: bench/unwind.py).
     assert int(note(snapshot, r"maps read (\d+) times").group(1)) <= 3
-    worker_cpu = float(note(snapshot, r"decoding process: ([\d.]+) s CPU").group(1))
-    assert snapshot.self_cost.cpu_s - worker_cpu < 0.25 * snapshot.duration_s
     assert "ring buffer full" not in snapshot.lost_events
 
 
@@ -141,6 +141,7 @@ def test_live_pid_with_off_cpu_keeps_dwarf_stacks_on_cpu(
         unwind="dwarf",
         off_cpu=True,
         duration_s=1.5,
+        frequency_hz=299,
     )
     cpu.check_config(config)
     snapshot = cpu.collect(config)
@@ -155,20 +156,20 @@ def test_live_pid_with_off_cpu_keeps_dwarf_stacks_on_cpu(
 def test_first_run_on_an_empty_cache_ends_on_time_with_full_stacks(
     threads_bin: Path, tmp_path: Path
 ) -> None:
-    started = time.monotonic()
     out = subprocess.run(
-        [str(OTLP_EBPF), "cpu", "--json", "-d", "2", "--", str(threads_bin), "5"],
+        [str(OTLP_EBPF), "cpu", "--json", "-F", "299", "-d", "2", "--", str(threads_bin), "5"],
         capture_output=True,
         text=True,
         timeout=60,
         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cold")},
     )
-    wall = time.monotonic() - started
     assert out.returncode == 0, out.stderr
     snapshot = snapshot_from_dict(json.loads(out.stdout))
     assert isinstance(snapshot, CpuSnapshot)
-    assert snapshot.duration_s <= 2.3
-    assert wall < 2 + 5  # the decode never runs inside the sampling loop
+    # Ended by -d 2, not by the command (5 s of CPU per thread): the decode never holds up
+    # the sampling loop (a scheduling delay on a busy machine is far below double).
+    assert "ended: duration" in snapshot.notes
+    assert snapshot.duration_s < 4
     assert int(note(snapshot, r"(\d+) decoded").group(1)) >= 1
     assert "ring buffer full" not in snapshot.lost_events
     assert_both_threads_full(snapshot, least=50)

@@ -188,13 +188,13 @@ def test_thousands_of_threads_do_not_crowd_out_children(capsys, workload, tmp_pa
 
 def test_duration_ends_a_run_whose_command_runs_on(capsys, tmp_path):
     out = tmp_path / "s.json"
-    started = time.monotonic()
     assert run(["syscalls", "-d", "0.5", "-o", str(out), "--", "/bin/sleep", "30"]) == 0
-    assert time.monotonic() - started < 6
-    assert json.loads(out.read_text())["notes"] == [
+    doc = json.loads(out.read_text())
+    assert doc["notes"] == [
         "ended: duration",
         "command: still running when the run ended (stopped)",
     ]
+    assert doc["duration_s"] < 30  # not held until the command ended
     assert "stopped /bin/sleep" in capsys.readouterr().err
 
 

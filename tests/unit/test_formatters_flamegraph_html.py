@@ -4,7 +4,6 @@ import io
 import shutil
 import struct
 import subprocess
-import time
 import zlib
 from html.parser import HTMLParser
 from pathlib import Path
@@ -235,15 +234,11 @@ def test_small_trees_keep_every_frame() -> None:
     assert len(flat["nodes"]) // 6 == 3 + 300 + 300
 
 
-def test_hundred_thousand_stacks_render_quickly(tmp_path: Path) -> None:
+def test_hundred_thousand_stacks_render_a_bounded_page(tmp_path: Path) -> None:
     profile = _wide_profile(100_000)
     stream = io.BytesIO()
-
-    started = time.perf_counter()
+    # How long this takes against a plain JSON dump of the stacks: bench/symbolize.py.
     render_trees([("cpu", build_tree(profile), "count")], stream, title="big")
-    elapsed = time.perf_counter() - started
-
-    assert elapsed < 10, f"{elapsed:.1f} s"
     assert len(stream.getvalue()) < 200_000
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,16 @@ CPP_SOURCE = r"""
 namespace shapes { __attribute__((noinline)) int area(int w, int h) { return w * h; } }
 int main() { return shapes::area(2, 3) & 0; }
 """
-LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
+
+
+def _mapped_libc() -> str:
+    """The libc this interpreter runs on, whatever the architecture's library directory."""
+    with open("/proc/self/maps") as maps:
+        paths = (line.split()[-1] for line in maps if "/libc.so" in line)
+        return next(paths, "/lib/x86_64-linux-gnu/libc.so.6")
+
+
+LIBC = _mapped_libc()
 
 
 def _compile(tmp: Path, name: str, *flags: str, source: str = SOURCE, cc: str = "gcc") -> Path:
@@ -141,18 +149,16 @@ def test_build_id_debug_file_in_a_configured_root(tmp_path: Path) -> None:
     assert loaded.symbols.lookup(_nm(debug)["sym_beta"]) == "sym_beta"
 
 
-def test_libc_gets_its_full_symbols_from_libc6_dbg_quickly() -> None:
+def test_libc_gets_its_full_symbols_from_libc6_dbg() -> None:
     symbolizer = ElfSymbolizer()
-    started = time.perf_counter()
-    loaded = symbolizer.load_path(LIBC)
-    elapsed = time.perf_counter() - started
+    loaded = symbolizer.load_path(LIBC)  # how long this takes: bench/symbolize.py
     assert loaded.debug_file.startswith("/usr/lib/debug/.build-id/")
     dynamic = _nm(Path(LIBC), "-D")
     assert loaded.symbols.lookup(dynamic["qsort"]) == "qsort"
     # nanosleep, __nanosleep and __GI___nanosleep share one address: the plain name wins.
     assert loaded.symbols.lookup(dynamic["nanosleep"]) == "nanosleep"
     assert len(loaded.symbols) > len(dynamic)
-    assert elapsed < 0.184  # the figure of the former implementation; ~30 ms here
+    assert symbolizer.files_parsed == 2  # libc and its debug file, each read once
 
 
 def test_tables_are_cached_per_build_id(binaries: Path, tmp_path: Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -84,13 +82,10 @@ def test_restricted_kallsyms_resolves_nothing() -> None:
     assert kernel.resolve(0xFFFFFFFF81000000) == "0xffffffff81000000"
 
 
-def test_real_kallsyms_loads_fast_and_resolves_a_known_function() -> None:
-    started = time.perf_counter()
-    kernel = KernelSymbols.load()
-    elapsed = time.perf_counter() - started
+def test_real_kallsyms_loads_and_resolves_a_known_function() -> None:
+    kernel = KernelSymbols.load()  # how long this takes: bench/symbolize.py
     assert len(kernel) > 10_000
     assert not kernel.restricted
     with open("/proc/kallsyms") as fh:
         addr = next(int(line.split()[0], 16) for line in fh if line.split()[2] == "vfs_read")
     assert kernel.resolve(addr + 7) == "vfs_read"
-    assert elapsed < 0.5  # ~55 ms here; the former approach took ~92 ms
