@@ -224,3 +224,36 @@ def test_many_functions_do_not_add_up_to_false_alarms() -> None:
     # Rows that pass 95 % on their own are common among 40 functions; the gate stays quiet.
     assert lucky_rows >= 10
     assert failures <= 2
+
+
+@pytest.mark.parametrize(
+    ("xs", "ys"),
+    [
+        ([0.0, 0.0, 0.1, 0.2], [0.0, 0.2, 0.3, 0.3]),
+        ([0.1, 0.1, 0.1], [0.1, 0.2, 0.2, 0.4]),
+        ([0.5, 0.0, 0.0, 0.0, 0.2], [0.0, 0.0, 0.7, 0.7, 0.7]),
+        ([1.0, 2.0, 2.0], [2.0, 2.0, 3.0]),
+    ],
+)
+def test_exact_rank_test_with_ties_matches_scipys_permutation_test(
+    xs: list[float], ys: list[float]
+) -> None:
+    """The one hand-written distribution (ties, few runs) against scipy's reference: an
+    exact permutation test over every arrangement."""
+    import numpy as np
+    from scipy import stats as sps
+
+    reference = sps.mannwhitneyu(
+        ys, xs, alternative="greater", method=sps.PermutationMethod(n_resamples=np.inf)
+    ).pvalue
+    assert stats.mann_whitney_greater(xs, ys) == pytest.approx(reference, rel=1e-12)
+
+
+def test_relative_mean_change_is_relative_change_of_the_means() -> None:
+    import numpy as np
+
+    resamples = np.array([[100.0, 110.0], [0.0, 0.0], [0.0, 0.0]])
+    after = np.array([[150.0, 160.0], [0.0, 0.0], [5.0, 5.0]])
+    got = stats.relative_mean_change(resamples, after, axis=-1)
+    expected = [stats.relative_change(100.0 + 5.0, 155.0), 0.0, math.inf]
+    assert list(got) == pytest.approx(expected)
