@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from otlp_ebpf.cli.app import run
 from tests.conftest import build_c
 
 pytestmark = pytest.mark.bpf
@@ -88,3 +89,30 @@ def test_descendants_that_outlive_the_command_are_followed(tmp_path, orphan):
     assert max(by_pid.values()) == 4321  # the orphan's (sh may call getppid once too)
     assert "ended: target exited" in doc["notes"]
     assert any(n.startswith("followed 1 descendant(s) that outlived sh") for n in doc["notes"])
+
+
+CHURN = """
+i=0
+while [ $i -lt {n} ]; do
+  ls / >/dev/null; cat /etc/hostname >/dev/null; id >/dev/null; uname >/dev/null
+  i=$((i+1))
+done
+"""
+
+
+def test_processes_that_come_and_go_never_fill_the_syscall_table(capsys, tmp_path):
+    """1,200 short processes of ~25 syscalls each create 30,000 (process, syscall) rows,
+    twice what the kernel table holds: exited processes' rows leave it, nothing is lost,
+    and every exec is counted."""
+    script = tmp_path / "churn.sh"
+    script.write_text(CHURN.format(n=300))
+    out = tmp_path / "churn.json"
+    assert run(["syscalls", "-o", str(out), "--", "sh", str(script)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["lost_events"] == {}
+    execs = sum(s["count"] for s in doc["syscalls"] if s["name"] == "execve")
+    assert execs == 1 + 4 * 300  # the shell itself, then four commands per round
+    # The newest exited processes keep their pid; older ones are folded by name (pid 0).
+    pids = {s["pid"] for s in doc["syscalls"]}
+    assert 0 in pids
+    assert {s["comm"] for s in doc["syscalls"] if s["pid"] == 0} >= {"ls", "cat", "id", "uname"}

@@ -7,7 +7,13 @@ import os
 
 import pytest
 
-from otlp_ebpf.collectors.syscalls import ErrnoKey, SyscallKey, SyscallStats
+from otlp_ebpf.collectors.syscalls import (
+    ErrnoKey,
+    ExitEvent,
+    ProcUsage,
+    SyscallKey,
+    SyscallStats,
+)
 from otlp_ebpf.errors import EnvironmentLacks, RuntimeFailure
 from otlp_ebpf.runtime import btf, probes
 from otlp_ebpf.runtime.events import RingBuffer
@@ -92,6 +98,8 @@ def test_ctypes_mirrors_match_the_objects_btf():
             ("syscall_key", SyscallKey),
             ("syscall_stats", SyscallStats),
             ("errno_key", ErrnoKey),
+            ("proc_usage", ProcUsage),
+            ("exit_event", ExitEvent),
         ):
             size, members = btf.struct_layout(obj, struct)
             assert size == ctypes.sizeof(mirror), struct

@@ -84,6 +84,7 @@ struct trace_event_raw_sched_process_fork {
 struct trace_event_raw_sched_process_exit {
 	struct trace_entry ent;
 	pid_t pid;
+	bool group_dead; /* 6.16+: the last thread of the process is exiting */
 } __attribute__((preserve_access_index));
 
 struct trace_event_raw_sched_switch {

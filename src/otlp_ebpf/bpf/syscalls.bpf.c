@@ -41,6 +41,23 @@ struct {
 	__type(value, char[TASK_COMM_LEN]);
 } comms SEC(".maps");
 
+/* Per live process: the rows it created (one per process, like the rows themselves). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 16384);
+	__type(key, u32);
+	__type(value, struct proc_usage);
+} usage SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} exits SEC(".maps");
+/* Only reached through ring buffer pointers otherwise: this keeps the type in the object's BTF
+ * so tests can check the Python mirror against it. */
+const volatile struct exit_event exit_event_layout = {};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -79,17 +96,40 @@ static __always_inline u32 log2_slot(u64 v)
 	return r < SYSCALL_SLOTS ? r : SYSCALL_SLOTS - 1;
 }
 
+static __always_inline struct proc_usage *usage_of(u32 tgid)
+{
+	static const struct proc_usage empty = {};
+	struct proc_usage *u = bpf_map_lookup_elem(&usage, &tgid);
+
+	if (u)
+		return u;
+	bpf_map_update_elem(&usage, &tgid, &empty, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&usage, &tgid);
+}
+
+/* Note that the process owns a row: its exit takes the row out again. (Without room in
+ * `usage` the row stays to the end of the run, still read then.) */
+static __always_inline void note_row(u64 *bits, u32 bit)
+{
+	__sync_fetch_and_or(&bits[(bit / 64) & 63], 1ULL << (bit & 63));
+}
+
 static __always_inline struct syscall_stats *stats_for(u32 tgid, u32 nr)
 {
 	struct syscall_key key = { .tgid = tgid, .nr = nr };
 	struct syscall_stats *st = bpf_map_lookup_elem(&stats, &key);
 	static const struct syscall_stats zero = {};
+	struct proc_usage *u;
 
 	if (st)
 		return st;
-	if (bpf_map_update_elem(&stats, &key, &zero, BPF_NOEXIST) && bpf_map_lookup_elem(&stats, &key) == NULL) {
-		bump(&drops, DROP_STATS_FULL);
-		return NULL;
+	if (bpf_map_update_elem(&stats, &key, &zero, BPF_NOEXIST)) {
+		if (bpf_map_lookup_elem(&stats, &key) == NULL) {
+			bump(&drops, DROP_STATS_FULL);
+			return NULL;
+		}
+	} else if ((u = usage_of(tgid))) {
+		note_row(u->nrs, nr & (MAX_SYSCALL_NR - 1));
 	}
 	if (!bpf_map_lookup_elem(&comms, &tgid)) {
 		char comm[TASK_COMM_LEN];
@@ -132,9 +172,13 @@ static __always_inline void record_exit(u32 tgid, u64 nr, long ret, u64 delta, b
 			*n += 1;
 		} else {
 			u64 one = 1;
+			struct proc_usage *u;
 
-			if (bpf_map_update_elem(&errnos, &ekey, &one, BPF_NOEXIST) == 0)
+			if (bpf_map_update_elem(&errnos, &ekey, &one, BPF_NOEXIST) == 0) {
+				if ((u = usage_of(tgid)))
+					note_row(u->errs, ekey.err & (MAX_ERRNO_NR - 1));
 				return;
+			}
 			/* Created meanwhile on another CPU: count in this CPU's slot. */
 			n = bpf_map_lookup_elem(&errnos, &ekey);
 			if (n)
@@ -230,5 +274,40 @@ int tp_sys_exit(struct trace_event_raw_sys_exit *ctx)
 	nr = start->nr;
 	bpf_map_delete_elem(&start_by_tid, &tid);
 	record_exit(pid_tgid >> 32, nr, ret, bpf_ktime_get_ns() - ts, true);
+	return 0;
+}
+
+/* A process is gone: hand its rows to user space, which folds them into the run's totals and
+ * deletes them, so the tables hold live processes only however many come and go. */
+SEC("tp/sched/sched_process_exit")
+int process_gone(struct trace_event_raw_sched_process_exit *ctx)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tgid = pid_tgid >> 32;
+	struct proc_usage *u;
+	struct exit_event *event;
+	bool last;
+
+	if (bpf_core_field_exists(ctx->group_dead))
+		last = ctx->group_dead;
+	else
+		last = (u32)pid_tgid == tgid; /* older kernels: when the leader exits */
+	if (!last)
+		return 0;
+	bpf_map_delete_elem(&comms, &tgid);
+	u = bpf_map_lookup_elem(&usage, &tgid);
+	if (!u)
+		return 0;
+	event = bpf_ringbuf_reserve(&exits, sizeof(*event), 0);
+	if (event) {
+		event->tgid = tgid;
+		event->pad = 0;
+		bpf_get_current_comm(event->comm, sizeof(event->comm));
+		__builtin_memcpy(&event->usage, u, sizeof(*u));
+		bpf_ringbuf_submit(event, 0);
+	} else {
+		bump(&drops, DROP_EXIT_LOST);
+	}
+	bpf_map_delete_elem(&usage, &tgid);
 	return 0;
 }

@@ -10,7 +10,25 @@ enum syscalls_drop {
 	DROP_STATS_FULL = 0,   /* (tgid, nr) table full: the call is not counted */
 	DROP_ERRNO_FULL = 1,   /* (tgid, nr, errno) table full: counted, errno unknown */
 	DROP_START_FULL = 2,   /* no room to remember a start time: counted without latency */
+	DROP_EXIT_LOST = 3,    /* exit event lost: the process's rows stay in the table to the end */
 	DROP_SLOTS = 4,
+};
+
+#define MAX_ERRNO_NR 4096
+
+/* Which (tgid, nr) and (tgid, nr, errno) entries a process created, so that its rows can be
+ * taken out of the tables when it exits without walking them. */
+struct proc_usage {
+	__u64 nrs[MAX_SYSCALL_NR / 64];
+	__u64 errs[MAX_ERRNO_NR / 64];
+};
+
+/* A process whose last thread exited: user space folds its rows out of the tables. */
+struct exit_event {
+	__u32 tgid;
+	__u32 pad;
+	char comm[16];
+	struct proc_usage usage;
 };
 
 struct syscall_key {

@@ -7,13 +7,14 @@ cross to user space: the maps are read at each --interval tick and at the end.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import difflib
 import errno as errno_mod
 import os
 import platform
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from otlp_ebpf import console, hosttext
@@ -23,14 +24,20 @@ from otlp_ebpf.errors import RuntimeFailure, UsageError
 from otlp_ebpf.latency import percentile_ns
 from otlp_ebpf.model import IntervalPoint, SyscallsSnapshot, SyscallStat
 from otlp_ebpf.runtime import features, probes
+from otlp_ebpf.runtime.events import RingBuffer
 from otlp_ebpf.runtime.loader import BpfObject
 from otlp_ebpf.targets import TargetSpec
 
 SYSCALL_SLOTS = 40
 MAX_SYSCALL_NR = 1024
-DROP_REASONS = ("syscall table full", "errno table full", "start table full")
+MAX_ERRNO_NR = 4096
+DROP_REASONS = ("syscall table full", "errno table full", "start table full", "exit event lost")
 BTF_PROGRAMS = ("btf_sys_enter", "btf_sys_exit")
 TP_PROGRAMS = ("tp_sys_enter", "tp_sys_exit")
+EXIT_PROGRAM = "process_gone"
+# Exited processes whose rows keep their pid; older ones are folded per command name (pid 0),
+# so a run that sees millions of short processes holds a bounded number of rows.
+EXITED_KEPT = 512
 
 
 class SyscallKey(ctypes.Structure):
@@ -61,6 +68,37 @@ class ErrnoKey(ctypes.Structure):
         ("err", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
     ]
+
+
+class ProcUsage(ctypes.Structure):
+    """Mirror of struct proc_usage (bpf/syscalls.h): bitmaps of the rows a process owns."""
+
+    _fields_ = [
+        ("nrs", ctypes.c_uint64 * (MAX_SYSCALL_NR // 64)),
+        ("errs", ctypes.c_uint64 * (MAX_ERRNO_NR // 64)),
+    ]
+
+
+class ExitEvent(ctypes.Structure):
+    """Mirror of struct exit_event (bpf/syscalls.h): a process gone and the rows it owned."""
+
+    _fields_ = [
+        ("tgid", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("comm", ctypes.c_char * 16),
+        ("usage", ProcUsage),
+    ]
+
+
+def set_bits(words: Sequence[int]) -> list[int]:
+    """Indexes of the bits set in a little-endian array of u64 words."""
+    out = []
+    for i, word in enumerate(words):
+        while word:
+            low = word & -word
+            out.append(i * 64 + low.bit_length() - 1)
+            word ^= low
+    return out
 
 
 def syscall_table(machine: str | None = None) -> dict[int, str]:
@@ -118,6 +156,62 @@ class _Row:
         for i in range(SYSCALL_SLOTS):
             self.hist[i] += st.hist[i]
 
+    def merge(self, other: _Row) -> None:
+        self.count += other.count
+        self.errors += other.errors
+        self.total_ns += other.total_ns
+        self.max_ns = max(self.max_ns, other.max_ns)
+        if other.min_ns and (not self.min_ns or other.min_ns < self.min_ns):
+            self.min_ns = other.min_ns
+        if other.hist is not None:
+            mine = self.hist or [0] * SYSCALL_SLOTS
+            self.hist = [a + b for a, b in zip(mine, other.hist, strict=True)]
+
+
+@dataclass
+class _Process:
+    """The rows of one exited process (or of every folded process of one name)."""
+
+    comm: str
+    rows: dict[int, _Row] = field(default_factory=dict)
+    errnos: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def merge(self, other: _Process) -> None:
+        for nr, row in other.rows.items():
+            self.rows.setdefault(nr, _Row()).merge(row)
+        for nr, counts in other.errnos.items():
+            mine = self.errnos.setdefault(nr, {})
+            for name, n in counts.items():
+                mine[name] = mine.get(name, 0) + n
+
+
+class ExitedProcesses:
+    """Rows taken out of the kernel tables when their process exited. The `keep` most
+    recent processes keep their pid; older ones fold into one row set per name, shown with
+    pid 0, so memory stays bounded however many processes come and go."""
+
+    def __init__(self, keep: int = EXITED_KEPT) -> None:
+        self.keep = keep
+        self.by_pid: OrderedDict[int, _Process] = OrderedDict()
+        self.folded: dict[str, _Process] = {}
+        self.processes = 0
+
+    def add(self, pid: int, proc: _Process) -> None:
+        self.processes += 1
+        known = self.by_pid.get(pid)
+        if known is not None:  # the pid was used again within the run
+            known.merge(proc)
+            return
+        self.by_pid[pid] = proc
+        while len(self.by_pid) > self.keep:
+            _, oldest = self.by_pid.popitem(last=False)
+            self.folded.setdefault(oldest.comm, _Process(oldest.comm)).merge(oldest)
+
+    def entries(self) -> Iterator[tuple[int, _Process]]:
+        yield from self.by_pid.items()
+        for proc in self.folded.values():
+            yield 0, proc
+
 
 # Kernel-internal codes a syscall can end with (restarts, mostly): not in libc's table.
 KERNEL_ERRNOS = {
@@ -161,6 +255,8 @@ class SyscallsCollector:
         self.use_btf = True
         self.series: list[IntervalPoint] = []
         self._last_counts: dict[str, int] = {}
+        self.exited = ExitedProcesses()
+        self.exits: RingBuffer | None = None
 
     def _rodata(self) -> dict[str, int | bytes]:
         by_name = {v: k for k, v in self.table.items()}
@@ -193,7 +289,8 @@ class SyscallsCollector:
             self.use_btf = False
             self.obj = self._load(False)
         self.targets.attach(self.obj)
-        for prog in self._programs():
+        self.exits = RingBuffer(self.obj.map("exits"), self._on_exit)
+        for prog in (EXIT_PROGRAM, *self._programs()):
             probes.attach_auto(self.obj, prog)
         console.debug(f"syscalls: attached ({'tp_btf' if self.use_btf else 'raw_syscalls'})")
 
@@ -209,6 +306,42 @@ class SyscallsCollector:
 
     def _programs(self) -> tuple[str, ...]:
         return BTF_PROGRAMS if self.use_btf else TP_PROGRAMS
+
+    def poll(self, timeout_s: float) -> None:
+        """Wait for exited processes and fold their rows out of the kernel tables."""
+        assert self.exits is not None
+        self.exits.poll(max(0, int(timeout_s * 1000)))
+
+    def close(self) -> None:
+        if self.exits is not None:
+            self.exits.close()
+            self.exits = None
+
+    def _on_exit(self, data: bytes) -> None:
+        event = ExitEvent.from_buffer_copy(data[: ctypes.sizeof(ExitEvent)])
+        tgid = event.tgid
+        proc = _Process(bytes(event.comm).split(b"\0", 1)[0].decode(errors="replace"))
+        assert self.obj is not None
+        stats_map, errno_map = self.obj.map("stats"), self.obj.map("errnos")
+        for nr in set_bits(event.usage.nrs):
+            raw = stats_map.take(bytes(SyscallKey(tgid, nr)))
+            if raw is None:
+                continue
+            row = proc.rows[nr] = _Row()
+            for cpu_value in stats_map.per_cpu(raw):
+                row.add(SyscallStats.from_buffer_copy(cpu_value))
+        errs = set_bits(event.usage.errs)
+        for nr, row in proc.rows.items():
+            if not row.errors:
+                continue
+            for err in errs:
+                raw = errno_map.take(bytes(ErrnoKey(tgid, nr, err, 0)))
+                if raw is not None:
+                    n = sum(int.from_bytes(v[:8], "little") for v in errno_map.per_cpu(raw))
+                    counts = proc.errnos.setdefault(nr, {})
+                    counts[_errno_name(err)] = counts.get(_errno_name(err), 0) + n
+        if proc.rows:
+            self.exited.add(tgid, proc)
 
     def read_rows(self) -> dict[tuple[int, int], _Row]:
         assert self.obj is not None
@@ -245,32 +378,40 @@ class SyscallsCollector:
         return {reason: n for i, reason in enumerate(DROP_REASONS) if (n := drops.lookup_u64(i))}
 
     def stats(self) -> list[SyscallStat]:
+        """Every row so far: live processes from the kernel tables, exited ones from ours."""
+        if self.exits is not None:
+            self.exits.drain()  # processes that exited since the last poll
         rows = self.read_rows()
         errnos = self.read_errnos()
         comms = self.read_comms()
-        out = []
-        for (tgid, nr), row in rows.items():
-            if not row.count:
-                continue
-            hist = tuple(row.hist or [0] * SYSCALL_SLOTS)
-            out.append(
-                SyscallStat(
-                    pid=tgid,
-                    comm=comms.get(tgid, ""),
-                    name=syscall_name(nr, self.table),
-                    count=row.count,
-                    errors=row.errors,
-                    errno=dict(sorted(errnos.get((tgid, nr), {}).items())),
-                    total_ns=row.total_ns,
-                    p50_ns=percentile_ns(hist, 0.50, row.min_ns, row.max_ns),
-                    p99_ns=percentile_ns(hist, 0.99, row.min_ns, row.max_ns),
-                    max_ns=row.max_ns,
-                    min_ns=row.min_ns,
-                    hist=hist,
-                )
-            )
+        out = [
+            self._stat(tgid, comms.get(tgid, ""), nr, row, errnos.get((tgid, nr), {}))
+            for (tgid, nr), row in rows.items()
+            if row.count
+        ]
+        for pid, proc in self.exited.entries():
+            for nr, row in proc.rows.items():
+                if row.count:
+                    out.append(self._stat(pid, proc.comm, nr, row, proc.errnos.get(nr, {})))
         out.sort(key=lambda s: (-s.count, s.name, s.pid))
         return out
+
+    def _stat(self, pid: int, comm: str, nr: int, row: _Row, errnos: dict[str, int]) -> SyscallStat:
+        hist = tuple(row.hist or [0] * SYSCALL_SLOTS)
+        return SyscallStat(
+            pid=pid,
+            comm=comm,
+            name=syscall_name(nr, self.table),
+            count=row.count,
+            errors=row.errors,
+            errno=dict(sorted(errnos.items())),
+            total_ns=row.total_ns,
+            p50_ns=percentile_ns(hist, 0.50, row.min_ns, row.max_ns),
+            p99_ns=percentile_ns(hist, 0.99, row.min_ns, row.max_ns),
+            max_ns=row.max_ns,
+            min_ns=row.min_ns,
+            hist=hist,
+        )
 
     def tick(self, elapsed: float) -> list[SyscallStat]:
         """One --interval step: remember per-syscall counts since the previous tick."""
@@ -292,7 +433,7 @@ def collect(
     """Run the syscalls collector to its end and return the snapshot. With --interval,
     `on_interval` gets the rows so far and `on_partial` the cumulative snapshot so far."""
     collector = SyscallsCollector(config)
-    with base.session(collector.targets, collector.start) as run:
+    with contextlib.closing(collector), base.session(collector.targets, collector.start) as run:
 
         def interval(elapsed: float) -> None:
             rows = collector.tick(elapsed)
@@ -303,7 +444,7 @@ def collect(
 
         ended = base.run_loop(
             collector.targets,
-            base.sleep_poll,
+            collector.poll,
             duration_s=config.duration_s,
             interval_s=config.interval_s,
             on_interval=interval if config.interval_s else None,
@@ -322,7 +463,8 @@ def build_snapshot(
     """The aggregates so far as a snapshot (cumulative since the start of the run)."""
     assert collector.obj is not None
     duration = clock.elapsed()
-    bpf_ns, runs = base.program_cost(collector.obj, (*collector._programs(), *base.TARGET_PROGRAMS))
+    programs = (*collector._programs(), EXIT_PROGRAM, *base.TARGET_PROGRAMS)
+    bpf_ns, runs = base.program_cost(collector.obj, programs)
     processes = tuple(
         p for pid in sorted({s.pid for s in syscalls}) if (p := base.read_process_info(pid))
     )

@@ -57,6 +57,20 @@ class BpfMap:
             raise libbpf.os_error(ret, f"delete from {self.name}")
         return ret == 0
 
+    def take(self, key: bytes) -> bytes | None:
+        """Read and delete one entry in one step (None when absent)."""
+        value = ctypes.create_string_buffer(self.buffer_size)
+        ret = libbpf.lib().bpf_map_lookup_and_delete_elem(self.fd, key, value)
+        if ret < 0:
+            if -ret == errno.ENOENT:
+                return None
+            if -ret not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise libbpf.os_error(ret, f"lookup and delete in {self.name}")
+            found = self.lookup(key)  # kernels before 5.14: not for hash maps
+            self.delete(key)
+            return found
+        return value.raw
+
     def __iter__(self) -> Iterator[bytes]:
         return self.keys()
 
