@@ -1,3 +1,3 @@
-from otlp_ebpf.cli.app import main
+from otlp_ebpf.entry import main
 
 main()

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
-from otlp_ebpf import __version__, console
+from otlp_ebpf import __version__, console, stopping
 from otlp_ebpf.errors import EXIT_RUNTIME, OtlpEbpfError
 
 # One module per command; each exposes `register(app)`. Heavy imports stay inside the
@@ -43,8 +43,14 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# Commands whose first SIGINT/SIGTERM ends the collection and still writes every output
+# (otlp_ebpf.stopping); any other command just stops.
+COLLECTING_COMMANDS = frozenset({"cpu", "syscalls", "net", "mem", "record"})
+
+
 @app.callback()
 def _global(
+    ctx: typer.Context,
     debug: Annotated[
         bool,
         typer.Option("--debug", envvar="OTLP_EBPF_DEBUG", help="Show tracebacks and libbpf logs."),
@@ -58,6 +64,7 @@ def _global(
     ] = False,
 ) -> None:
     console.configure(quiet=quiet, debug=debug)
+    stopping.graceful(ctx.invoked_subcommand in COLLECTING_COMMANDS)
 
 
 for _name in COMMAND_MODULES:
@@ -92,9 +99,21 @@ def optional_otlp_value(args: list[str]) -> list[str]:
 def run(args: list[str] | None = None) -> int:
     """Run the CLI and return the exit code instead of exiting (used by main and tests)."""
     args = optional_otlp_value(sys.argv[1:] if args is None else list(args))
+    installed_here = stopping.install()  # main() installed them already; tests call run()
     try:
-        # Without standalone mode, click returns the code of a typer.Exit instead of raising.
-        result = app(args=args, prog_name="otlp-ebpf", standalone_mode=False)
+        return _run(args)
+    finally:
+        if installed_here:
+            stopping.uninstall()
+
+
+def _run(args: list[str]) -> int:
+    try:
+        try:
+            # Without standalone mode, click returns the code of a typer.Exit instead of raising.
+            result = app(args=args, prog_name="otlp-ebpf", standalone_mode=False)
+        finally:
+            stopping.done()  # nothing left to stop: a late signal must not become a traceback
     except OtlpEbpfError as exc:
         return report_error(exc)
     except typer.Exit as exc:
@@ -102,6 +121,9 @@ def run(args: list[str] | None = None) -> int:
     except typer.Abort:
         console.err.print("aborted")
         return EXIT_RUNTIME
+    except stopping.Interrupted as exc:
+        console.err.print(f"interrupted by {exc}")
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except TyperException as exc:  # usage errors: typer prints them, exit code 2
@@ -120,4 +142,5 @@ def run(args: list[str] | None = None) -> int:
 
 
 def main() -> None:
+    stopping.install()  # already done by otlp_ebpf.entry, before the imports
     sys.exit(run())

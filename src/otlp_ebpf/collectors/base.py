@@ -17,9 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
-from otlp_ebpf import console, hosttext
+from otlp_ebpf import console, hosttext, stopping
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import ProcessInfo, SelfCost
 from otlp_ebpf.runtime import features, probes, stats
@@ -259,28 +258,28 @@ def descendants_of(pid: int) -> list[int]:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM. Handlers are installed explicitly: a process started in the
-    background by a script inherits SIGINT ignored, and Ctrl-C must still end the run cleanly."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
+    """True once SIGINT or SIGTERM arrived. The handlers are installed at the process's first
+    instruction (otlp_ebpf.stopping) and replace an inherited SIG_IGN: a script's background
+    job must still end its run cleanly; a signal that came during start-up counts too."""
 
     def __bool__(self) -> bool:
-        return self.signal is not None
+        return stopping.received() is not None
 
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        self.signal = signum
+    @property
+    def signal(self) -> int | None:
+        return stopping.received()
 
 
 @contextmanager
 def stop_on_signals() -> Iterator[StopFlag]:
-    flag = StopFlag()
-    previous = {sig: signal.signal(sig, flag._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """The stop flag; handlers installed for the collection when no one did it before (a
+    collector used as a library), and then removed after it."""
+    installed_here = stopping.install()
     try:
-        yield flag
+        yield StopFlag()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if installed_here:
+            stopping.uninstall()
 
 
 @dataclass

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import BinaryIO
 
+from otlp_ebpf import stopping
 from otlp_ebpf.errors import OtlpEbpfError, RuntimeFailure, UsageError
 from otlp_ebpf.model import SNAPSHOT_TYPES, Snapshot, StackProfile
 
@@ -152,6 +153,11 @@ def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
     of another user's is refused (UsageError, exit 2), checked here at write time and not only
     before collecting. A device or FIFO (`-o /dev/stdout`) is written in place: renaming over
     it would replace the node itself."""
+    with stopping.writing():  # a signal now waits until the file is whole
+        _write_file(path, write)
+
+
+def _write_file(path: str, write: Callable[[BinaryIO], None]) -> None:
     target = final_target(path)
     if _is_special(target) and _write_in_place(target, write):
         return
