@@ -21,7 +21,7 @@ import ctypes
 import dataclasses
 import errno
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from otlp_ebpf import console, hosttext
@@ -36,6 +36,7 @@ from otlp_ebpf.collectors.cpu_sampling import (
     KERNEL_MODULE,
     CompositeSampler,
     CpuConfig,
+    RawStack,
     SampledStacks,
     Sampler,
     without_tracing_frames,
@@ -291,6 +292,29 @@ class FramePointerSampler:
     def processes(self) -> dict[int, ProcessInfo]:
         return dict(self.watch.processes)
 
+    def raw_counts(self) -> dict[RawStack, int]:
+        """On-CPU samples so far per stack key, unsymbolized (read while running, for a
+        timeline: the kernel's counts, nothing symbolized)."""
+        assert self.obj is not None
+        out: dict[RawStack, int] = {}
+        for k, v in self.obj.map("counts").items():
+            key = CpuKey.from_buffer_copy(k)
+            raw = (key.pid, key.tid, key.user_stack_id, key.kernel_stack_id, bytes(key.comm))
+            out[raw] = int.from_bytes(v[:8], "little")
+        return out
+
+    def raw_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
+        """Root-first frames of keys from `raw_counts` (while the object is still open)."""
+        cpu_keys = {
+            raw: CpuKey(
+                pid=raw[0], tid=raw[1], user_stack_id=raw[2], kernel_stack_id=raw[3], comm=raw[4]
+            )
+            for raw in keys
+        }
+        ids = {i for k in cpu_keys.values() for i in (k.user_stack_id, k.kernel_stack_id) if i >= 0}
+        stacks = self._read_stacks(ids)
+        return {raw: self._frames(key, stacks)[0] for raw, key in cpu_keys.items()}
+
     # -- at the end -----------------------------------------------------------------------------
 
     def cost(self) -> tuple[int, int]:
@@ -541,9 +565,27 @@ def collect(config: CpuConfig) -> CpuSnapshot:
             lost = {**sampled.lost, **targets.losses()}
     finally:
         symbolizer.close()
+    return build_snapshot(
+        config, targets, run, duration, ended, sampler, sampled, lost, (bpf_ns, runs), symbolizer
+    )
+
+
+def build_snapshot(
+    config: CpuConfig,
+    targets: base.Targets,
+    run: base.Session,
+    duration: float,
+    ended: str,
+    sampler: Sampler,
+    sampled: SampledStacks,
+    lost: dict[str, int],
+    bpf: tuple[int, int],
+    symbolizer: Symbolizer,
+) -> CpuSnapshot:
+    """The snapshot of a finished run (its sampler stopped and read)."""
     clock, attach_ms = run.clock, run.attach_ms
     console.debug(f"cpu: {symbolizer.stats.summary()}")
-    cost = base.self_cost(clock, bpf_ns, runs)
+    cost = base.self_cost(clock, *bpf)
     # The unwind-table decoding child works for this run: its CPU is part of the tool's cost.
     cost = dataclasses.replace(cost, cpu_s=round(cost.cpu_s + sampler.helper_cpu_s(), 4))
     return CpuSnapshot(

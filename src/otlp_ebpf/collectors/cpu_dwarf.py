@@ -26,13 +26,16 @@ import ctypes
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base
 from otlp_ebpf.collectors.cpu_sampling import (
     KERNEL_MODULE,
     CpuConfig,
+    RawStack,
     SampledStacks,
     without_tracing_frames,
 )
@@ -369,6 +372,14 @@ class DwarfSampler:
             modules.append("")
         return tuple(frames), tuple(modules)
 
+    def raw_counts(self) -> dict[_StackKey, int]:
+        """Samples unwound so far per stack, unsymbolized (for a timeline)."""
+        return dict(self._counts)
+
+    def raw_frames(self, keys: Iterable[_StackKey]) -> dict[_StackKey, tuple[str, ...]]:
+        """Root-first frames of keys from `raw_counts`."""
+        return {key: self._frames(key[0], key[3], key[4], key[5])[0] for key in keys}
+
     def unwind_failures(self) -> dict[str, int]:
         """Samples whose user stack stopped early, by reason (for lost_events)."""
         return {f"unwind: {reason}": n for reason, n in sorted(self._failures.items())}
@@ -483,3 +494,9 @@ class CpuDwarfSampler:
 
     def processes(self) -> dict[int, ProcessInfo]:
         return self.sampler.processes()
+
+    def raw_counts(self) -> dict[RawStack, int]:
+        return dict(self.sampler.raw_counts())
+
+    def raw_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
+        return dict(self.sampler.raw_frames(cast(list[_StackKey], list(keys))))

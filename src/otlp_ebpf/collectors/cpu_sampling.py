@@ -7,8 +7,9 @@ this module; cpu.py picks and combines them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from otlp_ebpf.collectors import base
 from otlp_ebpf.model import ProcessInfo, StackCount
@@ -28,6 +29,9 @@ TRACING_FRAME_PREFIXES = (
     "bpf_overflow_handler",
     "__perf_event_overflow",
 )
+
+# An on-CPU stack as a sampler counts it, before symbolization; the pid comes first.
+RawStack = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,14 @@ class Sampler(Protocol):
 
     def processes(self) -> dict[int, ProcessInfo]: ...
 
+    def raw_counts(self) -> dict[RawStack, int]:
+        """On-CPU samples so far per stack, unsymbolized (read while running: a timeline)."""
+        ...
+
+    def raw_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
+        """Root-first frames of keys from `raw_counts`, named at the end of the run."""
+        ...
+
 
 class CompositeSampler:
     """Two samplers in one run: one for on-CPU samples, one for off-CPU blocks."""
@@ -113,6 +125,12 @@ class CompositeSampler:
 
     def processes(self) -> dict[int, ProcessInfo]:
         return {**self.parts[1].processes(), **self.parts[0].processes()}
+
+    def raw_counts(self) -> dict[RawStack, int]:
+        return self.parts[0].raw_counts()
+
+    def raw_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
+        return self.parts[0].raw_frames(keys)
 
 
 def without_tracing_frames(kernel_leaf_first: list[str]) -> list[str]:

@@ -165,7 +165,8 @@ def return_addresses_to_calls(addrs: Sequence[int]) -> list[int]:
 class MemCollector:
     """Open, configure, load and attach mem.bpf.o; read its maps into a snapshot."""
 
-    def __init__(self, config: MemConfig) -> None:
+    def __init__(self, config: MemConfig, targets: base.Targets | None = None) -> None:
+        """`targets`: shared with other collectors of the same run (`record`)."""
         if config.min_age_ms < 0:
             raise UsageError(f"--min-age must be >= 0 ms, got {config.min_age_ms}")
         if config.table_size < MIN_TABLE_SIZE:
@@ -175,7 +176,7 @@ class MemCollector:
         self.config = config
         self.kernel_mode = config.kernel_mode
         self.launch = bool(config.targets.command)
-        self.targets = base.Targets(config.targets)
+        self.targets = targets if targets is not None else base.Targets(config.targets)
         self.obj: BpfObject | None = None
         self.allocators: dict[int, str] = {}  # pid (-1: every process) -> allocator file
         self.missing_functions: set[str] = set()
@@ -435,6 +436,23 @@ class MemCollector:
             blocks, now_ns=time.monotonic_ns(), min_age_ns=self.config.min_age_ms * 1_000_000
         )
 
+    def read_levels(self) -> tuple[int, int, int, int]:
+        """(outstanding bytes, allocations, frees, page faults) so far, for a timeline: the
+        kernel's per-stack totals and counters, nothing symbolized."""
+        assert self.obj is not None
+        outstanding = 0
+        for _key, raw_value in self.obj.map("totals").items():
+            total = StackTotal.from_buffer_copy(raw_value)
+            if total.count > 0:
+                outstanding += total.bytes
+        faults = sum(self.read_faults().values()) if self.config.page_faults else 0
+        return (
+            outstanding,
+            self.read_counter(COUNT_ALLOCS),
+            self.read_counter(COUNT_FREES),
+            faults,
+        )
+
     def read_faults(self) -> dict[tuple[int, int], int]:
         assert self.obj is not None
         out: dict[tuple[int, int], int] = defaultdict(int)
@@ -600,12 +618,24 @@ def collect(config: MemConfig) -> MemSnapshot:
             # command is reaped.
             collector.detach()
             collector.resume_all()
-    clock = run.clock
     try:
-        allocations = build_allocations(collector, raw)
-        faults = build_faults(collector, raw)
+        return build_snapshot(collector, run.clock, duration, ended, raw, (bpf_ns, runs))
     finally:
         collector.symbolizer.close()
+
+
+def build_snapshot(
+    collector: MemCollector,
+    clock: base.RunClock,
+    duration: float,
+    ended: str,
+    raw: RawResult,
+    bpf: tuple[int, int],
+) -> MemSnapshot:
+    """Symbolize what `read_result` read (the slow part, after the detach) into a snapshot."""
+    config = collector.config
+    allocations = build_allocations(collector, raw)
+    faults = build_faults(collector, raw)
     pids = sorted({a.pid for a in allocations if a.pid} | {f.pid for f in faults})
     processes = tuple(p for pid in pids if (p := base.read_process_info(pid)))
     return MemSnapshot(
@@ -615,7 +645,7 @@ def collect(config: MemConfig) -> MemSnapshot:
         targets=config.targets.describe(),
         lost_events=raw.drops,
         processes=processes,
-        self_cost=base.self_cost(clock, bpf_ns, runs),
+        self_cost=base.self_cost(clock, *bpf),
         notes=(*notes_for(collector, ended), *collector.targets.command_notes()),
         command_exit=collector.targets.command_exit(),
         outstanding=tuple(allocations),

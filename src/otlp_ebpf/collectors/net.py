@@ -268,10 +268,11 @@ class IntervalTracker:
 class NetCollector:
     """Open, configure, load and attach net.bpf.o; turn its records and maps into a snapshot."""
 
-    def __init__(self, config: NetConfig) -> None:
+    def __init__(self, config: NetConfig, targets: base.Targets | None = None) -> None:
+        """`targets`: shared with other collectors of the same run (`record`)."""
         check_port(config.port)
         self.config = config
-        self.targets = base.Targets(config.targets)
+        self.targets = targets if targets is not None else base.Targets(config.targets)
         self.obj: BpfObject | None = None
         self.ring: RingBuffer | None = None
         self.clock = MonotonicClock()

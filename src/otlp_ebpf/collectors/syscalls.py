@@ -243,14 +243,15 @@ def _errno_name(err: int) -> str:
 class SyscallsCollector:
     """Open, configure, load and attach syscalls.bpf.o; read its maps into snapshots."""
 
-    def __init__(self, config: SyscallsConfig) -> None:
+    def __init__(self, config: SyscallsConfig, targets: base.Targets | None = None) -> None:
+        """`targets`: shared with other collectors of the same run (`record`)."""
         self.config = config
         self.table = syscall_table()
         self.selected = resolve_names(config.syscalls, self.table)
         for nr in self.selected:
             if nr >= MAX_SYSCALL_NR:
                 raise UsageError(f"syscall number {nr} is out of range")
-        self.targets = base.Targets(config.targets)
+        self.targets = targets if targets is not None else base.Targets(config.targets)
         self.obj: BpfObject | None = None
         self.use_btf = True
         self.series: list[IntervalPoint] = []
