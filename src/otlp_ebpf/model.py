@@ -22,7 +22,7 @@ from otlp_ebpf.errors import UsageError
 SNAPSHOT_VERSION = 1
 KERNEL_SUFFIX = "_[k]"
 
-Kind = Literal["cpu", "syscalls", "net", "mem"]
+Kind = Literal["cpu", "syscalls", "net", "mem", "record"]
 
 
 def is_kernel_frame(name: str) -> bool:
@@ -103,6 +103,68 @@ class IntervalPoint:
 
     t_s: float
     values: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class CpuTick:
+    """On-CPU samples in one timeline interval: per process (pid as text) and per leaf
+    function (the top ones; the rest under OTHER_KEY, so each row sums to its samples)."""
+
+    samples: Mapping[str, int] = field(default_factory=dict)
+    functions: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SyscallTick:
+    """One syscall (all target processes together) in one timeline interval. Latency
+    percentiles come from the interval's own log2 histogram."""
+
+    name: str
+    count: int
+    errors: int
+    p50_ns: int
+    p99_ns: int
+
+
+@dataclass(frozen=True)
+class ConnTick:
+    """One connection (`label` as in net's series) in one timeline interval: what it moved
+    and what happened to it then; `srtt_us` is its smoothed RTT at the end of the interval."""
+
+    label: str
+    tx_bytes: int
+    rx_bytes: int
+    retransmits: int = 0
+    resets: int = 0
+    srtt_us: float = 0.0
+
+
+@dataclass(frozen=True)
+class NetTick:
+    connections: tuple[ConnTick, ...] = ()
+    drops: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MemTick:
+    """Outstanding bytes at the end of the interval (a level); the rest are counts in it."""
+
+    outstanding_bytes: int = 0
+    allocations: int = 0
+    frees: int = 0
+    page_faults: int = 0
+
+
+@dataclass(frozen=True)
+class TimelineRow:
+    """One interval of a recording, ending `t_s` seconds after the run started. A signal
+    not recorded has no entry."""
+
+    t_s: float
+    cpu: CpuTick | None = None
+    syscalls: tuple[SyscallTick, ...] | None = None
+    net: NetTick | None = None
+    mem: MemTick | None = None
 
 
 @dataclass(frozen=True)
@@ -250,11 +312,90 @@ class MemSnapshot(Snapshot):
         return profiles
 
 
+SIGNALS: tuple[Kind, ...] = ("cpu", "syscalls", "net", "mem")
+# A timeline row keeps the busiest functions and connections by name; the rest are summed
+# under this key, so every row still adds up to its interval's total.
+OTHER_KEY = "[other]"
+
+
+@dataclass(frozen=True)
+class RecordSnapshot(Snapshot):
+    """Every signal of one run, each in exactly its own snapshot's schema, plus a timeline.
+
+    `self_cost` is the whole run's (one process serves every signal); each section's
+    `self_cost.bpf_ns` is that signal's programs only.
+    """
+
+    kind: ClassVar[Kind] = "record"
+    signals: Mapping[str, Snapshot] = field(default_factory=dict)
+    interval_s: float = 1.0
+    timeline: tuple[TimelineRow, ...] = ()
+
+    def stack_profiles(self) -> list[StackProfile]:
+        """The flame-able views of every section (cpu's then mem's; their names differ)."""
+        return [p for section in self.signals.values() for p in section.stack_profiles()]
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": self.kind, "version": SNAPSHOT_VERSION}
+        # asdict would turn the sections into plain field dicts without kind and version.
+        data.update(_plain(dataclasses.asdict(dataclasses.replace(self, signals={}, timeline=()))))
+        data["signals"] = {name: s.to_dict() for name, s in self.signals.items()}
+        data["timeline"] = [_row_to_dict(row) for row in self.timeline]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RecordSnapshot:
+        common = {k: v for k, v in data.items() if k not in ("signals", "timeline")}
+        record: RecordSnapshot = _build(cls, common)
+        signals: dict[str, Snapshot] = {}
+        for name, section in _expect(data.get("signals", {}), dict, "signals").items():
+            if name not in SIGNALS:
+                raise ValueError(f"unknown signal {name!r}")
+            snapshot = snapshot_from_dict(_expect(section, dict, f"signals.{name}"))
+            if snapshot.kind != name:
+                raise ValueError(f"signals.{name} holds a {snapshot.kind} snapshot")
+            signals[name] = snapshot
+        rows = tuple(
+            _row_from_dict(_expect(r, dict, "timeline row"))
+            for r in _expect(data.get("timeline", []), list, "timeline")
+        )
+        return dataclasses.replace(record, signals=signals, timeline=rows)
+
+
+def _row_to_dict(row: TimelineRow) -> dict[str, Any]:
+    out: dict[str, Any] = {"t_s": row.t_s}
+    for name in SIGNALS:
+        value = getattr(row, name)
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            out[name] = [_plain(dataclasses.asdict(v)) for v in value]
+        else:
+            out[name] = _plain(dataclasses.asdict(value))
+    return out
+
+
+def _row_from_dict(data: Mapping[str, Any]) -> TimelineRow:
+    t_s = _scalar("float", data.get("t_s"))
+    cpu = _build(CpuTick, _expect(data["cpu"], dict, "cpu tick")) if "cpu" in data else None
+    syscalls = (
+        tuple(_build(SyscallTick, _expect(v, dict, "syscall tick")) for v in data["syscalls"])
+        if isinstance(data.get("syscalls"), list)
+        else None
+    )
+    if "syscalls" in data and syscalls is None:
+        raise ValueError("expected a list of syscall ticks")
+    net = _build(NetTick, _expect(data["net"], dict, "net tick")) if "net" in data else None
+    mem = _build(MemTick, _expect(data["mem"], dict, "mem tick")) if "mem" in data else None
+    return TimelineRow(t_s, cpu, syscalls, net, mem)
+
+
 SNAPSHOT_TYPES: dict[str, type[Snapshot]] = {
     "cpu": CpuSnapshot,
     "syscalls": SyscallsSnapshot,
     "net": NetSnapshot,
     "mem": MemSnapshot,
+    "record": RecordSnapshot,
 }
 
 
@@ -286,6 +427,7 @@ _NESTED: dict[str, type] = {
     "SyscallStat": SyscallStat,
     "IntervalPoint": IntervalPoint,
     "Connection": Connection,
+    "ConnTick": ConnTick,
 }
 
 
@@ -345,6 +487,8 @@ def snapshot_from_dict(data: Mapping[str, Any]) -> Snapshot:
             f"snapshot version {version!r} is not supported (this build reads {SNAPSHOT_VERSION})"
         )
     try:
+        if cls is RecordSnapshot:
+            return RecordSnapshot.from_dict(data)
         return _build(cls, data)
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise UsageError(f"malformed {kind} snapshot: {exc}") from exc

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "diff",
     "push",
     "mem",
+    "record",
 ]
 
 app = typer.Typer(

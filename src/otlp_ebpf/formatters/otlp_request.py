@@ -31,7 +31,7 @@ from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 i
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.formatters.otlp_metrics import build_metrics_data, has_metrics
 from otlp_ebpf.formatters.otlp_profiles import build_profiles_request
-from otlp_ebpf.model import Snapshot
+from otlp_ebpf.model import RecordSnapshot, Snapshot
 from otlp_ebpf.otlp_settings import Signal, resource_attributes_from_env
 
 MAGIC = b"OTLPEBPF"
@@ -58,8 +58,10 @@ def encode_requests(
 ) -> list[EncodedRequest]:
     """The OTLP requests of `snapshot`: profiles for stack kinds, metrics for metric kinds.
 
-    A signal with nothing to report is left out.
+    A signal with nothing to report is left out; a recording gives each section's requests.
     """
+    if isinstance(snapshot, RecordSnapshot):
+        return [r for s in snapshot.signals.values() for r in encode_requests(s, resource_attrs)]
     requests = []
     profiles = build_profiles_request(snapshot, resource_attrs)
     if profiles.resource_profiles:

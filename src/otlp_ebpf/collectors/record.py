@@ -1,0 +1,692 @@
+"""`record`: the collectors of several signals on one target, one poll loop, one timeline.
+
+Every chosen signal's collector is built on one shared `Targets` (one filter, one held command)
+and attached before the command is released; one loop polls them all, and every `interval_s`
+each signal turns the change of its in-kernel aggregates since the previous tick into a
+timeline entry (nothing is symbolized while recording: cpu keeps raw stack keys, named once
+at the end). When the run ends, each signal builds exactly the snapshot its own command
+builds, and the last timeline row is the difference between those sections and the previous
+tick, so the rows add up to the sections' totals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from otlp_ebpf import console
+from otlp_ebpf.collectors import base
+from otlp_ebpf.errors import EnvironmentLacks, UsageError
+from otlp_ebpf.latency import percentile_ns
+from otlp_ebpf.model import (
+    OTHER_KEY,
+    SIGNALS,
+    Connection,
+    ConnTick,
+    CpuTick,
+    MemTick,
+    NetTick,
+    ProcessInfo,
+    RecordSnapshot,
+    SelfCost,
+    Snapshot,
+    SyscallsSnapshot,
+    SyscallTick,
+    TimelineRow,
+)
+from otlp_ebpf.runtime import features, stats
+from otlp_ebpf.targets import TargetSpec
+
+DEFAULT_INTERVAL_S = 1.0
+TOP_FUNCTIONS = 10
+TOP_CONNECTIONS = 20
+POLL_S = 0.05  # a launched target paused at exit (mem) waits at most this long
+PAGE_FAULT_TRACEPOINT = ("exceptions", "page_fault_user")
+# Fast reads first, so the counts end close to the run's end; cpu symbolizes (the slow part).
+FINISH_ORDER = ("syscalls", "net", "mem", "cpu")
+RawStack = tuple[Any, ...]
+# The syscalls a uprobe's trampoline makes (uretprobe, uprobe on x86_64 since 6.11): with mem's
+# probes in the same run they are the tool's doing, not the target's.
+PROBE_SYSCALLS = {"x86_64": (335, 336)}  # a cpu sampler's stack key, pid first (collectors/cpu.py)
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """What `otlp-ebpf record` was asked to do. `signals_given` is False when the user left
+    --signals at its default (then a signal this kernel cannot record is skipped, not fatal)."""
+
+    targets: TargetSpec = field(default_factory=TargetSpec)
+    duration_s: float | None = None
+    interval_s: float = DEFAULT_INTERVAL_S
+    signals: tuple[str, ...] = SIGNALS
+    signals_given: bool = False
+    frequency_hz: int = 99
+
+
+def parse_signals(text: str) -> tuple[str, ...]:
+    """`cpu,net` -> ("cpu", "net") in the canonical order; UsageError naming an unknown one."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UsageError(f"--signals: give one or more of {','.join(SIGNALS)}")
+    unknown = [n for n in names if n not in SIGNALS]
+    if unknown:
+        raise UsageError(
+            f"--signals: unknown signal {unknown[0]!r}; known signals: {','.join(SIGNALS)}"
+        )
+    return tuple(s for s in SIGNALS if s in names)
+
+
+def check_interval(interval_s: float, duration_s: float | None) -> None:
+    if not interval_s > 0:
+        raise UsageError(f"--interval must be a positive number of seconds, got {interval_s:g}")
+    if duration_s is not None and interval_s > duration_s:
+        raise UsageError(
+            f"--interval {interval_s:g} s is longer than --duration {duration_s:g} s: "
+            "the timeline would have no full interval"
+        )
+
+
+def required_tracepoints(signal: str, targets: TargetSpec) -> list[tuple[str, str]]:
+    """The tracepoints a signal cannot run without on this kind of target."""
+    if signal == "syscalls":
+        return [("raw_syscalls", "sys_enter"), ("raw_syscalls", "sys_exit")]
+    if signal == "net":
+        from otlp_ebpf.collectors.net import PROGRAMS, REQUIRED
+
+        return [PROGRAMS[p] for p in REQUIRED]
+    if signal == "mem" and not (targets.pids or targets.tid or targets.command):
+        from otlp_ebpf.collectors.mem import KMEM_TRACEPOINTS
+
+        return [("kmem", tp) for tp in KMEM_TRACEPOINTS]
+    if signal == "cpu":
+        return [("sched", "sched_process_exec"), ("sched", "sched_process_exit")]
+    return []
+
+
+def missing_tracepoints(signals: Sequence[str], targets: TargetSpec) -> dict[str, list[str]]:
+    """Per signal, the required tracepoints this kernel lacks (signals lacking none left out)."""
+    out: dict[str, list[str]] = {}
+    for signal in signals:
+        missing = [
+            f"{c}/{n}"
+            for c, n in required_tracepoints(signal, targets)
+            if not features.tracepoint_exists(c, n)
+        ]
+        if missing:
+            out[signal] = missing
+    return out
+
+
+def plan_signals(
+    signals: Sequence[str], given: bool, missing: Mapping[str, Sequence[str]]
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The signals to run and those skipped (name -> why). A signal the user asked for by
+    name that cannot run is an environment failure (exit 3); with the default set the rest
+    run."""
+    blocked = {s: f"no {', '.join(missing[s])} tracepoint" for s in signals if missing.get(s)}
+    if blocked and given:
+        what = "; ".join(f"{s}: {why}" for s, why in blocked.items())
+        raise EnvironmentLacks(
+            f"cannot record {', '.join(blocked)}: {what}",
+            hint="leave those out of --signals; `otlp-ebpf doctor` lists what this kernel offers",
+        )
+    run = tuple(s for s in signals if s not in blocked)
+    if not run:
+        raise EnvironmentLacks(
+            "no signal can be recorded here: "
+            + "; ".join(f"{s}: {why}" for s, why in blocked.items()),
+            hint="`otlp-ebpf doctor` lists what this kernel offers",
+        )
+    return run, blocked
+
+
+class Signal(Protocol):
+    """One signal inside a recording."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def poll(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for events; False when this signal has nothing to wait on."""
+        ...
+
+    def tick(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def finish(self, run: base.Session, duration: float, ended: str) -> Snapshot: ...
+
+    def ticks(self, section: Snapshot) -> list[object]: ...
+
+    def helper_cpu_s(self) -> float: ...
+
+    def close(self) -> None: ...
+
+
+def _delta(now: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
+    return {k: n - before.get(k, 0) for k, n in now.items() if n != before.get(k, 0)}
+
+
+def top_with_other(values: Mapping[str, int], keep: Sequence[str]) -> dict[str, int]:
+    """`values` restricted to `keep`, everything else summed under OTHER_KEY."""
+    out = {k: values[k] for k in keep if values.get(k)}
+    rest = sum(n for k, n in values.items() if k not in out)
+    if rest:
+        out[OTHER_KEY] = rest
+    return out
+
+
+class CpuSignal:
+    """On-CPU samples: the cpu command's sampler; per tick, samples per raw stack key."""
+
+    name = "cpu"
+
+    def __init__(self, config: RecordConfig, targets: base.Targets) -> None:
+        from otlp_ebpf.collectors.cpu import check_config, pick_sampler
+        from otlp_ebpf.collectors.cpu_sampling import CpuConfig
+        from otlp_ebpf.symbolize.resolver import Symbolizer
+
+        self.config = CpuConfig(
+            targets=config.targets,
+            duration_s=config.duration_s,
+            frequency_hz=config.frequency_hz,
+        )
+        check_config(self.config)
+        self.targets = targets
+        self.symbolizer = Symbolizer()
+        self.sampler = pick_sampler(self.config, self.symbolizer)
+        self._last: dict[RawStack, int] = {}
+        self.deltas: list[dict[RawStack, int]] = []
+        self.frames: dict[RawStack, tuple[str, ...]] = {}
+
+    def start(self) -> None:
+        self.sampler.start(self.targets)
+
+    def poll(self, timeout_s: float) -> bool:
+        self.sampler.poll(timeout_s)
+        return True
+
+    def tick(self) -> None:
+        counts = self.sampler.raw_counts()
+        delta = {k: n - self._last.get(k, 0) for k, n in counts.items()}
+        self.deltas.append({k: n for k, n in delta.items() if n})
+        self._last = dict(counts)
+
+    def stop(self) -> None:
+        self.sampler.stop()
+
+    def finish(self, run: base.Session, duration: float, ended: str) -> Snapshot:
+        from otlp_ebpf.collectors.cpu import build_snapshot
+
+        bpf = self.sampler.cost()
+        sampled = self.sampler.finish()
+        lost = {**sampled.lost, **self.targets.losses()}
+        self.tick()  # the samples unwound at the end belong to the last interval
+        keys = {k for delta in self.deltas for k in delta}
+        self.frames = self.sampler.raw_frames(keys)
+        return build_snapshot(
+            self.config,
+            self.targets,
+            run,
+            duration,
+            ended,
+            self.sampler,
+            sampled,
+            lost,
+            bpf,
+            self.symbolizer,
+        )
+
+    def ticks(self, section: Snapshot) -> list[object]:
+        """One CpuTick per interval: samples per process and per leaf function (the run's
+        busiest functions by name, the rest under OTHER_KEY)."""
+        leaf = {k: frames[-1] if frames else OTHER_KEY for k, frames in self.frames.items()}
+        overall: Counter[str] = Counter()
+        for delta in self.deltas:
+            for k, n in delta.items():
+                overall[leaf[k]] += n
+        keep = [name for name, _ in overall.most_common(TOP_FUNCTIONS) if name != OTHER_KEY]
+        out: list[object] = []
+        for delta in self.deltas:
+            per_pid: Counter[str] = Counter()
+            per_function: Counter[str] = Counter()
+            for k, n in delta.items():
+                per_pid[str(k[0])] += n
+                per_function[leaf[k]] += n
+            out.append(CpuTick(dict(per_pid), top_with_other(per_function, keep)))
+        return out
+
+    def helper_cpu_s(self) -> float:
+        return self.sampler.helper_cpu_s()
+
+    def close(self) -> None:
+        self.symbolizer.close()
+
+
+class SyscallsSignal:
+    """Exact syscall counts; per tick, count, errors and latency percentiles per name."""
+
+    name = "syscalls"
+
+    def __init__(self, config: RecordConfig, targets: base.Targets) -> None:
+        from otlp_ebpf.collectors.syscalls import SyscallsCollector, SyscallsConfig, syscall_name
+
+        self.config = SyscallsConfig(targets=config.targets, duration_s=config.duration_s)
+        self.collector = SyscallsCollector(self.config, targets)
+        probe_nrs = PROBE_SYSCALLS.get(platform.machine(), ()) if "mem" in config.signals else ()
+        self.excluded = {syscall_name(nr, self.collector.table) for nr in probe_nrs}
+        self._last: dict[str, tuple[int, int, list[int]]] = {}
+        self.rows: list[list[SyscallTick]] = []
+
+    def start(self) -> None:
+        self.collector.start()
+
+    def poll(self, timeout_s: float) -> bool:
+        return False
+
+    def _totals(self) -> dict[str, tuple[int, int, list[int]]]:
+        from otlp_ebpf.collectors.syscalls import SYSCALL_SLOTS, syscall_name
+
+        out: dict[str, tuple[int, int, list[int]]] = {}
+        for (_tgid, nr), row in self.collector.read_rows().items():
+            name = syscall_name(nr, self.collector.table)
+            if name in self.excluded:
+                continue
+            count, errors, hist = out.get(name, (0, 0, [0] * SYSCALL_SLOTS))
+            summed = [a + b for a, b in zip(hist, row.hist or [0] * SYSCALL_SLOTS, strict=True)]
+            out[name] = (count + row.count, errors + row.errors, summed)
+        return out
+
+    def _record(self, totals: dict[str, tuple[int, int, list[int]]]) -> None:
+        row = []
+        for name, (count, errors, hist) in totals.items():
+            count0, errors0, hist0 = self._last.get(name, (0, 0, [0] * len(hist)))
+            if count == count0:
+                continue
+            delta = [a - b for a, b in zip(hist, hist0, strict=True)]
+            row.append(
+                SyscallTick(
+                    name,
+                    count - count0,
+                    errors - errors0,
+                    percentile_ns(delta, 0.50, 0, 0),
+                    percentile_ns(delta, 0.99, 0, 0),
+                )
+            )
+        row.sort(key=lambda t: (-t.count, t.name))
+        self.rows.append(row)
+        self._last = totals
+
+    def tick(self) -> None:
+        self._record(self._totals())
+
+    def stop(self) -> None:
+        pass  # counting goes on until its maps are read, like `syscalls`
+
+    def finish(self, run: base.Session, duration: float, ended: str) -> Snapshot:
+        from otlp_ebpf.collectors.syscalls import build_snapshot
+
+        section = build_snapshot(self.collector, run.clock, ended, self.collector.stats())
+        section = self._without_probe_calls(section)
+        totals: dict[str, tuple[int, int, list[int]]] = {}
+        for s in section.syscalls:
+            count, errors, hist = totals.get(s.name, (0, 0, [0] * len(s.hist)))
+            totals[s.name] = (
+                count + s.count,
+                errors + s.errors,
+                [a + b for a, b in zip(hist, s.hist, strict=True)],
+            )
+        self._record(totals)
+        return section
+
+    def _without_probe_calls(self, section: SyscallsSnapshot) -> SyscallsSnapshot:
+        """Leave out the calls mem's return probes make in the target."""
+        left_out = [s for s in section.syscalls if s.name in self.excluded]
+        if not left_out:
+            return section
+        names = ", ".join(sorted({s.name for s in left_out}))
+        note = (
+            f"left out: {sum(s.count for s in left_out):,} {names} calls made by mem's "
+            "uprobe trampolines"
+        )
+        return dataclasses.replace(
+            section,
+            syscalls=tuple(s for s in section.syscalls if s.name not in self.excluded),
+            notes=(*section.notes, note),
+        )
+
+    def ticks(self, section: Snapshot) -> list[object]:
+        return [tuple(row) for row in self.rows]
+
+    def helper_cpu_s(self) -> float:
+        return 0.0
+
+    def close(self) -> None:
+        pass
+
+
+ConnKey = tuple[int, int, int, str, str]
+
+
+def connection_key(conn: Connection) -> ConnKey:
+    return (conn.started_at_ns, conn.lport, conn.rport, conn.laddr, conn.raddr)
+
+
+class NetSignal:
+    """TCP connections; per tick, what each connection moved, its retransmits and resets,
+    its srtt, and packet drops by reason."""
+
+    name = "net"
+
+    def __init__(self, config: RecordConfig, targets: base.Targets) -> None:
+        from otlp_ebpf.collectors.net import NetCollector, NetConfig
+
+        self.config = NetConfig(targets=config.targets, duration_s=config.duration_s)
+        self.collector = NetCollector(self.config, targets)
+        self._closed_seen = 0
+        self._last: dict[ConnKey, tuple[int, int, int, int]] = {}
+        self._last_drops: dict[str, int] = {}
+        self.rows: list[NetTick] = []
+
+    def start(self) -> None:
+        self.collector.start()
+
+    def poll(self, timeout_s: float) -> bool:
+        self.collector.poll(timeout_s)
+        return True
+
+    def _record(self, connections: Sequence[Connection], drops: Mapping[str, int]) -> None:
+        from otlp_ebpf.collectors.net import connection_label
+
+        moved: list[ConnTick] = []
+        for conn in connections:
+            key = connection_key(conn)
+            now = (conn.tx_bytes, conn.rx_bytes, conn.retransmits, _resets(conn))
+            before = self._last.get(key, (0, 0, 0, 0))
+            self._last[key] = now
+            tx, rx, retransmits, resets = (a - b for a, b in zip(now, before, strict=True))
+            if tx or rx or retransmits or resets:
+                moved.append(
+                    ConnTick(
+                        connection_label(conn), tx, rx, retransmits, resets, srtt_us=conn.srtt_us
+                    )
+                )
+        moved.sort(key=lambda c: (-(c.tx_bytes + c.rx_bytes), c.label))
+        kept, rest = moved[:TOP_CONNECTIONS], moved[TOP_CONNECTIONS:]
+        if rest:
+            kept.append(
+                ConnTick(
+                    OTHER_KEY,
+                    sum(c.tx_bytes for c in rest),
+                    sum(c.rx_bytes for c in rest),
+                    sum(c.retransmits for c in rest),
+                    sum(c.resets for c in rest),
+                )
+            )
+        self.rows.append(NetTick(tuple(kept), _delta(drops, self._last_drops)))
+        self._last_drops = dict(drops)
+
+    def tick(self) -> None:
+        c = self.collector
+        c.drain()
+        closed = c.closed[self._closed_seen :]
+        self._closed_seen = len(c.closed)
+        self._record([*closed, *c.open_connections()], c.drops())
+
+    def stop(self) -> None:
+        pass
+
+    def finish(self, run: base.Session, duration: float, ended: str) -> Snapshot:
+        from otlp_ebpf.collectors.net import build_snapshot
+
+        section = build_snapshot(self.collector, self.config, run.clock, ended)
+        self._record(section.connections, section.drops)
+        return section
+
+    def ticks(self, section: Snapshot) -> list[object]:
+        return list(self.rows)
+
+    def helper_cpu_s(self) -> float:
+        return 0.0
+
+    def close(self) -> None:
+        if self.collector.ring is not None:
+            self.collector.ring.close()
+            self.collector.ring = None
+
+
+def _resets(conn: Connection) -> int:
+    return conn.resets_sent + conn.resets_received
+
+
+class MemSignal:
+    """Outstanding allocations; per tick, outstanding bytes, allocations, frees, page faults."""
+
+    name = "mem"
+
+    def __init__(self, config: RecordConfig, targets: base.Targets) -> None:
+        from otlp_ebpf.collectors.mem import MemCollector, MemConfig
+
+        self.config = MemConfig(
+            targets=config.targets,
+            duration_s=config.duration_s,
+            page_faults=features.tracepoint_exists(*PAGE_FAULT_TRACEPOINT),
+        )
+        self.collector = MemCollector(self.config, targets)
+        self._last = (0, 0, 0, 0)
+        self.rows: list[MemTick] = []
+        self.raw: object = None
+        self.bpf = (0, 0)
+
+    def start(self) -> None:
+        self.collector.start()
+
+    def poll(self, timeout_s: float) -> bool:
+        self.collector.poll(timeout_s)
+        return self.collector.exits is not None
+
+    def _record(self, levels: tuple[int, int, int, int]) -> None:
+        outstanding, allocs, frees, faults = levels
+        _, allocs0, frees0, faults0 = self._last
+        self.rows.append(MemTick(outstanding, allocs - allocs0, frees - frees0, faults - faults0))
+        self._last = levels
+
+    def tick(self) -> None:
+        self._record(self.collector.read_levels())
+
+    def stop(self) -> None:
+        """Read the kernel's side and detach, as `mem` does: afterwards no target can be
+        paused at exit, and every paused one runs again."""
+        from otlp_ebpf.collectors.mem import read_result
+
+        c = self.collector
+        try:
+            c.resume_all()
+            if not c.kernel_mode:
+                c.remember_targets()
+            assert c.obj is not None
+            self.bpf = base.program_cost(c.obj, c.obj.program_names())
+            self.raw = read_result(c)
+        finally:
+            c.detach()
+            c.resume_all()
+
+    def finish(self, run: base.Session, duration: float, ended: str) -> Snapshot:
+        from otlp_ebpf.collectors.mem import RawResult, build_snapshot
+
+        assert isinstance(self.raw, RawResult)
+        section = build_snapshot(self.collector, run.clock, duration, ended, self.raw, self.bpf)
+        faults = sum(f.count for f in section.page_faults)
+        self._record(
+            (section.outstanding_bytes, section.allocations_total, section.frees_total, faults)
+        )
+        return section
+
+    def ticks(self, section: Snapshot) -> list[object]:
+        return list(self.rows)
+
+    def helper_cpu_s(self) -> float:
+        return 0.0
+
+    def close(self) -> None:
+        self.collector.symbolizer.close()
+
+
+SIGNAL_TYPES: dict[str, Callable[[RecordConfig, base.Targets], Signal]] = {
+    "cpu": CpuSignal,
+    "syscalls": SyscallsSignal,
+    "net": NetSignal,
+    "mem": MemSignal,
+}
+
+
+@dataclass
+class Recording:
+    """The signals of one run and the times of their ticks."""
+
+    config: RecordConfig
+    targets: base.Targets
+    signals: list[Signal]
+    skipped: dict[str, str]
+    tick_times: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        for signal in self.signals:
+            signal.start()
+
+    def poll(self, timeout_s: float) -> None:
+        """One wait for all: the first signal with events to wait on takes the timeout, the
+        others are only checked."""
+        waited = False
+        for signal in self.signals:
+            waited = signal.poll(0.0 if waited else timeout_s) or waited
+        if not waited:
+            base.sleep_poll(timeout_s)
+
+    def tick(self, elapsed: float) -> None:
+        for signal in self.signals:
+            signal.tick()
+        self.tick_times.append(round(elapsed, 3))
+
+
+def collect(config: RecordConfig) -> RecordSnapshot:
+    """Run every chosen signal to the end of the run and return the recording."""
+    missing = missing_tracepoints(config.signals, config.targets)
+    chosen, skipped = plan_signals(config.signals, config.signals_given, missing)
+    for name, why in skipped.items():
+        console.warn(f"record: {name} skipped ({why})")
+    targets = base.Targets(config.targets)
+    signals: list[Signal] = []
+    try:
+        for name in chosen:
+            signals.append(SIGNAL_TYPES[name](dataclasses.replace(config, signals=chosen), targets))
+    except BaseException:
+        targets.abandon()
+        base.cleanup()
+        raise
+    recording = Recording(dataclasses.replace(config, signals=chosen), targets, signals, skipped)
+    try:
+        return _run(recording)
+    finally:
+        for signal in signals:
+            signal.close()
+
+
+def _run(recording: Recording) -> RecordSnapshot:
+    config, targets = recording.config, recording.targets
+    with base.session(targets, recording.start) as run:
+        try:
+            loop_cpu0 = stats.process_cpu_seconds()
+            ended = base.run_loop(
+                targets,
+                recording.poll,
+                duration_s=config.duration_s,
+                interval_s=config.interval_s,
+                on_interval=recording.tick,
+                clock=run.clock,
+                stop=run.stop,
+                poll_s=POLL_S,
+            )
+            duration = run.clock.elapsed()
+            loop_cpu = stats.process_cpu_seconds() - loop_cpu0
+        finally:
+            # Whatever happened: sampling stops and no target stays paused at exit (mem).
+            for signal in recording.signals:
+                signal.stop()
+        finished = {}
+        for signal in sorted(recording.signals, key=lambda s: FINISH_ORDER.index(s.name)):
+            finished[signal.name] = _same_duration(signal.finish(run, duration, ended), duration)
+        sections = {s.name: finished[s.name] for s in recording.signals}
+    recording.tick_times.append(round(duration, 3))
+    return assemble(recording, run, sections, duration, ended, loop_cpu)
+
+
+def _same_duration(section: Snapshot, duration: float) -> Snapshot:
+    """Every section covers the run, whenever it was read at the end."""
+    return dataclasses.replace(section, duration_s=round(duration, 3))
+
+
+def assemble(
+    recording: Recording,
+    run: base.Session,
+    sections: dict[str, Snapshot],
+    duration: float,
+    ended: str,
+    loop_cpu: float,
+) -> RecordSnapshot:
+    """The recording: sections, their timeline, and the run's cost as a whole."""
+    per_signal = {
+        s.name: s.ticks(sections[s.name]) for s in recording.signals if s.name in sections
+    }
+    rows = []
+    for i, t_s in enumerate(recording.tick_times):
+        values = {name: ticks[i] for name, ticks in per_signal.items() if i < len(ticks)}
+        rows.append(TimelineRow(t_s, **values))  # type: ignore[arg-type]
+    helpers = sum(s.helper_cpu_s() for s in recording.signals)
+    cost = base.self_cost(run.clock, 0, 0)
+    cost = SelfCost(
+        cpu_s=round(cost.cpu_s + helpers, 4),
+        bpf_ns=sum(s.self_cost.bpf_ns for s in sections.values()),
+        bpf_runs=sum(s.self_cost.bpf_runs for s in sections.values()),
+        peak_rss_kb=cost.peak_rss_kb,
+    )
+    notes = [f"ended: {ended}", f"attach: {run.attach_ms:.1f} ms"]
+    if duration > 0:
+        notes.append(
+            f"cost while recording: {loop_cpu:.2f} s CPU ({100 * loop_cpu / duration:.1f}% "
+            "of one core), load, attach and final symbolization excluded"
+        )
+    notes += [f"skipped {name}: {why}" for name, why in recording.skipped.items()]
+    notes += recording.targets.command_notes()
+    first = next(iter(sections.values()))
+    return RecordSnapshot(
+        started_at=run.clock.started_at,
+        duration_s=round(duration, 3),
+        host=first.host,
+        targets=recording.config.targets.describe(),
+        lost_events={
+            f"{name}: {reason}": n
+            for name, section in sections.items()
+            for reason, n in section.lost_events.items()
+        },
+        processes=_processes(sections.values()),
+        self_cost=cost,
+        notes=tuple(notes),
+        signals=sections,
+        command_exit=recording.targets.command_exit(),
+        interval_s=recording.config.interval_s,
+        timeline=tuple(rows),
+    )
+
+
+def _processes(sections: Iterable[Snapshot]) -> tuple[ProcessInfo, ...]:
+    seen: dict[int, ProcessInfo] = {}
+    for section in sections:
+        for info in section.processes:
+            seen.setdefault(info.pid, info)
+    return tuple(seen[pid] for pid in sorted(seen))

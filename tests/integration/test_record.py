@@ -1,0 +1,291 @@
+"""`otlp-ebpf record` on workloads written for it: every section equals what the signal's own
+command reports for the same workload, the timeline adds up to the sections, and a change of
+behaviour at a known second shows at that second on the right series."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import otlp_ebpf
+from otlp_ebpf.cli.app import run
+from tests.conftest import build_c
+
+pytestmark = pytest.mark.bpf
+
+# Deterministic counts spread over ~2.5 s (five rounds half a second apart): 5000 getppid,
+# 7 failing opens, one loopback TCP connection moving exactly 123456 bytes up and 7890 down,
+# ten 100000-byte blocks leaked from leaky(), CPU burnt in spin().
+EXACT = r"""
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+__attribute__((noinline)) void *leaky(void) { return malloc(100000); }
+__attribute__((noinline)) double spin(double seconds) {
+    volatile double x = 0; double end = now() + seconds;
+    while (now() < end) for (int i = 0; i < 1000; i++) x += i * 0.5;
+    return x;
+}
+static void full_write(int fd, const char *buf, size_t n) {
+    while (n) { ssize_t w = write(fd, buf, n); if (w <= 0) exit(3); buf += w; n -= w; }
+}
+static void full_read(int fd, char *buf, size_t n) {
+    while (n) { ssize_t r = read(fd, buf, n); if (r <= 0) exit(4); buf += r; n -= r; }
+}
+int main(void) {
+    static char up[123456], down[7890];
+    int srv = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    bind(srv, (struct sockaddr *)&a, sizeof a); listen(srv, 1);
+    getsockname(srv, (struct sockaddr *)&a, &len);
+    pid_t child = fork();
+    if (child == 0) {
+        int c = accept(srv, 0, 0);
+        full_read(c, up, sizeof up); full_write(c, down, sizeof down);
+        close(c); _exit(0);
+    }
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(s, (struct sockaddr *)&a, sizeof a)) return 2;
+    void *keep[10]; int kept = 0;
+    for (int round = 0; round < 5; round++) {
+        for (int i = 0; i < 1000; i++) getppid();
+        if (round == 1) for (int i = 0; i < 7; i++) open("/nonexistent/otlp-ebpf", O_RDONLY);
+        size_t part = sizeof up / 5, n = round == 4 ? sizeof up - 4 * part : part;
+        full_write(s, up + round * part, n);
+        keep[kept++] = leaky(); keep[kept++] = leaky();
+        for (int i = 0; i < 50; i++) free(malloc(4096));
+        spin(0.25);
+        usleep(250000);
+    }
+    full_read(s, down, sizeof down);
+    close(s);
+    waitpid(child, 0, 0);
+    return keep[0] == 0;
+}
+"""
+
+# Behaviour that changes by time: getppid every millisecond for 3.5 s; from 1.5 s on, also
+# mkdir() under a missing directory, which fails with ENOENT.
+CHANGING = r"""
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+static double now(void) {
+    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+int main(void) {
+    double start = now();
+    while (now() - start < 3.5) {
+        getppid();
+        if (now() - start >= 1.5) mkdir("/nonexistent/otlp-ebpf", 0700);
+        usleep(1000);
+    }
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def exact(tmp_path_factory, cc) -> Path:
+    return build_c(cc, EXACT, tmp_path_factory.mktemp("record") / "exact", "-O1", "-g")
+
+
+@pytest.fixture(scope="module")
+def changing(tmp_path_factory, cc) -> Path:
+    return build_c(cc, CHANGING, tmp_path_factory.mktemp("record") / "changing", "-O1")
+
+
+def command_json(capsys, command: str, *args: str, target: list[str]) -> dict:
+    code = run([command, "--json", *args, "--", *target])
+    out = capsys.readouterr().out
+    assert code == 0
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory, exact) -> dict:
+    path = tmp_path_factory.mktemp("rec") / "rec.json"
+    assert run(["-q", "record", "-o", str(path), "--", str(exact)]) == 0
+    return json.loads(path.read_text())
+
+
+def by_name(syscalls: list[dict]) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    for s in syscalls:
+        count, errors = out.get(s["name"], (0, 0))
+        out[s["name"]] = (count + s["count"], errors + s["errors"])
+    return out
+
+
+def test_record_has_every_section_in_its_own_schema(recording):
+    assert recording["kind"] == "record"
+    assert list(recording["signals"]) == ["cpu", "syscalls", "net", "mem"]
+    for name, section in recording["signals"].items():
+        assert section["kind"] == name
+        assert section["duration_s"] == recording["duration_s"]
+    assert "stacks" in recording["signals"]["cpu"]
+    assert "connections" in recording["signals"]["net"]
+    assert "outstanding" in recording["signals"]["mem"]
+    # ~2.5 s of workload at 1 s per row: at least two full rows and the last partial one
+    assert len(recording["timeline"]) >= 3
+    times = [row["t_s"] for row in recording["timeline"]]
+    assert times == sorted(times) and times[-1] == recording["duration_s"]
+
+
+def test_syscalls_section_equals_the_syscalls_command(capsys, recording, exact):
+    alone = command_json(capsys, "syscalls", target=[str(exact)])
+    rec = by_name(recording["signals"]["syscalls"]["syscalls"])
+    assert rec["getppid"] == (5000, 0)
+    assert rec["openat"][1] >= 7
+    assert rec == by_name(alone["syscalls"])
+
+
+def test_net_section_equals_the_net_command(capsys, recording, exact):
+    alone = command_json(capsys, "net", target=[str(exact)])
+
+    def moved(doc: dict) -> list[tuple[int, int]]:
+        return sorted((c["tx_bytes"], c["rx_bytes"]) for c in doc["connections"])
+
+    assert moved(recording["signals"]["net"]) == [(7890, 123456), (123456, 7890)]
+    assert moved(recording["signals"]["net"]) == moved(alone)
+
+
+def test_mem_section_has_the_same_leaks_as_the_mem_command(capsys, recording, exact):
+    alone = command_json(capsys, "mem", "--page-faults", target=[str(exact)])
+
+    def leaks(doc: dict) -> list[tuple[int, int]]:
+        return sorted(
+            (a["bytes"], a["count"]) for a in doc["outstanding"] if "leaky" in a["frames"]
+        )
+
+    leaked = leaks(recording["signals"]["mem"])
+    assert (sum(b for b, _ in leaked), sum(n for _, n in leaked)) == (1_000_000, 10)
+    assert leaks(recording["signals"]["mem"]) == leaks(alone)
+    rec_mem = recording["signals"]["mem"]
+    assert rec_mem["allocations_total"] == alone["allocations_total"]
+
+
+def test_cpu_section_finds_the_same_hot_function_as_the_cpu_command(capsys, recording, exact):
+    alone = command_json(capsys, "cpu", target=[str(exact)])
+
+    def spin_share(doc: dict) -> float:
+        total = sum(s["count"] for s in doc["stacks"])
+        return sum(s["count"] for s in doc["stacks"] if "spin" in s["frames"]) / total
+
+    # spin() burns 1.25 s of the ~1.3 s on-CPU: the bulk of both profiles
+    assert spin_share(recording["signals"]["cpu"]) > 0.8
+    assert spin_share(alone) > 0.8
+    assert abs(spin_share(recording["signals"]["cpu"]) - spin_share(alone)) < 0.1
+
+
+def test_timeline_rows_add_up_to_the_sections(recording):
+    rows, sections = recording["timeline"], recording["signals"]
+    cpu = sections["cpu"]
+    assert sum(sum(r["cpu"]["samples"].values()) for r in rows) == cpu["samples_total"]
+    assert sum(sum(r["cpu"]["functions"].values()) for r in rows) == cpu["samples_total"]
+    syscall_rows: dict[str, tuple[int, int]] = {}
+    for r in rows:
+        for t in r["syscalls"]:
+            count, errors = syscall_rows.get(t["name"], (0, 0))
+            syscall_rows[t["name"]] = (count + t["count"], errors + t["errors"])
+    assert syscall_rows == by_name(sections["syscalls"]["syscalls"])
+    net = sections["net"]
+    assert sum(c["tx_bytes"] for r in rows for c in r["net"]["connections"]) == sum(
+        c["tx_bytes"] for c in net["connections"]
+    )
+    assert sum(c["rx_bytes"] for r in rows for c in r["net"]["connections"]) == 123456 + 7890
+    mem = sections["mem"]
+    assert sum(r["mem"]["allocations"] for r in rows) == mem["allocations_total"]
+    assert sum(r["mem"]["frees"] for r in rows) == mem["frees_total"]
+    assert rows[-1]["mem"]["outstanding_bytes"] == mem["outstanding_bytes"]
+    faults = sum(f["count"] for f in mem["page_faults"])
+    assert sum(r["mem"]["page_faults"] for r in rows) == faults
+
+
+def test_timeline_spreads_the_work_over_the_rows(recording):
+    """getppid runs in five rounds over ~2.5 s: more than one row carries them."""
+    rows_with = [
+        r for r in recording["timeline"] if any(t["name"] == "getppid" for t in r["syscalls"])
+    ]
+    assert len(rows_with) >= 2
+
+
+def test_a_change_at_a_known_second_shows_in_that_row(tmp_path, changing):
+    path = tmp_path / "rec.json"
+    code = run(["-q", "record", "--signals", "syscalls", "-o", str(path), "--", str(changing)])
+    assert code == 0
+    rows = json.loads(path.read_text())["timeline"]
+
+    def of(row: dict, name: str) -> dict:
+        return next((t for t in row["syscalls"] if t["name"] == name), {"count": 0, "errors": 0})
+
+    first_failing = next(i for i, r in enumerate(rows) if of(r, "mkdir")["errors"])
+    start = rows[first_failing - 1]["t_s"] if first_failing else 0.0
+    assert start <= 1.5 < rows[first_failing]["t_s"]
+    for row in rows[:first_failing]:
+        assert of(row, "mkdir")["count"] == 0
+    for row in rows[first_failing:]:
+        assert of(row, "mkdir")["errors"] == of(row, "mkdir")["count"] > 0
+    # getppid is steady from the start: present in every row before the change too
+    assert all(of(row, "getppid")["count"] > 0 for row in rows[:first_failing])
+
+
+def test_ctrl_c_writes_everything_recorded_so_far(tmp_path, changing):
+    path = tmp_path / "rec.json"
+    looping = tmp_path / "loop.sh"
+    looping.write_text(f"#!/bin/sh\nwhile :; do {changing}; done\n")
+    looping.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(Path(otlp_ebpf.__file__).parents[1])}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "otlp_ebpf",
+            "record",
+            "--signals",
+            "syscalls,mem",
+            "-o",
+            str(path),
+            "--",
+            str(looping),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    time.sleep(4)  # attach, then at least a few rows of the endless workload
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    doc = json.loads(path.read_text())
+    assert "ended: interrupted" in doc["notes"]
+    assert list(doc["signals"]) == ["syscalls", "mem"]
+    getppid = sum(
+        s["count"] for s in doc["signals"]["syscalls"]["syscalls"] if s["name"] == "getppid"
+    )
+    assert getppid > 0
+    assert (
+        sum(t["count"] for r in doc["timeline"] for t in r["syscalls"] if t["name"] == "getppid")
+        == getppid
+    )
+    assert "timeline rows" in err.strip().splitlines()[-1]
