@@ -28,7 +28,14 @@ from otlp_ebpf.analysis.diff_model import (
     RunSet,
 )
 from otlp_ebpf.errors import UsageError
-from otlp_ebpf.model import MemSnapshot, Snapshot, StackProfile, read_snapshot
+from otlp_ebpf.model import (
+    SIGNALS,
+    MemSnapshot,
+    RecordSnapshot,
+    Snapshot,
+    StackProfile,
+    read_snapshot,
+)
 
 STACK_METRICS = ("self", "total")
 UNKNOWN_FRAME = "[unknown]"
@@ -68,6 +75,27 @@ def load_runs(spec: str, label: str) -> RunSet:
     if len(kinds) > 1:
         raise UsageError(f"{label} mixes snapshot kinds ({', '.join(kinds)}); compare one kind")
     return RunSet(label, tuple(paths), snapshots)
+
+
+def recorded_signals(base: RunSet, new: RunSet, wanted: str | None) -> list[str]:
+    """The signals every recording of both sides holds (or just `wanted`, checked)."""
+    records = [s for s in (*base.snapshots, *new.snapshots) if isinstance(s, RecordSnapshot)]
+    shared: list[str] = [name for name in SIGNALS if all(name in r.signals for r in records)]
+    if wanted is not None:
+        if wanted not in SIGNALS:
+            raise UsageError(f"--signal: unknown signal {wanted!r}; known: {', '.join(SIGNALS)}")
+        if wanted not in shared:
+            raise UsageError(f"not every recording has a {wanted} section")
+        return [wanted]
+    if not shared:
+        raise UsageError("BASE and NEW recordings share no signal to compare")
+    return shared
+
+
+def sections_of(runs: RunSet, signal: str) -> RunSet:
+    """One signal's sections of a side's recordings, as a side of single-signal snapshots."""
+    sections = tuple(s.signals[signal] for s in runs.snapshots if isinstance(s, RecordSnapshot))
+    return RunSet(runs.label, runs.paths, sections)
 
 
 def check_same_kind(base: RunSet, new: RunSet) -> None:

@@ -59,6 +59,7 @@ class DiffConfig:
     json: bool
     confidence: float
     top: int
+    signal: str | None = None
 
 
 def register(app: typer.Typer) -> None:
@@ -125,6 +126,12 @@ def diff_command(
     top: Annotated[
         int, typer.Option("--top", metavar="N", help="Rows per direction in the table.")
     ] = 10,
+    signal: Annotated[
+        str | None,
+        typer.Option(
+            "--signal", metavar="NAME", help="Recordings: compare only this signal's sections."
+        ),
+    ] = None,
 ) -> None:
     config = DiffConfig(
         base=base,
@@ -139,6 +146,7 @@ def diff_command(
         json=as_json,
         confidence=confidence,
         top=top,
+        signal=signal,
     )
     check_config(config)
     verdict = run_diff(config)
@@ -170,12 +178,58 @@ def check_config(config: DiffConfig) -> None:
 
 def run_diff(config: DiffConfig) -> Verdict:
     """Compare, print the results, write the outputs; the gate's verdict."""
-    from otlp_ebpf.analysis.diff import DiffOptions, check_same_kind, diff_runs, load_runs
-    from otlp_ebpf.analysis.gate import evaluate
+    from otlp_ebpf.analysis.diff import check_same_kind, load_runs
 
     base = load_runs(config.base, "BASE")
     new = load_runs(config.new, "NEW")
     check_same_kind(base, new)
+    if base.kind == "record":
+        return diff_recordings(config, base, new)
+    if config.signal is not None:
+        raise UsageError(f"--signal compares recordings; these are {base.kind} snapshots")
+    return compare(config, base, new)[1]
+
+
+def diff_recordings(config: DiffConfig, base: RunSet, new: RunSet) -> Verdict:
+    """Each signal both sides recorded, compared as its own snapshots would be."""
+    from otlp_ebpf.analysis.diff import recorded_signals, sections_of
+    from otlp_ebpf.analysis.gate import Verdict, to_document
+
+    signals = recorded_signals(base, new, config.signal)
+    if len(signals) == 1:
+        return compare(config, sections_of(base, signals[0]), sections_of(new, signals[0]))[1]
+    if config.outputs:
+        raise UsageError(
+            f"diff of recordings writes one signal's files: add --signal ({', '.join(signals)})"
+        )
+    verdicts = []
+    documents = {}
+    for name in signals:
+        if not config.json:
+            console.out.rule(name)
+        report, verdict = compare(
+            config, sections_of(base, name), sections_of(new, name), show_json=False
+        )
+        verdicts.append((name, verdict))
+        documents[name] = to_document(report, verdict)
+    if config.json:
+        console.out.file.write(json.dumps({"signals": documents}, indent=1) + "\n")
+    return Verdict(
+        failed=any(v.failed for _, v in verdicts),
+        threshold=config.threshold,
+        reason="; ".join(f"{name}: {v.reason}" for name, v in verdicts),
+        regressions=tuple(r for _, v in verdicts for r in v.regressions),
+    )
+
+
+def compare(
+    config: DiffConfig, base: RunSet, new: RunSet, *, show_json: bool = True
+) -> tuple[DiffReport, Verdict]:
+    """Compare two run sets of one single-signal kind; print and write the results (the
+    JSON document only with `show_json`: a recording's diff gathers one per signal)."""
+    from otlp_ebpf.analysis.diff import DiffOptions, diff_runs
+    from otlp_ebpf.analysis.gate import evaluate
+
     for path in config.outputs:  # refuse a format the kind cannot fill before writing any
         if path.lower().endswith(STACK_OUTPUTS) and base.kind not in ("cpu", "mem"):
             raise UsageError(f"{path}: {base.kind} snapshots have no stacks; use .json or .md")
@@ -196,9 +250,10 @@ def run_diff(config: DiffConfig) -> Verdict:
         except OtlpEbpfError as exc:
             console.error(exc.message)
             failures.append(exc)
-    print_results(report, verdict, config)
+    if show_json or not config.json:
+        print_results(report, verdict, config)
     common.raise_failures(failures)
-    return verdict
+    return report, verdict
 
 
 def print_results(report: DiffReport, verdict: Verdict, config: DiffConfig) -> None:
