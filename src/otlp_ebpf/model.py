@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar, Literal
 
+from otlp_ebpf.bounded import read_bounded
 from otlp_ebpf.errors import UsageError
 
 SNAPSHOT_VERSION = 1
@@ -501,15 +502,13 @@ def write_snapshot(snapshot: Snapshot, stream: IO[str]) -> None:
 
 def read_snapshot(path: str) -> Snapshot:
     """Load a snapshot file, turning every expected failure into a UsageError (exit 2)."""
+    raw = read_bounded(path, "a snapshot")
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError as exc:
-        raise UsageError(f"{path}: no such file") from exc
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from exc
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not a JSON snapshot ({exc})") from exc
+    except RecursionError as exc:  # arrays nested thousands deep
+        raise UsageError(f"{path}: not a JSON snapshot (nested too deeply)") from exc
     try:
         return snapshot_from_dict(data)
     except UsageError as exc:

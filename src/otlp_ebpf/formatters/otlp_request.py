@@ -28,6 +28,7 @@ from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 i
     ExportProfilesServiceRequest,
 )
 
+from otlp_ebpf.bounded import read_bounded
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.formatters.otlp_metrics import build_metrics_data, has_metrics
 from otlp_ebpf.formatters.otlp_profiles import build_profiles_request
@@ -92,13 +93,7 @@ def write_requests(requests: Iterable[EncodedRequest], stream: BinaryIO) -> None
 
 def read_request_file(path: str) -> list[EncodedRequest]:
     """The requests stored in an `.otlp.pb` file; UsageError when unreadable or corrupt."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError as exc:
-        raise UsageError(f"{path}: no such file") from exc
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    data = read_bounded(path, "an .otlp.pb file")
     try:
         return parse_requests(data)
     except UsageError as exc:
