@@ -7,6 +7,7 @@
 #include "target.h"
 #include "counters.h"
 #include "cpu_dwarf.h"
+#include "python.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -14,6 +15,8 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile u32 stack_window = 16384;
 /* Wake the consumer only once this much data is pending; it polls on a timer otherwise. */
 const volatile u64 wakeup_bytes = 256 * 1024;
+/* Walk the frames of registered CPython processes (python.h); 0 with --no-python. */
+const volatile u32 python_frames = 1;
 
 /* The perf_event context: the UAPI bpf_user_pt_regs_t layout, fixed (no CO-RE relocation:
  * the verifier checks context offsets against the UAPI, and only full-width loads pass). */
@@ -191,6 +194,10 @@ int dwarf_sample(struct bpf_perf_event_data_dwarf *ctx)
 		s->flags |= SAMPLE_NO_USER_REGS;
 	else if (window)
 		s->stack_bytes = copy_user_stack(s, s->regs[DWARF_REG_SP], window);
+	if (python_frames)
+		py_read_stack(s->pid, s->tid, &s->py);
+	else
+		s->py.nr = 0;
 	size = DWARF_SAMPLE_HEADER_BYTES + s->stack_bytes;
 	if (size > sizeof(struct dwarf_sample))
 		size = sizeof(struct dwarf_sample);

@@ -8,6 +8,8 @@
 #ifndef OTLP_EBPF_CPU_DWARF_H
 #define OTLP_EBPF_CPU_DWARF_H
 
+#include "python.h"
+
 #define DWARF_KSTACK_DEPTH 64
 #define DWARF_MAX_WINDOW 32768 /* a power of two: the copy length is masked with it */
 #define DWARF_PAGE 4096
@@ -41,6 +43,7 @@ struct dwarf_sample {
 	__u32 stack_bytes;  /* bytes of `stack` filled, copied from regs[DWARF_REG_SP] up */
 	__u32 pad;
 	__u64 kstack[DWARF_KSTACK_DEPTH];
+	struct py_stack py; /* Python frames when the process is a registered CPython */
 	__u8 stack[DWARF_MAX_WINDOW];
 };
 

@@ -45,6 +45,13 @@ def register(app: typer.Typer) -> None:
         unwind: Annotated[
             str, typer.Option("--unwind", help="User stack unwinding: fp, dwarf or auto.")
         ] = "auto",
+        no_python: Annotated[
+            bool,
+            typer.Option(
+                "--no-python",
+                help="Keep CPython's own C frames instead of the Python functions it runs.",
+            ),
+        ] = False,
         repeat: Annotated[
             int,
             typer.Option(
@@ -77,6 +84,7 @@ def register(app: typer.Typer) -> None:
             user_stacks=not kernel_only,
             kernel_stacks=not user_only,
             unwind=unwind,
+            python=not no_python,
         )
         check_config(config)
         check_repeat(repeat, config)

@@ -39,6 +39,7 @@ from otlp_ebpf.collectors.cpu_sampling import (
     SampledStacks,
     without_tracing_frames,
 )
+from otlp_ebpf.collectors.python_frames import PyStack, PythonFrames
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import ProcessInfo, StackCount
 from otlp_ebpf.runtime import libbpf, probes
@@ -47,6 +48,7 @@ from otlp_ebpf.runtime.loader import BpfObject
 from otlp_ebpf.symbolize.cfi import CfiCache, default_cache_dir
 from otlp_ebpf.symbolize.elf import DEFAULT_DEBUG_ROOT
 from otlp_ebpf.symbolize.procmaps import OpenFiles, ProcessMaps
+from otlp_ebpf.symbolize.python import PyFrame, merge_python_frames
 from otlp_ebpf.symbolize.resolver import UNKNOWN_FRAME, Symbolizer
 from otlp_ebpf.symbolize.unwind import (
     REASON_NO_MAPPING,
@@ -92,12 +94,14 @@ class DwarfSampleHeader(ctypes.Structure):
         ("stack_bytes", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
         ("kstack", ctypes.c_uint64 * KSTACK_DEPTH),
+        ("py", PyStack),
     ]
 
 
 HEADER_BYTES = ctypes.sizeof(DwarfSampleHeader)
 
-_StackKey = tuple[int, int, str, tuple[int, ...], tuple[int, ...], bool]
+# (pid, tid, comm, user pcs, kernel pcs, truncated, Python frames)
+_StackKey = tuple[int, int, str, tuple[int, ...], tuple[int, ...], bool, tuple[PyFrame, ...]]
 
 
 @dataclass
@@ -119,6 +123,7 @@ class _Waiting:
     regs: Regs
     stack: bytes
     process: _Process
+    python: tuple[PyFrame, ...] = ()
 
 
 class DwarfSampler:
@@ -148,6 +153,7 @@ class DwarfSampler:
         debug_roots: tuple[str, ...] = (DEFAULT_DEBUG_ROOT,),
         background: bool = True,
         end_wait_s: float = END_WAIT_S,
+        python: bool = True,
     ) -> None:
         if not 0 < window_bytes <= MAX_WINDOW:
             raise UsageError(f"stack window must be 1..{MAX_WINDOW} bytes, got {window_bytes}")
@@ -160,6 +166,7 @@ class DwarfSampler:
             cache_dir = default_cache_dir()
         self.cfi = CfiCache(cache_dir if disk_cache else None, debug_roots, background=background)
         self.end_wait_s = end_wait_s
+        self.python = PythonFrames() if python else None
         self.obj: BpfObject | None = None
         self.samples_total = 0
         self.truncated = 0
@@ -181,12 +188,18 @@ class DwarfSampler:
         """Load and attach; call `targets.release()` afterwards for a held command."""
         obj = BpfObject.open(OBJECT)
         self.obj = obj
-        obj.set_rodata(**targets.rodata(), stack_window=self.window_bytes)
+        obj.set_rodata(
+            **targets.rodata(),
+            stack_window=self.window_bytes,
+            python_frames=int(self.python is not None),
+        )
         # One scratch slot per possible CPU: the program indexes it with its CPU number.
         obj.resize_map("scratch", libbpf.lib().libbpf_num_possible_cpus())
         for prog in targets.unused_programs():
             obj.disable(prog)
         obj.load()
+        if self.python is not None:
+            self.python.attach(obj)
         targets.attach(obj)
         self._ring = RingBuffer(obj.map("samples"), self._on_sample)
         probes.attach_cpu_clock(obj, PROGRAM, self.frequency_hz)
@@ -242,23 +255,30 @@ class DwarfSampler:
         if head.flags & SAMPLE_NO_USER_REGS:
             if not head.flags & SAMPLE_IN_KERNEL:
                 self._failures[REASON_NO_USER_REGS] += 1
-            self._counts[(*key, (), kernel, False)] += 1
+            self._counts[(*key, (), kernel, False, ())] += 1
             return
         process = self._process_for(head.pid, comm)
+        python = self._python_frames(head)
         if process is None:
             self._failures["process_gone"] += 1
-            self._counts[(*key, (head.regs[0],), kernel, False)] += 1
+            self._counts[(*key, (head.regs[0],), kernel, False, python)] += 1
             return
         regs = Regs(head.regs[0], head.regs[1], head.regs[2], head.regs[3])
         stack = data[HEADER_BYTES : HEADER_BYTES + head.stack_bytes]
         result = self._walk(head.pid, process, regs, stack)
         if result.reason == REASON_TABLE_PENDING:
             if self._waiting_bytes + len(stack) <= MAX_WAITING_BYTES:
-                self._waiting.append(_Waiting(*key, kernel, regs, stack, process))
+                self._waiting.append(_Waiting(*key, kernel, regs, stack, process, python))
                 self._waiting_bytes += len(stack)
                 return
             result = UnwindResult(result.pcs, result.truncated, REASON_QUEUE_FULL)
-        self._count(key, kernel, result)
+        self._count(key, kernel, result, python)
+
+    def _python_frames(self, head: DwarfSampleHeader) -> tuple[PyFrame, ...]:
+        """The sample's Python frames, named now (code objects die with the process)."""
+        if self.python is None or not head.py.nr:
+            return ()
+        return self.python.resolve(head.pid, head.py)
 
     def _walk(self, pid: int, process: _Process, regs: Regs, stack: bytes) -> UnwindResult:
         result = unwind(regs, stack, regs.sp, process.maps, fp_fallback=self.fp_fallback)
@@ -267,12 +287,18 @@ class DwarfSampler:
             result = unwind(regs, stack, regs.sp, process.maps, fp_fallback=self.fp_fallback)
         return result
 
-    def _count(self, key: tuple[int, int, str], kernel: tuple[int, ...], res: UnwindResult) -> None:
+    def _count(
+        self,
+        key: tuple[int, int, str],
+        kernel: tuple[int, ...],
+        res: UnwindResult,
+        python: tuple[PyFrame, ...] = (),
+    ) -> None:
         if res.reason:
             self._failures[res.reason] += 1
         if res.truncated:
             self.truncated += 1
-        self._counts[(*key, tuple(res.pcs), kernel, res.truncated)] += 1
+        self._counts[(*key, tuple(res.pcs), kernel, res.truncated, python)] += 1
 
     def _retry_waiting(self, *, final: bool) -> None:
         """Walk the waiting samples again; those still missing a table wait on, unless this is
@@ -284,7 +310,7 @@ class DwarfSampler:
                 self._waiting.append(w)
                 self._waiting_bytes += len(w.stack)
             else:
-                self._count((w.pid, w.tid, w.comm), w.kernel, result)
+                self._count((w.pid, w.tid, w.comm), w.kernel, result, w.python)
 
     def _wait_for_tables(self) -> None:
         deadline = time.monotonic() + self.end_wait_s
@@ -333,6 +359,8 @@ class DwarfSampler:
         info = base.read_process_info(pid)
         if info is not None:
             self._infos[pid] = info
+        if self.python is not None:
+            self.python.register(pid, maps, self._files)
         unwind_maps = UnwindMaps(maps, self.cfi, self._files)
         self._processes[pid] = _Process(unwind_maps, exe, time.monotonic())
         if self.prefetch:
@@ -344,8 +372,8 @@ class DwarfSampler:
     def stacks(self) -> list[StackCount]:
         """Every distinct stack seen, symbolized; frames root first, kernel frames last."""
         merged: Counter[tuple[int, int, str, tuple[str, ...], tuple[str, ...]]] = Counter()
-        for (pid, tid, comm, user, kernel, truncated), count in self._counts.items():
-            frames, modules = self._frames(pid, user, kernel, truncated)
+        for (pid, tid, comm, user, kernel, truncated, python), count in self._counts.items():
+            frames, modules = self._frames(pid, user, kernel, truncated, python)
             merged[(pid, tid, comm, frames, modules)] += count
         return [
             StackCount(pid, tid, comm, frames, count, modules=modules)
@@ -353,14 +381,22 @@ class DwarfSampler:
         ]
 
     def _frames(
-        self, pid: int, user: tuple[int, ...], kernel: tuple[int, ...], truncated: bool
+        self,
+        pid: int,
+        user: tuple[int, ...],
+        kernel: tuple[int, ...],
+        truncated: bool,
+        python: tuple[PyFrame, ...] = (),
     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         frames: list[str] = []
         modules: list[str] = []
         if truncated:
             frames.append(TRUNCATED_FRAME)
             modules.append("")
-        for name, module in reversed(self.symbolizer.user_frames(pid, user)):
+        native = self.symbolizer.user_frames(pid, user)
+        if python:
+            native = merge_python_frames(native, python)
+        for name, module in reversed(native):
             frames.append(name)
             modules.append(module)
         kernel_names = self.symbolizer.kernel_frames(kernel) if kernel else []
@@ -420,7 +456,8 @@ class DwarfSampler:
                 f"; decoding process: {worker.cpu_s:.2f} s CPU (included in the cost), "
                 f"peak RSS {worker.peak_rss_kb / 1024:.0f} MB"
             )
-        return (text,)
+        python = self.python.notes() if self.python is not None else ()
+        return (text, *python)
 
     def lost_events(self) -> dict[str, int]:
         """Drops and unwind failures together, as a snapshot's lost_events."""
@@ -442,6 +479,8 @@ class DwarfSampler:
             self._ring = None
         self.cfi.close()
         self._files.close()
+        if self.python is not None:
+            self.python.close()
 
 
 def _exe_identity(pid: int) -> tuple[int, int] | None:
@@ -463,6 +502,7 @@ class CpuDwarfSampler:
             frequency_hz=config.frequency_hz,
             fp_fallback=config.unwind == "auto",
             kernel_stacks=config.kernel_stacks,
+            python=config.python,
         )
 
     def start(self, targets: base.Targets) -> None:

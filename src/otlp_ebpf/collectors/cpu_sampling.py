@@ -48,6 +48,7 @@ class CpuConfig:
     kernel_stacks: bool = True
     unwind: str = "auto"
     stack_entries: int = 16384
+    python: bool = True  # Python frames of CPython processes (collectors/python_frames.py)
 
 
 @dataclass

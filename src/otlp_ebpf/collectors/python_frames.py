@@ -1,0 +1,162 @@
+"""Python frames in cpu samples: CPython processes registered with the BPF frame walk
+(bpf/python.h) as they are seen, and the frames each sample brought named and put in place
+of the interpreter's evaluation-loop frames (symbolize/python.py).
+
+A process is registered when its maps are captured (first sample, exec); a CPython whose
+version has no known layout is said once per version and keeps its native frames.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections import Counter
+
+from otlp_ebpf import console
+from otlp_ebpf.runtime.loader import BpfObject
+from otlp_ebpf.symbolize.procmaps import OpenFiles, ProcessMaps
+from otlp_ebpf.symbolize.python import (
+    CodeReader,
+    Interpreter,
+    PyFrame,
+    find_interpreter,
+)
+
+MAX_FRAMES = 64  # PY_MAX_FRAMES in bpf/python.h
+NO_FIELD = 0xFFFF
+STACK_TRUNCATED, STACK_NO_THREAD, STACK_READ_FAILED = 1, 2, 4
+PROCS_MAP = "py_procs"
+TRUNCATED_FRAME = "[python frames truncated]"
+# Fields of struct py_proc after `runtime` and `version`, in order (all u16).
+_OFFSET_FIELDS = (
+    "runtime_interpreters_head",
+    "interp_tstate_head",
+    "tstate_next",
+    "tstate_thread_id",
+    "tstate_frame",
+    "cframe_current_frame",
+    "frame_back",
+    "frame_code",
+    "frame_lasti",
+    "frame_is_entry",
+    "frame_owner",
+    "code_adaptive",
+)
+
+
+class PyProc(ctypes.Structure):
+    """Mirror of struct py_proc (bpf/python.h)."""
+
+    _fields_ = [
+        ("runtime", ctypes.c_uint64),
+        ("version", ctypes.c_uint32),
+        *((name, ctypes.c_uint16) for name in _OFFSET_FIELDS),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class PyStack(ctypes.Structure):
+    """Mirror of struct py_stack (bpf/python.h)."""
+
+    _fields_ = [
+        ("nr", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("frames", ctypes.c_uint64 * MAX_FRAMES),
+    ]
+
+
+def proc_entry(interp: Interpreter) -> PyProc:
+    """The BPF map value describing a supported interpreter."""
+    layout = interp.layout
+    entry = PyProc(runtime=interp.runtime, version=interp.version[0] << 8 | interp.version[1])
+    for name in _OFFSET_FIELDS:
+        value = layout[name]
+        setattr(entry, name, NO_FIELD if value < 0 else value)
+    return entry
+
+
+class PythonFrames:
+    """Registers CPython processes with a loaded BPF object and names their samples' frames."""
+
+    def __init__(self) -> None:
+        self.obj: BpfObject | None = None
+        self.reader = CodeReader()
+        self.interpreters: dict[int, Interpreter] = {}
+        self.unsupported: set[tuple[int, int]] = set()
+        self.flags: Counter[str] = Counter()
+        self.samples = 0
+
+    def attach(self, obj: BpfObject) -> None:
+        self.obj = obj
+
+    def register(self, pid: int, maps: ProcessMaps, files: OpenFiles) -> None:
+        """Called on every capture of a process's maps (first sight, exec): registers it if it
+        runs a supported CPython, unregisters it otherwise (an exec to another program)."""
+        previous = self.interpreters.pop(pid, None)
+        interp = find_interpreter(maps, files)
+        if interp is not None and not interp.supported:
+            self._say_unsupported(interp)
+            interp = None
+        if interp is not None and interp == previous:
+            self.interpreters[pid] = interp  # the same image: addresses keep their meaning
+            return
+        if previous is not None:
+            self.reader.forget(pid)
+        if self.obj is None:
+            return
+        key = pid.to_bytes(4, "little")
+        if interp is None:
+            if previous is not None:
+                self.obj.map(PROCS_MAP).delete(key)
+            return
+        self.obj.map(PROCS_MAP).update(key, bytes(proc_entry(interp)))
+        self.interpreters[pid] = interp
+        console.debug(f"python: pid {pid} runs CPython {interp.version[0]}.{interp.version[1]}")
+
+    def _say_unsupported(self, interp: Interpreter) -> None:
+        if interp.version in self.unsupported:
+            return
+        self.unsupported.add(interp.version)
+        major, minor = interp.version
+        console.warn(
+            f"python: CPython {major}.{minor} ({interp.path}) is not supported yet: "
+            "its stacks keep their native frames"
+        )
+
+    def resolve(self, pid: int, stack: PyStack) -> tuple[PyFrame, ...]:
+        """The named frames of one sample (leaf first), read while the process lives."""
+        interp = self.interpreters.get(pid)
+        if interp is None:
+            return ()
+        self.samples += 1
+        for bit, reason in (
+            (STACK_TRUNCATED, "truncated"),
+            (STACK_NO_THREAD, "no thread state"),
+            (STACK_READ_FAILED, "read failed"),
+        ):
+            if stack.flags & bit:
+                self.flags[reason] += 1
+        nr = min(int(stack.nr), MAX_FRAMES)
+        frames = self.reader.frames(pid, interp, list(stack.frames[:nr]))
+        if stack.flags & STACK_TRUNCATED:
+            frames += (PyFrame(TRUNCATED_FRAME, "", True),)
+        return frames
+
+    def notes(self) -> tuple[str, ...]:
+        if not self.interpreters and not self.unsupported:
+            return ()
+        versions = sorted({i.version for i in self.interpreters.values()})
+        text = (
+            f"python: {len(self.interpreters)} CPython processes "
+            f"({', '.join(f'{a}.{b}' for a, b in versions) or 'none supported'}), "
+            f"{self.samples} samples, {self.reader.reads} code objects read "
+            f"({self.reader.failed} unreadable)"
+        )
+        if self.flags:
+            text += "; " + ", ".join(f"{n} {reason}" for reason, n in sorted(self.flags.items()))
+        if self.unsupported:
+            names = ", ".join(f"{a}.{b}" for a, b in sorted(self.unsupported))
+            text += f"; not supported: {names}"
+        return (text,)
+
+    def close(self) -> None:
+        self.reader.close()

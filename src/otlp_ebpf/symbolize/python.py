@@ -1,0 +1,450 @@
+"""CPython processes: finding the interpreter, naming code objects, placing Python frames.
+
+- `find_interpreter` tells whether a process runs CPython (the executable, statically linked,
+  or a libpython it maps), which version, and where its `_PyRuntime` lives; the layout of that
+  version's structures comes from symbolize/python_layouts.py (generated from each version's
+  own headers by tools/gen_python_layouts.py).
+- `CodeReader` names the code objects the BPF frame walk (bpf/python.h) reports, reading the
+  process's memory through /proc/PID/mem while it lives: qualified name, file, and the line of
+  the instruction from the code object's line table (each version's format). Results are kept
+  in a bounded cache.
+- `merge_python_frames` puts Python frames in place of the interpreter's evaluation-loop
+  frames of a native stack, so native callers and callees (C extensions) stay around them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
+from otlp_ebpf.symbolize.procmaps import Mapping, OpenFiles, ProcessMaps
+from otlp_ebpf.symbolize.python_layouts import LAYOUTS
+
+EVAL_FRAME = "_PyEval_EvalFrameDefault"
+RUNTIME_SYMBOL = "_PyRuntime"
+CODE_TYPE_SYMBOL = "PyCode_Type"
+PYTHON_MODULE = "[python]"
+# Frame words from the BPF walk (bpf/python.h).
+FRAME_ADDR_MASK = (1 << 48) - 1
+FRAME_LASTI_SHIFT = 48
+FRAME_LASTI_MAX = 0x7FFF
+FRAME_ENTRY = 1 << 63
+# Names of the files that may hold the interpreter: python3.11, libpython3.11.so.1.0, ...
+_INTERPRETER_FILE = re.compile(r"^(?:lib)?python(\d+)\.(\d+)[a-z]*(?:\.so[.\d]*|-[\w.-]*)?$")
+_MAX_STRING = 4096
+_MAX_LINE_TABLE = 1 << 20
+CODE_CACHE_ENTRIES = 16384
+UNKNOWN_CODE = "[unknown python code]"
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """A CPython process: its version, where `_PyRuntime` and `PyCode_Type` are at run time,
+    and the file that holds them."""
+
+    version: tuple[int, int]
+    runtime: int
+    code_type: int
+    path: str
+
+    @property
+    def supported(self) -> bool:
+        return self.version in LAYOUTS
+
+    @property
+    def layout(self) -> dict[str, int]:
+        return LAYOUTS[self.version]
+
+
+@dataclass(frozen=True)
+class PyFrame:
+    """One Python frame, named: `module.qualname (file.py:line)`."""
+
+    name: str
+    path: str
+    entry: bool  # the first frame of a C-level evaluation call
+
+
+def interpreter_version(path: str) -> tuple[int, int] | None:
+    """(major, minor) from an interpreter file's name, or None when it names none."""
+    match = _INTERPRETER_FILE.match(os.path.basename(path))
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def find_interpreter(maps: ProcessMaps, files: OpenFiles) -> Interpreter | None:
+    """The CPython interpreter in a process's mappings, or None when it runs none."""
+    seen: set[str] = set()
+    for mapping in maps.mappings:
+        if not mapping.executable or mapping.file_id is None or mapping.path in seen:
+            continue
+        seen.add(mapping.path)
+        version = interpreter_version(mapping.path)
+        if version is None or version[0] != 3:
+            continue
+        symbols = _interpreter_symbols(files.path_of(mapping.file_id), mapping.file_id)
+        if symbols is None:
+            continue
+        bias = _load_bias(mapping, symbols[2])
+        return Interpreter(version, bias + symbols[0], bias + symbols[1], mapping.path)
+    return None
+
+
+_SYMBOL_CACHE: dict[object, tuple[int, int, tuple[tuple[int, int, int], ...]] | None] = {}
+
+
+def _interpreter_symbols(
+    path: str, key: object
+) -> tuple[int, int, tuple[tuple[int, int, int], ...]] | None:
+    """(_PyRuntime vaddr, PyCode_Type vaddr, (p_vaddr, p_offset, p_filesz) of each LOAD
+    segment), or None when the file defines no interpreter."""
+    if key in _SYMBOL_CACHE:
+        return _SYMBOL_CACHE[key]
+    found: dict[str, int] = {}
+    segments: tuple[tuple[int, int, int], ...] = ()
+    try:
+        with open(path, "rb") as fh:
+            elf = ELFFile(fh)
+            segments = tuple(
+                (seg["p_vaddr"], seg["p_offset"], seg["p_filesz"])
+                for seg in elf.iter_segments()
+                if seg["p_type"] == "PT_LOAD"
+            )
+            for name in (".dynsym", ".symtab"):
+                section = elf.get_section_by_name(name)
+                if not isinstance(section, SymbolTableSection):
+                    continue
+                for wanted in (RUNTIME_SYMBOL, CODE_TYPE_SYMBOL):
+                    if wanted in found:
+                        continue
+                    for sym in section.get_symbol_by_name(wanted) or ():
+                        if sym["st_value"]:
+                            found[wanted] = sym["st_value"]
+                            break
+    except (OSError, ELFError):
+        pass
+    result = None
+    if RUNTIME_SYMBOL in found and CODE_TYPE_SYMBOL in found:
+        result = (found[RUNTIME_SYMBOL], found[CODE_TYPE_SYMBOL], segments)
+    _SYMBOL_CACHE[key] = result
+    return result
+
+
+def _load_bias(mapping: Mapping, segments: tuple[tuple[int, int, int], ...]) -> int:
+    """Run-time address minus link-time address for the file behind `mapping` (the loader
+    maps every segment with the same bias): from the LOAD segment holding its offset."""
+    for vaddr, offset, filesz in segments:
+        if offset <= mapping.offset < offset + filesz:
+            return mapping.start - mapping.offset - (vaddr - offset)
+    return mapping.start - mapping.offset
+
+
+# -- code objects -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    module: str
+    qualname: str
+    filename: str
+    firstlineno: int
+    lines: tuple[tuple[int, int, int | None], ...]  # (start, end, line), in line-table units
+
+    def line_at(self, lasti: int, version: tuple[int, int]) -> int:
+        """Source line of instruction index `lasti` (bytes before 3.10, code units after)."""
+        if lasti == FRAME_LASTI_MAX:
+            return self.firstlineno
+        # The tables count bytes before 3.11 (3.10's f_lasti counts code units).
+        unit = lasti * 2 if version == (3, 10) else lasti
+        # An instruction without a line of its own (a range with none) keeps the line before.
+        best = None
+        for start, end, line in self.lines:
+            if start > unit:
+                break
+            if line is not None:
+                best = line
+            if unit < end:
+                break
+        return best if best is not None else self.firstlineno
+
+
+class CodeReader:
+    """Names the code objects of CPython processes, from their memory, with a bounded cache
+    keyed by (pid, address): a code object lives as long as its function, so the first read
+    while the process runs names it for the rest of the run."""
+
+    def __init__(self, max_entries: int = CODE_CACHE_ENTRIES, proc_root: str = "/proc") -> None:
+        self.max_entries = max_entries
+        self.proc_root = proc_root
+        self._cache: OrderedDict[tuple[int, int], CodeInfo | None] = OrderedDict()
+        self._fds: dict[int, int] = {}
+        self._modules: dict[tuple[int, str], str] = {}
+        self.reads = 0
+        self.failed = 0
+
+    def frames(self, pid: int, interp: Interpreter, words: Sequence[int]) -> tuple[PyFrame, ...]:
+        """Named frames for the BPF walk's words (leaf first, same order)."""
+        out = []
+        for word in words:
+            addr = word & FRAME_ADDR_MASK
+            lasti = (word >> FRAME_LASTI_SHIFT) & FRAME_LASTI_MAX
+            info = self.code(pid, interp, addr)
+            entry = bool(word & FRAME_ENTRY)
+            if info is None:
+                out.append(PyFrame(UNKNOWN_CODE, PYTHON_MODULE, entry))
+                continue
+            line = info.line_at(lasti, interp.version)
+            base = os.path.basename(info.filename)
+            name = f"{info.module}.{info.qualname} ({base}:{line})"
+            out.append(PyFrame(name, info.filename, entry))
+        return tuple(out)
+
+    def code(self, pid: int, interp: Interpreter, addr: int) -> CodeInfo | None:
+        key = (pid, addr)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        self.reads += 1
+        try:
+            info = self._read_code(pid, interp, addr)
+        except (OSError, ValueError, UnicodeDecodeError):
+            info = None
+        if info is None:
+            self.failed += 1
+        self._cache[key] = info
+        if len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+        return info
+
+    def forget(self, pid: int) -> None:
+        """A process exec'd or exited: its addresses mean something else now."""
+        fd = self._fds.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
+        for key in [k for k in self._cache if k[0] == pid]:
+            del self._cache[key]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def _mem(self, pid: int) -> int:
+        fd = self._fds.get(pid)
+        if fd is None:
+            fd = os.open(f"{self.proc_root}/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            self._fds[pid] = fd
+        return fd
+
+    def _read(self, pid: int, addr: int, size: int) -> bytes:
+        data = os.pread(self._mem(pid), size, addr)
+        if len(data) != size:
+            raise ValueError("short read")
+        return data
+
+    def _ptr(self, raw: bytes, offset: int) -> int:
+        return int.from_bytes(raw[offset : offset + 8], "little")
+
+    def _read_code(self, pid: int, interp: Interpreter, addr: int) -> CodeInfo | None:
+        lay = interp.layout
+        size = max(v for k, v in lay.items() if k.startswith("code_")) + 8
+        raw = self._read(pid, addr, size)
+        if self._ptr(raw, 8) != interp.code_type:
+            return None  # not a code object (a stale or torn read)
+        name = self._string(pid, lay, self._ptr(raw, lay["code_name"]))
+        qualname = name
+        if lay["code_qualname"] >= 0:
+            qualname = self._string(pid, lay, self._ptr(raw, lay["code_qualname"]))
+        filename = self._string(pid, lay, self._ptr(raw, lay["code_filename"]))
+        first = int.from_bytes(raw[lay["code_firstlineno"] :][:4], "little", signed=True)
+        table = self._bytes(pid, lay, self._ptr(raw, lay["code_linetable"]))
+        lines = decode_line_table(table, first, interp.version)
+        return CodeInfo(self._module(pid, filename), qualname, filename, first, lines)
+
+    def _string(self, pid: int, lay: dict[str, int], addr: int) -> str:
+        head = self._read(pid, addr, lay["unicode_compact_data"])
+        length = int.from_bytes(head[lay["unicode_length"] :][:8], "little", signed=True)
+        state = int.from_bytes(head[lay["unicode_state"] :][:4], "little")
+        kind, compact, ascii_ = (state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1
+        if not compact or kind not in (1, 2, 4) or not 0 <= length <= _MAX_STRING:
+            raise ValueError("not a compact string")
+        start = lay["unicode_ascii_data"] if ascii_ else lay["unicode_compact_data"]
+        data = self._read(pid, addr + start, length * kind)
+        codec = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind]
+        return data.decode(codec)
+
+    def _bytes(self, pid: int, lay: dict[str, int], addr: int) -> bytes:
+        size = int.from_bytes(self._read(pid, addr + lay["bytes_size"], 8), "little", signed=True)
+        if not 0 <= size <= _MAX_LINE_TABLE:
+            raise ValueError("line table size")
+        return self._read(pid, addr + lay["bytes_data"], size) if size else b""
+
+    def _module(self, pid: int, filename: str) -> str:
+        key = (pid, filename)
+        if key not in self._modules:
+            self._modules[key] = module_name(filename, f"{self.proc_root}/{pid}/root")
+        return self._modules[key]
+
+
+def module_name(filename: str, root: str = "") -> str:
+    """Dotted module name of a source file: its name without `.py`, under the packages (folders
+    with an `__init__.py`, looked up under `root`) that hold it. `<frozen x>` is module x."""
+    if filename.startswith("<frozen ") and filename.endswith(">"):
+        return filename[len("<frozen ") : -1]
+    if filename.startswith("<"):
+        return filename
+    folder, base = os.path.split(filename)
+    parts = [base[:-3] if base.endswith(".py") else base]
+    if parts[0] == "__init__" and folder:
+        folder, parts[0] = os.path.split(folder)
+    for _ in range(32):
+        if not folder or not os.path.exists(f"{root}{folder}/__init__.py"):
+            break
+        folder, package = os.path.split(folder)
+        parts.insert(0, package)
+    return ".".join(parts)
+
+
+# -- line tables ----------------------------------------------------------------------------------
+
+
+def decode_line_table(
+    table: bytes, firstlineno: int, version: tuple[int, int]
+) -> tuple[tuple[int, int, int | None], ...]:
+    """(start, end, line) ranges of a code object's line table, in the units the version's
+    instruction index uses (bytes up to 3.10, code units from 3.11)."""
+    if version >= (3, 11):
+        return _locations_table(table, firstlineno)
+    if version == (3, 10):
+        return _linetable_310(table, firstlineno)
+    return _lnotab(table, firstlineno)
+
+
+def _lnotab(table: bytes, firstlineno: int) -> tuple[tuple[int, int, int | None], ...]:
+    """3.8, 3.9 co_lnotab: (byte increment, signed line increment) pairs."""
+    out = []
+    addr, line = 0, firstlineno
+    start = 0
+    for i in range(0, len(table) - 1, 2):
+        addr_incr, line_incr = table[i], table[i + 1]
+        if addr_incr:
+            out.append((start, addr + addr_incr, line))
+            start = addr + addr_incr
+        addr += addr_incr
+        line += line_incr - 256 if line_incr >= 128 else line_incr
+    out.append((start, 1 << 30, line))
+    return tuple(out)
+
+
+def _linetable_310(table: bytes, firstlineno: int) -> tuple[tuple[int, int, int | None], ...]:
+    """3.10 co_linetable: (byte length, signed line delta; -128 = no line) pairs."""
+    out: list[tuple[int, int, int | None]] = []
+    addr, line = 0, firstlineno
+    for i in range(0, len(table) - 1, 2):
+        sdelta, ldelta = table[i], table[i + 1]
+        current: int | None
+        if ldelta == 128:
+            current = None
+        else:
+            line += ldelta - 256 if ldelta > 128 else ldelta
+            current = line
+        if sdelta:
+            out.append((addr, addr + sdelta, current))
+        addr += sdelta
+    return tuple(out)
+
+
+def _varint(table: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(table):
+        byte = table[pos]
+        pos += 1
+        value |= (byte & 63) << shift
+        shift += 6
+        if not byte & 64:
+            break
+    return value, pos
+
+
+def _svarint(table: bytes, pos: int) -> tuple[int, int]:
+    value, pos = _varint(table, pos)
+    return (-(value >> 1) if value & 1 else value >> 1), pos
+
+
+def _locations_table(table: bytes, firstlineno: int) -> tuple[tuple[int, int, int | None], ...]:
+    """3.11+ co_linetable (Objects/locations.md): entries of (code, length in code units) with
+    a line delta whose encoding depends on the code."""
+    out: list[tuple[int, int, int | None]] = []
+    addr, line, pos = 0, firstlineno, 0
+    while pos < len(table):
+        head = table[pos]
+        pos += 1
+        code, length = (head >> 3) & 15, (head & 7) + 1
+        current: int | None = line
+        if code == 15:
+            current = None
+        elif code == 14:
+            delta, pos = _svarint(table, pos)
+            line += delta
+            current = line
+            for _ in range(3):
+                _, pos = _varint(table, pos)
+        elif code == 13:
+            delta, pos = _svarint(table, pos)
+            line += delta
+            current = line
+        elif code >= 10:
+            line += code - 10
+            current = line
+            pos += 2
+        else:
+            pos += 1
+        out.append((addr, addr + length, current))
+        addr += length
+    return tuple(out)
+
+
+# -- merging with native frames -------------------------------------------------------------------
+
+
+def python_groups(frames: Sequence[PyFrame]) -> list[list[PyFrame]]:
+    """Leaf-first frames split into the runs of one C-level evaluation call each (a run ends
+    with its entry frame); leaf run first."""
+    groups: list[list[PyFrame]] = []
+    current: list[PyFrame] = []
+    for frame in frames:
+        current.append(frame)
+        if frame.entry:
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return groups
+
+
+def merge_python_frames(
+    native: Sequence[tuple[str, str]], python: Sequence[PyFrame]
+) -> list[tuple[str, str]]:
+    """Leaf-first (name, module) frames: each native evaluation-loop frame replaced by the Python
+    frames it was running, paired from the leaf (a walk cut short on either side keeps its leaf
+    side right). Python runs left over (the native unwind stopped early) go to the root."""
+    if not python:
+        return list(native)
+    groups = python_groups(python)
+    out: list[tuple[str, str]] = []
+    next_group = 0
+    for name, module in native:
+        if name == EVAL_FRAME and next_group < len(groups):
+            out.extend((f.name, f.path) for f in groups[next_group])
+            next_group += 1
+        else:
+            out.append((name, module))
+    for group in groups[next_group:]:
+        out.extend((f.name, f.path) for f in group)
+    return out

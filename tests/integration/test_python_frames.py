@@ -1,0 +1,246 @@
+"""Python frames in cpu profiles of unmodified CPython processes, on every installed version.
+
+The workload spends thread CPU time (not wall time) in two pure-Python functions, `a` twice
+as long per call as `b`, so whatever the machine's load, a's share of the samples in either
+function is 2/3. Each installed interpreter runs it under `cpu -- python app.py`; one also
+under `--pid`, one with two threads, one with `--no-python`, and an unsupported version.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from otlp_ebpf.collectors import cpu
+from otlp_ebpf.model import CpuSnapshot, StackCount
+from otlp_ebpf.targets import TargetSpec
+
+pytestmark = pytest.mark.bpf
+
+PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
+SYSTEM_PYTHON = Path("/usr/bin/python3.11")
+VERSIONS = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
+UNSUPPORTED = "3.7"
+
+# a() spins for 2 ms of this thread's CPU time per call, b() for 1 ms, until argv[1] seconds
+# of CPU time are spent.
+APP = """\
+import sys
+import time
+
+
+def spin(ms):
+    end = time.thread_time() + ms / 1000.0
+    while time.thread_time() < end:
+        pass
+
+
+def a():
+    spin(2)
+
+
+def b():
+    spin(1)
+
+
+def main(cpu_s):
+    stop = time.thread_time() + cpu_s
+    while time.thread_time() < stop:
+        a()
+        b()
+
+
+main(float(sys.argv[1]))
+"""
+SPIN_LINES = (6, 7, 8)  # the loop of spin() (3.10 reports the `pass` NOP)
+A_CALL_LINE = 12
+B_CALL_LINE = 16
+
+# Two threads, each in its own function, for argv[1] seconds of CPU time each; the main
+# thread waits in join().
+THREADS_APP = """\
+import sys
+import threading
+import time
+
+
+def spin_until(stop):
+    while time.thread_time() < stop:
+        pass
+
+
+def worker_a(cpu_s):
+    spin_until(time.thread_time() + cpu_s)
+
+
+def worker_b(cpu_s):
+    spin_until(time.thread_time() + cpu_s)
+
+
+threads = [
+    threading.Thread(target=worker_a, args=(float(sys.argv[1]),), name="wa"),
+    threading.Thread(target=worker_b, args=(float(sys.argv[1]),), name="wb"),
+]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def interpreter(version: str) -> Path:
+    """The pyenv build of `version` (3.X), skipping the test when it is not installed."""
+    found = sorted(glob.glob(str(PYENV / f"{version}.*" / "bin" / f"python{version}")))
+    if not found:
+        pytest.skip(f"CPython {version} is not installed under {PYENV}")
+    return Path(found[-1])
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("python-frames") / "app.py"
+    path.write_text(APP)
+    return path
+
+
+def profile(
+    targets: TargetSpec, *, python: bool = True, duration_s: float | None = None
+) -> CpuSnapshot:
+    config = cpu.CpuConfig(targets=targets, duration_s=duration_s, python=python)
+    return cpu.collect(config)
+
+
+def app_frames(stack: StackCount) -> list[str]:
+    """The workload's Python frames of a stack, root first, without their location."""
+    return [f.split(" (")[0] for f in stack.frames if f.startswith("app.")]
+
+
+def frame_line(frame: str) -> int:
+    return int(frame.rsplit(":", 1)[1].rstrip(")"))
+
+
+def check_two_to_one(snap: CpuSnapshot) -> None:
+    """The chain <module> -> main -> a|b -> spin, a's share 2/3, native frames around it."""
+    chains: dict[str, int] = {}
+    native_below = 0
+    for stack in snap.stacks:
+        names = app_frames(stack)
+        if not names:
+            continue
+        chains[" > ".join(names)] = chains.get(" > ".join(names), 0) + stack.count
+        first = next(i for i, f in enumerate(stack.frames) if f.startswith("app."))
+        # Native frames stay below the Python ones (the interpreter's start-up path), unless
+        # the native unwind stopped early...
+        if first > 0 and stack.modules[first - 1] not in ("", stack.modules[first]):
+            native_below += stack.count
+        # ...and every evaluation-loop frame of the stack was replaced by Python frames.
+        assert "_PyEval_EvalFrameDefault" not in stack.frames, stack.frames
+        for frame in stack.frames:
+            if frame.startswith("app.spin "):
+                assert frame_line(frame) in SPIN_LINES, frame
+            if frame.startswith("app.a "):
+                assert frame_line(frame) == A_CALL_LINE, frame
+            if frame.startswith("app.b "):
+                assert frame_line(frame) == B_CALL_LINE, frame
+    assert native_below >= 0.9 * sum(chains.values()), (native_below, chains)
+    in_a = chains.get("app.<module> > app.main > app.a > app.spin", 0)
+    in_b = chains.get("app.<module> > app.main > app.b > app.spin", 0)
+    assert in_a + in_b >= 0.8 * sum(chains.values()), chains
+    assert in_a + in_b >= 150, chains
+    share = in_a / (in_a + in_b)
+    assert 0.57 <= share <= 0.76, (share, chains)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_python_functions_and_their_shares(version: str, app: Path) -> None:
+    python = interpreter(version)
+    snap = profile(TargetSpec(command=(str(python), str(app), "3")))
+    check_two_to_one(snap)
+    assert any(n.startswith(f"python: 1 CPython processes ({version})") for n in snap.notes)
+
+
+def test_system_python_static_build(app: Path) -> None:
+    """The distribution's interpreter links libpython statically (the runtime is in the
+    executable)."""
+    if not SYSTEM_PYTHON.exists():
+        pytest.skip(f"{SYSTEM_PYTHON} is not installed")
+    check_two_to_one(profile(TargetSpec(command=(str(SYSTEM_PYTHON), str(app), "3"))))
+
+
+def test_attached_by_pid(app: Path, tmp_path: Path) -> None:
+    """A running interpreter, attached to: it starts its measured work once a file appears
+    (created a moment after the attach begins) and the run ends when it exits."""
+    python = interpreter("3.12")
+    go = tmp_path / "go"
+    waiting = tmp_path / "waiting.py"
+    waiting.write_text(
+        "import os, runpy, sys, time\n"
+        f"while not os.path.exists({str(go)!r}):\n"
+        "    time.sleep(0.01)\n"
+        f"sys.argv = [{str(app)!r}, '3']\n"
+        f"runpy.run_path({str(app)!r}, run_name='app')\n"
+    )
+    proc = subprocess.Popen([str(python), str(waiting)])
+    starter = threading.Timer(1.0, go.touch)
+    starter.start()
+    try:
+        snap = profile(TargetSpec(pids=(proc.pid,)))
+    finally:
+        starter.cancel()
+        proc.kill()
+        proc.wait()
+    assert "ended: target exited" in snap.notes
+    check_two_to_one(snap)
+
+
+def test_threads_show_their_own_functions(tmp_path: Path) -> None:
+    python = interpreter("3.11")
+    script = tmp_path / "app.py"
+    script.write_text(THREADS_APP)
+    snap = profile(TargetSpec(command=(str(python), str(script), "1.5")))
+    by_worker: dict[str, set[int]] = {"app.worker_a": set(), "app.worker_b": set()}
+    for stack in snap.stacks:
+        names = app_frames(stack)
+        if names[-2:] in (["app.worker_a", "app.spin_until"], ["app.worker_b", "app.spin_until"]):
+            by_worker[names[-2]].add(stack.tid)
+            # The thread's own Python callers from the threading module, below the worker.
+            assert any(f.startswith("threading.Thread.run ") for f in stack.frames), stack.frames
+    assert len(by_worker["app.worker_a"]) == 1 and len(by_worker["app.worker_b"]) == 1, by_worker
+    assert by_worker["app.worker_a"] != by_worker["app.worker_b"]
+
+
+def test_no_python_keeps_the_interpreter_frames(app: Path) -> None:
+    python = interpreter("3.11")
+    snap = profile(TargetSpec(command=(str(python), str(app), "1")), python=False)
+    assert not any(app_frames(s) for s in snap.stacks)
+    assert any("_PyEval_EvalFrameDefault" in s.frames for s in snap.stacks)
+
+
+def test_unsupported_version_is_said_and_keeps_native_frames(
+    app: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    python = interpreter(UNSUPPORTED)
+    snap = profile(TargetSpec(command=(str(python), str(app), "1")))
+    assert not any(app_frames(s) for s in snap.stacks)
+    assert any("_PyEval_EvalFrameDefault" in s.frames for s in snap.stacks)
+    assert capsys.readouterr().err.count(f"CPython {UNSUPPORTED} ") == 1
+    assert any(f"not supported: {UNSUPPORTED}" in n for n in snap.notes)
+
+
+def test_py_structs_mirror_the_object_btf() -> None:
+    from otlp_ebpf.collectors.python_frames import PyProc, PyStack
+    from otlp_ebpf.runtime.btf import struct_layout
+    from otlp_ebpf.runtime.loader import BpfObject
+
+    with BpfObject.open("cpu_dwarf") as obj:
+        for struct, mirror in (("py_proc", PyProc), ("py_stack", PyStack)):
+            size, members = struct_layout(obj, struct)
+            assert size == ctypes.sizeof(mirror), struct
+            for name, *_ in mirror._fields_:
+                assert members[name] == getattr(mirror, name).offset, (struct, name)
