@@ -17,11 +17,14 @@ from functools import partial
 from otlp_ebpf import console
 from otlp_ebpf.errors import RuntimeFailure
 from otlp_ebpf.export.config import OtlpConfig, SignalTarget
-from otlp_ebpf.export.metrics_transport import encode_metrics_request, send_metrics
+from otlp_ebpf.export.metrics_transport import send_metrics
 from otlp_ebpf.export.profiles_transport import ExportFailed, send_request
-from otlp_ebpf.formatters.otlp_metrics import build_metrics_data, has_metrics
-from otlp_ebpf.formatters.otlp_profiles import build_profiles_request
-from otlp_ebpf.formatters.otlp_request import EncodedRequest, read_request_file, write_requests
+from otlp_ebpf.formatters.otlp_request import (
+    EncodedRequest,
+    read_request_file,
+    snapshot_requests,
+    write_requests,
+)
 from otlp_ebpf.formatters.registry import write_atomically
 from otlp_ebpf.model import Snapshot
 
@@ -41,24 +44,15 @@ def deliver(snapshot: Snapshot, config: OtlpConfig, *, spill_dir: str = ".") -> 
     """
     failures: list[_Failure] = []
     sent: list[str] = []
-    attrs = config.resource_attributes
-    profiles = build_profiles_request(snapshot, attrs)
-    if profiles.resource_profiles:
-        request = EncodedRequest("profiles", profiles.SerializeToString())
-        _send(
-            lambda: send_request(request.payload, config.profiles),
-            request,
-            config.profiles,
-            sent,
-            failures,
-        )
-    if has_metrics(snapshot):
-        data = build_metrics_data(snapshot, attrs)
-        if data.resource_metrics:
-            request = EncodedRequest("metrics", encode_metrics_request(data))
-            _send(
-                lambda: send_metrics(data, config.metrics), request, config.metrics, sent, failures
-            )
+    content = snapshot_requests(snapshot, config.resource_attributes)
+    for request in content.encoded():
+        target = config.target(request.signal)
+        send: Callable[[], object]
+        if request.signal == "metrics" and content.metrics is not None:
+            send = partial(send_metrics, content.metrics, target)
+        else:
+            send = partial(send_request, request.payload, target)
+        _send(send, request, target, sent, failures)
     if not sent and not failures:
         console.status(f"OTLP: the {snapshot.kind} snapshot has nothing to send")
     if failures:

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
-from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
 from otlp_ebpf import console
@@ -22,11 +21,6 @@ from otlp_ebpf.export.config import SignalTarget
 from otlp_ebpf.export.profiles_transport import ExportFailed
 
 _EXPORTER_LOGGER = "opentelemetry.exporter.otlp"
-
-
-def encode_metrics_request(data: MetricsData) -> bytes:
-    """The ExportMetricsServiceRequest bytes the exporters would send (for spill files)."""
-    return encode_metrics(data).SerializeToString()
 
 
 def send_metrics(data: MetricsData, target: SignalTarget) -> None:

@@ -27,6 +27,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import (
     ExportProfilesServiceRequest,
 )
+from opentelemetry.sdk.metrics.export import MetricsData
 
 from otlp_ebpf.bounded import read_bounded
 from otlp_ebpf.errors import UsageError
@@ -54,24 +55,47 @@ class EncodedRequest:
     payload: bytes
 
 
+@dataclass(frozen=True)
+class SnapshotRequests:
+    """The OTLP content of one snapshot; a signal with nothing to report is None.
+
+    Metrics stay SDK MetricsData, which the official exporters take as is; `encoded()` gives
+    the bytes of both requests (for files, spills, and our own transport)."""
+
+    profiles: ExportProfilesServiceRequest | None
+    metrics: MetricsData | None
+
+    def encoded(self) -> list[EncodedRequest]:
+        requests = []
+        if self.profiles is not None:
+            requests.append(EncodedRequest("profiles", self.profiles.SerializeToString()))
+        if self.metrics is not None:
+            payload = encode_metrics(self.metrics).SerializeToString()
+            requests.append(EncodedRequest("metrics", payload))
+        return requests
+
+
+def snapshot_requests(
+    snapshot: Snapshot, resource_attrs: Mapping[str, str] | None = None
+) -> SnapshotRequests:
+    """The OTLP requests of `snapshot`: profiles for stack kinds, metrics for metric kinds."""
+    profiles = build_profiles_request(snapshot, resource_attrs)
+    metrics = build_metrics_data(snapshot, resource_attrs) if has_metrics(snapshot) else None
+    return SnapshotRequests(
+        profiles if profiles.resource_profiles else None,
+        metrics if metrics is not None and metrics.resource_metrics else None,
+    )
+
+
 def encode_requests(
     snapshot: Snapshot, resource_attrs: Mapping[str, str] | None = None
 ) -> list[EncodedRequest]:
-    """The OTLP requests of `snapshot`: profiles for stack kinds, metrics for metric kinds.
-
-    A signal with nothing to report is left out; a recording gives each section's requests.
-    """
+    """The serialized OTLP requests of `snapshot`: profiles for stack kinds, metrics for metric
+    kinds. A signal with nothing to report is left out; a recording gives each section's
+    requests."""
     if isinstance(snapshot, RecordSnapshot):
         return [r for s in snapshot.signals.values() for r in encode_requests(s, resource_attrs)]
-    requests = []
-    profiles = build_profiles_request(snapshot, resource_attrs)
-    if profiles.resource_profiles:
-        requests.append(EncodedRequest("profiles", profiles.SerializeToString()))
-    if has_metrics(snapshot):
-        metrics = encode_metrics(build_metrics_data(snapshot, resource_attrs))
-        if metrics.resource_metrics:
-            requests.append(EncodedRequest("metrics", metrics.SerializeToString()))
-    return requests
+    return snapshot_requests(snapshot, resource_attrs).encoded()
 
 
 def render(
