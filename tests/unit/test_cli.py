@@ -7,6 +7,17 @@ from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import CpuSnapshot, SelfCost
 
 
+def test_the_version_is_written_once_and_the_metadata_carries_it():
+    import re
+    from importlib.metadata import version
+    from pathlib import Path
+
+    assert version("otlp-ebpf") == __version__
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject
+    assert not re.search(r"^version\s*=", pyproject, re.MULTILINE)
+
+
 def test_version_and_help(capsys):
     assert run(["--version"]) == 0
     assert __version__ in capsys.readouterr().out
