@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -14,7 +15,7 @@ from otlp_ebpf.cli.app import run
 from otlp_ebpf.errors import RuntimeFailure
 from otlp_ebpf.export.config import OtlpConfig
 from otlp_ebpf.export.deliver import deliver
-from otlp_ebpf.export.profiles_transport import Backoff, ExportFailed, send_profiles
+from otlp_ebpf.export.profiles_transport import Backoff, ExportFailed, SendResult, send_request
 from otlp_ebpf.formatters.otlp_profiles import build_profiles_request
 from otlp_ebpf.formatters.otlp_request import read_request_file
 from tests.integration.otlp_servers import (
@@ -28,6 +29,10 @@ from tests.otlp_samples import cpu_snapshot, mem_snapshot, net_snapshot, syscall
 
 SECRET = "Bearer s3cr3t-token"
 PROTOCOLS = {"grpc": GrpcReceiver, "http/protobuf": HttpReceiver}
+
+
+def send_profiles(request: Any, target: Any, **kwargs: Any) -> SendResult:
+    return send_request(request.SerializeToString(), target, **kwargs)
 
 
 @pytest.fixture(autouse=True)

@@ -178,18 +178,6 @@ def bootstrap(
     return Bootstrap(values, float(low), float(high))
 
 
-def bootstrap_ci(
-    xs: Sequence[float],
-    ys: Sequence[float],
-    statistic: Statistic = mean_difference,
-    *,
-    confidence: float,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of statistic(xs, ys)."""
-    result = bootstrap(xs, ys, statistic, confidence=confidence)
-    return result.low, result.high
-
-
 def rank_test_can_reach(n_before: int, n_after: int, confidence: float) -> bool:
     """Whether any arrangement of n_before + n_after runs is rare enough for the rank test to
     reach `confidence` (3 runs against 3 cannot do better than p = 1/20)."""

@@ -68,7 +68,6 @@ DROP_REASONS = (
     "off-cpu start table full",
     "pid events lost",
 )
-PID_SEEN, PID_EXEC, PID_EXIT = 1, 2, 3
 SAMPLE_PROGRAM = "on_cpu_sample"
 SWITCH_BTF, SWITCH_TP = "btf_sched_switch", "tp_sched_switch"
 PID_PROGRAMS = ("on_exec", "on_exit")

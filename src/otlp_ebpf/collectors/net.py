@@ -46,12 +46,10 @@ TCP_CLOSE = 7
 CONN_PASSIVE = 1
 CONN_OWNER_KNOWN = 2
 CONN_SEEN_START = 4
-EVENT_CLOSED = 1
 LOST_REASONS = ("ring buffer full", "connection table full", "drop reason table full")
 COUNTER_RESETS_SENT = 0
 COUNTER_RESETS_RECEIVED = 1
 COUNTER_RETRANSMIT_SKBS = 2
-COUNTER_RECORDS = 3
 
 # Programs and the tracepoint each needs: the first three are the tool; the rest degrade.
 PROGRAMS: dict[str, tuple[str, str]] = {

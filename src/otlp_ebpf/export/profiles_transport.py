@@ -29,7 +29,6 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import (
-    ExportProfilesServiceRequest,
     ExportProfilesServiceResponse,
 )
 
@@ -103,16 +102,6 @@ class _Attempt:
     retry_after_s: float | None = None
     reason: str = ""
     response: bytes = b""
-
-
-def send_profiles(
-    request: ExportProfilesServiceRequest,
-    target: SignalTarget,
-    *,
-    backoff: Backoff = DEFAULT_BACKOFF,
-) -> SendResult:
-    """Send a profiles request; ExportFailed when it could not be delivered."""
-    return send_request(request.SerializeToString(), target, backoff=backoff)
 
 
 def send_request(

@@ -14,7 +14,6 @@ from otlp_ebpf.runtime.loader import BpfObject
 BTF_KIND_STRUCT = 4
 BTF_KIND_ENUM = 6
 BTF_KIND_TYPEDEF = 8
-BTF_KIND_ENUM64 = 19
 
 
 class BtfMember(ctypes.Structure):

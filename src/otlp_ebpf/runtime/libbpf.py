@@ -134,8 +134,6 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__autoload": (c_bool, [c_void_p]),
     "bpf_program__fd": (c_int, [c_void_p]),
     "bpf_program__attach": (c_void_p, [c_void_p]),
-    "bpf_program__attach_tracepoint": (c_void_p, [c_void_p, c_char_p, c_char_p]),
-    "bpf_program__attach_raw_tracepoint": (c_void_p, [c_void_p, c_char_p]),
     "bpf_program__attach_perf_event": (c_void_p, [c_void_p, c_int]),
     "bpf_program__attach_uprobe_opts": (
         c_void_p,

@@ -27,7 +27,6 @@ from otlp_ebpf.runtime.libbpf import PRINT_FN, BtfType, BtfVarSecinfo
 if TYPE_CHECKING:
     from otlp_ebpf.runtime.maps import BpfMap
 
-BTF_KIND_VAR = 14
 BTF_KIND_DATASEC = 15
 VERIFIER_LOG_LIMIT = 16 * 1024 * 1024
 

@@ -149,19 +149,6 @@ class BpfMap:
         """Split a per-CPU value into one `value_size` slice per possible CPU."""
         return [value[i * self.slot : i * self.slot + self.value_size] for i in range(self.ncpus)]
 
-    # -- struct helpers ----------------------------------------------------------------------
-
-    def items_as(
-        self, key_type: type[S], value_type: type[ctypes.Structure]
-    ) -> list[tuple[S, ctypes.Structure]]:
-        return [
-            (
-                key_type.from_buffer_copy(k),
-                value_type.from_buffer_copy(v[: ctypes.sizeof(value_type)]),
-            )
-            for k, v in self.items()
-        ]
-
     def lookup_u64(self, key: int) -> int:
         """Sum of a u64 counter under an integer key (summed across CPUs for per-CPU maps)."""
         raw = self.lookup(key.to_bytes(self.key_size, "little"))

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from otlp_ebpf.errors import EnvironmentLacks, UsageError
 from otlp_ebpf.runtime import libbpf
-from otlp_ebpf.runtime.libbpf import UprobeOpts
 from otlp_ebpf.runtime.loader import BpfObject, Link
 
 PERF_TYPE_SOFTWARE = 1
@@ -44,7 +43,6 @@ class PerfEventAttr(ctypes.Structure):
     ]
 
 
-ATTR_FLAG_DISABLED = 1 << 0
 ATTR_FLAG_FREQ = 1 << 10
 
 
@@ -64,18 +62,6 @@ def attach_auto(obj: BpfObject, program: str) -> Link:
     """Attach by the program's SEC() (tp/, tp_btf/, raw_tp/ ...)."""
     ptr = libbpf.lib().bpf_program__attach(obj.program_ptr(program))
     return _attach(obj, ptr, f"{program} ({obj.section_of(program)})")
-
-
-def attach_tracepoint(obj: BpfObject, program: str, category: str, name: str) -> Link:
-    ptr = libbpf.lib().bpf_program__attach_tracepoint(
-        obj.program_ptr(program), category.encode(), name.encode()
-    )
-    return _attach(obj, ptr, f"tracepoint {category}/{name}")
-
-
-def attach_raw_tracepoint(obj: BpfObject, program: str, name: str) -> Link:
-    ptr = libbpf.lib().bpf_program__attach_raw_tracepoint(obj.program_ptr(program), name.encode())
-    return _attach(obj, ptr, f"raw tracepoint {name}")
 
 
 def max_sample_rate() -> int:
@@ -142,26 +128,3 @@ def attach_cpu_clock(obj: BpfObject, program: str, frequency_hz: int) -> list[Li
         # The link owns the fd: bpf_link__destroy closes it.
         links.append(obj.own(Link(ptr, f"perf cpu-clock cpu{cpu}")))
     return links
-
-
-def attach_uprobe(
-    obj: BpfObject,
-    program: str,
-    binary: str,
-    *,
-    function: str | None = None,
-    offset: int = 0,
-    pid: int = -1,
-    retprobe: bool = False,
-) -> Link:
-    """Uprobe (or uretprobe) on `function` (resolved by libbpf) or a file `offset` in `binary`."""
-    opts = UprobeOpts(
-        sz=ctypes.sizeof(UprobeOpts),
-        retprobe=retprobe,
-        func_name=function.encode() if function else None,
-    )
-    ptr = libbpf.lib().bpf_program__attach_uprobe_opts(
-        obj.program_ptr(program), pid, binary.encode(), offset, ctypes.byref(opts)
-    )
-    kind = "uretprobe" if retprobe else "uprobe"
-    return _attach(obj, ptr, f"{kind} {binary}:{function or hex(offset)}")
