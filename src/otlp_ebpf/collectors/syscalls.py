@@ -321,7 +321,7 @@ class SyscallsCollector:
     def _on_exit(self, data: bytes) -> None:
         event = ExitEvent.from_buffer_copy(data[: ctypes.sizeof(ExitEvent)])
         tgid = event.tgid
-        proc = _Process(bytes(event.comm).split(b"\0", 1)[0].decode(errors="replace"))
+        proc = _Process(hosttext.decode(bytes(event.comm).split(b"\0", 1)[0]))
         assert self.obj is not None
         stats_map, errno_map = self.obj.map("stats"), self.obj.map("errnos")
         for nr in set_bits(event.usage.nrs):
