@@ -19,6 +19,7 @@ from rich.segment import Segment
 from rich.text import Text
 
 from otlp_ebpf.hosttext import escape_controls
+from otlp_ebpf.redact import mask_userinfo
 
 __all__ = ["debug", "err", "error", "escape", "escape_controls", "out", "status", "warn"]
 
@@ -40,23 +41,35 @@ def _width(stream: object) -> int | None:
 class SafeConsole(Console):
     """A rich Console that never writes a control character it did not make itself: strings
     are escaped before layout (so tables stay aligned), and every text segment again just
-    before output (rich Text objects built elsewhere take that path)."""
+    before output (rich Text objects built elsewhere take that path). With `mask_urls`, the
+    credentials of any URL are masked too (the status and error stream: messages, logs and
+    `--debug` tracebacks)."""
+
+    def __init__(self, *args: Any, mask_urls: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._mask_urls = mask_urls
 
     def render_str(self, text: str, **kwargs: Any) -> Text:
         return super().render_str(escape_controls(text), **kwargs)
 
     def _render_buffer(self, buffer: Iterable[Segment]) -> str:
-        return super()._render_buffer(
+        rendered = super()._render_buffer(
             segment if segment.control else Segment(escape_controls(segment.text), segment.style)
             for segment in buffer
         )
+        return mask_userinfo(rendered) if self._mask_urls else rendered
 
 
 # No file= argument: rich then writes to whatever sys.stdout/sys.stderr is at print time, which
 # keeps output capturable by test runners that swap the streams.
 out = SafeConsole(no_color=_no_color(), highlight=False, soft_wrap=True, width=_width(sys.stdout))
 err = SafeConsole(
-    stderr=True, no_color=_no_color(), highlight=False, soft_wrap=True, width=_width(sys.stderr)
+    stderr=True,
+    mask_urls=True,
+    no_color=_no_color(),
+    highlight=False,
+    soft_wrap=True,
+    width=_width(sys.stderr),
 )
 
 

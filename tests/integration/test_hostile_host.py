@@ -184,3 +184,48 @@ def test_terminal_escapes_in_a_process_name_are_shown_not_obeyed(
     assert code == 0, captured.err
     assert "\\x1b]0;OWNED\\x07\\x1b[2J" in captured.out
     assert "\x1b" not in captured.out + captured.err and "\x07" not in captured.out
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ([], ["--password=***"]),
+        (["--cmdline", "full"], ["--password=hunter\\xff2"]),
+        (["--cmdline", "omit"], None),
+    ],
+    ids=["default-redact", "full", "omit"],
+)
+def test_other_users_command_lines_are_redacted_by_default(
+    policy: list[str],
+    expected: list[str] | None,
+    other_users_process: subprocess.Popen[bytes],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    snap, request = tmp_path / "cpu.json", tmp_path / "cpu.otlp.pb"
+
+    code = run(["cpu", *policy, "-d", "0.5", "-o", str(snap), "-o", str(request)])
+
+    assert code == 0, capsys.readouterr().err
+    (info,) = [
+        p for p in json.loads(snap.read_text())["processes"] if p["pid"] == other_users_process.pid
+    ]
+    assert info["cmdline"][-1:] == (expected or [])
+    if expected != ["--password=hunter\\xff2"]:
+        assert b"hunter" not in snap.read_bytes() + request.read_bytes()
+    else:
+        assert b"--password=hunter\\xff2" in request.read_bytes()  # in the OTLP resource
+    assert os.stat(snap).st_mode & 0o777 == 0o600
+
+
+def test_a_launched_commands_secrets_are_redacted_in_its_target(
+    hostile: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    snap = tmp_path / "s.json"
+
+    code = run(["syscalls", "-o", str(snap), "--", str(hostile), "50", "x", "--token", "abc123"])
+
+    assert code == 0, capsys.readouterr().err
+    (target,) = json.loads(snap.read_text())["targets"]
+    assert target.endswith(" 50 x --token ***")
+    assert "abc123" not in snap.read_text()

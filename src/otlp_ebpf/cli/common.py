@@ -7,12 +7,14 @@ is lost.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -65,6 +67,25 @@ IntervalOpt = Annotated[
     float | None, typer.Option("--interval", help="Refresh a live view every SEC seconds.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+class CmdlinePolicy(StrEnum):
+    """What outputs keep of the command lines of the processes a run sees (any user's)."""
+
+    REDACT = "redact"
+    FULL = "full"
+    OMIT = "omit"
+
+
+CmdlineOpt = Annotated[
+    CmdlinePolicy,
+    typer.Option(
+        "--cmdline",
+        help="Command lines of the processes seen, in outputs and OTLP: values of secret-looking "
+        "arguments (password, token, secret, key, credentials, URL userinfo) masked, kept "
+        "whole, or left out.",
+    ),
+]
 CommandArg = Annotated[
     list[str] | None,
     typer.Argument(
@@ -219,7 +240,10 @@ def deliver_otlp(snapshot: Snapshot, url: str | None, otlp_file: str | None) -> 
 
 
 def interval_exporter(
-    url: str | None, duration: float | None, interval: float | None
+    url: str | None,
+    duration: float | None,
+    interval: float | None,
+    cmdline: CmdlinePolicy = CmdlinePolicy.REDACT,
 ) -> Callable[[Snapshot], None] | None:
     """With --otlp, --interval and no --duration, push the cumulative snapshot every interval.
     A failed push spills its batch (for `push`) and the run goes on: nothing is lost."""
@@ -233,7 +257,7 @@ def interval_exporter(
 
     def push(snapshot: Snapshot) -> None:
         try:
-            deliver(snapshot, config)
+            deliver(with_cmdlines(snapshot, cmdline), config)
         except OtlpEbpfError as exc:
             console.warn(f"interval export failed, run continues: {exc.message}")
 
@@ -303,10 +327,12 @@ def finish(
     show: Callable[[Snapshot], None],
     events: int,
     what: str = "events",
+    cmdline: CmdlinePolicy = CmdlinePolicy.REDACT,
 ) -> int:
     """Write every output that can be written, print the result (table or JSON) and the
     summary, push OTLP, and only then fail (exit 1, or 2 for a refused path) naming what
     could not be written or sent. Returns the exit code of the run (`command_exit_code`)."""
+    snapshot = with_cmdlines(snapshot, cmdline)
     failures = write_outputs(snapshot, outputs)
     if as_json:
         import json
@@ -323,3 +349,41 @@ def finish(
     failures.extend(deliver_otlp(snapshot, otlp_url, otlp_file))
     raise_failures(failures)
     return command_exit_code(snapshot)
+
+
+AnySnapshot = TypeVar("AnySnapshot", bound=Snapshot)
+
+
+def with_cmdlines(snapshot: AnySnapshot, policy: CmdlinePolicy) -> AnySnapshot:
+    """`snapshot` with the command lines it holds (its processes', a launched command in its
+    targets) as `policy` wants them, before anything leaves the process."""
+    from otlp_ebpf.model import RecordSnapshot
+    from otlp_ebpf.redact import redact_cmdline
+
+    if policy is CmdlinePolicy.FULL:
+        return snapshot
+    processes = tuple(
+        dataclasses.replace(p, cmdline=redact_cmdline(p.cmdline, policy.value))
+        for p in snapshot.processes
+    )
+    targets = tuple(_target_text(t, policy) for t in snapshot.targets)
+    changed = dataclasses.replace(snapshot, processes=processes, targets=targets)
+    if isinstance(changed, RecordSnapshot):
+        signals = {k: with_cmdlines(v, policy) for k, v in changed.signals.items()}
+        changed = dataclasses.replace(changed, signals=signals)
+    return changed
+
+
+_COMMAND_TARGET = "command: "
+
+
+def _target_text(target: str, policy: CmdlinePolicy) -> str:
+    """A launched command's target ("command: ARGV joined by spaces") as `policy` wants it."""
+    from otlp_ebpf.redact import redact_cmdline
+
+    if not target.startswith(_COMMAND_TARGET):
+        return target
+    if policy is CmdlinePolicy.OMIT:
+        return "command"
+    args = tuple(target.removeprefix(_COMMAND_TARGET).split(" "))
+    return _COMMAND_TARGET + " ".join(redact_cmdline(args, policy.value))

@@ -65,6 +65,7 @@ def register(app: typer.Typer) -> None:
         otlp: common.OtlpOpt = None,
         otlp_file: common.OtlpFileOpt = None,
         as_json: common.JsonOpt = False,
+        cmdline: common.CmdlineOpt = common.CmdlinePolicy.REDACT,
     ) -> int:
         """Sample stacks on every CPU (and, with --off-cpu, where threads block).
 
@@ -94,7 +95,7 @@ def register(app: typer.Typer) -> None:
         for index, outputs in enumerate(runs, start=1):
             if repeat > 1:
                 console.status(f"run {index} of {repeat}")
-            snapshot = _profile_once(config, outputs, as_json, otlp, otlp_file, top)
+            snapshot = _profile_once(config, outputs, as_json, otlp, otlp_file, top, cmdline)
             # The first run whose command failed decides, as a CI step expects.
             exit_code = exit_code or common.command_exit_code(snapshot)
             if index < repeat and was_interrupted(snapshot):
@@ -144,6 +145,7 @@ def _profile_once(
     otlp: str | None,
     otlp_file: str | None,
     top: int,
+    cmdline: common.CmdlinePolicy,
 ) -> CpuSnapshot:
     from otlp_ebpf.collectors.cpu import collect
 
@@ -167,6 +169,7 @@ def _profile_once(
         show=show,
         events=snapshot.samples_total + blocks,
         what=events_name(config),
+        cmdline=cmdline,
     )
     return snapshot
 

@@ -40,6 +40,7 @@ def register(app: typer.Typer) -> None:
         otlp: common.OtlpOpt = None,
         otlp_file: common.OtlpFileOpt = None,
         as_json: common.JsonOpt = False,
+        cmdline: common.CmdlineOpt = common.CmdlinePolicy.REDACT,
     ) -> int:
         """Outstanding (not freed) memory by allocation stack: find leaks.
 
@@ -90,4 +91,5 @@ def register(app: typer.Typer) -> None:
             show=show,
             events=snapshot.allocations_total + snapshot.frees_total,
             what="allocations and frees",
+            cmdline=cmdline,
         )

@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
         otlp: common.OtlpOpt = None,
         otlp_file: common.OtlpFileOpt = None,
         as_json: common.JsonOpt = False,
+        cmdline: common.CmdlineOpt = common.CmdlinePolicy.REDACT,
     ) -> int:
         """Trace TCP connections: owner, addresses, exact payload bytes, connect latency,
         retransmitted segments, resets and RTT per connection, plus packet drops by reason.
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
         snapshot = collect(
             config,
             on_interval=live,
-            on_partial=common.interval_exporter(otlp, duration, interval),
+            on_partial=common.interval_exporter(otlp, duration, interval, cmdline),
         )
 
         def show(snap: Snapshot) -> None:
@@ -94,6 +95,7 @@ def register(app: typer.Typer) -> None:
             show=show,
             events=len(snapshot.connections),
             what="connections",
+            cmdline=cmdline,
         )
 
 

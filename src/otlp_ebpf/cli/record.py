@@ -40,6 +40,7 @@ def register(app: typer.Typer) -> None:
         fmt: common.FormatOpt = None,
         otlp: common.OtlpOpt = None,
         as_json: common.JsonOpt = False,
+        cmdline: common.CmdlineOpt = common.CmdlinePolicy.REDACT,
     ) -> int:
         """Record cpu, syscalls, net and mem of one target at once, on one timeline.
 
@@ -77,7 +78,7 @@ def register(app: typer.Typer) -> None:
         console.status(
             f"recording {','.join(chosen)} ({', '.join(config.targets.describe())}); Ctrl-C to stop"
         )
-        snapshot = collect(config)
+        snapshot = common.with_cmdlines(collect(config), cmdline)
         failures = common.write_outputs(snapshot, outputs)
         if as_json:
             import json

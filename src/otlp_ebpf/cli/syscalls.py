@@ -40,6 +40,7 @@ def register(app: typer.Typer) -> None:
         otlp: common.OtlpOpt = None,
         otlp_file: common.OtlpFileOpt = None,
         as_json: common.JsonOpt = False,
+        cmdline: common.CmdlineOpt = common.CmdlinePolicy.REDACT,
     ) -> int:
         """Count syscalls, errors by errno and latency, aggregated in the kernel.
 
@@ -73,7 +74,7 @@ def register(app: typer.Typer) -> None:
         snapshot = collect(
             config,
             on_interval=live,
-            on_partial=common.interval_exporter(otlp, duration, interval),
+            on_partial=common.interval_exporter(otlp, duration, interval, cmdline),
         )
 
         def show(snap: Snapshot) -> None:
@@ -93,6 +94,7 @@ def register(app: typer.Typer) -> None:
             show=show,
             events=sum(s.count for s in snapshot.syscalls),
             what="syscalls",
+            cmdline=cmdline,
         )
 
 

@@ -22,6 +22,7 @@ from otlp_ebpf.otlp_settings import (
     parse_key_values,
     resource_attributes_from_env,
 )
+from otlp_ebpf.redact import mask_userinfo
 
 Protocol = Literal["grpc", "http/protobuf"]
 Compression = Literal["gzip", "none"]
@@ -193,15 +194,24 @@ def _normalize_url(raw: str, *, insecure: bool, keep_path: bool) -> str:
         parts = urlsplit(text)
         _ = parts.port  # only to reject a malformed port now rather than at connect time
     except ValueError as exc:
-        raise UsageError(f"OTLP endpoint {raw!r} is not a valid URL ({exc})") from exc
+        raise UsageError(f"OTLP endpoint {_shown(raw)!r} is not a valid URL ({exc})") from exc
     if parts.username is not None or parts.password is not None:
-        raise UsageError(f"OTLP endpoint {raw!r}: credentials go in headers, not in the URL")
+        raise UsageError(
+            f"OTLP endpoint {_shown(raw)!r}: credentials go in headers, not in the URL"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(
-            f"OTLP endpoint {raw!r} is not a URL like http://collector:4317 or https://host:4318"
+            f"OTLP endpoint {_shown(raw)!r} is not a URL like http://collector:4317 or https://host:4318"
         )
     path = parts.path if keep_path else parts.path.rstrip("/")
     return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def _shown(raw: str) -> str:
+    """An endpoint as a message may show it: credentials in it masked (`http://***@host`)."""
+    if "://" in raw:
+        return mask_userinfo(raw)
+    return mask_userinfo("//" + raw).removeprefix("//")
 
 
 def _origin(url: str) -> str:
