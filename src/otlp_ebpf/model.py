@@ -194,6 +194,16 @@ class Connection:
     started_before_run: bool = False
 
 
+def connection_label(conn: Connection) -> str:
+    """One connection as a series key: `pid comm laddr:lport > raddr:rport`."""
+    local, remote = _endpoint(conn.laddr, conn.lport), _endpoint(conn.raddr, conn.rport)
+    return f"{conn.pid} {conn.comm} {local} > {remote}"
+
+
+def _endpoint(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
 @dataclass(frozen=True)
 class StackProfile:
     """A weighted stack list ready for any flame-style format (folded, speedscope, html, pprof,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base
 from otlp_ebpf.errors import EnvironmentLacks, UsageError
-from otlp_ebpf.model import Connection, IntervalPoint, NetSnapshot
+from otlp_ebpf.model import Connection, IntervalPoint, NetSnapshot, connection_label
 from otlp_ebpf.runtime import btf, features, probes
 from otlp_ebpf.runtime.events import RingBuffer
 from otlp_ebpf.runtime.loader import BpfObject
@@ -174,16 +174,6 @@ def drop_reason_name(value: int, names: dict[int, str]) -> str:
     if name is None:
         return f"reason_{value}"
     return name.removeprefix("SKB_DROP_REASON_")
-
-
-def connection_label(conn: Connection) -> str:
-    """One connection as a series key: `pid comm laddr:lport > raddr:rport`."""
-    local, remote = _endpoint(conn.laddr, conn.lport), _endpoint(conn.raddr, conn.rport)
-    return f"{conn.pid} {conn.comm} {local} > {remote}"
-
-
-def _endpoint(addr: str, port: int) -> str:
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 class MonotonicClock:

@@ -58,7 +58,7 @@ def flatten_tree(tree: FlameNode, *, differential: bool) -> dict[str, Any]:
     }
 
 
-def _script_json(data: Any) -> str:
+def script_json(data: Any) -> str:
     """JSON that cannot end the <script> element it sits in, whatever the frame names hold."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
@@ -85,10 +85,29 @@ def render_trees(
         for label, tree, unit in trees
     ]
     data = {"differential": differential, "profiles": profiles}
-    values = {"TITLE": html.escape(title), "DATA": _script_json(data)}
+    values = {"TITLE": html.escape(title), "DATA": script_json(data)}
     # One pass, so a frame name that happens to read "__TITLE__" stays as it is.
     page = _PLACEHOLDER.sub(lambda m: values[m.group(1)], _TEMPLATE)
     stream.write(page.encode("utf-8"))
+
+
+def embeddable_flamegraph(trees: list[tuple[str, FlameNode, str]]) -> tuple[str, str]:
+    """The CSS and the body of a flamegraph page, to place inside another offline page (the
+    recording report); the same script, which needs the element ids it creates."""
+    profiles = [
+        {
+            "label": label,
+            "unit": unit,
+            "total": tree.value,
+            **flatten_tree(tree, differential=False),
+        }
+        for label, tree, unit in trees
+    ]
+    data = script_json({"differential": False, "profiles": profiles})
+    style = _TEMPLATE.split("<style>", 1)[1].split("</style>", 1)[0]
+    body = _TEMPLATE.split("<body>", 1)[1].split("</body>", 1)[0]
+    body = body.replace("<h1>__TITLE__</h1>\n", "", 1)
+    return style, body.replace("__DATA__", data, 1)
 
 
 def snapshot_title(snapshot: Snapshot) -> str:

@@ -98,20 +98,24 @@ def check_supported(fmt: OutputFormat, kind: str) -> None:
         )
 
 
-def _module(fmt: OutputFormat) -> ModuleType:
-    return importlib.import_module(fmt.module)
+# A kind whose page is more than a flamegraph: (format, kind) -> the module writing it.
+KIND_MODULES = {("html", "record"): "otlp_ebpf.formatters.record_html"}
+
+
+def _module(fmt: OutputFormat, kind: str) -> ModuleType:
+    return importlib.import_module(KIND_MODULES.get((fmt.name, kind), fmt.module))
 
 
 def render(snapshot: Snapshot, fmt: OutputFormat, stream: BinaryIO) -> None:
     """Write the main file of `fmt` for `snapshot` to `stream`."""
     check_supported(fmt, snapshot.kind)
-    _module(fmt).render(snapshot, stream)
+    _module(fmt, snapshot.kind).render(snapshot, stream)
 
 
 def parts(snapshot: Snapshot, fmt: OutputFormat) -> list[Part]:
     """The files `fmt` needs for `snapshot`: the main one first, then named siblings."""
     check_supported(fmt, snapshot.kind)
-    module = _module(fmt)
+    module = _module(fmt, snapshot.kind)
     render_parts = getattr(module, "render_parts", None)
     if render_parts is None:
         return [("", lambda stream: module.render(snapshot, stream))]
