@@ -118,11 +118,12 @@ def test_several_runs_per_side_from_directories_and_lists(
     ("extra", "message"),
     [
         (["--fail-on-regression", "-1"], "must be 0 or more"),
+        (["--fail-on-regression", "nan"], "--fail-on-regression must be 0 or more"),
         (["--confidence", "1.5"], "--confidence"),
         (["-o", "x.png"], "cannot tell the format"),
         (["--metric", "p99"], "use one of: self, total"),
         (["--profile", "off_cpu"], "no profile off_cpu"),
-        (["--top", "0"], "--top"),
+        (["--top", "-1"], "--top must be 0 (every row)"),
     ],
 )
 def test_bad_options_exit_2(

@@ -166,7 +166,7 @@ def test_multi_uprobe_support_by_kernel_release() -> None:
     ("args", "message"),
     [
         (["mem", "--min-age", "-1"], "--min-age must be >= 0"),
-        (["mem", "--top", "-2"], "--top must be >= 0"),
+        (["mem", "--top", "-2"], "--top must be 0 (every row)"),
         (["mem", "-d", "0"], "--duration must be a positive"),
         (["mem", "-p", "1", "--", "true"], "either --pid or -- CMD"),
     ],

@@ -8,6 +8,7 @@ is lost.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import stat
 import tempfile
@@ -26,6 +27,84 @@ from otlp_ebpf.targets import TargetSpec
 if TYPE_CHECKING:
     from otlp_ebpf.formatters.registry import OutputFormat
 
+# ---------------------------------------------------------------- option rules
+# One rule per option that several commands share: the same bad value gets the same message
+# and exit 2 from every command, checked while the command line is parsed (before any file
+# is read or probe attached).
+
+
+def check_number(
+    value: float | None,
+    option: str,
+    *,
+    minimum: float,
+    maximum: float | None = None,
+    above_minimum: bool = False,
+    below_maximum: bool = False,
+    what: str,
+) -> None:
+    """Refuse NaN, infinities and values outside [minimum, maximum] (or open bounds)."""
+    if value is None:
+        return
+    too_low = value <= minimum if above_minimum else value < minimum
+    too_high = maximum is not None and (value >= maximum if below_maximum else value > maximum)
+    if not math.isfinite(value) or too_low or too_high:
+        raise UsageError(f"{option} must be {what}, got {value:g}")
+
+
+def check_duration(duration: float | None, name: str = "duration") -> None:
+    check_number(
+        duration,
+        f"--{name}",
+        minimum=0.0,
+        above_minimum=True,
+        what="a positive number of seconds",
+    )
+
+
+def _duration_rule(value: float | None) -> float | None:
+    check_duration(value)
+    return value
+
+
+def _interval_rule(value: float | None) -> float | None:
+    check_duration(value, "interval")
+    return value
+
+
+def check_top(top: int) -> None:
+    """--top N: rows shown by a table; 0 means every row (a negative value would silently
+    drop the last rows through slicing)."""
+    if top < 0:
+        raise UsageError(f"--top must be 0 (every row) or a positive number of rows, got {top}")
+
+
+def _top_rule(value: int) -> int:
+    check_top(value)
+    return value
+
+
+def check_percent(value: float | None, option: str) -> None:
+    """Thresholds and shares in percent (points): finite, 0 to 100."""
+    check_number(value, option, minimum=0.0, maximum=100.0, what="a percentage from 0 to 100")
+
+
+def check_confidence(value: float) -> None:
+    check_number(
+        value,
+        "--confidence",
+        minimum=0.5,
+        maximum=1.0,
+        below_maximum=True,
+        what="at least 0.5 and below 1 (e.g. 0.95)",
+    )
+
+
+def _confidence_rule(value: float) -> float:
+    check_confidence(value)
+    return value
+
+
 PidOpt = Annotated[
     list[int] | None,
     typer.Option(
@@ -36,7 +115,10 @@ TidOpt = Annotated[int, typer.Option("--tid", help="Only this thread.")]
 DurationOpt = Annotated[
     float | None,
     typer.Option(
-        "-d", "--duration", help="Seconds to record (default: until Ctrl-C or the command exits)."
+        "-d",
+        "--duration",
+        callback=_duration_rule,
+        help="Seconds to record (default: until Ctrl-C or the command exits).",
     ),
 ]
 OutputOpt = Annotated[
@@ -64,7 +146,22 @@ OtlpFileOpt = Annotated[
     typer.Option("--otlp-file", help="Also write the OTLP request to a file (for `push`)."),
 ]
 IntervalOpt = Annotated[
-    float | None, typer.Option("--interval", help="Refresh a live view every SEC seconds.")
+    float | None,
+    typer.Option(
+        "--interval", callback=_interval_rule, help="Refresh a live view every SEC seconds."
+    ),
+]
+TopOpt = Annotated[
+    int, typer.Option("--top", metavar="N", callback=_top_rule, help="Rows to show (0: all).")
+]
+ConfidenceOpt = Annotated[
+    float,
+    typer.Option(
+        "--confidence",
+        metavar="LEVEL",
+        callback=_confidence_rule,
+        help="Confidence level of the noise test (0.5 to below 1).",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
@@ -95,11 +192,6 @@ CommandArg = Annotated[
 ]
 
 OTLP_DEFAULT = "@env"
-
-
-def check_duration(duration: float | None, name: str = "duration") -> None:
-    if duration is not None and not duration > 0:
-        raise UsageError(f"--{name} must be a positive number of seconds, got {duration:g}")
 
 
 def target_spec(pids: Sequence[int] | None, tid: int, command: Sequence[str] | None) -> TargetSpec:

@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
                 help="With -- CMD: run it N times, one snapshot each (-o x.json -> x.1.json ...).",
             ),
         ] = 1,
-        top: Annotated[int, typer.Option("--top", help="Functions to show (0: all).")] = 20,
+        top: common.TopOpt = 20,
         output: common.OutputOpt = None,
         fmt: common.FormatOpt = None,
         otlp: common.OtlpOpt = None,
@@ -74,7 +74,6 @@ def register(app: typer.Typer) -> None:
         """
         from otlp_ebpf.collectors.cpu import CpuConfig, check_config
 
-        common.check_duration(duration)
         config = CpuConfig(
             targets=common.target_spec(pid, tid, command),
             duration_s=duration,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 OUTPUT_EXTENSIONS = (".html", ".svg", ".folded", ".json", ".md")
 STACK_OUTPUTS = (".html", ".svg", ".folded")
+ALL_ROWS = sys.maxsize  # --top 0
 
 HELP = """Compare BASE with NEW snapshots: which functions (stacks, syscalls, connection groups)
 took a larger or smaller share, and whether that is beyond run-to-run noise.
@@ -90,12 +92,18 @@ def diff_command(
         typer.Option(
             "--fail-on-regression",
             metavar="PCT",
+            callback=_threshold_rule,
             help="Exit 1 when a share grew by more than PCT points beyond noise.",
         ),
     ] = None,
     min_share: Annotated[
         float,
-        typer.Option("--min-share", metavar="PCT", help="Hide rows under PCT % in both runs."),
+        typer.Option(
+            "--min-share",
+            metavar="PCT",
+            callback=_min_share_rule,
+            help="Hide rows under PCT % in both runs.",
+        ),
     ] = 0.0,
     by: Annotated[
         DiffByChoice, typer.Option("--by", help="Compare self time per function, or whole stacks.")
@@ -119,13 +127,8 @@ def diff_command(
         bool, typer.Option("--reverse", help="Flamegraph widths from BASE instead of NEW.")
     ] = False,
     as_json: common.JsonOpt = False,
-    confidence: Annotated[
-        float,
-        typer.Option("--confidence", metavar="LEVEL", help="Confidence level of the noise test."),
-    ] = 0.95,
-    top: Annotated[
-        int, typer.Option("--top", metavar="N", help="Rows per direction in the table.")
-    ] = 10,
+    confidence: common.ConfidenceOpt = 0.95,
+    top: common.TopOpt = 10,
     signal: Annotated[
         str | None,
         typer.Option(
@@ -158,16 +161,26 @@ def diff_command(
     )
 
 
+def _threshold_rule(value: float | None) -> float | None:
+    # Percent of BASE for latencies and rates: above 100 is meaningful, below 0 or NaN is not.
+    common.check_number(
+        value, "--fail-on-regression", minimum=0.0, what="0 or more (points or percent)"
+    )
+    return value
+
+
+def _min_share_rule(value: float) -> float:
+    common.check_percent(value, "--min-share")
+    return value
+
+
 def check_config(config: DiffConfig) -> None:
-    """Reject bad values before reading any file."""
-    if config.threshold is not None and config.threshold < 0:
-        raise UsageError("--fail-on-regression must be 0 or more (points of share)")
-    if config.min_share < 0:
-        raise UsageError("--min-share must be 0 or more")
-    if not 0.5 <= config.confidence < 1.0:
-        raise UsageError("--confidence must be at least 0.5 and below 1 (e.g. 0.95)")
-    if config.top < 1:
-        raise UsageError("--top must be at least 1")
+    """Reject bad values before reading any file (the numbers were checked while parsing;
+    checked again here for callers that build a DiffConfig themselves)."""
+    _threshold_rule(config.threshold)
+    _min_share_rule(config.min_share)
+    common.check_confidence(config.confidence)
+    common.check_top(config.top)
     for path in config.outputs:
         if not path.lower().endswith(OUTPUT_EXTENSIONS):
             raise UsageError(
@@ -264,7 +277,7 @@ def print_results(report: DiffReport, verdict: Verdict, config: DiffConfig) -> N
     if config.json:
         console.out.file.write(json.dumps(to_document(report, verdict), indent=1) + "\n")
     else:
-        render_table(report, console.out, top=config.top)
+        render_table(report, console.out, top=config.top or ALL_ROWS)
 
 
 def write_output(
@@ -285,7 +298,7 @@ def write_output(
     elif lowered.endswith(".md"):
         from otlp_ebpf.formatters.diff_markdown import render_markdown
 
-        write_text(path, lambda s: render_markdown(report, verdict, s, top=config.top))
+        write_text(path, lambda s: render_markdown(report, verdict, s, top=config.top or ALL_ROWS))
     elif lowered.endswith(".folded"):
         _write_folded(path, report, base, new)
     else:

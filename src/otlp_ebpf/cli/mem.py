@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
                 "--min-age", metavar="MS", help="Ignore allocations younger than MS milliseconds."
             ),
         ] = 0,
-        top: Annotated[int, typer.Option("--top", help="Stacks to show (0: all).")] = 10,
+        top: common.TopOpt = 10,
         page_faults: Annotated[
             bool, typer.Option("--page-faults", help="Also count user page faults by stack.")
         ] = False,
@@ -52,11 +52,8 @@ def register(app: typer.Typer) -> None:
         """
         from otlp_ebpf.collectors.mem import MIN_TABLE_SIZE, MemConfig, collect
 
-        common.check_duration(duration)
         if min_age < 0:
             raise UsageError(f"--min-age must be >= 0 ms, got {min_age}")
-        if top < 0:
-            raise UsageError(f"--top must be >= 0, got {top}")
         if table_size < MIN_TABLE_SIZE:
             raise UsageError(f"--table-size must be at least {MIN_TABLE_SIZE}, got {table_size}")
         outputs = common.plan_outputs(output, fmt, "mem")

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         ] = "",
         ipv4: Annotated[bool, typer.Option("--ipv4", "-4", help="Only IPv4 connections.")] = False,
         ipv6: Annotated[bool, typer.Option("--ipv6", "-6", help="Only IPv6 connections.")] = False,
-        top: Annotated[int, typer.Option("--top", help="Rows to show (0: all).")] = 0,
+        top: common.TopOpt = 0,
         output: common.OutputOpt = None,
         fmt: common.FormatOpt = None,
         otlp: common.OtlpOpt = None,
@@ -54,13 +54,9 @@ def register(app: typer.Typer) -> None:
             parse_address,
         )
 
-        common.check_duration(duration)
-        common.check_duration(interval, "interval")
         check_port(port)
         if ipv4 and ipv6:
             raise UsageError("give --ipv4 or --ipv6, not both")
-        if top < 0:
-            raise UsageError(f"--top must be 0 or more, got {top}")
         outputs = common.plan_outputs(output, fmt, "net")
         common.validate_otlp(otlp, otlp_file)
         config = NetConfig(

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         ],
         output: common.OutputOpt = None,
         fmt: common.FormatOpt = None,
-        top: Annotated[int, typer.Option("--top", help="Rows to show (0: all).")] = 20,
+        top: common.TopOpt = 20,
         signal_name: Annotated[
             str | None,
             typer.Option(

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         latency: Annotated[
             str | None, typer.Option("--latency", "-L", help="Show NAME's latency histogram.")
         ] = None,
-        top: Annotated[int, typer.Option("--top", help="Rows to show (0: all).")] = 30,
+        top: common.TopOpt = 30,
         output: common.OutputOpt = None,
         fmt: common.FormatOpt = None,
         otlp: common.OtlpOpt = None,
@@ -54,8 +54,6 @@ def register(app: typer.Typer) -> None:
             syscall_table,
         )
 
-        common.check_duration(duration)
-        common.check_duration(interval, "interval")
         resolve_names(syscall or [], syscall_table())
         if latency:
             resolve_names([latency], syscall_table())
