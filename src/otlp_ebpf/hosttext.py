@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["decode", "escape_controls", "from_fs", "read"]
+__all__ = ["decode", "escape_controls", "from_fs", "read", "valid"]
 
 
 def decode(raw: bytes) -> str:
@@ -27,6 +27,15 @@ def from_fs(text: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return decode(os.fsencode(text))
+    return text
+
+
+def valid(text: str) -> str:
+    """Any str made encodable: a lone surrogate becomes the text `\\udcxx`."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -229,3 +230,51 @@ def test_a_launched_commands_secrets_are_redacted_in_its_target(
     (target,) = json.loads(snap.read_text())["targets"]
     assert target.endswith(" 50 x --token ***")
     assert "abc123" not in snap.read_text()
+
+
+# A Python function whose name holds a lone surrogate and a terminal escape: spins for
+# argv[1] seconds of CPU time.
+HOSTILE_PYTHON = """\
+import sys
+import time
+
+
+def spin(stop):
+    while time.thread_time() < stop:
+        pass
+
+
+NAME = "evil\\udcff\\x1b[2J"
+spin.__code__ = spin.__code__.replace(co_name=NAME, co_qualname=NAME)
+spin(time.thread_time() + float(sys.argv[1]))
+"""
+
+
+def test_a_python_function_name_no_output_can_encode_is_kept_escaped(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(HOSTILE_PYTHON)
+    snap = tmp_path / "py.json"
+
+    code = run(
+        [
+            "cpu",
+            "--top",
+            "50",
+            "-o",
+            str(snap),
+            "-o",
+            str(tmp_path / "py.html"),
+            "--",
+            sys.executable,
+            str(app),
+            "0.3",
+        ]
+    )
+
+    captured = capfd.readouterr()
+    assert code == 0, captured.err
+    frames = {f for s in json.loads(snap.read_text())["stacks"] for f in s["frames"]}
+    assert any(f.startswith("app.evil\\udcff\x1b[2J") for f in frames)
+    assert "app.evil\\udcff\\x1b[2J" in captured.out and "\x1b" not in captured.out

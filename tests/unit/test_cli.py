@@ -118,3 +118,22 @@ def test_outputs_follow_symlinks_and_write_devices_in_place(tmp_path):
     reader.join(5)
     assert got == [b"x 2\n"]
     assert not fifo.is_file() and fifo.exists()  # still a FIFO, not replaced by a file
+
+
+def test_an_internal_error_is_one_short_line(tmp_path, monkeypatch, capsys):
+    import json
+
+    from otlp_ebpf.cli import report
+    from otlp_ebpf.cli.app import run
+    from tests.unit.formatter_fixtures import cpu_snapshot
+
+    snap = tmp_path / "s.json"
+    snap.write_text(json.dumps(cpu_snapshot().to_dict()))
+
+    def page_in_message(*_args: object, **_kwargs: object) -> None:
+        raise UnicodeEncodeError("utf-8", "<html>" + "x" * 100_000, 6, 7, "surrogates")
+
+    monkeypatch.setattr(report, "read_snapshot", page_in_message)
+    assert run(["report", str(snap)]) == 1
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "internal error" in ln]
+    assert len(line) < 400 and line.endswith("(rerun with --debug)")

@@ -135,9 +135,10 @@ def _run(args: list[str]) -> int:
     except Exception as exc:
         if console.is_debug():
             raise
-        console.err.print(
-            f"[red]internal error:[/] {console.escape(repr(exc))} (rerun with --debug)"
-        )
+        # One line: an exception may carry a whole rendered page or a host string.
+        shown = repr(exc)
+        shown = shown if len(shown) <= 300 else shown[:300] + "... (cut)"
+        console.err.print(f"[red]internal error:[/] {console.escape(shown)} (rerun with --debug)")
         return EXIT_RUNTIME
     return result if isinstance(result, int) else 0
 

@@ -17,6 +17,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from otlp_ebpf import hosttext
+
 BLOCKED_STATES = frozenset("SD")
 # "[<0>] futex_wait_queue+0x60/0x90": the function name of one kernel frame.
 _KERNEL_FRAME = re.compile(r"^\[<[0-9a-fx]+>\] ([^+\s]+)")
@@ -70,8 +72,7 @@ def blocked_threads(marks: Mapping[int, ThreadMark], proc: str = "/proc") -> lis
 
 def _read(task: str, name: str) -> str:
     try:
-        with open(f"{task}/{name}", encoding="utf-8", errors="replace") as fh:
-            return fh.read()
+        return hosttext.read(f"{task}/{name}")
     except OSError:
         return ""
 

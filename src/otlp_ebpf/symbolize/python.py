@@ -24,6 +24,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from otlp_ebpf import hosttext
 from otlp_ebpf.symbolize.procmaps import Mapping, OpenFiles, ProcessMaps
 from otlp_ebpf.symbolize.python_layouts import LAYOUTS
 
@@ -277,7 +278,9 @@ class CodeReader:
         start = lay["unicode_ascii_data"] if ascii_ else lay["unicode_compact_data"]
         data = self._read(pid, addr + start, length * kind)
         codec = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind]
-        return data.decode(codec)
+        # Any str of that process may hold lone surrogates (a code object's name is anyone's
+        # choice): kept as `\\udcxx` text, which every output can encode.
+        return hosttext.valid(data.decode(codec, "surrogatepass"))
 
     def _bytes(self, pid: int, lay: dict[str, int], addr: int) -> bytes:
         size = int.from_bytes(self._read(pid, addr + lay["bytes_size"], 8), "little", signed=True)
