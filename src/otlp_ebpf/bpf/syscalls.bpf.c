@@ -9,6 +9,8 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+#define ENOMEM 12
+
 const volatile u32 errors_only = 0;
 const volatile u32 filter_syscalls = 0;
 const volatile u8 syscall_wanted[MAX_SYSCALL_NR] = {};
@@ -17,11 +19,12 @@ const volatile s64 nr_exit = -1;
 const volatile s64 nr_exit_group = -1;
 
 /* Not preallocated: a per-CPU value is 360 bytes per possible CPU, and the table is sized for
- * a busy system-wide run, most of which a targeted run never touches. */
+ * a busy system-wide run, most of which a targeted run never touches. Rows of exited
+ * processes leave it (process_gone): the headroom covers the moments user space lags. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 32768);
 	__type(key, struct syscall_key);
 	__type(value, struct syscall_stats);
 } stats SEC(".maps");
@@ -123,9 +126,14 @@ static __always_inline struct syscall_stats *stats_for(u32 tgid, u32 nr)
 
 	if (st)
 		return st;
-	if (bpf_map_update_elem(&stats, &key, &zero, BPF_NOEXIST)) {
+	long err = bpf_map_update_elem(&stats, &key, &zero, BPF_NOEXIST);
+
+	if (err) {
 		if (bpf_map_lookup_elem(&stats, &key) == NULL) {
-			bump(&drops, DROP_STATS_FULL);
+			/* The table is not preallocated: a burst of new rows can find the kernel's
+			 * per-CPU element cache empty before it is refilled (-ENOMEM), which is not
+			 * a full table. */
+			bump(&drops, err == -ENOMEM ? DROP_STATS_NOMEM : DROP_STATS_FULL);
 			return NULL;
 		}
 	} else if ((u = usage_of(tgid))) {

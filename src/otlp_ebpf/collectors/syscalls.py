@@ -13,9 +13,11 @@ import difflib
 import errno as errno_mod
 import os
 import platform
+import struct
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import add
 
 from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base
@@ -31,7 +33,13 @@ from otlp_ebpf.targets import TargetSpec
 SYSCALL_SLOTS = 40
 MAX_SYSCALL_NR = 1024
 MAX_ERRNO_NR = 4096
-DROP_REASONS = ("syscall table full", "errno table full", "start table full", "exit event lost")
+DROP_REASONS = (
+    "syscall table full",
+    "errno table full",
+    "start table full",
+    "exit event lost",
+    "syscall row allocation failed",
+)
 BTF_PROGRAMS = ("btf_sys_enter", "btf_sys_exit")
 TP_PROGRAMS = ("tp_sys_enter", "tp_sys_exit")
 EXIT_PROGRAM = "process_gone"
@@ -57,6 +65,10 @@ class SyscallStats(ctypes.Structure):
         ("max_ns", ctypes.c_uint64),
         ("hist", ctypes.c_uint64 * SYSCALL_SLOTS),
     ]
+
+
+# struct syscall_stats as plain integers: unpacking is ~20x faster than ctypes field access.
+_STATS = struct.Struct(f"<{5 + SYSCALL_SLOTS}Q")
 
 
 class ErrnoKey(ctypes.Structure):
@@ -145,16 +157,20 @@ class _Row:
     hist: list[int] | None = None
 
     def add(self, st: SyscallStats) -> None:
-        self.count += st.count
-        self.errors += st.errors
-        self.total_ns += st.total_ns
-        self.max_ns = max(self.max_ns, st.max_ns)
-        if st.min_ns and (not self.min_ns or st.min_ns < self.min_ns):
-            self.min_ns = st.min_ns
-        if self.hist is None:
-            self.hist = [0] * SYSCALL_SLOTS
-        for i in range(SYSCALL_SLOTS):
-            self.hist[i] += st.hist[i]
+        self.add_values(_STATS.unpack(bytes(st)))
+
+    def add_values(self, values: tuple[int, ...]) -> None:
+        """One CPU's struct syscall_stats as unpacked integers (count, errors, total_ns,
+        min_ns, max_ns, then the slots): the fast path for the rows of exited processes."""
+        count, errors, total_ns, min_ns, max_ns = values[:5]
+        self.count += count
+        self.errors += errors
+        self.total_ns += total_ns
+        self.max_ns = max(self.max_ns, max_ns)
+        if min_ns and (not self.min_ns or min_ns < self.min_ns):
+            self.min_ns = min_ns
+        slots = values[5:]
+        self.hist = list(map(add, self.hist, slots)) if self.hist is not None else list(slots)
 
     def merge(self, other: _Row) -> None:
         self.count += other.count
@@ -330,7 +346,7 @@ class SyscallsCollector:
                 continue
             row = proc.rows[nr] = _Row()
             for cpu_value in stats_map.per_cpu(raw):
-                row.add(SyscallStats.from_buffer_copy(cpu_value))
+                row.add_values(_STATS.unpack(cpu_value))
         errs = set_bits(event.usage.errs)
         for nr, row in proc.rows.items():
             if not row.errors:
@@ -352,7 +368,7 @@ class SyscallsCollector:
             key = SyscallKey.from_buffer_copy(raw_key)
             row = rows[(key.tgid, key.nr)]
             for cpu_value in stats_map.per_cpu(raw_value):
-                row.add(SyscallStats.from_buffer_copy(cpu_value))
+                row.add_values(_STATS.unpack(cpu_value))
         return rows
 
     def read_errnos(self) -> dict[tuple[int, int], dict[str, int]]:
