@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base, mem_allocator
+from otlp_ebpf.collectors.resume_guard import ResumeGuard
 from otlp_ebpf.collectors.stack_store import read_stored_stacks
 from otlp_ebpf.errors import EnvironmentLacks, UsageError
 from otlp_ebpf.model import Allocation, MemSnapshot, StackCount
@@ -182,6 +183,7 @@ class MemCollector:
         self.missing_functions: set[str] = set()
         self.symbolizer = Symbolizer()
         self.exits: RingBuffer | None = None
+        self.guard: ResumeGuard | None = None
         self.stopped: set[int] = set()
         self._remembered_at = 0.0
         self.multi = (
@@ -248,6 +250,11 @@ class MemCollector:
             self.multi = False
             self.multi_refused = True
             self._load_and_attach()
+        if self.launch:
+            # Targets are stopped at exit from now on: a tool killed with SIGKILL must not
+            # leave them stopped (resume_guard.py).
+            assert self.obj is not None
+            self.guard = ResumeGuard(self.obj.map("targets").fd)
 
     def _load_and_attach(self) -> None:
         obj = BpfObject.open("mem")
@@ -618,6 +625,8 @@ def collect(config: MemConfig) -> MemSnapshot:
             # command is reaped.
             collector.detach()
             collector.resume_all()
+            if collector.guard is not None:
+                collector.guard.close()
     try:
         return build_snapshot(collector, run.clock, duration, ended, raw, (bpf_ns, runs))
     finally:
