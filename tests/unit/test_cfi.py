@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,6 +26,7 @@ from otlp_ebpf.symbolize.cfi import (
     DecodeWorker,
     build_id_of,
     default_cache_dir,
+    disk_cache_cap_bytes,
 )
 from tests.conftest import build_c
 
@@ -151,6 +153,46 @@ def test_disk_cache_round_trip(program: Path, tmp_path: Path) -> None:
     assert again is not None and again.to_bytes() == table.to_bytes()
     assert second.table_for_path(str(program)) is again
     assert second.stats.from_memory == 1
+
+
+def test_disk_cache_is_capped_and_evicts_the_least_recently_used(
+    program: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tables of programs long gone are evicted oldest-used first once the directory passes
+    the cap; a table read back counts as used."""
+    real = CfiCache(cache_dir=str(tmp_path)).table_for_path(str(program))
+    assert real is not None
+    written = next(tmp_path.glob("*.cfi"))
+    size = written.stat().st_size
+    # Three older tables of other build-ids, each the size of the real one.
+    for age, name in enumerate(["aa01", "aa02", "aa03"]):
+        stale = tmp_path / f"{name}.cfi"
+        stale.write_bytes(b"x" * size)
+        os.utime(stale, ns=(10**18 + age * 10**9, 10**18 + age * 10**9))
+    os.utime(tmp_path / "aa01.cfi", ns=(2 * 10**18, 2 * 10**18))  # used most recently
+    written.unlink()
+    monkeypatch.setenv("OTLP_EBPF_CFI_CACHE_MB", str(2.5 * size / (1024 * 1024)))
+    cache = CfiCache(cache_dir=str(tmp_path))
+    assert cache.table_for_path(str(program)) is not None  # decoded and written again
+    kept = sorted(p.name for p in tmp_path.glob("*.cfi"))
+    assert kept == sorted(["aa01.cfi", written.name])
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.cfi")) <= 2.5 * size
+
+
+def test_disk_cache_cap_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTLP_EBPF_CFI_CACHE_MB", "8")
+    assert disk_cache_cap_bytes() == 8 << 20
+    for bad in ("-1", "nan", "lots"):
+        monkeypatch.setenv("OTLP_EBPF_CFI_CACHE_MB", bad)
+        assert disk_cache_cap_bytes() == 64 << 20
+
+
+def test_a_table_read_back_is_marked_used(program: Path, tmp_path: Path) -> None:
+    CfiCache(cache_dir=str(tmp_path)).table_for_path(str(program))
+    path = next(tmp_path.glob("*.cfi"))
+    os.utime(path, ns=(10**18, 10**18))
+    assert CfiCache(cache_dir=str(tmp_path)).table_for_path(str(program)) is not None
+    assert path.stat().st_mtime_ns > 10**18
 
 
 def test_corrupt_cache_file_is_decoded_again(program: Path, tmp_path: Path) -> None:

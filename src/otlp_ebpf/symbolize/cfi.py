@@ -15,7 +15,9 @@ caller's registers are in the ucontext on the stack.
 
 Decoding is the slow part (libc ~0.6 s, libpython ~1.6 s), so tables are cached in memory and
 on disk (`~/.cache/otlp-ebpf/cfi/<build-id>.cfi`, or under $XDG_CACHE_HOME), keyed by
-build-id: a table read back from disk loads in milliseconds. A profiler must not stall on a
+build-id: a table read back from disk loads in milliseconds. The disk cache is capped
+(64 MiB, OTLP_EBPF_CFI_CACHE_MB): after each write the least recently used tables (by
+modification time, refreshed on every read) go until it fits. A profiler must not stall on a
 decode while samples pile up, so `CfiCache(background=True)` hands decodes to a child process
 (`DecodeWorker`, this module run with `--decode-worker`) and answers `PENDING` until the table
 arrives; the child also writes the disk cache.
@@ -424,6 +426,46 @@ class Pending:
 PENDING = Pending()
 
 
+DISK_CACHE_MB_DEFAULT = 64
+DISK_CACHE_ENV = "OTLP_EBPF_CFI_CACHE_MB"
+
+
+def disk_cache_cap_bytes() -> int:
+    """The disk cache's size cap: OTLP_EBPF_CFI_CACHE_MB when a number >= 0, else 64 MiB."""
+    try:
+        mb = float(os.environ.get(DISK_CACHE_ENV, "") or DISK_CACHE_MB_DEFAULT)
+    except ValueError:
+        mb = DISK_CACHE_MB_DEFAULT
+    if not 0 <= mb < 1 << 40:  # negative, NaN or absurd: the default
+        mb = DISK_CACHE_MB_DEFAULT
+    return int(mb * 1024 * 1024)
+
+
+def prune_disk_cache(cache_dir: str, cap_bytes: int, keep: str = "") -> int:
+    """Delete the least recently used `*.cfi` tables (oldest modification time first) until
+    the directory's tables fit in `cap_bytes`; `keep` (the table just written) stays.
+    Returns how many were deleted."""
+    entries = []
+    with contextlib.suppress(OSError), os.scandir(cache_dir) as listing:
+        for entry in listing:
+            if entry.name.endswith(".cfi") and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    entries.append((st.st_mtime_ns, entry.path, st.st_size))
+    total = sum(size for _, _, size in entries)
+    deleted = 0
+    for _, path, size in sorted(entries):
+        if total <= cap_bytes:
+            break
+        if path == keep:
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            total -= size
+            deleted += 1
+    return deleted
+
+
 class CfiCache:
     """Unwind tables per build-id, decoded at most once per machine (when `cache_dir` is set).
 
@@ -440,6 +482,7 @@ class CfiCache:
         background: bool = False,
     ) -> None:
         self.cache_dir = cache_dir
+        self.disk_cap_bytes = disk_cache_cap_bytes()
         self.debug_roots = tuple(debug_roots)
         self.stats = CfiCacheStats()
         self._by_build_id: dict[str, CfiTable] = {}
@@ -569,7 +612,11 @@ class CfiCache:
                 table = CfiTable.from_bytes(fh.read())
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return table if table.build_id == build_id else None
+        if table.build_id != build_id:
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: the last to be evicted
+        return table
 
     def _store(self, table: CfiTable) -> None:
         path = self._cache_path(table.build_id)
@@ -587,6 +634,7 @@ class CfiCache:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
+            prune_disk_cache(os.path.dirname(path), self.disk_cap_bytes, keep=path)
 
 
 def _table_or_none(data: bytes | None) -> CfiTable | None:
