@@ -94,6 +94,29 @@ for t in threads:
 """
 
 
+# Blocks in two functions, 20 ms and 10 ms per call.
+SLEEPER_APP = """\
+import time
+
+
+def nap_long():
+    time.sleep(0.02)
+
+
+def nap_short():
+    time.sleep(0.01)
+
+
+def main(rounds):
+    for _ in range(rounds):
+        nap_long()
+        nap_short()
+
+
+main(60)
+"""
+
+
 def interpreter(version: str) -> Path:
     """The pyenv build of `version` (3.X), skipping the test when it is not installed."""
     found = sorted(glob.glob(str(PYENV / f"{version}.*" / "bin" / f"python{version}")))
@@ -110,9 +133,16 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def profile(
-    targets: TargetSpec, *, python: bool = True, duration_s: float | None = None
+    targets: TargetSpec,
+    *,
+    python: bool = True,
+    duration_s: float | None = None,
+    unwind: str = "auto",
+    off_cpu: bool = False,
 ) -> CpuSnapshot:
-    config = cpu.CpuConfig(targets=targets, duration_s=duration_s, python=python)
+    config = cpu.CpuConfig(
+        targets=targets, duration_s=duration_s, python=python, unwind=unwind, off_cpu=off_cpu
+    )
     return cpu.collect(config)
 
 
@@ -125,7 +155,7 @@ def frame_line(frame: str) -> int:
     return int(frame.rsplit(":", 1)[1].rstrip(")"))
 
 
-def check_two_to_one(snap: CpuSnapshot) -> None:
+def check_two_to_one(snap: CpuSnapshot, *, native_unwind: bool = True) -> None:
     """The chain <module> -> main -> a|b -> spin, a's share 2/3, native frames around it."""
     chains: dict[str, int] = {}
     native_below = 0
@@ -148,7 +178,8 @@ def check_two_to_one(snap: CpuSnapshot) -> None:
                 assert frame_line(frame) == A_CALL_LINE, frame
             if frame.startswith("app.b "):
                 assert frame_line(frame) == B_CALL_LINE, frame
-    assert native_below >= 0.9 * sum(chains.values()), (native_below, chains)
+    if native_unwind:
+        assert native_below >= 0.9 * sum(chains.values()), (native_below, chains)
     in_a = chains.get("app.<module> > app.main > app.a > app.spin", 0)
     in_b = chains.get("app.<module> > app.main > app.b > app.spin", 0)
     assert in_a + in_b >= 0.8 * sum(chains.values()), chains
@@ -244,3 +275,30 @@ def test_py_structs_mirror_the_object_btf() -> None:
             assert size == ctypes.sizeof(mirror), struct
             for name, *_ in mirror._fields_:
                 assert members[name] == getattr(mirror, name).offset, (struct, name)
+
+
+def test_frame_pointer_sampling_carries_python_frames(app: Path) -> None:
+    """--unwind fp: libpython has no frame pointers, so the native part is short, but the
+    Python frames (read by the same walk, stored with the stack) are all there."""
+    python = interpreter("3.12")
+    snap = profile(TargetSpec(command=(str(python), str(app), "3")), unwind="fp")
+    check_two_to_one(snap, native_unwind=False)
+
+
+def test_off_cpu_blocks_carry_python_frames(tmp_path: Path) -> None:
+    python = interpreter("3.12")
+    script = tmp_path / "app.py"
+    script.write_text(SLEEPER_APP)
+    snap = profile(TargetSpec(command=(str(python), str(script))), off_cpu=True)
+    blocked: dict[str, list[int]] = {"app.nap_long": [0, 0], "app.nap_short": [0, 0]}
+    for stack in snap.off_cpu:
+        names = app_frames(stack)
+        if names[:2] == ["app.<module>", "app.main"] and len(names) == 3 and names[2] in blocked:
+            blocked[names[2]][0] += stack.count
+            blocked[names[2]][1] += stack.total_ns
+            assert any("nanosleep" in f for f in stack.frames), stack.frames
+    # Every call blocks once; the first few, before the process is registered, have native
+    # frames only.
+    assert blocked["app.nap_long"][0] >= 30 and blocked["app.nap_short"][0] >= 30, blocked
+    ratio = blocked["app.nap_long"][1] / blocked["app.nap_short"][1]
+    assert 1.5 <= ratio <= 2.5, blocked

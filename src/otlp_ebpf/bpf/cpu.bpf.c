@@ -12,12 +12,15 @@
 #include "counters.h"
 #include "cpu.h"
 #include "stack_store.h"
+#include "python.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
 const volatile u32 user_stacks = 1;
 const volatile u32 kernel_stacks = 1;
 const volatile u64 min_block_ns = 0;
+/* Walk the frames of registered CPython processes (python.h); 0 with --no-python. */
+const volatile u32 python_frames = 1;
 
 /* Mirrors the UAPI context of perf_event programs (the verifier rewrites its accesses). */
 struct bpf_perf_event_data {
@@ -101,12 +104,47 @@ static __always_inline void note_process(u32 tgid)
 	send_pid_event(tgid, CPU_PID_SEEN);
 }
 
+/* The current thread's Python frames, stored like a stack (a new one is announced, so user
+ * space names its code objects while the process lives). `buf` is free scratch; struct
+ * py_stack shares the head of struct stored_stack (nr, a 32-bit field, then the words). */
+static __always_inline s64 read_python_stack(struct stored_stack *buf, u32 tgid, u32 tid)
+{
+	struct py_stack *py = (struct py_stack *)buf;
+	struct py_stack_event *ev;
+	s64 id;
+	bool known;
+
+	py_read_stack(tgid, tid, py);
+	if (!py->nr)
+		return STACK_NONE;
+	if (py->flags & PY_STACK_TRUNCATED) {
+		buf->ips[PY_MAX_FRAMES] = PY_FRAME_TRUNCATED_MARK;
+		buf->nr = PY_MAX_FRAMES + 1;
+	}
+	buf->pad = 0;
+	id = stored_stack_hash(buf);
+	known = bpf_map_lookup_elem(&stacks, &id) != NULL;
+	id = store_read_stack(&stacks, buf);
+	if (id < 0 || known)
+		return id;
+	ev = bpf_ringbuf_reserve(&pid_events, sizeof(*ev), 0);
+	if (!ev) {
+		bump(&drops, CPU_DROP_EVENTS_FULL);
+		return id;
+	}
+	ev->pid = tgid;
+	ev->kind = CPU_PID_PY_STACK;
+	ev->stack_id = id;
+	bpf_ringbuf_submit(ev, 0);
+	return id;
+}
+
 /* Stack ids for the current task; a stack that cannot be stored is counted, a missing
  * stack of one kind is normal (a kernel thread has no user stack, a sample in user mode no
  * kernel stack). Only a sample missing every kind asked for counts as without stack, except
  * with kernel stacks alone: there a sample with no kernel stack interrupted user code, and
  * is marked so. */
-static __always_inline void read_stacks(void *ctx, s64 *user_id, s64 *kernel_id)
+static __always_inline void read_stacks(void *ctx, s64 *user_id, s64 *kernel_id, s64 *py_id)
 {
 	s64 uid = -EFAULT, kid = -EFAULT;
 	u32 zero = 0;
@@ -116,6 +154,7 @@ static __always_inline void read_stacks(void *ctx, s64 *user_id, s64 *kernel_id)
 		bump(&drops, CPU_DROP_NO_STACK);
 		*user_id = -EFAULT;
 		*kernel_id = -EFAULT;
+		*py_id = -EFAULT;
 		return;
 	}
 	if (user_stacks)
@@ -130,6 +169,12 @@ static __always_inline void read_stacks(void *ctx, s64 *user_id, s64 *kernel_id)
 		bump(&drops, CPU_DROP_NO_STACK);
 	*user_id = uid;
 	*kernel_id = kid;
+	*py_id = STACK_NONE;
+	if (python_frames && user_stacks) {
+		u64 pid_tgid = bpf_get_current_pid_tgid();
+
+		*py_id = read_python_stack(buf, pid_tgid >> 32, (u32)pid_tgid);
+	}
 }
 
 SEC("perf_event")
@@ -144,7 +189,7 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 	__builtin_memset(&key, 0, sizeof(key));
 	key.pid = pid_tgid >> 32;
 	key.tid = tid;
-	read_stacks(ctx, &key.user_stack_id, &key.kernel_stack_id);
+	read_stacks(ctx, &key.user_stack_id, &key.kernel_stack_id, &key.py_stack_id);
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	note_process(key.pid);
 	if (count_one(&counts, &key) < 0)
@@ -163,7 +208,7 @@ static __always_inline void switch_out(void *ctx, u32 prev_tid)
 	__builtin_memset(&start, 0, sizeof(start));
 	start.ts = bpf_ktime_get_ns();
 	start.pid = pid_tgid >> 32;
-	read_stacks(ctx, &start.user_stack_id, &start.kernel_stack_id);
+	read_stacks(ctx, &start.user_stack_id, &start.kernel_stack_id, &start.py_stack_id);
 	bpf_get_current_comm(start.comm, sizeof(start.comm));
 	if (bpf_map_update_elem(&offcpu_start, &prev_tid, &start, BPF_ANY))
 		bump(&drops, CPU_DROP_START_FULL);
@@ -205,6 +250,7 @@ static __always_inline void switch_in(u32 next_tid)
 	key.tid = next_tid;
 	key.user_stack_id = start->user_stack_id;
 	key.kernel_stack_id = start->kernel_stack_id;
+	key.py_stack_id = start->py_stack_id;
 	__builtin_memcpy(key.comm, start->comm, sizeof(key.comm));
 	bpf_map_delete_elem(&offcpu_start, &next_tid);
 	if (delta >= min_block_ns)

@@ -21,6 +21,7 @@ enum cpu_pid_event_kind {
 	CPU_PID_SEEN = 1, /* first sample of a process: capture its maps while it lives */
 	CPU_PID_EXEC = 2,
 	CPU_PID_EXIT = 3,
+	CPU_PID_PY_STACK = 4, /* a Python stack stored for the first time: name it while it lives */
 };
 
 /* Counts are keyed by thread and both stacks (ids are keys of `stacks`, stack_store.h); a
@@ -31,6 +32,7 @@ struct cpu_key {
 	__s64 user_stack_id;
 	__s64 kernel_stack_id;
 	char comm[CPU_COMM_LEN];
+	__s64 py_stack_id; /* Python frames (bpf/python.h words, leaf first), or < 0 */
 };
 
 struct offcpu_value {
@@ -45,11 +47,19 @@ struct offcpu_start {
 	__s64 user_stack_id;
 	__s64 kernel_stack_id;
 	char comm[CPU_COMM_LEN];
+	__s64 py_stack_id;
 };
 
 struct pid_event {
 	__u32 pid;
 	__u32 kind;
+};
+
+/* CPU_PID_PY_STACK: which stored stack holds Python frames of which process. */
+struct py_stack_event {
+	__u32 pid;
+	__u32 kind;
+	__s64 stack_id;
 };
 
 #endif

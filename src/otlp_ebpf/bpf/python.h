@@ -23,6 +23,8 @@
 #define PY_FRAME_LASTI_SHIFT 48
 #define PY_FRAME_LASTI_MAX 0x7fff /* index unknown or beyond what fits */
 #define PY_FRAME_ENTRY (1ULL << 63)
+/* Appended to a stored Python stack cut at PY_MAX_FRAMES (no code object lives at 1). */
+#define PY_FRAME_TRUNCATED_MARK 1ULL
 
 /* _PyInterpreterFrame.owner of the shim frame a C call into the interpreter pushes (3.12+) */
 #define PY_OWNED_BY_CSTACK 3

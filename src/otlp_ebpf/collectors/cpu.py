@@ -21,7 +21,7 @@ import ctypes
 import dataclasses
 import errno
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from otlp_ebpf import console, hosttext
@@ -41,12 +41,15 @@ from otlp_ebpf.collectors.cpu_sampling import (
     Sampler,
     without_tracing_frames,
 )
+from otlp_ebpf.collectors.python_frames import PythonFrames
 from otlp_ebpf.collectors.stack_store import read_stored_stacks
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import KERNEL_SUFFIX, CpuSnapshot, ProcessInfo, StackCount
 from otlp_ebpf.runtime import features, probes
 from otlp_ebpf.runtime.events import RingBuffer
 from otlp_ebpf.runtime.loader import BpfObject
+from otlp_ebpf.symbolize.procmaps import OpenFiles
+from otlp_ebpf.symbolize.python import PyFrame, merge_python_frames
 from otlp_ebpf.symbolize.resolver import UNKNOWN_FRAME, Symbolizer
 
 COMM_LEN = 16
@@ -68,6 +71,7 @@ DROP_REASONS = (
     "off-cpu start table full",
     "pid events lost",
 )
+PID_PY_STACK = 4  # CPU_PID_PY_STACK in bpf/cpu.h: a new stored Python stack
 SAMPLE_PROGRAM = "on_cpu_sample"
 SWITCH_BTF, SWITCH_TP = "btf_sched_switch", "tp_sched_switch"
 PID_PROGRAMS = ("on_exec", "on_exit")
@@ -82,6 +86,7 @@ class CpuKey(ctypes.Structure):
         ("user_stack_id", ctypes.c_int64),
         ("kernel_stack_id", ctypes.c_int64),
         ("comm", ctypes.c_char * COMM_LEN),
+        ("py_stack_id", ctypes.c_int64),
     ]
 
 
@@ -101,6 +106,7 @@ class OffCpuStart(ctypes.Structure):
         ("user_stack_id", ctypes.c_int64),
         ("kernel_stack_id", ctypes.c_int64),
         ("comm", ctypes.c_char * COMM_LEN),
+        ("py_stack_id", ctypes.c_int64),
     ]
 
 
@@ -108,6 +114,12 @@ class PidEvent(ctypes.Structure):
     """Mirror of struct pid_event (bpf/cpu.h)."""
 
     _fields_ = [("pid", ctypes.c_uint32), ("kind", ctypes.c_uint32)]
+
+
+class PyStackEvent(ctypes.Structure):
+    """Mirror of struct py_stack_event (bpf/cpu.h)."""
+
+    _fields_ = [("pid", ctypes.c_uint32), ("kind", ctypes.c_uint32), ("stack_id", ctypes.c_int64)]
 
 
 def check_config(config: CpuConfig) -> None:
@@ -173,8 +185,11 @@ class ProcessWatch:
     first capture may come before the dynamic loader has mapped the libraries.
     """
 
-    def __init__(self, symbolizer: Symbolizer) -> None:
+    def __init__(
+        self, symbolizer: Symbolizer, on_capture: Callable[[int], None] | None = None
+    ) -> None:
         self.symbolizer = symbolizer
+        self.on_capture = on_capture  # told of every capture (Python interpreters are found so)
         self.processes: dict[int, ProcessInfo] = {}
         self._due: list[tuple[float, int]] = []
 
@@ -190,6 +205,8 @@ class ProcessWatch:
         # An exiting process has no exe left: keep what was read while it ran.
         if info is not None and (info.exe or pid not in self.processes):
             self.processes[pid] = info
+        if self.on_capture is not None:
+            self.on_capture(pid)
 
     def next_due_in(self) -> float | None:
         """Seconds until the next recapture is due, or None when none is pending."""
@@ -211,7 +228,11 @@ class FramePointerSampler:
         self.obj: BpfObject | None = None
         self.use_btf = features.tp_btf_supported()
         self.events: RingBuffer | None = None
-        self.watch = ProcessWatch(symbolizer)
+        # Python frames: processes registered as seen, stacks named as they are first stored.
+        self.python = PythonFrames() if config.python and config.user_stacks else None
+        self._files = OpenFiles()
+        self._py_named: dict[tuple[int, int], tuple[PyFrame, ...]] = {}
+        self.watch = ProcessWatch(symbolizer, self._register_python if self.python else None)
         self.stopped_ns = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns) when sampling stopped
         self.attached_ns = 0  # CLOCK_MONOTONIC once every program was attached
         self.marks: dict[int, ThreadMark] = {}  # target threads at the start (off-CPU, -p)
@@ -225,6 +246,7 @@ class FramePointerSampler:
             user_stacks=int(self.config.user_stacks),
             kernel_stacks=int(self.config.kernel_stacks),
             min_block_ns=self.config.min_block_us * 1000,
+            python_frames=int(self.python is not None),
         )
         return values
 
@@ -249,6 +271,8 @@ class FramePointerSampler:
         for prog in self._unused_programs(targets):
             obj.disable(prog)
         obj.load()
+        if self.python is not None:
+            self.python.attach(obj)
         targets.attach(obj)
         self.events = RingBuffer(obj.map("pid_events"), self._on_pid_event)
         for prog in PID_PROGRAMS:
@@ -277,7 +301,37 @@ class FramePointerSampler:
 
     def _on_pid_event(self, data: bytes) -> None:
         event = PidEvent.from_buffer_copy(data[: ctypes.sizeof(PidEvent)])
+        if event.kind == PID_PY_STACK:
+            self._name_python_stack(
+                PyStackEvent.from_buffer_copy(data[: ctypes.sizeof(PyStackEvent)])
+            )
+            return
         self.watch.remember(event.pid)
+
+    def _register_python(self, pid: int) -> None:
+        assert self.python is not None
+        self.python.register_if_python(pid, self._files)
+
+    def _name_python_stack(self, event: PyStackEvent) -> None:
+        """A Python stack stored for the first time: name its code objects now, while the
+        process lives (the aggregates are read only at the end)."""
+        key = (int(event.pid), int(event.stack_id))
+        if self.python is None or key in self._py_named:
+            return
+        words = self._read_stacks({key[1]}).get(key[1])
+        if words:
+            self._py_named[key] = self.python.resolve_words(key[0], words)
+
+    def _python_frames(
+        self, key: CpuKey, stacks: dict[int, tuple[int, ...]]
+    ) -> tuple[PyFrame, ...]:
+        if self.python is None or key.py_stack_id < 0:
+            return ()
+        named = self._py_named.get((key.pid, key.py_stack_id))
+        if named is None:
+            named = self.python.resolve_words(key.pid, stacks.get(key.py_stack_id, ()))
+            self._py_named[(key.pid, key.py_stack_id)] = named
+        return named
 
     def poll(self, timeout_s: float) -> None:
         due = self.watch.next_due_in()
@@ -306,7 +360,12 @@ class FramePointerSampler:
         """Root-first frames of keys from `raw_counts` (while the object is still open)."""
         cpu_keys = {
             raw: CpuKey(
-                pid=raw[0], tid=raw[1], user_stack_id=raw[2], kernel_stack_id=raw[3], comm=raw[4]
+                pid=raw[0],
+                tid=raw[1],
+                user_stack_id=raw[2],
+                kernel_stack_id=raw[3],
+                comm=raw[4],
+                py_stack_id=-errno.EFAULT,
             )
             for raw in keys
         }
@@ -342,12 +401,17 @@ class FramePointerSampler:
         raw = self._read_raw()
         lost = self._read_drops()
         whole_run = self._blocked_whole_run()
-        return SampledStacks(
+        sampled = SampledStacks(
             on_cpu=self._symbolize_counts(raw.on_cpu, raw.stacks),
             off_cpu=merge_stacks(self._symbolize_blocked(raw.off_cpu, raw.stacks) + whole_run),
             lost=lost,
             notes=self._still_blocked_note(raw) + self._whole_run_note(whole_run),
         )
+        if self.python is not None:
+            sampled.notes += self.python.notes()
+            self.python.close()
+        self._files.close()
+        return sampled
 
     def _still_blocked_note(self, raw: _RawCounts) -> tuple[str, ...]:
         if not self.config.off_cpu:
@@ -406,7 +470,12 @@ class FramePointerSampler:
         pending = self._blocks_in_progress() if self.config.off_cpu else []
         off_cpu.extend(pending)
         keys = [key for key, _ in on_cpu] + [key for key, _, _ in off_cpu]
-        ids = {i for key in keys for i in (key.user_stack_id, key.kernel_stack_id) if i >= 0}
+        ids = {
+            i
+            for key in keys
+            for i in (key.user_stack_id, key.kernel_stack_id, key.py_stack_id)
+            if i >= 0
+        }
         return _RawCounts(
             on_cpu,
             off_cpu,
@@ -432,6 +501,7 @@ class FramePointerSampler:
                 user_stack_id=start.user_stack_id,
                 kernel_stack_id=start.kernel_stack_id,
                 comm=bytes(start.comm),
+                py_stack_id=start.py_stack_id,
             )
             out.append((key, 1, blocked))
         return out
@@ -455,6 +525,7 @@ class FramePointerSampler:
             key.pid,
             user=_stack_part(key.user_stack_id, stacks),
             kernel=_stack_part(key.kernel_stack_id, stacks),
+            python=self._python_frames(key, stacks),
         )
 
     def _symbolize_counts(
@@ -493,8 +564,10 @@ def stack_frames(
     *,
     user: tuple[int, ...] | None,
     kernel: tuple[int, ...] | None,
+    python: Sequence[PyFrame] = (),
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Root-first frame names and their modules: user frames, then kernel frames.
+    """Root-first frame names and their modules: user frames (Python frames in place of the
+    interpreter's evaluation loop), then kernel frames.
 
     A stack that could not be stored becomes one `[lost stack]` frame, so its samples still count.
     """
@@ -503,8 +576,9 @@ def stack_frames(
     if user is None:
         frames.append(LOST_STACK_FRAME)
         modules.append("")
-    elif user:
-        for name, module in reversed(symbolizer.user_frames(pid, user)):
+    elif user or python:
+        native = symbolizer.user_frames(pid, user) if user else []
+        for name, module in reversed(merge_python_frames(native, python)):
             frames.append(name)
             modules.append(module)
     if kernel is None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ctypes
 from collections import Counter
+from collections.abc import Sequence
 
 from otlp_ebpf import console
+from otlp_ebpf.errors import UsageError
 from otlp_ebpf.runtime.loader import BpfObject
 from otlp_ebpf.symbolize.procmaps import OpenFiles, ProcessMaps
 from otlp_ebpf.symbolize.python import (
@@ -26,6 +28,7 @@ NO_FIELD = 0xFFFF
 STACK_TRUNCATED, STACK_NO_THREAD, STACK_READ_FAILED = 1, 2, 4
 PROCS_MAP = "py_procs"
 TRUNCATED_FRAME = "[python frames truncated]"
+TRUNCATED_MARK = 1  # PY_FRAME_TRUNCATED_MARK: ends a stored stack cut at MAX_FRAMES
 # Fields of struct py_proc after `runtime` and `version`, in order (all u16).
 _OFFSET_FIELDS = (
     "runtime_interpreters_head",
@@ -136,10 +139,41 @@ class PythonFrames:
             if stack.flags & bit:
                 self.flags[reason] += 1
         nr = min(int(stack.nr), MAX_FRAMES)
-        frames = self.reader.frames(pid, interp, list(stack.frames[:nr]))
+        words = list(stack.frames[:nr])
         if stack.flags & STACK_TRUNCATED:
+            words.append(TRUNCATED_MARK)
+        return self.resolve_words(pid, words)
+
+    def resolve_words(self, pid: int, words: Sequence[int]) -> tuple[PyFrame, ...]:
+        """Named frames for a stored Python stack's words (leaf first; a last word
+        TRUNCATED_MARK says the root side is missing)."""
+        interp = self.interpreters.get(pid)
+        if interp is None:
+            return ()
+        truncated = bool(words) and words[-1] == TRUNCATED_MARK
+        if truncated:
+            words = words[:-1]
+        frames = self.reader.frames(pid, interp, words)
+        if truncated:
             frames += (PyFrame(TRUNCATED_FRAME, "", True),)
         return frames
+
+    def register_if_python(self, pid: int, files: OpenFiles) -> None:
+        """Register `pid` when its maps name a Python interpreter (a cheap look at the text of
+        /proc/PID/maps first: most processes are not Python)."""
+        try:
+            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as fh:
+                text = fh.read()
+        except OSError:
+            return
+        if "python" not in text and pid not in self.interpreters:
+            return
+        try:
+            maps = ProcessMaps.capture(pid, files)
+        except UsageError:
+            return
+        if maps.mappings:
+            self.register(pid, maps, files)
 
     def notes(self) -> tuple[str, ...]:
         if not self.interpreters and not self.unsupported:
@@ -148,7 +182,8 @@ class PythonFrames:
         text = (
             f"python: {len(self.interpreters)} CPython processes "
             f"({', '.join(f'{a}.{b}' for a, b in versions) or 'none supported'}), "
-            f"{self.samples} samples, {self.reader.reads} code objects read "
+            + (f"{self.samples} samples, " if self.samples else "")
+            + f"{self.reader.reads} code objects read "
             f"({self.reader.failed} unreadable)"
         )
         if self.flags:
