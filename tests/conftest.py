@@ -95,16 +95,26 @@ def full_disk() -> Iterator[Path]:
 # preempts it. Paste SPIN_CPU_C into a workload and call SPIN_CPU_MS(ms) in the function that
 # should own the time; the clock is read every 20,000 additions, so reading it (a syscall)
 # stays a few percent of the spin.
+# Each spin lasts a pseudo-random 50-150 % of `ms` (the mean is `ms`): a workload with a fixed
+# rhythm locks onto the sampling clock's (rounds of a() 1 ms + b() 1 ms sampled at 499 Hz, a
+# 2.004 ms period, put 56 % of the samples in a() and 35 % in b()).
 SPIN_CPU_C = r"""
 #include <time.h>
 static volatile unsigned long spin_sink;
+static unsigned long spin_seed = 88172645463325252UL;
 __attribute__((noinline)) double thread_cpu_s(void) {
     struct timespec t;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     return t.tv_sec + t.tv_nsec / 1e9;
 }
+static double spin_jitter(void) { /* xorshift64: uniform in [0.5, 1.5) */
+    spin_seed ^= spin_seed << 13;
+    spin_seed ^= spin_seed >> 7;
+    spin_seed ^= spin_seed << 17;
+    return 0.5 + (spin_seed >> 11) * (1.0 / 9007199254740992.0);
+}
 #define SPIN_CPU_MS(ms) do { \
-    double spin_end = thread_cpu_s() + (ms) / 1e3; \
+    double spin_end = thread_cpu_s() + (ms) * spin_jitter() / 1e3; \
     while (thread_cpu_s() < spin_end) \
         for (int spin_i = 0; spin_i < 20000; spin_i++) spin_sink += spin_i; \
 } while (0)

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -324,6 +325,54 @@ def test_diff_gate_finds_the_doubled_function(
     assert run(["diff", base, doubled, "--fail-on-regression", "5"]) == 1
     verdict = capsys.readouterr().err
     assert verdict.startswith("REGRESSION: a self"), verdict
+    assert run(["diff", base, base_again, "--fail-on-regression", "5"]) == 0
+
+
+# hot_a calls the shared helper spin() once per round, hot_b argv[2] times; spin() spins 1 ms of
+# CPU time. From 1 to 3 calls hot_b's time triples while its own (self) time stays nil, and
+# spin's self share stays the whole profile: only hot_b's inclusive share shows the change.
+SHARED_HELPER_C = (
+    SPIN_CPU_C
+    + r"""
+#include <stdlib.h>
+__attribute__((noinline)) void spin(void) { SPIN_CPU_MS(1.0); }
+__attribute__((noinline)) void hot_a(void) { spin(); }
+__attribute__((noinline)) void hot_b(int calls) { for (int i = 0; i < calls; i++) spin(); }
+int main(int argc, char **argv) {
+    int b_calls = atoi(argv[2]);
+    double end = thread_cpu_s() + atof(argv[1]);
+    while (thread_cpu_s() < end) { hot_a(); hot_b(b_calls); }
+    return 0;
+}
+"""
+)
+
+
+def test_default_gate_names_the_caller_that_grew_through_a_shared_helper(
+    tmp_path: Path, cc: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workload = build_c(cc, SHARED_HELPER_C, tmp_path / "shared", *WORKLOAD_FLAGS)
+
+    def snapshot(name: str, b_calls: str) -> str:
+        path = tmp_path / f"{name}.json"
+        argv = ["cpu", "-F", "499", "-o", str(path), "--", str(workload), "1.5", b_calls]
+        assert run(argv) == 0
+        return str(path)
+
+    base, base_again, tripled = snapshot("base", "1"), snapshot("again", "1"), snapshot("new", "3")
+    capsys.readouterr()
+    assert run(["diff", base, tripled, "--fail-on-regression", "5"]) == 1
+    verdict = capsys.readouterr().err
+    assert re.match(
+        r"REGRESSION: hot_b total \d+\.\d\d% -> \d+\.\d\d% \(\+\d+\.\d\d pts; self unchanged\) "
+        r"via spin in cpu",
+        verdict,
+    ), verdict
+    # Narrowed to self shares, nothing moved: the caller's growth is invisible there.
+    assert run(["diff", base, tripled, "--fail-on-regression", "5", "--metric", "self"]) == 0
+    assert run(["diff", base, tripled, "--fail-on-regression", "5", "--metric", "total"]) == 1
+    assert "REGRESSION: hot_b total" in capsys.readouterr().err
+    # Gating both shares does not make unchanged code fail.
     assert run(["diff", base, base_again, "--fail-on-regression", "5"]) == 0
 
 

@@ -261,8 +261,13 @@ def test_off_cpu_shares_weigh_blocked_time() -> None:
         *sides([off_cpu_run(10_000_000, 400)], [off_cpu_run(30_000_000, 400)]),
         DiffOptions(threshold=5.0),
     )
-    assert [s.name for s in report.sections] == ["cpu", "off_cpu"]
-    off = report.sections[1]
+    assert [(s.name, s.metric) for s in report.sections] == [
+        ("cpu", "self"),
+        ("cpu", "total"),
+        ("off_cpu", "self"),
+        ("off_cpu", "total"),
+    ]
+    off = report.sections[2]
     lock = next(r for r in off.rows if r.key == "futex_wait_[k]")
     assert (lock.before, lock.after) == (pytest.approx(50.0), pytest.approx(75.0))
     assert lock.events_before == 800
@@ -270,7 +275,7 @@ def test_off_cpu_shares_weigh_blocked_time() -> None:
     only_off = diff_runs(
         *sides([off_cpu_run(1, 1)], [off_cpu_run(1, 1)]), DiffOptions(profiles=("off_cpu",))
     )
-    assert [s.name for s in only_off.sections] == ["off_cpu"]
+    assert {s.name for s in only_off.sections} == {"off_cpu"}
     with pytest.raises(UsageError, match="no profile page_faults"):
         diff_runs(
             *sides([off_cpu_run(1, 1)], [off_cpu_run(1, 1)]), DiffOptions(profiles=("page_faults",))
@@ -295,11 +300,14 @@ def mem_run(leak_bytes: int) -> MemSnapshot:
 
 
 def test_mem_bytes_use_allocation_counts_for_noise() -> None:
-    report = diff_runs(*sides([mem_run(1_000_000)], [mem_run(3_000_000)]), DiffOptions(threshold=5))
+    report = diff_runs(
+        *sides([mem_run(1_000_000)], [mem_run(3_000_000)]), DiffOptions(metric="self", threshold=5)
+    )
     names = [s.name for s in report.sections]
     assert names == ["outstanding_bytes", "outstanding_objects"]
     # Both stacks end in malloc: its self share cannot move, and callers have no self bytes.
     assert [(r.key, r.delta) for r in report.sections[0].rows] == [("malloc", 0.0)]
+    assert not evaluate(report).failed  # --metric self alone cannot see the caller grow
     by_total = diff_runs(
         *sides([mem_run(1_000_000)], [mem_run(3_000_000)]), DiffOptions(metric="total", threshold=5)
     )
@@ -307,6 +315,53 @@ def test_mem_bytes_use_allocation_counts_for_noise() -> None:
     assert (grown.key, grown.before, grown.after) == ("cache_put", 50.0, 75.0)
     assert grown.events_before == 1000
     assert grown.regression
+
+
+def test_default_gate_names_the_caller_whose_inclusive_share_grew_and_the_path() -> None:
+    # cache_put triples what it allocates through the shared malloc; load stays the same.
+    report = diff_runs(*sides([mem_run(1_000_000)], [mem_run(3_000_000)]), DiffOptions(threshold=5))
+    verdict = evaluate(report)
+    assert verdict.failed
+    assert verdict.reason.startswith(
+        "REGRESSION: cache_put total 50.00% -> 75.00% (+25.00 pts; self unchanged) via malloc "
+        "in outstanding_bytes"
+    ), verdict.reason
+    document = to_document(report, verdict)
+    assert document["metric"] == "self+total"
+    assert document["regressions"][0] == {
+        "section": "outstanding_bytes",
+        "metric": "total",
+        "key": "cache_put",
+        "delta": pytest.approx(25.0),
+        "via": ["malloc"],
+    }
+
+
+def test_growth_path_follows_the_callee_that_grew_until_the_growth_is_self_time() -> None:
+    from otlp_ebpf.analysis.diff import growth_path
+
+    before = {
+        ("w", "main", "hot_a", "spin"): 0.5,
+        ("w", "main", "hot_b", "spin"): 0.45,
+        ("w", "main", "hot_b", "spin", "clock"): 0.05,
+    }
+    after = {
+        ("w", "main", "hot_a", "spin"): 0.25,
+        ("w", "main", "hot_b", "spin"): 0.68,
+        ("w", "main", "hot_b", "spin", "clock"): 0.07,
+    }
+    assert growth_path(before, after, "hot_b") == ("spin",)
+    assert growth_path(before, after, "main") == ("hot_b", "spin")
+    assert growth_path(before, after, "hot_a") == ()
+
+
+def test_a_function_whose_self_time_grew_is_named_by_its_self_share() -> None:
+    # hot grows by its own time: the inclusive rows of its callers grow too, but the verdict
+    # names hot's self share, not a caller.
+    report = diff_runs(
+        *sides([sampled_cpu(1.0, 2000, 1)], [sampled_cpu(2.0, 2000, 2)]), DiffOptions(threshold=5)
+    )
+    assert evaluate(report).reason.startswith("REGRESSION: hot self"), evaluate(report).reason
 
 
 def test_json_document_lists_rows_with_intervals() -> None:

@@ -38,6 +38,7 @@ from otlp_ebpf.model import (
 )
 
 STACK_METRICS = ("self", "total")
+DEFAULT_STACK_METRIC = "self+total"
 UNKNOWN_FRAME = "[unknown]"
 
 
@@ -235,21 +236,27 @@ def stack_sections(
     base: RunSet, new: RunSet, options: DiffOptions
 ) -> tuple[list[DiffSection], list[str]]:
     """Sections for every flame-able profile both sides have (cpu, off_cpu, mem views)."""
-    metric = stack_metric(options)
     base_views = [stack_views(s) for s in base.snapshots]
     new_views = [stack_views(s) for s in new.snapshots]
     names = profile_names(base_views, new_views, options.profiles)
     notes = missing_profile_notes(base_views, new_views, options.profiles)
     sections = []
     for name in names:
-        before = [reduce_stacks(_stacks_of(v, name), options.by, metric) for v in base_views]
-        after = [reduce_stacks(_stacks_of(v, name), options.by, metric) for v in new_views]
-        sections.append(
-            _stack_section(
-                name, _profile_of(base_views + new_views, name), before, after, options, metric
-            )
-        )
+        # By default both self and inclusive (total) shares are gated: a function that grows
+        # by calling a shared helper more keeps its self share, and the helper's self share
+        # is spread over all its callers, so only the caller's total share shows the change.
+        for metric in gated_stack_metrics(options):
+            before = [reduce_stacks(_stacks_of(v, name), options.by, metric) for v in base_views]
+            after = [reduce_stacks(_stacks_of(v, name), options.by, metric) for v in new_views]
+            profile = _profile_of(base_views + new_views, name)
+            sections.append(_stack_section(name, profile, before, after, options, metric))
     return sections, notes
+
+
+def gated_stack_metrics(options: DiffOptions) -> tuple[str, ...]:
+    """The metrics that get a section each: `--metric` narrows to one."""
+    metric = stack_metric(options)
+    return STACK_METRICS if metric == DEFAULT_STACK_METRIC else (metric,)
 
 
 def _stack_section(
@@ -287,8 +294,8 @@ def stack_metric(options: DiffOptions) -> str:
         if options.metric not in ("", "stack"):
             raise UsageError(f"--metric {options.metric} does not apply with --by stack")
         return "stack"
-    metric = options.metric or "self"
-    if metric not in STACK_METRICS:
+    metric = options.metric or DEFAULT_STACK_METRIC
+    if metric not in (*STACK_METRICS, DEFAULT_STACK_METRIC):
         raise UsageError(
             f"--metric {metric} does not apply to stack profiles; use one of: "
             + ", ".join(STACK_METRICS)
@@ -360,6 +367,8 @@ def diff_runs(base: RunSet, new: RunSet, options: DiffOptions) -> DiffReport:
         raise UsageError(f"BASE and NEW share no {base.kind} profile to compare")
     if options.threshold is not None:
         sections = correct_for_many_rows(sections, options)
+        if base.kind not in ("syscalls", "net"):
+            sections = [trace_total_regressions(s, base, new) for s in sections]
     return DiffReport(
         kind=base.kind,
         by=options.by,
@@ -378,14 +387,19 @@ def correct_for_many_rows(sections: list[DiffSection], options: DiffOptions) -> 
     """Keep the gate's false-alarm rate at 1 - confidence for the whole diff, not per row.
 
     A profile has many functions; testing each at 95 % would fail one clean run in several.
-    Holm's step-down runs over every gated row that could exceed the threshold at all
-    (a share that ends below the threshold cannot have grown by more than it)."""
+    Holm's step-down runs over every gated row that could be a regression at all: one that
+    grew by more than the threshold (a share that ends below the threshold, or grew less,
+    cannot be one). Rows that could not fail must not dilute the test of those that can:
+    with self and inclusive shares both gated, most inclusive rows (main's is always 100 %)
+    would otherwise halve the gate's power."""
     candidates = [
         (index, row)
         for index, section in enumerate(sections)
         if section.gated
         for row in section.rows
-        if row.p_beyond is not None and (section.relative or row.after > options.margin)
+        if row.p_beyond is not None
+        and (section.relative or row.after > options.margin)
+        and row.delta > options.margin
     ]
     keep = stats.holm_rejects([row.p_beyond or 0.0 for _, row in candidates], options.confidence)
     demoted = {id(row) for (_, row), passed in zip(candidates, keep, strict=True) if not passed}
@@ -401,6 +415,72 @@ def correct_for_many_rows(sections: list[DiffSection], options: DiffOptions) -> 
         )
         for section in sections
     ]
+
+
+def trace_total_regressions(section: DiffSection, base: RunSet, new: RunSet) -> DiffSection:
+    """Give each function whose inclusive share regressed the callee path its growth came
+    through (`DiffRow.via`), so the verdict can name where to look."""
+    if section.metric != "total" or not any(r.regression for r in section.rows):
+        return section
+    before, after = pooled_stacks(base, section.name), pooled_stacks(new, section.name)
+    rows = tuple(
+        dataclasses.replace(r, via=growth_path(before, after, r.key)) if r.regression else r
+        for r in section.rows
+    )
+    return dataclasses.replace(section, rows=rows)
+
+
+def growth_path(
+    before: Mapping[tuple[str, ...], float],
+    after: Mapping[tuple[str, ...], float],
+    function: str,
+) -> tuple[str, ...]:
+    """From `function` down, follow the callee whose inclusive share grew most, for as long
+    as it grew more than the current frame's own self share did.
+
+    Shares are of the whole profile, paths taken below the first (outermost) occurrence of
+    `function` on each stack, so recursion does not count a stack twice."""
+    below_before, below_after = _below(before, function), _below(after, function)
+    path: tuple[str, ...] = ()
+    while True:
+        self_growth, child_growth = _growth_under(path, below_before, below_after)
+        if not child_growth:
+            return path
+        child, growth = max(child_growth.items(), key=lambda item: (item[1], item[0]))
+        if growth <= 0 or growth <= self_growth:
+            return path
+        path = (*path, child)
+
+
+def _below(stacks: Mapping[tuple[str, ...], float], function: str) -> dict[tuple[str, ...], float]:
+    """Callee paths below `function` (the comm at index 0 is not a frame) -> share."""
+    suffixes: dict[tuple[str, ...], float] = {}
+    for path, share in stacks.items():
+        frames = path[1:]
+        if function in frames:
+            suffix = frames[frames.index(function) + 1 :]
+            suffixes[suffix] = suffixes.get(suffix, 0.0) + share
+    return suffixes
+
+
+def _growth_under(
+    prefix: tuple[str, ...],
+    before: Mapping[tuple[str, ...], float],
+    after: Mapping[tuple[str, ...], float],
+) -> tuple[float, dict[str, float]]:
+    """Growth of `prefix`'s own self share, and of each direct callee's inclusive share."""
+    self_growth = 0.0
+    children: dict[str, float] = {}
+    for side, sign in ((after, 1.0), (before, -1.0)):
+        for suffix, share in side.items():
+            if suffix[: len(prefix)] != prefix:
+                continue
+            if len(suffix) == len(prefix):
+                self_growth += sign * share
+            else:
+                child = suffix[len(prefix)]
+                children[child] = children.get(child, 0.0) + sign * share
+    return self_growth, children
 
 
 def pooled_stacks(runs: RunSet, profile: str) -> dict[tuple[str, ...], float]:

@@ -35,7 +35,9 @@ class DiffRow:
 
     Values are in the section's unit: share points for shares, percent of BASE for relative
     metrics (latency, rates). `other` is the companion value shown next to the gated one
-    (inclusive share beside self share), or None."""
+    (inclusive share beside self share), or None. `via` is, for a function whose inclusive
+    share regressed, the callee path below it through which most of the growth came (empty
+    when the growth is its own self time)."""
 
     key: str
     before: float
@@ -49,6 +51,7 @@ class DiffRow:
     events_before: int = 0
     events_after: int = 0
     other: tuple[float, float] | None = None
+    via: tuple[str, ...] = ()
 
     @property
     def confidence(self) -> float | None:

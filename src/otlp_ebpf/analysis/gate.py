@@ -20,9 +20,10 @@ class Verdict:
 
 
 def flagged_rows(report: DiffReport) -> list[tuple[DiffSection, DiffRow]]:
-    """Every row of a gated section that grew beyond the threshold and the noise, worst first."""
+    """Every row of a gated section that grew beyond the threshold and the noise, worst first
+    (on a tie, a self share before an inclusive one: it is the more precise place)."""
     found = [(s, r) for s in report.sections if s.gated for r in s.rows if r.regression]
-    return sorted(found, key=lambda pair: -pair[1].delta)
+    return sorted(found, key=lambda pair: (-pair[1].delta, pair[0].metric == "total"))
 
 
 def evaluate(report: DiffReport) -> Verdict:
@@ -32,16 +33,57 @@ def evaluate(report: DiffReport) -> Verdict:
         return Verdict(False, None, _summary_without_gate(report))
     flagged = flagged_rows(report)
     if flagged:
-        section, worst = flagged[0]
+        section, worst = _origin(flagged[0], flagged)
         more = f" (+{len(flagged) - 1} more)" if len(flagged) > 1 else ""
         reason = (
             f"REGRESSION: {worst.key} {section.metric} {_fmt(worst.before, section)} -> "
-            f"{_fmt(worst.after, section)} ({_signed(worst.delta, section)}) in {section.name}, "
+            f"{_fmt(worst.after, section)} ({_signed(worst.delta, section)}"
+            f"{_self_note(worst, section, report, threshold)}){_via(worst)} in {section.name}, "
             f"beyond the {threshold:g} {section.delta_unit} threshold"
             f"{_confidence_note(worst, report)}{more}"
         )
         return Verdict(True, threshold, reason, tuple(flagged))
     return Verdict(False, threshold, _pass_reason(report, threshold))
+
+
+def _origin(
+    worst: tuple[DiffSection, DiffRow], flagged: list[tuple[DiffSection, DiffRow]]
+) -> tuple[DiffSection, DiffRow]:
+    """Where a regression of inclusive share comes from. Growth below a function shows in
+    every caller above it: walk down the growth path while the next callee regressed too,
+    then prefer that function's self row when its own time is what grew."""
+    section, row = worst
+    if section.metric != "total":
+        return worst
+    regressed = {(s.name, s.metric, r.key): (s, r) for s, r in flagged}
+    while row.via and (section.name, "total", row.via[0]) in regressed:
+        section, row = regressed[(section.name, "total", row.via[0])]
+    if not row.via and (section.name, "self", row.key) in regressed:
+        return regressed[(section.name, "self", row.key)]
+    return section, row
+
+
+def _self_note(row: DiffRow, section: DiffSection, report: DiffReport, threshold: float) -> str:
+    """Beside a regression of inclusive share: what the function's own time did."""
+    if section.metric != "total":
+        return ""
+    own = next(
+        (
+            r
+            for s in report.sections
+            if s.name == section.name and s.metric == "self"
+            for r in s.rows
+            if r.key == row.key
+        ),
+        None,
+    )
+    if own is None or (not own.regression and abs(own.delta) <= threshold):
+        return "; self unchanged"
+    return f"; self {_signed(own.delta, section)}"
+
+
+def _via(row: DiffRow) -> str:
+    return f" via {';'.join(row.via)}" if row.via else ""
 
 
 def _pass_reason(report: DiffReport, threshold: float) -> str:
@@ -110,7 +152,13 @@ def to_document(report: DiffReport, verdict: Verdict) -> dict[str, Any]:
         "repeated": report.repeated,
         "notes": list(report.notes),
         "regressions": [
-            {"section": s.name, "key": r.key, "delta": _finite(r.delta)}
+            {
+                "section": s.name,
+                "metric": s.metric,
+                "key": r.key,
+                "delta": _finite(r.delta),
+                "via": list(r.via),
+            }
             for s, r in verdict.regressions
         ],
         "sections": [_section_document(s) for s in report.sections],
@@ -148,6 +196,8 @@ def _row_document(row: DiffRow, section: DiffSection) -> dict[str, Any]:
         "confidence": row.confidence,
         "regression": row.regression,
     }
+    if row.via:
+        doc["via"] = list(row.via)
     if row.events_before or row.events_after:
         doc["events"] = [row.events_before, row.events_after]
     if section.other_label and row.other is not None:

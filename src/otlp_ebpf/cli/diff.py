@@ -114,7 +114,9 @@ def diff_command(
             "--metric",
             metavar="NAME",
             help="What the gate judges: self|total (cpu, mem), calls|errors|p50|p99 "
-            "(syscalls), bytes|retransmits (net). Default: the first of each.",
+            "(syscalls), bytes|retransmits (net). Default: self and total shares for cpu "
+            "and mem (a caller that grows through a shared helper shows in total only), "
+            "calls for syscalls, bytes for net.",
         ),
     ] = "",
     profile: Annotated[
@@ -315,11 +317,17 @@ def _write_folded(path: str, report: DiffReport, base: RunSet, new: RunSet) -> N
     from otlp_ebpf.analysis.diff import summed_stacks
     from otlp_ebpf.formatters.diff_folded import render_diff_folded
 
-    name = report.sections[0].name
-    if len(report.sections) > 1:
+    names = profiles_of(report)
+    name = names[0]
+    if len(names) > 1:
         console.status(f"{path}: folded holds one profile; writing {name} (choose with --profile)")
     before, after = summed_stacks(base, name), summed_stacks(new, name)
     write_text(path, lambda s: render_diff_folded(before, after, s))
+
+
+def profiles_of(report: DiffReport) -> list[str]:
+    """Each profile once, in report order (self and total sections share a profile)."""
+    return list(dict.fromkeys(s.name for s in report.sections))
 
 
 def _write_flamegraph(
@@ -329,7 +337,7 @@ def _write_flamegraph(
     from otlp_ebpf.formatters import diff_flamegraph
 
     units = profile_units(new) | profile_units(base)
-    wanted = [(s.name, units[s.name]) for s in report.sections]
+    wanted = [(name, units[name]) for name in profiles_of(report)]
     trees = diff_flamegraph.differential_trees(base, new, wanted, reverse=config.reverse)
     widths = "BASE" if config.reverse else "NEW"
     title = f"{report.kind} diff: {_side(report.base)} -> {_side(report.new)} (widths: {widths})"
