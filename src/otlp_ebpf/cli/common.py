@@ -25,6 +25,7 @@ from otlp_ebpf.model import Snapshot
 from otlp_ebpf.targets import TargetSpec
 
 if TYPE_CHECKING:
+    from otlp_ebpf.export.interval import IntervalExporter
     from otlp_ebpf.formatters.registry import OutputFormat
 
 # ---------------------------------------------------------------- option rules
@@ -336,24 +337,24 @@ def interval_exporter(
     duration: float | None,
     interval: float | None,
     cmdline: CmdlinePolicy = CmdlinePolicy.REDACT,
-) -> Callable[[Snapshot], None] | None:
-    """With --otlp, --interval and no --duration, push the cumulative snapshot every interval.
-    A failed push spills its batch (for `push`) and the run goes on: nothing is lost."""
+) -> IntervalExporter | None:
+    """With --otlp, --interval and no --duration, push the cumulative snapshot every interval,
+    off the collection loop (export/interval.py): an unreachable collector costs one spill
+    file per outage and never holds up the run or Ctrl-C. The command hands the final
+    snapshot to its `finish`."""
     if not (url and interval and duration is None):
         return None
-    from otlp_ebpf.errors import OtlpEbpfError
     from otlp_ebpf.export.config import OtlpConfig
-    from otlp_ebpf.export.deliver import deliver
+    from otlp_ebpf.export.interval import IntervalExporter
 
     config = OtlpConfig.from_cli(None if url == OTLP_DEFAULT else url)
+    return IntervalExporter(config, prepare=lambda snapshot: with_cmdlines(snapshot, cmdline))
 
-    def push(snapshot: Snapshot) -> None:
-        try:
-            deliver(with_cmdlines(snapshot, cmdline), config)
-        except OtlpEbpfError as exc:
-            console.warn(f"interval export failed, run continues: {exc.message}")
 
-    return push
+def finish_interval_export(exporter: IntervalExporter | None, snapshot: Snapshot) -> None:
+    """The final push of a run with periodic export (after `finish`, which then had no URL)."""
+    if exporter is not None:
+        exporter.finish(snapshot)
 
 
 def validate_otlp(url: str | None, otlp_file: str | None) -> None:

@@ -70,11 +70,8 @@ def register(app: typer.Typer) -> None:
         )
         live = _live_view(top or 20) if interval and not as_json else None
         console.status(f"tracing TCP ({', '.join(config.targets.describe())}); Ctrl-C to stop")
-        snapshot = collect(
-            config,
-            on_interval=live,
-            on_partial=common.interval_exporter(otlp, duration, interval, cmdline),
-        )
+        exporter = common.interval_exporter(otlp, duration, interval, cmdline)
+        snapshot = collect(config, on_interval=live, on_partial=exporter)
 
         def show(snap: Snapshot) -> None:
             from otlp_ebpf.formatters import net_table
@@ -82,17 +79,20 @@ def register(app: typer.Typer) -> None:
             assert isinstance(snap, NetSnapshot)
             net_table.render_table(snap, console.out, top=top or None)
 
-        return common.finish(
-            snapshot,
-            outputs,
-            as_json=as_json,
-            otlp_url=otlp,
-            otlp_file=otlp_file,
-            show=show,
-            events=len(snapshot.connections),
-            what="connections",
-            cmdline=cmdline,
-        )
+        try:
+            return common.finish(
+                snapshot,
+                outputs,
+                as_json=as_json,
+                otlp_url=None if exporter else otlp,
+                otlp_file=otlp_file,
+                show=show,
+                events=len(snapshot.connections),
+                what="connections",
+                cmdline=cmdline,
+            )
+        finally:
+            common.finish_interval_export(exporter, snapshot)
 
 
 def _live_view(top: int) -> Callable[[list[Connection], float], None]:

@@ -69,11 +69,8 @@ def register(app: typer.Typer) -> None:
         )
         live = _live_view(by_process, top) if interval and not as_json else None
         console.status(f"tracing syscalls ({', '.join(config.targets.describe())}); Ctrl-C to stop")
-        snapshot = collect(
-            config,
-            on_interval=live,
-            on_partial=common.interval_exporter(otlp, duration, interval, cmdline),
-        )
+        exporter = common.interval_exporter(otlp, duration, interval, cmdline)
+        snapshot = collect(config, on_interval=live, on_partial=exporter)
 
         def show(snap: Snapshot) -> None:
             from otlp_ebpf.formatters import syscalls_table
@@ -83,17 +80,20 @@ def register(app: typer.Typer) -> None:
             if latency:
                 syscalls_table.render_latency(snap, latency, console.out)
 
-        return common.finish(
-            snapshot,
-            outputs,
-            as_json=as_json,
-            otlp_url=otlp,
-            otlp_file=otlp_file,
-            show=show,
-            events=sum(s.count for s in snapshot.syscalls),
-            what="syscalls",
-            cmdline=cmdline,
-        )
+        try:
+            return common.finish(
+                snapshot,
+                outputs,
+                as_json=as_json,
+                otlp_url=None if exporter else otlp,
+                otlp_file=otlp_file,
+                show=show,
+                events=sum(s.count for s in snapshot.syscalls),
+                what="syscalls",
+                cmdline=cmdline,
+            )
+        finally:
+            common.finish_interval_export(exporter, snapshot)
 
 
 def _live_view(by_process: bool, top: int) -> Callable[[list[SyscallStat], float], None]:

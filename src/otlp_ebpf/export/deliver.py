@@ -30,7 +30,7 @@ from otlp_ebpf.model import Snapshot
 
 
 @dataclass(frozen=True)
-class _Failure:
+class Failure:
     request: EncodedRequest
     target: SignalTarget
     reason: str
@@ -42,7 +42,19 @@ def deliver(snapshot: Snapshot, config: OtlpConfig, *, spill_dir: str = ".") -> 
     On final failure the undelivered requests are saved to a spill file (named on stderr) and
     RuntimeFailure is raised.
     """
-    failures: list[_Failure] = []
+    sent, failures = send_snapshot(snapshot, config)
+    if not sent and not failures:
+        console.status(f"OTLP: the {snapshot.kind} snapshot has nothing to send")
+    if failures:
+        path = spill([f.request for f in failures], snapshot.kind, spill_dir)
+        console.warn(f"OTLP delivery failed; saved to {path} (resend with: otlp-ebpf push {path})")
+        raise RuntimeFailure(failure_message(failures), hint=f"the data is kept in {path}")
+
+
+def send_snapshot(snapshot: Snapshot, config: OtlpConfig) -> tuple[list[str], list[Failure]]:
+    """Try every request of `snapshot` once (with the transport's retries); what was sent
+    and what failed, nothing spilled."""
+    failures: list[Failure] = []
     sent: list[str] = []
     content = snapshot_requests(snapshot, config.resource_attributes)
     for request in content.encoded():
@@ -53,12 +65,7 @@ def deliver(snapshot: Snapshot, config: OtlpConfig, *, spill_dir: str = ".") -> 
         else:
             send = partial(send_request, request.payload, target)
         _send(send, request, target, sent, failures)
-    if not sent and not failures:
-        console.status(f"OTLP: the {snapshot.kind} snapshot has nothing to send")
-    if failures:
-        path = spill([f.request for f in failures], snapshot.kind, spill_dir)
-        console.warn(f"OTLP delivery failed; saved to {path} (resend with: otlp-ebpf push {path})")
-        raise RuntimeFailure(_failure_message(failures), hint=f"the data is kept in {path}")
+    return sent, failures
 
 
 def deliver_file(path: str, config: OtlpConfig) -> None:
@@ -68,7 +75,7 @@ def deliver_file(path: str, config: OtlpConfig) -> None:
     be delivered. The file then keeps only what was not delivered, so pushing it again never
     sends a batch twice.
     """
-    failures: list[_Failure] = []
+    failures: list[Failure] = []
     sent: list[str] = []
     for request in read_request_file(path):
         target = config.target(request.signal)
@@ -77,7 +84,7 @@ def deliver_file(path: str, config: OtlpConfig) -> None:
         if sent:
             undelivered = [f.request for f in failures]
             write_atomically(path, lambda stream: write_requests(undelivered, stream))
-        raise RuntimeFailure(f"{path}: {_failure_message(failures)}")
+        raise RuntimeFailure(f"{path}: {failure_message(failures)}")
 
 
 def _send(
@@ -85,18 +92,18 @@ def _send(
     request: EncodedRequest,
     target: SignalTarget,
     sent: list[str],
-    failures: list[_Failure],
+    failures: list[Failure],
 ) -> None:
     try:
         send()
     except ExportFailed as exc:
-        failures.append(_Failure(request, target, exc.reason))
+        failures.append(Failure(request, target, exc.reason))
         return
     sent.append(request.signal)
     console.status(f"OTLP: sent {request.signal} to {target.describe()}")
 
 
-def _failure_message(failures: list[_Failure]) -> str:
+def failure_message(failures: list[Failure]) -> str:
     return "; ".join(
         f"OTLP {f.request.signal} export to {f.target.describe()} failed: {f.reason}"
         for f in failures
