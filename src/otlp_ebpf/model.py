@@ -419,15 +419,48 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class FieldError(ValueError):
+    """A bad value in a snapshot, with the path of the field that holds it."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
 def _build(cls: type, data: Mapping[str, Any]) -> Any:
-    """Construct dataclass `cls` from a JSON mapping, recursing into nested dataclasses."""
+    """Construct dataclass `cls` from a JSON mapping, recursing into nested dataclasses.
+    A bad value raises FieldError naming its field (`stacks[3].count`)."""
     hints = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
     for name, fld in hints.items():
         if name not in data:
             continue
-        kwargs[name] = _convert(fld.type, data[name])
+        try:
+            kwargs[name] = _convert(fld.type, data[name])
+        except FieldError as exc:
+            raise FieldError(_prefix(name, exc.path), exc.problem) from None
+        except ValueError as exc:
+            raise FieldError(name, str(exc)) from None
     return cls(**kwargs)
+
+
+def _prefix(head: str, inner: str) -> str:
+    """`stacks` + `[3].count`, or `self_cost` + `cpu_s` -> `self_cost.cpu_s`."""
+    return f"{head}{inner}" if inner.startswith("[") else f"{head}.{inner}"
+
+
+def _each(items: list[Any], convert: Any) -> tuple[Any, ...]:
+    """Convert list items, naming the index of a bad one."""
+    out = []
+    for index, item in enumerate(items):
+        try:
+            out.append(convert(item))
+        except FieldError as exc:
+            raise FieldError(_prefix(f"[{index}]", exc.path), exc.problem) from None
+        except ValueError as exc:
+            raise FieldError(f"[{index}]", str(exc)) from None
+    return tuple(out)
 
 
 _NESTED: dict[str, type] = {
@@ -450,22 +483,37 @@ def _convert(annotation: Any, value: Any) -> Any:
         if text == name:
             return _build(cls, _expect(value, dict, name))
         if text.startswith("tuple[") and name in text:
-            return tuple(_build(cls, _expect(v, dict, name)) for v in _expect(value, list, text))
+            items = _expect(value, list, text)
+            return _each(items, lambda v, c=cls, n=name: _build(c, _expect(v, dict, n)))
     if text.startswith("tuple["):
         item = text[len("tuple[") :].split(",")[0].strip()
-        return tuple(_scalar(item, v) for v in _expect(value, list, text))
+        return _each(_expect(value, list, text), lambda v: _scalar(item, v))
     if text.startswith("Mapping["):
         item = text[len("Mapping[") : -1].split(",")[1].strip()
-        return {str(k): _scalar(item, v) for k, v in _expect(value, dict, text).items()}
+        converted = {}
+        for key, v in _expect(value, dict, text).items():
+            try:
+                converted[str(key)] = _scalar(item, v)
+            except ValueError as exc:
+                raise FieldError(f"[{str(key)[:40]!r}]", str(exc)) from None
+        return converted
+    if text == "int | None":
+        return None if value is None else _scalar("signed int", value)
     return _scalar(text, value)
 
 
 _SCALARS: dict[str, tuple[type, ...]] = {
     "int": (int,),
+    "signed int": (int,),
     "float": (int, float),
     "str": (str,),
     "bool": (bool,),
 }
+# Every count, size, duration and time in a snapshot is at least 0 and fits the kernel's u64
+# counters (the one signed number, a command's exit status, is "signed int"). A negative
+# histogram bucket, a duration of -1 or 1e308, NaN: bad input, refused when the file is read,
+# not an internal error in a renderer later.
+_LARGEST = float(2**64)
 
 
 def _scalar(type_name: str, value: Any) -> Any:
@@ -475,6 +523,10 @@ def _scalar(type_name: str, value: Any) -> Any:
     fits = isinstance(value, allowed) and (type_name == "bool" or not isinstance(value, bool))
     if not fits:
         raise ValueError(f"expected {type_name}, got {type(value).__name__} {value!r:.40}")
+    if type_name in ("int", "float") and not (0 <= value < _LARGEST):
+        raise ValueError(f"expected a number from 0 to 2**64, got {value!r:.40}")
+    if type_name == "signed int" and not (-_LARGEST < value < _LARGEST):
+        raise ValueError(f"expected a number within +-2**64, got {value!r:.40}")
     return float(value) if type_name == "float" else value
 
 

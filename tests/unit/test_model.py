@@ -149,3 +149,65 @@ def test_integers_are_accepted_where_floats_are_expected():
     data = CpuSnapshot(**COMMON).to_dict()
     data["duration_s"] = 3
     assert snapshot_from_dict(data).duration_s == 3.0
+
+
+def _syscalls_file(tmp_path, patch_stat=None, **patch):
+    import json
+
+    data = {
+        "kind": "syscalls",
+        "version": 1,
+        **COMMON,
+        "syscalls": [
+            {
+                "pid": 1,
+                "comm": "x",
+                "name": "read",
+                "count": 3,
+                "errors": 0,
+                "errno": {},
+                "total_ns": 10,
+                "p50_ns": 1,
+                "p99_ns": 2,
+                "max_ns": 3,
+                "hist": [1, 2],
+            }
+        ],
+    }
+    data.update(patch)
+    data["syscalls"][0].update(patch_stat or {})
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("patch", "stat_patch", "field"),
+    [
+        ({"duration_s": -1}, None, "duration_s"),
+        ({"duration_s": 1e308}, None, "duration_s"),
+        ({"duration_s": float("nan")}, None, "duration_s"),
+        ({"lost_events": {"ring buffer full": -3}}, None, "lost_events['ring buffer full']"),
+        ({}, {"hist": [1, -2]}, "syscalls[0].hist[1]"),
+        ({}, {"count": -3}, "syscalls[0].count"),
+        ({}, {"errno": {"ENOENT": -1}}, "syscalls[0].errno['ENOENT']"),
+    ],
+)
+def test_impossible_numbers_are_refused_on_load_naming_the_field(
+    tmp_path, capsys, patch, stat_patch, field
+):
+    from otlp_ebpf.cli.app import run
+
+    path = _syscalls_file(tmp_path, stat_patch, **patch)
+    assert run(["report", path]) == 2
+    err = capsys.readouterr().err
+    assert f"malformed syscalls snapshot: {field}: expected a number from 0" in err, err
+    assert "internal error" not in err
+
+
+def test_a_command_exit_status_may_be_negative():
+    data = CpuSnapshot(**COMMON, command_exit=-9).to_dict()
+    assert snapshot_from_dict(data).command_exit == -9
+    data["command_exit"] = "9"
+    with pytest.raises(UsageError, match="command_exit"):
+        snapshot_from_dict(data)
