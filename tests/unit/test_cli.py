@@ -137,3 +137,47 @@ def test_an_internal_error_is_one_short_line(tmp_path, monkeypatch, capsys):
     assert run(["report", str(snap)]) == 1
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "internal error" in ln]
     assert len(line) < 400 and line.endswith("(rerun with --debug)")
+
+
+def test_help_lists_collectors_then_snapshot_readers_then_the_rest(capsys):
+    from otlp_ebpf.cli.app import COMMAND_MODULES
+
+    assert run(["--help"]) == 0
+    out = capsys.readouterr().out
+    listed = [name for name in COMMAND_MODULES if f" {name} " in out]
+    assert sorted(listed, key=out.index) == COMMAND_MODULES
+    assert COMMAND_MODULES[:4] == ["cpu", "syscalls", "net", "mem"]
+    assert COMMAND_MODULES.index("report") < COMMAND_MODULES.index("diff")
+    assert COMMAND_MODULES[-1] == "doctor"
+
+
+def test_quiet_works_after_the_command_name(tmp_path, capsys):
+    from otlp_ebpf.model import write_snapshot
+
+    path = tmp_path / "s.json"
+    with path.open("w") as fh:
+        write_snapshot(CpuSnapshot(started_at="t", duration_s=1.0, host="h"), fh)
+    assert run(["report", str(path)]) == 0
+    assert "samples" in capsys.readouterr().err  # the summary line
+    for argv in (
+        ["-q", "report", str(path)],
+        ["report", str(path), "-q"],
+        ["report", "--quiet", str(path)],
+    ):
+        assert run(argv) == 0, argv
+        assert capsys.readouterr().err == "", argv
+
+
+def test_global_flags_after_the_separator_belong_to_the_launched_command():
+    from otlp_ebpf.cli.app import global_flags_first
+
+    assert global_flags_first(["cpu", "-d", "1", "-q"]) == ["-q", "cpu", "-d", "1"]
+    assert global_flags_first(["cpu", "--debug", "--", "grep", "-q", "x"]) == [
+        "--debug",
+        "cpu",
+        "--",
+        "grep",
+        "-q",
+        "x",
+    ]
+    assert global_flags_first(["-q", "cpu"]) == ["-q", "cpu"]

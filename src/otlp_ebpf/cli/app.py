@@ -14,18 +14,16 @@ from otlp_ebpf import __version__, console, stopping
 from otlp_ebpf.errors import EXIT_RUNTIME, OtlpEbpfError
 
 # One module per command; each exposes `register(app)`. Heavy imports stay inside the
-# command bodies so `otlp-ebpf --help` is instant.
-COMMAND_MODULES = [
-    "cpu",
-    "report",
-    "doctor",
-    "syscalls",
-    "net",
-    "diff",
-    "push",
-    "mem",
-    "record",
-]
+# command bodies so `otlp-ebpf --help` is instant. `--help` lists the commands in this order:
+# what collects, then what reads snapshots, then what runs the tool as a service or checks
+# the machine. A new command goes into its group (analyze and ask after diff, agent before
+# doctor).
+COLLECTORS = ["cpu", "syscalls", "net", "mem", "record"]
+SNAPSHOT_READERS = ["report", "diff", "push"]
+OPERATIONS = ["doctor"]
+COMMAND_MODULES = [*COLLECTORS, *SNAPSHOT_READERS, *OPERATIONS]
+# Options of the app itself that users also type after the command name (`cpu -q ...`).
+GLOBAL_FLAGS = frozenset({"-q", "--quiet", "--debug"})
 
 app = typer.Typer(
     name="otlp-ebpf",
@@ -97,9 +95,25 @@ def optional_otlp_value(args: list[str]) -> list[str]:
     return out
 
 
+def global_flags_first(args: list[str]) -> list[str]:
+    """`otlp-ebpf cpu -q -d 5` as `otlp-ebpf -q cpu -d 5`: click only takes the app's own
+    flags before the command name. Nothing after `--` moves: it belongs to the launched
+    command."""
+    command_at = next((i for i, a in enumerate(args) if a in COMMAND_MODULES), None)
+    if command_at is None:
+        return args
+    end = args.index("--") if "--" in args else len(args)
+    moved = [a for a in args[command_at + 1 : end] if a in GLOBAL_FLAGS]
+    if not moved:
+        return args
+    kept = [a for a in args[command_at + 1 : end] if a not in GLOBAL_FLAGS]
+    return [*args[:command_at], *moved, args[command_at], *kept, *args[end:]]
+
+
 def run(args: list[str] | None = None) -> int:
     """Run the CLI and return the exit code instead of exiting (used by main and tests)."""
     args = optional_otlp_value(sys.argv[1:] if args is None else list(args))
+    args = global_flags_first(args)
     installed_here = stopping.install()  # main() installed them already; tests call run()
     try:
         return _run(args)
