@@ -49,6 +49,11 @@ class SafeConsole(Console):
         super().__init__(*args, **kwargs)
         self._mask_urls = mask_urls
 
+    def print_json(self, json: str | None = None, **kwargs: Any) -> None:
+        # Every character outside ASCII as a \\u escape: JSON stays valid and exact for
+        # `| jq`, and nothing is left for the control-character escaping to change.
+        super().print_json(json, **{**kwargs, "ensure_ascii": True})
+
     def render_str(self, text: str, **kwargs: Any) -> Text:
         return super().render_str(escape_controls(text), **kwargs)
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
+import pytest
 from rich.text import Text
 
 from otlp_ebpf import console
+from otlp_ebpf.cli.app import run
 from otlp_ebpf.formatters import cpu_table
 from otlp_ebpf.model import CpuSnapshot, StackCount
 from tests.unit.formatter_fixtures import COMMON
@@ -52,3 +56,19 @@ def test_bytes_of_argv_that_are_not_utf8_print_as_escapes() -> None:
     term = terminal(color=False)
     term.print("./prog\udcff")
     assert term.file.getvalue() == "./prog\\xff\n"  # type: ignore[attr-defined]
+
+
+def test_json_on_stdout_stays_exact_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    snap = CpuSnapshot(
+        **COMMON, samples_total=3, stacks=(StackCount(1, 1, HOSTILE, ("main", HOSTILE), 3),)
+    )
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(snap.to_dict()))
+
+    assert run(["report", "--json", str(path)]) == 0
+
+    out = capsys.readouterr().out
+    assert json.loads(out)["stacks"][0]["comm"] == HOSTILE
+    assert "\x1b" not in out and "\x9b" not in out and "\u202e" not in out
