@@ -41,13 +41,34 @@ class ProcessInfo:
 
 
 @dataclass(frozen=True)
+class CostTick:
+    """The tool's cost in one interval of a run under an overhead budget, in percent of one
+    core (its CPU, its helper processes' and its BPF programs' run time), and the rates it
+    ran at then (`cpu_hz`: on-CPU samples per second on each CPU)."""
+
+    t_s: float
+    cost_pct: float
+    rates: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SelfCost:
-    """The tool's own cost over the run: user+system CPU, BPF program time, peak RSS."""
+    """The tool's own cost over the run: user+system CPU, BPF program time, peak RSS.
+
+    With an overhead budget (`budget_pct` > 0) it also says what the steady state cost (the
+    collection loop, in percent of one core), what loading and attaching (`startup_cpu_s`) and
+    the final reading and symbolization (`final_cpu_s`) cost, and each interval's cost and
+    rates."""
 
     cpu_s: float = 0.0
     bpf_ns: int = 0
     bpf_runs: int = 0
     peak_rss_kb: int = 0
+    budget_pct: float = 0.0
+    steady_pct: float = 0.0
+    startup_cpu_s: float = 0.0
+    final_cpu_s: float = 0.0
+    ticks: tuple[CostTick, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -466,6 +487,7 @@ def _each(items: list[Any], convert: Any) -> tuple[Any, ...]:
 _NESTED: dict[str, type] = {
     "ProcessInfo": ProcessInfo,
     "SelfCost": SelfCost,
+    "CostTick": CostTick,
     "StackCount": StackCount,
     "Allocation": Allocation,
     "SyscallStat": SyscallStat,

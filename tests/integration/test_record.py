@@ -321,3 +321,63 @@ def test_ctrl_c_writes_everything_recorded_so_far(tmp_path, changing):
         == getppid
     )
     assert "timeline rows" in err.strip().splitlines()[-1]
+
+
+# Two processes keep both cores busy, each 2/3 of its CPU time in alpha() and 1/3 in beta().
+TWO_BUSY = r"""
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+static double clock_s(clockid_t id) {
+    struct timespec t; clock_gettime(id, &t); return t.tv_sec + t.tv_nsec / 1e9;
+}
+/* Slices of the process's own CPU time: the split holds however often it is preempted. */
+static double cpu(void) { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
+static double now(void) { return clock_s(CLOCK_MONOTONIC); }
+__attribute__((noinline)) void alpha(double s) {
+    volatile double x = 0; double e = cpu() + s;
+    while (cpu() < e) for (int i = 0; i < 1000; i++) x += i;
+}
+__attribute__((noinline)) void beta(double s) {
+    volatile double x = 0; double e = cpu() + s;
+    while (cpu() < e) for (int i = 0; i < 1000; i++) x += i;
+}
+int main(int argc, char **argv) {
+    double secs = atof(argv[1]);
+    pid_t child = fork();
+    double end = now() + secs;
+    while (now() < end) { alpha(0.02); beta(0.01); }
+    if (child) waitpid(child, 0, 0);
+    return 0;
+}
+"""
+
+
+def test_budget_lowers_the_sampling_rate_and_keeps_the_shares(tmp_path, cc, capsys):
+    busy = build_c(cc, TWO_BUSY, tmp_path / "busy", "-O1", "-g")
+    path = tmp_path / "rec.json"
+    args = ["record", "--signals", "cpu", "-F", "999", "--budget", "1", "-o", str(path)]
+    assert run([*args, "--", str(busy), "5"]) == 0
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    doc = json.loads(path.read_text())
+    cost = doc["self_cost"]
+    assert cost["budget_pct"] == 1.0
+    rates = [t["rates"]["cpu_hz"] for t in cost["ticks"]]
+    # 999 Hz on two busy CPUs is ~2000 samples/s to unwind: far more than 1% of a core
+    assert min(rates) < 999
+    assert "cpu sampling lowered to" in summary and "(asked 999)" in summary
+    assert any(n.startswith("budget 1%: cpu sampling lowered from 999 Hz") for n in doc["notes"])
+    assert cost["startup_cpu_s"] > 0 and cost["final_cpu_s"] > 0
+    share, samples = alpha_share(doc)
+    assert samples >= 100
+    # sampling at a lower rate keeps the shares unbiased: 2/3 of the CPU time is alpha's (by
+    # construction); allowed: four standard errors of a binomial share at this sample count
+    assert abs(share - 2 / 3) < 4 * (2 / 9 / samples) ** 0.5
+
+
+def alpha_share(doc: dict) -> tuple[float, int]:
+    stacks = doc["signals"]["cpu"]["stacks"]
+    alpha = sum(s["count"] for s in stacks if "alpha" in s["frames"])
+    beta = sum(s["count"] for s in stacks if "beta" in s["frames"])
+    return alpha / max(1, alpha + beta), alpha + beta

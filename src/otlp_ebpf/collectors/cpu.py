@@ -47,7 +47,7 @@ from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import KERNEL_SUFFIX, CpuSnapshot, ProcessInfo, StackCount
 from otlp_ebpf.runtime import features, probes
 from otlp_ebpf.runtime.events import RingBuffer
-from otlp_ebpf.runtime.loader import BpfObject
+from otlp_ebpf.runtime.loader import BpfObject, Link
 from otlp_ebpf.symbolize.procmaps import OpenFiles
 from otlp_ebpf.symbolize.python import PyFrame, merge_python_frames
 from otlp_ebpf.symbolize.resolver import UNKNOWN_FRAME, Symbolizer
@@ -237,6 +237,7 @@ class FramePointerSampler:
         self.attached_ns = 0  # CLOCK_MONOTONIC once every program was attached
         self.marks: dict[int, ThreadMark] = {}  # target threads at the start (off-CPU, -p)
         self.asleep_throughout: list[BlockedThread] = []
+        self.sample_links: list[Link] = []
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -280,7 +281,9 @@ class FramePointerSampler:
         if self.config.off_cpu:
             probes.attach_auto(obj, SWITCH_BTF if self.use_btf else SWITCH_TP)
         if self.config.on_cpu:
-            probes.attach_cpu_clock(obj, SAMPLE_PROGRAM, self.config.frequency_hz)
+            self.sample_links = probes.attach_cpu_clock(
+                obj, SAMPLE_PROGRAM, self.config.frequency_hz
+            )
         for tgid in targets.tgids:
             self.watch.remember(tgid)
         self.attached_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -345,31 +348,34 @@ class FramePointerSampler:
     def processes(self) -> dict[int, ProcessInfo]:
         return dict(self.watch.processes)
 
+    def set_frequency(self, hz: int) -> None:
+        """Sample at `hz` from now on (an overhead budget lowers it): the sampling events are
+        opened again at the new rate; the counts so far stay."""
+        if self.obj is None or not self.sample_links:
+            return
+        for link in self.sample_links:
+            link.destroy()
+            self.obj.links.remove(link)
+        self.sample_links = probes.attach_cpu_clock(self.obj, SAMPLE_PROGRAM, hz)
+
     def raw_counts(self) -> dict[RawStack, int]:
         """On-CPU samples so far per stack key, unsymbolized (read while running, for a
-        timeline: the kernel's counts, nothing symbolized)."""
+        timeline: the kernel's counts, nothing symbolized). A key is (pid, the key's bytes)."""
         assert self.obj is not None
         out: dict[RawStack, int] = {}
         for k, v in self.obj.map("counts").items():
-            key = CpuKey.from_buffer_copy(k)
-            raw = (key.pid, key.tid, key.user_stack_id, key.kernel_stack_id, bytes(key.comm))
-            out[raw] = int.from_bytes(v[:8], "little")
+            out[(CpuKey.from_buffer_copy(k).pid, bytes(k))] = int.from_bytes(v[:8], "little")
         return out
 
     def raw_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
         """Root-first frames of keys from `raw_counts` (while the object is still open)."""
-        cpu_keys = {
-            raw: CpuKey(
-                pid=raw[0],
-                tid=raw[1],
-                user_stack_id=raw[2],
-                kernel_stack_id=raw[3],
-                comm=raw[4],
-                py_stack_id=-errno.EFAULT,
-            )
-            for raw in keys
+        cpu_keys = {raw: CpuKey.from_buffer_copy(raw[1]) for raw in keys}
+        ids = {
+            i
+            for k in cpu_keys.values()
+            for i in (k.user_stack_id, k.kernel_stack_id, k.py_stack_id)
+            if i >= 0
         }
-        ids = {i for k in cpu_keys.values() for i in (k.user_stack_id, k.kernel_stack_id) if i >= 0}
         stacks = self._read_stacks(ids)
         return {raw: self._frames(key, stacks)[0] for raw, key in cpu_keys.items()}
 

@@ -44,7 +44,7 @@ from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import ProcessInfo, StackCount
 from otlp_ebpf.runtime import libbpf, probes
 from otlp_ebpf.runtime.events import RingBuffer
-from otlp_ebpf.runtime.loader import BpfObject
+from otlp_ebpf.runtime.loader import BpfObject, Link
 from otlp_ebpf.symbolize.cfi import CfiCache, default_cache_dir
 from otlp_ebpf.symbolize.elf import DEFAULT_DEBUG_ROOT
 from otlp_ebpf.symbolize.procmaps import OpenFiles, ProcessMaps
@@ -181,6 +181,7 @@ class DwarfSampler:
         self._infos: dict[int, ProcessInfo] = {}
         self._counts: Counter[_StackKey] = Counter()
         self._failures: Counter[str] = Counter()
+        self.sample_links: list[Link] = []
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -202,7 +203,7 @@ class DwarfSampler:
             self.python.attach(obj)
         targets.attach(obj)
         self._ring = RingBuffer(obj.map("samples"), self._on_sample)
-        probes.attach_cpu_clock(obj, PROGRAM, self.frequency_hz)
+        self.sample_links = probes.attach_cpu_clock(obj, PROGRAM, self.frequency_hz)
         # Known targets: their tables are decoded while they run, before samples need them.
         self.prefetch = targets.filtered
         held = targets.held.pid if targets.held is not None else None
@@ -408,6 +409,16 @@ class DwarfSampler:
             modules.append("")
         return tuple(frames), tuple(modules)
 
+    def set_frequency(self, hz: int) -> None:
+        """Sample at `hz` from now on: the sampling events are opened again at that rate."""
+        if self.obj is None or not self.sample_links:
+            return
+        for link in self.sample_links:
+            link.destroy()
+            self.obj.links.remove(link)
+        self.sample_links = probes.attach_cpu_clock(self.obj, PROGRAM, hz)
+        self.frequency_hz = hz
+
     def raw_counts(self) -> dict[_StackKey, int]:
         """Samples unwound so far per stack, unsymbolized (for a timeline)."""
         return dict(self._counts)
@@ -540,3 +551,6 @@ class CpuDwarfSampler:
 
     def raw_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
         return dict(self.sampler.raw_frames(cast(list[_StackKey], list(keys))))
+
+    def set_frequency(self, hz: int) -> None:
+        self.sampler.set_frequency(hz)

@@ -88,6 +88,10 @@ class Sampler(Protocol):
         """Root-first frames of keys from `raw_counts`, named at the end of the run."""
         ...
 
+    def set_frequency(self, hz: int) -> None:
+        """On-CPU sampling at `hz` from now on (an overhead budget changes it while running)."""
+        ...
+
 
 class CompositeSampler:
     """Two samplers in one run: one for on-CPU samples, one for off-CPU blocks."""
@@ -132,6 +136,9 @@ class CompositeSampler:
 
     def raw_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
         return self.parts[0].raw_frames(keys)
+
+    def set_frequency(self, hz: int) -> None:
+        self.parts[0].set_frequency(hz)
 
 
 def without_tracing_frames(kernel_leaf_first: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base
+from otlp_ebpf.collectors.budget import BudgetController, CostMeter, Interval
 from otlp_ebpf.errors import EnvironmentLacks, UsageError
 from otlp_ebpf.latency import percentile_ns
 from otlp_ebpf.model import (
@@ -27,6 +29,7 @@ from otlp_ebpf.model import (
     SIGNALS,
     Connection,
     ConnTick,
+    CostTick,
     CpuTick,
     MemTick,
     NetTick,
@@ -38,13 +41,14 @@ from otlp_ebpf.model import (
     SyscallTick,
     TimelineRow,
 )
-from otlp_ebpf.runtime import features, stats
+from otlp_ebpf.runtime import features
 from otlp_ebpf.targets import TargetSpec
 
 DEFAULT_INTERVAL_S = 1.0
 TOP_FUNCTIONS = 10
 TOP_CONNECTIONS = 20
 POLL_S = 0.05  # a launched target paused at exit (mem) waits at most this long
+CONTROL_S = 0.25  # how often a budget looks at the cost and may change the sampling rate
 PAGE_FAULT_TRACEPOINT = ("exceptions", "page_fault_user")
 # Fast reads first, so the counts end close to the run's end; cpu symbolizes (the slow part).
 FINISH_ORDER = ("syscalls", "net", "mem", "cpu")
@@ -65,6 +69,7 @@ class RecordConfig:
     signals: tuple[str, ...] = SIGNALS
     signals_given: bool = False
     frequency_hz: int = 99
+    budget_pct: float | None = None
 
 
 def parse_signals(text: str) -> tuple[str, ...]:
@@ -165,6 +170,10 @@ class Signal(Protocol):
 
     def helper_cpu_s(self) -> float: ...
 
+    def bpf_ns(self) -> int:
+        """Run time of this signal's BPF programs so far (the traced processes pay it)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -263,6 +272,12 @@ class CpuSignal:
 
     def helper_cpu_s(self) -> float:
         return self.sampler.helper_cpu_s()
+
+    def bpf_ns(self) -> int:
+        return self.sampler.cost()[0]
+
+    def set_frequency(self, hz: int) -> None:
+        self.sampler.set_frequency(hz)
 
     def close(self) -> None:
         self.symbolizer.close()
@@ -366,6 +381,11 @@ class SyscallsSignal:
     def helper_cpu_s(self) -> float:
         return 0.0
 
+    def bpf_ns(self) -> int:
+        c = self.collector
+        assert c.obj is not None
+        return base.program_cost(c.obj, (*c._programs(), *base.TARGET_PROGRAMS))[0]
+
     def close(self) -> None:
         pass
 
@@ -454,6 +474,10 @@ class NetSignal:
     def helper_cpu_s(self) -> float:
         return 0.0
 
+    def bpf_ns(self) -> int:
+        assert self.collector.obj is not None
+        return base.program_cost(self.collector.obj, self.collector.programs())[0]
+
     def close(self) -> None:
         if self.collector.ring is not None:
             self.collector.ring.close()
@@ -533,6 +557,11 @@ class MemSignal:
     def helper_cpu_s(self) -> float:
         return 0.0
 
+    def bpf_ns(self) -> int:
+        obj = self.collector.obj
+        assert obj is not None
+        return base.program_cost(obj, obj.program_names())[0]
+
     def close(self) -> None:
         self.collector.symbolizer.close()
 
@@ -554,10 +583,38 @@ class Recording:
     signals: list[Signal]
     skipped: dict[str, str]
     tick_times: list[float] = field(default_factory=list)
+    costs: list[CostTick] = field(default_factory=list)
+    meter: CostMeter | None = None
+    controller: BudgetController | None = None
+    _interval: Interval | None = None  # since the last timeline tick
+    _control: Interval | None = None  # since the last budget decision
+    settled: Interval | None = None  # from the end of the first tick: the steady state
 
     def start(self) -> None:
         for signal in self.signals:
             signal.start()
+        self.meter = CostMeter(self.bpf_ns, self.launched)
+        cpu = self.cpu_signal()
+        if self.config.budget_pct and cpu is not None:
+            self.controller = BudgetController(self.config.budget_pct, self.config.frequency_hz)
+
+    def bpf_ns(self) -> int:
+        return sum(s.bpf_ns() for s in self.signals)
+
+    def launched(self) -> list[int]:
+        """Our children that are the target, not helpers of ours."""
+        held = self.targets.held
+        return [held.pid] if held is not None else []
+
+    def cpu_signal(self) -> CpuSignal | None:
+        return next((s for s in self.signals if isinstance(s, CpuSignal)), None)
+
+    def begin_loop(self) -> float:
+        """Mark the start of the steady state; its cost so far (load, attach) is startup."""
+        assert self.meter is not None
+        cost = self.meter.total_s()
+        self._interval = self._control = Interval(time.monotonic(), cost)
+        return cost
 
     def poll(self, timeout_s: float) -> None:
         """One wait for all: the first signal with events to wait on takes the timeout, the
@@ -567,11 +624,41 @@ class Recording:
             waited = signal.poll(0.0 if waited else timeout_s) or waited
         if not waited:
             base.sleep_poll(timeout_s)
+        self.control()
+
+    def control(self) -> None:
+        """Under a budget, every CONTROL_S: the sampling rate for what follows, from the cost
+        since the last decision (sooner than a tick, so a rate far too high is short-lived)."""
+        if self.controller is None or self.meter is None or self._control is None:
+            return
+        wall = time.monotonic()
+        if wall - self._control.start_wall < CONTROL_S:
+            return
+        cpu = self.cpu_signal()
+        assert cpu is not None
+        before = self.controller.hz
+        hz = self.controller.next_hz(self._control.pct(wall, self.meter.total_s()))
+        if hz != before:
+            cpu.set_frequency(hz)
+        self._control = Interval(time.monotonic(), self.meter.total_s())
 
     def tick(self, elapsed: float) -> None:
         for signal in self.signals:
             signal.tick()
         self.tick_times.append(round(elapsed, 3))
+        self.measure(elapsed)
+
+    def measure(self, elapsed: float) -> None:
+        """What this tick cost, and the sampling rate at its end."""
+        if self.meter is None or self._interval is None:
+            return
+        wall, cost = time.monotonic(), self.meter.total_s()
+        pct = self._interval.pct(wall, cost)
+        rates = {"cpu_hz": float(self.controller.hz)} if self.controller is not None else {}
+        self.costs.append(CostTick(round(elapsed, 3), round(pct, 3), rates))
+        self._interval = Interval(wall, cost)
+        if self.settled is None:
+            self.settled = Interval(wall, cost)
 
 
 def collect(config: RecordConfig) -> RecordSnapshot:
@@ -601,7 +688,9 @@ def _run(recording: Recording) -> RecordSnapshot:
     config, targets = recording.config, recording.targets
     with base.session(targets, recording.start) as run:
         try:
-            loop_cpu0 = stats.process_cpu_seconds()
+            startup_cpu = recording.meter.cpu_s() - run.clock.cpu0 if recording.meter else 0.0
+            loop_wall0 = time.monotonic()
+            loop_cost0 = recording.begin_loop()
             ended = base.run_loop(
                 targets,
                 recording.poll,
@@ -613,7 +702,13 @@ def _run(recording: Recording) -> RecordSnapshot:
                 poll_s=POLL_S,
             )
             duration = run.clock.elapsed()
-            loop_cpu = stats.process_cpu_seconds() - loop_cpu0
+            assert recording.meter is not None
+            # The first tick is where a budget finds its rate: the steady state starts after
+            # it, when the run had more than one tick.
+            settled = recording.settled if len(recording.costs) > 1 else None
+            loop = settled or Interval(loop_wall0, loop_cost0)
+            steady = loop.pct(time.monotonic(), recording.meter.total_s())
+            final_cpu0 = recording.meter.cpu_s()
         finally:
             # Whatever happened: sampling stops and no target stays paused at exit (mem).
             for signal in recording.signals:
@@ -623,7 +718,30 @@ def _run(recording: Recording) -> RecordSnapshot:
             finished[signal.name] = _same_duration(signal.finish(run, duration, ended), duration)
         sections = {s.name: finished[s.name] for s in recording.signals}
     recording.tick_times.append(round(duration, 3))
-    return assemble(recording, run, sections, duration, ended, loop_cpu)
+    costs = RunCosts(startup_cpu, steady, recording.meter.cpu_s() - final_cpu0)
+    return assemble(recording, run, sections, duration, ended, costs)
+
+
+def budget_note(config: RecordConfig, controller: BudgetController) -> str:
+    """What the budget did to the sampling rate (the summary line repeats it)."""
+    head = f"budget {controller.budget_pct:g}%"
+    if controller.lowest_hz == controller.requested_hz:
+        return f"{head}: cpu sampled at the requested {controller.requested_hz} Hz throughout"
+    return (
+        f"{head}: cpu sampling lowered from {controller.requested_hz} Hz to as low as "
+        f"{controller.lowest_hz} Hz (ended at {controller.hz} Hz; rates per tick in "
+        "self_cost.ticks); syscalls, net and mem are not sampled, their cost counts as is"
+    )
+
+
+@dataclass(frozen=True)
+class RunCosts:
+    """Startup (load, attach), the steady state (% of one core, BPF included), and the final
+    reading and symbolization, reported apart."""
+
+    startup_cpu_s: float
+    steady_pct: float
+    final_cpu_s: float
 
 
 def _same_duration(section: Snapshot, duration: float) -> Snapshot:
@@ -637,7 +755,7 @@ def assemble(
     sections: dict[str, Snapshot],
     duration: float,
     ended: str,
-    loop_cpu: float,
+    costs: RunCosts,
 ) -> RecordSnapshot:
     """The recording: sections, their timeline, and the run's cost as a whole."""
     per_signal = {
@@ -649,18 +767,29 @@ def assemble(
         rows.append(TimelineRow(t_s, **values))  # type: ignore[arg-type]
     helpers = sum(s.helper_cpu_s() for s in recording.signals)
     cost = base.self_cost(run.clock, 0, 0)
+    controller = recording.controller
     cost = SelfCost(
         cpu_s=round(cost.cpu_s + helpers, 4),
         bpf_ns=sum(s.self_cost.bpf_ns for s in sections.values()),
         bpf_runs=sum(s.self_cost.bpf_runs for s in sections.values()),
         peak_rss_kb=cost.peak_rss_kb,
+        budget_pct=recording.config.budget_pct or 0.0,
+        steady_pct=round(costs.steady_pct, 3),
+        startup_cpu_s=round(costs.startup_cpu_s, 4),
+        final_cpu_s=round(costs.final_cpu_s, 4),
+        ticks=tuple(recording.costs),
     )
     notes = [f"ended: {ended}", f"attach: {run.attach_ms:.1f} ms"]
-    if duration > 0:
-        notes.append(
-            f"cost while recording: {loop_cpu:.2f} s CPU ({100 * loop_cpu / duration:.1f}% "
-            "of one core), load, attach and final symbolization excluded"
-        )
+    notes.append(
+        f"cost: {costs.steady_pct:.2f}% of one core in the steady state (from the end of the "
+        "first interval: CPU of this tool and its helpers, and BPF run time); "
+        f"{costs.startup_cpu_s:.2f} s CPU to load and attach, "
+        f"{costs.final_cpu_s:.2f} s to read and symbolize at the end"
+    )
+    if controller is not None:
+        notes.append(budget_note(recording.config, controller))
+    elif recording.config.budget_pct:
+        notes.append(f"budget {recording.config.budget_pct:g}%: no cpu sampling to lower")
     notes += [f"skipped {name}: {why}" for name, why in recording.skipped.items()]
     notes += recording.targets.command_notes()
     first = next(iter(sections.values()))

@@ -1,0 +1,67 @@
+"""The overhead budget's controller and cost meter, without BPF."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from otlp_ebpf.cli.app import run
+from otlp_ebpf.collectors.budget import BudgetController, CostMeter, Interval, child_cpu_seconds
+
+
+def test_a_tick_over_budget_lowers_the_rate_in_proportion():
+    c = BudgetController(budget_pct=1.0, requested_hz=999)
+    assert c.next_hz(10.0) == int(999 * 0.85 * 1.0 / 10.0)
+    assert c.next_hz(10.0) == 84  # the tick after a change mixes two rates: not judged
+    assert c.next_hz(2.0) == int(84 * 0.85 / 2.0)
+    assert c.lowest_hz == 35
+
+
+def test_room_under_the_budget_raises_the_rate_up_to_the_request():
+    c = BudgetController(budget_pct=1.0, requested_hz=100)
+    c.next_hz(4.0)  # -> 21
+    c.next_hz(0.0)  # settling
+    rates = [c.next_hz(0.1) for _ in range(30)]
+    assert max(rates) == 100 and rates[-1] == 100
+    assert all(b >= a for a, b in itertools.pairwise(rates))
+    assert c.next_hz(0.8) == 100  # between 60% and 100% of the budget: left alone
+
+
+def test_the_rate_never_drops_below_one_hertz():
+    c = BudgetController(budget_pct=0.5, requested_hz=99)
+    assert c.next_hz(1000.0) == 1
+
+
+def test_meter_counts_helper_processes_but_not_the_launched_command():
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    helper = subprocess.Popen([sys.executable, "-c", spin + "time.sleep(30)"])
+    target = subprocess.Popen([sys.executable, "-c", spin + "time.sleep(30)"])
+    try:
+        while child_cpu_seconds(helper.pid) < 0.3 or child_cpu_seconds(target.pid) < 0.3:
+            time.sleep(0.05)
+        meter = CostMeter(lambda: 2_000_000_000, lambda: [target.pid])
+        own = meter.cpu_s() - child_cpu_seconds(helper.pid)
+        assert own == pytest.approx(os.times().user + os.times().system, abs=0.05)
+        assert meter.total_s() >= own + 0.3 + 2.0  # helper CPU and BPF seconds count
+        assert meter.total_s() < own + 0.3 + 2.0 + child_cpu_seconds(target.pid)
+    finally:
+        helper.kill()
+        target.kill()
+        helper.wait()
+        target.wait()
+
+
+def test_interval_cost_is_core_seconds_over_wall_seconds():
+    assert Interval(10.0, 1.0).pct(12.0, 1.05) == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("budget", ["0", "-1", "101"])
+def test_budget_out_of_range_is_one_line_exit_2(capsys, budget):
+    assert run(["record", "-d", "1", "--budget", budget]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--budget must be" in err[0]
