@@ -425,7 +425,7 @@ class DwarfSampler:
 
     def raw_frames(self, keys: Iterable[_StackKey]) -> dict[_StackKey, tuple[str, ...]]:
         """Root-first frames of keys from `raw_counts`."""
-        return {key: self._frames(key[0], key[3], key[4], key[5])[0] for key in keys}
+        return {key: self._frames(key[0], key[3], key[4], key[5], key[6])[0] for key in keys}
 
     def unwind_failures(self) -> dict[str, int]:
         """Samples whose user stack stopped early, by reason (for lost_events)."""
