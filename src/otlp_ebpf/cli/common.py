@@ -418,13 +418,16 @@ def finish(
     otlp_url: str | None,
     otlp_file: str | None,
     show: Callable[[Snapshot], None],
-    events: int,
-    what: str = "events",
+    events: int | None = None,
+    what: str | None = None,
     cmdline: CmdlinePolicy = CmdlinePolicy.REDACT,
 ) -> int:
     """Write every output that can be written, print the result (table or JSON) and the
     summary, push OTLP, and only then fail (exit 1, or 2 for a refused path) naming what
-    could not be written or sent. Returns the exit code of the run (`command_exit_code`)."""
+    could not be written or sent. Returns the exit code of the run (`command_exit_code`).
+
+    The summary counts what the signal's descriptor counts, unless `events`/`what` say
+    otherwise (cpu names blocks or samples by what the run recorded)."""
     snapshot = with_cmdlines(snapshot, cmdline)
     failures = write_outputs(snapshot, outputs)
     if as_json:
@@ -438,6 +441,12 @@ def finish(
             f"{snapshot.lost_total:,} events lost: "
             + ", ".join(f"{k} {v:,}" for k, v in snapshot.lost_events.items() if v)
         )
+    if events is None or what is None:
+        from otlp_ebpf.collectors.signals import signal_of
+
+        signal = signal_of(snapshot)
+        events = signal.count_events(snapshot) if events is None else events
+        what = what or signal.event_name
     console.status(summary_line(snapshot, events, what))
     failures.extend(deliver_otlp(snapshot, otlp_url, otlp_file))
     raise_failures(failures)

@@ -86,7 +86,5 @@ def register(app: typer.Typer) -> None:
             otlp_url=otlp,
             otlp_file=otlp_file,
             show=show,
-            events=snapshot.allocations_total + snapshot.frees_total,
-            what="allocations and frees",
             cmdline=cmdline,
         )

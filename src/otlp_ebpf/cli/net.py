@@ -87,8 +87,6 @@ def register(app: typer.Typer) -> None:
                 otlp_url=None if exporter else otlp,
                 otlp_file=otlp_file,
                 show=show,
-                events=len(snapshot.connections),
-                what="connections",
                 cmdline=cmdline,
             )
         finally:

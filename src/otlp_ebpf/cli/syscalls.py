@@ -88,8 +88,6 @@ def register(app: typer.Typer) -> None:
                 otlp_url=None if exporter else otlp,
                 otlp_file=otlp_file,
                 show=show,
-                events=sum(s.count for s in snapshot.syscalls),
-                what="syscalls",
                 cmdline=cmdline,
             )
         finally:
