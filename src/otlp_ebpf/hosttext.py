@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["decode", "escape_controls", "from_fs", "read", "valid"]
+__all__ = ["decode", "escape_controls", "from_fs", "read", "shorten", "valid"]
 
 
 def decode(raw: bytes) -> str:
@@ -63,3 +63,15 @@ def escape_controls(text: str) -> str:
     """`text` with every control character written as a visible escape (`\\x1b`): for a
     terminal or a document, where a control character would act instead of being read."""
     return _CONTROLS.sub(_visible, text)
+
+
+# How much of a command line or target list a status line or a title shows: enough to
+# recognise it. The snapshot keeps it whole.
+SHORT_TEXT = 160
+
+
+def shorten(text: str, limit: int = SHORT_TEXT) -> str:
+    """`text`, or its beginning and how long it was when it is longer than `limit`."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"

@@ -240,3 +240,31 @@ def test_module_entry_point_runs(workload):
     )
     assert proc.returncode == 0, proc.stderr
     assert counts(json.loads(proc.stdout))["getppid"] == 21
+
+
+def test_a_process_name_longer_than_the_kernel_keeps_matches_on_its_first_15_bytes(
+    capsys, workload, tmp_path
+):
+    long_name = tmp_path / "workload-with-a-long-name"
+    shutil.copy(workload, long_name)
+    argv = ["--comm", long_name.name, "-s", "getppid", "--", str(long_name), "321"]
+    assert run(["syscalls", "--json", *argv]) == 0
+    shown = capsys.readouterr()
+    assert counts(json.loads(shown.out))["getppid"] == 321 + 11
+    assert "matching 'workload-with-a'" in shown.err
+
+
+def test_a_separator_with_no_command_is_refused(capsys):
+    assert run(["syscalls", "--"]) == 2
+    assert "-- needs a command after it" in capsys.readouterr().err
+
+
+def test_a_huge_command_line_is_cut_in_status_lines_and_kept_in_the_snapshot(capsys, tmp_path):
+    args = [f"arg{i:05d}-" + "x" * 40 for i in range(2500)]  # ~120 KB
+    out = tmp_path / "s.json"
+    assert run(["syscalls", "-s", "execve", "-o", str(out), "--", "/bin/true", *args]) == 0
+    err = capsys.readouterr().err
+    assert all(len(line) < 400 for line in err.splitlines()), max(map(len, err.splitlines()))
+    assert "characters)" in err
+    targets = json.loads(out.read_text())["targets"]
+    assert targets == ["command: /bin/true " + " ".join(args)]

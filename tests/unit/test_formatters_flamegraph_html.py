@@ -251,3 +251,19 @@ def test_units_reach_the_page(tmp_path: Path) -> None:
     dom = parse_dom(run_chromium(page, tmp_path / "chrome", "--dump-dom"))
 
     assert "outstanding_bytes: 5.0 KiB (5,120 bytes) in total" in dom.texts["info"]
+
+
+def test_a_huge_command_line_is_cut_in_the_page_title() -> None:
+    import dataclasses
+
+    from otlp_ebpf.formatters.flamegraph_html import snapshot_title
+
+    command = "command: ./bench " + "--flag=" * 60_000  # ~400 KB
+    snapshot = dataclasses.replace(cpu_snapshot(), targets=(command,))
+    title = snapshot_title(snapshot)
+    assert len(title) < 400
+    assert title.startswith("cpu flamegraph: command: ./bench --flag=")
+    assert f"({len(command):,} characters)" in title
+    stream = io.BytesIO()
+    flamegraph_html.render(snapshot, stream)
+    assert len(stream.getvalue()) < 200_000

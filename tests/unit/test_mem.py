@@ -169,6 +169,10 @@ def test_multi_uprobe_support_by_kernel_release() -> None:
         (["mem", "--top", "-2"], "--top must be 0 (every row)"),
         (["mem", "-d", "0"], "--duration must be a positive"),
         (["mem", "-p", "1", "--", "true"], "either --pid or -- CMD"),
+        (["mem", "--table-size", "2000000000"], "--table-size must be from 1024 to 16777216"),
+        (["mem", "--table-size", "100"], "--table-size must be from 1024 to 16777216"),
+        # kthreadd: a kernel thread has no user-space allocations; refused before tracing.
+        (["mem", "-p", "2", "-d", "1"], "process 2 (kthreadd) is a kernel thread"),
     ],
 )
 def test_cli_usage_errors(
@@ -176,3 +180,10 @@ def test_cli_usage_errors(
 ) -> None:
     assert run(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_pid_given_many_times_is_one_target() -> None:
+    from otlp_ebpf.cli.common import target_spec
+
+    assert target_spec([1] * 3000, 0, None).pids == (1,)
+    assert target_spec([1, os.getpid(), 1], 0, None).pids == (1, os.getpid())

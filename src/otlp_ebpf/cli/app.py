@@ -11,7 +11,7 @@ import typer
 from typer.exceptions import TyperException
 
 from otlp_ebpf import __version__, console, stopping
-from otlp_ebpf.errors import EXIT_RUNTIME, OtlpEbpfError
+from otlp_ebpf.errors import EXIT_RUNTIME, OtlpEbpfError, UsageError
 
 # One module per command; each exposes `register(app)`. Heavy imports stay inside the
 # command bodies so `otlp-ebpf --help` is instant. `--help` lists the commands in this order:
@@ -122,8 +122,15 @@ def run(args: list[str] | None = None) -> int:
             stopping.uninstall()
 
 
+def check_separator(args: list[str]) -> None:
+    """`syscalls --` with nothing after it would silently become an endless system-wide run."""
+    if args and args[-1] == "--" and any(a in COLLECTORS for a in args):
+        raise UsageError("-- needs a command after it: -- CMD ARGS (or leave out the --)")
+
+
 def _run(args: list[str]) -> int:
     try:
+        check_separator(args)
         try:
             # Without standalone mode, click returns the code of a typer.Exit instead of raising.
             result = app(args=args, prog_name="otlp-ebpf", standalone_mode=False)

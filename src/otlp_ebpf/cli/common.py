@@ -195,15 +195,46 @@ CommandArg = Annotated[
 OTLP_DEFAULT = "@env"
 
 
+def targets_text(targets: Sequence[str]) -> str:
+    """Targets as a status line shows them: a 100 KB command line is cut (the snapshot keeps
+    it whole)."""
+    return hosttext.shorten(", ".join(targets))
+
+
 def target_spec(pids: Sequence[int] | None, tid: int, command: Sequence[str] | None) -> TargetSpec:
     """Options -> TargetSpec, refusing combinations that make no sense."""
     if command and pids:
         raise UsageError("give either --pid or -- CMD, not both")
-    for pid in pids or ():
+    unique = tuple(dict.fromkeys(pids or ()))  # `-p 1 -p 1`: one target, checked once
+    for pid in unique:
         check_process_id(pid)
     if tid < 0 or (tid and not os.path.isdir(f"/proc/{tid}")):
         raise UsageError(f"no such thread: {tid}")
-    return TargetSpec(pids=tuple(pids or ()), tid=tid, command=tuple(command or ()))
+    return TargetSpec(pids=unique, tid=tid, command=tuple(command or ()))
+
+
+PF_KTHREAD = 0x00200000  # task flag of kernel threads (include/linux/sched.h)
+
+
+def kernel_thread_name(pid: int) -> str | None:
+    """The name of `pid` when it is a kernel thread (kthreadd and its children), else None."""
+    try:
+        stat_line = hosttext.read(f"/proc/{pid}/stat")
+    except OSError:
+        return None
+    name = stat_line[stat_line.find("(") + 1 : stat_line.rfind(")")]
+    fields = stat_line[stat_line.rfind(")") + 2 :].split()
+    # After the name: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    if len(fields) > 6 and int(fields[6]) & PF_KTHREAD:
+        return name
+    return None
+
+
+def refuse_kernel_thread(pid: int, why: str) -> None:
+    """Refuse a kernel thread as a target before tracing begins, saying why."""
+    name = kernel_thread_name(pid)
+    if name is not None:
+        raise UsageError(f"process {pid} ({name}) is a kernel thread: {why}")
 
 
 def check_process_id(pid: int) -> None:

@@ -149,7 +149,7 @@ def _profile_once(
     from otlp_ebpf.collectors.cpu import collect
 
     what = "profiling" if config.on_cpu else "recording blocked time"
-    console.status(f"{what} ({', '.join(config.targets.describe())}); Ctrl-C to stop")
+    console.status(f"{what} ({common.targets_text(config.targets.describe())}); Ctrl-C to stop")
     snapshot = collect(config)
 
     def show(snap: Snapshot) -> None:

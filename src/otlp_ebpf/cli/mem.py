@@ -50,12 +50,17 @@ def register(app: typer.Typer) -> None:
 
         Examples: `otlp-ebpf mem -- ./server --once`, `otlp-ebpf mem -p 1234 -d 30 -o leaks.html`.
         """
-        from otlp_ebpf.collectors.mem import MIN_TABLE_SIZE, MemConfig, collect
+        from otlp_ebpf.collectors.mem import MAX_TABLE_SIZE, MIN_TABLE_SIZE, MemConfig, collect
 
         if min_age < 0:
             raise UsageError(f"--min-age must be >= 0 ms, got {min_age}")
-        if table_size < MIN_TABLE_SIZE:
-            raise UsageError(f"--table-size must be at least {MIN_TABLE_SIZE}, got {table_size}")
+        if not MIN_TABLE_SIZE <= table_size <= MAX_TABLE_SIZE:
+            raise UsageError(
+                f"--table-size must be from {MIN_TABLE_SIZE} to {MAX_TABLE_SIZE} (~1.4 GB of "
+                f"kernel memory), got {table_size}"
+            )
+        for target in pid or ():
+            common.refuse_kernel_thread(target, "it has no user-space allocations to trace")
         outputs = common.plan_outputs(output, fmt, "mem")
         common.validate_otlp(otlp, otlp_file)
         config = MemConfig(
@@ -69,7 +74,7 @@ def register(app: typer.Typer) -> None:
         if config.kernel_mode:
             what = "kernel allocations"
         else:
-            what = f"allocations ({', '.join(config.targets.describe())})"
+            what = f"allocations ({common.targets_text(config.targets.describe())})"
         console.status(f"tracing {what}; Ctrl-C to stop")
         snapshot = collect(config)
 

@@ -69,7 +69,9 @@ def register(app: typer.Typer) -> None:
             family=AF_INET if ipv4 else AF_INET6 if ipv6 else 0,
         )
         live = _live_view(top or 20) if interval and not as_json else None
-        console.status(f"tracing TCP ({', '.join(config.targets.describe())}); Ctrl-C to stop")
+        console.status(
+            f"tracing TCP ({common.targets_text(config.targets.describe())}); Ctrl-C to stop"
+        )
         exporter = common.interval_exporter(otlp, duration, interval, cmdline)
         snapshot = collect(config, on_interval=live, on_partial=exporter)
 

@@ -84,9 +84,8 @@ def register(app: typer.Typer) -> None:
             frequency_hz=frequency,
             budget_pct=budget,
         )
-        console.status(
-            f"recording {','.join(chosen)} ({', '.join(config.targets.describe())}); Ctrl-C to stop"
-        )
+        targets = common.targets_text(config.targets.describe())
+        console.status(f"recording {','.join(chosen)} ({targets}); Ctrl-C to stop")
         snapshot = common.with_cmdlines(collect(config), cmdline)
         failures = common.write_outputs(snapshot, outputs)
         if as_json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Annotated
 
@@ -10,6 +11,8 @@ import typer
 from otlp_ebpf import console
 from otlp_ebpf.cli import common
 from otlp_ebpf.model import Snapshot, SyscallsSnapshot, SyscallStat
+
+TASK_COMM_CHARS = 15  # TASK_COMM_LEN (16) less the terminating zero
 
 
 def register(app: typer.Typer) -> None:
@@ -57,6 +60,12 @@ def register(app: typer.Typer) -> None:
         resolve_names(syscall or [], syscall_table())
         if latency:
             resolve_names([latency], syscall_table())
+        if len(os.fsencode(comm)) > TASK_COMM_CHARS:
+            shown = os.fsencode(comm)[:TASK_COMM_CHARS].decode(errors="replace")
+            console.warn(
+                f"--comm: the kernel keeps the first {TASK_COMM_CHARS} bytes of a process "
+                f"name; matching {shown!r}"
+            )
         outputs = common.plan_outputs(output, fmt, "syscalls")
         common.validate_otlp(otlp, otlp_file)
         config = SyscallsConfig(
@@ -68,7 +77,9 @@ def register(app: typer.Typer) -> None:
             comm=comm,
         )
         live = _live_view(by_process, top) if interval and not as_json else None
-        console.status(f"tracing syscalls ({', '.join(config.targets.describe())}); Ctrl-C to stop")
+        console.status(
+            f"tracing syscalls ({common.targets_text(config.targets.describe())}); Ctrl-C to stop"
+        )
         exporter = common.interval_exporter(otlp, duration, interval, cmdline)
         snapshot = collect(config, on_interval=live, on_partial=exporter)
 

@@ -37,6 +37,10 @@ from otlp_ebpf.targets import TargetSpec
 
 DEFAULT_TABLE_SIZE = 262_144
 MIN_TABLE_SIZE = 1024
+# Each entry costs ~90 bytes of kernel memory (key, value and the hash table's own element);
+# 16 Mi entries is ~1.4 GB. Far larger sizes are refused by the kernel itself (E2BIG, shown
+# as "Argument list too long"), so say the limit up front.
+MAX_TABLE_SIZE = 1 << 24
 UNKNOWN_STACK = "[stack not recorded]"
 DROP_REASONS = {
     0: "allocation table full",
@@ -170,9 +174,10 @@ class MemCollector:
         """`targets`: shared with other collectors of the same run (`record`)."""
         if config.min_age_ms < 0:
             raise UsageError(f"--min-age must be >= 0 ms, got {config.min_age_ms}")
-        if config.table_size < MIN_TABLE_SIZE:
+        if not MIN_TABLE_SIZE <= config.table_size <= MAX_TABLE_SIZE:
             raise UsageError(
-                f"--table-size must be at least {MIN_TABLE_SIZE}, got {config.table_size}"
+                f"--table-size must be from {MIN_TABLE_SIZE} to {MAX_TABLE_SIZE} (~1.4 GB of "
+                f"kernel memory), got {config.table_size}"
             )
         self.config = config
         self.kernel_mode = config.kernel_mode

@@ -15,6 +15,7 @@ import json
 import re
 from typing import Any, BinaryIO
 
+from otlp_ebpf import hosttext
 from otlp_ebpf.formatters.flametree import FlameNode, build_tree
 from otlp_ebpf.model import Snapshot
 
@@ -111,7 +112,7 @@ def embeddable_flamegraph(trees: list[tuple[str, FlameNode, str]]) -> tuple[str,
 
 
 def snapshot_title(snapshot: Snapshot) -> str:
-    targets = ", ".join(snapshot.targets) or "all processes"
+    targets = hosttext.shorten(", ".join(snapshot.targets)) or "all processes"
     return f"{snapshot.kind} flamegraph: {targets} on {snapshot.host} ({snapshot.duration_s:g} s)"
 
 

@@ -12,6 +12,7 @@ import hashlib
 from typing import BinaryIO
 from xml.sax.saxutils import escape, quoteattr
 
+from otlp_ebpf import hosttext
 from otlp_ebpf.formatters.flametree import FlameNode, build_tree
 from otlp_ebpf.formatters.registry import Part, one_file_per_profile
 from otlp_ebpf.hosttext import escape_controls
@@ -123,7 +124,7 @@ def render_tree_svg(
 
 
 def _profile_title(snapshot: Snapshot, profile: StackProfile) -> str:
-    targets = ", ".join(snapshot.targets) or "all processes"
+    targets = hosttext.shorten(", ".join(snapshot.targets)) or "all processes"
     return f"{profile.name}: {targets} on {snapshot.host} ({snapshot.duration_s:g} s)"
 
 

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
+from otlp_ebpf import hosttext
 from otlp_ebpf.formatters.flamegraph_html import embeddable_flamegraph, script_json
 from otlp_ebpf.formatters.flametree import build_tree
 from otlp_ebpf.model import (
@@ -53,7 +54,7 @@ def render(snapshot: Snapshot, stream: BinaryIO) -> None:
 
 
 def title(snapshot: RecordSnapshot) -> str:
-    targets = ", ".join(snapshot.targets) or "all processes"
+    targets = hosttext.shorten(", ".join(snapshot.targets)) or "all processes"
     return f"recording: {targets} on {snapshot.host} ({snapshot.duration_s:g} s)"
 
 
