@@ -381,3 +381,30 @@ def alpha_share(doc: dict) -> tuple[float, int]:
     alpha = sum(s["count"] for s in stacks if "alpha" in s["frames"])
     beta = sum(s["count"] for s in stacks if "beta" in s["frames"])
     return alpha / max(1, alpha + beta), alpha + beta
+
+
+def test_record_of_a_running_pid_at_half_second_rows(tmp_path, changing):
+    looping = tmp_path / "loop.sh"
+    looping.write_text(f"#!/bin/sh\nwhile :; do {changing}; done\n")
+    looping.chmod(0o755)
+    proc = subprocess.Popen([str(looping)])
+    try:
+        path = tmp_path / "rec.json"
+        args = ["-q", "record", "-p", str(proc.pid), "-d", "2.5", "--interval", "0.5"]
+        assert run([*args, "--signals", "syscalls,mem", "-o", str(path)]) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    doc = json.loads(path.read_text())
+    rows = doc["timeline"]
+    assert doc["interval_s"] == 0.5 and doc["targets"] == [f"pid {proc.pid}"]
+    # four full half-second rows and the last one at the end of the 2.5 s
+    assert len(rows) in (5, 6) and rows[-1]["t_s"] == doc["duration_s"]
+    with_getppid = [r for r in rows if any(t["name"] == "getppid" for t in r["syscalls"])]
+    assert len(with_getppid) >= 4
+    # the shell's children (each run of the workload) are followed: getppid is theirs
+    calls = doc["signals"]["syscalls"]["syscalls"]
+    getppid_pids = {s["pid"] for s in calls if s["name"] == "getppid"}
+    assert getppid_pids and proc.pid not in getppid_pids
+    mem = doc["signals"]["mem"]
+    assert sum(r["mem"]["allocations"] for r in rows) == mem["allocations_total"]

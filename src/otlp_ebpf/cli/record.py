@@ -18,7 +18,12 @@ SignalsOpt = Annotated[
         help=f"Signals to record, comma-separated (default: {','.join(SIGNALS)}).",
     ),
 ]
-TimelineIntervalOpt = Annotated[float, typer.Option("--interval", help="Seconds per timeline row.")]
+TimelineIntervalOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--interval", help="Seconds per timeline row (default 1, or the duration if shorter)."
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -27,7 +32,7 @@ def register(app: typer.Typer) -> None:
         command: common.CommandArg = None,
         pid: common.PidOpt = None,
         duration: common.DurationOpt = None,
-        interval: TimelineIntervalOpt = 1.0,
+        interval: TimelineIntervalOpt = None,
         signals: SignalsOpt = None,
         frequency: Annotated[
             int, typer.Option("-F", "--frequency", help="cpu: samples per second on each CPU.")
@@ -60,6 +65,7 @@ def register(app: typer.Typer) -> None:
         """
         from otlp_ebpf.collectors.budget import check_budget
         from otlp_ebpf.collectors.record import (
+            DEFAULT_INTERVAL_S,
             RecordConfig,
             check_interval,
             collect,
@@ -68,6 +74,8 @@ def register(app: typer.Typer) -> None:
         from otlp_ebpf.errors import UsageError
 
         common.check_duration(duration)
+        if interval is None:
+            interval = min(DEFAULT_INTERVAL_S, duration or DEFAULT_INTERVAL_S)
         check_interval(interval, duration)
         check_budget(budget)
         chosen = parse_signals(signals) if signals is not None else SIGNALS
