@@ -72,6 +72,15 @@ struct {
 
 COUNTER_ARRAY(drops, DWARF_DROP_SLOTS);
 
+/* Processes whose first sample (since their last exec) user space was woken for: it reads a
+ * new process's maps at once, while the process still lives, however short its life. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, u32);
+	__type(value, u8);
+} announced SEC(".maps");
+
 #if defined(__TARGET_ARCH_arm64)
 static __always_inline bool interrupted_user(struct bpf_perf_event_data_dwarf *ctx)
 {
@@ -146,10 +155,26 @@ static __always_inline u32 copy_user_stack(struct dwarf_sample *s, u64 sp, u32 w
 	return copied;
 }
 
-static __always_inline u64 wakeup_flag(void)
+static __always_inline u64 wakeup_flag(u32 tgid)
 {
+	u8 one = 1;
+
+	if (!bpf_map_lookup_elem(&announced, &tgid)) {
+		bpf_map_update_elem(&announced, &tgid, &one, BPF_ANY);
+		return BPF_RB_FORCE_WAKEUP;
+	}
 	return bpf_ringbuf_query(&samples, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
 									      : BPF_RB_NO_WAKEUP;
+}
+
+/* A new image: its first sample wakes user space again (the maps changed). */
+SEC("tp/sched/sched_process_exec")
+int dwarf_exec(void *ctx)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	bpf_map_delete_elem(&announced, &tgid);
+	return 0;
 }
 
 SEC("perf_event")
@@ -201,7 +226,7 @@ int dwarf_sample(struct bpf_perf_event_data_dwarf *ctx)
 	size = DWARF_SAMPLE_HEADER_BYTES + s->stack_bytes;
 	if (size > sizeof(struct dwarf_sample))
 		size = sizeof(struct dwarf_sample);
-	if (bpf_ringbuf_output(&samples, s, size, wakeup_flag()))
+	if (bpf_ringbuf_output(&samples, s, size, wakeup_flag(s->pid)))
 		bump(&drops, DWARF_DROP_RINGBUF_FULL);
 	return 0;
 }

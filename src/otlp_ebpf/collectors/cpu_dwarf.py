@@ -25,7 +25,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import cast
@@ -62,6 +62,11 @@ from otlp_ebpf.symbolize.unwind import (
 
 OBJECT = "cpu_dwarf"
 PROGRAM = "dwarf_sample"
+EXEC_PROGRAM = "dwarf_exec"
+# Processes whose maps are kept for unwinding, least recently sampled evicted first: a
+# process that is gone keeps its maps for the samples still on their way, and a host with
+# endless short processes does not grow the tool's memory without bound.
+MAX_PROCESSES = 1024
 KSTACK_DEPTH = 64
 MAX_WINDOW = 32768
 DEFAULT_WINDOW = 16384
@@ -177,7 +182,8 @@ class DwarfSampler:
         self._final_drops: dict[str, int] | None = None
         self._ring: RingBuffer | None = None
         self._files = OpenFiles()
-        self._processes: dict[int, _Process] = {}
+        self._processes: OrderedDict[int, _Process] = OrderedDict()
+        self._batch: list[bytes] = []
         self._infos: dict[int, ProcessInfo] = {}
         self._counts: Counter[_StackKey] = Counter()
         self._failures: Counter[str] = Counter()
@@ -203,6 +209,7 @@ class DwarfSampler:
             self.python.attach(obj)
         targets.attach(obj)
         self._ring = RingBuffer(obj.map("samples"), self._on_sample)
+        probes.attach_auto(obj, EXEC_PROGRAM)
         self.sample_links = probes.attach_cpu_clock(obj, PROGRAM, self.frequency_hz)
         # Known targets: their tables are decoded while they run, before samples need them.
         self.prefetch = targets.filtered
@@ -225,6 +232,7 @@ class DwarfSampler:
         """Wait up to `timeout_ms` for samples and unwind them; returns how many arrived.
         Samples waiting for a table are unwound once it has arrived."""
         arrived = self._ring.poll(timeout_ms) if self._ring is not None else 0
+        self._flush()
         if self.cfi.receive(0.0):
             self._retry_waiting(final=False)
         return arrived
@@ -240,12 +248,31 @@ class DwarfSampler:
         for a table up to `end_wait_s` for it to arrive."""
         self.stop()
         drained = self._ring.drain() if self._ring is not None else 0
+        self._flush()
         if self._final_drops is None:
             self._final_drops = self._read_drops()
         self._wait_for_tables()
         return drained
 
     def _on_sample(self, data: bytes) -> None:
+        self._batch.append(data)
+
+    def _flush(self) -> None:
+        """Unwind the samples the last poll brought. New processes' maps are read first, for
+        every process in the batch, before any sample is unwound: a short-lived process may
+        live only milliseconds past its first sample (the kernel side wakes us for it)."""
+        batch, self._batch = self._batch, []
+        seen: set[int] = set()
+        for data in batch:
+            pid = int.from_bytes(data[:4], "little")
+            if pid not in seen:
+                seen.add(pid)
+                if pid not in self._processes and pid not in self.own_pids():
+                    self._capture(pid)
+        for data in batch:
+            self._unwind_sample(data)
+
+    def _unwind_sample(self, data: bytes) -> None:
         head = DwarfSampleHeader.from_buffer_copy(data[:HEADER_BYTES].ljust(HEADER_BYTES, b"\0"))
         if head.pid in self.own_pids():
             return  # the table-decoding child is part of this tool, not of the profile
@@ -334,6 +361,7 @@ class DwarfSampler:
         if process is None:
             self._capture(pid)
             return self._processes.get(pid)
+        self._processes.move_to_end(pid)
         if comm not in process.comms:
             process.comms.add(comm)
             if _exe_identity(pid) not in (process.exe, None):
@@ -364,6 +392,9 @@ class DwarfSampler:
             self.python.register(pid, maps, self._files)
         unwind_maps = UnwindMaps(maps, self.cfi, self._files)
         self._processes[pid] = _Process(unwind_maps, exe, time.monotonic())
+        self._processes.move_to_end(pid)
+        while len(self._processes) > MAX_PROCESSES:
+            self._processes.popitem(last=False)
         if self.prefetch:
             unwind_maps.prefetch()
         return True
