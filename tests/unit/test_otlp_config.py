@@ -142,3 +142,48 @@ def test_certificate_file_is_kept(tmp_path: Path) -> None:
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     config = OtlpConfig.from_cli("https://c:4317", None, certificate=str(ca), environ={})
     assert config.metrics.certificate == str(ca)
+
+
+def test_a_bare_host_gets_the_protocols_default_port_not_443() -> None:
+    grpc = OtlpConfig.from_cli("localhost", None, environ={})
+    assert grpc.profiles.url == "https://localhost:4317"
+    http = OtlpConfig.from_cli("collector", "http/protobuf", environ={})
+    assert http.metrics.url == "https://collector:4318/v1/metrics"
+    insecure = OtlpConfig.from_env(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector", "OTEL_EXPORTER_OTLP_INSECURE": "true"}
+    )
+    assert insecure.profiles.url == "http://collector:4317"
+    # A URL with a scheme is taken as written.
+    assert OtlpConfig.from_cli("http://collector", None, environ={}).profiles.url == (
+        "http://collector"
+    )
+    assert OtlpConfig.from_cli("[::1]", None, environ={}).profiles.url == "https://[::1]:4317"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        ("http://exa mple.com:4318", "'exa mple.com' is not a valid host name"),
+        ("http://bücher.example:4318", "is not ASCII"),
+        ("http://exa\u00a0mple.com:4318", "is not ASCII"),
+        ("http://-bad-.example:4318", "is not a valid host name"),
+        ("http://a..b:4318", "is not a valid host name"),
+        ("http://" + "x" * 64 + ".example:4318", "is not a valid host name"),
+        ("http://collector:0", "not a valid URL"),
+        ("http://collector:4318/v1 metrics", "not a valid URL"),
+    ],
+)
+def test_endpoints_that_could_never_connect_are_refused_up_front(
+    endpoint: str, message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        OtlpConfig.from_cli(endpoint, None, environ={})
+
+
+def test_a_bad_endpoint_is_refused_before_collecting(capsys: pytest.CaptureFixture[str]) -> None:
+    from otlp_ebpf.cli.app import run
+
+    assert run(["syscalls", "-d", "5", "--otlp", "http://exa mple.com:4318"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a valid host name" in err
+    assert "Ctrl-C to stop" not in err  # nothing was attached

@@ -7,6 +7,7 @@ credentials: they are never part of a repr, a message or a log line.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -130,7 +131,9 @@ def _resolve_target(signal: Signal, flags: _Flags, env: Mapping[str, str]) -> Si
     protocol = _resolve_protocol(signal, flags, env, raw_url)
     if raw_url is None:
         raw_url = f"http://localhost:{DEFAULT_PORTS[protocol]}"
-    base = _normalize_url(raw_url, insecure=insecure, keep_path=is_signal_url)
+    base = _normalize_url(
+        raw_url, insecure=insecure, keep_path=is_signal_url, default_port=DEFAULT_PORTS[protocol]
+    )
     url = base
     if protocol == "http/protobuf" and not is_signal_url:
         url = f"{base.rstrip('/')}/{HTTP_PATHS[signal]}"
@@ -187,12 +190,18 @@ def _port_of(raw_url: str) -> int | None:
         return None
 
 
-def _normalize_url(raw: str, *, insecure: bool, keep_path: bool) -> str:
-    """An absolute http(s) URL; a bare `host:port` gets https unless insecure is asked for."""
-    text = raw if "://" in raw else f"{'http' if insecure else 'https'}://{raw}"
+def _normalize_url(raw: str, *, insecure: bool, keep_path: bool, default_port: int) -> str:
+    """An absolute http(s) URL, checked whole before anything is collected.
+
+    A bare `host` or `host:port` (no scheme) gets https unless insecure is asked for, and a
+    bare host without a port gets the protocol's own port (4317 gRPC, 4318 HTTP), not https's
+    443: `--otlp collector` reaches a Collector with its default receivers. A URL with a
+    scheme is taken as written (`http://collector` is port 80)."""
+    bare = "://" not in raw
+    text = f"{'http' if insecure else 'https'}://{raw}" if bare else raw
     try:
         parts = urlsplit(text)
-        _ = parts.port  # only to reject a malformed port now rather than at connect time
+        port = parts.port  # a malformed port is refused now rather than at connect time
     except ValueError as exc:
         raise UsageError(f"OTLP endpoint {_shown(raw)!r} is not a valid URL ({exc})") from exc
     if parts.username is not None or parts.password is not None:
@@ -203,8 +212,36 @@ def _normalize_url(raw: str, *, insecure: bool, keep_path: bool) -> str:
         raise UsageError(
             f"OTLP endpoint {_shown(raw)!r} is not a URL like http://collector:4317 or https://host:4318"
         )
+    _check_host(raw, parts.hostname)
+    if port == 0 or any(c.isspace() for c in text):
+        raise UsageError(f"OTLP endpoint {_shown(raw)!r} is not a valid URL")
+    netloc = parts.netloc
+    if bare and port is None:
+        netloc = f"{netloc}:{default_port}"
     path = parts.path if keep_path else parts.path.rstrip("/")
-    return f"{parts.scheme}://{parts.netloc}{path}"
+    return f"{parts.scheme}://{netloc}{path}"
+
+
+# A host name: dot-separated labels of letters, digits, '-' and '_' (compose and Kubernetes
+# service names), each 1-63 characters; or an IP address.
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _check_host(raw: str, host: str) -> None:
+    """Refuse a host that name resolution would refuse later, after a whole run."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if not host.isascii():
+        raise UsageError(
+            f"OTLP endpoint {_shown(raw)!r}: host {host!r} is not ASCII",
+            hint="give an international domain name in its xn-- (punycode) form",
+        )
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise UsageError(f"OTLP endpoint {_shown(raw)!r}: {host!r} is not a valid host name")
 
 
 def _shown(raw: str) -> str:
