@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,4 +137,50 @@ def assert_ratio(first: float, second: float, expected: float) -> None:
     allowed = max(0.15 * expected, 3 * error)
     assert abs(ratio - expected) <= allowed, (
         f"ratio {ratio:.2f} ({first:g} vs {second:g}), expected {expected:g} +- {allowed:.2f}"
+    )
+
+
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+def _python_for_nobody() -> str | None:
+    """An interpreter of this Python's version that user nobody may run: this one unless it
+    lives under a directory nobody cannot enter (pyenv under /root), else the system's."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (sys.executable, shutil.which(version, path="/usr/local/bin:/usr/bin")):
+        if not candidate:
+            continue
+        probe = subprocess.run(
+            [*NOBODY, candidate, "-c", "import sys; print(sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd="/",
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == str(tuple(sys.version_info[:2])):
+            return candidate
+    return None
+
+
+def run_as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m otlp_ebpf ARGS` as user nobody (no privileges), importing this tree and
+    this environment's packages."""
+    import otlp_ebpf
+
+    python = _python_for_nobody()
+    if shutil.which("setpriv") is None or python is None:
+        pytest.skip("no setpriv (util-linux), or no Python of this version user nobody may run")
+    paths = [str(Path(otlp_ebpf.__file__).parent.parent)]
+    paths += [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COV_", "COVERAGE"))}
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["COLUMNS"] = "200"
+    return subprocess.run(
+        [*NOBODY, python, "-m", "otlp_ebpf", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd="/",
+        check=False,
     )

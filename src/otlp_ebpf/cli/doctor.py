@@ -23,6 +23,7 @@ REQUIRED_TRACEPOINTS = frozenset(
     {"raw_syscalls/sys_enter", "raw_syscalls/sys_exit", "sched/sched_process_fork"}
 )
 SELFTEST_OBJECT = "selftest"
+UNREADABLE = "not readable without privileges (tracefs is root-only)"
 TRACEPOINT_FIX = "a kernel with this tracepoint (that collector degrades without it)"
 BTF_TRACEPOINT_FIX = "a kernel with BTF for this tracepoint (the collector falls back to tp/)"
 
@@ -56,16 +57,19 @@ def run_checks() -> list[Check]:
         checks.append(Check("libbpf", False, str(exc), "apt-get install libbpf1"))
         return checks
     root = features.tracefs()
+    privileged = privileges.privileged()
+    # Unprivileged, tracefs cannot be read and every tracepoint looks absent: say so, rather
+    # than "not mounted" and a kernel that lacks them.
     checks.append(
         Check(
             "tracefs",
             root is not None,
-            str(root) if root else "not mounted",
-            "mount -t tracefs nodev /sys/kernel/tracing",
+            str(root) if root else "not mounted" if privileged else UNREADABLE,
+            "mount -t tracefs nodev /sys/kernel/tracing" if privileged else root_fix,
         )
     )
     points = all_attach_points()
-    checks.extend(_tracepoint_checks(points))
+    checks.extend(_tracepoint_checks(points, root_fix if not privileged else ""))
     for label, prog_type in features.PROG_TYPES.items():
         checks.append(
             Check(f"program type {label}", features.prog_type_supported(prog_type), "", root_fix)
@@ -136,9 +140,9 @@ def _users(points: list[AttachPoint], name: str) -> str:
     return "used by " + ", ".join(users)
 
 
-def _tracepoint_checks(points: list[AttachPoint]) -> list[Check]:
+def _tracepoint_checks(points: list[AttachPoint], privileges_fix: str = "") -> list[Check]:
     """One check per tracepoint any object attaches to: classic ones in tracefs, BTF ones in
-    the kernel's BTF."""
+    the kernel's BTF. `privileges_fix`, when set, is why tracefs could not be looked at."""
     from otlp_ebpf.runtime import btf, features
 
     names = list(dict.fromkeys(check_name(p) for p in points if p.kind == "tracepoint"))
@@ -148,13 +152,17 @@ def _tracepoint_checks(points: list[AttachPoint]) -> list[Check]:
     checks = []
     for name in names:
         category, _, event = name.removeprefix("tracepoint ").partition("/")
+        required = f"{category}/{event}" in REQUIRED_TRACEPOINTS
+        if privileges_fix:
+            checks.append(Check(name, False, UNREADABLE, privileges_fix, required=required))
+            continue
         checks.append(
             Check(
                 name,
                 features.tracepoint_exists(category, event),
                 _users(points, name),
                 TRACEPOINT_FIX,
-                required=f"{category}/{event}" in REQUIRED_TRACEPOINTS,
+                required=required,
             )
         )
     offered = btf.kernel_btf_tracepoints(n.removeprefix("tp_btf ") for n in btf_names)
@@ -262,6 +270,8 @@ def register(app: typer.Typer) -> None:
 def _status_cell(check: Check) -> str:
     if check.ok:
         return "[green]ok[/]"
+    if check.detail == UNREADABLE:
+        return "[red]FAIL[/]" if check.required else "[yellow]unknown[/]"
     return "[red]FAIL[/]" if check.required else "[yellow]missing[/]"
 
 

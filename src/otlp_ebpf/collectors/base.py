@@ -21,11 +21,17 @@ from pathlib import Path
 from otlp_ebpf import console, hosttext, stopping
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import ProcessInfo, SelfCost
-from otlp_ebpf.runtime import features, probes, stats
+from otlp_ebpf.runtime import features, privileges, probes, stats
 from otlp_ebpf.runtime.launch import HeldCommand
 from otlp_ebpf.runtime.loader import BpfObject, close_all
 from otlp_ebpf.runtime.maps import BpfMap
 from otlp_ebpf.targets import TargetSpec
+
+
+def require_privileges(command: str) -> None:
+    """The first check of every collector: missing privileges, not a missing kernel feature,
+    is what an unprivileged user must hear about (runtime.privileges.require)."""
+    privileges.require(command)
 
 
 def check_pid(pid: int) -> None:

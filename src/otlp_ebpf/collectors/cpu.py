@@ -629,6 +629,7 @@ def _comm(key: CpuKey) -> str:
 def collect(config: CpuConfig) -> CpuSnapshot:
     """Run the cpu collector to its end (duration, Ctrl-C/SIGTERM, or target exit)."""
     check_config(config)
+    base.require_privileges("cpu")
     symbolizer = Symbolizer()
     targets = base.Targets(config.targets)
     sampler = pick_sampler(config, symbolizer)

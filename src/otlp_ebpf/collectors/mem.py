@@ -606,6 +606,7 @@ def notes_for(collector: MemCollector, ended: str) -> tuple[str, ...]:
 
 def collect(config: MemConfig) -> MemSnapshot:
     """Run the mem collector to its end and return the snapshot."""
+    base.require_privileges("mem")
     collector = MemCollector(config)
     with base.session(collector.targets, collector.start) as run:
         try:

@@ -389,6 +389,7 @@ def collect(
     """Run the net collector to its end and return the snapshot. With --interval,
     `on_interval` gets each interval's busiest connections and `on_partial` the cumulative
     snapshot so far (for periodic export)."""
+    base.require_privileges("net")
     collector = NetCollector(config)
     try:
         with base.session(collector.targets, collector.start) as run:

@@ -663,6 +663,7 @@ class Recording:
 
 def collect(config: RecordConfig) -> RecordSnapshot:
     """Run every chosen signal to the end of the run and return the recording."""
+    base.require_privileges("record")
     missing = missing_tracepoints(config.signals, config.targets)
     chosen, skipped = plan_signals(config.signals, config.signals_given, missing)
     for name, why in skipped.items():

@@ -449,6 +449,7 @@ def collect(
 ) -> SyscallsSnapshot:
     """Run the syscalls collector to its end and return the snapshot. With --interval,
     `on_interval` gets the rows so far and `on_partial` the cumulative snapshot so far."""
+    base.require_privileges("syscalls")
     collector = SyscallsCollector(config)
     with contextlib.closing(collector), base.session(collector.targets, collector.start) as run:
 

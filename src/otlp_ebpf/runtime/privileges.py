@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from otlp_ebpf.errors import EnvironmentLacks
+
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
@@ -27,3 +29,22 @@ def privileged() -> bool:
     caps = effective_caps()
     has = lambda cap: bool(caps >> cap & 1)  # noqa: E731
     return os.geteuid() == 0 or has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
+
+
+HINT = (
+    "run as root (sudo), or grant CAP_BPF and CAP_PERFMON "
+    "(setcap cap_bpf,cap_perfmon+ep); `otlp-ebpf doctor` checks"
+)
+
+
+def require(what: str) -> None:
+    """Refuse, before any kernel feature is probed, a process that may not use BPF.
+
+    Without privileges tracefs cannot be read, so every tracepoint looks absent and a
+    kernel feature check would blame the kernel ("needs Linux 6.3"): say the real cause."""
+    if not privileged():
+        raise EnvironmentLacks(
+            f"{what} needs root, or CAP_BPF and CAP_PERFMON (running as uid {os.geteuid()} "
+            "without them)",
+            hint=HINT,
+        )
