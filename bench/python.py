@@ -196,16 +196,24 @@ def overhead(python: str, app: Path, rounds: int, tmp: Path) -> None:
         for key, prefix in runners.items():
             times[key].append(timed(prefix, python, app, n))
     base = statistics.median(times["unprofiled"])
-    print(f"\noverhead on the target ({python}, {rounds} rounds, median {base:.2f} s unprofiled)")
+    fastest = min(times["unprofiled"])
+    print(
+        f"\noverhead on the target ({python}, {rounds} rounds; unprofiled: median {base:.2f} s, "
+        f"fastest {fastest:.2f} s)\n  (ratios of medians, and of the fastest runs: the least "
+        "disturbed by the machine's other load)"
+    )
     for key, values in times.items():
-        print(f"  {key:<28} {statistics.median(values) / base:7.3f}x")
+        ratio_median = statistics.median(values) / base
+        ratio_fastest = min(values) / fastest
+        print(f"  {key:<28} {ratio_median:7.3f}x  {ratio_fastest:7.3f}x")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--versions", help="comma-separated 3.X list (default: all installed)")
     parser.add_argument("--cpu-s", default="15", help="CPU seconds of the accuracy workload")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--overhead-only", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/python.py needs root (BPF, ptrace)", file=sys.stderr)
@@ -220,7 +228,9 @@ def main() -> int:
         app.write_text(ACCURACY_APP)
         busy = tmp / "busy.py"
         busy.write_text(OVERHEAD_APP)
-        results = {name: accuracy(name, path, app, args.cpu_s, tmp) for name, path in found.items()}
+        results = {}
+        if not args.overhead_only:
+            results = {name: accuracy(name, p, app, args.cpu_s, tmp) for name, p in found.items()}
         overhead(
             found.get("3.11 (system, static)", next(iter(found.values()))), busy, args.rounds, tmp
         )

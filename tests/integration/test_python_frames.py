@@ -117,6 +117,42 @@ main(60)
 """
 
 
+# A C extension's hot path (zlib) called from a generator, then code compiled after the start.
+MIXED_APP = """\
+import sys
+import time
+import zlib
+
+DATA = bytes(range(256)) * 512
+
+
+def c():
+    end = time.thread_time() + 0.001
+    while time.thread_time() < end:
+        zlib.compress(DATA, 9)
+
+
+def gen():
+    while True:
+        yield c()
+
+
+def main(cpu_s):
+    stop = time.thread_time() + cpu_s
+    g = gen()
+    while time.thread_time() < stop:
+        next(g)
+    ns = {}
+    exec(compile("def made_later():\\n    return sum(range(100000))\\n", "later.py", "exec"), ns)
+    stop = time.thread_time() + cpu_s
+    while time.thread_time() < stop:
+        ns["made_later"]()
+
+
+main(float(sys.argv[1]))
+"""
+
+
 def interpreter(version: str) -> Path:
     """The pyenv build of `version` (3.X), skipping the test when it is not installed."""
     found = sorted(glob.glob(str(PYENV / f"{version}.*" / "bin" / f"python{version}")))
@@ -193,7 +229,9 @@ def test_python_functions_and_their_shares(version: str, app: Path) -> None:
     python = interpreter(version)
     snap = profile(TargetSpec(command=(str(python), str(app), "3")))
     check_two_to_one(snap)
-    assert any(n.startswith(f"python: 1 CPython processes ({version})") for n in snap.notes)
+    # 3.13 publishes its own layout, which the run uses.
+    source = " via _Py_DebugOffsets" if version >= "3.13" else ""
+    assert f"python: 1 CPython processes ({version}{source})" in "".join(snap.notes)
 
 
 def test_system_python_static_build(app: Path) -> None:
@@ -302,3 +340,62 @@ def test_off_cpu_blocks_carry_python_frames(tmp_path: Path) -> None:
     assert blocked["app.nap_long"][0] >= 30 and blocked["app.nap_short"][0] >= 30, blocked
     ratio = blocked["app.nap_long"][1] / blocked["app.nap_short"][1]
     assert 1.5 <= ratio <= 2.5, blocked
+
+
+@pytest.mark.parametrize("version", ["3.10", "3.12"])
+def test_c_extension_generator_and_code_made_later(version: str, tmp_path: Path) -> None:
+    """The C extension's native frames above the Python function that called it, the
+    generator's frame above the native frames that resumed it, exec'd code named."""
+    python = interpreter(version)
+    script = tmp_path / "app.py"
+    script.write_text(MIXED_APP)
+    snap = profile(TargetSpec(command=(str(python), str(script), "1.5")))
+    in_c = in_libz = resumed = made_later = 0
+    for stack in snap.stacks:
+        names = [f.split(" (")[0] for f in stack.frames]
+        if "later.made_later" in names:
+            made_later += stack.count
+            assert stack.frames[names.index("later.made_later")] == "later.made_later (later.py:2)"
+        if "app.c" not in names:
+            continue
+        in_c += stack.count
+        at_c, at_gen = names.index("app.c"), names.index("app.gen")
+        assert names.index("app.main") < at_gen < at_c, names
+        # The generator runs in its own evaluation call, resumed from C by next() (where the
+        # native unwind got that far).
+        if "gen_iternext" in names[names.index("app.main") : at_gen]:
+            resumed += stack.count
+        if any("libz" in m for m in stack.modules[at_c + 1 :]):
+            in_libz += stack.count
+    assert in_c >= 50 and in_libz >= 0.7 * in_c, (in_c, in_libz)
+    assert resumed >= 0.7 * in_c, (in_c, resumed)
+    assert made_later >= 50, made_later
+
+
+def test_published_layout_matches_the_headers(app: Path) -> None:
+    """3.13's _Py_DebugOffsets, read from a running interpreter, gives the offsets the table
+    derived from its headers holds."""
+    from otlp_ebpf.symbolize.procmaps import OpenFiles, ProcessMaps
+    from otlp_ebpf.symbolize.python import CodeReader, find_interpreter, with_published_layout
+    from otlp_ebpf.symbolize.python_layouts import LAYOUTS
+
+    python = interpreter("3.13")
+    proc = subprocess.Popen(
+        [str(python), "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    files, reader = OpenFiles(), CodeReader()
+    try:
+        found = None
+        for _ in range(200):  # until the loader has mapped libpython
+            found = find_interpreter(ProcessMaps.capture(proc.pid, files), files)
+            if found is not None:
+                break
+        assert found is not None
+        published = with_published_layout(found, reader.runtime_bytes(proc.pid, found))
+    finally:
+        proc.kill()
+        proc.wait()
+        reader.close()
+        files.close()
+    assert published.layout_source == "_Py_DebugOffsets"
+    assert published.layout == LAYOUTS[(3, 13)]

@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 
 from otlp_ebpf.symbolize.python import (
+    DEBUG_COOKIE,
+    DEBUG_OFFSETS_BYTES,
     EVAL_FRAME,
     FRAME_LASTI_MAX,
     CodeInfo,
     PyFrame,
     decode_line_table,
     interpreter_version,
+    layout_from_debug_offsets,
     merge_python_frames,
     module_name,
 )
@@ -160,3 +163,38 @@ def test_a_native_unwind_cut_short_keeps_python_callers_at_the_root() -> None:
 
 def test_without_python_frames_native_frames_stay() -> None:
     assert merge_python_frames(NATIVE_311, []) == NATIVE_311
+
+
+def debug_offsets(version: int, free_threaded: int = 0) -> bytes:
+    """A _Py_DebugOffsets image whose every other field holds its own index."""
+    count = (DEBUG_OFFSETS_BYTES - 8) // 8
+    words = [version, free_threaded, *range(2, count)]
+    return DEBUG_COOKIE + b"".join(w.to_bytes(8, "little") for w in words)
+
+
+def test_debug_offsets_of_313_give_a_layout() -> None:
+    found = layout_from_debug_offsets(debug_offsets(0x030D00F0))
+    assert found is not None
+    version, layout = found
+    assert version == (3, 13)
+    # Field indexes in the 3.13 structure: runtime.interpreters_head is the 5th word after the
+    # cookie (index 4), tstate.current_frame the 23rd (22), code.co_code_adaptive the 43rd.
+    assert layout["runtime_interpreters_head"] == 4
+    assert layout["tstate_frame"] == 22
+    assert layout["code_adaptive"] == 42
+    assert layout["unicode_compact_data"] == layout["unicode_ascii_data"] + 16
+    assert layout["cframe_current_frame"] == -1
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        b"",
+        b"notdebug" + debug_offsets(0x030D00F0)[8:],
+        debug_offsets(0x030E00F0),  # 3.14 lays the structure out differently
+        debug_offsets(0x030D00F0, free_threaded=1),
+        debug_offsets(0x030D00F0)[:-8],
+    ],
+)
+def test_debug_offsets_not_understood_are_refused(image: bytes) -> None:
+    assert layout_from_debug_offsets(image) is None

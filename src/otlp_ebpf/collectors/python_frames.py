@@ -21,6 +21,7 @@ from otlp_ebpf.symbolize.python import (
     Interpreter,
     PyFrame,
     find_interpreter,
+    with_published_layout,
 )
 
 MAX_FRAMES = 64  # PY_MAX_FRAMES in bpf/python.h
@@ -96,6 +97,8 @@ class PythonFrames:
         runs a supported CPython, unregisters it otherwise (an exec to another program)."""
         previous = self.interpreters.pop(pid, None)
         interp = find_interpreter(maps, files)
+        if interp is not None and interp.version >= (3, 13):
+            interp = with_published_layout(interp, self.reader.runtime_bytes(pid, interp))
         if interp is not None and not interp.supported:
             self._say_unsupported(interp)
             interp = None
@@ -113,7 +116,10 @@ class PythonFrames:
             return
         self.obj.map(PROCS_MAP).update(key, bytes(proc_entry(interp)))
         self.interpreters[pid] = interp
-        console.debug(f"python: pid {pid} runs CPython {interp.version[0]}.{interp.version[1]}")
+        console.debug(
+            f"python: pid {pid} runs CPython {interp.version[0]}.{interp.version[1]} "
+            f"(layout from {interp.layout_source})"
+        )
 
     def _say_unsupported(self, interp: Interpreter) -> None:
         if interp.version in self.unsupported:
@@ -178,10 +184,15 @@ class PythonFrames:
     def notes(self) -> tuple[str, ...]:
         if not self.interpreters and not self.unsupported:
             return ()
-        versions = sorted({i.version for i in self.interpreters.values()})
+        versions = sorted(
+            {
+                f"{i.version[0]}.{i.version[1]}" + (" via _Py_DebugOffsets" if i.published else "")
+                for i in self.interpreters.values()
+            }
+        )
         text = (
             f"python: {len(self.interpreters)} CPython processes "
-            f"({', '.join(f'{a}.{b}' for a, b in versions) or 'none supported'}), "
+            f"({', '.join(versions) or 'none supported'}), "
             + (f"{self.samples} samples, " if self.samples else "")
             + f"{self.reader.reads} code objects read "
             f"({self.reader.failed} unreadable)"

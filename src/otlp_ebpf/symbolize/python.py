@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections import OrderedDict
@@ -54,14 +55,20 @@ class Interpreter:
     runtime: int
     code_type: int
     path: str
+    # The layout the interpreter publishes itself (_Py_DebugOffsets, 3.13+), when read.
+    published: tuple[tuple[str, int], ...] = ()
 
     @property
     def supported(self) -> bool:
-        return self.version in LAYOUTS
+        return bool(self.published) or self.version in LAYOUTS
 
     @property
     def layout(self) -> dict[str, int]:
-        return LAYOUTS[self.version]
+        return dict(self.published) if self.published else LAYOUTS[self.version]
+
+    @property
+    def layout_source(self) -> str:
+        return "_Py_DebugOffsets" if self.published else "headers"
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,129 @@ def _load_bias(mapping: Mapping, segments: tuple[tuple[int, int, int], ...]) -> 
         if offset <= mapping.offset < offset + filesz:
             return mapping.start - mapping.offset - (vaddr - offset)
     return mapping.start - mapping.offset
+
+
+# -- _Py_DebugOffsets (3.13+) ---------------------------------------------------------------
+
+DEBUG_COOKIE = b"xdebugpy"
+# The fields of _Py_DebugOffsets in 3.13 (Include/internal/pycore_runtime.h), all uint64_t
+# after the 8-byte cookie, in order, by group.
+_DEBUG_GROUPS_313: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("", ("version", "free_threaded")),
+    ("runtime", ("size", "finalizing", "interpreters_head")),
+    (
+        "interp",
+        (
+            "size",
+            "id",
+            "next",
+            "threads_head",
+            "gc",
+            "imports_modules",
+            "sysdict",
+            "builtins",
+            "ceval_gil",
+            "gil_runtime_state",
+            "gil_enabled",
+            "gil_locked",
+            "gil_holder",
+        ),
+    ),
+    (
+        "tstate",
+        (
+            "size",
+            "prev",
+            "next",
+            "interp",
+            "current_frame",
+            "thread_id",
+            "native_thread_id",
+            "datastack_chunk",
+            "status",
+        ),
+    ),
+    ("frame", ("size", "previous", "executable", "instr_ptr", "localsplus", "owner")),
+    (
+        "code",
+        (
+            "size",
+            "filename",
+            "name",
+            "qualname",
+            "linetable",
+            "firstlineno",
+            "argcount",
+            "localsplusnames",
+            "localspluskinds",
+            "co_code_adaptive",
+        ),
+    ),
+    ("object", ("size", "ob_type")),
+    ("type", ("size", "tp_name", "tp_repr", "tp_flags")),
+    ("tuple", ("size", "ob_item", "ob_size")),
+    ("list", ("size", "ob_item", "ob_size")),
+    ("dict", ("size", "ma_keys", "ma_values")),
+    ("float", ("size", "ob_fval")),
+    ("long", ("size", "lv_tag", "ob_digit")),
+    ("bytes", ("size", "ob_size", "ob_sval")),
+    ("unicode", ("size", "state", "length", "asciiobject_size")),
+)
+_DEBUG_FIELDS_313 = tuple(
+    f"{group}.{name}" if group else name for group, names in _DEBUG_GROUPS_313 for name in names
+)
+DEBUG_OFFSETS_BYTES = len(DEBUG_COOKIE) + 8 * len(_DEBUG_FIELDS_313)
+
+
+def layout_from_debug_offsets(data: bytes) -> tuple[tuple[int, int], dict[str, int]] | None:
+    """((major, minor), layout) from the _Py_DebugOffsets at the start of _PyRuntime, or None
+    when it is absent or of a version whose structure is not known here (only 3.13's is;
+    a free-threaded build's frame walk differs and is not supported)."""
+    if len(data) < DEBUG_OFFSETS_BYTES or not data.startswith(DEBUG_COOKIE):
+        return None
+    values = {
+        name: int.from_bytes(data[8 + 8 * i : 16 + 8 * i], "little")
+        for i, name in enumerate(_DEBUG_FIELDS_313)
+    }
+    hexversion = values["version"]
+    version = (hexversion >> 24, (hexversion >> 16) & 0xFF)
+    if version != (3, 13) or values["free_threaded"]:
+        return None
+    layout = {
+        "runtime_interpreters_head": values["runtime.interpreters_head"],
+        "interp_tstate_head": values["interp.threads_head"],
+        "tstate_next": values["tstate.next"],
+        "tstate_thread_id": values["tstate.thread_id"],
+        "tstate_frame": values["tstate.current_frame"],
+        "cframe_current_frame": -1,
+        "frame_back": values["frame.previous"],
+        "frame_code": values["frame.executable"],
+        "frame_lasti": values["frame.instr_ptr"],
+        "frame_is_entry": -1,
+        "frame_owner": values["frame.owner"],
+        "code_adaptive": values["code.co_code_adaptive"],
+        "code_qualname": values["code.qualname"],
+        "code_linetable": values["code.linetable"],
+        "code_filename": values["code.filename"],
+        "code_name": values["code.name"],
+        "code_firstlineno": values["code.firstlineno"],
+        "unicode_length": values["unicode.length"],
+        "unicode_state": values["unicode.state"],
+        "unicode_ascii_data": values["unicode.asciiobject_size"],
+        # PyCompactUnicodeObject adds utf8_length and utf8 to PyASCIIObject.
+        "unicode_compact_data": values["unicode.asciiobject_size"] + 16,
+        "bytes_size": values["bytes.ob_size"],
+        "bytes_data": values["bytes.ob_sval"],
+    }
+    return version, layout
+
+
+def with_published_layout(interp: Interpreter, runtime_bytes: bytes) -> Interpreter:
+    """The interpreter with the layout it publishes itself, when it does (3.13+)."""
+    found = layout_from_debug_offsets(runtime_bytes)
+    if found is None or found[0] != interp.version:
+        return interp
+    return dataclasses.replace(interp, published=tuple(found[1].items()))
 
 
 # -- code objects -------------------------------------------------------------------------------
@@ -235,6 +365,14 @@ class CodeReader:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+    def runtime_bytes(self, pid: int, interp: Interpreter) -> bytes:
+        """The head of the process's _PyRuntime (where 3.13+ publishes _Py_DebugOffsets);
+        empty when it cannot be read."""
+        try:
+            return self._read(pid, interp.runtime, DEBUG_OFFSETS_BYTES)
+        except (OSError, ValueError):
+            return b""
 
     def _mem(self, pid: int) -> int:
         fd = self._fds.get(pid)
