@@ -161,6 +161,21 @@ def test_a_native_unwind_cut_short_keeps_python_callers_at_the_root() -> None:
     assert merged == ["hot_c", "inner", "outer"]
 
 
+def test_an_evaluation_call_not_started_yet_keeps_callers_right() -> None:
+    """Sampled in the prologue of an evaluation call (its frame not linked yet): with a whole
+    native stack, pairing from the root keeps every Python frame under its own call."""
+    native = [
+        (EVAL_FRAME, "python"),  # the new call, no Python frame yet
+        ("gen_iternext", "python"),
+        (EVAL_FRAME, "python"),
+        ("Py_RunMain", "python"),
+        ("_start", "python"),
+    ]
+    python = [frame("made_later"), frame("<module>", entry=True)]
+    merged = [name for name, _ in merge_python_frames(native, python)]
+    assert merged == [EVAL_FRAME, "gen_iternext", "made_later", "<module>", "Py_RunMain", "_start"]
+
+
 def test_without_python_frames_native_frames_stay() -> None:
     assert merge_python_frames(NATIVE_311, []) == NATIVE_311
 

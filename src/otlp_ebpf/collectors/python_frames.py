@@ -17,6 +17,7 @@ from otlp_ebpf.errors import UsageError
 from otlp_ebpf.runtime.loader import BpfObject
 from otlp_ebpf.symbolize.procmaps import OpenFiles, ProcessMaps
 from otlp_ebpf.symbolize.python import (
+    TRUNCATED_PYTHON_FRAME,
     CodeReader,
     Interpreter,
     PyFrame,
@@ -28,7 +29,7 @@ MAX_FRAMES = 64  # PY_MAX_FRAMES in bpf/python.h
 NO_FIELD = 0xFFFF
 STACK_TRUNCATED, STACK_NO_THREAD, STACK_READ_FAILED = 1, 2, 4
 PROCS_MAP = "py_procs"
-TRUNCATED_FRAME = "[python frames truncated]"
+TRUNCATED_FRAME = TRUNCATED_PYTHON_FRAME
 TRUNCATED_MARK = 1  # PY_FRAME_TRUNCATED_MARK: ends a stored stack cut at MAX_FRAMES
 # Fields of struct py_proc after `runtime` and `version`, in order (all u16).
 _OFFSET_FIELDS = (

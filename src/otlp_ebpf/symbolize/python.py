@@ -569,23 +569,42 @@ def python_groups(frames: Sequence[PyFrame]) -> list[list[PyFrame]]:
     return groups
 
 
+# Root frames of a native stack unwound all the way (process and thread entry points).
+COMPLETE_STACK_ROOTS = frozenset({"_start", "start_thread", "clone", "clone3", "__clone3"})
+TRUNCATED_PYTHON_FRAME = "[python frames truncated]"
+
+
 def merge_python_frames(
     native: Sequence[tuple[str, str]], python: Sequence[PyFrame]
 ) -> list[tuple[str, str]]:
     """Leaf-first (name, module) frames: each native evaluation-loop frame replaced by the Python
-    frames it was running, paired from the leaf (a walk cut short on either side keeps its leaf
-    side right). Python runs left over (the native unwind stopped early) go to the root."""
+    frames it was running.
+
+    Evaluation frames and runs of Python frames are paired from the root when both stacks are
+    whole (the native one reaches a process or thread entry point, the Python one was not
+    cut): a sample in the prologue of an evaluation call, before its frame is linked, then
+    keeps its callers right. Otherwise they are paired from the leaf, so a walk cut short on
+    either side keeps its leaf side right; Python runs left over (the native unwind stopped
+    early) go to the root."""
     if not python:
         return list(native)
     groups = python_groups(python)
+    evals = [i for i, (name, _) in enumerate(native) if name == EVAL_FRAME]
+    whole = (
+        bool(native)
+        and native[-1][0] in COMPLETE_STACK_ROOTS
+        and python[-1].name != TRUNCATED_PYTHON_FRAME
+    )
+    if whole and len(evals) > len(groups):
+        evals = evals[len(evals) - len(groups) :]  # the leaf-most ones have no frames yet
+    assigned = dict(zip(evals, groups, strict=False))
     out: list[tuple[str, str]] = []
-    next_group = 0
-    for name, module in native:
-        if name == EVAL_FRAME and next_group < len(groups):
-            out.extend((f.name, f.path) for f in groups[next_group])
-            next_group += 1
-        else:
+    for index, (name, module) in enumerate(native):
+        group = assigned.get(index)
+        if group is None:
             out.append((name, module))
-    for group in groups[next_group:]:
+        else:
+            out.extend((f.name, f.path) for f in group)
+    for group in groups[len(assigned) :]:
         out.extend((f.name, f.path) for f in group)
     return out
