@@ -106,7 +106,9 @@ def test_sigint_during_start_up_ends_the_run_cleanly(
 
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    assert json.loads(out.read_text())["kind"] == "syscalls"
+    snap = json.loads(out.read_text())
+    assert snap["kind"] == "syscalls" and "ended: interrupted" in snap["notes"]
+    assert "stopped sleep" not in err  # stopped before it was started: it never ran
 
 
 @pytest.mark.bpf

@@ -311,7 +311,7 @@ class Session:
 @contextmanager
 def session(targets: Targets, attach: Callable[[], None]) -> Iterator[Session]:
     """Run statistics on, signal handlers in, probes attached by `attach`, the held command
-    released. On the way out, whatever happened, the command is reaped and every link and
+    released (unless SIGINT/SIGTERM came first). On the way out, whatever happened, the command is reaped and every link and
     object of this process is closed: the one cleanup path."""
     cpu0 = stats.process_cpu_seconds()  # the tool's cost includes loading and attaching
     try:
@@ -319,7 +319,8 @@ def session(targets: Targets, attach: Callable[[], None]) -> Iterator[Session]:
             t0 = time.monotonic()
             attach()
             attach_ms = (time.monotonic() - t0) * 1000
-            targets.release()
+            if not stop:  # stopped during start-up: the held command is never started
+                targets.release()
             yield Session(RunClock(cpu0=cpu0), stop, attach_ms)
     finally:
         targets.abandon()
