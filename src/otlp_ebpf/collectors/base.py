@@ -311,8 +311,9 @@ class Session:
 @contextmanager
 def session(targets: Targets, attach: Callable[[], None]) -> Iterator[Session]:
     """Run statistics on, signal handlers in, probes attached by `attach`, the held command
-    released (unless SIGINT/SIGTERM came first). On the way out, whatever happened, the command is reaped and every link and
-    object of this process is closed: the one cleanup path."""
+    released (unless SIGINT/SIGTERM came first). On the way out, whatever happened, the
+    command is reaped and every link and object of this process is closed: the one cleanup
+    path."""
     cpu0 = stats.process_cpu_seconds()  # the tool's cost includes loading and attaching
     try:
         with stats.StatsSession(), stop_on_signals() as stop:
