@@ -162,11 +162,15 @@ def pick_sampler(config: CpuConfig, symbolizer: Symbolizer) -> Sampler:
         return FramePointerSampler(config, symbolizer)
     from otlp_ebpf.collectors.cpu_dwarf import CpuDwarfSampler
 
-    dwarf = CpuDwarfSampler(config, symbolizer)
     if not config.off_cpu:
-        return dwarf
+        return CpuDwarfSampler(config, symbolizer)
+    # One Python registry for both: a process the on-CPU sampler sees first (it reads its
+    # samples as they come) has its off-CPU blocks walked too, and the other way round.
+    python = PythonFrames() if config.python else None
+    dwarf = CpuDwarfSampler(config, symbolizer, python)
     off_cpu_only = dataclasses.replace(config, on_cpu=False)
-    return CompositeSampler(on_cpu=dwarf, off_cpu=FramePointerSampler(off_cpu_only, symbolizer))
+    off_cpu = FramePointerSampler(off_cpu_only, symbolizer, python)
+    return CompositeSampler(on_cpu=dwarf, off_cpu=off_cpu)
 
 
 @dataclass
@@ -222,14 +226,19 @@ class ProcessWatch:
 class FramePointerSampler:
     """cpu.bpf.o with bpf_get_stack: frame-pointer user stacks and kernel stacks."""
 
-    def __init__(self, config: CpuConfig, symbolizer: Symbolizer) -> None:
+    def __init__(
+        self, config: CpuConfig, symbolizer: Symbolizer, python: PythonFrames | None = None
+    ) -> None:
         self.config = config
         self.symbolizer = symbolizer
         self.obj: BpfObject | None = None
         self.use_btf = features.tp_btf_supported()
         self.events: RingBuffer | None = None
         # Python frames: processes registered as seen, stacks named as they are first stored.
-        self.python = PythonFrames() if config.python and config.user_stacks else None
+        self.python = python
+        if python is None and config.python and config.user_stacks:
+            self.python = PythonFrames()
+        self._python_notes = python is None  # a shared registry's notes come from its owner
         self._files = OpenFiles()
         self._py_named: dict[tuple[int, int], tuple[PyFrame, ...]] = {}
         self.watch = ProcessWatch(symbolizer, self._register_python if self.python else None)
@@ -414,7 +423,8 @@ class FramePointerSampler:
             notes=self._still_blocked_note(raw) + self._whole_run_note(whole_run),
         )
         if self.python is not None:
-            sampled.notes += self.python.notes()
+            if self._python_notes:
+                sampled.notes += self.python.notes()
             self.python.close()
         self._files.close()
         return sampled

@@ -158,7 +158,7 @@ class DwarfSampler:
         debug_roots: tuple[str, ...] = (DEFAULT_DEBUG_ROOT,),
         background: bool = True,
         end_wait_s: float = END_WAIT_S,
-        python: bool = True,
+        python: bool | PythonFrames = True,
     ) -> None:
         if not 0 < window_bytes <= MAX_WINDOW:
             raise UsageError(f"stack window must be 1..{MAX_WINDOW} bytes, got {window_bytes}")
@@ -171,7 +171,10 @@ class DwarfSampler:
             cache_dir = default_cache_dir()
         self.cfi = CfiCache(cache_dir if disk_cache else None, debug_roots, background=background)
         self.end_wait_s = end_wait_s
-        self.python = PythonFrames() if python else None
+        # Python frames; a registry shared with the off-CPU sampler of the same run when given.
+        self.python = (
+            python if isinstance(python, PythonFrames) else (PythonFrames() if python else None)
+        )
         self.obj: BpfObject | None = None
         self.samples_total = 0
         self.truncated = 0
@@ -537,14 +540,16 @@ def _exe_identity(pid: int) -> tuple[int, int] | None:
 class CpuDwarfSampler:
     """The cpu collector's Sampler interface (collectors/cpu.py) over DwarfSampler."""
 
-    def __init__(self, config: CpuConfig, symbolizer: Symbolizer) -> None:
+    def __init__(
+        self, config: CpuConfig, symbolizer: Symbolizer, python: PythonFrames | None = None
+    ) -> None:
         self.config = config
         self.sampler = DwarfSampler(
             symbolizer,
             frequency_hz=config.frequency_hz,
             fp_fallback=config.unwind == "auto",
             kernel_stacks=config.kernel_stacks,
-            python=config.python,
+            python=python if python is not None else config.python,
         )
 
     def start(self, targets: base.Targets) -> None:

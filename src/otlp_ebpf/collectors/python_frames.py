@@ -83,15 +83,22 @@ class PythonFrames:
     """Registers CPython processes with a loaded BPF object and names their samples' frames."""
 
     def __init__(self) -> None:
-        self.obj: BpfObject | None = None
+        # One registry may serve several BPF objects in one run (DWARF on-CPU samples and
+        # frame-pointer off-CPU blocks): a process seen by either is registered with both.
+        self.objs: list[BpfObject] = []
         self.reader = CodeReader()
         self.interpreters: dict[int, Interpreter] = {}
         self.unsupported: set[tuple[int, int]] = set()
         self.flags: Counter[str] = Counter()
         self.samples = 0
+        self._users = 0
 
     def attach(self, obj: BpfObject) -> None:
-        self.obj = obj
+        """Register every known interpreter with a newly loaded object, and the next ones."""
+        self.objs.append(obj)
+        self._users += 1
+        for pid, interp in self.interpreters.items():
+            obj.map(PROCS_MAP).update(pid.to_bytes(4, "little"), bytes(proc_entry(interp)))
 
     def register(self, pid: int, maps: ProcessMaps, files: OpenFiles) -> None:
         """Called on every capture of a process's maps (first sight, exec): registers it if it
@@ -108,14 +115,14 @@ class PythonFrames:
             return
         if previous is not None:
             self.reader.forget(pid)
-        if self.obj is None:
-            return
         key = pid.to_bytes(4, "little")
         if interp is None:
             if previous is not None:
-                self.obj.map(PROCS_MAP).delete(key)
+                for obj in self.objs:
+                    obj.map(PROCS_MAP).delete(key)
             return
-        self.obj.map(PROCS_MAP).update(key, bytes(proc_entry(interp)))
+        for obj in self.objs:
+            obj.map(PROCS_MAP).update(key, bytes(proc_entry(interp)))
         self.interpreters[pid] = interp
         console.debug(
             f"python: pid {pid} runs CPython {interp.version[0]}.{interp.version[1]} "
@@ -206,4 +213,7 @@ class PythonFrames:
         return (text,)
 
     def close(self) -> None:
-        self.reader.close()
+        """Release the process memory handles once every object using them is done."""
+        self._users -= 1
+        if self._users <= 0:
+            self.reader.close()
