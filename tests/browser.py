@@ -31,13 +31,14 @@ def chromium() -> str:
     return found
 
 
-def dump_dom(page: Path, fragment: str = "") -> str:
+def dump_dom(page: Path, fragment: str = "", *flags: str) -> str:
     """The page's DOM as chromium serializes it once loaded (scripts run)."""
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(
             [
                 chromium(),
                 *CHROMIUM_FLAGS,
+                *flags,
                 f"--user-data-dir={profile}",
                 "--dump-dom",
                 page.resolve().as_uri() + fragment,

@@ -112,3 +112,40 @@ def test_host_names_are_text_not_markup(tmp_path):
     dom = dump_dom(write_page(tmp_path))
     assert "<img" not in dom
     assert "&lt;img src=x onerror=alert(1)&gt;" in dom
+
+
+# A harness page that loads the report in a frame and drags across its syscall chart with
+# real mouse events, from 1.2 s to 1.8 s, then copies what the report shows into its own DOM.
+DRAG_HARNESS = """<!DOCTYPE html><html><body><div id="out"></div>
+<script>
+var frame = document.createElement("iframe");
+frame.style.width = "1200px";
+frame.style.height = "900px";
+frame.addEventListener("load", function () {
+  var doc = frame.contentDocument, win = frame.contentWindow;
+  var svg = doc.querySelector('svg[data-chart="syscalls-count"]');
+  var box = svg.getBoundingClientRect(), y = box.top + box.height / 2;
+  function at(t) { return box.left + (64 + (960 - 64 - 12) * t / 3.5) * box.width / 960; }
+  function mouse(target, kind, t) {
+    target.dispatchEvent(new win.MouseEvent(kind, {clientX: at(t), clientY: y, bubbles: true}));
+  }
+  mouse(svg, "mousedown", 1.2);
+  mouse(doc, "mousemove", 1.5);
+  mouse(doc, "mouseup", 1.8);
+  document.getElementById("out").innerHTML = doc.getElementById("tables").outerHTML +
+    doc.getElementById("window-label").outerHTML + "<p id=hash>" + win.location.hash + "</p>";
+});
+frame.src = "rec.html";  // the listener is in place before the frame can load
+document.body.appendChild(frame);
+</script></body></html>
+"""
+
+
+def test_dragging_across_a_chart_selects_the_window_the_tables_follow(tmp_path):
+    write_page(tmp_path)
+    harness = tmp_path / "drag.html"
+    harness.write_text(DRAG_HARNESS)
+    dom = dump_dom(harness, "", "--allow-file-access-from-files")
+    assert counts(dom) == {"getppid": ("20", "0"), "mkdir": ("5", "5")}
+    assert re.search(r'id="window-label">1.20 s to 1.80 s<', dom)
+    assert re.search(r'id="hash">#window=1.200,1.7\d\d<', dom)
