@@ -170,3 +170,15 @@ def test_an_empty_capture_of_an_exiting_process_keeps_the_earlier_one(
         assert not symbolizer.remember_process(77)
         frames = symbolizer.user_frames(77, [qsort], adjust_return_addresses=False)
     assert frames == [("qsort", LIBC)]
+
+
+def test_a_forgotten_process_keeps_nothing(proc: FakeProc, tmp_path: Path) -> None:
+    """Once its stacks are named, a process gone for good frees its captured maps (the cpu
+    collector does so for the processes it evicts): nothing of it resolves any more."""
+    qsort = BASE + _libc_file_offset("qsort")
+    with _symbolizer(tmp_path) as symbolizer:
+        assert symbolizer.remember_process(77)
+        (proc.dir / "maps").write_text("")  # exited
+        symbolizer.forget_process(77)
+        frames = symbolizer.user_frames(77, [qsort], adjust_return_addresses=False)
+    assert frames == [(UNKNOWN_FRAME, "")]

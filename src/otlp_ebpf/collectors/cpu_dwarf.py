@@ -67,6 +67,8 @@ EXEC_PROGRAM = "dwarf_exec"
 # process that is gone keeps its maps for the samples still on their way, and a host with
 # endless short processes does not grow the tool's memory without bound.
 MAX_PROCESSES = 1024
+# Evicted processes whose stacks are named (and maps forgotten) in one pass over the counts.
+RETIRE_BATCH = 128
 KSTACK_DEPTH = 64
 MAX_WINDOW = 32768
 DEFAULT_WINDOW = 16384
@@ -189,6 +191,9 @@ class DwarfSampler:
         self._batch: list[bytes] = []
         self._infos: dict[int, ProcessInfo] = {}
         self._counts: Counter[_StackKey] = Counter()
+        # Stacks of processes whose maps were evicted, named while the maps were at hand.
+        self._named: dict[_StackKey, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._retiring: list[int] = []
         self._failures: Counter[str] = Counter()
         self.sample_links: list[Link] = []
 
@@ -397,19 +402,40 @@ class DwarfSampler:
         self._processes[pid] = _Process(unwind_maps, exe, time.monotonic())
         self._processes.move_to_end(pid)
         while len(self._processes) > MAX_PROCESSES:
-            self._processes.popitem(last=False)
+            evicted, _ = self._processes.popitem(last=False)
+            self._retiring.append(evicted)
+        if len(self._retiring) >= RETIRE_BATCH:
+            self._retire()
         if self.prefetch:
             unwind_maps.prefetch()
         return True
+
+    def _retire(self) -> None:
+        """Name the stacks of evicted processes now and let the symbolizer forget their maps:
+        what a process costs in memory ends with it, not with the run. (One pass over the
+        counts per batch of evictions.)"""
+        retiring, self._retiring = set(self._retiring), []
+        for key in self._counts:
+            if key[0] in retiring and key not in self._named:
+                self._named[key] = self._frames(key[0], key[3], key[4], key[5], key[6])
+        for pid in retiring:
+            if pid not in self._processes:
+                self.symbolizer.forget_process(pid)
+
+    def _named_frames(self, key: _StackKey) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        named = self._named.get(key)
+        if named is None:
+            named = self._frames(key[0], key[3], key[4], key[5], key[6])
+        return named
 
     # -- results --------------------------------------------------------------------------------
 
     def stacks(self) -> list[StackCount]:
         """Every distinct stack seen, symbolized; frames root first, kernel frames last."""
         merged: Counter[tuple[int, int, str, tuple[str, ...], tuple[str, ...]]] = Counter()
-        for (pid, tid, comm, user, kernel, truncated, python), count in self._counts.items():
-            frames, modules = self._frames(pid, user, kernel, truncated, python)
-            merged[(pid, tid, comm, frames, modules)] += count
+        for key, count in self._counts.items():
+            frames, modules = self._named_frames(key)
+            merged[(key[0], key[1], key[2], frames, modules)] += count
         return [
             StackCount(pid, tid, comm, frames, count, modules=modules)
             for (pid, tid, comm, frames, modules), count in merged.most_common()
@@ -459,7 +485,7 @@ class DwarfSampler:
 
     def raw_frames(self, keys: Iterable[_StackKey]) -> dict[_StackKey, tuple[str, ...]]:
         """Root-first frames of keys from `raw_counts`."""
-        return {key: self._frames(key[0], key[3], key[4], key[5], key[6])[0] for key in keys}
+        return {key: self._named_frames(key)[0] for key in keys}
 
     def unwind_failures(self) -> dict[str, int]:
         """Samples whose user stack stopped early, by reason (for lost_events)."""

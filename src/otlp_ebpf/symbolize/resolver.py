@@ -163,6 +163,11 @@ class Symbolizer:
         del snapshots[_MAX_SNAPSHOTS_PER_PID:]
         return True
 
+    def forget_process(self, pid: int) -> None:
+        """Drop what was captured of `pid` (its stacks were named already): a long run over
+        endless short processes keeps memory for the processes it still needs only."""
+        self._snapshots.pop(pid, None)
+
     def user_frames(
         self, pid: int, addrs: Sequence[int], *, adjust_return_addresses: bool = True
     ) -> list[tuple[str, str]]:
