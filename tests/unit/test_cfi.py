@@ -318,3 +318,24 @@ def test_urgent_requests_go_before_prefetches(program: Path, tmp_path: Path) -> 
         assert done == ["a", "c", "b"]
     finally:
         worker.close()
+
+
+def test_tables_in_memory_are_bounded_least_recently_used_first() -> None:
+    """A host building new binaries all day must not keep every table it met."""
+    from otlp_ebpf.symbolize.cfi import CfiRow, TableLru
+
+    def table(rows: int) -> CfiTable:
+        t = CfiTable("x86_64", "id", ())
+        for i in range(rows):
+            t.append(i * 16, CfiRow(1, 7, 8, -8, 0))
+        return t
+
+    lru = TableLru(max_rows=250)
+    lru.put("a", table(100))
+    lru.put("b", table(100))
+    assert lru.get("a") is not None  # a used: b is now the oldest
+    lru.put("c", table(100))
+    assert "b" not in lru and "a" in lru and "c" in lru
+    assert lru.rows == 200
+    lru.put("huge", table(1000))  # bigger than the cap: kept alone
+    assert len(lru) == 1 and lru.get("huge") is not None

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO, NamedTuple
@@ -466,6 +467,43 @@ def prune_disk_cache(cache_dir: str, cap_bytes: int, keep: str = "") -> int:
     return deleted
 
 
+# Rows of unwind tables kept in memory (~22 bytes each): libc has ~25,000, libpython ~59,000.
+# A host that builds and runs new binaries all day would otherwise keep every table it met.
+MEMORY_CACHE_ROWS = 1_500_000
+
+
+class TableLru:
+    """Tables by key, least recently used evicted once their rows pass `max_rows` (a table in
+    use by a process's unwinder stays alive there; only the cache forgets it)."""
+
+    def __init__(self, max_rows: int) -> None:
+        self.max_rows = max_rows
+        self.rows = 0
+        self._tables: OrderedDict[str, CfiTable] = OrderedDict()
+
+    def get(self, key: str) -> CfiTable | None:
+        table = self._tables.get(key)
+        if table is not None:
+            self._tables.move_to_end(key)
+        return table
+
+    def put(self, key: str, table: CfiTable) -> None:
+        old = self._tables.pop(key, None)
+        if old is not None:
+            self.rows -= len(old)
+        self._tables[key] = table
+        self.rows += len(table)
+        while self.rows > self.max_rows and len(self._tables) > 1:
+            _, evicted = self._tables.popitem(last=False)
+            self.rows -= len(evicted)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._tables
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+
 class CfiCache:
     """Unwind tables per build-id, decoded at most once per machine (when `cache_dir` is set).
 
@@ -485,7 +523,7 @@ class CfiCache:
         self.disk_cap_bytes = disk_cache_cap_bytes()
         self.debug_roots = tuple(debug_roots)
         self.stats = CfiCacheStats()
-        self._by_build_id: dict[str, CfiTable] = {}
+        self._by_build_id = TableLru(MEMORY_CACHE_ROWS)
         self.worker = DecodeWorker(cache_dir, self.debug_roots) if background else None
         self._keys: dict[str, str] = {}  # path -> cache key (build-id, or the path itself)
         self._failed: set[str] = set()
@@ -519,7 +557,7 @@ class CfiCache:
                 continue
             self.stats.decoded += 1
             self.stats.fde_failures += table.failures
-            self._by_build_id[key] = table
+            self._by_build_id.put(key, table)
         return arrived
 
     def close(self) -> None:
@@ -561,7 +599,7 @@ class CfiCache:
             self.stats.unreadable += 1
             return None
         if build_id:
-            self._by_build_id[build_id] = table
+            self._by_build_id.put(build_id, table)
             self._store(table)
         return table
 
@@ -575,7 +613,7 @@ class CfiCache:
         table = self._load(build_id) if build_id.isalnum() else None
         if table is not None:
             self.stats.from_disk += 1
-            self._by_build_id[build_id] = table
+            self._by_build_id.put(build_id, table)
         return table
 
     def _decode(self, elf: ELFFile, build_id: str) -> CfiTable:
