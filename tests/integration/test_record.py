@@ -282,6 +282,17 @@ def test_a_change_at_a_known_second_shows_in_that_row(tmp_path, changing):
     assert all(of(row, "getppid")["count"] > 0 for row in rows[:first_failing])
 
 
+def running(binary: Path) -> bool:
+    """True once some process runs `binary`."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.readlink(entry / "exe") == str(binary):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_ctrl_c_writes_everything_recorded_so_far(tmp_path, changing):
     path = tmp_path / "rec.json"
     looping = tmp_path / "loop.sh"
@@ -305,7 +316,9 @@ def test_ctrl_c_writes_everything_recorded_so_far(tmp_path, changing):
         text=True,
         env=env,
     )
-    time.sleep(4)  # attach, then at least a few rows of the endless workload
+    while not running(changing) and proc.poll() is None:  # attached and released
+        time.sleep(0.05)
+    time.sleep(2.5)  # a few rows of the endless workload
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err

@@ -302,13 +302,23 @@ class SyscallsSignal:
         self.collector.start()
 
     def poll(self, timeout_s: float) -> bool:
-        return False
+        """Fold the rows of processes that exited out of the kernel's tables, as `syscalls`
+        does (they are counted from the collector's own table from then on)."""
+        if self.collector.exits is None:
+            return False
+        self.collector.poll(timeout_s)
+        return True
 
     def _totals(self) -> dict[str, tuple[int, int, list[int]]]:
+        """Per syscall name, so far: live processes' rows in the kernel's tables and the
+        rows of those that exited, already folded out of them."""
         from otlp_ebpf.collectors.syscalls import SYSCALL_SLOTS, syscall_name
 
+        rows = [(nr, row) for (_tgid, nr), row in self.collector.read_rows().items()]
+        for _pid, proc in self.collector.exited.entries():
+            rows += list(proc.rows.items())
         out: dict[str, tuple[int, int, list[int]]] = {}
-        for (_tgid, nr), row in self.collector.read_rows().items():
+        for nr, row in rows:
             name = syscall_name(nr, self.collector.table)
             if name in self.excluded:
                 continue
