@@ -210,3 +210,33 @@ def test_samples_of_short_lived_processes_are_unwound(tmp_path, cc):
     assert in_spin >= 20  # 20 x 50 ms at 499 Hz: ~500 samples on an idle machine
     # A sample is lost to the process's end only when it came in its last instants.
     assert gone <= in_spin // 4, (gone, in_spin)
+
+
+GETPPID_N = r"""
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    for (int i = 0; i < atoi(argv[1]); i++) getppid();
+    return 0;
+}
+"""
+
+
+def test_a_call_that_finds_no_row_is_still_counted(tmp_path, cc):
+    """With a (process, syscall) table of 8 rows, the process's first syscalls take them all:
+    its getppid calls find no row of their own and are counted without their process, in the
+    `[unattributed]` rows, not lost."""
+    from otlp_ebpf.collectors.syscalls import SyscallsConfig, collect
+    from otlp_ebpf.targets import TargetSpec
+
+    binary = build_c(cc, GETPPID_N, tmp_path / "getppid_n", "-O1")
+    snapshot = collect(
+        SyscallsConfig(targets=TargetSpec(command=(str(binary), "4321")), table_size=8)
+    )
+    getppid = [s for s in snapshot.syscalls if s.name == "getppid"]
+    assert sum(s.count for s in getppid) == 4321
+    assert {(s.pid, s.comm) for s in getppid} == {(0, "[unattributed]")}
+    assert "syscall table full" not in snapshot.lost_events
+    assert any(
+        "calls counted without their process (syscall table full: " in n for n in snapshot.notes
+    )

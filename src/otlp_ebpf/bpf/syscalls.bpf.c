@@ -44,6 +44,16 @@ struct {
 	__type(value, char[TASK_COMM_LEN]);
 } comms SEC(".maps");
 
+/* Calls that found no row of their own (the table full while user space lags behind a burst
+ * of exits, or no memory for a new row at that instant): counted here by syscall, without
+ * their process, so that no call is lost. Shared by every CPU: atomic adds. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SYSCALL_NR);
+	__type(key, u32);
+	__type(value, struct syscall_stats);
+} unattributed SEC(".maps");
+
 /* Per live process: the rows it created (one per process, like the rows themselves). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -148,6 +158,33 @@ static __always_inline struct syscall_stats *stats_for(u32 tgid, u32 nr)
 	return bpf_map_lookup_elem(&stats, &key);
 }
 
+static __always_inline void record_unattributed(u64 nr, bool failed, u64 delta, bool timed)
+{
+	u32 key = (u32)nr;
+	struct syscall_stats *st;
+
+	if (key >= MAX_SYSCALL_NR)
+		return;
+	st = bpf_map_lookup_elem(&unattributed, &key);
+	if (!st)
+		return;
+	__sync_fetch_and_add(&st->count, 1);
+	if (failed)
+		__sync_fetch_and_add(&st->errors, 1);
+	if (timed) {
+		u32 slot = log2_slot(delta);
+
+		__sync_fetch_and_add(&st->total_ns, delta);
+		if (slot < SYSCALL_SLOTS)
+			__sync_fetch_and_add(&st->hist[slot], 1);
+		/* min and max without a lock: a race costs at most one extreme of these rows. */
+		if (delta > st->max_ns)
+			st->max_ns = delta;
+		if (!st->min_ns || delta < st->min_ns)
+			st->min_ns = delta;
+	}
+}
+
 static __always_inline void record_exit(u32 tgid, u64 nr, long ret, u64 delta, bool timed)
 {
 	struct syscall_stats *st;
@@ -156,8 +193,10 @@ static __always_inline void record_exit(u32 tgid, u64 nr, long ret, u64 delta, b
 	if (errors_only && !failed)
 		return;
 	st = stats_for(tgid, (u32)nr);
-	if (!st)
+	if (!st) {
+		record_unattributed(nr, failed, delta, timed);
 		return;
+	}
 	st->count += 1;
 	if (timed) {
 		st->total_ns += delta;

@@ -7,11 +7,11 @@
 #define MAX_SYSCALL_NR 1024
 
 enum syscalls_drop {
-	DROP_STATS_FULL = 0,   /* (tgid, nr) table full: the call is not counted */
+	DROP_STATS_FULL = 0,   /* (tgid, nr) table full: counted without its process */
 	DROP_ERRNO_FULL = 1,   /* (tgid, nr, errno) table full: counted, errno unknown */
 	DROP_START_FULL = 2,   /* no room to remember a start time: counted without latency */
 	DROP_EXIT_LOST = 3,    /* exit event lost: the process's rows stay in the table to the end */
-	DROP_STATS_NOMEM = 4,  /* no memory for a new (tgid, nr) row at that instant: not counted */
+	DROP_STATS_NOMEM = 4,  /* no memory for a new (tgid, nr) row: counted without its process */
 	DROP_SLOTS = 8,
 };
 

@@ -40,6 +40,9 @@ DROP_REASONS = (
     "exit event lost",
     "syscall row allocation failed",
 )
+# Slots whose calls are still counted, in the `unattributed` rows: noted, not lost.
+UNATTRIBUTED_SLOTS = {0: "syscall table full", 4: "no memory for a new row"}
+UNATTRIBUTED_COMM = "[unattributed]"
 BTF_PROGRAMS = ("btf_sys_enter", "btf_sys_exit")
 TP_PROGRAMS = ("tp_sys_enter", "tp_sys_exit")
 EXIT_PROGRAM = "process_gone"
@@ -145,6 +148,7 @@ class SyscallsConfig:
     syscalls: tuple[str, ...] = ()
     errors_only: bool = False
     comm: str = ""
+    table_size: int = 0  # rows of the (process, syscall) table; 0: the object's own size
 
 
 @dataclass
@@ -314,6 +318,8 @@ class SyscallsCollector:
     def _load(self, use_btf: bool) -> BpfObject:
         obj = BpfObject.open("syscalls")
         obj.set_rodata(**self._rodata())
+        if self.config.table_size:
+            obj.resize_map("stats", self.config.table_size)
         for prog in TP_PROGRAMS if use_btf else BTF_PROGRAMS:
             obj.disable(prog)
         for prog in self.targets.unused_programs(use_btf):
@@ -392,7 +398,32 @@ class SyscallsCollector:
     def read_drops(self) -> dict[str, int]:
         assert self.obj is not None
         drops = self.obj.map("drops")
-        return {reason: n for i, reason in enumerate(DROP_REASONS) if (n := drops.lookup_u64(i))}
+        return {
+            reason: n
+            for i, reason in enumerate(DROP_REASONS)
+            if i not in UNATTRIBUTED_SLOTS and (n := drops.lookup_u64(i))
+        }
+
+    def unattributed_notes(self) -> tuple[str, ...]:
+        """Calls counted without their process, and why (they are in the rows of pid 0 named
+        `[unattributed]`, not lost)."""
+        assert self.obj is not None
+        drops = self.obj.map("drops")
+        why = {r: n for slot, r in UNATTRIBUTED_SLOTS.items() if (n := drops.lookup_u64(slot))}
+        if not why:
+            return ()
+        detail = ", ".join(f"{r}: {n:,}" for r, n in why.items())
+        return (f"{sum(why.values()):,} calls counted without their process ({detail})",)
+
+    def read_unattributed(self) -> dict[int, _Row]:
+        assert self.obj is not None
+        rows: dict[int, _Row] = {}
+        for raw_key, raw_value in self.obj.map("unattributed").items():
+            values = _STATS.unpack(raw_value[: _STATS.size])
+            if values[0]:
+                row = rows[int.from_bytes(raw_key, "little")] = _Row()
+                row.add_values(values)
+        return rows
 
     def stats(self) -> list[SyscallStat]:
         """Every row so far: live processes from the kernel tables, exited ones from ours."""
@@ -410,6 +441,8 @@ class SyscallsCollector:
             for nr, row in proc.rows.items():
                 if row.count:
                     out.append(self._stat(pid, proc.comm, nr, row, proc.errnos.get(nr, {})))
+        for nr, row in self.read_unattributed().items():
+            out.append(self._stat(0, UNATTRIBUTED_COMM, nr, row, {}))
         out.sort(key=lambda s: (-s.count, s.name, s.pid))
         return out
 
@@ -495,7 +528,11 @@ def build_snapshot(
         lost_events={**collector.read_drops(), **collector.targets.losses()},
         processes=processes,
         self_cost=base.self_cost(clock, bpf_ns, runs),
-        notes=(f"ended: {ended}", *collector.targets.command_notes()),
+        notes=(
+            f"ended: {ended}",
+            *collector.unattributed_notes(),
+            *collector.targets.command_notes(),
+        ),
         command_exit=collector.targets.command_exit(),
         syscalls=tuple(syscalls),
         series=tuple(collector.series),
