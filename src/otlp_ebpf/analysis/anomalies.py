@@ -1,0 +1,384 @@
+"""Which series of a timeline depart from their own baseline, when, and by how much.
+
+For each series:
+1. change points by binary segmentation of the squared-error cost (the cumulative sums make
+   every split of a segment one vectorised step); the penalty per change point is
+   3 sigma^2 log n, with sigma the robust (MAD) scale of the row-to-row differences, so a
+   series' own noise does not cut it into pieces;
+2. the baseline is the first regime that lasts at least `baseline_min_s` and
+   `baseline_min_rows` rows: a recording starts before the trouble, and a shorter first regime
+   is the target starting up; it is described by its median and MAD;
+3. every later regime whose median departs from the baseline by a minimum effect (a share of
+   the baseline, a number of robust sigmas, and an absolute floor per unit) is a candidate;
+   neighbouring candidates in the same direction merge (a leak is a ramp of small steps);
+   a candidate shorter than `min_duration_s` or `min_rows` rows is dropped;
+4. each candidate's rows against the baseline's: Mann-Whitney U or Welch's t (scipy.stats,
+   see `departure_p_value`), and
+   Benjamini-Hochberg (scipy.stats.false_discovery_control) over every series tested, so a
+   steady run with hundreds of series does not produce chance anomalies.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy import stats as sps
+
+from otlp_ebpf.analysis.series import Series, Timeline
+
+METHOD = "binseg-l2 + median/MAD baseline + mann-whitney-u|welch-t + benjamini-hochberg"
+MAD_TO_SIGMA = 1.4826
+# Smallest change worth reporting, in the series' own unit, so that a handful of calls or a
+# few kilobytes never become an anomaly however regular the run was.
+ABSOLUTE_FLOOR = {
+    "1/s": 2.0,  # events per second
+    "B/s": 4096.0,
+    "B": 256 * 1024.0,  # outstanding memory
+    "ns": 10_000.0,  # p99 latency: 10 us
+    "samples/s": 0.0,  # set from the sampling frequency: 10% of one CPU
+}
+EVENTS_PER_ROW = 4.0
+# Smallest relative change: rates by half, levels by a fifth; latency percentiles come from
+# log2 histograms, where one bucket is already 2x: two buckets (4x).
+RELATIVE_FLOOR = {"rate": 0.5, "level": 0.2, "latency": 3.0}
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    min_duration_s: float = 1.0
+    min_rows: int = 3  # two outliers in a row happen by chance over thousands of rows
+    baseline_min_s: float = 1.0
+    baseline_min_rows: int = 5
+    robust_sigmas: float = 3.0
+    false_discovery_rate: float = 0.05
+    max_change_points: int = 8
+
+
+@dataclass(frozen=True, eq=False)  # identity: numpy arrays inside
+class Anomaly:
+    """One series departing from its baseline during [start_s, end_s]."""
+
+    series: Series
+    start_s: float
+    end_s: float
+    first_row: int
+    last_row: int  # inclusive
+    baseline: float  # median of the baseline regime
+    baseline_mad: float
+    observed: float  # median of the anomalous rows
+    peak: float  # the most extreme row in the anomaly's direction
+    direction: Literal["up", "down"]
+    p_value: float
+    q_value: float
+    score: float
+
+    @property
+    def signal(self) -> str:
+        return self.series.signal
+
+    @property
+    def rows(self) -> int:
+        return self.last_row - self.first_row + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "signal": self.series.signal,
+            "series": self.series.name,
+            "labels": dict(self.series.labels),
+            "unit": self.series.unit,
+            "start_s": round(self.start_s, 6),
+            "end_s": round(self.end_s, 6),
+            "baseline": _round(self.baseline),
+            "observed": _round(self.observed),
+            "peak": _round(self.peak),
+            "direction": self.direction,
+            "score": round(self.score, 3),
+            "p_value": float(f"{self.p_value:.3g}"),
+            "q_value": float(f"{self.q_value:.3g}"),
+            "method": METHOD,
+        }
+
+
+def _mad(values: np.ndarray) -> float:
+    """Median absolute deviation (unscaled). scipy.stats.median_abs_deviation computes the
+    same, with a per-call cost 50x this one's that shows over hundreds of series."""
+    if len(values) == 0:
+        return 0.0
+    return float(np.median(np.abs(values - np.median(values))))
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.6g}")
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    series: Series
+    first: int
+    last: int
+    baseline_rows: np.ndarray
+    direction: Literal["up", "down"]
+    p_value: float
+
+
+def detect(timeline: Timeline, settings: DetectorSettings | None = None) -> list[Anomaly]:
+    """Every anomaly of every series, strongest first."""
+    settings = settings or DetectorSettings()
+    tested: list[tuple[Series, _Candidate | None]] = []
+    for series in timeline.series:
+        candidates = _candidates(series, timeline, settings)
+        if candidates is None:
+            continue  # too few rows to say anything: not part of the family tested
+        if candidates:
+            tested.extend((series, c) for c in candidates)
+        else:
+            tested.append((series, None))  # tested, nothing found: still counts in the family
+    if not tested:
+        return []
+    p_values = np.array([c.p_value if c is not None else 1.0 for _, c in tested])
+    q_values = sps.false_discovery_control(p_values, method="bh")
+    anomalies = []
+    for (_, candidate), q in zip(tested, q_values, strict=True):
+        if candidate is None or q > settings.false_discovery_rate:
+            continue
+        anomalies.append(_anomaly(candidate, float(q), timeline))
+    anomalies.sort(key=lambda a: (-a.score, a.start_s, a.series.key))
+    return anomalies
+
+
+def _candidates(
+    series: Series, timeline: Timeline, settings: DetectorSettings
+) -> list[_Candidate] | None:
+    present = np.flatnonzero(~np.isnan(series.values))
+    if len(present) < settings.baseline_min_rows + settings.min_rows:
+        return None
+    values = series.values[present]
+    shaped = np.log2(np.maximum(values, 1.0)) if series.nature == "latency" else values
+    cuts = change_points(shaped, settings.min_rows, settings.max_change_points)
+    bounds = list(zip([0, *cuts], [*cuts, len(values)], strict=True))
+    base_index = _baseline_segment(bounds, present, series, settings)
+    if base_index is None:
+        return None
+    b0, b1 = bounds[base_index]
+    base_rows = values[b0:b1]
+    baseline = float(np.median(base_rows))
+    scale = _noise(series, base_rows, timeline)
+    floor = _floor(series, timeline)
+    marks: list[Literal["up", "down"] | None] = []
+    for s0, s1 in bounds[base_index + 1 :]:
+        level = float(np.median(values[s0:s1]))
+        marks.append(_departure(series, baseline, level, scale, floor, settings))
+    out = []
+    index = 0
+    later = bounds[base_index + 1 :]
+    while index < len(later):
+        direction = marks[index]
+        if direction is None:
+            index += 1
+            continue
+        end = index
+        while end + 1 < len(later) and marks[end + 1] == direction:
+            end += 1
+        first, last = later[index][0], later[end][1] - 1
+        index = end + 1
+        trimmed = _trim(values, first, last, direction, baseline, scale, floor, series, settings)
+        if trimmed is None:
+            continue
+        first, last = trimmed
+        # A ramp's first rows can fall in the regime before it (an L2 split is placed where
+        # the means differ most): take back the rows just before that depart as well.
+        while first - 1 >= b0 + settings.baseline_min_rows and _departure(
+            series, baseline, float(values[first - 1]), scale, floor, settings
+        ) == direction:
+            first -= 1
+        rows = last - first + 1
+        duration = float(series.ends[present[last]] - series.starts[present[first]])
+        if rows < settings.min_rows or duration < settings.min_duration_s - 1e-9:
+            continue
+        p_value = departure_p_value(values[first : last + 1], base_rows)
+        out.append(
+            _Candidate(
+                series, int(present[first]), int(present[last]), base_rows, direction, p_value
+            )
+        )
+    return out
+
+
+def _trim(
+    values: np.ndarray,
+    first: int,
+    last: int,
+    direction: Literal["up", "down"],
+    baseline: float,
+    scale: float,
+    floor: float,
+    series: Series,
+    settings: DetectorSettings,
+) -> tuple[int, int] | None:
+    """The rows of a regime that depart on their own: a regime's edges may hold a row of
+    the baseline, and one huge row can carry a two-row regime's median. None when fewer
+    than `min_rows` rows (or under half the regime) depart."""
+    departs = [
+        _departure(series, baseline, float(v), scale, floor, settings) == direction
+        for v in values[first : last + 1]
+    ]
+    hits = [first + i for i, d in enumerate(departs) if d]
+    if len(hits) < settings.min_rows or 2 * len(hits) < len(departs):
+        return None
+    return hits[0], hits[-1]
+
+
+def departure_p_value(rows: np.ndarray, baseline: np.ndarray) -> float:
+    """How unlikely the rows are under the baseline's distribution: the smaller p of
+    Mann-Whitney U (ranks: unmoved by a few outliers, but it cannot go below about
+    1/C(n+m, n), so a short departure never reaches significance) and Welch's t
+    (magnitude: a short, large departure), doubled for having chosen (Bonferroni)."""
+    ranks = sps.mannwhitneyu(rows, baseline, alternative="two-sided").pvalue
+    if len(rows) < 2 or len(baseline) < 2:
+        return min(1.0, 2.0 * _finite_p(ranks))
+    if np.ptp(rows) == 0 and np.ptp(baseline) == 0:
+        return min(1.0, 2.0 * _finite_p(ranks))  # two flat levels: Welch's t is undefined
+    with warnings.catch_warnings():  # nearly flat samples: precision notes, not errors
+        warnings.simplefilter("ignore", RuntimeWarning)
+        welch = sps.ttest_ind(rows, baseline, equal_var=False).pvalue
+    best = min(_finite_p(ranks), _finite_p(welch))
+    return min(1.0, 2.0 * best)
+
+
+def _finite_p(p: float) -> float:
+    return float(p) if math.isfinite(p) else 1.0
+
+
+def _baseline_segment(
+    bounds: list[tuple[int, int]], present: np.ndarray, series: Series, settings: DetectorSettings
+) -> int | None:
+    for index, (s0, s1) in enumerate(bounds):
+        length = float(series.ends[present[s1 - 1]] - series.starts[present[s0]])
+        if s1 - s0 >= settings.baseline_min_rows and length >= settings.baseline_min_s - 1e-9:
+            return index
+    return None
+
+
+def _noise(series: Series, base_rows: np.ndarray, timeline: Timeline) -> float:
+    """The baseline's robust sigma; for event rates at least the Poisson sigma of its
+    median count (a series flat at 3 calls per row still varies by about sqrt(3)), taken
+    at the higher of the baseline's and the whole series' medians (a short baseline of
+    quiet rows must not make ordinary rows look loud)."""
+    scale = MAD_TO_SIGMA * _mad(base_rows)
+    if series.nature == "rate" and series.unit == "1/s":
+        level = max(float(np.median(base_rows)), float(np.nanmedian(series.values)))
+        per_row = level * timeline.interval_s
+        scale = max(scale, math.sqrt(max(per_row, 0.0)) / max(timeline.interval_s, 1e-9))
+    return scale
+
+
+def _floor(series: Series, timeline: Timeline) -> float:
+    if series.unit == "samples/s":
+        return 0.1 * timeline.cpu_hz if timeline.cpu_hz else 1.0
+    if series.unit == "1/s":
+        # At least a few events in a row, whatever the row's length: 1 call in a 0.2 s
+        # row is 5 per second, and chance alone gives sparse series such rows.
+        return max(ABSOLUTE_FLOOR["1/s"], EVENTS_PER_ROW / max(timeline.interval_s, 1e-9))
+    return ABSOLUTE_FLOOR.get(series.unit, 0.0)
+
+
+def _departure(
+    series: Series,
+    baseline: float,
+    level: float,
+    scale: float,
+    floor: float,
+    settings: DetectorSettings,
+) -> Literal["up", "down"] | None:
+    """The direction of a regime that departs from the baseline by the minimum effect."""
+    change = level - baseline
+    if abs(change) < max(floor, settings.robust_sigmas * scale):
+        return None
+    relative = RELATIVE_FLOOR[series.nature]
+    if series.nature == "latency":
+        ratio = max(level, 1.0) / max(baseline, 1.0)
+        if ratio < 1.0 + relative and ratio > 1.0 / (1.0 + relative):
+            return None
+    elif abs(change) < relative * abs(baseline):
+        return None
+    return "up" if change > 0 else "down"
+
+
+def _anomaly(candidate: _Candidate, q_value: float, timeline: Timeline) -> Anomaly:
+    series = candidate.series
+    rows = series.values[candidate.first : candidate.last + 1]
+    rows = rows[~np.isnan(rows)]
+    baseline = float(np.median(candidate.baseline_rows))
+    mad = _mad(candidate.baseline_rows)
+    observed = float(np.median(rows))
+    peak = float(rows.max() if candidate.direction == "up" else rows.min())
+    floor = _floor(series, timeline)
+    noise = max(MAD_TO_SIGMA * mad, floor, 1e-12)
+    score = min(abs(observed - baseline) / noise, 1000.0)
+    return Anomaly(
+        series=series,
+        start_s=float(series.starts[candidate.first]),
+        end_s=float(series.ends[candidate.last]),
+        first_row=candidate.first,
+        last_row=candidate.last,
+        baseline=baseline,
+        baseline_mad=mad,
+        observed=observed,
+        peak=peak,
+        direction=candidate.direction,
+        p_value=candidate.p_value,
+        q_value=q_value,
+        score=score,
+    )
+
+
+def change_points(values: np.ndarray, min_size: int, max_points: int) -> list[int]:
+    """Indices where a new regime starts (binary segmentation, L2 cost, robust penalty)."""
+    n = len(values)
+    if n < 2 * min_size:
+        return []
+    x = values.astype(float)
+    first = np.concatenate(([0.0], np.cumsum(x)))
+    second = np.concatenate(([0.0], np.cumsum(x * x)))
+    diffs = np.diff(x)
+    sigma = MAD_TO_SIGMA * _mad(diffs) / math.sqrt(2.0)
+    spread = float(np.max(np.abs(x))) if n else 0.0
+    # A series that is flat between its steps has sigma 0: any real step still gains more
+    # than rounding noise.
+    penalty = max(3.0 * sigma * sigma * math.log(n), 1e-9 * (1.0 + spread * spread))
+    segments = [(0, n)]
+    cuts: list[int] = []
+    while len(cuts) < max_points:
+        best: tuple[float, int, int] | None = None
+        for index, (a, b) in enumerate(segments):
+            split = _best_split(first, second, a, b, min_size)
+            if split is not None and split[1] > penalty and (best is None or split[1] > best[0]):
+                best = (split[1], index, split[0])
+        if best is None:
+            break
+        _, index, k = best
+        a, b = segments[index]
+        segments[index : index + 1] = [(a, k), (k, b)]
+        cuts.append(k)
+    return sorted(cuts)
+
+
+def _cost(first: np.ndarray, second: np.ndarray, a: np.ndarray | int, b: np.ndarray | int) -> Any:
+    length = np.asarray(b) - np.asarray(a)
+    total = first[b] - first[a]
+    return second[b] - second[a] - total * total / length
+
+
+def _best_split(
+    first: np.ndarray, second: np.ndarray, a: int, b: int, min_size: int
+) -> tuple[int, float] | None:
+    if b - a < 2 * min_size:
+        return None
+    ks = np.arange(a + min_size, b - min_size + 1)
+    gains = _cost(first, second, a, b) - _cost(first, second, a, ks) - _cost(first, second, ks, b)
+    best = int(np.argmax(gains))
+    return int(ks[best]), float(gains[best])
