@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-from analyze_fixtures import CONN, Fault, recording
 
 from otlp_ebpf.analysis.analyze import NO_TIMELINE_NOTE, analyze
 from otlp_ebpf.cli.app import run
@@ -21,6 +20,7 @@ from otlp_ebpf.model import (
     SyscallStat,
     write_snapshot,
 )
+from tests.unit.analyze_fixtures import CONN, Fault, recording
 
 
 def save(snapshot: Snapshot, path: Path) -> str:

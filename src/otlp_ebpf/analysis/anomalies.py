@@ -191,9 +191,11 @@ def _candidates(
         first, last = trimmed
         # A ramp's first rows can fall in the regime before it (an L2 split is placed where
         # the means differ most): take back the rows just before that depart as well.
-        while first - 1 >= b0 + settings.baseline_min_rows and _departure(
-            series, baseline, float(values[first - 1]), scale, floor, settings
-        ) == direction:
+        while (
+            first - 1 >= b0 + settings.baseline_min_rows
+            and _departure(series, baseline, float(values[first - 1]), scale, floor, settings)
+            == direction
+        ):
             first -= 1
         rows = last - first + 1
         duration = float(series.ends[present[last]] - series.starts[present[first]])
