@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := gcc g++ binutils make openssl clang llvm libbpf-dev libbpf1 bpftool iproute2 nftables strace valgrind \
-	libc6-dbg linux-perf bpftrace chromium
+	libc6-dbg linux-perf bpftrace chromium prometheus
 # Commands that may come from elsewhere than Debian (a vendor Node.js ships its own npm).
 APT_IF_NO_COMMAND := npm:npm
 RUN_ARGS ?= cpu --duration 5 -o flame.html

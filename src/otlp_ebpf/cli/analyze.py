@@ -37,6 +37,7 @@ class AnalyzeConfig:
     json: bool
     since: float | None
     until: float | None
+    alerts_out: str | None = None
 
 
 def register(app: typer.Typer) -> None:
@@ -62,6 +63,15 @@ def analyze_command(
         ),
     ] = None,
     as_json: common.JsonOpt = False,
+    alerts_out: Annotated[
+        str | None,
+        typer.Option(
+            "--alerts-out",
+            metavar="PATH",
+            help="Write Prometheus alerting rules (YAML) with thresholds from this recording's "
+            "baseline and `for:` from its anomalies.",
+        ),
+    ] = None,
     since: Annotated[
         float | None,
         typer.Option(
@@ -75,7 +85,7 @@ def analyze_command(
         ),
     ] = None,
 ) -> None:
-    config = AnalyzeConfig(path, tuple(output or ()), as_json, since, until)
+    config = AnalyzeConfig(path, tuple(output or ()), as_json, since, until, alerts_out)
     check_config(config)
     run_analyze(config)
 
@@ -91,6 +101,10 @@ def check_config(config: AnalyzeConfig) -> None:
                 f"{out}: analyze writes {', '.join(OUTPUT_EXTENSIONS)}; cannot tell the format"
             )
         common.check_output_path(out)
+    if config.alerts_out is not None:
+        if not config.alerts_out.lower().endswith((".yaml", ".yml")):
+            raise UsageError(f"{config.alerts_out}: --alerts-out writes a .yaml rule file")
+        common.check_output_path(config.alerts_out)
 
 
 def run_analyze(config: AnalyzeConfig) -> Analysis:
@@ -107,12 +121,29 @@ def run_analyze(config: AnalyzeConfig) -> Analysis:
         except OtlpEbpfError as exc:
             console.error(exc.message)
             failures.append(exc)
+    if config.alerts_out is not None:
+        try:
+            write_alerts(config.alerts_out, analysis, config.path)
+        except OtlpEbpfError as exc:
+            console.error(exc.message)
+            failures.append(exc)
     if config.json:
         console.out.file.write(json.dumps(analysis.to_document(), indent=1) + "\n")
     else:
         render_findings(analysis, console.out)
     common.raise_failures(failures)
     return analysis
+
+
+def write_alerts(path: str, analysis: Analysis, source: str) -> None:
+    from otlp_ebpf.analysis.alerts import alert_rules
+    from otlp_ebpf.formatters.analyze_alerts import render_rules
+
+    if analysis.timeline is None:
+        raise UsageError(f"{path}: alert thresholds come from a timeline; {source} has none")
+    rules = alert_rules(analysis)
+    write_text(path, lambda s: render_rules(rules, s, source=source))
+    console.status(f"wrote {path} ({len(rules)} alerting rules)")
 
 
 def _dump(document: dict[str, object], stream: TextIO) -> None:
