@@ -153,6 +153,40 @@ main(float(sys.argv[1]))
 """
 
 
+# Two asyncio tasks taking turns: worker_a spins 2 ms of CPU per turn, worker_b 1 ms.
+ASYNC_APP = """\
+import asyncio
+import sys
+import time
+
+
+def spin(ms):
+    end = time.thread_time() + ms / 1000.0
+    while time.thread_time() < end:
+        pass
+
+
+async def worker_a(stop):
+    while time.thread_time() < stop:
+        spin(2)
+        await asyncio.sleep(0)
+
+
+async def worker_b(stop):
+    while time.thread_time() < stop:
+        spin(1)
+        await asyncio.sleep(0)
+
+
+async def main(cpu_s):
+    stop = time.thread_time() + cpu_s
+    await asyncio.gather(worker_a(stop), worker_b(stop))
+
+
+asyncio.run(main(float(sys.argv[1])))
+"""
+
+
 def interpreter(version: str) -> Path:
     """The pyenv build of `version` (3.X), skipping the test when it is not installed."""
     found = sorted(glob.glob(str(PYENV / f"{version}.*" / "bin" / f"python{version}")))
@@ -307,12 +341,16 @@ def test_py_structs_mirror_the_object_btf() -> None:
     from otlp_ebpf.runtime.btf import struct_layout
     from otlp_ebpf.runtime.loader import BpfObject
 
-    with BpfObject.open("cpu_dwarf") as obj:
-        for struct, mirror in (("py_proc", PyProc), ("py_stack", PyStack)):
-            size, members = struct_layout(obj, struct)
-            assert size == ctypes.sizeof(mirror), struct
-            for name, *_ in mirror._fields_:
-                assert members[name] == getattr(mirror, name).offset, (struct, name)
+    for object_name, structs in (
+        ("cpu_dwarf", (("py_proc", PyProc), ("py_stack", PyStack))),
+        ("cpu", (("py_proc", PyProc),)),
+    ):
+        with BpfObject.open(object_name) as obj:
+            for struct, mirror in structs:
+                size, members = struct_layout(obj, struct)
+                assert size == ctypes.sizeof(mirror), struct
+                for name, *_ in mirror._fields_:
+                    assert members[name] == getattr(mirror, name).offset, (struct, name)
 
 
 def test_frame_pointer_sampling_carries_python_frames(app: Path) -> None:
@@ -414,3 +452,20 @@ def test_record_carries_python_frames(app: Path) -> None:
     cpu_snap = snap.signals["cpu"]
     assert isinstance(cpu_snap, CpuSnapshot)
     check_two_to_one(cpu_snap)
+
+
+def test_asyncio_tasks_show_their_coroutines(tmp_path: Path) -> None:
+    python = interpreter("3.12")
+    script = tmp_path / "app.py"
+    script.write_text(ASYNC_APP)
+    snap = profile(TargetSpec(command=(str(python), str(script), "3")))
+    per_task = {"app.worker_a": 0, "app.worker_b": 0}
+    for stack in snap.stacks:
+        names = app_frames(stack)
+        if names[-2:] in (["app.worker_a", "app.spin"], ["app.worker_b", "app.spin"]):
+            per_task[names[-2]] += stack.count
+            # The coroutine runs under the event loop's Python frames.
+            assert any(f.startswith("asyncio.events.Handle._run ") for f in stack.frames), names
+    total = sum(per_task.values())
+    assert total >= 150, per_task
+    assert 0.57 <= per_task["app.worker_a"] / total <= 0.76, per_task
