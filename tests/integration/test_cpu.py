@@ -451,6 +451,8 @@ def test_threads_blocked_for_the_whole_run_are_reported(
     assert any(f.endswith("pipe_read_[k]") for f in reader.frames), reader.frames
     assert any(f.startswith("futex") for f in main.frames), main.frames
     assert any("2 threads blocked for the whole run" in n for n in snapshot.notes)
-    # Its naps are all under --min-block-us, so none is recorded; it is still not taken for
-    # a thread that slept throughout.
-    assert napper_tid not in by_tid
+    # The napper is not taken for a thread that slept throughout. Its 200 us naps are under
+    # --min-block-us, though a busy machine may wake it late enough to record a few.
+    napper = [s for s in snapshot.off_cpu if s.tid == napper_tid]
+    assert not any(s.frames[0] == cpu.BLOCKED_WHOLE_RUN_FRAME for s in napper), napper
+    assert sum(s.total_ns for s in napper) < 0.5e9

@@ -140,7 +140,7 @@ def test_live_pid_with_off_cpu_keeps_dwarf_stacks_on_cpu(
         targets=TargetSpec(pids=(live_threads.pid,)),
         unwind="dwarf",
         off_cpu=True,
-        duration_s=1.5,
+        duration_s=3.0,
         frequency_hz=299,
     )
     cpu.check_config(config)
@@ -149,7 +149,7 @@ def test_live_pid_with_off_cpu_keeps_dwarf_stacks_on_cpu(
     assert_both_threads_full(snapshot, least=30)
     # The main thread sleeps for the whole run, in frame-pointer off-CPU stacks.
     main_blocked = sum(s.total_ns for s in snapshot.off_cpu if s.tid == live_threads.pid)
-    assert 1.0e9 <= main_blocked <= 2.0e9
+    assert 2.0e9 <= main_blocked <= 4.0e9
     assert note(snapshot, r"threads still blocked at the end")
 
 
@@ -157,7 +157,7 @@ def test_first_run_on_an_empty_cache_ends_on_time_with_full_stacks(
     threads_bin: Path, tmp_path: Path
 ) -> None:
     out = subprocess.run(
-        [str(OTLP_EBPF), "cpu", "--json", "-F", "299", "-d", "2", "--", str(threads_bin), "5"],
+        [str(OTLP_EBPF), "cpu", "--json", "-F", "299", "-d", "3", "--", str(threads_bin), "10"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -166,13 +166,15 @@ def test_first_run_on_an_empty_cache_ends_on_time_with_full_stacks(
     assert out.returncode == 0, out.stderr
     snapshot = snapshot_from_dict(json.loads(out.stdout))
     assert isinstance(snapshot, CpuSnapshot)
-    # Ended by -d 2, not by the command (5 s of CPU per thread): the decode never holds up
+    # Ended by -d 3, not by the command (10 s of CPU per thread): the decode never holds up
     # the sampling loop (a scheduling delay on a busy machine is far below double).
     assert "ended: duration" in snapshot.notes
-    assert snapshot.duration_s < 4
+    assert snapshot.duration_s < 6
     assert int(note(snapshot, r"(\d+) decoded").group(1)) >= 1
     assert "ring buffer full" not in snapshot.lost_events
-    assert_both_threads_full(snapshot, least=50)
+    # 3 s at 299 Hz: ~900 samples per thread idle; a machine loaded ten times over its cores
+    # still gives each thread dozens.
+    assert_both_threads_full(snapshot, least=30)
     # Decoding happened in a child, whose CPU time is part of the tool's reported cost.
     worker_cpu = float(note(snapshot, r"decoding process: ([\d.]+) s CPU").group(1))
     assert 0 < worker_cpu <= snapshot.self_cost.cpu_s
@@ -210,8 +212,9 @@ def test_sampling_stops_before_the_drain_and_drops_are_read_once(threads_bin: Pa
         with StatsSession():
             sampler.start(targets)
             targets.release()
-            deadline = time.monotonic() + 0.5
-            while time.monotonic() < deadline:
+            # Until 50 samples are in, however long a busy machine makes that take.
+            deadline = time.monotonic() + 30
+            while sampler.samples_total <= 50 and time.monotonic() < deadline:
                 sampler.poll(100)
             sampler.drain()
             assert sampler.obj is not None and not sampler.obj.links

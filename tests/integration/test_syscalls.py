@@ -94,7 +94,8 @@ def test_counts_agree_with_strace(capsys, workload):
 
 
 def test_pid_mode_and_syscall_filter(capsys, workload):
-    proc = subprocess.Popen([str(workload), "4321", "700"])
+    # It sleeps 2 s before its loop: time to attach even on a busy machine.
+    proc = subprocess.Popen([str(workload), "4321", "2000"])
     try:
         time.sleep(0.2)  # attach while it sleeps, before the loop
         doc = trace(capsys, "-p", str(proc.pid), "--syscall", "getppid", "-d", "5")
