@@ -33,6 +33,7 @@ def every_table_command(snapshot: str) -> list[list[str]]:
         ["syscalls", "-d", "1"],
         ["net", "-d", "1"],
         ["mem", "-d", "1"],
+        ["record", "-d", "1"],
         ["report", snapshot],
         ["diff", snapshot, snapshot],
     ]
@@ -69,7 +70,8 @@ def test_bad_durations_get_one_message_from_every_collector(
     value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     messages = {
-        refusal([command, "-d", value], capsys) for command in ("cpu", "syscalls", "net", "mem")
+        refusal([command, "-d", value], capsys)
+        for command in ("cpu", "syscalls", "net", "mem", "record")
     }
     assert len(messages) == 1
     assert messages.pop().startswith("error: --duration must be a positive number of seconds")

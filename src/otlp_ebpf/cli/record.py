@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
                 "PCT% of one core by lowering the cpu sampling rate.",
             ),
         ] = None,
-        top: Annotated[int, typer.Option("--top", help="Rows per table (0: all).")] = 10,
+        top: common.TopOpt = 10,
         output: common.OutputOpt = None,
         fmt: common.FormatOpt = None,
         otlp: common.OtlpOpt = None,
@@ -71,7 +71,6 @@ def register(app: typer.Typer) -> None:
             collect,
             parse_signals,
         )
-        from otlp_ebpf.errors import UsageError
 
         common.check_duration(duration)
         if interval is None:
@@ -79,8 +78,6 @@ def register(app: typer.Typer) -> None:
         check_interval(interval, duration)
         check_budget(budget)
         chosen = parse_signals(signals) if signals is not None else SIGNALS
-        if top < 0:
-            raise UsageError(f"--top must be 0 or more, got {top}")
         outputs = common.plan_outputs(output, fmt, "record")
         common.validate_otlp(otlp, None)
         config = RecordConfig(
