@@ -79,7 +79,7 @@ def test_bad_durations_get_one_message_from_every_collector(
 
 @pytest.mark.parametrize("value", ["nan", "inf", "0"])
 def test_bad_intervals_are_refused(value: str, capsys: pytest.CaptureFixture[str]) -> None:
-    messages = {refusal([c, "--interval", value], capsys) for c in ("syscalls", "net")}
+    messages = {refusal([c, "--interval", value], capsys) for c in ("syscalls", "net", "record")}
     assert messages == {f"error: --interval must be a positive number of seconds, got {value}"}
 
 

@@ -68,7 +68,7 @@ def _duration_rule(value: float | None) -> float | None:
     return value
 
 
-def _interval_rule(value: float | None) -> float | None:
+def interval_rule(value: float | None) -> float | None:
     check_duration(value, "interval")
     return value
 
@@ -149,7 +149,7 @@ OtlpFileOpt = Annotated[
 IntervalOpt = Annotated[
     float | None,
     typer.Option(
-        "--interval", callback=_interval_rule, help="Refresh a live view every SEC seconds."
+        "--interval", callback=interval_rule, help="Refresh a live view every SEC seconds."
     ),
 ]
 TopOpt = Annotated[

@@ -21,7 +21,9 @@ SignalsOpt = Annotated[
 TimelineIntervalOpt = Annotated[
     float | None,
     typer.Option(
-        "--interval", help="Seconds per timeline row (default 1, or the duration if shorter)."
+        "--interval",
+        callback=common.interval_rule,
+        help="Seconds per timeline row (default 1, or the duration if shorter).",
     ),
 ]
 
