@@ -144,6 +144,9 @@ def report(
             f"tool CPU {doc['self_cost']['cpu_s']:.1f} s, peak RSS "
             f"{doc['self_cost']['peak_rss_kb'] / 1024:.1f} MB"
         )
+        for note in doc["notes"]:
+            if "without their process" in note:
+                print(f"{name}: {note}")
 
 
 if __name__ == "__main__":
