@@ -153,7 +153,8 @@ class GrpcReceiver(Receiver):
 class HttpReceiver(Receiver):
     """An OTLP/HTTP receiver (protobuf bodies, gzip accepted); `url` is the base URL."""
 
-    def start(self, tls: tuple[Path, Path] | None = None) -> HttpReceiver:
+    def start(self, tls: tuple[Path, Path] | None = None, port: int = 0) -> HttpReceiver:
+        """Listen on `port` (0: any free one; a given port restarts a stopped receiver)."""
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -189,7 +190,7 @@ class HttpReceiver(Receiver):
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         scheme = "http"
         if tls:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -20,7 +20,7 @@ from otlp_ebpf.errors import EXIT_RUNTIME, OtlpEbpfError, UsageError
 # doctor).
 COLLECTORS = ["cpu", "syscalls", "net", "mem", "record"]
 SNAPSHOT_READERS = ["report", "diff", "analyze", "push"]
-OPERATIONS = ["doctor"]
+OPERATIONS = ["agent", "doctor"]
 COMMAND_MODULES = [*COLLECTORS, *SNAPSHOT_READERS, *OPERATIONS]
 # Options of the app itself that users also type after the command name (`cpu -q ...`).
 GLOBAL_FLAGS = frozenset({"-q", "--quiet", "--debug"})
@@ -44,7 +44,7 @@ def _version(value: bool) -> None:
 
 # Commands whose first SIGINT/SIGTERM ends the collection and still writes every output
 # (otlp_ebpf.stopping); any other command just stops.
-COLLECTING_COMMANDS = frozenset({"cpu", "syscalls", "net", "mem", "record"})
+COLLECTING_COMMANDS = frozenset({"cpu", "syscalls", "net", "mem", "record", "agent"})
 
 
 @app.callback()

@@ -1,0 +1,300 @@
+"""`agent`: the record engine run open-ended, handing over one batch of snapshots per interval.
+
+The signals, their shared targets, the poll loop and the overhead budget are those of
+`record` (collectors/record.py); what differs is what a tick leaves behind. Every interval the
+agent turns what the kernel aggregated into snapshots for export and forgets its own
+per-interval history, so its memory stays flat however long it runs:
+
+- cpu: the samples of this interval alone (the change of the in-kernel counts since the last
+  tick), symbolized now, as a `CpuSnapshot` covering the interval;
+- syscalls: the cumulative counts, errors and latency histograms since the agent started
+  (OTLP cumulative points: a receiver takes the difference, and a lost batch loses nothing).
+
+net and mem are not run by the agent yet (their per-interval export is still to be built).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from otlp_ebpf import console
+from otlp_ebpf.collectors import base
+from otlp_ebpf.collectors.record import (
+    POLL_S,
+    SIGNAL_TYPES,
+    CpuSignal,
+    RecordConfig,
+    Recording,
+    Signal,
+    SyscallsSignal,
+    missing_tracepoints,
+    plan_signals,
+)
+from otlp_ebpf.errors import UsageError
+from otlp_ebpf.model import CpuSnapshot, Snapshot, StackCount
+from otlp_ebpf.runtime import stats
+from otlp_ebpf.targets import TargetSpec
+
+AGENT_SIGNALS = ("cpu", "syscalls")
+DEFAULT_INTERVAL_S = 10.0
+DEFAULT_BUDGET_PCT = 1.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What `otlp-ebpf agent` collects and how often it hands a batch over."""
+
+    targets: TargetSpec = field(default_factory=TargetSpec)
+    interval_s: float = DEFAULT_INTERVAL_S
+    signals: tuple[str, ...] = AGENT_SIGNALS
+    frequency_hz: int = 99
+    budget_pct: float | None = DEFAULT_BUDGET_PCT
+
+
+def parse_agent_signals(text: str) -> tuple[str, ...]:
+    """`cpu,syscalls` -> the signals in canonical order; UsageError for one the agent lacks."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UsageError(f"--signals: give one or more of {','.join(AGENT_SIGNALS)}")
+    for name in names:
+        if name not in AGENT_SIGNALS:
+            raise UsageError(
+                f"--signals: the agent cannot run {name!r}; it runs {','.join(AGENT_SIGNALS)}"
+            )
+    return tuple(s for s in AGENT_SIGNALS if s in names)
+
+
+@dataclass(frozen=True)
+class IntervalBatch:
+    """One interval's export and the agent's own figures at its end (cumulative unless named
+    per interval)."""
+
+    seq: int  # 1, 2, ...: intervals since the agent started
+    t_s: float  # end of the interval, seconds from the start
+    duration_s: float  # of this interval
+    sections: Mapping[str, Snapshot]
+    events: Mapping[str, int]  # per signal, in this interval
+    lost: Mapping[str, int]  # per signal, since the start
+    bpf_ns: int
+    cpu_s: float  # this process and its helpers, since the start
+    rss_kb: int
+    cost_pct: float  # this interval's cost, % of one core (BPF included)
+    rates: Mapping[str, float]  # effective sampling rates at the end of the interval
+    final: bool = False
+
+
+def _thread_of(key: tuple[object, ...]) -> tuple[int, str]:
+    """tid and comm from a raw stack key of either sampler: the frame-pointer sampler's
+    (pid, struct cpu_key bytes) or the DWARF sampler's (pid, tid, comm, ...)."""
+    if len(key) == 2 and isinstance(key[1], bytes):
+        from otlp_ebpf.collectors.cpu import CpuKey
+        from otlp_ebpf.hosttext import decode
+
+        raw = CpuKey.from_buffer_copy(key[1])
+        return int(raw.tid), decode(bytes(raw.comm).split(b"\0", 1)[0])
+    tid, comm = key[1], key[2]
+    return (tid if isinstance(tid, int) else 0), (comm if isinstance(comm, str) else "")
+
+
+class Agent:
+    """Turns each tick of a recording into an `IntervalBatch` and hands it to `deliver`."""
+
+    def __init__(
+        self, recording: Recording, clock: base.RunClock, deliver: Callable[[IntervalBatch], None]
+    ) -> None:
+        self.recording = recording
+        self.clock = clock
+        self.deliver = deliver
+        self.seq = 0
+        self.last_t = 0.0
+        self.started_wall = datetime.now(UTC)
+
+    def tick(self, elapsed: float, final: bool = False) -> None:
+        self.recording.tick(elapsed)
+        sections: dict[str, Snapshot] = {}
+        events: dict[str, int] = {}
+        for signal in self.recording.signals:
+            if isinstance(signal, CpuSignal):
+                sections["cpu"] = self._cpu_interval(signal, elapsed)
+                events["cpu"] = sum(s.count for s in sections["cpu"].stacks)  # type: ignore[attr-defined]
+            elif isinstance(signal, SyscallsSignal):
+                sections["syscalls"] = self._syscalls_so_far(signal)
+                events["syscalls"] = sum(t.count for t in signal.rows[-1]) if signal.rows else 0
+        cost = self.recording.costs[-1] if self.recording.costs else None
+        self.seq += 1
+        batch = IntervalBatch(
+            seq=self.seq,
+            t_s=round(elapsed, 3),
+            duration_s=round(elapsed - self.last_t, 3),
+            sections=sections,
+            events=events,
+            lost={name: sum(s.lost_events.values()) for name, s in sections.items()},
+            bpf_ns=self.recording.bpf_ns(),
+            cpu_s=round(
+                stats.process_cpu_seconds()
+                - self.clock.cpu0
+                + sum(s.helper_cpu_s() for s in self.recording.signals),
+                4,
+            ),
+            rss_kb=current_rss_kb(),
+            cost_pct=cost.cost_pct if cost else 0.0,
+            rates=self._rates(cost.rates if cost else {}),
+            final=final,
+        )
+        self.last_t = elapsed
+        self._forget_history()
+        self.deliver(batch)
+
+    def _rates(self, measured: Mapping[str, float]) -> dict[str, float]:
+        """Sampling rates now: the budget's when it set one, else the rate asked for."""
+        cpu = self.recording.cpu_signal()
+        if cpu is None:
+            return {}
+        return {"cpu_hz": float(measured.get("cpu_hz", cpu.config.frequency_hz))}
+
+    def _cpu_interval(self, signal: CpuSignal, elapsed: float) -> CpuSnapshot:
+        delta = signal.deltas[-1] if signal.deltas else {}
+        frames = signal.sampler.raw_frames(delta.keys()) if delta else {}
+        processes = signal.sampler.processes()
+        stacks = []
+        for key, count in delta.items():
+            tid, comm = _thread_of(key)
+            pid = int(key[0])
+            info = processes.get(pid)
+            stacks.append(
+                StackCount(pid, tid or pid, comm or (info.comm if info else ""), frames[key], count)
+            )
+        stacks.sort(key=lambda s: (-s.count, s.pid, s.frames))
+        started = self.started_wall + timedelta(seconds=self.last_t)
+        hz = (
+            self.recording.controller.hz
+            if self.recording.controller
+            else signal.config.frequency_hz
+        )
+        seen = {s.pid for s in stacks}
+        return CpuSnapshot(
+            started_at=started.isoformat(timespec="milliseconds"),
+            duration_s=round(elapsed - self.last_t, 3),
+            host=base.hostname(),
+            targets=signal.config.targets.describe(),
+            lost_events=signal.targets.losses(),
+            processes=tuple(processes[p] for p in sorted(seen) if p in processes),
+            frequency_hz=hz,
+            samples_total=sum(s.count for s in stacks),
+            stacks=tuple(stacks),
+        )
+
+    def _syscalls_so_far(self, signal: SyscallsSignal) -> Snapshot:
+        from otlp_ebpf.collectors.syscalls import build_snapshot
+
+        collector = signal.collector
+        section = build_snapshot(collector, self.clock, "running", collector.stats())
+        return signal._without_probe_calls(section)
+
+    def _forget_history(self) -> None:
+        """What `record` keeps for its timeline, the agent has already handed over."""
+        for signal in self.recording.signals:
+            if isinstance(signal, CpuSignal):
+                signal.deltas.clear()
+            elif isinstance(signal, SyscallsSignal):
+                signal.rows.clear()
+        self.recording.tick_times.clear()
+        del self.recording.costs[:-1]
+
+
+def current_rss_kb() -> int:
+    """Resident set size now (VmRSS), not the peak: the figure that must stay flat."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def run(
+    config: AgentConfig,
+    deliver: Callable[[IntervalBatch], None],
+    on_ready: Callable[[], None] = lambda: None,
+    on_poll: Callable[[], None] = lambda: None,
+) -> int:
+    """Collect until SIGINT/SIGTERM (or every --pid target exited), handing a batch to
+    `deliver` every interval and a final one for the interval cut short. Every program, link
+    and perf event of the agent is gone when it returns. The number of batches handed over."""
+    base.require_privileges("agent")
+    record_config = RecordConfig(
+        targets=config.targets,
+        duration_s=None,
+        interval_s=config.interval_s,
+        signals=config.signals,
+        signals_given=True,
+        frequency_hz=config.frequency_hz,
+        budget_pct=config.budget_pct,
+    )
+    chosen, _ = plan_signals(
+        config.signals, True, missing_tracepoints(config.signals, config.targets)
+    )
+    record_config = dataclasses.replace(record_config, signals=chosen)
+    targets = base.Targets(config.targets)
+    signals: list[Signal] = []
+    try:
+        for name in chosen:
+            signals.append(SIGNAL_TYPES[name](record_config, targets))
+    except BaseException:
+        targets.abandon()
+        base.cleanup()
+        raise
+    recording = Recording(record_config, targets, signals, {})
+    try:
+        return _loop(recording, deliver, on_ready, on_poll)
+    finally:
+        for signal in signals:
+            signal.close()
+
+
+def _polling(recording: Recording, on_poll: Callable[[], None]) -> Callable[[float], None]:
+    """The recording's poll, reporting each round (the health check sees the loop turn)."""
+
+    def poll(timeout_s: float) -> None:
+        recording.poll(timeout_s)
+        on_poll()
+
+    return poll
+
+
+def _loop(
+    recording: Recording,
+    deliver: Callable[[IntervalBatch], None],
+    on_ready: Callable[[], None],
+    on_poll: Callable[[], None],
+) -> int:
+    config = recording.config
+    with base.session(recording.targets, recording.start) as session:
+        agent = Agent(recording, session.clock, deliver)
+        try:
+            recording.begin_loop()
+            on_ready()
+            ended = base.run_loop(
+                recording.targets,
+                _polling(recording, on_poll),
+                duration_s=None,
+                interval_s=config.interval_s,
+                on_interval=agent.tick,
+                clock=session.clock,
+                stop=session.stop,
+                poll_s=POLL_S,
+            )
+            console.status(f"agent: stopping ({ended}); flushing the current interval")
+            t0 = time.monotonic()
+            agent.tick(session.clock.elapsed(), final=True)
+            console.debug(f"agent: last interval read in {time.monotonic() - t0:.2f} s")
+        finally:
+            for signal in recording.signals:
+                signal.stop()
+    return agent.seq
