@@ -187,6 +187,36 @@ asyncio.run(main(float(sys.argv[1])))
 """
 
 
+# The same Python stacks in a parent and then in a forked child that exits first.
+FORK_APP = """\
+import os
+import time
+
+
+def spin(ms):
+    end = time.thread_time() + ms / 1000.0
+    while time.thread_time() < end:
+        pass
+
+
+def a():
+    spin(2)
+
+
+def main(cpu_s):
+    stop = time.thread_time() + cpu_s
+    while time.thread_time() < stop:
+        a()
+
+
+for child in (False, True):
+    if child and os.fork():
+        os.wait()
+        break
+    main(1.0)
+"""
+
+
 def interpreter(version: str) -> Path:
     """The pyenv build of `version` (3.X), skipping the test when it is not installed."""
     found = sorted(glob.glob(str(PYENV / f"{version}.*" / "bin" / f"python{version}")))
@@ -469,3 +499,20 @@ def test_asyncio_tasks_show_their_coroutines(tmp_path: Path) -> None:
     total = sum(per_task.values())
     assert total >= 150, per_task
     assert 0.57 <= per_task["app.worker_a"] / total <= 0.76, per_task
+
+
+def test_forked_child_gone_before_the_end_keeps_its_names(tmp_path: Path) -> None:
+    """Frame-pointer stacks are read at the end: a child that stored no stack of its own
+    (its parent stored the same ones first) and has exited is named from its parent's."""
+    python = interpreter("3.12")
+    script = tmp_path / "app.py"
+    script.write_text(FORK_APP)
+    snap = profile(TargetSpec(command=(str(python), str(script))), unwind="fp")
+    named: dict[int, int] = {}
+    for stack in snap.stacks:
+        if app_frames(stack)[-3:] == ["app.main", "app.a", "app.spin"]:
+            named[stack.pid] = named.get(stack.pid, 0) + stack.count
+    unknown = sum(s.count for s in snap.stacks if "[unknown python code]" in s.frames)
+    # Parent and child, each with its own samples under the chain, nothing left unnamed.
+    assert len(named) == 2 and min(named.values()) >= 30, named
+    assert unknown == 0, unknown

@@ -49,7 +49,7 @@ from otlp_ebpf.runtime import features, probes
 from otlp_ebpf.runtime.events import RingBuffer
 from otlp_ebpf.runtime.loader import BpfObject, Link
 from otlp_ebpf.symbolize.procmaps import OpenFiles
-from otlp_ebpf.symbolize.python import PyFrame, merge_python_frames
+from otlp_ebpf.symbolize.python import UNKNOWN_CODE, PyFrame, merge_python_frames
 from otlp_ebpf.symbolize.resolver import UNKNOWN_FRAME, Symbolizer
 
 COMM_LEN = 16
@@ -342,6 +342,13 @@ class FramePointerSampler:
         named = self._py_named.get((key.pid, key.py_stack_id))
         if named is None:
             named = self.python.resolve_words(key.pid, stacks.get(key.py_stack_id, ()))
+            if not named or any(f.name == UNKNOWN_CODE for f in named):
+                # A stack is announced once, for the process that stored it first; the same
+                # words in another (a forked worker, gone by now) name the same code.
+                named = next(
+                    (v for (_, sid), v in self._py_named.items() if sid == key.py_stack_id),
+                    named,
+                )
             self._py_named[(key.pid, key.py_stack_id)] = named
         return named
 
