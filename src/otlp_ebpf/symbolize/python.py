@@ -314,6 +314,7 @@ class CodeReader:
         self.max_entries = max_entries
         self.proc_root = proc_root
         self._cache: OrderedDict[tuple[int, int], CodeInfo | None] = OrderedDict()
+        self._by_image: OrderedDict[tuple[int, int], CodeInfo] = OrderedDict()
         self._fds: dict[int, int] = {}
         self._modules: dict[tuple[int, str], str] = {}
         self.reads = 0
@@ -346,6 +347,16 @@ class CodeReader:
             info = self._read_code(pid, interp, addr)
         except (OSError, ValueError, UnicodeDecodeError):
             info = None
+        # Processes forked from one interpreter share its image (same _PyRuntime address) and
+        # the code objects created before the fork: a child gone before its code was read is
+        # named from what was read in another.
+        image_key = (interp.runtime, addr)
+        if info is None:
+            info = self._by_image.get(image_key)
+        else:
+            self._by_image[image_key] = info
+            if len(self._by_image) > self.max_entries:
+                self._by_image.popitem(last=False)
         if info is None:
             self.failed += 1
         self._cache[key] = info
