@@ -4,6 +4,7 @@ nothing loaded, and the documented exit codes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -275,3 +276,133 @@ def test_bad_options_are_refused_with_exit_2(tmp_path: Path, capsys, args, messa
     assert code == 2, err
     assert message in err
     assert len(err.strip().splitlines()) <= 2, err  # the error and its hint, no traceback
+
+
+def test_bad_config_at_start_is_refused_with_exit_2(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("interval: 1\nspill_dir: [\n")
+    code = run(["agent", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{path}: not valid YAML (line" in err
+    assert "Traceback" not in err
+
+
+def resource_of(receiver: HttpReceiver, pid: int) -> dict[str, str]:
+    """The string attributes of process `pid`'s resource in the newest request naming it."""
+    found: dict[str, str] = {}
+    for received in receiver.received:
+        request = received.request
+        resources = getattr(request, "resource_profiles", None) or request.resource_metrics
+        for rp in resources:
+            attrs = {a.key: a.value for a in rp.resource.attributes}
+            if "process.pid" in attrs and attrs["process.pid"].int_value == pid:
+                found = {k: v.string_value for k, v in attrs.items() if v.string_value}
+    return found
+
+
+def v2_root() -> Path:
+    unified = Path("/sys/fs/cgroup/unified")
+    return unified if (unified / "cgroup.procs").exists() else Path("/sys/fs/cgroup")
+
+
+POD = "0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+CONTAINER = "5e" * 32
+
+
+@pytest.fixture
+def pod_cgroup() -> Iterator[Path]:
+    """A Kubernetes-shaped cgroup subtree (pod slice, container scope), removed afterwards."""
+    top = v2_root() / f"otlp-ebpf-test-{os.getpid()}.slice"
+    leaf = top / f"kubepods-pod{POD.replace('-', '_')}.slice" / f"cri-containerd-{CONTAINER}.scope"
+    leaf.mkdir(parents=True)
+    yield top
+    for directory in (leaf, leaf.parent, top):
+        procs = directory / "cgroup.procs"
+        for line in procs.read_text().split() if procs.exists() else []:
+            with contextlib.suppress(OSError):
+                os.kill(int(line), signal.SIGKILL)
+        for _ in range(50):
+            try:
+                directory.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+@pytest.mark.bpf
+def test_cgroup_limits_collection_and_names_container_pod_and_service(
+    tmp_path: Path, cc, pod_cgroup: Path
+) -> None:
+    binary = build_c(cc, CALLER, tmp_path / "caller")
+    fifos = [tmp_path / "in", tmp_path / "out"]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    env = dict(os.environ, OTEL_SERVICE_NAME="checkout")
+    inside = subprocess.Popen([str(binary), str(CALLS), str(fifos[0])], env=env)
+    outside = subprocess.Popen([str(binary), str(CALLS), str(fifos[1])], env=env)
+    leaf = next(pod_cgroup.glob("*/*.scope"))
+    (leaf / "cgroup.procs").write_text(str(inside.pid))
+    receiver = HttpReceiver().start()
+    agent = subprocess.Popen(
+        [*CLI, "agent", "--cgroup", str(pod_cgroup), "--interval", INTERVAL_S, "--otlp",
+         receiver.url, "--signals", "syscalls", "--spill-dir", str(tmp_path / "spill")],
+        env=dict(os.environ, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf"),
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for("attached", lambda: bool(program_ids(agent.pid)))
+        for fifo in fifos:
+            with open(fifo, "w") as go:
+                go.write("x")
+        wait_for("the calls", lambda: syscall_count(receiver, inside.pid, "getppid") == CALLS)
+        agent.send_signal(signal.SIGTERM)
+        code = agent.wait(timeout=30)
+    finally:
+        for proc in (agent, inside, outside):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        receiver.stop()
+    assert code == 0
+    attrs = resource_of(receiver, inside.pid)
+    assert attrs["container.id"] == CONTAINER
+    assert attrs["k8s.pod.uid"] == POD
+    assert attrs["service.name"] == "checkout"
+    assert resource_of(receiver, outside.pid) == {}  # outside the cgroup: not collected
+
+
+@pytest.mark.bpf
+def test_sighup_reloads_the_config_without_losing_an_interval(tmp_path: Path) -> None:
+    first, second = HttpReceiver().start(), HttpReceiver().start()
+    path = tmp_path / "agent.yaml"
+    common = f"interval: {INTERVAL_S}\nsignals: syscalls\nspill_dir: {tmp_path / 'spill'}\n"
+    path.write_text(common + f"otlp: {first.url}\n")
+    agent = subprocess.Popen(
+        [*CLI, "agent", "--config", str(path)],
+        env=dict(os.environ, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf"),
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for("2 batches", lambda: len(intervals_received(first)) >= 2)
+        path.write_text(common + f"otlp: {second.url}\ninterval: 5\n")
+        agent.send_signal(signal.SIGHUP)
+        wait_for("the new receiver", lambda: len(intervals_received(second)) >= 2)
+        path.write_text("interval: [\n")
+        agent.send_signal(signal.SIGHUP)
+        count = len(intervals_received(second))
+        wait_for("more batches", lambda: len(intervals_received(second)) >= count + 2)
+        agent.send_signal(signal.SIGTERM)
+        code = agent.wait(timeout=30)
+        err = agent.stderr.read() if agent.stderr else ""
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        first.stop()
+        second.stop()
+    assert code == 0, err
+    numbers = sorted(intervals_received(first) + intervals_received(second))
+    assert numbers == list(range(1, numbers[-1] + 1)), numbers  # none lost, none twice
+    assert "configuration reloaded (otlp); interval change at restart only" in err
+    assert "configuration not reloaded, the running one is kept:" in err
+    assert "not valid YAML" in err

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+import dataclasses
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -10,7 +11,8 @@ from otlp_ebpf import console
 from otlp_ebpf.cli import common
 
 if TYPE_CHECKING:
-    from otlp_ebpf.collectors.agent import IntervalBatch
+    from otlp_ebpf.cli.agent_settings import AgentSettings
+    from otlp_ebpf.collectors.agent import Agent, AgentConfig, IntervalBatch
     from otlp_ebpf.export.config import OtlpConfig
     from otlp_ebpf.export.self_metrics import AgentFigures
     from otlp_ebpf.export.serve import Health
@@ -26,12 +28,15 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def agent(
         signals: Annotated[
-            str,
-            typer.Option("--signals", metavar="LIST", help="Signals to collect: cpu,syscalls."),
-        ] = "cpu,syscalls",
+            str | None,
+            typer.Option(
+                "--signals", metavar="LIST", help="Signals to collect (default cpu,syscalls)."
+            ),
+        ] = None,
         interval: Annotated[
-            float, typer.Option("--interval", help="Seconds per exported interval.")
-        ] = 10.0,
+            float | None,
+            typer.Option("--interval", help="Seconds per exported interval (default 10)."),
+        ] = None,
         otlp: Annotated[
             str | None,
             typer.Option(
@@ -49,34 +54,64 @@ def register(app: typer.Typer) -> None:
                 help="Serve /metrics (Prometheus), /healthz and /readyz on this address.",
             ),
         ] = None,
+        config_file: Annotated[
+            str | None,
+            typer.Option(
+                "--config",
+                metavar="FILE",
+                help="YAML file with the same keys as the options (options given win); "
+                "SIGHUP re-reads it.",
+            ),
+        ] = None,
         budget: Annotated[
-            float,
+            float | None,
             typer.Option(
                 "--budget",
                 metavar="PCT",
                 help="Keep the agent's steady cost at or under PCT% of one core by lowering "
-                "the cpu sampling rate (0: no budget).",
+                "the cpu sampling rate (default 1; 0: no budget).",
             ),
-        ] = 1.0,
+        ] = None,
         pid: common.PidOpt = None,
+        cgroup: Annotated[
+            str | None,
+            typer.Option(
+                "--cgroup",
+                metavar="PATH",
+                help="Collect only from the processes of this cgroup subtree (cgroup v2, "
+                "absolute or under /sys/fs/cgroup) and their children.",
+            ),
+        ] = None,
         spill_dir: Annotated[
-            str,
+            str | None,
             typer.Option(
                 "--spill-dir",
                 metavar="DIR",
-                help="Where batches that could not be delivered wait to be re-sent.",
+                help="Where batches that could not be delivered wait to be re-sent "
+                "(default ./otlp-ebpf-spill).",
             ),
-        ] = "otlp-ebpf-spill",
+        ] = None,
         spill_max_mb: Annotated[
-            float,
+            float | None,
             typer.Option(
-                "--spill-max-mb", help="Cap of the spill directory; the oldest batches go first."
+                "--spill-max-mb",
+                help="Cap of the spill directory; the oldest batches go first (default 256).",
             ),
-        ] = 256.0,
+        ] = None,
         frequency: Annotated[
-            int, typer.Option("-F", "--frequency", help="cpu: samples per second on each CPU.")
-        ] = 99,
-        cmdline: common.CmdlineOpt = common.CmdlinePolicy.REDACT,
+            int | None,
+            typer.Option(
+                "-F", "--frequency", help="cpu: samples per second on each CPU (default 99)."
+            ),
+        ] = None,
+        cmdline: Annotated[
+            common.CmdlinePolicy | None,
+            typer.Option(
+                "--cmdline",
+                help="Command lines of the processes seen, in OTLP: secret-looking values "
+                "masked (default), kept whole, or left out.",
+            ),
+        ] = None,
     ) -> int:
         """Collect continuously and export every interval over OTLP, until SIGTERM or Ctrl-C.
 
@@ -85,75 +120,174 @@ def register(app: typer.Typer) -> None:
         the collection loop. Batches that cannot be delivered after retries are kept in
         --spill-dir (capped, oldest dropped first) and re-sent in order once the receiver is
         back. SIGTERM sends (or spills) the current interval, detaches everything and exits 0.
+        SIGHUP re-reads --config (the receiver, --budget and --cmdline change at once).
 
         Examples: `otlp-ebpf agent --otlp http://collector:4317 --serve :9464`,
-        `otlp-ebpf agent -p 1234 --interval 5 --signals cpu`.
+        `otlp-ebpf agent --config /etc/otlp-ebpf/agent.yaml`.
         """
-        from otlp_ebpf.collectors.agent import AgentConfig, parse_agent_signals, run
-        from otlp_ebpf.collectors.budget import check_budget
+        from otlp_ebpf.cli.agent_settings import resolve
+
+        flags = {
+            "signals": signals,
+            "interval": interval,
+            "otlp": otlp,
+            "serve": serve,
+            "budget": budget,
+            "pid": tuple(pid) if pid else None,
+            "cgroup": cgroup,
+            "spill_dir": spill_dir,
+            "spill_max_mb": spill_max_mb,
+            "frequency": frequency,
+            "cmdline": cmdline,
+        }
+        settings = resolve(flags, config_file)
+        return _Run(settings, flags, config_file).run()
+
+
+class _Run:
+    """One agent run: settings checked, endpoints and spool set up, the loop, the reloads."""
+
+    def __init__(self, settings: AgentSettings, flags: dict[str, Any], path: str | None):
         from otlp_ebpf.export.config import OtlpConfig
         from otlp_ebpf.export.self_metrics import AgentFigures, registry_of
         from otlp_ebpf.export.serve import Health, Server
         from otlp_ebpf.export.spool import Spool
         from otlp_ebpf.export.stream import BatchStream
 
-        common.check_number(
-            interval,
-            "--interval",
-            minimum=0.0,
-            above_minimum=True,
-            what="a positive number of seconds",
+        self.settings, self.flags, self.path = settings, flags, path
+        self.config: AgentConfig = check(settings)
+        self.otlp = OtlpConfig.from_cli(settings.otlp)
+        self.spool = Spool(settings.spill_dir, int(settings.spill_max_mb * 1024 * 1024))
+        self.figures = AgentFigures(budget_pct=settings.budget)
+        self.health = Health(stuck_after_s=max(3 * settings.interval, 30.0))
+        self.server = (
+            Server(settings.serve, registry_of(self.figures), self.health)
+            if settings.serve
+            else None
         )
-        common.check_number(
-            spill_max_mb,
-            "--spill-max-mb",
-            minimum=0.0,
-            above_minimum=True,
-            what="a positive number of MB",
+        self.stream = BatchStream(self.otlp, self.spool)
+        self.figures.stream = self.stream.counts
+        self.exporter = _Exporter(
+            self.otlp, self.stream, self.figures, self.spool, self.health, settings.cmdline
         )
-        if budget:
-            check_budget(budget)
-        config = AgentConfig(
-            targets=common.target_spec(pid, 0, None),
-            interval_s=interval,
-            signals=parse_agent_signals(signals),
-            frequency_hz=frequency,
-            budget_pct=budget or None,
-        )
-        otlp_config = OtlpConfig.from_cli(otlp)
-        spool = Spool(spill_dir, int(spill_max_mb * 1024 * 1024))
-        figures = AgentFigures(budget_pct=budget)
-        health = Health(stuck_after_s=max(3 * interval, 30.0))
-        server = Server(serve, registry_of(figures), health) if serve else None
-        stream = BatchStream(otlp_config, spool)
-        figures.stream = stream.counts
-        exporter = _Exporter(otlp_config, stream, figures, spool, health, cmdline)
-        if server is not None:
-            server.start()
-            console.status(f"agent: serving /metrics, /healthz, /readyz on port {server.port}")
-        targets = common.targets_text(config.targets.describe())
+        self.hangup = False
+
+    def run(self) -> int:
+        import signal
+
+        from otlp_ebpf.collectors.agent import run
+
+        s = self.settings
+        if self.server is not None:
+            self.server.start()
+            console.status(f"agent: serving /metrics, /healthz, /readyz on port {self.server.port}")
+        where = f"cgroup {s.cgroup}" if s.cgroup else ", ".join(self.config.targets.describe())
         console.status(
-            f"agent: {','.join(config.signals)} ({targets}) every {interval:g} s to "
-            f"{otlp_config.profiles.describe()}; SIGTERM or Ctrl-C to stop"
+            f"agent: {','.join(self.config.signals)} ({common.targets_text([where])}) every "
+            f"{s.interval:g} s to {self.otlp.profiles.describe()}; SIGTERM or Ctrl-C to stop"
         )
-
-        def ready() -> None:
-            health.attached = True
-            health.progress()
-
+        previous = signal.signal(signal.SIGHUP, self._on_hangup)
         try:
-            batches = run(config, exporter, on_ready=ready, on_poll=health.progress)
+            batches = run(self.config, self.exporter, on_ready=self._ready, on_poll=self._poll)
         finally:
-            stream.close(CLOSE_WAIT_S)
-            if server is not None:
-                server.stop()
-        delivered = stream.counts.sent_batches + stream.counts.resent_batches
+            signal.signal(signal.SIGHUP, previous)
+            self.stream.close(CLOSE_WAIT_S)
+            if self.server is not None:
+                self.server.stop()
+        delivered = self.stream.counts.sent_batches + self.stream.counts.resent_batches
+        dropped = self.spool.dropped
         console.status(
             f"agent: {batches} intervals; {delivered} batches delivered, "
-            f"{len(spool)} waiting in {spill_dir}"
-            + (f", {spool.dropped} dropped over the cap" if spool.dropped else "")
+            f"{len(self.spool)} waiting in {s.spill_dir}"
+            + (f", {dropped} dropped over the cap" if dropped else "")
         )
         return 0
+
+    def _ready(self) -> None:
+        self.health.attached = True
+        self.health.progress()
+
+    def _on_hangup(self, _signum: int, _frame: object) -> None:
+        self.hangup = True  # applied by the loop between two polls, never in the handler
+
+    def _poll(self, agent: Agent) -> None:
+        self.health.progress()
+        if self.hangup:
+            self.hangup = False
+            self.reload(agent)
+
+    def reload(self, agent: Agent) -> None:
+        """Re-read the configuration; apply what can change live, keep everything on error."""
+        from otlp_ebpf.cli.agent_settings import changes, resolve
+        from otlp_ebpf.errors import OtlpEbpfError
+        from otlp_ebpf.export.config import OtlpConfig
+
+        if not self.path:
+            console.warn("agent: SIGHUP ignored: no --config file to re-read")
+            return
+        try:
+            new = resolve(self.flags, self.path)
+            check(new)
+            otlp = OtlpConfig.from_cli(new.otlp)
+        except OtlpEbpfError as exc:
+            console.warn(f"agent: configuration not reloaded, the running one is kept: {exc}")
+            return
+        live, later = changes(self.settings, new)
+        if "otlp" in live:
+            self.otlp = self.exporter.config = self.stream.config = otlp
+        if "budget" in live:
+            agent.set_budget(new.budget or None)
+            self.figures.budget_pct = new.budget
+        if "cmdline" in live:
+            self.exporter.cmdline = new.cmdline
+        kept = {k: getattr(self.settings, k) for k in later}
+        self.settings = dataclasses.replace(new, **kept)
+        console.status(
+            f"agent: configuration reloaded ({', '.join(live) or 'no live change'})"
+            + (f"; {', '.join(later)} change at restart only" if later else "")
+        )
+
+
+def check(settings: AgentSettings) -> AgentConfig:
+    """The settings checked whole (UsageError, exit 2) and turned into the collector's config."""
+    from otlp_ebpf.collectors.agent import AgentConfig, parse_agent_signals
+    from otlp_ebpf.collectors.budget import check_budget
+    from otlp_ebpf.errors import UsageError
+    from otlp_ebpf.export.serve import parse_address
+    from otlp_ebpf.targets import TargetSpec
+
+    common.check_number(
+        settings.interval,
+        "--interval",
+        minimum=0.0,
+        above_minimum=True,
+        what="a positive number of seconds",
+    )
+    common.check_number(
+        settings.spill_max_mb,
+        "--spill-max-mb",
+        minimum=0.0,
+        above_minimum=True,
+        what="a positive number of MB",
+    )
+    if settings.budget:
+        check_budget(settings.budget)
+    if settings.serve:
+        parse_address(settings.serve)
+    if settings.pid and settings.cgroup:
+        raise UsageError("give either --pid or --cgroup, not both")
+    targets = common.target_spec(settings.pid, 0, None)
+    if settings.cgroup:
+        from otlp_ebpf.collectors.containers import cgroup_target_pids
+
+        targets = TargetSpec(pids=cgroup_target_pids(settings.cgroup))
+    return AgentConfig(
+        targets=targets,
+        interval_s=settings.interval,
+        signals=parse_agent_signals(settings.signals),
+        frequency_hz=settings.frequency,
+        budget_pct=settings.budget or None,
+    )
 
 
 class _Exporter:
@@ -176,6 +310,7 @@ class _Exporter:
         self.cmdline = cmdline
 
     def __call__(self, batch: IntervalBatch) -> None:
+        from otlp_ebpf.export.process_resources import add_process_attributes
         from otlp_ebpf.export.self_metrics import otlp_request
         from otlp_ebpf.formatters.otlp_request import encode_requests
 
@@ -194,7 +329,8 @@ class _Exporter:
         attrs = self.config.resource_attributes
         requests = []
         for section in batch.sections.values():
-            requests.extend(encode_requests(common.with_cmdlines(section, self.cmdline), attrs))
+            for request in encode_requests(common.with_cmdlines(section, self.cmdline), attrs):
+                requests.append(add_process_attributes(request, batch.process_attributes))
         own = {"service.name": "otlp-ebpf", **attrs}
         own["host.name"] = _hostname()
         requests.append(otlp_request(self.figures, own))

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base
+from otlp_ebpf.collectors.budget import BudgetController
+from otlp_ebpf.collectors.containers import ProcessAttributes
 from otlp_ebpf.collectors.record import (
     POLL_S,
     SIGNAL_TYPES,
@@ -35,7 +37,7 @@ from otlp_ebpf.collectors.record import (
     plan_signals,
 )
 from otlp_ebpf.errors import UsageError
-from otlp_ebpf.model import CpuSnapshot, Snapshot, StackCount
+from otlp_ebpf.model import CpuSnapshot, Snapshot, StackCount, SyscallsSnapshot
 from otlp_ebpf.runtime import stats
 from otlp_ebpf.targets import TargetSpec
 
@@ -84,6 +86,8 @@ class IntervalBatch:
     rss_kb: int
     cost_pct: float  # this interval's cost, % of one core (BPF included)
     rates: Mapping[str, float]  # effective sampling rates at the end of the interval
+    # container.id, k8s.pod.uid, service.name ... of each process in the sections
+    process_attributes: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
     final: bool = False
 
 
@@ -112,6 +116,7 @@ class Agent:
         self.seq = 0
         self.last_t = 0.0
         self.started_wall = datetime.now(UTC)
+        self.attributes = ProcessAttributes()
 
     def tick(self, elapsed: float, final: bool = False) -> None:
         self.recording.tick(elapsed)
@@ -143,11 +148,27 @@ class Agent:
             rss_kb=current_rss_kb(),
             cost_pct=cost.cost_pct if cost else 0.0,
             rates=self._rates(cost.rates if cost else {}),
+            process_attributes=self.attributes.of(_pids_of(sections.values())),
             final=final,
         )
         self.last_t = elapsed
         self._forget_history()
         self.deliver(batch)
+
+    def set_budget(self, pct: float | None) -> None:
+        """A new overhead budget from now on (SIGHUP); None or 0 samples at the asked rate."""
+        recording = self.recording
+        cpu = recording.cpu_signal()
+        if cpu is None:
+            return
+        if not pct:
+            if recording.controller is not None:
+                cpu.set_frequency(recording.controller.requested_hz)
+            recording.controller = None
+        elif recording.controller is not None:
+            recording.controller.budget_pct = pct
+        else:
+            recording.controller = BudgetController(pct, cpu.config.frequency_hz)
 
     def _rates(self, measured: Mapping[str, float]) -> dict[str, float]:
         """Sampling rates now: the budget's when it set one, else the rate asked for."""
@@ -206,6 +227,18 @@ class Agent:
         del self.recording.costs[:-1]
 
 
+def _pids_of(sections: Iterable[Snapshot]) -> list[int]:
+    """The processes a batch describes (the ones its resources are made for)."""
+    pids: set[int] = set()
+    for section in sections:
+        pids.update(p.pid for p in section.processes)
+        if isinstance(section, CpuSnapshot):
+            pids.update(s.pid for s in section.stacks)
+        elif isinstance(section, SyscallsSnapshot):
+            pids.update(s.pid for s in section.syscalls)
+    return sorted(p for p in pids if p > 0)
+
+
 def current_rss_kb() -> int:
     """Resident set size now (VmRSS), not the peak: the figure that must stay flat."""
     try:
@@ -222,7 +255,7 @@ def run(
     config: AgentConfig,
     deliver: Callable[[IntervalBatch], None],
     on_ready: Callable[[], None] = lambda: None,
-    on_poll: Callable[[], None] = lambda: None,
+    on_poll: Callable[[Agent], None] = lambda agent: None,
 ) -> int:
     """Collect until SIGINT/SIGTERM (or every --pid target exited), handing a batch to
     `deliver` every interval and a final one for the interval cut short. Every program, link
@@ -258,12 +291,13 @@ def run(
             signal.close()
 
 
-def _polling(recording: Recording, on_poll: Callable[[], None]) -> Callable[[float], None]:
-    """The recording's poll, reporting each round (the health check sees the loop turn)."""
+def _polling(agent: Agent, on_poll: Callable[[Agent], None]) -> Callable[[float], None]:
+    """The recording's poll, then `on_poll` (the health check sees the loop turn; a reload
+    asked by SIGHUP is applied here, between two polls, so no interval is cut)."""
 
     def poll(timeout_s: float) -> None:
-        recording.poll(timeout_s)
-        on_poll()
+        agent.recording.poll(timeout_s)
+        on_poll(agent)
 
     return poll
 
@@ -272,7 +306,7 @@ def _loop(
     recording: Recording,
     deliver: Callable[[IntervalBatch], None],
     on_ready: Callable[[], None],
-    on_poll: Callable[[], None],
+    on_poll: Callable[[Agent], None],
 ) -> int:
     config = recording.config
     with base.session(recording.targets, recording.start) as session:
@@ -282,7 +316,7 @@ def _loop(
             on_ready()
             ended = base.run_loop(
                 recording.targets,
-                _polling(recording, on_poll),
+                _polling(agent, on_poll),
                 duration_s=None,
                 interval_s=config.interval_s,
                 on_interval=agent.tick,
