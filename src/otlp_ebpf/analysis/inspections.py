@@ -38,6 +38,35 @@ EVIDENCE_ROWS_MAX = 14
 AGGREGATE_MIN_ERRORS = 1000
 AGGREGATE_MIN_ERROR_SHARE = 0.5
 AGGREGATE_MIN_RETRANSMITS = 10
+# Syscalls whose duration and rate the program chooses (it sleeps, polls or waits for a
+# child): slower or fewer of them is no symptom. A host busy with other work slows them the
+# most, and they would otherwise top every list.
+WAITING_SYSCALLS = frozenset(
+    {
+        "nanosleep",
+        "clock_nanosleep",
+        "poll",
+        "ppoll",
+        "select",
+        "pselect6",
+        "epoll_wait",
+        "epoll_pwait",
+        "epoll_pwait2",
+        "futex",
+        "futex_waitv",
+        "wait4",
+        "waitid",
+        "pause",
+        "rt_sigsuspend",
+        "rt_sigtimedwait",
+        "sched_yield",
+        "io_getevents",
+        "io_uring_enter",
+    }
+)
+# "Fewer calls" means a quarter or less of the baseline: a loop slowed by a busy host for a
+# second (a third of its rate, measured) is not yet a symptom worth a finding.
+FEWER_CALLS_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -147,6 +176,13 @@ def symptom_kind(anomaly: Anomaly, timeline: Timeline) -> str | None:
     """The symptom an anomaly shows, or None."""
     s = anomaly.series
     key = (s.signal, s.name, anomaly.direction)
+    if s.labels.get("syscall") in WAITING_SYSCALLS and key != ("syscalls", "errors", "up"):
+        return None  # how long (and how often) a program waits is its own choice
+    if (
+        key == ("syscalls", "calls", "down")
+        and anomaly.observed > FEWER_CALLS_SHARE * anomaly.baseline
+    ):
+        return None
     if key == ("syscalls", "errors", "up"):
         return "syscall_errors"
     if key == ("syscalls", "p99_ns", "up"):
@@ -475,7 +511,7 @@ def _symptom_finding(kind: str, symptom: Anomaly, causes: list[Cause], context: 
         evidence=evidence,
         confidence=confidence,
         symptom=True,
-        strength=symptom.score,
+        strength=_strength(symptom),
     )
 
 
@@ -501,8 +537,14 @@ def _cause_finding(kind: str, anomaly: Anomaly, related: list[Cause], context: C
         evidence=_evidence([anomaly, *(c.anomaly for c in related[:2])], anomaly, context),
         confidence=(1.0 - anomaly.q_value) * 0.8,
         symptom=False,
-        strength=anomaly.score,
+        strength=_strength(anomaly),
     )
+
+
+def _strength(anomaly: Anomaly) -> float:
+    """Magnitude times duration: a fault that lasted outranks a brief excursion of the
+    same size (a second of host contention against three of an errno storm)."""
+    return anomaly.score * max(anomaly.end_s - anomaly.start_s, 1e-9)
 
 
 def _evidence(columns: Iterable[Anomaly], main: Anomaly, context: Context) -> Evidence:

@@ -68,29 +68,27 @@ class Timeline:
     notes: list[str] = field(default_factory=list)
 
 
+_Key = tuple[str, str, str, str]  # signal, name, label name ("" for none), label value
+
+
 @dataclass
 class _Builder:
-    """Collects per-row values under a series key, filling absent rows with a default."""
+    """Collects per-row values under a series key, filling absent rows with a default.
+    (Called once per value of every row: a 1-hour recording makes close to a million calls,
+    so keys are flat tuples, not label dicts.)"""
 
     rows: int
-    columns: dict[tuple[str, str, tuple[tuple[str, str], ...]], np.ndarray] = field(
-        default_factory=dict
-    )
-    natures: dict[tuple[str, str, tuple[tuple[str, str], ...]], tuple[Nature, str]] = field(
-        default_factory=dict
-    )
+    columns: dict[_Key, np.ndarray] = field(default_factory=dict)
+    natures: dict[_Key, tuple[Nature, str]] = field(default_factory=dict)
 
     def put(
         self,
-        signal: str,
-        name: str,
-        labels: dict[str, str],
+        key: _Key,
         index: int,
         value: float,
         nature: Nature = "rate",
         unit: str = "1/s",
     ) -> None:
-        key = (signal, name, tuple(labels.items()))
         column = self.columns.get(key)
         if column is None:
             # Rates and levels are 0 in a row that does not mention them; percentiles unknown.
@@ -105,9 +103,10 @@ class _Builder:
     def build(self, starts: np.ndarray, ends: np.ndarray) -> list[Series]:
         out = []
         for key, values in self.columns.items():
-            signal, name, labels = key
+            signal, name, label, label_value = key
             nature, unit = self.natures[key]
-            out.append(Series(signal, name, dict(labels), nature, unit, starts, ends, values))
+            labels = {label: label_value} if label else {}
+            out.append(Series(signal, name, labels, nature, unit, starts, ends, values))
         return out
 
 
@@ -173,46 +172,54 @@ def _add_row(builder: _Builder, index: int, row: TimelineRow, length: float) -> 
     if row.cpu is not None:
         total = 0
         for pid, n in row.cpu.samples.items():
-            builder.put("cpu", "samples", {"pid": pid}, index, n * per_s, unit="samples/s")
+            builder.put(("cpu", "samples", "pid", pid), index, n * per_s, unit="samples/s")
             total += n
-        builder.put("cpu", "samples", {}, index, total * per_s, unit="samples/s")
+        builder.put(("cpu", "samples", "", ""), index, total * per_s, unit="samples/s")
         for function, n in row.cpu.functions.items():
             if function != OTHER_KEY:
                 builder.put(
-                    "cpu", "function", {"function": function}, index, n * per_s, unit="samples/s"
+                    ("cpu", "function", "function", function), index, n * per_s, unit="samples/s"
                 )
     if row.syscalls is not None:
         for tick in row.syscalls:
-            labels = {"syscall": tick.name}
-            builder.put("syscalls", "calls", labels, index, tick.count * per_s)
-            builder.put("syscalls", "errors", labels, index, tick.errors * per_s)
+            builder.put(("syscalls", "calls", "syscall", tick.name), index, tick.count * per_s)
+            builder.put(("syscalls", "errors", "syscall", tick.name), index, tick.errors * per_s)
             if tick.count:
-                builder.put("syscalls", "p99_ns", labels, index, tick.p99_ns, "latency", "ns")
+                builder.put(
+                    ("syscalls", "p99_ns", "syscall", tick.name),
+                    index,
+                    tick.p99_ns,
+                    "latency",
+                    "ns",
+                )
     if row.net is not None:
         _add_net(builder, index, row, per_s)
     if row.mem is not None:
         mem = row.mem
-        builder.put("mem", "outstanding_bytes", {}, index, mem.outstanding_bytes, "level", "B")
-        builder.put("mem", "allocations", {}, index, mem.allocations * per_s)
-        builder.put("mem", "page_faults", {}, index, mem.page_faults * per_s)
+        builder.put(
+            ("mem", "outstanding_bytes", "", ""), index, mem.outstanding_bytes, "level", "B"
+        )
+        builder.put(("mem", "allocations", "", ""), index, mem.allocations * per_s)
+        builder.put(("mem", "page_faults", "", ""), index, mem.page_faults * per_s)
 
 
 def _add_net(builder: _Builder, index: int, row: TimelineRow, per_s: float) -> None:
     assert row.net is not None
     retransmits = resets = 0
     for conn in row.net.connections:
-        labels = {"connection": conn.label}
         moved = (conn.tx_bytes + conn.rx_bytes) * per_s
-        builder.put("net", "bytes", labels, index, moved, unit="B/s")
+        builder.put(("net", "bytes", "connection", conn.label), index, moved, unit="B/s")
         if conn.label != OTHER_KEY:
-            builder.put("net", "retransmits", labels, index, conn.retransmits * per_s)
-            builder.put("net", "resets", labels, index, conn.resets * per_s)
+            builder.put(
+                ("net", "retransmits", "connection", conn.label), index, conn.retransmits * per_s
+            )
+            builder.put(("net", "resets", "connection", conn.label), index, conn.resets * per_s)
         retransmits += conn.retransmits
         resets += conn.resets
-    builder.put("net", "retransmits", {}, index, retransmits * per_s)
-    builder.put("net", "resets", {}, index, resets * per_s)
+    builder.put(("net", "retransmits", "", ""), index, retransmits * per_s)
+    builder.put(("net", "resets", "", ""), index, resets * per_s)
     for reason, n in row.net.drops.items():
-        builder.put("net", "drops", {"reason": reason}, index, n * per_s)
+        builder.put(("net", "drops", "reason", reason), index, n * per_s)
 
 
 def _interval_timeline(
@@ -230,12 +237,12 @@ def _interval_timeline(
     if isinstance(snapshot, SyscallsSnapshot):
 
         def put(i: int, key: str, per_s: float) -> None:
-            builder.put("syscalls", "calls", {"syscall": key}, i, per_s)
+            builder.put(("syscalls", "calls", "syscall", key), i, per_s)
 
     else:
 
         def put(i: int, key: str, per_s: float) -> None:
-            builder.put("net", "bytes", {"connection": key}, i, per_s, unit="B/s")
+            builder.put(("net", "bytes", "connection", key), i, per_s, unit="B/s")
 
     for out_index, row_index in enumerate(kept):
         length = max(float(ends[out_index] - starts[out_index]), 1e-9)

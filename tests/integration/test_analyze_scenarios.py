@@ -1,0 +1,153 @@
+"""`analyze` on real recordings of workloads with one fault injected at a known second: the
+fault is the top finding, with its cause and window; the same workload without the fault
+gives no finding at all (a false alarm is a defect)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from otlp_ebpf.analysis.analyze import analyze
+from otlp_ebpf.cli.app import run
+from otlp_ebpf.model import RecordSnapshot, read_snapshot
+from tests.conftest import build_c
+
+pytestmark = pytest.mark.bpf
+
+RUN_S = 5.0
+INTERVAL_S = 0.25
+
+# A steady service loop (getppid, an 8 KiB read and a 4 KiB malloc/free every millisecond)
+# for RUN_S seconds; from FAULT_S on, the fault of MODE:
+#   errno: 20 mkdir() under a missing directory per loop (ENOENT);
+#   hog:   a child process, idle until then, spins in spin();
+#   leak:  64 KiB allocated, written and kept every 2 ms.
+# FAULT_S beyond RUN_S: the same workload, healthy.
+WORKLOAD = r"""
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+__attribute__((noinline)) double spin(double until) {
+    volatile double x = 0;
+    while (now() < until) for (int i = 0; i < 200000; i++) x += i * 0.5;
+    return x;
+}
+int main(int argc, char **argv) {
+    const char *mode = argv[1];
+    double fault = atof(argv[2]), run = atof(argv[3]);
+    double start = now();
+    pid_t hog = -1;
+    if (strcmp(mode, "hog") == 0) {
+        hog = fork();
+        if (hog == 0) {
+            while (now() - start < fault && now() - start < run) usleep(5000);
+            spin(start + run);
+            _exit(0);
+        }
+    }
+    int zero = open("/dev/zero", O_RDONLY);
+    static char buf[8192];
+    double last_leak = 0;
+    while (now() - start < run) {
+        double t = now() - start;
+        getppid();
+        if (read(zero, buf, sizeof buf) < 0) return 3;
+        free(malloc(4096));
+        if (t >= fault && strcmp(mode, "errno") == 0)
+            for (int i = 0; i < 20; i++) mkdir("/nonexistent/otlp-ebpf/x", 0700);
+        if (t >= fault && strcmp(mode, "leak") == 0 && t - last_leak >= 0.002) {
+            memset(malloc(65536), 1, 65536);
+            last_leak = t;
+        }
+        usleep(1000);
+    }
+    if (hog > 0) waitpid(hog, 0, 0);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory, cc) -> Path:
+    return build_c(cc, WORKLOAD, tmp_path_factory.mktemp("analyze") / "service", "-O1", "-g")
+
+
+def record(tmp_path: Path, workload: Path, mode: str, fault_s: float) -> RecordSnapshot:
+    path = tmp_path / f"{mode}.json"
+    command = [str(workload), mode, str(fault_s), str(RUN_S)]
+    code = run(["-q", "record", "--interval", str(INTERVAL_S), "-o", str(path), "--", *command])
+    assert code == 0
+    snapshot = read_snapshot(str(path))
+    assert isinstance(snapshot, RecordSnapshot)
+    return snapshot
+
+
+def describe(snapshot: RecordSnapshot) -> str:
+    analysis = analyze(snapshot)
+    return json.dumps([f.summary for f in analysis.findings]) + json.dumps(
+        [a.to_dict() for a in analysis.anomalies][:8]
+    )
+
+
+def assert_window(start_s: float, end_s: float, fault_s: float) -> None:
+    # The fault begins inside the first row of the window (rows are INTERVAL_S long) and
+    # lasts until the workload ends.
+    assert fault_s - INTERVAL_S - 0.05 <= start_s <= fault_s + 0.05
+    assert end_s >= RUN_S - 2 * INTERVAL_S
+
+
+def test_an_errno_storm_from_the_second_second_is_the_top_finding(tmp_path, workload):
+    snapshot = record(tmp_path, workload, "errno", 2.0)
+    analysis = analyze(snapshot)
+    assert analysis.findings, describe(snapshot)
+    top = analysis.findings[0]
+    assert top.kind == "syscall_errors", describe(snapshot)
+    assert top.effects[0].series.labels == {"syscall": "mkdir"}
+    assert set(top.evidence.numbers["errno"]) == {"ENOENT"}
+    assert "mkdir errors rose from 0/s to" in top.summary
+    assert_window(top.start_s, top.end_s, 2.0)
+
+
+def test_a_cpu_hog_starting_mid_run_is_the_top_finding(tmp_path, workload):
+    snapshot = record(tmp_path, workload, "hog", 2.0)
+    analysis = analyze(snapshot)
+    assert analysis.findings, describe(snapshot)
+    top = analysis.findings[0]
+    assert top.kind == "cpu_hog", describe(snapshot)
+    assert top.cause is not None
+    pid = top.cause.anomaly.series.labels["pid"]
+    main_pid = min(p.pid for p in snapshot.processes if p.comm == "service")
+    assert int(pid) != main_pid and f"pid {pid} (service)" in top.summary
+    assert top.cause.anomaly.baseline == 0.0  # idle before the fault
+    assert_window(top.start_s, top.end_s, 2.0)
+
+
+def test_a_leak_starting_late_is_the_top_finding(tmp_path, workload):
+    snapshot = record(tmp_path, workload, "leak", 3.0)
+    analysis = analyze(snapshot)
+    assert analysis.findings, describe(snapshot)
+    top = analysis.findings[0]
+    assert top.kind == "memory_growth", describe(snapshot)
+    assert top.cause is not None and top.cause.anomaly.series.key == "mem.outstanding_bytes"
+    # 64 KiB every 2 ms for about 2 s: tens of megabytes more than the baseline
+    assert top.cause.anomaly.peak - top.cause.anomaly.baseline > 20e6
+    assert_window(top.start_s, top.end_s, 3.0)
+
+
+@pytest.mark.parametrize("mode", ["errno", "hog", "leak"])
+def test_the_same_workload_without_the_fault_gives_no_finding(tmp_path, workload, mode):
+    snapshot = record(tmp_path, workload, mode, 99.0)
+    analysis = analyze(snapshot)
+    assert analysis.timeline is not None and len(analysis.timeline.ends) >= 18
+    assert analysis.findings == [], describe(snapshot)
