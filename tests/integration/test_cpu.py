@@ -456,3 +456,26 @@ def test_threads_blocked_for_the_whole_run_are_reported(
     napper = [s for s in snapshot.off_cpu if s.tid == napper_tid]
     assert not any(s.frames[0] == cpu.BLOCKED_WHOLE_RUN_FRAME for s in napper), napper
     assert sum(s.total_ns for s in napper) < 0.5e9
+
+
+def test_cpu_under_a_budget_lowers_its_rate_and_keeps_the_shares(tmp_path, cc, capsys):
+    from tests.integration.test_record import TWO_BUSY
+
+    busy = build_c(cc, TWO_BUSY, tmp_path / "busy", "-O1", "-g")
+    path = tmp_path / "cpu.json"
+    assert run(["cpu", "-F", "999", "--budget", "1", "-o", str(path), "--", str(busy), "6"]) == 0
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    doc = json.loads(path.read_text())
+    cost = doc["self_cost"]
+    rates = [t["rates"]["cpu_hz"] for t in cost["ticks"]]
+    # 999 Hz on two busy CPUs is ~2000 samples/s to unwind: far more than 1% of a core
+    assert cost["budget_pct"] == 1.0 and min(rates) < 999
+    assert f"cpu sampling lowered to {min(rates):.0f} Hz (asked 999)" in summary
+    assert any(n.startswith("budget 1%: cpu sampling lowered from 999 Hz") for n in doc["notes"])
+    stacks = doc["stacks"]
+    alpha = sum(s["count"] for s in stacks if "alpha" in s["frames"])
+    beta = sum(s["count"] for s in stacks if "beta" in s["frames"])
+    samples = alpha + beta
+    assert samples >= 50
+    # 2/3 of the CPU time is alpha's by construction; four standard errors of a binomial share
+    assert abs(alpha / samples - 2 / 3) < 4 * (2 / 9 / samples) ** 0.5

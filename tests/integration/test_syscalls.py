@@ -269,3 +269,32 @@ def test_a_huge_command_line_is_cut_in_status_lines_and_kept_in_the_snapshot(cap
     assert "characters)" in err
     targets = json.loads(out.read_text())["targets"]
     assert targets == ["command: /bin/true " + " ".join(args)]
+
+
+@pytest.mark.parametrize("use_btf", [True, False], ids=["tp_btf", "raw_syscalls"])
+def test_a_small_budget_samples_calls_and_scales_the_counts(capsys, workload, monkeypatch, use_btf):
+    from otlp_ebpf.runtime import features
+
+    monkeypatch.setattr(features, "tp_btf_supported", lambda: use_btf)
+    # the calls start after a second: the budget has found its period by then
+    args = ["syscalls", "--json", "--budget", "0.001", "--", str(workload), "200000", "1000"]
+    assert run(args) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    cost = doc["self_cost"]
+    periods = [t["rates"]["syscalls_1_in"] for t in cost["ticks"]]
+    assert cost["budget_pct"] == 0.001 and max(periods) > 1
+    assert any("syscalls sampled at random" in n for n in doc["notes"])
+    assert f"sampled 1 in {max(periods):.0f} syscalls" in err
+    truth = 200000 + 11
+    # each call is recorded with probability 1/N and weighs N: the estimate is unbiased with
+    # variance sum(N - 1) over the calls, at most truth * (max N - 1); allowed: 5 of its SE
+    bound = 5 * (truth * (max(periods) - 1)) ** 0.5
+    assert abs(counts(doc)["getppid"] - truth) < bound
+    assert bound < truth / 2  # the bound says something
+
+
+def test_without_a_budget_counts_stay_exact_and_no_rates_are_kept(capsys, workload):
+    doc = trace(capsys, "--", str(workload), "200000")
+    assert counts(doc)["getppid"] == 200000 + 11
+    assert doc["self_cost"]["budget_pct"] == 0 and doc["self_cost"]["ticks"] == []

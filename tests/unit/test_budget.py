@@ -11,7 +11,15 @@ import time
 import pytest
 
 from otlp_ebpf.cli.app import run
-from otlp_ebpf.collectors.budget import BudgetController, CostMeter, Interval, child_cpu_seconds
+from otlp_ebpf.collectors import budget as budget_mod
+from otlp_ebpf.collectors.budget import (
+    BudgetController,
+    CostMeter,
+    Governor,
+    Interval,
+    PeriodController,
+    child_cpu_seconds,
+)
 
 
 def test_a_tick_over_budget_lowers_the_rate_in_proportion():
@@ -60,8 +68,57 @@ def test_interval_cost_is_core_seconds_over_wall_seconds():
     assert Interval(10.0, 1.0).pct(12.0, 1.05) == pytest.approx(2.5)
 
 
-@pytest.mark.parametrize("budget", ["0", "-1", "101"])
-def test_budget_out_of_range_is_one_line_exit_2(capsys, budget):
-    assert run(["record", "-d", "1", "--budget", budget]) == 2
+@pytest.mark.parametrize("command", ["record", "syscalls", "cpu"])
+@pytest.mark.parametrize("budget", ["0", "-1", "101", "nan"])
+def test_budget_out_of_range_is_one_line_exit_2(capsys, command, budget):
+    assert run([command, "-d", "1", "--budget", budget]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--budget must be" in err[0]
+
+
+def test_a_period_rises_in_proportion_to_the_excess_and_is_capped():
+    c = PeriodController(budget_pct=1.0, max_period=1024)
+    assert c.next_period(4.25) == 5  # 1 * 4.25 / (0.85 * 1)
+    assert c.next_period(4.25) == 5  # settling after a change
+    assert c.next_period(8.5) == 50
+    c.next_period(0.9)
+    assert c.next_period(1e6) == 1024 and c.highest == 1024
+
+
+def test_a_period_falls_back_to_every_event_when_there_is_room():
+    c = PeriodController(budget_pct=1.0, max_period=1024)
+    c.next_period(100.0)  # -> 118
+    periods = [c.next_period(0.1) for _ in range(60)]
+    assert periods[-1] == 1 and c.highest == 118
+    assert all(b <= a for a, b in itertools.pairwise(periods))
+    assert c.next_period(0.8) == 1  # between 60% and 100% of the budget: left alone
+
+
+def test_the_governor_turns_every_knob_by_the_cost_since_the_last_decision(monkeypatch):
+    clock = [100.0]
+    cost = [0.0]
+    monkeypatch.setattr(budget_mod.time, "monotonic", lambda: clock[0])
+    meter = CostMeter(lambda: 0, list)
+    monkeypatch.setattr(meter, "total_s", lambda: cost[0])
+    applied: dict[str, list[int]] = {"cpu": [], "syscalls": []}
+    hz = BudgetController(budget_pct=1.0, requested_hz=999)
+    period = PeriodController(budget_pct=1.0, max_period=1024)
+    governor = Governor(
+        1.0,
+        meter,
+        [
+            budget_mod.cpu_knob(hz, applied["cpu"].append),
+            budget_mod.period_knob("syscalls_1_in", period, applied["syscalls"].append),
+        ],
+    )
+    governor.begin()
+    clock[0] += 0.1
+    cost[0] = 0.01
+    governor.control()  # sooner than CONTROL_S: nothing decided
+    assert applied == {"cpu": [], "syscalls": []}
+    clock[0] += 0.15
+    cost[0] = 0.025  # 10% of a core over the 0.25 s since begin
+    governor.control()
+    assert applied == {"cpu": [int(999 * 0.85 / 10)], "syscalls": [12]}
+    governor.measure(1.0)
+    assert governor.ticks[-1].rates == {"cpu_hz": 84.0, "syscalls_1_in": 12.0}

@@ -87,6 +87,25 @@ struct {
 
 COUNTER_ARRAY(drops, DROP_SLOTS);
 
+/* Changed at run time by an overhead budget (an array, not .rodata, which is frozen at load). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct syscall_sampling);
+} sampling SEC(".maps");
+
+/* How many calls this one stands for: 0 when it is not sampled, 1 without sampling. */
+static __always_inline u64 sample_weight(void)
+{
+	u32 zero = 0;
+	struct syscall_sampling *s = bpf_map_lookup_elem(&sampling, &zero);
+
+	if (!s || s->period <= 1)
+		return 1;
+	return bpf_get_prandom_u32() < s->threshold ? s->period : 0;
+}
+
 static __always_inline bool syscall_selected(long nr)
 {
 	if (nr < 0 || nr >= MAX_SYSCALL_NR)
@@ -158,7 +177,8 @@ static __always_inline struct syscall_stats *stats_for(u32 tgid, u32 nr)
 	return bpf_map_lookup_elem(&stats, &key);
 }
 
-static __always_inline void record_unattributed(u64 nr, bool failed, u64 delta, bool timed)
+static __always_inline void record_unattributed(u64 nr, bool failed, u64 delta, bool timed,
+						u64 w)
 {
 	u32 key = (u32)nr;
 	struct syscall_stats *st;
@@ -168,15 +188,15 @@ static __always_inline void record_unattributed(u64 nr, bool failed, u64 delta, 
 	st = bpf_map_lookup_elem(&unattributed, &key);
 	if (!st)
 		return;
-	__sync_fetch_and_add(&st->count, 1);
+	__sync_fetch_and_add(&st->count, w);
 	if (failed)
-		__sync_fetch_and_add(&st->errors, 1);
+		__sync_fetch_and_add(&st->errors, w);
 	if (timed) {
 		u32 slot = log2_slot(delta);
 
-		__sync_fetch_and_add(&st->total_ns, delta);
+		__sync_fetch_and_add(&st->total_ns, delta * w);
 		if (slot < SYSCALL_SLOTS)
-			__sync_fetch_and_add(&st->hist[slot], 1);
+			__sync_fetch_and_add(&st->hist[slot], w);
 		/* min and max without a lock: a race costs at most one extreme of these rows. */
 		if (delta > st->max_ns)
 			st->max_ns = delta;
@@ -185,7 +205,8 @@ static __always_inline void record_unattributed(u64 nr, bool failed, u64 delta, 
 	}
 }
 
-static __always_inline void record_exit(u32 tgid, u64 nr, long ret, u64 delta, bool timed)
+/* `w`: the calls this one stands for (sampling); every sum weighs it, extremes do not. */
+static __always_inline void record_exit(u32 tgid, u64 nr, long ret, u64 delta, bool timed, u64 w)
 {
 	struct syscall_stats *st;
 	bool failed = ret < 0 && ret >= -4095;
@@ -194,12 +215,12 @@ static __always_inline void record_exit(u32 tgid, u64 nr, long ret, u64 delta, b
 		return;
 	st = stats_for(tgid, (u32)nr);
 	if (!st) {
-		record_unattributed(nr, failed, delta, timed);
+		record_unattributed(nr, failed, delta, timed, w);
 		return;
 	}
-	st->count += 1;
+	st->count += w;
 	if (timed) {
-		st->total_ns += delta;
+		st->total_ns += delta * w;
 		if (delta > st->max_ns)
 			st->max_ns = delta;
 		if (!st->min_ns || delta < st->min_ns)
@@ -207,21 +228,21 @@ static __always_inline void record_exit(u32 tgid, u64 nr, long ret, u64 delta, b
 		u32 slot = log2_slot(delta);
 
 		if (slot < SYSCALL_SLOTS)
-			st->hist[slot] += 1;
+			st->hist[slot] += w;
 	}
 	if (failed) {
 		struct errno_key ekey = { .tgid = tgid, .nr = (u32)nr, .err = (u32)-ret, .pad = 0 };
 		u64 *n;
 
-		st->errors += 1;
+		st->errors += w;
 		n = bpf_map_lookup_elem(&errnos, &ekey);
 		if (n) {
-			*n += 1;
+			*n += w;
 		} else {
-			u64 one = 1;
+			u64 first = w;
 			struct proc_usage *u;
 
-			if (bpf_map_update_elem(&errnos, &ekey, &one, BPF_NOEXIST) == 0) {
+			if (bpf_map_update_elem(&errnos, &ekey, &first, BPF_NOEXIST) == 0) {
 				if ((u = usage_of(tgid)))
 					note_row(u->errs, ekey.err & (MAX_ERRNO_NR - 1));
 				return;
@@ -229,7 +250,7 @@ static __always_inline void record_exit(u32 tgid, u64 nr, long ret, u64 delta, b
 			/* Created meanwhile on another CPU: count in this CPU's slot. */
 			n = bpf_map_lookup_elem(&errnos, &ekey);
 			if (n)
-				*n += 1;
+				*n += w;
 			else
 				bump(&drops, DROP_ERRNO_FULL);
 		}
@@ -246,11 +267,15 @@ int BPF_PROG(btf_sys_enter, struct pt_regs *regs, long id)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct syscall_start *start;
+	u64 w = sample_weight();
 
+	/* Sampling first: under a budget most calls of every process stop here, cheaply. */
+	if (!w)
+		return 0; /* not sampled: its exit finds no start */
 	if (!target_wanted(pid_tgid) || !syscall_selected(id))
 		return 0;
 	if (never_returns(id)) {
-		record_exit(pid_tgid >> 32, id, 0, 0, false);
+		record_exit(pid_tgid >> 32, id, 0, 0, false, w);
 		return 0;
 	}
 	start = bpf_task_storage_get(&start_storage, bpf_get_current_task_btf(), 0,
@@ -260,6 +285,7 @@ int BPF_PROG(btf_sys_enter, struct pt_regs *regs, long id)
 		return 0;
 	}
 	start->nr = id;
+	start->weight = w;
 	start->ts = bpf_ktime_get_ns();
 	return 0;
 }
@@ -271,14 +297,17 @@ int BPF_PROG(btf_sys_exit, struct pt_regs *regs, long ret)
 	struct syscall_start *start;
 	u64 ts;
 
-	if (!target_wanted(pid_tgid))
-		return 0;
+	/* Only a target's sampled call left a start: most calls stop here. */
 	start = bpf_task_storage_get(&start_storage, bpf_get_current_task_btf(), 0, 0);
 	if (!start || !start->ts)
-		return 0; /* entered before we attached */
+		return 0; /* not sampled, not a target, or entered before we attached */
+	if (!target_wanted(pid_tgid)) {
+		start->ts = 0;
+		return 0;
+	}
 	ts = start->ts;
 	start->ts = 0;
-	record_exit(pid_tgid >> 32, start->nr, ret, bpf_ktime_get_ns() - ts, true);
+	record_exit(pid_tgid >> 32, start->nr, ret, bpf_ktime_get_ns() - ts, true, start->weight);
 	return 0;
 }
 
@@ -292,8 +321,15 @@ int tp_sys_enter(struct trace_event_raw_sys_enter *ctx)
 
 	if (!target_wanted(pid_tgid) || !syscall_selected(id))
 		return 0;
+	start.weight = sample_weight();
+	if (!start.weight) {
+		/* not sampled: a start an earlier sampled call left (its exit unseen) must not pair
+		 * with this call's exit */
+		bpf_map_delete_elem(&start_by_tid, &tid);
+		return 0;
+	}
 	if (never_returns(id)) {
-		record_exit(pid_tgid >> 32, id, 0, 0, false);
+		record_exit(pid_tgid >> 32, id, 0, 0, false, start.weight);
 		return 0;
 	}
 	start.nr = id;
@@ -310,7 +346,7 @@ int tp_sys_exit(struct trace_event_raw_sys_exit *ctx)
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tid = (u32)pid_tgid;
 	struct syscall_start *start;
-	u64 ts, nr;
+	u64 ts, nr, w;
 
 	if (!target_wanted(pid_tgid))
 		return 0;
@@ -319,8 +355,9 @@ int tp_sys_exit(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	ts = start->ts;
 	nr = start->nr;
+	w = start->weight;
 	bpf_map_delete_elem(&start_by_tid, &tid);
-	record_exit(pid_tgid >> 32, nr, ret, bpf_ktime_get_ns() - ts, true);
+	record_exit(pid_tgid >> 32, nr, ret, bpf_ktime_get_ns() - ts, true, w);
 	return 0;
 }
 

@@ -56,6 +56,16 @@ struct errno_key {
 struct syscall_start {
 	__u64 ts;
 	__u64 nr;
+	__u64 weight; /* calls this sampled one stands for (1 without sampling) */
+};
+
+/* Under an overhead budget 1 call in `period` is recorded (chosen at random on entry when
+ * bpf_get_prandom_u32() < threshold = 2^32 / period) and weighs `period` in every sum, so the
+ * counts are unbiased estimates. User space changes it while running; period 1 records every
+ * call (exact counts). */
+struct syscall_sampling {
+	__u32 period;
+	__u32 threshold;
 };
 
 #endif

@@ -90,6 +90,23 @@ def check_percent(value: float | None, option: str) -> None:
     check_number(value, option, minimum=0.0, maximum=100.0, what="a percentage from 0 to 100")
 
 
+def check_budget(value: float | None) -> None:
+    """--budget PCT: a share of one core the tool may cost, above 0 and at most 100."""
+    check_number(
+        value,
+        "--budget",
+        minimum=0.0,
+        maximum=100.0,
+        above_minimum=True,
+        what="a percentage of one core in (0, 100]",
+    )
+
+
+def _budget_rule(value: float | None) -> float | None:
+    check_budget(value)
+    return value
+
+
 def check_confidence(value: float) -> None:
     check_number(
         value,
@@ -113,6 +130,16 @@ PidOpt = Annotated[
     ),
 ]
 TidOpt = Annotated[int, typer.Option("--tid", help="Only this thread.")]
+BudgetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--budget",
+        metavar="PCT",
+        callback=_budget_rule,
+        help="Keep the tool's steady cost (its CPU, its helpers', its BPF programs' run time) "
+        "at or under PCT% of one core by sampling less; the rates are in the snapshot.",
+    ),
+]
 DurationOpt = Annotated[
     float | None,
     typer.Option(
@@ -423,8 +450,39 @@ def summary_line(snapshot: Snapshot, events: int, what: str = "events") -> str:
         f"{_seconds(snapshot.duration_s)}, {events:,} {what}, {lost_text}; "
         f"cost {cost.cpu_s:.2f} s CPU{share}, BPF {cost.bpf_ns / 1e6:.1f} ms "
         f"in {cost.bpf_runs:,} runs, peak RSS {human_bytes(cost.peak_rss_kb * 1024)}"
+        + budget_text(snapshot)
         + (f"; {command}" if command else "")
     )
+
+
+def budget_text(snapshot: Snapshot) -> str:
+    """`; budget 1%: steady 0.9%, sampled 1 in 8 syscalls` when a budget was set: what it
+    cost and where it lowered the fidelity (the sparsest rate of the run)."""
+    cost = snapshot.self_cost
+    if not cost.budget_pct:
+        return ""
+    text = f"; budget {cost.budget_pct:g}%: steady {cost.steady_pct:.2f}%"
+    lowered = fidelity_lowered(snapshot)
+    if lowered:
+        text += ", " + ", ".join(lowered)
+    if cost.steady_pct > cost.budget_pct:
+        text += ", over budget"
+    return text
+
+
+def fidelity_lowered(snapshot: Snapshot) -> list[str]:
+    from otlp_ebpf.model import CpuSnapshot, RecordSnapshot
+
+    ticks = snapshot.self_cost.ticks
+    out = []
+    cpu = snapshot.signals.get("cpu") if isinstance(snapshot, RecordSnapshot) else snapshot
+    hz = [t.rates["cpu_hz"] for t in ticks if "cpu_hz" in t.rates]
+    if hz and isinstance(cpu, CpuSnapshot) and min(hz) < cpu.frequency_hz:
+        out.append(f"cpu sampling lowered to {min(hz):.0f} Hz (asked {cpu.frequency_hz})")
+    periods = [t.rates["syscalls_1_in"] for t in ticks if "syscalls_1_in" in t.rates]
+    if periods and max(periods) > 1:
+        out.append(f"sampled 1 in {max(periods):.0f} syscalls")
+    return out
 
 
 def command_exit_code(snapshot: Snapshot) -> int:

@@ -59,6 +59,7 @@ def register(app: typer.Typer) -> None:
                 help="With -- CMD: run it N times, one snapshot each (-o x.json -> x.1.json ...).",
             ),
         ] = 1,
+        budget: common.BudgetOpt = None,
         top: common.TopOpt = 20,
         output: common.OutputOpt = None,
         fmt: common.FormatOpt = None,
@@ -85,6 +86,7 @@ def register(app: typer.Typer) -> None:
             kernel_stacks=not user_only,
             unwind=unwind,
             python=not no_python,
+            budget_pct=budget,
         )
         check_config(config)
         check_repeat(repeat, config)

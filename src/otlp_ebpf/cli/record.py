@@ -8,7 +8,7 @@ import typer
 
 from otlp_ebpf import console
 from otlp_ebpf.cli import common
-from otlp_ebpf.model import SIGNALS, CpuSnapshot, RecordSnapshot
+from otlp_ebpf.model import SIGNALS, RecordSnapshot
 
 SignalsOpt = Annotated[
     str | None,
@@ -39,15 +39,7 @@ def register(app: typer.Typer) -> None:
         frequency: Annotated[
             int, typer.Option("-F", "--frequency", help="cpu: samples per second on each CPU.")
         ] = 99,
-        budget: Annotated[
-            float | None,
-            typer.Option(
-                "--budget",
-                metavar="PCT",
-                help="Keep the tool's steady cost (its CPU, helpers, BPF run time) at or under "
-                "PCT% of one core by lowering the cpu sampling rate.",
-            ),
-        ] = None,
+        budget: common.BudgetOpt = None,
         top: common.TopOpt = 10,
         output: common.OutputOpt = None,
         fmt: common.FormatOpt = None,
@@ -65,7 +57,6 @@ def register(app: typer.Typer) -> None:
         Examples: `otlp-ebpf record -o rec.json -o rec.html -- ./service --once`,
         `otlp-ebpf record -p 1234 -d 60 --signals cpu,net -o rec.json`.
         """
-        from otlp_ebpf.collectors.budget import check_budget
         from otlp_ebpf.collectors.record import (
             DEFAULT_INTERVAL_S,
             RecordConfig,
@@ -78,7 +69,6 @@ def register(app: typer.Typer) -> None:
         if interval is None:
             interval = min(DEFAULT_INTERVAL_S, duration or DEFAULT_INTERVAL_S)
         check_interval(interval, duration)
-        check_budget(budget)
         chosen = parse_signals(signals) if signals is not None else SIGNALS
         outputs = common.plan_outputs(output, fmt, "record")
         common.validate_otlp(otlp, None)
@@ -123,26 +113,11 @@ def show_tables(snapshot: RecordSnapshot, top: int | None) -> None:
 
 
 def summary_line(snapshot: RecordSnapshot) -> str:
-    """The one-line account: what every signal saw, losses and the whole run's cost."""
-    line = common.summary_line(
+    """The one-line account: what every signal saw, losses, the whole run's cost and what a
+    budget did."""
+    return common.summary_line(
         snapshot, len(snapshot.timeline), f"timeline rows ({events_summary(snapshot)})"
     )
-    return line + budget_text(snapshot)
-
-
-def budget_text(snapshot: RecordSnapshot) -> str:
-    """`; budget 1%: steady 0.9%, cpu sampling lowered to 31 Hz` when a budget was set."""
-    cost = snapshot.self_cost
-    if not cost.budget_pct:
-        return ""
-    text = f"; budget {cost.budget_pct:g}%: steady {cost.steady_pct:.2f}%"
-    rates = [t.rates["cpu_hz"] for t in cost.ticks if "cpu_hz" in t.rates]
-    cpu = snapshot.signals.get("cpu")
-    if rates and isinstance(cpu, CpuSnapshot) and min(rates) < cpu.frequency_hz:
-        text += f", cpu sampling lowered to {min(rates):.0f} Hz (asked {cpu.frequency_hz})"
-    if cost.steady_pct > cost.budget_pct:
-        text += ", over budget"
-    return text
 
 
 def events_summary(snapshot: RecordSnapshot) -> str:

@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
         latency: Annotated[
             str | None, typer.Option("--latency", "-L", help="Show NAME's latency histogram.")
         ] = None,
+        budget: common.BudgetOpt = None,
         top: common.TopOpt = 30,
         output: common.OutputOpt = None,
         fmt: common.FormatOpt = None,
@@ -75,6 +76,7 @@ def register(app: typer.Typer) -> None:
             syscalls=tuple(syscall or ()),
             errors_only=errors_only,
             comm=comm,
+            budget_pct=budget,
         )
         live = _live_view(by_process, top) if interval and not as_json else None
         console.status(

@@ -3,20 +3,27 @@ until the steady state costs at most the budget.
 
 The cost counted is what the machine pays for the tool: this process's CPU, that of its helper
 processes (the unwind-table decoder), and the run time of its BPF programs (which the traced
-processes pay), in percent of one core. What adapts today is on-CPU sampling: its frequency
-goes down in proportion (aiming at 85% of the budget) when the last quarter second cost more
-than the budget, and back up (a quarter at a time, never above the requested rate) when it
-cost under 60% of it. Sampling keeps cpu
-shares unbiased; only their precision drops.
+processes pay), in percent of one core. Every quarter second each knob of the run adapts to
+the cost of the last one: on-CPU sampling's frequency goes down in proportion (aiming at 85% of
+the budget) when it cost more than the budget, and back up (a quarter at a time, never above the
+requested rate) when it cost under 60% of it; per-event sampling (syscalls: record 1 call in N;
+mem: one sample point per N x 64 bytes allocated) raises its period the same way. Every knob
+scales by the same factor, so when each signal's cost follows its rate the total lands at the
+aim whichever signal dominates. Sampling keeps cpu shares unbiased and the sampled counts are
+weighted to unbiased estimates; only their precision drops.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from otlp_ebpf.model import CostTick, SelfCost
 from otlp_ebpf.runtime import stats
 
 AIM = 0.85  # of the budget, when lowering: headroom for the cost's tick-to-tick noise
@@ -26,10 +33,15 @@ MIN_HZ = 1
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+CONTROL_S = 0.25  # how often a budget looks at the cost and may change the rates
+
+
 def check_budget(pct: float | None) -> None:
+    """--budget PCT where a caller checks it itself (the CLI's shared rule is
+    cli/common.check_budget, with the same message)."""
     from otlp_ebpf.errors import UsageError
 
-    if pct is not None and not 0 < pct <= 100:
+    if pct is not None and not (math.isfinite(pct) and 0 < pct <= 100):
         raise UsageError(f"--budget must be a percentage of one core in (0, 100], got {pct:g}")
 
 
@@ -125,3 +137,169 @@ class BudgetController:
             self.lowest_hz = min(self.lowest_hz, wanted)
             self.settle = True
         return self.hz
+
+
+@dataclass
+class PeriodController:
+    """Picks N for per-event 1-in-N sampling (N = 1: every event) from the cost of the last
+    stretch: the cost of the recorded events goes roughly as 1/N."""
+
+    budget_pct: float
+    max_period: int
+    period: int = 1
+    highest: int = 1
+    settle: bool = False  # the stretch after a change mixes two periods: not judged
+
+    def next_period(self, cost_pct: float) -> int:
+        """The period to sample at after a stretch that cost `cost_pct` (unchanged: same)."""
+        if self.settle:
+            self.settle = False
+            return self.period
+        if cost_pct > self.budget_pct:
+            wanted = math.ceil(self.period * cost_pct / (AIM * self.budget_pct))
+        elif cost_pct < RAISE_BELOW * self.budget_pct and self.period > 1:
+            wanted = int(self.period / RAISE_FACTOR)
+        else:
+            return self.period
+        wanted = max(1, min(self.max_period, wanted))
+        if wanted != self.period:
+            self.period = wanted
+            self.highest = max(self.highest, wanted)
+            self.settle = True
+        return self.period
+
+
+@dataclass
+class Knob:
+    """One rate a budget turns: `decide` maps the last stretch's cost to the new setting,
+    `apply` puts it in force; `rate_key` names it in each tick's rates."""
+
+    rate_key: str
+    decide: Callable[[float], int]
+    current: Callable[[], int]
+    apply: Callable[[int], None]
+    owner: BudgetController | PeriodController | None = None  # the controller deciding
+
+
+def cpu_knob(controller: BudgetController, apply: Callable[[int], None]) -> Knob:
+    return Knob("cpu_hz", controller.next_hz, lambda: controller.hz, apply, controller)
+
+
+def period_knob(rate_key: str, controller: PeriodController, apply: Callable[[int], None]) -> Knob:
+    return Knob(rate_key, controller.next_period, lambda: controller.period, apply, controller)
+
+
+@dataclass
+class Governor:
+    """The budget of one run: every CONTROL_S (from `control`, called by the poll loop) the
+    cost since the last decision goes to every knob; `measure` closes a tick (its cost and
+    the rates at its end); the steady state runs from the end of the first tick."""
+
+    budget_pct: float
+    meter: CostMeter
+    knobs: list[Knob]
+    ticks: list[CostTick] = field(default_factory=list)
+    _tick: Interval | None = None
+    _control: Interval | None = None
+    settled: Interval | None = None
+    first: Interval | None = None
+
+    def begin(self) -> float:
+        """The collection loop starts: what the run cost so far is startup."""
+        cost = self.meter.total_s()
+        self._tick = self._control = self.first = Interval(time.monotonic(), cost)
+        return cost
+
+    def control(self) -> None:
+        if self._control is None:
+            return
+        wall = time.monotonic()
+        if wall - self._control.start_wall < CONTROL_S:
+            return
+        pct = self._control.pct(wall, self.meter.total_s())
+        for knob in self.knobs:
+            before = knob.current()
+            after = knob.decide(pct)
+            if after != before:
+                knob.apply(after)
+        self._control = Interval(time.monotonic(), self.meter.total_s())
+
+    def rates(self) -> dict[str, float]:
+        return {k.rate_key: float(k.current()) for k in self.knobs}
+
+    def measure(self, elapsed: float) -> None:
+        """Close one tick: its cost, and the rates at its end."""
+        if self._tick is None:
+            return
+        wall, cost = time.monotonic(), self.meter.total_s()
+        self.ticks.append(
+            CostTick(round(elapsed, 3), round(self._tick.pct(wall, cost), 3), self.rates())
+        )
+        self._tick = Interval(wall, cost)
+        if self.settled is None:
+            self.settled = Interval(wall, cost)
+
+    def steady_pct(self) -> float:
+        """From the end of the first tick (where the rates are found) when there was more
+        than one, else from the start of the loop."""
+        loop = self.settled if len(self.ticks) > 1 else self.first
+        return loop.pct(time.monotonic(), self.meter.total_s()) if loop else 0.0
+
+
+TICK_S = 1.0  # a single-signal command's budget ticks (record ticks with its timeline)
+
+
+@dataclass
+class BudgetedRun:
+    """A single-signal command under a budget: its governor, ticked every TICK_S by `poll`
+    (wrapping the collector's own), and the cost of startup and of the final reading."""
+
+    governor: Governor
+    poll_events: Callable[[float], object]
+    startup_cpu_s: float = 0.0
+    _t0: float = 0.0
+    _next_tick: float = TICK_S
+    _loop_end_cpu: float | None = None
+
+    def begin(self, cpu0: float) -> None:
+        """The loop starts: `cpu0`, the tool's CPU when the run began."""
+        self.startup_cpu_s = self.governor.meter.cpu_s() - cpu0
+        self.governor.begin()
+        self._t0 = time.monotonic()
+
+    def poll(self, timeout_s: float) -> None:
+        self.poll_events(timeout_s)
+        self.governor.control()
+        elapsed = time.monotonic() - self._t0
+        if elapsed >= self._next_tick:
+            self.governor.measure(elapsed)
+            self._next_tick += TICK_S
+
+    def end_loop(self) -> float:
+        """The steady state's cost (% of one core); from here on it is the final reading."""
+        self._loop_end_cpu = self.governor.meter.cpu_s()
+        return self.governor.steady_pct()
+
+    def self_cost(self, cost: SelfCost, steady_pct: float) -> SelfCost:
+        """`cost` with the budget, the steady state and the rates per tick filled in."""
+        end = self._loop_end_cpu if self._loop_end_cpu is not None else self.governor.meter.cpu_s()
+        return dataclasses.replace(
+            cost,
+            budget_pct=self.governor.budget_pct,
+            steady_pct=round(steady_pct, 3),
+            startup_cpu_s=round(self.startup_cpu_s, 4),
+            final_cpu_s=round(self.governor.meter.cpu_s() - end, 4),
+            ticks=tuple(self.governor.ticks),
+        )
+
+
+def cpu_budget_note(controller: BudgetController) -> str:
+    """What the budget did to the cpu sampling rate (the summary line repeats it)."""
+    head = f"budget {controller.budget_pct:g}%"
+    if controller.lowest_hz == controller.requested_hz:
+        return f"{head}: cpu sampled at the requested {controller.requested_hz} Hz throughout"
+    return (
+        f"{head}: cpu sampling lowered from {controller.requested_hz} Hz to as low as "
+        f"{controller.lowest_hz} Hz (ended at {controller.hz} Hz; rates per tick in "
+        "self_cost.ticks)"
+    )

@@ -32,6 +32,14 @@ from otlp_ebpf.collectors.blocked_threads import (
     blocked_threads,
     mark_threads,
 )
+from otlp_ebpf.collectors.budget import (
+    BudgetController,
+    BudgetedRun,
+    CostMeter,
+    Governor,
+    cpu_budget_note,
+    cpu_knob,
+)
 from otlp_ebpf.collectors.cpu_sampling import (
     KERNEL_MODULE,
     CompositeSampler,
@@ -652,19 +660,49 @@ def collect(config: CpuConfig) -> CpuSnapshot:
     sampler = pick_sampler(config, symbolizer)
     try:
         with base.session(targets, lambda: sampler.start(targets)) as run:
+            budgeted = cpu_budget(config, targets, sampler, run.clock.cpu0)
+            poll = budgeted.poll if budgeted is not None else sampler.poll
             ended = base.run_loop(
-                targets, sampler.poll, duration_s=config.duration_s, clock=run.clock, stop=run.stop
+                targets, poll, duration_s=config.duration_s, clock=run.clock, stop=run.stop
             )
             duration = run.clock.elapsed()
+            steady = budgeted.end_loop() if budgeted is not None else 0.0
             sampler.stop()
             bpf_ns, runs = sampler.cost()
             sampled = sampler.finish()
             lost = {**sampled.lost, **targets.losses()}
     finally:
         symbolizer.close()
-    return build_snapshot(
+    snapshot = build_snapshot(
         config, targets, run, duration, ended, sampler, sampled, lost, (bpf_ns, runs), symbolizer
     )
+    if budgeted is None:
+        return snapshot
+    controller = budgeted.governor.knobs[0]
+    assert isinstance(controller.owner, BudgetController)
+    return dataclasses.replace(
+        snapshot,
+        self_cost=budgeted.self_cost(snapshot.self_cost, steady),
+        notes=(*snapshot.notes, cpu_budget_note(controller.owner)),
+    )
+
+
+def cpu_budget(
+    config: CpuConfig, targets: base.Targets, sampler: Sampler, cpu0: float
+) -> BudgetedRun | None:
+    """Under --budget, on-CPU sampling's rate follows the tool's cost (off-CPU blocks are
+    recorded as they come: nothing to lower there)."""
+    if not config.budget_pct or not config.on_cpu:
+        return None
+    held = targets.held
+    meter = CostMeter(lambda: sampler.cost()[0], lambda: [held.pid] if held is not None else [])
+    controller = BudgetController(config.budget_pct, config.frequency_hz)
+    budgeted = BudgetedRun(
+        Governor(config.budget_pct, meter, [cpu_knob(controller, sampler.set_frequency)]),
+        sampler.poll,
+    )
+    budgeted.begin(cpu0)
+    return budgeted
 
 
 def build_snapshot(

@@ -49,6 +49,7 @@ class CpuConfig:
     unwind: str = "auto"
     stack_entries: int = 16384
     python: bool = True  # Python frames of CPython processes (collectors/python_frames.py)
+    budget_pct: float | None = None  # --budget: lower the on-CPU rate to keep the cost under it
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,14 @@ from typing import Any, Protocol
 
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base
-from otlp_ebpf.collectors.budget import BudgetController, CostMeter, Interval
+from otlp_ebpf.collectors.budget import (
+    BudgetController,
+    CostMeter,
+    Governor,
+    Knob,
+    cpu_budget_note,
+    cpu_knob,
+)
 from otlp_ebpf.errors import EnvironmentLacks, UsageError
 from otlp_ebpf.latency import percentile_ns
 from otlp_ebpf.model import (
@@ -48,7 +54,6 @@ DEFAULT_INTERVAL_S = 1.0
 TOP_FUNCTIONS = 10
 TOP_CONNECTIONS = 20
 POLL_S = 0.05  # a launched target paused at exit (mem) waits at most this long
-CONTROL_S = 0.25  # how often a budget looks at the cost and may change the sampling rate
 PAGE_FAULT_TRACEPOINT = ("exceptions", "page_fault_user")
 # Fast reads first, so the counts end close to the run's end; cpu symbolizes (the slow part).
 FINISH_ORDER = ("syscalls", "net", "mem", "cpu")
@@ -174,6 +179,15 @@ class Signal(Protocol):
         """Run time of this signal's BPF programs so far (the traced processes pay it)."""
         ...
 
+    def budget_knobs(self, budget_pct: float) -> list[Knob]:
+        """What an overhead budget may turn down in this signal (cpu's rate is the
+        recording's own knob)."""
+        ...
+
+    def budget_notes(self) -> tuple[str, ...]:
+        """What the budget did to this signal's fidelity."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -278,6 +292,12 @@ class CpuSignal:
 
     def set_frequency(self, hz: int) -> None:
         self.sampler.set_frequency(hz)
+
+    def budget_knobs(self, budget_pct: float) -> list[Knob]:
+        return []
+
+    def budget_notes(self) -> tuple[str, ...]:
+        return ()
 
     def close(self) -> None:
         self.symbolizer.close()
@@ -396,6 +416,12 @@ class SyscallsSignal:
         assert c.obj is not None
         return base.program_cost(c.obj, (*c._programs(), *base.TARGET_PROGRAMS))[0]
 
+    def budget_knobs(self, budget_pct: float) -> list[Knob]:
+        return [self.collector.sampling_knob(budget_pct)]
+
+    def budget_notes(self) -> tuple[str, ...]:
+        return self.collector.sampling_notes()
+
     def close(self) -> None:
         pass
 
@@ -488,6 +514,12 @@ class NetSignal:
         assert self.collector.obj is not None
         return base.program_cost(self.collector.obj, self.collector.programs())[0]
 
+    def budget_knobs(self, budget_pct: float) -> list[Knob]:
+        return []
+
+    def budget_notes(self) -> tuple[str, ...]:
+        return ()
+
     def close(self) -> None:
         if self.collector.ring is not None:
             self.collector.ring.close()
@@ -572,6 +604,12 @@ class MemSignal:
         assert obj is not None
         return base.program_cost(obj, obj.program_names())[0]
 
+    def budget_knobs(self, budget_pct: float) -> list[Knob]:
+        return []
+
+    def budget_notes(self) -> tuple[str, ...]:
+        return ()
+
     def close(self) -> None:
         self.collector.symbolizer.close()
 
@@ -593,20 +631,34 @@ class Recording:
     signals: list[Signal]
     skipped: dict[str, str]
     tick_times: list[float] = field(default_factory=list)
-    costs: list[CostTick] = field(default_factory=list)
     meter: CostMeter | None = None
-    controller: BudgetController | None = None
-    _interval: Interval | None = None  # since the last timeline tick
-    _control: Interval | None = None  # since the last budget decision
-    settled: Interval | None = None  # from the end of the first tick: the steady state
+    governor: Governor | None = None
+    cpu_controller: BudgetController | None = None
 
     def start(self) -> None:
         for signal in self.signals:
             signal.start()
         self.meter = CostMeter(self.bpf_ns, self.launched)
-        cpu = self.cpu_signal()
-        if self.config.budget_pct and cpu is not None:
-            self.controller = BudgetController(self.config.budget_pct, self.config.frequency_hz)
+        budget = self.config.budget_pct
+        knobs: list[Knob] = []
+        if budget:
+            cpu = self.cpu_signal()
+            if cpu is not None:
+                self.cpu_controller = BudgetController(budget, self.config.frequency_hz)
+                knobs.append(cpu_knob(self.cpu_controller, cpu.set_frequency))
+            for signal in self.signals:
+                knobs += signal.budget_knobs(budget)
+        self.governor = Governor(budget or 0.0, self.meter, knobs)
+
+    @property
+    def costs(self) -> list[CostTick]:
+        """Each tick's cost and rates so far (the governor's list: trimming it trims them)."""
+        return self.governor.ticks if self.governor is not None else []
+
+    @property
+    def controller(self) -> BudgetController | None:
+        """The cpu sampling rate's controller under a budget."""
+        return self.cpu_controller
 
     def bpf_ns(self) -> int:
         return sum(s.bpf_ns() for s in self.signals)
@@ -621,54 +673,27 @@ class Recording:
 
     def begin_loop(self) -> float:
         """Mark the start of the steady state; its cost so far (load, attach) is startup."""
-        assert self.meter is not None
-        cost = self.meter.total_s()
-        self._interval = self._control = Interval(time.monotonic(), cost)
-        return cost
+        assert self.governor is not None
+        return self.governor.begin()
 
     def poll(self, timeout_s: float) -> None:
         """One wait for all: the first signal with events to wait on takes the timeout, the
-        others are only checked."""
+        others are only checked. Under a budget the rates follow the cost every quarter second
+        (sooner than a tick, so a rate far too high is short-lived)."""
         waited = False
         for signal in self.signals:
             waited = signal.poll(0.0 if waited else timeout_s) or waited
         if not waited:
             base.sleep_poll(timeout_s)
-        self.control()
-
-    def control(self) -> None:
-        """Under a budget, every CONTROL_S: the sampling rate for what follows, from the cost
-        since the last decision (sooner than a tick, so a rate far too high is short-lived)."""
-        if self.controller is None or self.meter is None or self._control is None:
-            return
-        wall = time.monotonic()
-        if wall - self._control.start_wall < CONTROL_S:
-            return
-        cpu = self.cpu_signal()
-        assert cpu is not None
-        before = self.controller.hz
-        hz = self.controller.next_hz(self._control.pct(wall, self.meter.total_s()))
-        if hz != before:
-            cpu.set_frequency(hz)
-        self._control = Interval(time.monotonic(), self.meter.total_s())
+        if self.governor is not None and self.governor.knobs:
+            self.governor.control()
 
     def tick(self, elapsed: float) -> None:
         for signal in self.signals:
             signal.tick()
         self.tick_times.append(round(elapsed, 3))
-        self.measure(elapsed)
-
-    def measure(self, elapsed: float) -> None:
-        """What this tick cost, and the sampling rate at its end."""
-        if self.meter is None or self._interval is None:
-            return
-        wall, cost = time.monotonic(), self.meter.total_s()
-        pct = self._interval.pct(wall, cost)
-        rates = {"cpu_hz": float(self.controller.hz)} if self.controller is not None else {}
-        self.costs.append(CostTick(round(elapsed, 3), round(pct, 3), rates))
-        self._interval = Interval(wall, cost)
-        if self.settled is None:
-            self.settled = Interval(wall, cost)
+        if self.governor is not None:
+            self.governor.measure(elapsed)
 
 
 def collect(config: RecordConfig) -> RecordSnapshot:
@@ -700,8 +725,7 @@ def _run(recording: Recording) -> RecordSnapshot:
     with base.session(targets, recording.start) as run:
         try:
             startup_cpu = recording.meter.cpu_s() - run.clock.cpu0 if recording.meter else 0.0
-            loop_wall0 = time.monotonic()
-            loop_cost0 = recording.begin_loop()
+            recording.begin_loop()
             ended = base.run_loop(
                 targets,
                 recording.poll,
@@ -713,12 +737,10 @@ def _run(recording: Recording) -> RecordSnapshot:
                 poll_s=POLL_S,
             )
             duration = run.clock.elapsed()
-            assert recording.meter is not None
-            # The first tick is where a budget finds its rate: the steady state starts after
+            assert recording.meter is not None and recording.governor is not None
+            # The first tick is where a budget finds its rates: the steady state starts after
             # it, when the run had more than one tick.
-            settled = recording.settled if len(recording.costs) > 1 else None
-            loop = settled or Interval(loop_wall0, loop_cost0)
-            steady = loop.pct(time.monotonic(), recording.meter.total_s())
+            steady = recording.governor.steady_pct()
             final_cpu0 = recording.meter.cpu_s()
         finally:
             # Whatever happened: sampling stops and no target stays paused at exit (mem).
@@ -731,18 +753,6 @@ def _run(recording: Recording) -> RecordSnapshot:
     recording.tick_times.append(round(duration, 3))
     costs = RunCosts(startup_cpu, steady, recording.meter.cpu_s() - final_cpu0)
     return assemble(recording, run, sections, duration, ended, costs)
-
-
-def budget_note(config: RecordConfig, controller: BudgetController) -> str:
-    """What the budget did to the sampling rate (the summary line repeats it)."""
-    head = f"budget {controller.budget_pct:g}%"
-    if controller.lowest_hz == controller.requested_hz:
-        return f"{head}: cpu sampled at the requested {controller.requested_hz} Hz throughout"
-    return (
-        f"{head}: cpu sampling lowered from {controller.requested_hz} Hz to as low as "
-        f"{controller.lowest_hz} Hz (ended at {controller.hz} Hz; rates per tick in "
-        "self_cost.ticks); syscalls, net and mem are not sampled, their cost counts as is"
-    )
 
 
 @dataclass(frozen=True)
@@ -778,7 +788,8 @@ def assemble(
         rows.append(TimelineRow(t_s, **values))  # type: ignore[arg-type]
     helpers = sum(s.helper_cpu_s() for s in recording.signals)
     cost = base.self_cost(run.clock, 0, 0)
-    controller = recording.controller
+    governor = recording.governor
+    assert governor is not None
     cost = SelfCost(
         cpu_s=round(cost.cpu_s + helpers, 4),
         bpf_ns=sum(s.self_cost.bpf_ns for s in sections.values()),
@@ -788,7 +799,7 @@ def assemble(
         steady_pct=round(costs.steady_pct, 3),
         startup_cpu_s=round(costs.startup_cpu_s, 4),
         final_cpu_s=round(costs.final_cpu_s, 4),
-        ticks=tuple(recording.costs),
+        ticks=tuple(governor.ticks) if recording.config.budget_pct else (),
     )
     notes = [f"ended: {ended}", f"attach: {run.attach_ms:.1f} ms"]
     notes.append(
@@ -797,10 +808,11 @@ def assemble(
         f"{costs.startup_cpu_s:.2f} s CPU to load and attach, "
         f"{costs.final_cpu_s:.2f} s to read and symbolize at the end"
     )
-    if controller is not None:
-        notes.append(budget_note(recording.config, controller))
-    elif recording.config.budget_pct:
-        notes.append(f"budget {recording.config.budget_pct:g}%: no cpu sampling to lower")
+    if recording.cpu_controller is not None:
+        notes.append(cpu_budget_note(recording.cpu_controller))
+    notes += [note for signal in recording.signals for note in signal.budget_notes()]
+    if recording.config.budget_pct and not governor.knobs:
+        notes.append(f"budget {recording.config.budget_pct:g}%: nothing to sample less (net)")
     notes += [f"skipped {name}: {why}" for name, why in recording.skipped.items()]
     notes += recording.targets.command_notes()
     first = next(iter(sections.values()))

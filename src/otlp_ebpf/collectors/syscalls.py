@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import difflib
 import errno as errno_mod
 import os
@@ -21,6 +22,14 @@ from operator import add
 
 from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base
+from otlp_ebpf.collectors.budget import (
+    BudgetedRun,
+    CostMeter,
+    Governor,
+    Knob,
+    PeriodController,
+    period_knob,
+)
 from otlp_ebpf.collectors.syscall_table import ARM64, X86_64
 from otlp_ebpf.errors import RuntimeFailure, UsageError
 from otlp_ebpf.latency import percentile_ns
@@ -49,6 +58,9 @@ EXIT_PROGRAM = "process_gone"
 # Exited processes whose rows keep their pid; older ones are folded per command name (pid 0),
 # so a run that sees millions of short processes holds a bounded number of rows.
 EXITED_KEPT = 512
+# Under a budget, at most 1 call in this many is recorded: a count of a few thousand calls
+# still gets a few samples.
+MAX_SAMPLING_PERIOD = 1024
 
 
 class SyscallKey(ctypes.Structure):
@@ -149,6 +161,7 @@ class SyscallsConfig:
     errors_only: bool = False
     comm: str = ""
     table_size: int = 0  # rows of the (process, syscall) table; 0: the object's own size
+    budget_pct: float | None = None  # --budget: sample calls to keep the tool's cost under it
 
 
 @dataclass
@@ -278,6 +291,7 @@ class SyscallsCollector:
         self._last_counts: dict[str, int] = {}
         self.exited = ExitedProcesses()
         self.exits: RingBuffer | None = None
+        self.sampler: PeriodController | None = None
 
     def _rodata(self) -> dict[str, int | bytes]:
         by_name = {v: k for k, v in self.table.items()}
@@ -329,6 +343,38 @@ class SyscallsCollector:
 
     def _programs(self) -> tuple[str, ...]:
         return BTF_PROGRAMS if self.use_btf else TP_PROGRAMS
+
+    def programs(self) -> tuple[str, ...]:
+        """Every program of this run whose run time the traced processes pay."""
+        return (*self._programs(), EXIT_PROGRAM, *base.TARGET_PROGRAMS)
+
+    def set_sampling_period(self, period: int) -> None:
+        """Record 1 call in `period` from now on (chosen at random on entry), each weighing
+        `period` in the counts, errors and times (1: every call, exact)."""
+        assert self.obj is not None
+        threshold = min(0xFFFFFFFF, (1 << 32) // max(1, period))
+        self.obj.map("sampling").update(
+            (0).to_bytes(4, "little"), struct.pack("<II", period, threshold)
+        )
+
+    def sampling_knob(self, budget_pct: float) -> Knob:
+        """The budget's hold on this collector: the sampling period."""
+        self.sampler = PeriodController(budget_pct, MAX_SAMPLING_PERIOD)
+        return period_knob("syscalls_1_in", self.sampler, self.set_sampling_period)
+
+    def sampling_notes(self) -> tuple[str, ...]:
+        """What a budget did to the counts (the summary line repeats it)."""
+        if self.sampler is None:
+            return ()
+        head = f"budget {self.sampler.budget_pct:g}%"
+        if self.sampler.highest == 1:
+            return (f"{head}: every syscall recorded, counts exact",)
+        return (
+            f"{head}: syscalls sampled at random, as sparsely as 1 in {self.sampler.highest} "
+            f"(ended at 1 in {self.sampler.period}; per tick in self_cost.ticks as "
+            "syscalls_1_in); each recorded call weighs its period, so counts, errors and "
+            "latency sums are unbiased estimates and histograms hold weighted samples",
+        )
 
     def poll(self, timeout_s: float) -> None:
         """Wait for exited processes and fold their rows out of the kernel tables."""
@@ -484,7 +530,12 @@ def collect(
     `on_interval` gets the rows so far and `on_partial` the cumulative snapshot so far."""
     base.require_privileges("syscalls")
     collector = SyscallsCollector(config)
+    budgeted: BudgetedRun | None = None
     with contextlib.closing(collector), base.session(collector.targets, collector.start) as run:
+        poll: Callable[[float], None] = collector.poll
+        if config.budget_pct:
+            budgeted = budgeted_run(collector, config.budget_pct, run.clock.cpu0)
+            poll = budgeted.poll
 
         def interval(elapsed: float) -> None:
             rows = collector.tick(elapsed)
@@ -495,14 +546,34 @@ def collect(
 
         ended = base.run_loop(
             collector.targets,
-            collector.poll,
+            poll,
             duration_s=config.duration_s,
             interval_s=config.interval_s,
             on_interval=interval if config.interval_s else None,
             clock=run.clock,
             stop=run.stop,
         )
-        return build_snapshot(collector, run.clock, ended, collector.stats())
+        steady = budgeted.end_loop() if budgeted is not None else 0.0
+        snapshot = build_snapshot(collector, run.clock, ended, collector.stats())
+        if budgeted is not None:
+            cost = budgeted.self_cost(snapshot.self_cost, steady)
+            snapshot = dataclasses.replace(snapshot, self_cost=cost)
+        return snapshot
+
+
+def budgeted_run(collector: SyscallsCollector, budget_pct: float, cpu0: float) -> BudgetedRun:
+    """The run's budget: the tool's CPU and the programs' run time against the sampling."""
+    obj = collector.obj
+    assert obj is not None
+    held = collector.targets.held
+    meter = CostMeter(
+        lambda: base.program_cost(obj, collector.programs())[0],
+        lambda: [held.pid] if held is not None else [],
+    )
+    governor = Governor(budget_pct, meter, [collector.sampling_knob(budget_pct)])
+    budgeted = BudgetedRun(governor, collector.poll)
+    budgeted.begin(cpu0)
+    return budgeted
 
 
 def build_snapshot(
@@ -514,8 +585,7 @@ def build_snapshot(
     """The aggregates so far as a snapshot (cumulative since the start of the run)."""
     assert collector.obj is not None
     duration = clock.elapsed()
-    programs = (*collector._programs(), EXIT_PROGRAM, *base.TARGET_PROGRAMS)
-    bpf_ns, runs = base.program_cost(collector.obj, programs)
+    bpf_ns, runs = base.program_cost(collector.obj, collector.programs())
     processes = tuple(
         p for pid in sorted({s.pid for s in syscalls}) if (p := base.read_process_info(pid))
     )
@@ -531,6 +601,7 @@ def build_snapshot(
         notes=(
             f"ended: {ended}",
             *collector.unattributed_notes(),
+            *collector.sampling_notes(),
             *collector.targets.command_notes(),
         ),
         command_exit=collector.targets.command_exit(),
