@@ -226,3 +226,56 @@ def test_record_round_trip_keeps_the_findings(tmp_path):
     rec = recording(rows=60, fault=Fault("errors", 30, 45))
     back = analyze(RecordSnapshot.from_dict(json.loads(json.dumps(rec.to_dict()))))
     assert [f.summary for f in back.findings] == [f.summary for f in analyze(rec).findings]
+
+
+def test_the_record_report_lists_the_findings_and_marks_them_on_every_chart(tmp_path):
+    from otlp_ebpf.formatters import registry
+    from tests.browser import dump_dom
+
+    rec = recording(rows=60, fault=Fault("errors", 30, 45))
+    page = tmp_path / "rec.html"
+    registry.write_output(rec, str(page), registry.format_for_path(str(page)))
+    dom = dump_dom(page)
+    [summary] = [f.summary for f in analyze(rec).findings]
+    items = re.findall(r'<li><button type="button">([^<]*)</button> ([^<]*)</li>', dom)
+    assert items == [("30.00-45.00 s", summary)]
+    charts = dom.count('data-chart="')
+    assert charts >= 4 and dom.count('class="finding" data-rank="1"') == charts
+
+
+def test_the_record_report_of_a_steady_run_has_no_findings_section(tmp_path):
+    from otlp_ebpf.formatters import registry
+    from tests.browser import dump_dom
+
+    page = tmp_path / "rec.html"
+    registry.write_output(recording(rows=60), str(page), registry.format_for_path(str(page)))
+    dom = dump_dom(page)
+    assert 'id="findings-list"' not in dom and 'class="finding"' not in dom
+
+
+def test_a_syscalls_snapshot_with_interval_series_gets_timeline_inspections():
+    from otlp_ebpf.model import IntervalPoint
+
+    points = tuple(
+        IntervalPoint(float(i + 1), {"read": 100 if i < 20 else 2, "getppid": 50})
+        for i in range(40)
+    )
+    snapshot = SyscallsSnapshot(
+        started_at="x", duration_s=40.0, host="h", series=points, interval_s=1.0
+    )
+    analysis = analyze(snapshot)
+    assert analysis.notes == []
+    [finding] = analysis.findings
+    assert (finding.kind, finding.start_s, finding.end_s) == ("fewer_calls", 20.0, 40.0)
+    assert finding.summary == "read calls fell from 100/s to 2/s during 20.0-40.0 s."
+
+
+def test_alert_rules_need_a_timeline(tmp_path, capsys):
+    stat = SyscallStat(5, "app", "connect", 5, 0, {}, 1, 1, 1, 1)
+    path = save(
+        SyscallsSnapshot(started_at="x", duration_s=5.0, host="h", syscalls=(stat,)),
+        tmp_path / "s.json",
+    )
+    assert run(["analyze", path, "--alerts-out", str(tmp_path / "r.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "alert thresholds come from a timeline" in err and not (tmp_path / "r.yaml").exists()

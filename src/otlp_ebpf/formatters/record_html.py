@@ -69,7 +69,29 @@ def page_data(snapshot: RecordSnapshot) -> dict[str, Any]:
         "notes": list(snapshot.notes),
         "charts": charts(snapshot),
         "tables": tables(snapshot),
+        "findings": findings_data(snapshot),
     }
+
+
+# ---------------------------------------------------------------- analyze's findings
+# The findings `otlp-ebpf analyze` gives for this recording (docs/analyze.md), listed above
+# the charts and marked on every chart as a band over their window; a click on one selects
+# its window. Kept apart from the report's own parts: analysis owns what a finding is.
+
+
+def findings_data(snapshot: RecordSnapshot) -> list[dict[str, Any]]:
+    from otlp_ebpf.analysis.analyze import analyze
+
+    return [
+        {
+            "rank": f.rank,
+            "kind": f.kind,
+            "summary": f.summary,
+            "start_s": f.start_s,
+            "end_s": f.end_s,
+        }
+        for f in analyze(snapshot).findings
+    ]
 
 
 def _line(name: str, values: list[float]) -> dict[str, Any]:
@@ -255,6 +277,7 @@ table.t td.name{text-align:left;max-width:720px;overflow-wrap:anywhere}
 <div id="window">Window: <span id="window-label">the whole run</span>
  <button id="whole" type="button">Show the whole run</button>
  <span class="scope">(drag across a chart to select a window)</span></div>
+<div id="findings"></div>
 <div id="charts"></div>
 <div id="tables"></div>
 <h2>Flamegraph (the whole run)</h2>
@@ -478,6 +501,33 @@ function setWindow(w) {
 }
 document.getElementById("whole").addEventListener("click", function () { setWindow(null); });
 D.charts.forEach(drawChart);
+// analyze's findings (findings_data): a list above the charts, a band on every chart.
+(function () {
+  var fs = D.findings || [], box = document.getElementById("findings");
+  if (!fs.length) return;
+  var h = document.createElement("h2");
+  h.textContent = "Findings (otlp-ebpf analyze)";
+  box.appendChild(h);
+  var list = document.createElement("ol");
+  list.id = "findings-list";
+  fs.forEach(function (f) {
+    var item = document.createElement("li"), go = document.createElement("button");
+    go.type = "button";
+    go.textContent = f.start_s.toFixed(2) + "-" + f.end_s.toFixed(2) + " s";
+    go.addEventListener("click", function () { setWindow([f.start_s, f.end_s]); });
+    item.appendChild(go);
+    item.appendChild(document.createTextNode(" " + f.summary));
+    list.appendChild(item);
+    document.querySelectorAll("#charts svg").forEach(function (svg) {
+      var band = el("rect", {x: x(f.start_s), width: Math.max(x(f.end_s) - x(f.start_s), 1),
+        y: T, height: H - T - B, fill: "rgba(214,39,40,0.10)", "class": "finding",
+        "data-rank": f.rank}, null);
+      svg.insertBefore(band, svg.firstChild);
+      el("title", {}, band).textContent = f.rank + ". " + f.summary;
+    });
+  });
+  box.appendChild(list);
+})();
 var m = /[#&]window=([0-9.]+),([0-9.]+)/.exec(location.hash);
 var a = m ? parseFloat(m[1]) : NaN, b = m ? parseFloat(m[2]) : NaN;
 if (m && isFinite(a) && isFinite(b) && b > a) setWindow([a, b]);
