@@ -660,6 +660,19 @@ class Recording:
         """The cpu sampling rate's controller under a budget."""
         return self.cpu_controller
 
+    @controller.setter
+    def controller(self, value: BudgetController | None) -> None:
+        """A budget set, changed or lifted while running (the agent on SIGHUP): the cpu
+        rate's knob follows."""
+        self.cpu_controller = value
+        if self.governor is None:
+            return
+        self.governor.knobs = [k for k in self.governor.knobs if k.rate_key != "cpu_hz"]
+        cpu = self.cpu_signal()
+        if value is not None and cpu is not None:
+            self.governor.knobs.insert(0, cpu_knob(value, cpu.set_frequency))
+            self.governor.budget_pct = value.budget_pct
+
     def bpf_ns(self) -> int:
         return sum(s.bpf_ns() for s in self.signals)
 
