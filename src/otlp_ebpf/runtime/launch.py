@@ -31,6 +31,9 @@ class HeldCommand:
         self.argv = list(argv)
         self.path = path
         self.returncode: int | None = None
+        # Set by release() alone: closing the pipe in abandon() also makes _go negative,
+        # and a command given up on before it ran has no status of its own to report.
+        self._released = False
         # CLOEXEC: the exec itself closes the child's end, so no syscall of ours runs after
         # the release but the end of the read.
         read_fd, self._go = os.pipe2(os.O_CLOEXEC)
@@ -56,13 +59,14 @@ class HeldCommand:
 
     @property
     def released(self) -> bool:
-        return self._go < 0
+        return self._released
 
     def release(self) -> None:
         """Let the child exec; raises UsageError if exec failed."""
         os.write(self._go, b"g")
         os.close(self._go)
         self._go = -1
+        self._released = True
         data = os.read(self._exec_status, 16)  # EOF on successful exec (CLOEXEC)
         os.close(self._exec_status)
         if data:
