@@ -198,10 +198,9 @@ def test_dead_endpoint_spills_then_push_delivers_the_file(
 ) -> None:
     protocol = receiver.protocol  # type: ignore[attr-defined]
     dead = OtlpConfig.from_cli("http://127.0.0.1:9", protocol, timeout_s=1.0)
-    started = time.monotonic()
+    # Giving up is bounded by the retry policy, not by this machine's speed: no clock here.
     with pytest.raises(RuntimeFailure) as excinfo:
         deliver(mem_snapshot(), dead, spill_dir=str(tmp_path))
-    assert time.monotonic() - started < 5
     assert excinfo.value.exit_code == 1
     (spilled,) = tmp_path.glob("mem-*.otlp.pb")
     assert str(spilled) in capsys.readouterr().err
