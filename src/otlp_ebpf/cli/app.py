@@ -19,7 +19,7 @@ from otlp_ebpf.errors import EXIT_RUNTIME, OtlpEbpfError, UsageError
 # the machine. A new command goes into its group (analyze and ask after diff, agent before
 # doctor).
 COLLECTORS = ["cpu", "syscalls", "net", "mem", "record"]
-SNAPSHOT_READERS = ["report", "diff", "analyze", "push"]
+SNAPSHOT_READERS = ["report", "diff", "analyze", "ask", "push"]
 OPERATIONS = ["agent", "doctor"]
 COMMAND_MODULES = [*COLLECTORS, *SNAPSHOT_READERS, *OPERATIONS]
 # Options of the app itself that users also type after the command name (`cpu -q ...`).
