@@ -492,3 +492,63 @@ def test_ctypes_mirrors_match_object_btf() -> None:
                 assert members[field_name] == getattr(mirror, field_name).offset, name
     finally:
         obj.close()
+
+
+BUDGET_LEAKER = (
+    COMMON
+    + r"""
+__attribute__((noinline)) void big_leak(void) { char *p = malloc(10 << 20); sink(p); }
+
+__attribute__((noinline)) void small_leaks(int n) {
+    for (int i = 0; i < n; i++) sink(malloc(1000));
+}
+
+int main(void) {
+    usleep(1000 * 1000);  /* the budget finds its rate first */
+    churn(20000);
+    big_leak();
+    small_leaks(200000);
+    churn(20000);
+    scrub_stack();
+    return 0;
+}
+"""
+)
+
+
+def test_a_small_budget_samples_by_bytes_and_never_misses_a_large_leak(tmp_path, cc, capsys):
+    binary = build_c(cc, BUDGET_LEAKER, tmp_path / "leaker", *FLAGS)
+    path = tmp_path / "mem.json"
+    assert run(["mem", "--budget", "0.001", "-o", str(path), "--", str(binary)]) == 0
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    doc = json.loads(path.read_text())
+    gaps = [t["rates"]["mem_sample_bytes"] for t in doc["self_cost"]["ticks"]]
+    assert max(gaps) > 0 and "allocations sampled every" in summary
+    assert any("blocks sampled by bytes" in n for n in doc["notes"])
+    rows = doc["outstanding"]
+    big = [a for a in rows if "big_leak" in a["frames"]]
+    # 10 MB holds sample points whatever the gap (the longest is 6.2 x a mean of <= 512 KiB)
+    assert big and sum(a["bytes"] for a in big) > 0
+    # frees of sampled blocks match: what churn() allocated and freed is not outstanding
+    assert not [a for a in rows if "churn" in a["frames"]]
+    small = sum(a["bytes"] for a in rows if "small_leaks" in a["frames"])
+    truth = 200000 * 1000
+    # each block of 1000 bytes holds Poisson(100 / R) points weighing R each (R: the mean gap,
+    # changing as the budget decides): the estimate's variance is about truth * R. Allowed: 5
+    # standard errors at the largest R of the run.
+    bound = 5 * (truth * max(gaps)) ** 0.5
+    assert abs(small - truth) < bound
+    assert bound < truth / 2  # the bound says something
+
+
+def test_without_a_budget_every_block_is_tracked(tmp_path, cc, capsys):
+    binary = build_c(cc, BUDGET_LEAKER, tmp_path / "leaker", *FLAGS)
+    path = tmp_path / "mem.json"
+    assert run(["mem", "-o", str(path), "--", str(binary)]) == 0
+    doc = json.loads(path.read_text())
+    rows = doc["outstanding"]
+    assert sum(a["bytes"] for a in rows if "big_leak" in a["frames"]) == 10 << 20
+    small = [a for a in rows if "small_leaks" in a["frames"]]
+    assert sum(a["bytes"] for a in small) == 200000 * 1000
+    assert sum(a["count"] for a in small) == 200000
+    assert doc["self_cost"]["ticks"] == []

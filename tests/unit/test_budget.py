@@ -68,7 +68,7 @@ def test_interval_cost_is_core_seconds_over_wall_seconds():
     assert Interval(10.0, 1.0).pct(12.0, 1.05) == pytest.approx(2.5)
 
 
-@pytest.mark.parametrize("command", ["record", "syscalls", "cpu"])
+@pytest.mark.parametrize("command", ["record", "syscalls", "mem", "cpu"])
 @pytest.mark.parametrize("budget", ["0", "-1", "101", "nan"])
 def test_budget_out_of_range_is_one_line_exit_2(capsys, command, budget):
     assert run([command, "-d", "1", "--budget", budget]) == 2

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from otlp_ebpf.cli.app import run
-from otlp_ebpf.collectors import mem_allocator
+from otlp_ebpf.collectors import mem, mem_allocator
 from otlp_ebpf.collectors.mem import (
     AllocInfo,
     AllocKey,
@@ -88,8 +88,15 @@ def test_snapshot_round_trips_through_json() -> None:
     assert profiles[0].unit == "bytes" and profiles[0].total == 69732
 
 
-def block(addr: int, tgid: int, size: int, ts: int, stack_id: int) -> tuple[AllocKey, AllocInfo]:
-    return AllocKey(addr=addr, tgid=tgid), AllocInfo(size=size, ts=ts, stack_id=stack_id)
+def block(
+    addr: int, tgid: int, size: int, ts: int, stack_id: int, weight: tuple[int, int] | None = None
+) -> tuple[AllocKey, AllocInfo]:
+    """A live block; `weight` (bytes, blocks) it stands for under byte sampling."""
+    w_bytes, w_count = weight or (size, 1)
+    info = AllocInfo(
+        size=size, ts=ts, stack_id=stack_id, weight_bytes=w_bytes, weight_count=w_count
+    )
+    return AllocKey(addr=addr, tgid=tgid), info
 
 
 def test_aggregate_blocks_sums_by_stack_and_applies_min_age() -> None:
@@ -101,6 +108,26 @@ def test_aggregate_blocks_sums_by_stack_and_applies_min_age() -> None:
     ]
     out = aggregate_blocks(blocks, now_ns=10_000, min_age_ns=1_000)
     assert out.by_stack == {(1, 5): [150, 2], (2, -1): [9, 1]}
+
+
+def test_aggregate_blocks_sums_the_weights_of_sampled_blocks() -> None:
+    blocks = [
+        block(0x10, 1, 100, ts=1_000, stack_id=5, weight=(65536, 655)),
+        block(0x20, 1, 50, ts=2_000, stack_id=5, weight=(65536, 1311)),
+    ]
+    out = aggregate_blocks(blocks, now_ns=10_000, min_age_ns=1_000)
+    assert out.by_stack == {(1, 5): [131072, 1966]}
+
+
+def test_the_gap_table_draws_gaps_of_the_stated_mean() -> None:
+    import struct
+
+    value = mem.sampling_value(4096)
+    drawn, scale, *q16 = struct.unpack(f"<QQ{mem.GAP_SLOTS}I", value)
+    gaps = [(q * scale >> 16) + 1 for q in q16]
+    assert drawn == sum(gaps) // len(gaps) and abs(drawn - 4096) <= 2
+    assert max(gaps) > 6 * 4096  # the exponential's tail: 1 - exp(-s/R) of a large block
+    assert mem.sampling_value(0)[:16] == bytes(16)  # 0: every block
 
 
 def test_stack_parsing_and_return_address_adjustment() -> None:

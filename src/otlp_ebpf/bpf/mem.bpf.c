@@ -151,6 +151,84 @@ COUNTER_ARRAY(drops, MEM_DROP_SLOTS);
 
 COUNTER_ARRAY(counters, MEM_COUNT_SLOTS);
 
+/* Changed at run time by an overhead budget (an array, not .rodata, frozen at load). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct mem_sampling);
+} sampling SEC(".maps");
+
+/* Bytes left to the next sample point, per CPU (the points fall on the byte stream of all the
+ * targets' allocations on that CPU: memoryless gaps make any interleaving fair). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, s64);
+} bytes_to_sample SEC(".maps");
+
+/* bump() by `n` (per-CPU slots: no atomics needed). */
+static __always_inline void add_to(void *array, u32 slot, u64 n)
+{
+	u64 *v = bpf_map_lookup_elem(array, &slot);
+
+	if (v)
+		*v += n;
+}
+
+#define MEM_MAX_POINTS 32 /* points counted one by one in a block; beyond, by division */
+
+static __always_inline u64 next_gap(struct mem_sampling *s)
+{
+	u32 i = bpf_get_prandom_u32() & (MEM_GAP_SLOTS - 1);
+
+	return ((u64)s->gap_q16[i] * s->scale >> 16) + 1;
+}
+
+/* Whether a block of `size` bytes is tracked, and what it weighs (unbiased estimates). */
+static __always_inline bool sample_block(u64 size, u64 *bytes, u64 *count)
+{
+	u32 zero = 0;
+	struct mem_sampling *s = bpf_map_lookup_elem(&sampling, &zero);
+	s64 *left;
+	u64 points = 1, over, gap, weight, rest;
+
+	*bytes = size;
+	*count = 1;
+	if (!s || !s->mean_gap)
+		return true;
+	left = bpf_map_lookup_elem(&bytes_to_sample, &zero);
+	if (!left || !size)
+		return false;
+	if ((s64)size < *left) {
+		*left -= size;
+		return false;
+	}
+	over = size - (*left > 0 ? *left : 0); /* bytes of the block past its first point */
+	gap = next_gap(s);
+	for (int i = 0; i < MEM_MAX_POINTS && over >= gap; i++) {
+		over -= gap;
+		points++;
+		gap = next_gap(s);
+	}
+	if (over >= gap) { /* a block of many gaps: the rest by their mean */
+		points += over / s->mean_gap;
+		over %= s->mean_gap;
+		if (over >= gap)
+			over = 0;
+	}
+	*left = gap - over;
+	weight = points * s->mean_gap;
+	*bytes = weight;
+	/* weight / size blocks, rounded up or down at random so that the mean is exact */
+	*count = weight / size;
+	rest = weight % size;
+	if ((u64)bpf_get_prandom_u32() * size < rest << 32)
+		*count += 1;
+	return true;
+}
+
 static __always_inline void remember_comm(u32 tgid)
 {
 	char comm[TASK_COMM_LEN];
@@ -188,7 +266,7 @@ static __always_inline void forget_block(u32 tgid, u64 addr)
 	struct alloc_key key;
 	struct alloc_info *info;
 	s64 stack_id;
-	u64 size;
+	u64 size, count;
 
 	__builtin_memset(&key, 0, sizeof(key));
 	key.addr = addr;
@@ -197,10 +275,11 @@ static __always_inline void forget_block(u32 tgid, u64 addr)
 	if (!info)
 		return; /* allocated before we attached, or never tracked */
 	stack_id = info->stack_id;
-	size = info->size;
+	size = info->weight_bytes;
+	count = info->weight_count;
 	if (bpf_map_delete_elem(&allocs, &key) == 0) {
-		account(tgid, stack_id, -(s64)size, -1);
-		bump(&counters, MEM_COUNT_FREES);
+		account(tgid, stack_id, -(s64)size, -(s64)count);
+		add_to(&counters, MEM_COUNT_FREES, count);
 	}
 }
 
@@ -276,7 +355,9 @@ static __always_inline s64 syscall_stack_id(void *ctx)
 	return store_read_stack(&stacks, s);
 }
 
-static __always_inline void remember_block(u32 tgid, u64 addr, u64 size, s64 stack_id)
+/* `bytes` and `count`: what the block stands for (sample_block). */
+static __always_inline void remember_block(u32 tgid, u64 addr, u64 size, s64 stack_id, u64 bytes,
+					   u64 count)
 {
 	struct alloc_key key;
 	struct alloc_info info = {};
@@ -291,13 +372,26 @@ static __always_inline void remember_block(u32 tgid, u64 addr, u64 size, s64 sta
 	info.size = size;
 	info.ts = bpf_ktime_get_ns();
 	info.stack_id = stack_id;
+	info.weight_bytes = bytes;
+	info.weight_count = count;
 	if (bpf_map_update_elem(&allocs, &key, &info, BPF_NOEXIST)) {
 		bump(&drops, MEM_DROP_TABLE_FULL);
 		return;
 	}
-	account(tgid, stack_id, size, 1);
-	bump(&counters, MEM_COUNT_ALLOCS);
+	account(tgid, stack_id, bytes, count);
+	add_to(&counters, MEM_COUNT_ALLOCS, count);
 }
+
+/* A new block: tracked when sampled (always without a budget), with the stack only then;
+ * otherwise only an older block at its address ends. */
+#define TRACK_BLOCK(tgid, addr, size, stack_expr)                                          \
+	do {                                                                               \
+		u64 w_bytes, w_count;                                                      \
+		if (sample_block((size), &w_bytes, &w_count))                              \
+			remember_block((tgid), (addr), (size), (stack_expr), w_bytes, w_count); \
+		else                                                                       \
+			forget_block((tgid), (addr));                                      \
+	} while (0)
 
 static __always_inline int enter_call(u64 sp, u64 size, u64 ptr, u32 kind)
 {
@@ -419,7 +513,7 @@ int alloc_return(struct pt_regs *ctx)
 		forget_block(tgid, call.ptr);
 	if (!addr)
 		return 0;
-	remember_block(tgid, addr, call.size, stack_id_of(ctx, BPF_F_USER_STACK));
+	TRACK_BLOCK(tgid, addr, call.size, stack_id_of(ctx, BPF_F_USER_STACK));
 	return 0;
 }
 
@@ -472,7 +566,7 @@ int mmap_exit(struct trace_event_raw_sys_exit *ctx)
 	bpf_map_delete_elem(&pending_mmap, &id);
 	if (ret < 0 && ret >= -MAX_ERRNO)
 		return 0;
-	remember_block(id >> 32, (u64)ret, size, syscall_stack_id(ctx));
+	TRACK_BLOCK(id >> 32, (u64)ret, size, syscall_stack_id(ctx));
 	return 0;
 }
 
@@ -481,7 +575,7 @@ static long forget_if_process(void *map, struct alloc_key *key, struct alloc_inf
 {
 	if (key->tgid != *tgid)
 		return 0;
-	account(key->tgid, info->stack_id, -(s64)info->size, -1);
+	account(key->tgid, info->stack_id, -(s64)info->weight_bytes, -(s64)info->weight_count);
 	bpf_map_delete_elem(map, key);
 	return 0;
 }
@@ -552,7 +646,7 @@ int kmalloc(struct trace_event_raw_kmalloc *ctx)
 	u64 bytes = ctx->bytes_alloc;
 
 	if (ptr)
-		remember_block(0, ptr, bytes, stack_id_of(ctx, 0));
+		TRACK_BLOCK(0, ptr, bytes, stack_id_of(ctx, 0));
 	return 0;
 }
 
@@ -563,7 +657,7 @@ int kmem_cache_alloc(struct trace_event_raw_kmem_cache_alloc *ctx)
 	u64 bytes = ctx->bytes_alloc;
 
 	if (ptr)
-		remember_block(0, ptr, bytes, stack_id_of(ctx, 0));
+		TRACK_BLOCK(0, ptr, bytes, stack_id_of(ctx, 0));
 	return 0;
 }
 

@@ -31,6 +31,23 @@ struct alloc_info {
 	__u64 size;
 	__u64 ts;         /* bpf_ktime_get_ns() at allocation (CLOCK_MONOTONIC) */
 	__s64 stack_id;   /* key of `stacks`; negative: the stack could not be stored */
+	__u64 weight_bytes; /* bytes it stands for in the totals: `size`, or its sampled weight */
+	__u64 weight_count; /* blocks it stands for: 1, or its sampled weight */
+};
+
+/* Byte sampling under an overhead budget (the heap profilers' Poisson sampling): sample points
+ * fall on the stream of allocated bytes with exponential gaps of mean `mean_gap` bytes; a block
+ * holding k points is tracked and weighs k * mean_gap bytes (an unbiased estimate of its
+ * bytes; a block of s bytes holds a point with probability 1 - exp(-s / mean_gap)), and
+ * k * mean_gap / s blocks. `mean_gap` 0: every block is tracked (exact). The gaps are
+ * `gap_q16[i] * scale >> 16` for a random i (a 256-point table of the exponential's quantiles,
+ * user space sets both). */
+#define MEM_GAP_SLOTS 256
+
+struct mem_sampling {
+	__u64 mean_gap;
+	__u64 scale;
+	__u32 gap_q16[MEM_GAP_SLOTS];
 };
 
 /* Outstanding bytes and blocks per (process, stack), kept in step with the live blocks. */

@@ -482,6 +482,9 @@ def fidelity_lowered(snapshot: Snapshot) -> list[str]:
     periods = [t.rates["syscalls_1_in"] for t in ticks if "syscalls_1_in" in t.rates]
     if periods and max(periods) > 1:
         out.append(f"sampled 1 in {max(periods):.0f} syscalls")
+    gaps = [t.rates["mem_sample_bytes"] for t in ticks if "mem_sample_bytes" in t.rates]
+    if gaps and max(gaps) > 0:
+        out.append(f"allocations sampled every {human_bytes(max(gaps))} allocated")
     return out
 
 

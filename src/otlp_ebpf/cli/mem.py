@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
                 "--min-age", metavar="MS", help="Ignore allocations younger than MS milliseconds."
             ),
         ] = 0,
+        budget: common.BudgetOpt = None,
         top: common.TopOpt = 10,
         page_faults: Annotated[
             bool, typer.Option("--page-faults", help="Also count user page faults by stack.")
@@ -70,6 +71,7 @@ def register(app: typer.Typer) -> None:
             page_faults=page_faults,
             track_mmap=not no_mmap,
             table_size=table_size,
+            budget_pct=budget,
         )
         if config.kernel_mode:
             what = "kernel allocations"

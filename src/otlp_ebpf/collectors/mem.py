@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
+import math
 import os
 import platform
 import signal
+import struct
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 
 from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base, mem_allocator
+from otlp_ebpf.collectors.budget import BudgetedRun, CostMeter, Governor, Knob, PeriodController
 from otlp_ebpf.collectors.resume_guard import ResumeGuard
 from otlp_ebpf.collectors.stack_store import read_stored_stacks
 from otlp_ebpf.errors import EnvironmentLacks, UsageError
@@ -90,6 +94,8 @@ class AllocInfo(ctypes.Structure):
         ("size", ctypes.c_uint64),
         ("ts", ctypes.c_uint64),
         ("stack_id", ctypes.c_int64),
+        ("weight_bytes", ctypes.c_uint64),
+        ("weight_count", ctypes.c_uint64),
     ]
 
 
@@ -131,6 +137,7 @@ class MemConfig:
     track_mmap: bool = True
     table_size: int = DEFAULT_TABLE_SIZE
     multi_uprobes: bool = True  # one link for all probes where the kernel has it (6.6+)
+    budget_pct: float | None = None  # --budget: sample blocks by bytes to keep the cost under it
 
     @property
     def kernel_mode(self) -> bool:
@@ -157,7 +164,7 @@ def aggregate_blocks(
     for key, info in blocks:
         if now_ns - info.ts < min_age_ns:
             continue
-        out.add(key.tgid, max(info.stack_id, -1), info.size, 1)
+        out.add(key.tgid, max(info.stack_id, -1), info.weight_bytes, info.weight_count)
     return out
 
 
@@ -167,11 +174,32 @@ def return_addresses_to_calls(addrs: Sequence[int]) -> list[int]:
     return [a - 1 if a > 0 else a for a in addrs]
 
 
+# Under a budget the mean gap between byte sample points is this many bytes times the
+# controller's period, up to 8192 x 64 = 512 KiB (tcmalloc's default): a block of 4 MB holds
+# at least one point of the table's longest gap (6.2 x the mean) and is never missed.
+SAMPLE_UNIT = 64
+MAX_SAMPLE_PERIOD = 8192
+GAP_SLOTS = 256
+
+
+def sampling_value(mean_gap: int) -> bytes:
+    """struct mem_sampling for a mean gap of `mean_gap` bytes: the quantiles of the
+    exponential at the middles of 256 equal slices (q16 fixed point), scaled so that their
+    mean is the gap the weights use."""
+    quantiles = [round(-math.log((i + 0.5) / GAP_SLOTS) * 65536) for i in range(GAP_SLOTS)]
+    mean_q16 = sum(quantiles) / GAP_SLOTS
+    scale = round(mean_gap * 65536 / mean_q16) if mean_gap else 0
+    # the mean gap BPF draws: mean of (q * scale >> 16) + 1 over the table
+    drawn = sum((q * scale >> 16) + 1 for q in quantiles) // GAP_SLOTS if mean_gap else 0
+    return struct.pack(f"<QQ{GAP_SLOTS}I", drawn, scale, *quantiles)
+
+
 class MemCollector:
     """Open, configure, load and attach mem.bpf.o; read its maps into a snapshot."""
 
     def __init__(self, config: MemConfig, targets: base.Targets | None = None) -> None:
         """`targets`: shared with other collectors of the same run (`record`)."""
+        self.sampler: PeriodController | None = None
         if config.min_age_ms < 0:
             raise UsageError(f"--min-age must be >= 0 ms, got {config.min_age_ms}")
         if not MIN_TABLE_SIZE <= config.table_size <= MAX_TABLE_SIZE:
@@ -419,6 +447,44 @@ class MemCollector:
 
     # -- reading the maps --------------------------------------------------------------------
 
+    def set_sampling(self, mean_gap: int) -> None:
+        """Track blocks by byte sampling with a mean gap of `mean_gap` bytes from now on (0:
+        every block). Blocks tracked so far keep their weights, so their frees still match."""
+        assert self.obj is not None
+        self.obj.map("sampling").update((0).to_bytes(4, "little"), sampling_value(mean_gap))
+
+    def sampling_knob(self, budget_pct: float) -> Knob:
+        """The budget's hold on this collector: the mean gap between sample points, in units
+        of SAMPLE_UNIT bytes (period 1: every block)."""
+        self.sampler = controller = PeriodController(budget_pct, MAX_SAMPLE_PERIOD)
+
+        def gap(period: int) -> int:
+            return 0 if period <= 1 else period * SAMPLE_UNIT
+
+        return Knob(
+            "mem_sample_bytes",
+            lambda pct: gap(controller.next_period(pct)),
+            lambda: gap(controller.period),
+            self.set_sampling,
+            controller,
+        )
+
+    def sampling_notes(self) -> tuple[str, ...]:
+        """What a budget did to the figures (the summary line repeats it)."""
+        if self.sampler is None:
+            return ()
+        head = f"budget {self.sampler.budget_pct:g}%"
+        if self.sampler.highest == 1:
+            return (f"{head}: every block tracked, figures exact",)
+        return (
+            f"{head}: blocks sampled by bytes, one sample point per "
+            f"{self.sampler.highest * SAMPLE_UNIT:,} bytes allocated at the sparsest (per tick "
+            "in self_cost.ticks as mem_sample_bytes); a block of s bytes is tracked with "
+            "probability 1 - exp(-s / that) and weighs its points times it in bytes, so "
+            "outstanding bytes and block counts are unbiased estimates and a block of many "
+            "times that size is never missed",
+        )
+
     def read_counter(self, slot: int) -> int:
         assert self.obj is not None
         return self.obj.map("counters").lookup_u64(slot)
@@ -608,17 +674,22 @@ def collect(config: MemConfig) -> MemSnapshot:
     """Run the mem collector to its end and return the snapshot."""
     base.require_privileges("mem")
     collector = MemCollector(config)
+    budgeted: BudgetedRun | None = None
+    steady = 0.0
     with base.session(collector.targets, collector.start) as run:
         try:
+            if config.budget_pct:
+                budgeted = budgeted_run(collector, config.budget_pct, run.clock.cpu0)
             ended = base.run_loop(
                 collector.targets,
-                collector.poll,
+                budgeted.poll if budgeted is not None else collector.poll,
                 duration_s=config.duration_s,
                 clock=run.clock,
                 stop=run.stop,
                 poll_s=0.05,
             )
             duration = run.clock.elapsed()
+            steady = budgeted.end_loop() if budgeted is not None else 0.0
             collector.resume_all()
             if not collector.kernel_mode:
                 collector.remember_targets()
@@ -634,9 +705,27 @@ def collect(config: MemConfig) -> MemSnapshot:
             if collector.guard is not None:
                 collector.guard.close()
     try:
-        return build_snapshot(collector, run.clock, duration, ended, raw, (bpf_ns, runs))
+        snapshot = build_snapshot(collector, run.clock, duration, ended, raw, (bpf_ns, runs))
     finally:
         collector.symbolizer.close()
+    if budgeted is None:
+        return snapshot
+    return dataclasses.replace(snapshot, self_cost=budgeted.self_cost(snapshot.self_cost, steady))
+
+
+def budgeted_run(collector: MemCollector, budget_pct: float, cpu0: float) -> BudgetedRun:
+    """The run's budget: the tool's CPU and the programs' run time against byte sampling."""
+    obj = collector.obj
+    assert obj is not None
+    held = collector.targets.held
+    meter = CostMeter(
+        lambda: base.program_cost(obj, obj.program_names())[0],
+        lambda: [held.pid] if held is not None else [],
+    )
+    governor = Governor(budget_pct, meter, [collector.sampling_knob(budget_pct)])
+    budgeted = BudgetedRun(governor, collector.poll)
+    budgeted.begin(cpu0)
+    return budgeted
 
 
 def build_snapshot(
@@ -661,7 +750,11 @@ def build_snapshot(
         lost_events=raw.drops,
         processes=processes,
         self_cost=base.self_cost(clock, *bpf),
-        notes=(*notes_for(collector, ended), *collector.targets.command_notes()),
+        notes=(
+            *notes_for(collector, ended),
+            *collector.sampling_notes(),
+            *collector.targets.command_notes(),
+        ),
         command_exit=collector.targets.command_exit(),
         outstanding=tuple(allocations),
         outstanding_bytes=sum(a.bytes for a in allocations),

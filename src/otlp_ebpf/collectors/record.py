@@ -605,10 +605,10 @@ class MemSignal:
         return base.program_cost(obj, obj.program_names())[0]
 
     def budget_knobs(self, budget_pct: float) -> list[Knob]:
-        return []
+        return [self.collector.sampling_knob(budget_pct)]
 
     def budget_notes(self) -> tuple[str, ...]:
-        return ()
+        return self.collector.sampling_notes()
 
     def close(self) -> None:
         self.collector.symbolizer.close()
