@@ -89,9 +89,9 @@ def intervals_received(receiver: HttpReceiver) -> list[int]:
     return out
 
 
-def syscall_count(receiver: HttpReceiver, pid: int, name: str) -> int:
-    """The newest cumulative count of syscall `name` for process `pid`."""
-    newest = -1
+def syscall_points(receiver: HttpReceiver, pid: int, name: str) -> list[int]:
+    """Every cumulative count of syscall `name` for process `pid` received, in order."""
+    points = []
     for received in receiver.of("metrics"):
         for rm in received.request.resource_metrics:
             attrs = {a.key: a.value for a in rm.resource.attributes}
@@ -104,8 +104,13 @@ def syscall_count(receiver: HttpReceiver, pid: int, name: str) -> int:
                     for point in m.sum.data_points:
                         point_attrs = {a.key: a.value.string_value for a in point.attributes}
                         if point_attrs.get("otlp_ebpf.syscall.name") == name:
-                            newest = int(point.as_int)
-    return newest
+                            points.append(int(point.as_int))
+    return points
+
+
+def syscall_count(receiver: HttpReceiver, pid: int, name: str) -> int:
+    """The newest cumulative count of syscall `name` for process `pid` (-1: none)."""
+    return (syscall_points(receiver, pid, name) or [-1])[-1]
 
 
 def program_ids(pid: int) -> set[int]:
@@ -196,6 +201,9 @@ def test_every_interval_arrives_across_a_receiver_outage(tmp_path: Path, caller)
     assert "batches delivered, 0 waiting" in err
     assert not list(spill.glob("batch-*"))
     assert syscall_count(receiver, proc.pid, "getppid") == CALLS
+    # The target went quiet after its calls: its series is sent when it moves, not at every
+    # interval after (the calls may straddle two intervals).
+    assert len(syscall_points(receiver, proc.pid, "getppid")) <= 2 < len(numbers) - 2
     assert not [p for p in loaded if program_loaded(p)], "programs still loaded after exit"
     assert all(not r.violations() for r in receiver.received)
 

@@ -8,7 +8,8 @@ per-interval history, so its memory stays flat however long it runs:
 - cpu: the samples of this interval alone (the change of the in-kernel counts since the last
   tick), symbolized now, as a `CpuSnapshot` covering the interval;
 - syscalls: the cumulative counts, errors and latency histograms since the agent started
-  (OTLP cumulative points: a receiver takes the difference, and a lost batch loses nothing).
+  (OTLP cumulative points: a receiver takes the difference, and a lost batch loses nothing),
+  of the series that changed in the interval.
 
 net and mem are not run by the agent yet (their per-interval export is still to be built).
 """
@@ -117,6 +118,7 @@ class Agent:
         self.last_t = 0.0
         self.started_wall = datetime.now(UTC)
         self.attributes = ProcessAttributes()
+        self._sent_counts: dict[tuple[int, str, str], int] = {}
 
     def tick(self, elapsed: float, final: bool = False) -> None:
         self.recording.tick(elapsed)
@@ -213,7 +215,13 @@ class Agent:
         from otlp_ebpf.collectors.syscalls import build_snapshot
 
         collector = signal.collector
-        section = build_snapshot(collector, self.clock, "running", collector.stats())
+        rows = collector.stats()
+        # Only the series that moved: an exited process's rows are sent once, not at every
+        # interval after (a churning host would otherwise re-send hundreds of dead processes).
+        counts = {(s.pid, s.comm, s.name): s.count for s in rows}
+        moved = [s for s in rows if self._sent_counts.get((s.pid, s.comm, s.name)) != s.count]
+        self._sent_counts = counts
+        section = build_snapshot(collector, self.clock, "running", moved)
         return signal._without_probe_calls(section)
 
     def _forget_history(self) -> None:

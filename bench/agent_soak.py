@@ -1,0 +1,191 @@
+"""Soak: `otlp-ebpf agent` (system-wide cpu and syscalls, default 1% budget) for minutes
+against a busy, process-churning workload (a shell starting short processes without pause and
+a CPU spinner), exporting to a local OTLP/HTTP receiver that counts what it gets.
+
+Every interval it scrapes the agent's /metrics. It prints RSS over time and its growth after
+warm-up (RSS at the end over RSS after warm-up: flat is ~1.00), the agent's steady cost
+against its budget (CPU and BPF run time in % of one core, from the end of warm-up), the
+effective cpu sampling rate, and what a node sends: batches per second and bytes per interval.
+
+    python bench/agent_soak.py [--minutes 10] [--interval 10] [--warmup-minutes 1]
+                               [--signals cpu,syscalls]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+from _util import CLI, env_with_src
+
+CHURN = """
+while :; do /bin/true; ls / >/dev/null; id >/dev/null; uname >/dev/null; done
+"""
+SPIN = "while :; do :; done"
+CPU_RATE = 'otlp_ebpf_sampling_rate_hertz{signal="cpu"}'
+SYSCALLS = 'otlp_ebpf_events_total{signal="syscalls"}'
+
+
+@dataclass
+class Counting:
+    requests: int = 0
+    bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def start_receiver(counts: Counting) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """An OTLP/HTTP receiver that accepts everything (an empty response is a valid one)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with counts.lock:
+                counts.requests += 1
+                counts.bytes += len(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(url: str) -> dict[str, float]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for match in re.finditer(r"^(otlp_ebpf_\w+(?:\{[^}]*\})?) (\S+)$", text, re.M):
+        out[match.group(1)] = float(match.group(2))
+    return out
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--interval", type=float, default=10.0)
+    parser.add_argument("--warmup-minutes", type=float, default=1.0)
+    parser.add_argument("--signals", default="cpu,syscalls")
+    args = parser.parse_args()
+
+    counts = Counting()
+    server, url = start_receiver(counts)
+    port = free_port()
+    work = tempfile.mkdtemp(prefix="otlp-ebpf-agent-soak-")
+    load = [subprocess.Popen(["sh", "-c", CHURN])]
+    load.append(subprocess.Popen(["sh", "-c", SPIN]))  # one core: the machine is shared
+    env = env_with_src()
+    env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
+    agent = subprocess.Popen(
+        [*CLI, "agent", "--interval", str(args.interval), "--otlp", url, "--signals", args.signals,
+         "--serve", f"127.0.0.1:{port}", "--spill-dir", os.path.join(work, "spill")],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    rows: list[tuple[float, int, dict[str, float]]] = []
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < args.minutes * 60:
+            time.sleep(args.interval)
+            rows.append(
+                (
+                    time.monotonic() - t0,
+                    rss_kb(agent.pid),
+                    scrape(f"http://127.0.0.1:{port}/metrics"),
+                )
+            )
+            t, rss, m = rows[-1]
+            print(
+                f"{t:7.0f} s  RSS {rss / 1024:6.1f} MB  "
+                f"intervals {m.get('otlp_ebpf_intervals_total', 0):4.0f}  "
+                f"cost {m.get('otlp_ebpf_cost_percent', 0):5.2f}%  "
+                f"cpu rate {m.get(CPU_RATE, 0):5.0f} Hz  "
+                f"syscalls {m.get(SYSCALLS, 0):12,.0f}",
+                flush=True,
+            )
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        t_stop = time.monotonic()
+        code = agent.wait(timeout=60)
+        stop_s = time.monotonic() - t_stop
+        for proc in load:
+            proc.kill()
+            proc.wait()
+        server.shutdown()
+    report(args, rows, counts, code, stop_s)
+
+
+def report(args: argparse.Namespace, rows, counts: Counting, code: int, stop_s: float) -> None:
+    warm = [r for r in rows if r[0] >= args.warmup_minutes * 60]
+    if len(warm) < 2:
+        print("too short to compare after warm-up")
+        return
+    (t_w, rss_w, m_w), (t_e, rss_e, m_e) = warm[0], warm[-1]
+
+    def own(m: dict[str, float]) -> float:
+        return m.get("otlp_ebpf_cpu_seconds_total", 0) + m.get("otlp_ebpf_bpf_run_seconds_total", 0)
+
+    steady_pct = 100 * (own(m_e) - own(m_w)) / (t_e - t_w)
+    intervals = m_e.get("otlp_ebpf_intervals_total", 0)
+    rates = [r[2].get(CPU_RATE, 0) for r in warm]
+    budget = m_e.get("otlp_ebpf_budget_percent", 0)
+    last_t = rows[-1][0]
+    print()
+    print(f"ran {last_t / 60:.1f} min, interval {args.interval:g} s; stop took {stop_s:.2f} s")
+    print(f"exit code {code}")
+    growth = (rss_e - rss_w) / 1024 / ((t_e - t_w) / 60)
+    print(
+        f"RSS after warm-up {rss_w / 1024:.1f} MB, at the end {rss_e / 1024:.1f} MB: "
+        f"growth ratio {rss_e / rss_w:.3f} ({growth:+.2f} MB/min)"
+    )
+    print(
+        f"steady cost {steady_pct:.2f}% of one core (agent CPU + BPF run time) vs budget "
+        f"{budget:g}%: ratio {steady_pct / budget if budget else float('nan'):.2f}"
+    )
+    print(f"cpu sampling rate after warm-up: {min(rates):.0f}-{max(rates):.0f} Hz (asked 99)")
+    print(
+        f"export: {counts.requests} requests, "
+        f"{counts.bytes / max(intervals, 1) / 1024:.1f} KiB per interval, "
+        f"{intervals / last_t:.3f} batches/s; "
+        f"failures {m_e.get('otlp_ebpf_export_failures_total', 0):.0f}, "
+        f"spilled {m_e.get('otlp_ebpf_spilled_batches_total', 0):.0f}"
+    )
+    lost = {k: v for k, v in m_e.items() if k.startswith("otlp_ebpf_lost_events_total") and v}
+    print(f"events lost: {lost or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
