@@ -414,3 +414,48 @@ def test_sighup_reloads_the_config_without_losing_an_interval(tmp_path: Path) ->
     assert "configuration reloaded (otlp); interval change at restart only" in err
     assert "configuration not reloaded, the running one is kept:" in err
     assert "not valid YAML" in err
+
+
+@pytest.mark.bpf
+def test_in_process_run_spills_resends_reloads_and_serves(tmp_path: Path, monkeypatch, capsys):
+    """The same run inside this process (so coverage sees it): the receiver refuses the first
+    requests, SIGHUP changes the budget, the endpoints answer, SIGTERM ends it with exit 0."""
+    import threading
+
+    from tests.integration.otlp_servers import Failure
+
+    receiver = HttpReceiver(failures=[Failure(503)] * 3).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "300")  # ms: a 503 is given up fast
+    config = tmp_path / "agent.yaml"
+    serve = f"127.0.0.1:{free_port()}"
+    settings = f"interval: {INTERVAL_S}\notlp: {receiver.url}\nserve: '{serve}'\n"
+    config.write_text(settings + "budget: 0\n")
+    seen: dict[str, int] = {}
+
+    def drive() -> None:
+        wait_for("2 intervals", lambda: len(intervals_received(receiver)) >= 2)
+        seen["healthz"] = get(f"http://{serve}/healthz")[0]
+        seen["readyz"] = get(f"http://{serve}/readyz")[0]
+        seen["missing"] = get(f"http://{serve}/nothing")[0]
+        config.write_text(settings + "budget: 5\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        count = len(intervals_received(receiver))
+        wait_for("more intervals", lambda: len(intervals_received(receiver)) >= count + 2)
+        seen["metrics"] = int("otlp_ebpf_budget_percent 5.0" in get(f"http://{serve}/metrics")[1])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    try:
+        code = run(["agent", "--config", str(config), "--spill-dir", str(tmp_path / "spill")])
+    finally:
+        driver.join(5)
+        receiver.stop()
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert seen == {"healthz": 200, "readyz": 200, "missing": 404, "metrics": 1}
+    assert "batch kept in" in err  # the refused first batch was spilled ...
+    numbers = intervals_received(receiver)
+    assert numbers == list(range(1, max(numbers) + 1))  # ... and re-sent before the next
+    assert "configuration reloaded (budget)" in err

@@ -13,10 +13,13 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from prometheus_client import generate_latest
 
 from otlp_ebpf.errors import UsageError
+from otlp_ebpf.export.config import OtlpConfig
 from otlp_ebpf.export.self_metrics import AgentFigures, otlp_request, registry_of
 from otlp_ebpf.export.serve import Health, parse_address
 from otlp_ebpf.export.spool import Spool, resend_all
+from otlp_ebpf.export.stream import BatchStream
 from otlp_ebpf.formatters.otlp_request import EncodedRequest
+from tests.integration.otlp_servers import Failure, HttpReceiver
 
 
 def batch(n: int, size: int = 1000) -> list[EncodedRequest]:
@@ -170,3 +173,45 @@ def test_self_metrics_over_otlp_carry_the_same_values():
     assert metrics["otlp_ebpf.agent.memory.rss"].gauge.data_points[0].as_int == 51_200_000
     assert metrics["otlp_ebpf.agent.memory.rss"].unit == "By"
     assert metrics["otlp_ebpf.agent.intervals"].sum.data_points[0].as_int == 2
+
+
+def stream_to(receiver, tmp_path: Path, monkeypatch) -> tuple[BatchStream, Spool]:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "300")  # ms: failures show fast
+    config = OtlpConfig.from_cli(receiver.url, "http/protobuf")
+    spool = Spool(str(tmp_path / "spill"))
+    return BatchStream(config, spool), spool
+
+
+def received_numbers(receiver) -> list[int]:
+    return [int(r.request.resource_metrics[0].resource.attributes[0].key.split(".")[1])
+            for r in receiver.of("metrics")]  # fmt: skip
+
+
+def test_a_batch_refused_for_good_is_dropped_not_resent_forever(tmp_path: Path, monkeypatch):
+    receiver = HttpReceiver(failures=[Failure(400)]).start()
+    try:
+        stream, spool = stream_to(receiver, tmp_path, monkeypatch)
+        stream.submit(batch(1))
+        stream.submit(batch(2))
+        stream.close(10)
+    finally:
+        receiver.stop()
+    assert received_numbers(receiver) == [2]
+    assert (stream.counts.refused, stream.counts.failures, len(spool)) == (1, 1, 0)
+
+
+def test_a_retryable_failure_is_spilled_then_resent_first(tmp_path: Path, monkeypatch):
+    receiver = HttpReceiver(failures=[Failure(503)]).start()
+    try:
+        stream, spool = stream_to(receiver, tmp_path, monkeypatch)
+        stream.submit(batch(1))
+        stream.close(10)  # 1 failed: spilled
+        assert len(spool) == 1
+        again = BatchStream(stream.config, spool)  # e.g. the next start of the agent
+        again.submit(batch(2))
+        again.close(10)
+    finally:
+        receiver.stop()
+    assert received_numbers(receiver) == [1, 2]
+    assert (stream.counts.spilled_batches, again.counts.resent_batches) == (1, 1)
+    assert len(spool) == 0

@@ -63,10 +63,11 @@ RETRYABLE_HTTP_STATUSES = frozenset({429, 502, 503, 504})
 class ExportFailed(Exception):
     """Delivery failed for good: a permanent error, or retries ran out of attempts or time."""
 
-    def __init__(self, reason: str, attempts: int) -> None:
+    def __init__(self, reason: str, attempts: int, permanent: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.attempts = attempts
+        self.permanent = permanent  # refused for good (HTTP 400, INVALID_ARGUMENT): never resend
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def _run_with_retries(
         if result.ok:
             return result, attempts
         if not result.retryable:
-            raise ExportFailed(result.reason, attempts)
+            raise ExportFailed(result.reason, attempts, permanent=True)
         delay = result.retry_after_s if result.retry_after_s is not None else backoff.delay(retry)
         if attempts >= backoff.max_attempts or delay >= deadline - time.monotonic():
             raise ExportFailed(

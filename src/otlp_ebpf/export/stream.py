@@ -33,6 +33,7 @@ class StreamCounts:
     spilled_batches: int = 0
     resent_batches: int = 0
     spill_errors: int = 0  # batches that could not even be spilled (lost)
+    refused: int = 0  # requests the receiver refused for good (dropped: resending cannot help)
 
 
 class BatchStream:
@@ -113,6 +114,13 @@ class BatchStream:
             except ExportFailed as exc:
                 self.counts.failures += 1
                 self.last_error = exc.reason
+                if exc.permanent:  # a batch the receiver will never take must not block the rest
+                    self.counts.refused += 1
+                    console.warn(
+                        f"agent: the receiver refused a {request.signal} request for "
+                        f"good, dropped: {exc.reason}"
+                    )
+                    continue
                 return batch[i:]
         return []
 
