@@ -421,3 +421,44 @@ def test_record_of_a_running_pid_at_half_second_rows(tmp_path, changing):
     assert getppid_pids and proc.pid not in getppid_pids
     mem = doc["signals"]["mem"]
     assert sum(r["mem"]["allocations"] for r in rows) == mem["allocations_total"]
+
+
+SAMPLED = r"""
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+__attribute__((noinline)) void sink(void *p) { __asm__ volatile("" :: "r"(p) : "memory"); }
+__attribute__((noinline)) void big_leak(void) { sink(malloc(10 << 20)); }
+int main(void) {
+    usleep(1500 * 1000);  /* the budget finds its rates first */
+    for (int i = 0; i < 200000; i++) syscall(SYS_getppid);
+    big_leak();
+    for (int i = 0; i < 20000; i++) { void *p = malloc(64); sink(p); free(p); }
+    return 0;
+}
+"""
+
+
+def test_record_under_a_small_budget_samples_syscalls_and_mem(tmp_path, cc, capsys):
+    binary = build_c(cc, SAMPLED, tmp_path / "sampled", "-O1", "-g", "-fno-omit-frame-pointer")
+    path = tmp_path / "rec.json"
+    args = ["record", "--signals", "syscalls,mem", "--budget", "0.001", "-o", str(path)]
+    assert run([*args, "--", str(binary)]) == 0
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    doc = json.loads(path.read_text())
+    ticks = doc["self_cost"]["ticks"]
+    periods = [t["rates"]["syscalls_1_in"] for t in ticks]
+    gaps = [t["rates"]["mem_sample_bytes"] for t in ticks]
+    assert max(periods) > 1 and max(gaps) > 0
+    assert f"sampled 1 in {max(periods):.0f} syscalls" in summary
+    assert "allocations sampled every" in summary
+    calls = sum(
+        s["count"] for s in doc["signals"]["syscalls"]["syscalls"] if s["name"] == "getppid"
+    )
+    bound = 5 * (200000 * (max(periods) - 1)) ** 0.5  # 5 standard errors (see test_syscalls)
+    assert abs(calls - 200000) < bound
+    # the timeline's rows add up to the section's (weighted) counts
+    ticks_of = [t for r in doc["timeline"] for t in (r.get("syscalls") or [])]
+    assert sum(t["count"] for t in ticks_of if t["name"] == "getppid") == calls
+    leaks = doc["signals"]["mem"]["outstanding"]
+    assert any("big_leak" in a["frames"] for a in leaks)  # large blocks are never missed
