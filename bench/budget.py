@@ -6,7 +6,7 @@ run of the same workload.
 Workloads (two processes, both cores busy for DURATION_S, each alternating a burst of events
 with a slice of its own CPU time, so the event rate holds however often it is preempted):
 - syscalls: bursts of getppid(); each process writes how many calls it made;
-- mem: bursts of malloc/free of 16..1039 bytes, and one block of 1000 bytes in 50 leaked;
+- mem: bursts of malloc/free of 16..1039 bytes, and one block of 1000 bytes in 5 leaked;
   each process writes how many bytes it leaked.
 Two runs of each command: exact (no budget) and `--budget 1`. While each runs, this script
 reads from outside the tool every 0.5 s the CPU of the tool and of its helper processes and the
@@ -87,7 +87,7 @@ int main(int argc, char **argv) {
     while (now() < end) {
         for (int i = 0; i < 200; i++, n++) {
             void *p = malloc(16 + (n % 1024)); sink(p); free(p);
-            if (n % 50 == 0) { leak(); leaked += 1000; }
+            if (n % 5 == 0) { leak(); leaked += 1000; }
         }
         spin(0.002);
     }

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -76,13 +77,34 @@ def test_budget_out_of_range_is_one_line_exit_2(capsys, command, budget):
     assert len(err) == 1 and "--budget must be" in err[0]
 
 
+def drive(c: PeriodController, cost: Callable[[int], float], decisions: int) -> list[int]:
+    """The periods a controller picks when a stretch at period N costs cost(N)."""
+    return [c.next_period(cost(c.period)) for _ in range(decisions)]
+
+
 def test_a_period_rises_in_proportion_to_the_excess_and_is_capped():
     c = PeriodController(budget_pct=1.0, max_period=1024)
-    assert c.next_period(4.25) == 5  # 1 * 4.25 / (0.85 * 1)
-    assert c.next_period(4.25) == 5  # settling after a change
-    assert c.next_period(8.5) == 50
-    c.next_period(0.9)
+    periods = drive(c, lambda n: 10.0 / n, 6)  # every bit of the cost is per sampled event
+    assert periods[0] == 12  # 10% of a core / (85% of 1%)
+    assert periods[-1] == 12 and c.useful_period == 0  # 0.83%: within the budget, kept
+    c = PeriodController(budget_pct=1.0, max_period=1024)
     assert c.next_period(1e6) == 1024 and c.highest == 1024
+
+
+def test_a_cost_no_period_removes_stops_the_period_where_it_stops_helping():
+    c = PeriodController(budget_pct=1.0, max_period=1024)
+    # 5% of a core whatever the period (a program on every event), 10% in sampled events
+    periods = drive(c, lambda n: 5.0 + 10.0 / n, 12)
+    assert periods[0] == 18
+    assert c.floor_pct == pytest.approx(5.0) and c.useful_period == 20
+    assert periods[-1] == 20 and c.highest == 20  # not 1024: precision kept for no gain
+
+
+def test_a_raise_that_bought_nothing_is_undone_and_tried_again_later():
+    c = PeriodController(budget_pct=1.0, max_period=1024)
+    periods = drive(c, lambda n: 8.0, 30)
+    assert periods[:4] == [10, 10, 1, 1] and c.useful_period in (0, 1)
+    assert periods.count(10) >= 4  # a new fit after REFIT_AFTER decisions
 
 
 def test_a_period_falls_back_to_every_event_when_there_is_room():

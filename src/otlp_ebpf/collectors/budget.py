@@ -139,34 +139,83 @@ class BudgetController:
         return self.hz
 
 
+USEFUL_SHARE = 0.1  # when the budget is out of reach: the sampled part kept at 10% of the rest
+REFIT_AFTER = 20  # decisions (5 s) before a fitted floor is measured again
+
+
 @dataclass
 class PeriodController:
     """Picks N for per-event 1-in-N sampling (N = 1: every event) from the cost of the last
-    stretch: the cost of the recorded events goes roughly as 1/N."""
+    stretch: the cost of the recorded events goes roughly as 1/N.
+
+    Part of the cost stays whatever N is (an attached program runs for every event, the
+    tool polls): after each raise the cost is fitted as floor + variable / N from the two
+    stretches. When the floor alone is over the budget no period meets it, and N goes only
+    as high as keeps the sampled part at a tenth of the floor: precision is not given up for
+    nothing. The fit is made again every REFIT_AFTER decisions."""
 
     budget_pct: float
     max_period: int
     period: int = 1
     highest: int = 1
     settle: bool = False  # the stretch after a change mixes two periods: not judged
+    floor_pct: float = 0.0  # the fitted cost that no period removes (0: not known)
+    useful_period: int = 0  # the highest period worth its precision (0: no limit known)
+    _before: tuple[int, float] | None = None  # (period, cost) before the last raise
+    _age: int = 0
 
     def next_period(self, cost_pct: float) -> int:
         """The period to sample at after a stretch that cost `cost_pct` (unchanged: same)."""
         if self.settle:
             self.settle = False
             return self.period
+        self._age += 1
+        if self._before is not None:
+            self._fit(cost_pct)
+        elif self.useful_period and self._age > REFIT_AFTER:
+            self.useful_period, self.floor_pct = 0, 0.0
         if cost_pct > self.budget_pct:
             wanted = math.ceil(self.period * cost_pct / (AIM * self.budget_pct))
+            if self.useful_period:
+                wanted = min(wanted, self.useful_period)
         elif cost_pct < RAISE_BELOW * self.budget_pct and self.period > 1:
             wanted = int(self.period / RAISE_FACTOR)
         else:
             return self.period
         wanted = max(1, min(self.max_period, wanted))
         if wanted != self.period:
+            self._before = (self.period, cost_pct) if wanted > self.period else None
             self.period = wanted
             self.highest = max(self.highest, wanted)
             self.settle = True
         return self.period
+
+    def _fit(self, cost_pct: float) -> None:
+        """cost = floor + variable / period, from the stretches before and after a raise."""
+        assert self._before is not None
+        p0, c0 = self._before
+        p1 = self.period
+        self._before = None
+        variable = max(0.0, (c0 - cost_pct) / (1 / p0 - 1 / p1))
+        floor = cost_pct - variable / p1
+        self.floor_pct = max(0.0, floor)
+        self._age = 0
+        if floor <= AIM * self.budget_pct:
+            self.useful_period = 0
+        elif variable <= 0:
+            self.useful_period = p0  # raising bought nothing
+        else:
+            self.useful_period = max(1, math.ceil(variable / (USEFUL_SHARE * floor)))
+
+
+def floor_note(controller: PeriodController) -> str:
+    """`; 5.1% of a core stays whatever the period ...` when the budget was out of reach."""
+    if controller.floor_pct <= AIM * controller.budget_pct:
+        return ""
+    return (
+        f"; about {controller.floor_pct:.1f}% of a core stays whatever the period (the "
+        "programs run on every event), so sampling went no sparser than that helped"
+    )
 
 
 @dataclass

@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 
 from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base, mem_allocator
-from otlp_ebpf.collectors.budget import BudgetedRun, CostMeter, Governor, Knob, PeriodController
+from otlp_ebpf.collectors.budget import (
+    BudgetedRun,
+    CostMeter,
+    Governor,
+    Knob,
+    PeriodController,
+    floor_note,
+)
 from otlp_ebpf.collectors.resume_guard import ResumeGuard
 from otlp_ebpf.collectors.stack_store import read_stored_stacks
 from otlp_ebpf.errors import EnvironmentLacks, UsageError
@@ -482,7 +489,7 @@ class MemCollector:
             "in self_cost.ticks as mem_sample_bytes); a block of s bytes is tracked with "
             "probability 1 - exp(-s / that) and weighs its points times it in bytes, so "
             "outstanding bytes and block counts are unbiased estimates and a block of many "
-            "times that size is never missed",
+            "times that size is never missed" + floor_note(self.sampler),
         )
 
     def read_counter(self, slot: int) -> int:

@@ -28,6 +28,7 @@ from otlp_ebpf.collectors.budget import (
     Governor,
     Knob,
     PeriodController,
+    floor_note,
     period_knob,
 )
 from otlp_ebpf.collectors.syscall_table import ARM64, X86_64
@@ -373,7 +374,8 @@ class SyscallsCollector:
             f"{head}: syscalls sampled at random, as sparsely as 1 in {self.sampler.highest} "
             f"(ended at 1 in {self.sampler.period}; per tick in self_cost.ticks as "
             "syscalls_1_in); each recorded call weighs its period, so counts, errors and "
-            "latency sums are unbiased estimates and histograms hold weighted samples",
+            "latency sums are unbiased estimates and histograms hold weighted samples"
+            + floor_note(self.sampler),
         )
 
     def poll(self, timeout_s: float) -> None:
