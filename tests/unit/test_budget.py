@@ -100,6 +100,14 @@ def test_a_cost_no_period_removes_stops_the_period_where_it_stops_helping():
     assert periods[-1] == 20 and c.highest == 20  # not 1024: precision kept for no gain
 
 
+def test_a_floor_fitted_while_idle_is_dropped_when_the_events_come():
+    c = PeriodController(budget_pct=1.0, max_period=1024)
+    drive(c, lambda n: 2.0, 4)  # the target idle: the cost is the tool's own
+    assert c.useful_period == 1 and c.period == 1
+    periods = drive(c, lambda n: 2.0 + 40.0 / n, 8)  # then a burst of events
+    assert max(periods) > 20 and c.highest > 20
+
+
 def test_a_raise_that_bought_nothing_is_undone_and_tried_again_later():
     c = PeriodController(budget_pct=1.0, max_period=1024)
     periods = drive(c, lambda n: 8.0, 30)

@@ -141,18 +141,20 @@ class BudgetController:
 
 USEFUL_SHARE = 0.1  # when the budget is out of reach: the sampled part kept at 10% of the rest
 REFIT_AFTER = 20  # decisions (5 s) before a fitted floor is measured again
+OFF_FIT = 0.5  # a cost this far from the fit's prediction (share of it) means a new fit
 
 
 @dataclass
 class PeriodController:
     """Picks N for per-event 1-in-N sampling (N = 1: every event) from the cost of the last
-    stretch: the cost of the recorded events goes roughly as 1/N.
+        stretch: the cost of the recorded events goes roughly as 1/N.
 
-    Part of the cost stays whatever N is (an attached program runs for every event, the
-    tool polls): after each raise the cost is fitted as floor + variable / N from the two
-    stretches. When the floor alone is over the budget no period meets it, and N goes only
-    as high as keeps the sampled part at a tenth of the floor: precision is not given up for
-    nothing. The fit is made again every REFIT_AFTER decisions."""
+        Part of the cost stays whatever N is (an attached program runs for every event, the
+        tool polls): after each raise the cost is fitted as floor + variable / N from the two
+        stretches. When the floor alone is over the budget no period meets it, and N goes only
+        as high as keeps the sampled part at a tenth of the floor: precision is not given up for
+        nothing. The fit is made again every REFIT_AFTER decisions, or sooner when the cost moves
+    far from what it predicts (the workload changed)."""
 
     budget_pct: float
     max_period: int
@@ -161,6 +163,7 @@ class PeriodController:
     settle: bool = False  # the stretch after a change mixes two periods: not judged
     floor_pct: float = 0.0  # the fitted cost that no period removes (0: not known)
     useful_period: int = 0  # the highest period worth its precision (0: no limit known)
+    variable_pct: float = 0.0  # the fitted cost at period 1 that sampling divides
     _before: tuple[int, float] | None = None  # (period, cost) before the last raise
     _age: int = 0
 
@@ -172,7 +175,7 @@ class PeriodController:
         self._age += 1
         if self._before is not None:
             self._fit(cost_pct)
-        elif self.useful_period and self._age > REFIT_AFTER:
+        elif self.useful_period and (self._age > REFIT_AFTER or self._off_fit(cost_pct)):
             self.useful_period, self.floor_pct = 0, 0.0
         if cost_pct > self.budget_pct:
             wanted = math.ceil(self.period * cost_pct / (AIM * self.budget_pct))
@@ -190,6 +193,12 @@ class PeriodController:
             self.settle = True
         return self.period
 
+    def _off_fit(self, cost_pct: float) -> bool:
+        """The workload changed: the cost is far from what the fit predicts (a floor fitted
+        while the target was idle says nothing once it is busy)."""
+        predicted = self.floor_pct + self.variable_pct / self.period
+        return abs(cost_pct - predicted) > OFF_FIT * predicted + OFF_FIT * self.budget_pct
+
     def _fit(self, cost_pct: float) -> None:
         """cost = floor + variable / period, from the stretches before and after a raise."""
         assert self._before is not None
@@ -199,6 +208,7 @@ class PeriodController:
         variable = max(0.0, (c0 - cost_pct) / (1 / p0 - 1 / p1))
         floor = cost_pct - variable / p1
         self.floor_pct = max(0.0, floor)
+        self.variable_pct = variable
         self._age = 0
         if floor <= AIM * self.budget_pct:
             self.useful_period = 0
