@@ -278,3 +278,18 @@ def test_a_refused_connection_is_exit_1(capsys, snap, _clean_env):
     assert code == 1
     assert "ConnectError" in err and "(after 4 attempts)" in err
     assert OFFLINE_LINE in out
+
+
+def test_arguments_as_an_object_are_accepted_and_the_answer_is_escaped(capsys, snap):
+    call = tool_call("syscall_errors", {})
+    call.body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = {
+        "syscall": "openat"
+    }
+    script = [call, final("\x1b[2J[bold red]openat[/] failed 30 times\x07")]
+    with FakeLLM(script) as fake:
+        code, out, _ = ask(capsys, QUESTION, snap, "--llm", fake.url, "--model", "m")
+    assert code == 0
+    sent = json.loads(tool_messages(fake.requests[1].body)[0]["content"])
+    assert [r["errors"] for r in sent["rows"]] == [25, 5]
+    assert "\x1b" not in out and "\x07" not in out
+    assert "[bold red]openat[/] failed 30 times" in out  # shown as text, not as markup

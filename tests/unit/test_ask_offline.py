@@ -259,3 +259,42 @@ def test_every_tool_schema_is_a_json_schema_object():
 def test_function_table_of_a_recording_reads_its_cpu_section(tmp_path: Path):
     result = run_tool(Sources(fx.recording()), "top_functions", {"limit": 1})
     assert result.rows == [{"function": "parse_json", "samples": 600, "share_pct": 60.0}]
+
+
+def test_which_syscall_got_slower_between_two_runs():
+    import dataclasses
+
+    before = fx.syscalls_snapshot()
+    slower = tuple(
+        dataclasses.replace(s, p99_ns=s.p99_ns * 8) if s.name == "openat" else s
+        for s in before.syscalls
+    )
+    after = dataclasses.replace(before, syscalls=slower)
+    answer = ask_offline("Which syscall got slower?", Sources(before, after))
+    assert answer.plan is not None
+    assert answer.plan.arguments == {"signal": "syscalls", "metric": "p99"}
+    assert answer.result is not None and answer.result.rows[0]["key"] == "openat"
+    assert "`openat` grew the most" in answer.text
+    assert "8,000 -> 64,000" in answer.text
+
+
+def test_a_question_about_two_runs_with_one_snapshot_is_not_guessed():
+    answer = ask_offline(
+        "which function got slower between these runs?", Sources(fx.cpu_snapshot())
+    )
+    assert not answer.understood
+
+
+def test_window_question_on_a_syscalls_snapshot_taken_with_interval():
+    import dataclasses
+
+    from otlp_ebpf.model import IntervalPoint
+
+    series = tuple(IntervalPoint(float(t), {"read": 500 if t == 3 else 100}) for t in range(1, 11))
+    snap = dataclasses.replace(fx.syscalls_snapshot(), series=series, interval_s=1.0)
+    answer = ask_offline("what changed at second 3?", Sources(snap))
+    assert answer.plan is not None and answer.plan.tool == "timeline_window"
+    assert answer.text == (
+        "The largest change between 2 and 3 s: syscalls.calls{syscall=read} at 500 1/s "
+        "against 100 1/s over the rest of the run, 500 in all."
+    )

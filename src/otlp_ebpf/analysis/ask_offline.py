@@ -372,8 +372,9 @@ def _intent(intents: list[str], keywords: set[str], ents: Entities, sources: Sou
             return intent
     if ents.seconds:
         return "when"
-    if sources.second is not None:
-        return "compare"
+    said = [i for i in intents if i != "when" or "when" in keywords]
+    if sources.second is not None or said == ["compare"]:
+        return "compare"  # with one snapshot, the tool says it needs two
     if ents.errno or ents.syscall or ents.function or ents.pid or ents.port or ents.address:
         return "most"  # "openat?" "tell me about port 8080": that entity's own row
     return None
@@ -549,8 +550,6 @@ def _window_call(
 def _compare_call(
     domain: str, keywords: set[str], sources: Sources
 ) -> tuple[str, dict[str, Any]] | None:
-    if sources.second is None:
-        return None
     args: dict[str, Any] = {}
     signal = {
         "syscall": "syscalls",
