@@ -53,3 +53,47 @@ def test_close_failures_of_a_real_run(capsys, snapshot):
     doc = ask_json(capsys, "how often did close fail?", snapshot)
     assert doc["result"]["rows"] == [{"errno": "EBADF", "syscall": "close", "errors": 13}]
     assert doc["answer"] == "`close` failed 13 times: EBADF 13."
+
+
+# Quiet for 2 s, then exactly 300 failing mkdir calls (ENOENT), then quiet for 1.5 s more.
+PHASES = r"""
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+static double now(void) {
+    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+int main(void) {
+    double start = now();
+    while (now() - start < 2.0) { getppid(); usleep(1000); }
+    for (int i = 0; i < 300; i++) { mkdir("/nonexistent/otlp-ebpf-ask/d", 0700); usleep(1000); }
+    double after = now();
+    while (now() - after < 1.5) { getppid(); usleep(1000); }
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory, cc) -> str:
+    folder = tmp_path_factory.mktemp("ask-rec")
+    program = build_c(cc, PHASES, folder / "phases", "-O1")
+    path = folder / "rec.json"
+    code = run(["-q", "record", "--signals", "syscalls", "-o", str(path), "--", str(program)])
+    assert code == 0
+    return str(path)
+
+
+def test_what_failed_in_a_window_of_a_real_recording(capsys, recording):
+    doc = ask_json(capsys, "what failed between 1 and 5 s?", recording)
+    assert doc["tool"] == "timeline_window"
+    top = doc["result"]["rows"][0]
+    assert top["series"] == "syscalls.errors{syscall=mkdir}"
+    assert top["window_total"] == 300
+    assert top["rest"] == 0
+
+
+def test_which_syscall_failed_the_most_in_a_real_recording(capsys, recording):
+    doc = ask_json(capsys, "which syscall failed the most?", recording)
+    assert doc["answer"] == "`mkdir` failed the most: 300 of 300 calls (100%)."
