@@ -293,3 +293,11 @@ def test_arguments_as_an_object_are_accepted_and_the_answer_is_escaped(capsys, s
     assert [r["errors"] for r in sent["rows"]] == [25, 5]
     assert "\x1b" not in out and "\x07" not in out
     assert "[bold red]openat[/] failed 30 times" in out  # shown as text, not as markup
+
+
+def test_a_number_the_model_passed_as_an_argument_does_not_ground_itself(capsys, snap):
+    script = [tool_call("top_syscalls", {"by": "errors", "limit": 31}), final("31 errors.")]
+    with FakeLLM(script) as fake:
+        code, out, _ = ask(capsys, QUESTION, snap, "--llm", fake.url, "--model", "m", "--json")
+    assert code == 0
+    assert [u["text"] for u in json.loads(out)["ungrounded"]] == ["31"]

@@ -238,7 +238,8 @@ def run_llm(config: AskConfig, sources: Sources, offline: OfflineAnswer) -> int:
             result = run_tool(sources, name, arguments).to_dict()
         except ToolError as exc:
             return False, {"error": str(exc)}
-        results.append(result)
+        # The model chose the arguments: a number it passed in (limit=31) proves nothing.
+        results.append({k: v for k, v in result.items() if k != "arguments"})
         return True, result
 
     messages = [
