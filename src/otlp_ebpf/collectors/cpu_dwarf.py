@@ -47,7 +47,7 @@ from otlp_ebpf.runtime.events import RingBuffer
 from otlp_ebpf.runtime.loader import BpfObject, Link
 from otlp_ebpf.symbolize.cfi import CfiCache, default_cache_dir
 from otlp_ebpf.symbolize.elf import DEFAULT_DEBUG_ROOT
-from otlp_ebpf.symbolize.procmaps import OpenFiles, ProcessMaps
+from otlp_ebpf.symbolize.procmaps import OpenFiles, ProcessMaps, process_start_time
 from otlp_ebpf.symbolize.python import PyFrame, merge_python_frames
 from otlp_ebpf.symbolize.resolver import UNKNOWN_FRAME, Symbolizer
 from otlp_ebpf.symbolize.unwind import (
@@ -69,6 +69,10 @@ EXEC_PROGRAM = "dwarf_exec"
 MAX_PROCESSES = 1024
 # Evicted processes whose stacks are named (and maps forgotten) in one pass over the counts.
 RETIRE_BATCH = 128
+# How often the processes whose maps are held are checked for having exited. A process found
+# gone is retired at the next check (samples it took just before its exit are read by then):
+# its stacks are named and everything kept for it is dropped.
+EXIT_CHECK_S = 1.0
 KSTACK_DEPTH = 64
 MAX_WINDOW = 32768
 DEFAULT_WINDOW = 16384
@@ -191,6 +195,11 @@ class DwarfSampler:
         self._batch: list[bytes] = []
         self._infos: dict[int, ProcessInfo] = {}
         self._counts: Counter[_StackKey] = Counter()
+        # Stacks not named yet, by process: a retired process's are named in one step.
+        self._unnamed: dict[int, set[_StackKey]] = {}
+        self._gone: set[int] = set()  # found exited at the last check, retired at the next
+        self._next_exit_check = 0.0
+        self.retired = 0  # processes whose stacks were named and whose state was dropped
         # Stacks of processes whose maps were evicted, named while the maps were at hand.
         self._named: dict[_StackKey, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._retiring: list[int] = []
@@ -243,7 +252,29 @@ class DwarfSampler:
         self._flush()
         if self.cfi.receive(0.0):
             self._retry_waiting(final=False)
+        now = time.monotonic()
+        if now >= self._next_exit_check:
+            self._next_exit_check = now + EXIT_CHECK_S
+            self._retire_exited()
         return arrived
+
+    def _retire_exited(self) -> None:
+        """Retire the processes found gone at the previous check (unless samples of theirs
+        still wait for a table), note the ones gone since, and name the stacks of processes
+        whose maps are not held."""
+        waiting = {w.pid for w in self._waiting}
+        for pid in self._gone - waiting:
+            if pid in self._processes and not _same_process(pid, self._processes[pid]):
+                del self._processes[pid]
+                self._retiring.append(pid)
+        self._gone = {p for p, proc in self._processes.items() if not _same_process(p, proc)}
+        # Stacks of processes with no maps held (kernel threads, samples that came after the
+        # process was retired or before it could be read) are named now too.
+        self._retiring.extend(
+            p for p in self._unnamed if p not in self._processes and p not in waiting
+        )
+        if self._retiring:
+            self._retire()
 
     def stop(self) -> None:
         """Detach the sampling program: no sample is taken after this."""
@@ -291,13 +322,13 @@ class DwarfSampler:
         if head.flags & SAMPLE_NO_USER_REGS:
             if not head.flags & SAMPLE_IN_KERNEL:
                 self._failures[REASON_NO_USER_REGS] += 1
-            self._counts[(*key, (), kernel, False, ())] += 1
+            self._add((*key, (), kernel, False, ()))
             return
         process = self._process_for(head.pid, comm)
         python = self._python_frames(head)
         if process is None:
             self._failures["process_gone"] += 1
-            self._counts[(*key, (head.regs[0],), kernel, False, python)] += 1
+            self._add((*key, (head.regs[0],), kernel, False, python))
             return
         regs = Regs(head.regs[0], head.regs[1], head.regs[2], head.regs[3])
         stack = data[HEADER_BYTES : HEADER_BYTES + head.stack_bytes]
@@ -334,7 +365,12 @@ class DwarfSampler:
             self._failures[res.reason] += 1
         if res.truncated:
             self.truncated += 1
-        self._counts[(*key, tuple(res.pcs), kernel, res.truncated, python)] += 1
+        self._add((*key, tuple(res.pcs), kernel, res.truncated, python))
+
+    def _add(self, key: _StackKey) -> None:
+        self._counts[key] += 1
+        if key not in self._named:
+            self._unnamed.setdefault(key[0], set()).add(key)
 
     def _retry_waiting(self, *, final: bool) -> None:
         """Walk the waiting samples again; those still missing a table wait on, unless this is
@@ -411,16 +447,30 @@ class DwarfSampler:
         return True
 
     def _retire(self) -> None:
-        """Name the stacks of evicted processes now and let the symbolizer forget their maps:
-        what a process costs in memory ends with it, not with the run. (One pass over the
-        counts per batch of evictions.)"""
+        """Name the stacks of exited or evicted processes now and forget their maps and their
+        Python interpreter: what a process costs in memory ends with it, not with the run."""
         retiring, self._retiring = set(self._retiring), []
-        for key in self._counts:
-            if key[0] in retiring and key not in self._named:
-                self._named[key] = self._frames(key[0], key[3], key[4], key[5], key[6])
         for pid in retiring:
+            for key in self._unnamed.pop(pid, ()):
+                if key not in self._named:
+                    self._named[key] = self._frames(key[0], key[3], key[4], key[5], key[6])
             if pid not in self._processes:
+                self.retired += 1
                 self.symbolizer.forget_process(pid)
+                if self.python is not None:
+                    self.python.forget(pid)
+
+    def held(self) -> dict[str, int]:
+        """What is kept per process and per file now, and what was dropped (bounds checks and
+        the soak benchmark read it)."""
+        return {
+            "unwinding_processes": len(self._processes),
+            "processes_with_unnamed_stacks": len(self._unnamed),
+            "retired_processes": self.retired,
+            "python_processes": len(self.python.interpreters) if self.python else 0,
+            "unwind_tables": len(self.cfi),
+            **{f"symbolizer_{k}": v for k, v in self.symbolizer.held().items()},
+        }
 
     def _named_frames(self, key: _StackKey) -> tuple[tuple[str, ...], tuple[str, ...]]:
         named = self._named.get(key)
@@ -552,6 +602,13 @@ class DwarfSampler:
         self._files.close()
         if self.python is not None:
             self.python.close()
+
+
+def _same_process(pid: int, process: _Process) -> bool:
+    """Whether `pid` is still the process whose maps were captured (not gone, not reused)."""
+    started = process.maps.maps.start_time
+    now = process_start_time(pid)
+    return now != 0 and (not started or now == started)
 
 
 def _exe_identity(pid: int) -> tuple[int, int] | None:

@@ -129,6 +129,17 @@ class PythonFrames:
             f"(layout from {interp.layout_source})"
         )
 
+    def forget(self, pid: int) -> None:
+        """The process exited and its stacks are named: drop its entry here and in the BPF
+        objects (their table of processes would fill up over a long run otherwise)."""
+        if self.interpreters.pop(pid, None) is None:
+            return
+        self.reader.forget(pid)
+        key = pid.to_bytes(4, "little")
+        for obj in self.objs:
+            if obj.loaded:
+                obj.map(PROCS_MAP).delete(key)
+
     def _say_unsupported(self, interp: Interpreter) -> None:
         if interp.version in self.unsupported:
             return

@@ -528,6 +528,10 @@ class CfiCache:
         self._keys: dict[str, str] = {}  # path -> cache key (build-id, or the path itself)
         self._failed: set[str] = set()
 
+    def __len__(self) -> int:
+        """Unwind tables held in memory now."""
+        return len(self._by_build_id)
+
     def lookup_path(self, path: str, *, urgent: bool = True) -> CfiTable | Pending | None:
         """The table of `path` if it is at hand (memory or disk); otherwise, with a background
         worker, ask for it and answer PENDING (without one, decode it now)."""

@@ -41,8 +41,13 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from otlp_ebpf import hosttext
+from otlp_ebpf.symbolize.lru import Lru
 
 DEFAULT_DEBUG_ROOT = "/usr/lib/debug"
+# Symbol tables kept in memory, by build-id (libc's is ~1 MB of Python objects). A host that
+# builds and runs new binaries all day would otherwise keep every table it met; an evicted
+# table is parsed again if a sample needs it.
+MAX_SYMBOL_TABLES = 128
 
 _STT_FUNC = 2
 _STT_GNU_IFUNC = 10
@@ -151,9 +156,13 @@ class ElfSymbolizer:
     `debug_roots` are searched in order (default: /usr/lib/debug).
     """
 
-    def __init__(self, debug_roots: Sequence[str] = (DEFAULT_DEBUG_ROOT,)) -> None:
+    def __init__(
+        self,
+        debug_roots: Sequence[str] = (DEFAULT_DEBUG_ROOT,),
+        max_tables: int = MAX_SYMBOL_TABLES,
+    ) -> None:
         self.debug_roots = tuple(debug_roots)
-        self._by_build_id: dict[str, LoadedElf] = {}
+        self._by_build_id: Lru[str, LoadedElf] = Lru(max_tables)
         self.files_parsed = 0
 
     def load(self, opener: Callable[[], BinaryIO], path: str) -> LoadedElf:
@@ -175,6 +184,16 @@ class ElfSymbolizer:
         if info.build_id:
             self._by_build_id[info.build_id] = loaded
         return loaded
+
+    @property
+    def tables_held(self) -> int:
+        """Symbol tables held in memory now."""
+        return len(self._by_build_id)
+
+    @property
+    def tables_evicted(self) -> int:
+        """Symbol tables dropped for room so far."""
+        return self._by_build_id.evicted
 
     def load_path(self, path: str) -> LoadedElf:
         """Symbols of the ELF file at `path`."""

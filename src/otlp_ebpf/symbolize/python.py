@@ -371,6 +371,8 @@ class CodeReader:
             os.close(fd)
         for key in [k for k in self._cache if k[0] == pid]:
             del self._cache[key]
+        for module_key in [k for k in self._modules if k[0] == pid]:
+            del self._modules[module_key]
 
     def close(self) -> None:
         for fd in self._fds.values():

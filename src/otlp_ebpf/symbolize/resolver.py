@@ -39,6 +39,7 @@ from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import KERNEL_SUFFIX
 from otlp_ebpf.symbolize.elf import DEFAULT_DEBUG_ROOT, ElfSymbolizer, LoadedElf, file_opener
 from otlp_ebpf.symbolize.kernel import KALLSYMS_PATH, KernelSymbols
+from otlp_ebpf.symbolize.lru import Lru
 from otlp_ebpf.symbolize.procmaps import (
     PROC_ROOT,
     FileId,
@@ -51,6 +52,12 @@ from otlp_ebpf.symbolize.procmaps import (
 UNKNOWN_FRAME = "[unknown]"
 # Snapshots of one pid's maps kept at most (each exec or remember adds one).
 _MAX_SNAPSHOTS_PER_PID = 8
+# Processes whose maps are kept (callers forget a process once its stacks are named; this
+# caps what a caller that names only at the end keeps: the oldest lose their names).
+MAX_PROCESSES = 8192
+# Mapped files (dev, inode, size, mtime) whose symbol table is looked up again without reading
+# the file (every process of one binary maps the same file; a table is shared by build-id).
+MAX_FILES = 2048
 
 # Reasons a frame stays unresolved, as counted in SymbolizeStats.by_reason.
 REASON_PROCESS_UNKNOWN = "process_unknown"
@@ -117,9 +124,9 @@ class Symbolizer:
         self._proc_root = proc_root
         self._kernel: KernelSymbols | None = None
         self._kernel_loaded = False
-        self._snapshots: dict[int, list[_Snapshot]] = {}
-        self._by_file: dict[FileId, LoadedElf | None] = {}
-        self._by_vdso_image: dict[bytes, LoadedElf | None] = {}
+        self._snapshots: Lru[int, list[_Snapshot]] = Lru(MAX_PROCESSES)
+        self._by_file: Lru[FileId, LoadedElf | None] = Lru(MAX_FILES)
+        self._by_vdso_image: Lru[bytes, LoadedElf | None] = Lru(4)
 
     def __enter__(self) -> Symbolizer:
         return self
@@ -155,7 +162,9 @@ class Symbolizer:
             return False
         if not maps.mappings:
             return False  # an exiting process has already dropped its memory: keep what we had
-        snapshots = self._snapshots.setdefault(pid, [])
+        snapshots = self._snapshots.get(pid)
+        if snapshots is None:
+            snapshots = self._snapshots[pid] = []
         if snapshots and snapshots[0].maps.mappings == maps.mappings:
             snapshots[0] = _Snapshot(maps)
             return True
@@ -167,6 +176,17 @@ class Symbolizer:
         """Drop what was captured of `pid` (its stacks were named already): a long run over
         endless short processes keeps memory for the processes it still needs only."""
         self._snapshots.pop(pid, None)
+
+    def held(self) -> dict[str, int]:
+        """What the symbolizer holds now and what it dropped for room (for bounds checks)."""
+        return {
+            "processes": len(self._snapshots),
+            "processes_evicted": self._snapshots.evicted,
+            "files": len(self._by_file),
+            "files_evicted": self._by_file.evicted,
+            "symbol_tables": self._elf.tables_held,
+            "symbol_tables_evicted": self._elf.tables_evicted,
+        }
 
     def user_frames(
         self, pid: int, addrs: Sequence[int], *, adjust_return_addresses: bool = True

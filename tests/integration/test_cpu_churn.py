@@ -1,0 +1,76 @@
+"""The DWARF cpu sampler against process churn: what it keeps per process stays bounded.
+
+A shell starts short processes one after another, each spinning a few milliseconds of its own
+CPU time (so each is sampled); by the end the sampler holds the maps of the few processes
+still alive, and every exited one was retired: its stacks named, its state dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from otlp_ebpf.collectors import base
+from otlp_ebpf.collectors.cpu_dwarf import EXIT_CHECK_S, DwarfSampler
+from otlp_ebpf.runtime.stats import StatsSession
+from otlp_ebpf.targets import TargetSpec
+from tests.conftest import SPIN_CPU_C, build_c
+
+pytestmark = pytest.mark.bpf
+
+CHILDREN = 150
+SHORT = (
+    SPIN_CPU_C
+    + r"""
+__attribute__((noinline)) void short_lived_work(void) { SPIN_CPU_MS(30); }
+int main(void) { short_lived_work(); return 0; }
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def short_bin(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cpu-churn") / "short"
+    return build_c(cc, SHORT, out, "-O2", "-fomit-frame-pointer")
+
+
+def test_exited_processes_are_retired_and_their_stacks_keep_their_names(
+    short_bin: Path,
+) -> None:
+    script = f"i=0; while [ $i -lt {CHILDREN} ]; do {short_bin}; i=$((i+1)); done"
+    targets = base.Targets(TargetSpec(command=("sh", "-c", script)))
+    sampler = DwarfSampler(frequency_hz=499)
+    try:
+        with StatsSession():
+            sampler.start(targets)
+            targets.release()
+            most = 0
+            while not targets.finished():
+                sampler.poll(100)
+                most = max(most, sampler.held()["unwinding_processes"])
+            # Two checks for exited processes after the last one ended.
+            settle = time.monotonic() + 2.5 * EXIT_CHECK_S
+            while time.monotonic() < settle:
+                sampler.poll(100)
+            held = sampler.held()
+            sampler.drain()
+    finally:
+        targets.abandon()
+        base.cleanup()
+        sampler.close()
+    stacks = sampler.stacks()
+    children = {s.pid for s in stacks if s.comm == "short"}
+    named = {s.pid for s in stacks if s.comm == "short" and "short_lived_work" in s.frames}
+    # Most children were sampled, and the stacks of retired ones were named before their maps
+    # were dropped.
+    assert len(children) > CHILDREN // 2
+    assert len(named) > len(children) * 0.9
+    # While it ran, only the processes that exited since the last checks were held; at the
+    # end, none: every child and the shell were retired.
+    assert most < CHILDREN // 2
+    assert held["unwinding_processes"] == 0
+    assert held["processes_with_unnamed_stacks"] == 0
+    assert held["symbolizer_processes"] == 0
+    assert held["retired_processes"] >= len(children)
