@@ -74,3 +74,6 @@ def test_exited_processes_are_retired_and_their_stacks_keep_their_names(
     assert held["processes_with_unnamed_stacks"] == 0
     assert held["symbolizer_processes"] == 0
     assert held["retired_processes"] >= len(children)
+    # Their stacks are kept by name and count only, one tuple per distinct stack.
+    assert held["raw_stacks"] == 0
+    assert held["named_stacks"] == len({(s.pid, s.tid, s.frames) for s in stacks})

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
@@ -47,6 +48,7 @@ from otlp_ebpf.runtime.events import RingBuffer
 from otlp_ebpf.runtime.loader import BpfObject, Link
 from otlp_ebpf.symbolize.cfi import CfiCache, default_cache_dir
 from otlp_ebpf.symbolize.elf import DEFAULT_DEBUG_ROOT
+from otlp_ebpf.symbolize.lru import Lru
 from otlp_ebpf.symbolize.procmaps import OpenFiles, ProcessMaps, process_start_time
 from otlp_ebpf.symbolize.python import PyFrame, merge_python_frames
 from otlp_ebpf.symbolize.resolver import UNKNOWN_FRAME, Symbolizer
@@ -73,6 +75,9 @@ RETIRE_BATCH = 128
 # gone is retired at the next check (samples it took just before its exit are read by then):
 # its stacks are named and everything kept for it is dropped.
 EXIT_CHECK_S = 1.0
+# Distinct named stacks whose frame tuples are shared: the samples of every process running
+# the same code name the same frames, and keep one copy of them.
+MAX_SHARED_STACKS = 65536
 KSTACK_DEPTH = 64
 MAX_WINDOW = 32768
 DEFAULT_WINDOW = 16384
@@ -113,6 +118,7 @@ HEADER_BYTES = ctypes.sizeof(DwarfSampleHeader)
 
 # (pid, tid, comm, user pcs, kernel pcs, truncated, Python frames)
 _StackKey = tuple[int, int, str, tuple[int, ...], tuple[int, ...], bool, tuple[PyFrame, ...]]
+_NamedKey = tuple[int, int, str, tuple[str, ...], tuple[str, ...]]  # pid, tid, comm, names
 
 
 @dataclass
@@ -200,6 +206,12 @@ class DwarfSampler:
         self._gone: set[int] = set()  # found exited at the last check, retired at the next
         self._next_exit_check = 0.0
         self.retired = 0  # processes whose stacks were named and whose state was dropped
+        # Counts of retired processes' stacks by name: their addresses are not kept (until a
+        # caller follows the raw counts, as record's timeline does: it keeps those keys).
+        self._folded: Counter[_NamedKey] = Counter()
+        self._keep_raw = False
+        self._shared: Lru[tuple[str, ...], tuple[str, ...]] = Lru(MAX_SHARED_STACKS)
+        self._shared_python: Lru[tuple[PyFrame, ...], tuple[PyFrame, ...]] = Lru(MAX_SHARED_STACKS)
         # Stacks of processes whose maps were evicted, named while the maps were at hand.
         self._named: dict[_StackKey, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._retiring: list[int] = []
@@ -275,6 +287,11 @@ class DwarfSampler:
         )
         if self._retiring:
             self._retire()
+        if not self._keep_raw:
+            # Live processes too: a long-lived one would otherwise keep every distinct
+            # (address-level) stack it was sampled in until the end.
+            for pid in [p for p in self._unnamed if p not in waiting]:
+                self._name_stacks(pid)
 
     def stop(self) -> None:
         """Detach the sampling program: no sample is taken after this."""
@@ -316,7 +333,7 @@ class DwarfSampler:
         if head.pid in self.own_pids():
             return  # the table-decoding child is part of this tool, not of the profile
         self.samples_total += 1
-        comm = hosttext.decode(head.comm)
+        comm = sys.intern(hosttext.decode(head.comm))
         kernel = tuple(head.kstack[: head.kstack_bytes // 8]) if self.kernel_stacks else ()
         key = (head.pid, head.tid, comm)
         if head.flags & SAMPLE_NO_USER_REGS:
@@ -345,7 +362,11 @@ class DwarfSampler:
         """The sample's Python frames, named now (code objects die with the process)."""
         if self.python is None or not head.py.nr:
             return ()
-        return self.python.resolve(head.pid, head.py)
+        frames = self.python.resolve(head.pid, head.py)
+        shared = self._shared_python.get(frames)
+        if shared is None:
+            shared = self._shared_python[frames] = frames
+        return shared
 
     def _walk(self, pid: int, process: _Process, regs: Regs, stack: bytes) -> UnwindResult:
         result = unwind(regs, stack, regs.sp, process.maps, fp_fallback=self.fp_fallback)
@@ -451,14 +472,24 @@ class DwarfSampler:
         Python interpreter: what a process costs in memory ends with it, not with the run."""
         retiring, self._retiring = set(self._retiring), []
         for pid in retiring:
-            for key in self._unnamed.pop(pid, ()):
-                if key not in self._named:
-                    self._named[key] = self._frames(key[0], key[3], key[4], key[5], key[6])
+            self._name_stacks(pid)
             if pid not in self._processes:
                 self.retired += 1
                 self.symbolizer.forget_process(pid)
                 if self.python is not None:
                     self.python.forget(pid)
+
+    def _name_stacks(self, pid: int) -> None:
+        """Name the stacks of `pid` sampled since the last time. Without a caller following
+        the raw counts, each is folded into a count by name and its addresses dropped."""
+        for key in self._unnamed.pop(pid, ()):
+            if key in self._named:
+                continue
+            names = self._frames(key[0], key[3], key[4], key[5], key[6])
+            if self._keep_raw:
+                self._named[key] = names
+            else:
+                self._folded[(key[0], key[1], key[2], *names)] += self._counts.pop(key)
 
     def held(self) -> dict[str, int]:
         """What is kept per process and per file now, and what was dropped (bounds checks and
@@ -469,6 +500,8 @@ class DwarfSampler:
             "retired_processes": self.retired,
             "python_processes": len(self.python.interpreters) if self.python else 0,
             "unwind_tables": len(self.cfi),
+            "raw_stacks": len(self._counts),
+            "named_stacks": len(self._named) + len(self._folded),
             **{f"symbolizer_{k}": v for k, v in self.symbolizer.held().items()},
         }
 
@@ -482,7 +515,7 @@ class DwarfSampler:
 
     def stacks(self) -> list[StackCount]:
         """Every distinct stack seen, symbolized; frames root first, kernel frames last."""
-        merged: Counter[tuple[int, int, str, tuple[str, ...], tuple[str, ...]]] = Counter()
+        merged: Counter[_NamedKey] = Counter(self._folded)
         for key, count in self._counts.items():
             frames, modules = self._named_frames(key)
             merged[(key[0], key[1], key[2], frames, modules)] += count
@@ -517,7 +550,15 @@ class DwarfSampler:
         if not frames:
             frames.append(UNKNOWN_FRAME)
             modules.append("")
-        return tuple(frames), tuple(modules)
+        return self._share(frames), self._share(modules)
+
+    def _share(self, names: list[str]) -> tuple[str, ...]:
+        """One tuple (of interned strings) for every stack named the same."""
+        shared = tuple(names)
+        known = self._shared.get(shared)
+        if known is None:
+            known = self._shared[shared] = tuple(sys.intern(n) for n in names)
+        return known
 
     def set_frequency(self, hz: int) -> None:
         """Sample at `hz` from now on: the sampling events are opened again at that rate."""
@@ -530,7 +571,9 @@ class DwarfSampler:
         self.frequency_hz = hz
 
     def raw_counts(self) -> dict[_StackKey, int]:
-        """Samples unwound so far per stack, unsymbolized (for a timeline)."""
+        """Samples unwound so far per stack, unsymbolized (for a timeline). From the first
+        call on, retired processes' stacks keep their keys (the caller follows them)."""
+        self._keep_raw = True
         return dict(self._counts)
 
     def raw_frames(self, keys: Iterable[_StackKey]) -> dict[_StackKey, tuple[str, ...]]:

@@ -229,6 +229,7 @@ class CpuSignal:
 
     def start(self) -> None:
         self.sampler.start(self.targets)
+        self._last = self.sampler.raw_counts()  # from here on the sampler keeps raw keys
 
     def poll(self, timeout_s: float) -> bool:
         self.sampler.poll(timeout_s)
