@@ -132,9 +132,12 @@ class PythonFrames:
     def forget(self, pid: int) -> None:
         """The process exited and its stacks are named: drop its entry here and in the BPF
         objects (their table of processes would fill up over a long run otherwise)."""
-        if self.interpreters.pop(pid, None) is None:
+        interp = self.interpreters.pop(pid, None)
+        if interp is None:
             return
         self.reader.forget(pid)
+        if all(other.runtime != interp.runtime for other in self.interpreters.values()):
+            self.reader.forget_image(interp.runtime)
         key = pid.to_bytes(4, "little")
         for obj in self.objs:
             if obj.loaded:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -42,7 +43,8 @@ FRAME_ENTRY = 1 << 63
 _INTERPRETER_FILE = re.compile(r"^(?:lib)?python(\d+)\.(\d+)[a-z]*(?:\.so[.\d]*|-[\w.-]*)?$")
 _MAX_STRING = 4096
 _MAX_LINE_TABLE = 1 << 20
-CODE_CACHE_ENTRIES = 16384
+CODE_CACHE_ENTRIES = 4096
+_NO_LINE = -(1 << 62)  # a range of a line table without a line of its own
 UNKNOWN_CODE = "[unknown python code]"
 
 
@@ -285,7 +287,16 @@ class CodeInfo:
     qualname: str
     filename: str
     firstlineno: int
-    lines: tuple[tuple[int, int, int | None], ...]  # (start, end, line), in line-table units
+    lines: InitVar[Sequence[tuple[int, int, int | None]]]  # (start, end, line), table units
+    # The ranges as one flat array (start, end, line)*: 24 bytes a range instead of ~150 as
+    # tuples of ints; the cache holds thousands of code objects with hundreds of ranges each.
+    _ranges: array[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self, lines: Sequence[tuple[int, int, int | None]]) -> None:
+        flat = array("q")
+        for start, end, line in lines:
+            flat.extend((start, end, _NO_LINE if line is None else line))
+        object.__setattr__(self, "_ranges", flat)
 
     def line_at(self, lasti: int, version: tuple[int, int]) -> int:
         """Source line of instruction index `lasti` (bytes before 3.10, code units after)."""
@@ -295,10 +306,12 @@ class CodeInfo:
         unit = lasti * 2 if version == (3, 10) else lasti
         # An instruction without a line of its own (a range with none) keeps the line before.
         best = None
-        for start, end, line in self.lines:
+        ranges = self._ranges
+        for at in range(0, len(ranges), 3):
+            start, end, line = ranges[at], ranges[at + 1], ranges[at + 2]
             if start > unit:
                 break
-            if line is not None:
+            if line != _NO_LINE:
                 best = line
             if unit < end:
                 break
@@ -373,6 +386,11 @@ class CodeReader:
             del self._cache[key]
         for module_key in [k for k in self._modules if k[0] == pid]:
             del self._modules[module_key]
+
+    def forget_image(self, runtime: int) -> None:
+        """No process of this interpreter image is left: its code objects are not needed."""
+        for key in [k for k in self._by_image if k[0] == runtime]:
+            del self._by_image[key]
 
     def close(self) -> None:
         for fd in self._fds.values():
