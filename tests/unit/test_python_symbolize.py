@@ -213,3 +213,11 @@ def test_debug_offsets_of_313_give_a_layout() -> None:
 )
 def test_debug_offsets_not_understood_are_refused(image: bytes) -> None:
     assert layout_from_debug_offsets(image) is None
+
+
+def test_line_table_numbers_beyond_64_bits_are_kept_clamped() -> None:
+    """A torn read may decode to any number: the compact table keeps it without failing."""
+    huge = 1 << 80
+    info = CodeInfo("m", "f", "m.py", 7, ((0, huge, huge), (huge, huge + 2, None)))
+    assert info.line_at(0, (3, 11)) == (1 << 63) - 1
+    assert CodeInfo("m", "f", "m.py", 7, ((0, 4, None),)).line_at(0, (3, 11)) == 7

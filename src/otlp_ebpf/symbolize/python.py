@@ -44,7 +44,9 @@ _INTERPRETER_FILE = re.compile(r"^(?:lib)?python(\d+)\.(\d+)[a-z]*(?:\.so[.\d]*|
 _MAX_STRING = 4096
 _MAX_LINE_TABLE = 1 << 20
 CODE_CACHE_ENTRIES = 4096
-_NO_LINE = -(1 << 62)  # a range of a line table without a line of its own
+# A range of a line table without a line of its own (below any clamped line).
+_NO_LINE = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
 UNKNOWN_CODE = "[unknown python code]"
 
 
@@ -281,6 +283,10 @@ def with_published_layout(interp: Interpreter, runtime_bytes: bytes) -> Interpre
 # -- code objects -------------------------------------------------------------------------------
 
 
+def _int64(value: int) -> int:
+    return max(-_INT64_MAX, min(_INT64_MAX, value))
+
+
 @dataclass(frozen=True)
 class CodeInfo:
     module: str
@@ -295,7 +301,8 @@ class CodeInfo:
     def __post_init__(self, lines: Sequence[tuple[int, int, int | None]]) -> None:
         flat = array("q")
         for start, end, line in lines:
-            flat.extend((start, end, _NO_LINE if line is None else line))
+            # A torn or hostile table may decode to any size of number: keep it in 64 bits.
+            flat.extend((_int64(start), _int64(end), _NO_LINE if line is None else _int64(line)))
         object.__setattr__(self, "_ranges", flat)
 
     def line_at(self, lasti: int, version: tuple[int, int]) -> int:
