@@ -72,9 +72,11 @@ MAX_PROCESSES = 1024
 # Evicted processes whose stacks are named (and maps forgotten) in one pass over the counts.
 RETIRE_BATCH = 128
 # How often the processes whose maps are held are checked for having exited. A process found
-# gone is retired at the next check (samples it took just before its exit are read by then):
-# its stacks are named and everything kept for it is dropped.
+# gone is retired RETIRE_GRACE_S later (samples it took just before its exit may still be in
+# the ring buffer when the tool lags behind on a loaded machine): its stacks are named and
+# everything kept for it is dropped.
 EXIT_CHECK_S = 1.0
+RETIRE_GRACE_S = 3.0
 # Distinct named stacks whose frame tuples are shared: the samples of every process running
 # the same code name the same frames, and keep one copy of them.
 MAX_SHARED_STACKS = 65536
@@ -203,7 +205,7 @@ class DwarfSampler:
         self._counts: Counter[_StackKey] = Counter()
         # Stacks not named yet, by process: a retired process's are named in one step.
         self._unnamed: dict[int, set[_StackKey]] = {}
-        self._gone: set[int] = set()  # found exited at the last check, retired at the next
+        self._gone: dict[int, float] = {}  # exited processes -> when found gone
         self._next_exit_check = 0.0
         self.retired = 0  # processes whose stacks were named and whose state was dropped
         # Counts of retired processes' stacks by name: their addresses are not kept (until a
@@ -271,15 +273,21 @@ class DwarfSampler:
         return arrived
 
     def _retire_exited(self) -> None:
-        """Retire the processes found gone at the previous check (unless samples of theirs
-        still wait for a table), note the ones gone since, and name the stacks of processes
-        whose maps are not held."""
+        """Retire the processes found gone RETIRE_GRACE_S ago (unless samples of theirs still
+        wait for a table), note the ones gone since, and name the stacks of processes whose
+        maps are not held."""
         waiting = {w.pid for w in self._waiting}
-        for pid in self._gone - waiting:
-            if pid in self._processes and not _same_process(pid, self._processes[pid]):
-                del self._processes[pid]
+        now = time.monotonic()
+        for pid, since in list(self._gone.items()):
+            process = self._processes.get(pid)
+            if process is None or _same_process(pid, process):
+                del self._gone[pid]  # evicted meanwhile, or the check raced a fork
+            elif now - since >= RETIRE_GRACE_S and pid not in waiting:
+                del self._gone[pid], self._processes[pid]
                 self._retiring.append(pid)
-        self._gone = {p for p, proc in self._processes.items() if not _same_process(p, proc)}
+        for pid, process in self._processes.items():
+            if pid not in self._gone and not _same_process(pid, process):
+                self._gone[pid] = now
         # Stacks of processes with no maps held (kernel threads, samples that came after the
         # process was retired or before it could be read) are named now too.
         self._retiring.extend(
