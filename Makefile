@@ -57,10 +57,10 @@ test: setup lint typecheck
 	$(BIN)/pytest --cov --cov-report=term --cov-fail-under=80 -q tests
 
 unit: setup
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -m "not bpf" tests
 
 integration: setup
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q -m bpf tests
 
 bench: setup
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
