@@ -144,8 +144,14 @@ def test_hostile_environment_is_bounded_and_escaped():
 
 def test_a_live_process_is_read_from_proc():
     env = dict(os.environ, OTEL_SERVICE_NAME="payments")
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; print(flush=True); time.sleep(30)"],
+        env=env,
+        stdout=subprocess.PIPE,
+    )
     try:
+        # Until the child has run its first line, /proc shows the environment it was forked with.
+        assert child.stdout is not None and child.stdout.readline() == b"\n"
         assert process_attributes(child.pid)["service.name"] == "payments"
     finally:
         child.kill()

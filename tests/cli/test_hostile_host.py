@@ -269,7 +269,7 @@ def test_a_python_function_name_no_output_can_encode_is_kept_escaped(
             "--",
             sys.executable,
             str(app),
-            "0.3",
+            "1.0",  # CPU seconds: enough samples after the interpreter is found
         ]
     )
 

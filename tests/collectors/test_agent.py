@@ -352,14 +352,18 @@ def test_cgroup_limits_collection_and_names_container_pod_and_service(
     leaf = next(pod_cgroup.glob("*/*.scope"))
     (leaf / "cgroup.procs").write_text(str(inside.pid))
     receiver = HttpReceiver().start()
+    serve = f"127.0.0.1:{free_port()}"
     agent = subprocess.Popen(
         [*CLI, "agent", "--cgroup", str(pod_cgroup), "--interval", INTERVAL_S, "--otlp",
-         receiver.url, "--signals", "syscalls", "--spill-dir", str(tmp_path / "spill")],
+         receiver.url, "--signals", "syscalls", "--spill-dir", str(tmp_path / "spill"),
+         "--serve", serve],
         env=dict(os.environ, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf"),
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for("attached", lambda: bool(program_ids(agent.pid)))
+        # Ready means the cgroup's processes are targets, not only that programs are loaded:
+        # a call made between the two would be missed and the exact count never reached.
+        wait_for("readiness", lambda: get(f"http://{serve}/readyz")[0] == 200)
         for fifo in fifos:
             with open(fifo, "w") as go:
                 go.write("x")

@@ -83,7 +83,9 @@ def _self_note(row: DiffRow, section: DiffSection, report: DiffReport, threshold
 
 
 def _via(row: DiffRow) -> str:
-    return f" via {';'.join(row.via)}" if row.via else ""
+    """The callee the growth went through; the whole path down to where the time was spent
+    (often deep in libc and the kernel) stays in the JSON and Markdown details."""
+    return f" via {row.via[0]}" if row.via else ""
 
 
 def _pass_reason(report: DiffReport, threshold: float) -> str:
