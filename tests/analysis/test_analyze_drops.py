@@ -201,7 +201,9 @@ def test_dropped_packets_are_the_cause_of_lower_throughput_in_their_window(
     assert top.cause is not None and top.cause.kind in ("retransmits", "drops"), summaries
     assert top.cause.total > 0
     assert DROP_FROM_S - INTERVAL_S - 0.3 <= top.start_s <= DROP_FROM_S + 0.5, summaries
-    assert DROP_UNTIL_S - 0.5 <= top.end_s <= DROP_UNTIL_S + 1.5, summaries
+    # It lasts at least as long as the drops. TCP's retransmission timer, doubled at every
+    # loss, can keep the connection silent for seconds after the rule goes: no upper bound.
+    assert top.end_s >= DROP_UNTIL_S - 0.5, summaries
 
 
 def test_the_same_client_without_drops_gives_no_finding(tmp_path, namespaces, client):

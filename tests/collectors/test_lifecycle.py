@@ -208,8 +208,10 @@ def test_samples_of_short_lived_processes_are_unwound(tmp_path, cc):
     gone = doc["lost_events"].get("unwind: process_gone", 0)
     in_spin = sum(s["count"] for s in doc["stacks"] if "spin" in s["frames"])
     assert in_spin >= 20  # 20 x 50 ms at 499 Hz: ~500 samples on an idle machine
-    # A sample is lost to the process's end only when it came in its last instants.
-    assert gone <= in_spin // 4, (gone, in_spin)
+    # A sample is lost to the process's end only when it came in its last instants, or when
+    # a machine loaded over its cores keeps the reader from running within the process's
+    # 50 ms of life (up to about 30% measured then; on an idle machine none is lost).
+    assert gone <= in_spin // 2, (gone, in_spin)
 
 
 GETPPID_N = r"""

@@ -400,9 +400,13 @@ def test_off_cpu_blocks_carry_python_frames(tmp_path: Path) -> None:
     for stack in snap.off_cpu:
         names = app_frames(stack)
         if names[:2] == ["app.<module>", "app.main"] and len(names) == 3 and names[2] in blocked:
+            # A busy machine also preempts the thread between naps (an interrupt's kernel
+            # stack, no sleep): those blocks are real, but not the naps compared here.
+            if not any("nanosleep" in f for f in stack.frames):
+                assert any("interrupt" in f or "schedule" in f for f in stack.frames), stack
+                continue
             blocked[names[2]][0] += stack.count
             blocked[names[2]][1] += stack.total_ns
-            assert any("nanosleep" in f for f in stack.frames), stack.frames
     # Every call blocks once; the first few, before the process is registered, have native
     # frames only.
     assert blocked["app.nap_long"][0] >= 30 and blocked["app.nap_short"][0] >= 30, blocked
