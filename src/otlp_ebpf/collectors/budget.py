@@ -352,6 +352,22 @@ class BudgetedRun:
         )
 
 
+def start_budgeted_run(
+    budget_pct: float,
+    cpu0: float,
+    bpf_run_ns: Callable[[], int],
+    launched_pid: int | None,
+    knob: Knob,
+    poll_events: Callable[[float], object],
+) -> BudgetedRun:
+    """A single-signal command's budget: the tool's CPU (a launched command's own excluded)
+    and its programs' run time, governed through the collector's sampling knob."""
+    meter = CostMeter(bpf_run_ns, lambda: [launched_pid] if launched_pid is not None else [])
+    budgeted = BudgetedRun(Governor(budget_pct, meter, [knob]), poll_events)
+    budgeted.begin(cpu0)
+    return budgeted
+
+
 def cpu_budget_note(controller: BudgetController) -> str:
     """What the budget did to the cpu sampling rate (the summary line repeats it)."""
     head = f"budget {controller.budget_pct:g}%"

@@ -30,11 +30,10 @@ from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base, mem_allocator
 from otlp_ebpf.collectors.budget import (
     BudgetedRun,
-    CostMeter,
-    Governor,
     Knob,
     PeriodController,
     floor_note,
+    start_budgeted_run,
 )
 from otlp_ebpf.collectors.resume_guard import ResumeGuard
 from otlp_ebpf.collectors.stack_store import read_stored_stacks
@@ -725,14 +724,14 @@ def budgeted_run(collector: MemCollector, budget_pct: float, cpu0: float) -> Bud
     obj = collector.obj
     assert obj is not None
     held = collector.targets.held
-    meter = CostMeter(
+    return start_budgeted_run(
+        budget_pct,
+        cpu0,
         lambda: base.program_cost(obj, obj.program_names())[0],
-        lambda: [held.pid] if held is not None else [],
+        held.pid if held is not None else None,
+        collector.sampling_knob(budget_pct),
+        collector.poll,
     )
-    governor = Governor(budget_pct, meter, [collector.sampling_knob(budget_pct)])
-    budgeted = BudgetedRun(governor, collector.poll)
-    budgeted.begin(cpu0)
-    return budgeted
 
 
 def build_snapshot(

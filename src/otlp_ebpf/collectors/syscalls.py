@@ -24,12 +24,11 @@ from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base
 from otlp_ebpf.collectors.budget import (
     BudgetedRun,
-    CostMeter,
-    Governor,
     Knob,
     PeriodController,
     floor_note,
     period_knob,
+    start_budgeted_run,
 )
 from otlp_ebpf.collectors.syscall_table import ARM64, X86_64
 from otlp_ebpf.errors import RuntimeFailure, UsageError
@@ -568,14 +567,14 @@ def budgeted_run(collector: SyscallsCollector, budget_pct: float, cpu0: float) -
     obj = collector.obj
     assert obj is not None
     held = collector.targets.held
-    meter = CostMeter(
+    return start_budgeted_run(
+        budget_pct,
+        cpu0,
         lambda: base.program_cost(obj, collector.programs())[0],
-        lambda: [held.pid] if held is not None else [],
+        held.pid if held is not None else None,
+        collector.sampling_knob(budget_pct),
+        collector.poll,
     )
-    governor = Governor(budget_pct, meter, [collector.sampling_knob(budget_pct)])
-    budgeted = BudgetedRun(governor, collector.poll)
-    budgeted.begin(cpu0)
-    return budgeted
 
 
 def build_snapshot(
