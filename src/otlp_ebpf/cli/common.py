@@ -409,10 +409,32 @@ def interval_exporter(
     return IntervalExporter(config, prepare=lambda snapshot: with_cmdlines(snapshot, cmdline))
 
 
-def finish_interval_export(exporter: IntervalExporter | None, snapshot: Snapshot) -> None:
-    """The final push of a run with periodic export (after `finish`, which then had no URL)."""
-    if exporter is not None:
-        exporter.finish(snapshot)
+def finish_exporting_intervals(
+    snapshot: Snapshot,
+    outputs: Sequence[PlannedOutput],
+    exporter: IntervalExporter | None,
+    *,
+    as_json: bool,
+    otlp_url: str | None,
+    otlp_file: str | None,
+    show: Callable[[Snapshot], None],
+    cmdline: CmdlinePolicy,
+) -> int:
+    """`finish` for a command that may push every interval: the periodic exporter then makes
+    the final push (so `finish` gets no URL), even when writing an output failed."""
+    try:
+        return finish(
+            snapshot,
+            outputs,
+            as_json=as_json,
+            otlp_url=None if exporter else otlp_url,
+            otlp_file=otlp_file,
+            show=show,
+            cmdline=cmdline,
+        )
+    finally:
+        if exporter is not None:
+            exporter.finish(snapshot)
 
 
 def validate_otlp(url: str | None, otlp_file: str | None) -> None:

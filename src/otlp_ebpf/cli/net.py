@@ -81,18 +81,16 @@ def register(app: typer.Typer) -> None:
             assert isinstance(snap, NetSnapshot)
             net_table.render_table(snap, console.out, top=top or None)
 
-        try:
-            return common.finish(
-                snapshot,
-                outputs,
-                as_json=as_json,
-                otlp_url=None if exporter else otlp,
-                otlp_file=otlp_file,
-                show=show,
-                cmdline=cmdline,
-            )
-        finally:
-            common.finish_interval_export(exporter, snapshot)
+        return common.finish_exporting_intervals(
+            snapshot,
+            outputs,
+            exporter,
+            as_json=as_json,
+            otlp_url=otlp,
+            otlp_file=otlp_file,
+            show=show,
+            cmdline=cmdline,
+        )
 
 
 def _live_view(top: int) -> Callable[[list[Connection], float], None]:

@@ -93,18 +93,16 @@ def register(app: typer.Typer) -> None:
             if latency:
                 syscalls_table.render_latency(snap, latency, console.out)
 
-        try:
-            return common.finish(
-                snapshot,
-                outputs,
-                as_json=as_json,
-                otlp_url=None if exporter else otlp,
-                otlp_file=otlp_file,
-                show=show,
-                cmdline=cmdline,
-            )
-        finally:
-            common.finish_interval_export(exporter, snapshot)
+        return common.finish_exporting_intervals(
+            snapshot,
+            outputs,
+            exporter,
+            as_json=as_json,
+            otlp_url=otlp,
+            otlp_file=otlp_file,
+            show=show,
+            cmdline=cmdline,
+        )
 
 
 def _live_view(by_process: bool, top: int) -> Callable[[list[SyscallStat], float], None]:
