@@ -17,7 +17,14 @@ import pytest
 
 from otlp_ebpf.cli.app import run
 from otlp_ebpf.collectors import mem
-from otlp_ebpf.collectors.mem import AllocInfo, AllocKey, MemConfig, StackKey, StackTotal, collect
+from otlp_ebpf.collectors.mem import (
+    AllocInfo,
+    AllocKey,
+    MemConfig,
+    StackKey,
+    StackTotal,
+    collect,
+)
 from otlp_ebpf.collectors.stack_store import StoredStack
 from otlp_ebpf.model import Allocation, MemSnapshot
 from otlp_ebpf.runtime import btf, uprobe_multi

@@ -13,6 +13,7 @@
 #include "counters.h"
 #include "mem.h"
 #include "stack_store.h"
+#include "python.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -39,6 +40,9 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile u32 stop_at_exit = 0;
 const volatile s64 nr_mmap = 9;
 const volatile s64 nr_munmap = 11;
+/* Walk the frames of registered CPython processes (python.h) at user stacks; 0 with
+ * --no-python. */
+const volatile u32 python_frames = 1;
 
 struct trace_event_raw_kmalloc {
 	struct trace_entry ent;
@@ -142,10 +146,20 @@ struct {
 	__type(value, char[TASK_COMM_LEN]);
 } comms SEC(".maps");
 
+/* Exits, holds and new Python stacks (struct mem_event): a program starting up stores many
+ * new Python stacks at once (imports). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4096 * 4);
-} exits SEC(".maps");
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+/* Where a thread's Python frames are read before they join its native stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct py_stack);
+} py_scratch SEC(".maps");
 
 COUNTER_ARRAY(drops, MEM_DROP_SLOTS);
 
@@ -293,13 +307,100 @@ static __always_inline struct stored_stack *scratch_for(u64 flags)
 	return bpf_map_lookup_elem(&kernel_scratch, &zero);
 }
 
+static __always_inline bool send_event(u32 tgid, u32 kind, s64 stack_id)
+{
+	struct mem_event *event = bpf_ringbuf_reserve(&events, sizeof(*event), 0);
+
+	if (!event) {
+		bump(&drops, MEM_DROP_EVENTS_FULL);
+		return false;
+	}
+	event->tgid = tgid;
+	event->kind = kind;
+	event->stack_id = stack_id;
+	bpf_ringbuf_submit(event, 0);
+	return true;
+}
+
+/* Append the current thread's Python frames (a registered CPython's) to the native user stack
+ * in `s`, after a PY_NATIVE_END word; the root side of either is cut to fit. Returns whether
+ * any was appended. */
+static __always_inline bool append_python(struct stored_stack *s, u64 pid_tgid)
+{
+	u32 tgid = pid_tgid >> 32;
+	struct py_stack *py;
+	u32 nr = s->nr, n, i;
+	bool cut = false;
+
+	if (!python_frames || !bpf_map_lookup_elem(&py_procs, &tgid))
+		return false;
+	py = bpf_task_storage_get(&py_scratch, bpf_get_current_task_btf(), 0,
+				  BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!py)
+		return false;
+	py_read_stack(tgid, (u32)pid_tgid, py);
+	if (!py->nr)
+		return false;
+	if (nr > STORED_STACK_DEPTH - 2)
+		nr = STORED_STACK_DEPTH - 2;
+	s->ips[nr] = PY_NATIVE_END;
+	n = nr + 1;
+	for (i = 0; i < PY_MAX_FRAMES; i++) {
+		u32 at = n;
+
+		if (i >= py->nr)
+			break;
+		/* An index checked at each step: the compiler would otherwise walk a pointer
+		 * whose bound the verifier cannot follow. */
+		asm volatile("" : "+r"(at));
+		if (at >= STORED_STACK_DEPTH - 1) {
+			cut = true; /* the last slot is kept for the mark */
+			break;
+		}
+		s->ips[at] = py->frames[i & (PY_MAX_FRAMES - 1)];
+		n = at + 1;
+	}
+	if (cut || (py->flags & PY_STACK_TRUNCATED)) {
+		/* A bound the verifier sees (the compiler's own proof of it does not carry over). */
+		asm volatile("" : "+r"(n));
+		if (n < STORED_STACK_DEPTH)
+			s->ips[n++] = PY_FRAME_TRUNCATED_MARK;
+	}
+	s->nr = n;
+	return true;
+}
+
+/* Store the user stack read into `s`, with the thread's Python frames; a new stack with
+ * Python frames is announced, so user space names its code objects while the process lives. */
+static __always_inline s64 store_user_stack(struct stored_stack *s)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	bool known;
+	s64 id;
+
+	if (!append_python(s, pid_tgid))
+		return store_read_stack(&stacks, s);
+	id = stored_stack_hash(s);
+	known = bpf_map_lookup_elem(&stacks, &id) != NULL;
+	id = store_read_stack(&stacks, s);
+	if (id >= 0 && !known)
+		send_event(pid_tgid >> 32, MEM_EVENT_PY_STACK, id);
+	return id;
+}
+
 /* The id of the current stack, negative when it cannot be read or stored (the caller
  * counts it). */
 static __always_inline s64 stack_id_of(void *ctx, u64 flags)
 {
 	struct stored_stack *scratch = scratch_for(flags);
 
-	return scratch ? store_stack(ctx, &stacks, scratch, flags) : STACK_NOT_STORED;
+	if (!scratch)
+		return STACK_NOT_STORED;
+	if (!(flags & BPF_F_USER_STACK))
+		return store_stack(ctx, &stacks, scratch, flags);
+	if (read_stack(ctx, scratch, flags) < 0)
+		return STACK_NONE;
+	return store_user_stack(scratch);
 }
 
 #if defined(__TARGET_ARCH_x86)
@@ -352,7 +453,7 @@ static __always_inline s64 syscall_stack_id(void *ctx)
 		if (nr < STORED_STACK_DEPTH)
 			s->nr = nr + 1;
 	}
-	return store_read_stack(&stacks, s);
+	return store_user_stack(s);
 }
 
 /* `bytes` and `count`: what the block stands for (sample_block). */
@@ -436,23 +537,46 @@ static __always_inline int free_call(u64 ptr)
 static __always_inline int exit_call(void)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	struct exit_event *event;
+	struct mem_event *event;
 
 	if (!stop_at_exit || !target_wanted(id))
 		return 0;
 	/* Stop only a process user space will hear about (the event is reserved first), and
 	 * queue the stop before the event is visible: a SIGCONT sent on reading it then cancels
 	 * the stop even if it is still pending. */
-	event = bpf_ringbuf_reserve(&exits, sizeof(*event), 0);
+	event = bpf_ringbuf_reserve(&events, sizeof(*event), 0);
 	if (!event) {
 		bump(&drops, MEM_DROP_EXITS_FULL);
 		return 0;
 	}
 	bpf_send_signal(SIGSTOP);
 	event->tgid = id >> 32;
-	event->pad = 0;
+	event->kind = MEM_EVENT_EXIT;
+	event->stack_id = 0;
 	bpf_ringbuf_submit(event, 0);
 	return 0;
+}
+
+/* A new image's first allocator call: stopped until user space knows whether it runs
+ * CPython (python.h), so the allocations of its Python code carry Python frames from the
+ * start. The event is reserved first, as at exit, so a stop is never left unannounced. */
+static __always_inline void hold_if_undecided(u64 id)
+{
+	u32 tgid = id >> 32;
+	struct mem_event *event;
+
+	if (!python_hold || !bpf_map_lookup_elem(&py_undecided, &tgid))
+		return;
+	event = bpf_ringbuf_reserve(&events, sizeof(*event), 0);
+	if (!event) {
+		bump(&drops, MEM_DROP_EVENTS_FULL);
+		return;
+	}
+	py_hold(tgid);
+	event->tgid = tgid;
+	event->kind = MEM_EVENT_PY_HOLD;
+	event->stack_id = 0;
+	bpf_ringbuf_submit(event, 0);
 }
 
 /* The one entry probe of every allocator function; the attach cookie says which. */
@@ -463,7 +587,10 @@ int alloc_enter(struct pt_regs *ctx)
 	u64 a2 = ARG2(ctx);
 	u64 a3 = ARG3(ctx);
 	u64 sp = PT_REGS_SP(ctx);
+	u64 id = bpf_get_current_pid_tgid();
 
+	if (python_hold && target_wanted(id))
+		hold_if_undecided(id);
 	switch (bpf_get_attach_cookie(ctx)) {
 	case FN_MALLOC:
 		return enter_call(sp, a1, 0, CALL_ALLOC);
@@ -593,6 +720,7 @@ int forget_on_exec(void *ctx)
 	if (!target_wanted(id))
 		return 0;
 	bpf_map_delete_elem(&pending, &id); /* no call of the old image can return */
+	py_note_exec(tgid);
 	bpf_for_each_map_elem(&allocs, forget_if_process, &tgid, 0);
 	/* The name the process had before exec (the launcher's) is not its name any more. */
 	bpf_get_current_comm(comm, sizeof(comm));

@@ -11,6 +11,7 @@ enum mem_drop {
 	MEM_DROP_TOTALS_FULL = 3,   /* per-stack table full: tracked, shown as an unknown stack */
 	MEM_DROP_FAULTS_FULL = 4,   /* page-fault table full: the fault is not counted */
 	MEM_DROP_EXITS_FULL = 5,    /* exit event ring full: the process ran on unpaused */
+	MEM_DROP_EVENTS_FULL = 6,   /* event ring full: a hold or a new Python stack not told */
 	MEM_DROP_SLOTS = 8,
 };
 
@@ -90,10 +91,17 @@ enum pending_kind {
 	CALL_MMAP = 3,
 };
 
-/* A target that reached exit(): user space captures its memory maps, then resumes it. */
-struct exit_event {
+enum mem_event_kind {
+	MEM_EVENT_EXIT = 0,     /* a target reached exit(), stopped: capture its maps, resume it */
+	MEM_EVENT_PY_HOLD = 1,  /* a new image stopped at its first allocator call (python.h) */
+	MEM_EVENT_PY_STACK = 2, /* a stack with Python frames stored for the first time */
+};
+
+/* What the `events` ring buffer carries (user space continues every stopped target). */
+struct mem_event {
 	__u32 tgid;
-	__u32 pad;
+	__u32 kind;
+	__s64 stack_id; /* MEM_EVENT_PY_STACK */
 };
 
 #endif

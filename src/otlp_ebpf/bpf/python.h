@@ -25,6 +25,8 @@
 #define PY_FRAME_ENTRY (1ULL << 63)
 /* Appended to a stored Python stack cut at PY_MAX_FRAMES (no code object lives at 1). */
 #define PY_FRAME_TRUNCATED_MARK 1ULL
+/* In a stack stored with its native frames first (mem.bpf.c): where the Python words begin. */
+#define PY_NATIVE_END 2ULL
 
 /* _PyInterpreterFrame.owner of the shim frame a C call into the interpreter pushes (3.12+) */
 #define PY_OWNED_BY_CSTACK 3
@@ -234,6 +236,43 @@ static __always_inline void py_walk(const struct py_proc *proc, u32 tid, struct 
 		st.frame = py_read_ptr(st.frame, proc->cframe_current_frame);
 	/* Shim frames (3.12+) take steps too: a few more than the frames kept. */
 	bpf_loop(PY_MAX_FRAMES + PY_MAX_FRAMES / 4, py_walk_step, &st, 0);
+}
+
+/* Holding a new image until user space knows whether it runs CPython (targeted runs only,
+ * `python_hold` set by user space): an exec'd target is "undecided" until then, and the
+ * first probe that sees it running stops it (SIGSTOP) and tells user space, which reads its
+ * maps, registers its interpreter in `py_procs` (or decides that it runs none), deletes the
+ * entry and continues it. The loader maps libpython after the exec, so the first allocator
+ * call (mem) or sample (cpu) of the new image, not the exec, is where it can be found: both
+ * come while the interpreter starts, before it runs the program's own code. */
+#define PY_SIGSTOP 19
+
+const volatile u32 python_hold = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, u32);
+	__type(value, u8);
+} py_undecided SEC(".maps");
+
+/* A target exec'd: its new image is undecided. */
+static __always_inline void py_note_exec(u32 tgid)
+{
+	u8 one = 1;
+
+	if (python_hold)
+		bpf_map_update_elem(&py_undecided, &tgid, &one, BPF_ANY);
+}
+
+/* Stop the current (target) process when its image is undecided; true when the caller must
+ * tell user space (which continues it). */
+static __always_inline bool py_hold(u32 tgid)
+{
+	if (!python_hold || !bpf_map_lookup_elem(&py_undecided, &tgid))
+		return false;
+	bpf_send_signal(PY_SIGSTOP);
+	return true;
 }
 
 /* Python frames of the current task when its process is a registered CPython. */

@@ -36,6 +36,13 @@ def register(app: typer.Typer) -> None:
             int,
             typer.Option("--table-size", help="Live blocks the kernel can track at once."),
         ] = 262_144,
+        no_python: Annotated[
+            bool,
+            typer.Option(
+                "--no-python",
+                help="Keep CPython's own C frames instead of the Python functions it runs.",
+            ),
+        ] = False,
         output: common.OutputOpt = None,
         fmt: common.FormatOpt = None,
         otlp: common.OtlpOpt = None,
@@ -72,6 +79,7 @@ def register(app: typer.Typer) -> None:
             track_mmap=not no_mmap,
             table_size=table_size,
             budget_pct=budget,
+            python=not no_python,
         )
         if config.kernel_mode:
             what = "kernel allocations"

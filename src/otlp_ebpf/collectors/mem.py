@@ -35,6 +35,7 @@ from otlp_ebpf.collectors.budget import (
     floor_note,
     start_budgeted_run,
 )
+from otlp_ebpf.collectors.mem_python import MemPython, merged_frames, split_stack
 from otlp_ebpf.collectors.resume_guard import ResumeGuard
 from otlp_ebpf.collectors.stack_store import read_stored_stacks
 from otlp_ebpf.errors import EnvironmentLacks, UsageError
@@ -42,6 +43,7 @@ from otlp_ebpf.model import Allocation, MemSnapshot, StackCount
 from otlp_ebpf.runtime import features, probes, uprobe_multi
 from otlp_ebpf.runtime.events import RingBuffer
 from otlp_ebpf.runtime.loader import BpfObject
+from otlp_ebpf.symbolize.python import PyFrame
 from otlp_ebpf.symbolize.resolver import Symbolizer
 from otlp_ebpf.targets import TargetSpec
 
@@ -59,6 +61,7 @@ DROP_REASONS = {
     3: "per-stack totals table full",
     4: "page-fault table full",
     5: "exit event lost (process not paused)",
+    6: "events lost (a process not held, or a Python stack named late)",
 }
 COUNT_ALLOCS, COUNT_FREES = 0, 1
 MMAP_SYSCALLS = {"x86_64": (9, 11), "aarch64": (222, 215)}
@@ -117,10 +120,13 @@ class StackTotal(ctypes.Structure):
     _fields_ = [("bytes", ctypes.c_int64), ("count", ctypes.c_int64)]
 
 
-class ExitEvent(ctypes.Structure):
-    """Mirror of struct exit_event (bpf/mem.h)."""
+class MemEvent(ctypes.Structure):
+    """Mirror of struct mem_event (bpf/mem.h)."""
 
-    _fields_ = [("tgid", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+    _fields_ = [("tgid", ctypes.c_uint32), ("kind", ctypes.c_uint32), ("stack_id", ctypes.c_int64)]
+
+
+EVENT_EXIT, EVENT_PY_HOLD, EVENT_PY_STACK = 0, 1, 2  # enum mem_event_kind
 
 
 class MultiUprobeRefused(Exception):
@@ -144,6 +150,7 @@ class MemConfig:
     table_size: int = DEFAULT_TABLE_SIZE
     multi_uprobes: bool = True  # one link for all probes where the kernel has it (6.6+)
     budget_pct: float | None = None  # --budget: sample blocks by bytes to keep the cost under it
+    python: bool = True  # Python frames of CPython targets (collectors/python_frames.py)
 
     @property
     def kernel_mode(self) -> bool:
@@ -221,9 +228,13 @@ class MemCollector:
         self.allocators: dict[int, str] = {}  # pid (-1: every process) -> allocator file
         self.missing_functions: set[str] = set()
         self.symbolizer = Symbolizer()
-        self.exits: RingBuffer | None = None
+        self.exits: RingBuffer | None = None  # exits, holds and new Python stacks
         self.guard: ResumeGuard | None = None
         self.stopped: set[int] = set()
+        self.python = MemPython() if config.python and not self.kernel_mode else None
+        # Targets may be stopped by the kernel side: at exit (launched), or a new image at its
+        # first allocation until its interpreter is known (python.h).
+        self.may_stop = self.launch or self.python is not None
         self._remembered_at = 0.0
         self.multi = (
             config.multi_uprobes and not self.kernel_mode and uprobe_multi.kernel_supports()
@@ -261,7 +272,13 @@ class MemCollector:
     def _rodata(self) -> dict[str, int | bytes]:
         nr_mmap, nr_munmap = MMAP_SYSCALLS.get(platform.machine(), MMAP_SYSCALLS["x86_64"])
         values: dict[str, int | bytes] = dict(self.targets.rodata())
-        values.update(stop_at_exit=int(self.launch), nr_mmap=nr_mmap, nr_munmap=nr_munmap)
+        values.update(
+            stop_at_exit=int(self.launch),
+            nr_mmap=nr_mmap,
+            nr_munmap=nr_munmap,
+            python_frames=int(self.python is not None),
+            python_hold=int(self.python is not None),
+        )
         return values
 
     def _programs_off(self) -> list[str]:
@@ -285,13 +302,15 @@ class MemCollector:
             # them, or a distribution kernel that says so): start again, one uprobe each.
             console.debug(f"mem: multi-uprobe link refused ({exc}); classic uprobes")
             assert self.obj is not None
+            if self.python is not None:
+                self.python.frames.detach(self.obj)
             self.obj.close()
             self.multi = False
             self.multi_refused = True
             self._load_and_attach()
-        if self.launch:
-            # Targets are stopped at exit from now on: a tool killed with SIGKILL must not
-            # leave them stopped (resume_guard.py).
+        if self.may_stop:
+            # Targets may be stopped from now on: a tool killed with SIGKILL must not leave
+            # them stopped (resume_guard.py).
             assert self.obj is not None
             self.guard = ResumeGuard(self.obj.map("targets").fd)
 
@@ -305,6 +324,8 @@ class MemCollector:
         if self.multi and not self.kernel_mode:
             uprobe_multi.prepare(obj, UPROBE_PROGRAMS)
         obj.load()
+        if self.python is not None:
+            self.python.frames.attach(obj)
         self.targets.attach(obj, seed=False)
         for prog in self._tracepoint_programs():
             probes.attach_auto(obj, prog)
@@ -314,11 +335,13 @@ class MemCollector:
         # between the two attaches would never see its return (the launched child runs
         # Python code until it is released; a --pid target may be inside malloc).
         self.targets.seed(obj)
-        if self.launch:
-            self.exits = RingBuffer(obj.map("exits"), self._on_exit)
+        if self.may_stop:
+            self.exits = RingBuffer(obj.map("events"), self._on_event)
         for tgid in self.targets.tgids:
             if self.targets.held is None or tgid != self.targets.held.pid:
                 self.symbolizer.remember_process(tgid)
+                if self.python is not None:
+                    self.python.frames.register_if_python(tgid, self.python.files)
         console.debug(f"mem: attached ({'kernel' if self.kernel_mode else 'user'} mode)")
 
     def _tracepoint_programs(self) -> list[str]:
@@ -332,7 +355,10 @@ class MemCollector:
         """Where to probe in `binary`: one point per distinct function address."""
         wanted = dict(ALLOCATING, free=FN_FREE)
         if self.launch:
+            # _exit too: os._exit() ends a Python program without exit() (and without the
+            # interpreter's finalization, so its Python frames can still be named there).
             wanted["exit"] = FN_EXIT
+            wanted["_exit"] = FN_EXIT
         offsets = mem_allocator.function_offsets(binary, wanted)
         self.missing_functions |= set(wanted) - set(offsets)
         if "malloc" not in offsets or "free" not in offsets:
@@ -395,10 +421,19 @@ class MemCollector:
 
     # -- during the run ----------------------------------------------------------------------
 
-    def _on_exit(self, data: bytes) -> None:
-        tgid = ExitEvent.from_buffer_copy(data[: ctypes.sizeof(ExitEvent)]).tgid
+    def _on_event(self, data: bytes) -> None:
+        event = MemEvent.from_buffer_copy(data[: ctypes.sizeof(MemEvent)].ljust(16, b"\0"))
+        tgid = int(event.tgid)
+        if event.kind == EVENT_PY_STACK:
+            if self.python is not None and self.obj is not None:
+                self.python.name_stack(self.obj, tgid, int(event.stack_id))
+            return
         self.stopped.add(tgid)
-        self.symbolizer.remember_process(tgid)
+        if event.kind == EVENT_PY_HOLD:
+            if self.python is not None:
+                self.python.decide(tgid)
+        else:
+            self.symbolizer.remember_process(tgid)
         self._resume(tgid)
 
     def _resume(self, tgid: int) -> None:
@@ -414,7 +449,7 @@ class MemCollector:
                 self.exits.drain()
         for tgid in list(self.stopped):
             self._resume(tgid)
-        if self.launch and self.obj is not None and self.obj.loaded:
+        if self.may_stop and self.obj is not None and self.obj.loaded:
             for raw in self.obj.map("targets"):
                 tgid = int.from_bytes(raw, "little")
                 if base.process_state(tgid) == "T":
@@ -441,6 +476,12 @@ class MemCollector:
             if held is not None and tgid == held.pid and held.poll() is not None:
                 continue  # reaped: the pid may belong to another process now
             self.symbolizer.remember_process(tgid)
+
+    def close(self) -> None:
+        """Release what symbolization held (after build_snapshot)."""
+        self.symbolizer.close()
+        if self.python is not None:
+            self.python.close()
 
     def detach(self) -> None:
         """Detach every probe at once: each uprobe detach waits ~0.1 s for the kernel to
@@ -560,20 +601,27 @@ class MemCollector:
     # -- symbolization -----------------------------------------------------------------------
 
     def frames_of(
-        self, tgid: int, addrs: Sequence[int], *, at_return: bool
+        self, tgid: int, addrs: Sequence[int], *, at_return: bool, stack_id: int = -1
     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(frames, modules) root first."""
+        """(frames, modules) root first; a user stack's Python frames in place of the
+        interpreter's evaluation loop."""
         if not addrs:
             return (UNKNOWN_STACK,), ("",)
         if tgid == 0:
             names = self.symbolizer.kernel_frames(addrs)
             return tuple(reversed(names)), ("",) * len(names)
+        python: tuple[PyFrame, ...] = ()
+        if self.python is not None:
+            addrs, python = self.python.frames_for(tgid, stack_id, addrs)
+        else:
+            addrs = split_stack(addrs)[0]
         if at_return:
             pairs = self.symbolizer.user_frames(
                 tgid, return_addresses_to_calls(addrs), adjust_return_addresses=False
             )
         else:
             pairs = self.symbolizer.user_frames(tgid, addrs)
+        pairs = merged_frames(pairs, python)
         pairs.reverse()
         return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
 
@@ -621,7 +669,7 @@ def build_allocations(collector: MemCollector, raw: RawResult) -> list[Allocatio
         if count <= 0:
             continue
         frames, modules = collector.frames_of(
-            tgid, raw.stacks.get(stack_id, ()), at_return=tgid != 0
+            tgid, raw.stacks.get(stack_id, ()), at_return=tgid != 0, stack_id=stack_id
         )
         row = merged.setdefault((tgid, frames), _Merged(modules=modules))
         row.bytes += size
@@ -645,7 +693,9 @@ def build_faults(collector: MemCollector, raw: RawResult) -> list[StackCount]:
     counts: dict[tuple[int, tuple[str, ...]], int] = defaultdict(int)
     modules_of: dict[tuple[int, tuple[str, ...]], tuple[str, ...]] = {}
     for (tgid, stack_id), n in raw.faults.items():
-        frames, modules = collector.frames_of(tgid, raw.stacks.get(stack_id, ()), at_return=False)
+        frames, modules = collector.frames_of(
+            tgid, raw.stacks.get(stack_id, ()), at_return=False, stack_id=stack_id
+        )
         counts[(tgid, frames)] += n
         modules_of[(tgid, frames)] = modules
     out = [
@@ -673,6 +723,8 @@ def notes_for(collector: MemCollector, ended: str) -> tuple[str, ...]:
         notes.append("not in the allocator: " + ", ".join(sorted(collector.missing_functions)))
     if collector.config.min_age_ms:
         notes.append(f"allocations younger than {collector.config.min_age_ms} ms ignored")
+    if collector.python is not None:
+        notes += collector.python.frames.notes()
     return tuple(notes)
 
 
@@ -713,7 +765,7 @@ def collect(config: MemConfig) -> MemSnapshot:
     try:
         snapshot = build_snapshot(collector, run.clock, duration, ended, raw, (bpf_ns, runs))
     finally:
-        collector.symbolizer.close()
+        collector.close()
     if budgeted is None:
         return snapshot
     return dataclasses.replace(snapshot, self_cost=budgeted.self_cost(snapshot.self_cost, steady))

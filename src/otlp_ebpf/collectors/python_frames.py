@@ -22,6 +22,7 @@ from otlp_ebpf.symbolize.python import (
     Interpreter,
     PyFrame,
     find_interpreter,
+    needs_libpython,
     with_published_layout,
 )
 
@@ -29,6 +30,10 @@ MAX_FRAMES = 64  # PY_MAX_FRAMES in bpf/python.h
 NO_FIELD = 0xFFFF
 STACK_TRUNCATED, STACK_NO_THREAD, STACK_READ_FAILED = 1, 2, 4
 PROCS_MAP = "py_procs"
+UNDECIDED_MAP = "py_undecided"
+# Holds of one image before it is taken for what its maps say (a libpython it needs that is
+# never mapped: a broken install).
+MAX_HOLDS = 8
 TRUNCATED_FRAME = TRUNCATED_PYTHON_FRAME
 TRUNCATED_MARK = 1  # PY_FRAME_TRUNCATED_MARK: ends a stored stack cut at MAX_FRAMES
 # Fields of struct py_proc after `runtime` and `version`, in order (all u16).
@@ -91,6 +96,8 @@ class PythonFrames:
         self.unsupported: set[tuple[int, int]] = set()
         self.flags: Counter[str] = Counter()
         self.samples = 0
+        self.holds = 0  # targets stopped until their interpreter was known
+        self._undecided_holds: dict[int, int] = {}
         self._users = 0
 
     def attach(self, obj: BpfObject) -> None:
@@ -99,6 +106,12 @@ class PythonFrames:
         self._users += 1
         for pid, interp in self.interpreters.items():
             obj.map(PROCS_MAP).update(pid.to_bytes(4, "little"), bytes(proc_entry(interp)))
+
+    def detach(self, obj: BpfObject) -> None:
+        """An object closed before the run began (loaded again another way)."""
+        if obj in self.objs:
+            self.objs.remove(obj)
+            self._users -= 1
 
     def register(self, pid: int, maps: ProcessMaps, files: OpenFiles) -> None:
         """Called on every capture of a process's maps (first sight, exec): registers it if it
@@ -202,6 +215,25 @@ class PythonFrames:
             return
         if maps.mappings:
             self.register(pid, maps, files)
+
+    def decide(self, pid: int, files: OpenFiles) -> bool:
+        """A target held at its new image's first sample or allocation (bpf/python.h): its
+        interpreter registered if it runs CPython. The image is decided (its `py_undecided`
+        entry deleted, so it is not held again) unless the loader has still to map the
+        libpython it needs, for a few holds at most. The caller continues the process."""
+        self.holds += 1
+        self.register_if_python(pid, files)
+        tries = self._undecided_holds.pop(pid, 0) + 1
+        if pid not in self.interpreters and tries < MAX_HOLDS:
+            exe = f"/proc/{pid}/exe"
+            if needs_libpython(exe):
+                self._undecided_holds[pid] = tries
+                return False
+        key = pid.to_bytes(4, "little")
+        for obj in self.objs:
+            if obj.loaded:
+                obj.map(UNDECIDED_MAP).delete(key)
+        return True
 
     def notes(self) -> tuple[str, ...]:
         if not self.interpreters and not self.unsupported:

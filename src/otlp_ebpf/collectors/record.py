@@ -612,7 +612,7 @@ class MemSignal:
         return self.collector.sampling_notes()
 
     def close(self) -> None:
-        self.collector.symbolizer.close()
+        self.collector.close()
 
 
 SIGNAL_TYPES: dict[str, Callable[[RecordConfig, base.Targets], Signal]] = {

@@ -18,11 +18,13 @@ import dataclasses
 import os
 import re
 from array import array
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import InitVar, dataclass, field
 
 from elftools.common.exceptions import ELFError
+from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
@@ -146,6 +148,40 @@ def _interpreter_symbols(
         result = (found[RUNTIME_SYMBOL], found[CODE_TYPE_SYMBOL], segments)
     _SYMBOL_CACHE[key] = result
     return result
+
+
+_NEEDS_CACHE: dict[tuple[int, int], bool] = {}
+_NEEDS_CACHE_ENTRIES = 1024
+
+
+def needs_libpython(exe: str) -> bool:
+    """Whether a program file names a shared libpython3 among the libraries it needs (the
+    loader maps it after the exec, a moment after the program starts). Cached by file."""
+    try:
+        st = os.stat(exe)
+    except OSError:
+        return False
+    key = (st.st_dev, st.st_ino)
+    if key not in _NEEDS_CACHE:
+        if len(_NEEDS_CACHE) >= _NEEDS_CACHE_ENTRIES:
+            _NEEDS_CACHE.clear()
+        _NEEDS_CACHE[key] = _names_libpython(exe)
+    return _NEEDS_CACHE[key]
+
+
+def _names_libpython(exe: str) -> bool:
+    try:
+        with open(exe, "rb") as fh:
+            dynamic = ELFFile(fh).get_section_by_name(".dynamic")
+            if not isinstance(dynamic, DynamicSection):
+                return False
+            for tag in dynamic.iter_tags("DT_NEEDED"):
+                version = interpreter_version(str(getattr(tag, "needed", "")))
+                if version is not None and version[0] == 3:
+                    return True
+    except (OSError, ELFError, ValueError):
+        pass
+    return False
 
 
 def _load_bias(mapping: Mapping, segments: tuple[tuple[int, int, int], ...]) -> int:
@@ -297,13 +333,23 @@ class CodeInfo:
     # The ranges as one flat array (start, end, line)*: 24 bytes a range instead of ~150 as
     # tuples of ints; the cache holds thousands of code objects with hundreds of ranges each.
     _ranges: array[int] = field(init=False, repr=False, compare=False)
+    _starts: array[int] = field(init=False, repr=False, compare=False)  # bisected per lookup
 
     def __post_init__(self, lines: Sequence[tuple[int, int, int | None]]) -> None:
         flat = array("q")
+        starts = array("q")
+        last = -(1 << 63)
         for start, end, line in lines:
-            # A torn or hostile table may decode to any size of number: keep it in 64 bits.
-            flat.extend((_int64(start), _int64(end), _NO_LINE if line is None else _int64(line)))
+            # A torn or hostile table may decode to any size of number: keep it in 64 bits,
+            # and in order (a range starting before the previous one is not kept).
+            start = _int64(start)
+            if start < last:
+                continue
+            last = start
+            starts.append(start)
+            flat.extend((start, _int64(end), _NO_LINE if line is None else _int64(line)))
         object.__setattr__(self, "_ranges", flat)
+        object.__setattr__(self, "_starts", starts)
 
     def line_at(self, lasti: int, version: tuple[int, int]) -> int:
         """Source line of instruction index `lasti` (bytes before 3.10, code units after)."""
@@ -311,18 +357,16 @@ class CodeInfo:
             return self.firstlineno
         # The tables count bytes before 3.11 (3.10's f_lasti counts code units).
         unit = lasti * 2 if version == (3, 10) else lasti
-        # An instruction without a line of its own (a range with none) keeps the line before.
-        best = None
+        # The last range starting at or before the instruction; an instruction without a line
+        # of its own (a range with none) keeps the line before.
         ranges = self._ranges
-        for at in range(0, len(ranges), 3):
-            start, end, line = ranges[at], ranges[at + 1], ranges[at + 2]
-            if start > unit:
-                break
+        index = bisect_right(self._starts, unit) - 1
+        while index >= 0:
+            line = ranges[3 * index + 2]
             if line != _NO_LINE:
-                best = line
-            if unit < end:
-                break
-        return best if best is not None else self.firstlineno
+                return line
+            index -= 1
+        return self.firstlineno
 
 
 class CodeReader:
@@ -337,6 +381,9 @@ class CodeReader:
         self._by_image: OrderedDict[tuple[int, int], CodeInfo] = OrderedDict()
         self._fds: dict[int, int] = {}
         self._modules: dict[tuple[int, str], str] = {}
+        # Named frames by (pid, frame word): a word is a code object at one instruction, the
+        # same in every stack it is part of (dropped as a whole when it grows too big).
+        self._frames: dict[tuple[int, int], PyFrame] = {}
         self.reads = 0
         self.failed = 0
 
@@ -344,18 +391,28 @@ class CodeReader:
         """Named frames for the BPF walk's words (leaf first, same order)."""
         out = []
         for word in words:
-            addr = word & FRAME_ADDR_MASK
-            lasti = (word >> FRAME_LASTI_SHIFT) & FRAME_LASTI_MAX
-            info = self.code(pid, interp, addr)
-            entry = bool(word & FRAME_ENTRY)
-            if info is None:
-                out.append(PyFrame(UNKNOWN_CODE, PYTHON_MODULE, entry))
-                continue
-            line = info.line_at(lasti, interp.version)
-            base = os.path.basename(info.filename)
-            name = f"{info.module}.{info.qualname} ({base}:{line})"
-            out.append(PyFrame(name, info.filename, entry))
+            key = (pid, word)
+            frame = self._frames.get(key)
+            if frame is None:
+                frame = self._frame(pid, interp, word)
+                if len(self._frames) >= self.max_entries * 4:
+                    self._frames.clear()
+                self._frames[key] = frame
+            out.append(frame)
         return tuple(out)
+
+    def _frame(self, pid: int, interp: Interpreter, word: int) -> PyFrame:
+        """One frame word named: a code object at an instruction."""
+        addr = word & FRAME_ADDR_MASK
+        lasti = (word >> FRAME_LASTI_SHIFT) & FRAME_LASTI_MAX
+        info = self.code(pid, interp, addr)
+        entry = bool(word & FRAME_ENTRY)
+        if info is None:
+            return PyFrame(UNKNOWN_CODE, PYTHON_MODULE, entry)
+        line = info.line_at(lasti, interp.version)
+        base = os.path.basename(info.filename)
+        name = f"{info.module}.{info.qualname} ({base}:{line})"
+        return PyFrame(name, info.filename, entry)
 
     def code(self, pid: int, interp: Interpreter, addr: int) -> CodeInfo | None:
         key = (pid, addr)
@@ -393,6 +450,8 @@ class CodeReader:
             del self._cache[key]
         for module_key in [k for k in self._modules if k[0] == pid]:
             del self._modules[module_key]
+        for frame_key in [k for k in self._frames if k[0] == pid]:
+            del self._frames[frame_key]
 
     def forget_image(self, runtime: int) -> None:
         """No process of this interpreter image is left: its code objects are not needed."""
