@@ -12,8 +12,9 @@ parallel to `frames` and names the file each frame came from ("" when unknown).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar, Literal
 
@@ -130,10 +131,17 @@ class IntervalPoint:
 @dataclass(frozen=True)
 class CpuTick:
     """On-CPU samples in one timeline interval: per process (pid as text) and per leaf
-    function (the top ones; the rest under OTHER_KEY, so each row sums to its samples)."""
+    function (the top ones; the rest under OTHER_KEY, so each row sums to its samples).
+
+    With off-CPU recording (`record --off-cpu`), the nanoseconds threads spent blocked in
+    blocks that ended in the interval: per process, and per blocking site (`blocked_site`:
+    where user code waited and the system call it waited in; the top ones, the rest under
+    OTHER_KEY)."""
 
     samples: Mapping[str, int] = field(default_factory=dict)
     functions: Mapping[str, int] = field(default_factory=dict)
+    off_cpu_ns: Mapping[str, int] = field(default_factory=dict)
+    blocked_ns: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -449,21 +457,38 @@ class FieldError(ValueError):
         self.problem = problem
 
 
+Converter = Callable[[Any], Any]
+
+
 def _build(cls: type, data: Mapping[str, Any]) -> Any:
     """Construct dataclass `cls` from a JSON mapping, recursing into nested dataclasses.
     A bad value raises FieldError naming its field (`stacks[3].count`)."""
-    hints = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    kwargs: dict[str, Any] = {}
-    for name, fld in hints.items():
+    try:
+        kwargs = {name: convert(data[name]) for name, convert in _plan(cls) if name in data}
+    except (FieldError, ValueError):
+        _name_bad_field(cls, data)
+        raise
+    return cls(**kwargs)
+
+
+def _name_bad_field(cls: type, data: Mapping[str, Any]) -> None:
+    """Convert field by field, raising FieldError with the path of the first bad one."""
+    for name, convert in _plan(cls):
         if name not in data:
             continue
         try:
-            kwargs[name] = _convert(fld.type, data[name])
+            convert(data[name])
         except FieldError as exc:
             raise FieldError(_prefix(name, exc.path), exc.problem) from None
         except ValueError as exc:
             raise FieldError(name, str(exc)) from None
-    return cls(**kwargs)
+
+
+@functools.cache
+def _plan(cls: type) -> tuple[tuple[str, Converter], ...]:
+    """Each init field of `cls` with the converter of its annotation, worked out once per
+    class: a 1-hour recording builds hundreds of thousands of timeline entries."""
+    return tuple((f.name, _converter(str(f.type))) for f in dataclasses.fields(cls) if f.init)
 
 
 def _prefix(head: str, inner: str) -> str:
@@ -471,8 +496,12 @@ def _prefix(head: str, inner: str) -> str:
     return f"{head}{inner}" if inner.startswith("[") else f"{head}.{inner}"
 
 
-def _each(items: list[Any], convert: Any) -> tuple[Any, ...]:
+def _each(items: list[Any], convert: Converter) -> tuple[Any, ...]:
     """Convert list items, naming the index of a bad one."""
+    try:
+        return tuple([convert(item) for item in items])
+    except (FieldError, ValueError):
+        pass  # the slow path below names the item
     out = []
     for index, item in enumerate(items):
         try:
@@ -500,28 +529,52 @@ _NESTED: dict[str, type] = {
 def _convert(annotation: Any, value: Any) -> Any:
     """A JSON value as the field's type, checked: a snapshot edited by hand or written by
     something else must fail here with a clear message, not later inside a renderer."""
-    text = str(annotation)
+    return _converter(str(annotation))(value)
+
+
+@functools.cache
+def _converter(text: str) -> Converter:
+    """The checking conversion for an annotation (as text), built once per annotation."""
     for name, cls in _NESTED.items():
         if text == name:
-            return _build(cls, _expect(value, dict, name))
+            return functools.partial(_build_nested, cls, name)
         if text.startswith("tuple[") and name in text:
-            items = _expect(value, list, text)
-            return _each(items, lambda v, c=cls, n=name: _build(c, _expect(v, dict, n)))
+            return functools.partial(_each_of, text, _converter(name))
     if text.startswith("tuple["):
-        item = text[len("tuple[") :].split(",")[0].strip()
-        return _each(_expect(value, list, text), lambda v: _scalar(item, v))
+        item = _scalar_converter(text[len("tuple[") :].split(",")[0].strip())
+        return functools.partial(_each_of, text, item)
     if text.startswith("Mapping["):
-        item = text[len("Mapping[") : -1].split(",")[1].strip()
-        converted = {}
-        for key, v in _expect(value, dict, text).items():
-            try:
-                converted[str(key)] = _scalar(item, v)
-            except ValueError as exc:
-                raise FieldError(f"[{str(key)[:40]!r}]", str(exc)) from None
-        return converted
+        value_of = _scalar_converter(text[len("Mapping[") : -1].split(",")[1].strip())
+        return functools.partial(_mapping_of, text, value_of)
     if text == "int | None":
-        return None if value is None else _scalar("signed int", value)
-    return _scalar(text, value)
+        return _optional_signed
+    return _scalar_converter(text)
+
+
+def _build_nested(cls: type, name: str, value: Any) -> Any:
+    return _build(cls, _expect(value, dict, name))
+
+
+def _each_of(text: str, convert: Converter, value: Any) -> tuple[Any, ...]:
+    return _each(_expect(value, list, text), convert)
+
+
+def _mapping_of(text: str, convert: Converter, value: Any) -> dict[str, Any]:
+    return _mapping(_expect(value, dict, text), convert)
+
+
+def _optional_signed(value: Any) -> Any:
+    return None if value is None else _scalar("signed int", value)
+
+
+def _mapping(value: dict[Any, Any], convert: Converter) -> dict[str, Any]:
+    converted = {}
+    for key, v in value.items():
+        try:
+            converted[str(key)] = convert(v)
+        except ValueError as exc:
+            raise FieldError(f"[{str(key)[:40]!r}]", str(exc)) from None
+    return converted
 
 
 _SCALARS: dict[str, tuple[type, ...]] = {
@@ -536,6 +589,22 @@ _SCALARS: dict[str, tuple[type, ...]] = {
 # histogram bucket, a duration of -1 or 1e308, NaN: bad input, refused when the file is read,
 # not an internal error in a renderer later.
 _LARGEST = float(2**64)
+
+
+def _scalar_converter(type_name: str) -> Converter:
+    """`_scalar` for one type, with the common case (a value of exactly that type, in
+    range) checked inline; anything else goes through `_scalar`, which names the problem."""
+    if type_name == "int":
+        return lambda v: v if type(v) is int and 0 <= v < _LARGEST else _scalar("int", v)
+    if type_name == "float":
+        return lambda v: (
+            float(v)
+            if (type(v) is float or type(v) is int) and 0 <= v < _LARGEST
+            else _scalar("float", v)
+        )
+    if type_name == "str":
+        return lambda v: v if type(v) is str else _scalar("str", v)
+    return lambda v: _scalar(type_name, v)
 
 
 def _scalar(type_name: str, value: Any) -> Any:
