@@ -28,7 +28,7 @@ CONN = "41 server 10.0.0.1:8080 > 10.0.0.2:51000"
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # errors | cpu_hog | leak | retransmits | latency | stall
+    kind: str  # errors | cpu_hog | leak | retransmits | latency | stall | lock
     start_row: int
     end_row: int  # exclusive
 
@@ -57,6 +57,8 @@ def recording(
             p99 = 2**23
         if kind == "stall":
             read = 0
+        if kind == "lock":  # eight threads serialised on one mutex: a request at a time
+            read //= 8
         syscalls = [
             SyscallTick("read", read, 0, 4096, p99),
             SyscallTick("openat", openat + errors, errors, 8192, 16384),
@@ -82,10 +84,19 @@ def recording(
             outstanding += int(3_000_000 * interval)
         else:
             outstanding += int(rng.integers(-20_000, 20_000))
+        # Off-CPU (record --off-cpu): the server's eight threads sleep between requests;
+        # under the lock, seven of them wait for it instead.
+        waiting = 7.0 if kind == "lock" else 0.0
+        sleeping = (8.0 - waiting) * rng.uniform(0.9, 1.0)
+        blocked = {
+            "clock_nanosleep (clock_nanosleep)": int(sleeping * 1e9 * interval),
+            "__lll_lock_wait (futex)": int(waiting * rng.uniform(0.95, 1.0) * 1e9 * interval),
+        }
+        off_cpu = {"41": sum(blocked.values())}
         timeline.append(
             TimelineRow(
                 t_s=round((i + 1) * interval, 6),
-                cpu=CpuTick(samples, functions),
+                cpu=CpuTick(samples, functions, off_cpu, blocked),
                 syscalls=tuple(syscalls),
                 net=NetTick((ConnTick(CONN, tx, tx // 2, retrans, 0, 200.0),), {}),
                 mem=MemTick(

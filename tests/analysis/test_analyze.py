@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from otlp_ebpf.analysis.analyze import NO_TIMELINE_NOTE, analyze
+from otlp_ebpf.analysis.inspections import is_lock_site
 from otlp_ebpf.cli.app import run
 from otlp_ebpf.model import (
     CpuTick,
@@ -96,6 +97,48 @@ def test_a_process_that_stops_and_resumes_is_stalled():
     kinds = {f.kind: f for f in analysis.findings}
     assert kinds["process_stalled"].effects[0].series.labels == {"pid": "41"}
     assert (kinds["process_stalled"].start_s, kinds["process_stalled"].end_s) == (25.0, 35.0)
+
+
+def test_fewer_calls_are_explained_by_threads_blocked_on_a_lock():
+    analysis = analyze(recording(fault=Fault("lock", 30, 45)))
+    top = analysis.findings[0]
+    assert top.kind == "fewer_calls" and top.effects[0].series.labels == {"syscall": "read"}
+    assert top.cause is not None and top.cause.kind == "lock_wait"
+    assert top.cause.anomaly.series.labels == {"site": "__lll_lock_wait (futex)"}
+    assert (top.start_s, top.end_s) == (30.0, 45.0)
+    assert "while threads blocked on a lock in __lll_lock_wait (futex) for" in top.summary
+    # the evidence holds the blocked time per second of each row
+    column = top.evidence.columns.index("cpu.blocked{site=__lll_lock_wait (futex)}") + 1
+    assert [row[column] for row in top.evidence.rows][:3] == [0.0, 0.0, 0.0]
+    assert min(row[column] for row in top.evidence.rows[3:]) > 6.0
+
+
+def test_blocked_time_elsewhere_than_on_a_lock_is_a_cause_but_no_finding_alone():
+    snapshot = recording(fault=Fault("lock", 30, 45))
+    # the same rows, with the threads waiting in read() instead of on the mutex, and the
+    # request rate untouched: more blocked time and nothing a user feels
+    rows = []
+    for row in snapshot.timeline:
+        assert row.cpu is not None and row.syscalls is not None
+        blocked = {("read (read)" if "futex" in k else k): n for k, n in row.cpu.blocked_ns.items()}
+        steady = tuple(
+            dataclasses.replace(t, count=200) if t.name == "read" else t for t in row.syscalls
+        )
+        rows.append(
+            dataclasses.replace(
+                row, cpu=dataclasses.replace(row.cpu, blocked_ns=blocked), syscalls=steady
+            )
+        )
+    analysis = analyze(dataclasses.replace(snapshot, timeline=tuple(rows)))
+    assert any(a.series.labels.get("site") == "read (read)" for a in analysis.anomalies)
+    assert analysis.findings == []
+
+
+def test_lock_sites_are_told_from_other_waits():
+    assert is_lock_site("__lll_lock_wait (futex)") and is_lock_site("mutex_lock_[k]")
+    assert is_lock_site("pthread_rwlock_rdlock (futex)") and is_lock_site("flock (flock)")
+    assert not is_lock_site("clock_nanosleep (clock_nanosleep)")
+    assert not is_lock_site("read (read)") and not is_lock_site("epoll_wait (epoll_wait)")
 
 
 def test_a_window_outside_the_fault_finds_nothing():

@@ -152,3 +152,84 @@ def test_the_same_workload_without_the_fault_gives_no_finding(tmp_path, workload
     analysis = analyze(snapshot)
     assert analysis.timeline is not None and len(analysis.timeline.ends) >= 18
     assert analysis.findings == [], describe(snapshot)
+
+
+# Eight threads serving requests (a getppid() call, then 1 ms waiting on a backend, then a
+# 50 us pause) for RUN_S seconds; from FAULT_S on, each request holds one mutex throughout,
+# so the threads take turns: one request at a time, the seven others waiting for the lock.
+LOCK_WORKLOAD = r"""
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static double start, fault, run;
+
+static double now(void) {
+    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+static void *worker(void *arg) {
+    (void)arg;
+    while (now() - start < run) {
+        int serialised = now() - start >= fault;
+        if (serialised) pthread_mutex_lock(&lock);
+        getppid();
+        usleep(1000);
+        if (serialised) pthread_mutex_unlock(&lock);
+        usleep(50);
+    }
+    return 0;
+}
+int main(int argc, char **argv) {
+    fault = atof(argv[1]);
+    run = atof(argv[2]);
+    start = now();
+    pthread_t threads[8];
+    for (int i = 0; i < 8; i++) pthread_create(&threads[i], 0, worker, 0);
+    for (int i = 0; i < 8; i++) pthread_join(threads[i], 0);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def lock_workload(tmp_path_factory, cc) -> Path:
+    path = tmp_path_factory.mktemp("analyze-lock") / "server"
+    return build_c(cc, LOCK_WORKLOAD, path, "-O1", "-g", "-pthread")
+
+
+def record_off_cpu(tmp_path: Path, workload: Path, fault_s: float) -> RecordSnapshot:
+    path = tmp_path / "lock.json"
+    command = [str(workload), str(fault_s), str(RUN_S)]
+    args = ["-q", "record", "--off-cpu", "--interval", str(INTERVAL_S), "-o", str(path)]
+    assert run([*args, "--", *command]) == 0
+    snapshot = read_snapshot(str(path))
+    assert isinstance(snapshot, RecordSnapshot)
+    return snapshot
+
+
+def test_threads_serialised_by_a_lock_mid_run_are_the_top_finding(tmp_path, lock_workload):
+    snapshot = record_off_cpu(tmp_path, lock_workload, 2.0)
+    analysis = analyze(snapshot)
+    assert analysis.findings, describe(snapshot)
+    top = analysis.findings[0]
+    # a request at a time instead of eight: the request rate falls to about an eighth
+    assert top.kind == "fewer_calls", describe(snapshot)
+    assert top.effects[0].series.labels == {"syscall": "getppid"}
+    assert top.cause is not None and top.cause.kind == "lock_wait", describe(snapshot)
+    site = top.cause.anomaly.series.labels["site"]
+    assert site.endswith("(futex)"), site
+    # seven threads waiting for the lock at any time, none before
+    assert top.cause.anomaly.baseline < 0.5 and top.cause.anomaly.observed > 4.0
+    assert_window(top.start_s, top.end_s, 2.0)
+    assert_window(top.cause.anomaly.start_s, top.cause.anomaly.end_s, 2.0)
+
+
+def test_the_same_threads_without_the_lock_give_no_finding(tmp_path, lock_workload):
+    snapshot = record_off_cpu(tmp_path, lock_workload, 99.0)
+    analysis = analyze(snapshot)
+    assert analysis.timeline is not None and len(analysis.timeline.ends) >= 18
+    assert any(s.name == "blocked" for s in analysis.timeline.series)  # off-CPU was recorded
+    assert analysis.findings == [], describe(snapshot)

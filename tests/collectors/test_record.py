@@ -464,3 +464,56 @@ def test_record_under_a_small_budget_samples_syscalls_and_mem(tmp_path, cc, caps
     assert sum(t["count"] for t in ticks_of if t["name"] == "getppid") == calls
     leaks = doc["signals"]["mem"]["outstanding"]
     assert any("big_leak" in a["frames"] for a in leaks)  # large blocks are never missed
+
+
+# A thread that sleeps 1.5 s in one nanosleep from 0.5 s on, beside a main thread that
+# spins, then joins it: one block spanning several timeline rows.
+ONE_LONG_BLOCK = r"""
+#include <pthread.h>
+#include <time.h>
+#include <unistd.h>
+static double now(void) {
+    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+static void *sleeper(void *arg) {
+    (void)arg;
+    struct timespec wait = {1, 500000000};
+    nanosleep(&wait, 0);
+    return 0;
+}
+int main(void) {
+    double start = now();
+    volatile double x = 0;
+    while (now() - start < 0.5) x += 1;
+    pthread_t t;
+    pthread_create(&t, 0, sleeper, 0);
+    while (now() - start < 2.5) x += 1;
+    pthread_join(t, 0);
+    return 0;
+}
+"""
+
+
+def test_off_cpu_time_spreads_a_long_block_over_the_rows_it_spans(tmp_path, cc):
+    binary = build_c(cc, ONE_LONG_BLOCK, tmp_path / "block", "-O1", "-g", "-pthread")
+    out = tmp_path / "rec.json"
+    args = ["-q", "record", "--off-cpu", "--signals", "cpu", "--interval", "0.25"]
+    assert run([*args, "-o", str(out), "--", str(binary)]) == 0
+    data = json.loads(out.read_text())
+    rows = data["timeline"]
+    sleep_site = [
+        [n for site, n in row["cpu"]["blocked_ns"].items() if "nanosleep" in site] for row in rows
+    ]
+    per_row = [sum(ns) / 1e9 for ns in sleep_site]
+    # the 1.5 s block shows in every row it covers (counted up to each tick while in
+    # progress), not all at once in the row where it ended
+    busy = [i for i, s in enumerate(per_row) if s > 0.15]
+    assert len(busy) >= 4, per_row
+    assert sum(per_row) == pytest.approx(1.5, abs=0.1), per_row
+    # the rows add up to the section's blocked time per process
+    section = data["signals"]["cpu"]["off_cpu"]
+    pid = str(section[0]["pid"])
+    total_rows = sum(row["cpu"]["off_cpu_ns"].get(pid, 0) for row in rows)
+    total_section = sum(s["total_ns"] for s in section if str(s["pid"]) == pid)
+    assert total_rows == pytest.approx(total_section, rel=0.02)

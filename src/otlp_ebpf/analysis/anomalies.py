@@ -40,6 +40,7 @@ ABSOLUTE_FLOOR = {
     "B": 256 * 1024.0,  # outstanding memory
     "ns": 10_000.0,  # p99 latency: 10 us
     "samples/s": 0.0,  # set from the sampling frequency: 10% of one CPU
+    "s/s": 0.25,  # off-CPU time: a quarter of a thread blocked more (or less) all along
 }
 EVENTS_PER_ROW = 4.0
 # Smallest relative change: rates by half, levels by a fifth; latency percentiles come from

@@ -15,6 +15,7 @@ the baseline they are compared with.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,18 @@ WAITING_SYSCALLS = frozenset(
         "io_uring_enter",
     }
 )
+# Lock words: their calls, errors (EAGAIN when the word changed before the wait, ETIMEDOUT)
+# and durations are the lock protocol's normal answers, which contention multiplies; a lock
+# shows as off-CPU time at its waiting site instead (`record --off-cpu`).
+LOCK_SYSCALLS = frozenset({"futex", "futex_waitv"})
+# A blocking site (docs/snapshot.md, `cpu.blocked_ns`) that waits for a lock: a futex wait,
+# or a mutex, rwlock or spinlock function by name ("clock" is no lock).
+_LOCK_SITE = re.compile(
+    r"\((?:futex|futex_waitv|flock)\)$|mutex|rwsem|rwlock|spin_?lock|(?<!c)lock_wait"
+)
+# Off-CPU causes that never make a finding alone: blocked time of a process, or at a site
+# other than a lock, moves with what the program waits for (its clients, its timers).
+CAUSE_ONLY = frozenset({"off_cpu", "blocked"})
 # "Fewer calls" means a quarter or less of the baseline: a loop slowed by a busy host for a
 # second (a third of its rate, measured) is not yet a symptom worth a finding.
 FEWER_CALLS_SHARE = 0.25
@@ -159,11 +172,16 @@ def cause_kind(anomaly: Anomaly) -> str | None:
     s = anomaly.series
     if anomaly.direction != "up":
         return None
+    if s.labels.get("syscall") in LOCK_SYSCALLS:
+        return None
+    if (s.signal, s.name) == ("cpu", "blocked"):
+        return "lock_wait" if is_lock_site(s.labels.get("site", "")) else "blocked"
     table = {
         ("net", "retransmits"): "retransmits",
         ("net", "drops"): "drops",
         ("net", "resets"): "resets",
         ("cpu", "function"): "hot_function",
+        ("cpu", "off_cpu"): "off_cpu",
         ("syscalls", "errors"): "errno_surge",
         ("mem", "outstanding_bytes"): "memory_growth",
         ("mem", "page_faults"): "page_faults",
@@ -177,6 +195,8 @@ def symptom_kind(anomaly: Anomaly, timeline: Timeline) -> str | None:
     """The symptom an anomaly shows, or None."""
     s = anomaly.series
     key = (s.signal, s.name, anomaly.direction)
+    if s.labels.get("syscall") in LOCK_SYSCALLS:
+        return None
     if s.labels.get("syscall") in WAITING_SYSCALLS and key != ("syscalls", "errors", "up"):
         return None  # how long (and how often) a program waits is its own choice
     if (
@@ -198,6 +218,11 @@ def symptom_kind(anomaly: Anomaly, timeline: Timeline) -> str | None:
         if resumed and anomaly.observed <= 0.1 * anomaly.baseline:
             return "process_stalled"
     return None
+
+
+def is_lock_site(site: str) -> bool:
+    """Whether a blocking site waits for a lock."""
+    return _LOCK_SITE.search(site) is not None
 
 
 # ---------------------------------------------------------------- the inspections
@@ -229,7 +254,7 @@ def inspect(snapshot: Snapshot, timeline: Timeline, anomalies: Sequence[Anomaly]
         findings.append(_symptom_finding(kind, symptom, _shown(causes), context))
     for lone in sorted(anomalies, key=_lone_priority):
         kind = cause_kind(lone)
-        if kind is None or id(lone) in used:
+        if kind is None or kind in CAUSE_ONLY or id(lone) in used:
             continue
         related = [
             c
@@ -247,6 +272,7 @@ def inspect(snapshot: Snapshot, timeline: Timeline, anomalies: Sequence[Anomaly]
 # function it spends its time in, before the targets' total.
 _LONE_ORDER = (
     "cpu_hog",
+    "lock_wait",
     "memory_growth",
     "retransmits",
     "drops",
@@ -375,7 +401,7 @@ def _shown(causes: list[Cause]) -> list[Cause]:
 
 # How much a kind of cause says on its own: the targets' total CPU rising is less specific
 # than the process or the function that made it rise.
-_PLAUSIBILITY = {"cpu_saturation": 0.5}
+_PLAUSIBILITY = {"cpu_saturation": 0.5, "off_cpu": 0.5, "blocked": 0.7}
 
 
 def _fit(cause: Cause) -> float:
@@ -417,7 +443,14 @@ def _rate(value: float, unit: str) -> str:
         return _bytes(value)
     if unit == "ns":
         return _duration(value)
+    if unit == "s/s":
+        return _blocked(value)
     return f"{_count(value)}/s"
+
+
+def _blocked(seconds_per_s: float) -> str:
+    """Blocked seconds per second: how many threads were blocked, on average."""
+    return f"{seconds_per_s:.2g} s/s"
 
 
 def _count(value: float) -> str:
@@ -457,6 +490,8 @@ def _subject(anomaly: Anomaly, context: Context) -> str:
         return f"function {labels['function']}"
     if "reason" in labels:
         return labels["reason"]
+    if "site" in labels:
+        return f"blocking site {labels['site']}"
     return "all targets"
 
 
@@ -478,6 +513,17 @@ def _cause_phrase(kind: str, a: Anomaly, total: float, context: Context) -> str:
         return (
             f"{labels['function']} grew from {_share_of_cpu(a.baseline, context)} to "
             f"{_share_of_cpu(a.observed, context)}"
+        )
+    if kind in ("lock_wait", "blocked"):
+        what = "on a lock in" if kind == "lock_wait" else "in"
+        return (
+            f"threads blocked {what} {labels['site']} for {_blocked(a.observed)} "
+            f"(from {_blocked(a.baseline)})"
+        )
+    if kind == "off_cpu":
+        return (
+            f"threads of {context.process(labels['pid'])} were blocked for "
+            f"{_blocked(a.observed)} (from {_blocked(a.baseline)})"
         )
     if kind == "errno_surge":
         return f"{labels.get('syscall', '?')} failed {_count(total)} times"

@@ -44,7 +44,7 @@ class Series:
     name: str  # what is measured: "calls", "errors", "p99_ns", "samples", "bytes", ...
     labels: dict[str, str]
     nature: Nature
-    unit: str  # "1/s", "B/s", "ns", "B", "us", "samples/s"
+    unit: str  # "1/s", "B/s", "ns", "B", "us", "samples/s", "s/s" (seconds blocked per second)
     starts: np.ndarray
     ends: np.ndarray
     values: np.ndarray
@@ -180,6 +180,7 @@ def _add_row(builder: _Builder, index: int, row: TimelineRow, length: float) -> 
                 builder.put(
                     ("cpu", "function", "function", function), index, n * per_s, unit="samples/s"
                 )
+        _add_off_cpu(builder, index, row, per_s)
     if row.syscalls is not None:
         for tick in row.syscalls:
             builder.put(("syscalls", "calls", "syscall", tick.name), index, tick.count * per_s)
@@ -201,6 +202,19 @@ def _add_row(builder: _Builder, index: int, row: TimelineRow, length: float) -> 
         )
         builder.put(("mem", "allocations", "", ""), index, mem.allocations * per_s)
         builder.put(("mem", "page_faults", "", ""), index, mem.page_faults * per_s)
+
+
+def _add_off_cpu(builder: _Builder, index: int, row: TimelineRow, per_s: float) -> None:
+    """Blocked time (`record --off-cpu`) as seconds blocked per second of the row: the
+    number of the process's threads blocked on average (8 threads waiting for one lock
+    all the time: 7 s/s)."""
+    assert row.cpu is not None
+    per_s_in_s = per_s / 1e9
+    for pid, ns in row.cpu.off_cpu_ns.items():
+        builder.put(("cpu", "off_cpu", "pid", pid), index, ns * per_s_in_s, unit="s/s")
+    for site, ns in row.cpu.blocked_ns.items():
+        if site != OTHER_KEY:
+            builder.put(("cpu", "blocked", "site", site), index, ns * per_s_in_s, unit="s/s")
 
 
 def _add_net(builder: _Builder, index: int, row: TimelineRow, per_s: float) -> None:

@@ -99,6 +99,7 @@ struct trace_event_raw_sched_switch {
 } __attribute__((preserve_access_index));
 
 struct task_struct {
+	unsigned int flags;
 	pid_t pid;
 	pid_t tgid;
 	struct task_struct *real_parent;

@@ -197,13 +197,20 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 	return 0;
 }
 
+/* PF_EXITING (include/linux/sched.h): set early in do_exit(), after which a task's last
+ * switch-outs are its way out (do_task_dead), not blocks it will come back from. */
+#define CPU_PF_EXITING 0x00000004
+
 /* The task leaving the CPU is the current one: remember when and where it stopped. */
 static __always_inline void switch_out(void *ctx, u32 prev_tid)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct offcpu_start start;
 
 	if (prev_tid == 0 || (u32)pid_tgid != prev_tid || !target_wanted(pid_tgid))
+		return;
+	if (BPF_CORE_READ(task, flags) & CPU_PF_EXITING)
 		return;
 	__builtin_memset(&start, 0, sizeof(start));
 	start.ts = bpf_ktime_get_ns();

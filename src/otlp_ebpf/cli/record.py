@@ -39,6 +39,14 @@ def register(app: typer.Typer) -> None:
         frequency: Annotated[
             int, typer.Option("-F", "--frequency", help="cpu: samples per second on each CPU.")
         ] = 99,
+        off_cpu: Annotated[
+            bool,
+            typer.Option(
+                "--off-cpu",
+                help="cpu: also record blocked time by stack (sched_switch), per process and "
+                "blocking site on the timeline (analyze finds lock contention with it).",
+            ),
+        ] = False,
         budget: common.BudgetOpt = None,
         top: common.TopOpt = 10,
         output: common.OutputOpt = None,
@@ -80,6 +88,7 @@ def register(app: typer.Typer) -> None:
             signals_given=signals is not None,
             frequency_hz=frequency,
             budget_pct=budget,
+            off_cpu=off_cpu,
         )
         targets = common.targets_text(config.targets.describe())
         console.status(f"recording {','.join(chosen)} ({targets}); Ctrl-C to stop")

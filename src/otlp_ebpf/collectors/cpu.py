@@ -391,8 +391,26 @@ class FramePointerSampler:
             out[(CpuKey.from_buffer_copy(k).pid, bytes(k))] = int.from_bytes(v[:8], "little")
         return out
 
+    def raw_blocked(self) -> dict[RawStack, int]:
+        """Blocked nanoseconds so far per stack key, unsymbolized (read while running, for a
+        timeline): finished blocks from the kernel's table, plus blocks still in progress
+        counted up to now (up to the stop once stopped), so a thread stuck on a lock shows in
+        every interval it waits, not all at once when it wakes. Keys as in `raw_counts`."""
+        if self.obj is None or not self.config.off_cpu:
+            return {}
+        out: dict[RawStack, int] = {}
+        for k, v in self.obj.map("offcpu").items():
+            value = OffCpuValue.from_buffer_copy(v[: ctypes.sizeof(OffCpuValue)])
+            out[(CpuKey.from_buffer_copy(k).pid, bytes(k))] = int(value.total_ns)
+        until = self.stopped_ns or time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        for key, _, blocked in self._blocks_in_progress(until):
+            raw = (int(key.pid), bytes(key))
+            out[raw] = out.get(raw, 0) + blocked
+        return out
+
     def raw_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
-        """Root-first frames of keys from `raw_counts` (while the object is still open)."""
+        """Root-first frames of keys from `raw_counts` or `raw_blocked` (while the object is
+        still open)."""
         cpu_keys = {raw: CpuKey.from_buffer_copy(raw[1]) for raw in keys}
         ids = {
             i
@@ -402,6 +420,10 @@ class FramePointerSampler:
         }
         stacks = self._read_stacks(ids)
         return {raw: self._frames(key, stacks)[0] for raw, key in cpu_keys.items()}
+
+    def raw_blocked_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
+        """Root-first frames of keys from `raw_blocked` (same keys, same stack table)."""
+        return self.raw_frames(keys)
 
     # -- at the end -----------------------------------------------------------------------------
 
@@ -515,15 +537,17 @@ class FramePointerSampler:
             still_blocked_ns=sum(ns for _, _, ns in pending),
         )
 
-    def _blocks_in_progress(self) -> list[tuple[CpuKey, int, int]]:
-        """Threads that left the CPU and had not come back when sampling stopped: blocked
-        from their switch-out to then, under the stacks recorded at switch-out."""
+    def _blocks_in_progress(self, until_ns: int = 0) -> list[tuple[CpuKey, int, int]]:
+        """Threads that left the CPU and had not come back when sampling stopped (or at
+        `until_ns`): blocked from their switch-out to then, under the stacks recorded at
+        switch-out."""
         assert self.obj is not None
         min_ns = self.config.min_block_us * 1000
+        until_ns = until_ns or self.stopped_ns
         out = []
         for k, v in self.obj.map("offcpu_start").items():
             start = OffCpuStart.from_buffer_copy(v[: ctypes.sizeof(OffCpuStart)])
-            blocked = self.stopped_ns - int(start.ts)
+            blocked = until_ns - int(start.ts)
             if blocked <= 0 or blocked < min_ns:
                 continue
             key = CpuKey(

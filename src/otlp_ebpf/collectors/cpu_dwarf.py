@@ -722,5 +722,11 @@ class CpuDwarfSampler:
     def raw_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
         return dict(self.sampler.raw_frames(cast(list[_StackKey], list(keys))))
 
+    def raw_blocked(self) -> dict[RawStack, int]:
+        return {}  # on-CPU only: off-CPU blocks come from a frame-pointer sampler beside it
+
+    def raw_blocked_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
+        return {}
+
     def set_frequency(self, hz: int) -> None:
         self.sampler.set_frequency(hz)

@@ -89,6 +89,15 @@ class Sampler(Protocol):
         """Root-first frames of keys from `raw_counts`, named at the end of the run."""
         ...
 
+    def raw_blocked(self) -> dict[RawStack, int]:
+        """Off-CPU blocked nanoseconds so far per stack, unsymbolized (a timeline); empty
+        without off-CPU recording."""
+        ...
+
+    def raw_blocked_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
+        """Root-first frames of keys from `raw_blocked`, named at the end of the run."""
+        ...
+
     def set_frequency(self, hz: int) -> None:
         """On-CPU sampling at `hz` from now on (an overhead budget changes it while running)."""
         ...
@@ -137,6 +146,12 @@ class CompositeSampler:
 
     def raw_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
         return self.parts[0].raw_frames(keys)
+
+    def raw_blocked(self) -> dict[RawStack, int]:
+        return self.parts[1].raw_blocked()
+
+    def raw_blocked_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
+        return self.parts[1].raw_blocked_frames(keys)
 
     def set_frequency(self, hz: int) -> None:
         self.parts[0].set_frequency(hz)

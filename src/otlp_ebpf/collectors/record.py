@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,11 +32,13 @@ from otlp_ebpf.collectors.budget import (
 from otlp_ebpf.errors import EnvironmentLacks, UsageError
 from otlp_ebpf.latency import percentile_ns
 from otlp_ebpf.model import (
+    KERNEL_SUFFIX,
     OTHER_KEY,
     SIGNALS,
     Connection,
     ConnTick,
     CostTick,
+    CpuSnapshot,
     CpuTick,
     MemTick,
     NetTick,
@@ -46,6 +49,7 @@ from otlp_ebpf.model import (
     SyscallsSnapshot,
     SyscallTick,
     TimelineRow,
+    is_kernel_frame,
 )
 from otlp_ebpf.runtime import features
 from otlp_ebpf.targets import TargetSpec
@@ -75,6 +79,7 @@ class RecordConfig:
     signals_given: bool = False
     frequency_hz: int = 99
     budget_pct: float | None = None
+    off_cpu: bool = False  # cpu: blocked time by stack too, per tick (`record --off-cpu`)
 
 
 def parse_signals(text: str) -> tuple[str, ...]:
@@ -204,8 +209,32 @@ def top_with_other(values: Mapping[str, int], keep: Sequence[str]) -> dict[str, 
     return out
 
 
+# A kernel frame naming the system call a blocked thread waits in: `__x64_sys_futex_[k]`.
+_SYSCALL_FRAME = re.compile(
+    r"^(?:__x64_sys|__ia32_sys|__arm64_sys|__se_sys|__do_sys)_(\w+?)_\[k\]$"
+)
+# Kernel frames of the scheduler itself: every blocked stack ends in them, they say nothing
+# of why it blocked.
+_SCHEDULER_FRAMES = ("schedule", "__schedule", "preempt_schedule", "schedule_")
+
+
+def blocked_site(frames: Sequence[str]) -> str:
+    """Where a blocked stack waited, as a timeline key: the innermost user frame (the code
+    that made the waiting call: `__lll_lock_wait`) and the system call it waited in, as
+    `__lll_lock_wait (futex)`; a kernel-only stack is named by its innermost kernel frame
+    below the scheduler's."""
+    user = [f for f in frames if not is_kernel_frame(f)]
+    kernel = [f for f in frames if is_kernel_frame(f)]
+    syscall = next((m.group(1) for f in kernel if (m := _SYSCALL_FRAME.match(f))), "")
+    if user:
+        return f"{user[-1]} ({syscall})" if syscall else user[-1]
+    waiting = [f for f in kernel if not f.removesuffix(KERNEL_SUFFIX).startswith(_SCHEDULER_FRAMES)]
+    return waiting[-1] if waiting else (kernel[-1] if kernel else OTHER_KEY)
+
+
 class CpuSignal:
-    """On-CPU samples: the cpu command's sampler; per tick, samples per raw stack key."""
+    """On-CPU samples: the cpu command's sampler; per tick, samples per raw stack key (and,
+    with off-CPU recording, blocked nanoseconds per raw stack key)."""
 
     name = "cpu"
 
@@ -218,6 +247,7 @@ class CpuSignal:
             targets=config.targets,
             duration_s=config.duration_s,
             frequency_hz=config.frequency_hz,
+            off_cpu=config.off_cpu,
         )
         check_config(self.config)
         self.targets = targets
@@ -226,10 +256,14 @@ class CpuSignal:
         self._last: dict[RawStack, int] = {}
         self.deltas: list[dict[RawStack, int]] = []
         self.frames: dict[RawStack, tuple[str, ...]] = {}
+        self._last_blocked: dict[RawStack, int] = {}
+        self.blocked_deltas: list[dict[RawStack, int]] = []
+        self.blocked_frames: dict[RawStack, tuple[str, ...]] = {}
 
     def start(self) -> None:
         self.sampler.start(self.targets)
         self._last = self.sampler.raw_counts()  # from here on the sampler keeps raw keys
+        self._last_blocked = self.sampler.raw_blocked()
 
     def poll(self, timeout_s: float) -> bool:
         self.sampler.poll(timeout_s)
@@ -240,6 +274,13 @@ class CpuSignal:
         delta = {k: n - self._last.get(k, 0) for k, n in counts.items()}
         self.deltas.append({k: n for k, n in delta.items() if n})
         self._last = dict(counts)
+        if self.config.off_cpu:
+            blocked = self.sampler.raw_blocked()
+            # A block in progress counts up to each tick; one whose thread exited while
+            # blocked vanishes from the kernel's table (no negative time).
+            moved = {k: n - self._last_blocked.get(k, 0) for k, n in blocked.items()}
+            self.blocked_deltas.append({k: n for k, n in moved.items() if n > 0})
+            self._last_blocked = blocked
 
     def stop(self) -> None:
         self.sampler.stop()
@@ -253,6 +294,8 @@ class CpuSignal:
         self.tick()  # the samples unwound at the end belong to the last interval
         keys = {k for delta in self.deltas for k in delta}
         self.frames = self.sampler.raw_frames(keys)
+        blocked_keys = {k for delta in self.blocked_deltas for k in delta}
+        self.blocked_frames = self.sampler.raw_blocked_frames(blocked_keys)
         return build_snapshot(
             self.config,
             self.targets,
@@ -275,14 +318,41 @@ class CpuSignal:
             for k, n in delta.items():
                 overall[leaf[k]] += n
         keep = [name for name, _ in overall.most_common(TOP_FUNCTIONS) if name != OTHER_KEY]
+        blocked = self._blocked_ticks(section)
         out: list[object] = []
-        for delta in self.deltas:
+        for index, delta in enumerate(self.deltas):
             per_pid: Counter[str] = Counter()
             per_function: Counter[str] = Counter()
             for k, n in delta.items():
                 per_pid[str(k[0])] += n
                 per_function[leaf[k]] += n
-            out.append(CpuTick(dict(per_pid), top_with_other(per_function, keep)))
+            off_cpu, sites = blocked[index] if index < len(blocked) else ({}, {})
+            out.append(CpuTick(dict(per_pid), top_with_other(per_function, keep), off_cpu, sites))
+        return out
+
+    def _blocked_ticks(self, section: Snapshot) -> list[tuple[dict[str, int], dict[str, int]]]:
+        """Per tick, blocked nanoseconds per process and per blocking site (the run's top
+        sites by blocked time, the rest under OTHER_KEY). Processes the section leaves out
+        (this tool's helpers) are left out here too."""
+        if not self.config.off_cpu or not isinstance(section, CpuSnapshot):
+            return []
+        kept_pids = {s.pid for s in section.off_cpu}
+        site = {k: blocked_site(frames) for k, frames in self.blocked_frames.items()}
+        overall: Counter[str] = Counter()
+        for delta in self.blocked_deltas:
+            for k, n in delta.items():
+                if k[0] in kept_pids:
+                    overall[site.get(k, OTHER_KEY)] += n
+        keep = [name for name, _ in overall.most_common(TOP_FUNCTIONS) if name != OTHER_KEY]
+        out = []
+        for delta in self.blocked_deltas:
+            per_pid: Counter[str] = Counter()
+            per_site: Counter[str] = Counter()
+            for k, n in delta.items():
+                if k[0] in kept_pids:
+                    per_pid[str(k[0])] += n
+                    per_site[site.get(k, OTHER_KEY)] += n
+            out.append((dict(per_pid), top_with_other(per_site, keep)))
         return out
 
     def helper_cpu_s(self) -> float:
