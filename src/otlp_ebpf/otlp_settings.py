@@ -10,8 +10,9 @@ from urllib.parse import unquote
 
 from otlp_ebpf.errors import UsageError
 
-Signal = Literal["profiles", "metrics"]
-SIGNALS: tuple[Signal, ...] = ("profiles", "metrics")
+Signal = Literal["profiles", "metrics", "logs"]
+# Logs carry the agent's findings (docs/agent.md); snapshots give profiles and metrics only.
+SIGNALS: tuple[Signal, ...] = ("profiles", "metrics", "logs")
 
 
 def parse_key_values(text: str, source: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.profiles.v1development import (
     profiles_service_pb2,
@@ -28,12 +29,14 @@ from tests.otlp_conformance import check_metrics_request, check_profiles_request
 REQUESTS = {
     "profiles": profiles_service_pb2.ExportProfilesServiceRequest,
     "metrics": metrics_service_pb2.ExportMetricsServiceRequest,
+    "logs": logs_service_pb2.ExportLogsServiceRequest,
 }
 RESPONSES = {
     "profiles": profiles_service_pb2.ExportProfilesServiceResponse,
     "metrics": metrics_service_pb2.ExportMetricsServiceResponse,
+    "logs": logs_service_pb2.ExportLogsServiceResponse,
 }
-HTTP_PATHS = {"/v1development/profiles": "profiles", "/v1/metrics": "metrics"}
+HTTP_PATHS = {"/v1development/profiles": "profiles", "/v1/metrics": "metrics", "/v1/logs": "logs"}
 
 
 @dataclass
@@ -45,6 +48,8 @@ class Received:
     def violations(self) -> list[str]:
         if self.signal == "profiles":
             return check_profiles_request(self.request)
+        if self.signal == "logs":
+            return []
         return check_metrics_request(self.request)
 
 
@@ -124,6 +129,10 @@ class _MetricsService(_Service, metrics_service_pb2_grpc.MetricsServiceServicer)
     pass
 
 
+class _LogsService(_Service, logs_service_pb2_grpc.LogsServiceServicer):
+    pass
+
+
 class GrpcReceiver(Receiver):
     """An OTLP/gRPC receiver for profiles and metrics; `url` is set once started."""
 
@@ -134,6 +143,9 @@ class GrpcReceiver(Receiver):
         )
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
             _MetricsService(self, "metrics"), self._server
+        )
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(
+            _LogsService(self, "logs"), self._server
         )
         if tls:
             cert, key = tls

@@ -13,11 +13,13 @@ from otlp_ebpf.cli import common
 if TYPE_CHECKING:
     from otlp_ebpf.cli.agent_settings import AgentSettings
     from otlp_ebpf.collectors.agent import Agent, AgentConfig, IntervalBatch
+    from otlp_ebpf.collectors.agent_watch import Watch
     from otlp_ebpf.export.config import OtlpConfig
     from otlp_ebpf.export.self_metrics import AgentFigures
     from otlp_ebpf.export.serve import Health
     from otlp_ebpf.export.spool import Spool
     from otlp_ebpf.export.stream import BatchStream
+    from otlp_ebpf.formatters.otlp_request import EncodedRequest
 
 # SIGTERM: the last interval's batch gets this long to go out before it is spilled, so the
 # whole stop (read, send or spill, detach) stays within the 5 s a service manager allows.
@@ -104,6 +106,56 @@ def register(app: typer.Typer) -> None:
                 "-F", "--frequency", help="cpu: samples per second on each CPU (default 99)."
             ),
         ] = None,
+        watch_window: Annotated[
+            int | None,
+            typer.Option(
+                "--watch-window",
+                metavar="N",
+                help="Run analyze's inspections every interval over the last N intervals "
+                "and export new findings as OTLP logs (default 30; 0: off).",
+            ),
+        ] = None,
+        burst_budget: Annotated[
+            float | None,
+            typer.Option(
+                "--burst-budget",
+                metavar="PCT",
+                help="After a finding, sample at full rate under this budget instead of "
+                "--budget (default 5).",
+            ),
+        ] = None,
+        burst_intervals: Annotated[
+            int | None,
+            typer.Option(
+                "--burst-intervals",
+                metavar="N",
+                help="How many intervals a burst of full-rate sampling lasts (default 6).",
+            ),
+        ] = None,
+        recordings_dir: Annotated[
+            str | None,
+            typer.Option(
+                "--recordings-dir",
+                metavar="DIR",
+                help="Write a record snapshot of the intervals around each finding here "
+                "(for report, analyze and ask; default: none).",
+            ),
+        ] = None,
+        recordings_max_mb: Annotated[
+            float | None,
+            typer.Option(
+                "--recordings-max-mb",
+                help="Cap of the recordings directory; the oldest go first (default 256).",
+            ),
+        ] = None,
+        record_after: Annotated[
+            int | None,
+            typer.Option(
+                "--record-after",
+                metavar="N",
+                help="Intervals after a finding that its recording waits for (default 3).",
+            ),
+        ] = None,
         cmdline: Annotated[
             common.CmdlinePolicy | None,
             typer.Option(
@@ -139,6 +191,12 @@ def register(app: typer.Typer) -> None:
             "spill_max_mb": spill_max_mb,
             "frequency": frequency,
             "cmdline": cmdline,
+            "watch_window": watch_window,
+            "burst_budget": burst_budget,
+            "burst_intervals": burst_intervals,
+            "recordings_dir": recordings_dir,
+            "recordings_max_mb": recordings_max_mb,
+            "record_after": record_after,
         }
         settings = resolve(flags, config_file)
         return _Run(settings, flags, config_file).run()
@@ -167,9 +225,11 @@ class _Run:
         )
         self.stream = BatchStream(self.otlp, self.spool)
         self.figures.stream = self.stream.counts
+        self.watch = watch_of(settings)
         self.exporter = _Exporter(
             self.otlp, self.stream, self.figures, self.spool, self.health, settings.cmdline
         )
+        self.exporter.watch = self.watch
         self.hangup = False
 
     def run(self) -> int:
@@ -188,7 +248,13 @@ class _Run:
         )
         previous = signal.signal(signal.SIGHUP, self._on_hangup)
         try:
-            batches = run(self.config, self.exporter, on_ready=self._ready, on_poll=self._poll)
+            batches = run(
+                self.config,
+                self.exporter,
+                on_ready=self._ready,
+                on_poll=self._poll,
+                watch=self.watch,
+            )
         finally:
             signal.signal(signal.SIGHUP, previous)
             self.stream.close(CLOSE_WAIT_S)
@@ -248,6 +314,47 @@ class _Run:
         )
 
 
+def watch_of(settings: AgentSettings) -> Watch | None:
+    """The watch the settings ask for (None with --watch-window 0); the recordings
+    directory is created here, before anything is loaded."""
+    from otlp_ebpf.collectors.agent_watch import Watch, WatchConfig
+
+    if settings.watch_window <= 0:
+        return None
+    config = WatchConfig(
+        window=settings.watch_window,
+        record_after=settings.record_after,
+        burst_budget_pct=settings.burst_budget,
+        burst_intervals=settings.burst_intervals,
+        recordings_dir=settings.recordings_dir,
+        recordings_max_mb=settings.recordings_max_mb,
+    )
+    return Watch(config, settings.interval)
+
+
+def _check_watch(settings: AgentSettings) -> None:
+    from otlp_ebpf.collectors.budget import check_budget
+    from otlp_ebpf.errors import UsageError
+
+    for option, value in (
+        ("--watch-window", settings.watch_window),
+        ("--record-after", settings.record_after),
+        ("--burst-intervals", settings.burst_intervals),
+    ):
+        common.check_number(value, option, minimum=0, what="a whole number of intervals")
+    try:
+        check_budget(settings.burst_budget)
+    except UsageError as exc:
+        raise UsageError(exc.message.replace("--budget", "--burst-budget")) from None
+    common.check_number(
+        settings.recordings_max_mb,
+        "--recordings-max-mb",
+        minimum=0.0,
+        above_minimum=True,
+        what="a positive number of MB",
+    )
+
+
 def check(settings: AgentSettings) -> AgentConfig:
     """The settings checked whole (UsageError, exit 2) and turned into the collector's config."""
     from otlp_ebpf.collectors.agent import AgentConfig, parse_agent_signals
@@ -272,6 +379,7 @@ def check(settings: AgentSettings) -> AgentConfig:
     )
     if settings.budget:
         check_budget(settings.budget)
+    _check_watch(settings)
     if settings.serve:
         parse_address(settings.serve)
     if settings.pid and settings.cgroup:
@@ -308,6 +416,7 @@ class _Exporter:
         self.spool = spool
         self.health = health
         self.cmdline = cmdline
+        self.watch: Watch | None = None
 
     def __call__(self, batch: IntervalBatch) -> None:
         from otlp_ebpf.export.process_resources import add_process_attributes
@@ -333,10 +442,22 @@ class _Exporter:
                 requests.append(add_process_attributes(request, batch.process_attributes))
         own = {"service.name": "otlp-ebpf", **attrs}
         own["host.name"] = _hostname()
+        if self.watch is not None:
+            self.figures.update_watch(self.watch.counts)
+        if batch.findings:
+            requests.append(_findings_request(batch, own))
         requests.append(otlp_request(self.figures, own))
         self.stream.submit(requests)
         self.health.exports_ok = self.stream.ok()
         self.health.progress()
+
+
+def _findings_request(batch: IntervalBatch, resource: dict[str, str]) -> EncodedRequest:
+    from otlp_ebpf.formatters.otlp_findings import findings_request
+    from otlp_ebpf.formatters.otlp_request import EncodedRequest
+
+    payload = findings_request(batch.findings, resource).SerializeToString()
+    return EncodedRequest("logs", payload)
 
 
 def _hostname() -> str:

@@ -40,6 +40,13 @@ class AgentSettings:
     spill_max_mb: float = 256.0
     frequency: int = 99
     cmdline: CmdlinePolicy = CmdlinePolicy.REDACT
+    # the watch (docs/agent.md, "Findings, bursts and recordings")
+    watch_window: int = 30
+    record_after: int = 3
+    burst_budget: float = 5.0
+    burst_intervals: int = 6
+    recordings_dir: str | None = None
+    recordings_max_mb: float = 256.0
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(AgentSettings)}
@@ -68,9 +75,9 @@ def _value(key: str, value: Any) -> Any:
     if key == "pid":
         items = value if isinstance(value, list) else [value]
         return tuple(int(_number(key, v, integer=True)) for v in items)
-    if key == "frequency":
+    if key in ("frequency", "watch_window", "record_after", "burst_intervals"):
         return int(_number(key, value, integer=True))
-    if key in ("interval", "budget", "spill_max_mb"):
+    if key in ("interval", "budget", "spill_max_mb", "burst_budget", "recordings_max_mb"):
         return _number(key, value)
     if key == "cmdline":
         try:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base
@@ -38,9 +39,13 @@ from otlp_ebpf.collectors.record import (
     plan_signals,
 )
 from otlp_ebpf.errors import UsageError
-from otlp_ebpf.model import CpuSnapshot, Snapshot, StackCount, SyscallsSnapshot
+from otlp_ebpf.model import CpuSnapshot, Snapshot, StackCount, SyscallsSnapshot, SyscallTick
 from otlp_ebpf.runtime import stats
 from otlp_ebpf.targets import TargetSpec
+
+if TYPE_CHECKING:
+    from otlp_ebpf.analysis.watch import FindingEvent
+    from otlp_ebpf.collectors.agent_watch import Watch
 
 AGENT_SIGNALS = ("cpu", "syscalls")
 DEFAULT_INTERVAL_S = 10.0
@@ -90,6 +95,7 @@ class IntervalBatch:
     # container.id, k8s.pod.uid, service.name ... of each process in the sections
     process_attributes: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
     final: bool = False
+    findings: tuple[FindingEvent, ...] = ()  # new in this interval (collectors/agent_watch.py)
 
 
 def _thread_of(key: tuple[object, ...]) -> tuple[int, str]:
@@ -109,9 +115,14 @@ class Agent:
     """Turns each tick of a recording into an `IntervalBatch` and hands it to `deliver`."""
 
     def __init__(
-        self, recording: Recording, clock: base.RunClock, deliver: Callable[[IntervalBatch], None]
+        self,
+        recording: Recording,
+        clock: base.RunClock,
+        deliver: Callable[[IntervalBatch], None],
+        watch: Watch | None = None,
     ) -> None:
         self.recording = recording
+        self.watch = watch
         self.clock = clock
         self.deliver = deliver
         self.seq = 0
@@ -124,6 +135,7 @@ class Agent:
         self.recording.tick(elapsed)
         sections: dict[str, Snapshot] = {}
         events: dict[str, int] = {}
+        syscall_ticks: list[SyscallTick] | None = None
         for signal in self.recording.signals:
             if isinstance(signal, CpuSignal):
                 sections["cpu"] = self._cpu_interval(signal, elapsed)
@@ -131,6 +143,7 @@ class Agent:
             elif isinstance(signal, SyscallsSignal):
                 sections["syscalls"] = self._syscalls_so_far(signal)
                 events["syscalls"] = sum(t.count for t in signal.rows[-1]) if signal.rows else 0
+                syscall_ticks = signal.rows[-1] if signal.rows else []
         cost = self.recording.costs[-1] if self.recording.costs else None
         self.seq += 1
         batch = IntervalBatch(
@@ -154,8 +167,26 @@ class Agent:
             final=final,
         )
         self.last_t = elapsed
+        if self.watch is not None:
+            batch = self._watched(batch, syscall_ticks)
         self._forget_history()
         self.deliver(batch)
+
+    def _watched(
+        self, batch: IntervalBatch, syscall_ticks: list[SyscallTick] | None
+    ) -> IntervalBatch:
+        """The batch with the findings the watch found new in it (and the watch's burst and
+        recordings under way)."""
+        assert self.watch is not None
+        cpu = self.recording.cpu_signal()
+        findings = self.watch.observe(
+            batch,
+            syscall_ticks,
+            self.recording.governor,
+            cpu.config.frequency_hz if cpu is not None else 0,
+            self.started_wall,
+        )
+        return dataclasses.replace(batch, findings=tuple(findings)) if findings else batch
 
     def set_budget(self, pct: float | None) -> None:
         """A new overhead budget from now on (SIGHUP); None or 0 samples at the asked rate."""
@@ -264,6 +295,7 @@ def run(
     deliver: Callable[[IntervalBatch], None],
     on_ready: Callable[[], None] = lambda: None,
     on_poll: Callable[[Agent], None] = lambda agent: None,
+    watch: Watch | None = None,
 ) -> int:
     """Collect until SIGINT/SIGTERM (or every --pid target exited), handing a batch to
     `deliver` every interval and a final one for the interval cut short. Every program, link
@@ -293,7 +325,7 @@ def run(
         raise
     recording = Recording(record_config, targets, signals, {})
     try:
-        return _loop(recording, deliver, on_ready, on_poll)
+        return _loop(recording, deliver, on_ready, on_poll, watch)
     finally:
         for signal in signals:
             signal.close()
@@ -315,10 +347,11 @@ def _loop(
     deliver: Callable[[IntervalBatch], None],
     on_ready: Callable[[], None],
     on_poll: Callable[[Agent], None],
+    watch: Watch | None = None,
 ) -> int:
     config = recording.config
     with base.session(recording.targets, recording.start) as session:
-        agent = Agent(recording, session.clock, deliver)
+        agent = Agent(recording, session.clock, deliver, watch)
         try:
             recording.begin_loop()
             on_ready()

@@ -29,7 +29,11 @@ Protocol = Literal["grpc", "http/protobuf"]
 Compression = Literal["gzip", "none"]
 
 PROTOCOLS: tuple[Protocol, ...] = ("grpc", "http/protobuf")
-HTTP_PATHS: dict[Signal, str] = {"profiles": "v1development/profiles", "metrics": "v1/metrics"}
+HTTP_PATHS: dict[Signal, str] = {
+    "profiles": "v1development/profiles",
+    "metrics": "v1/metrics",
+    "logs": "v1/logs",
+}
 DEFAULT_PORTS: dict[Protocol, int] = {"grpc": 4317, "http/protobuf": 4318}
 DEFAULT_TIMEOUT_S = 10.0
 # Profiles are large and compress 5-10x; every OTLP receiver accepts gzip.
@@ -69,14 +73,15 @@ class SignalTarget:
 
 @dataclass(frozen=True)
 class OtlpConfig:
-    """The resolved OTLP settings for both signals plus the resource attributes to attach."""
+    """The resolved OTLP settings for every signal plus the resource attributes to attach."""
 
     profiles: SignalTarget
     metrics: SignalTarget
+    logs: SignalTarget
     resource_attributes: Mapping[str, str] = field(default_factory=dict)
 
     def target(self, signal: Signal) -> SignalTarget:
-        return self.profiles if signal == "profiles" else self.metrics
+        return {"profiles": self.profiles, "metrics": self.metrics, "logs": self.logs}[signal]
 
     @classmethod
     def from_cli(
@@ -97,8 +102,8 @@ class OtlpConfig:
         """
         env = os.environ if environ is None else environ
         flags = _Flags(url, protocol, headers, timeout_s, compression, insecure, certificate)
-        profiles, metrics = (_resolve_target(signal, flags, env) for signal in SIGNALS)
-        return cls(profiles, metrics, resource_attributes_from_env(env))
+        profiles, metrics, logs = (_resolve_target(signal, flags, env) for signal in SIGNALS)
+        return cls(profiles, metrics, logs, resource_attributes_from_env(env))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OtlpConfig:

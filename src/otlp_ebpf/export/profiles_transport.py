@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
@@ -38,14 +39,17 @@ from otlp_ebpf.export.config import Signal, SignalTarget
 GRPC_METHODS: dict[Signal, str] = {
     "profiles": "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export",
     "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+    "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
 }
 _RESPONSES: dict[Signal, Any] = {
     "profiles": ExportProfilesServiceResponse,
     "metrics": ExportMetricsServiceResponse,
+    "logs": ExportLogsServiceResponse,
 }
 _REJECTED_FIELD: dict[Signal, str] = {
     "profiles": "rejected_profiles",
     "metrics": "rejected_data_points",
+    "logs": "rejected_log_records",
 }
 RETRYABLE_GRPC_CODES = frozenset(
     {

@@ -30,6 +30,7 @@ from prometheus_client.core import Metric as PromMetric
 from prometheus_client.registry import CollectorRegistry
 
 from otlp_ebpf import __version__
+from otlp_ebpf.analysis.watch import WatchCounts
 from otlp_ebpf.export.stream import StreamCounts
 from otlp_ebpf.formatters.otlp_request import EncodedRequest
 
@@ -152,6 +153,34 @@ FIGURES = {
         "Spilled batches removed unsent to keep the spill directory under its cap.",
         _C,
     ),
+    "findings": Figure(
+        "otlp_ebpf_findings",
+        "otlp_ebpf.agent.findings",
+        "{finding}",
+        "Findings of the agent's watch, counted once when they first fire, by kind and severity.",
+        _C,
+    ),
+    "watch": Figure(
+        "otlp_ebpf_watch_seconds",
+        "otlp_ebpf.agent.watch.time",
+        "s",
+        "CPU time the watch spent running the inspections over its window.",
+        _C,
+    ),
+    "bursts": Figure(
+        "otlp_ebpf_bursts",
+        "otlp_ebpf.agent.bursts",
+        "{burst}",
+        "Bursts of full-rate sampling started after a finding.",
+        _C,
+    ),
+    "recordings": Figure(
+        "otlp_ebpf_recordings",
+        "otlp_ebpf.agent.recordings",
+        "{recording}",
+        "Recordings of a finding's window written to the recordings directory.",
+        _C,
+    ),
     "spill_bytes": Figure(
         "otlp_ebpf_spill_bytes",
         "otlp_ebpf.agent.spill.size",
@@ -179,6 +208,10 @@ class AgentFigures:
     stream: StreamCounts = field(default_factory=StreamCounts)
     dropped: int = 0
     spill_bytes: int = 0
+    findings: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, severity)
+    watch_s: float | None = None  # None: no watch
+    bursts: int = 0
+    recordings: int = 0
     start_ns: int = field(default_factory=time.time_ns)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -206,6 +239,13 @@ class AgentFigures:
             self.cost_pct = cost_pct
             self.rates = dict(rates)
 
+    def update_watch(self, counts: WatchCounts) -> None:
+        with self.lock:
+            self.findings = dict(counts.findings)
+            self.watch_s = counts.analysis_s
+            self.bursts = counts.bursts
+            self.recordings = counts.recordings
+
     def values(self) -> Iterator[tuple[str, dict[str, str], float]]:
         """(figure key, labels, value) for every point."""
         with self.lock:
@@ -229,6 +269,12 @@ class AgentFigures:
             yield "resent", {}, s.resent_batches
             yield "dropped", {}, self.dropped
             yield "spill_bytes", {}, self.spill_bytes
+            if self.watch_s is not None:
+                for (kind, severity), n in sorted(self.findings.items()):
+                    yield "findings", {"kind": kind, "severity": severity}, n
+                yield "watch", {}, self.watch_s
+                yield "bursts", {}, self.bursts
+                yield "recordings", {}, self.recordings
 
 
 class FiguresCollector:

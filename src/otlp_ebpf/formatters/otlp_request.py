@@ -4,7 +4,8 @@ A snapshot can give two requests (a mem snapshot has profiles and metrics), so t
 them in a small envelope (docs/otlp.md):
 
     b"OTLPEBPF" + version (1 byte, = 1)
-    then per request: signal (1 byte: 1 = profiles, 2 = metrics)
+    then per request: signal (1 byte: 1 = profiles, 2 = metrics, 3 = logs: the agent's
+                      findings)
                       + payload length (4 bytes, big-endian) + payload
 
 Each payload is exactly the protobuf body of an OTLP Export*ServiceRequest, as sent over
@@ -21,6 +22,7 @@ from typing import Any, BinaryIO
 
 from google.protobuf.message import DecodeError
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -38,12 +40,13 @@ from otlp_ebpf.otlp_settings import Signal, resource_attributes_from_env
 
 MAGIC = b"OTLPEBPF"
 VERSION = 1
-SIGNAL_CODES: dict[Signal, int] = {"profiles": 1, "metrics": 2}
+SIGNAL_CODES: dict[Signal, int] = {"profiles": 1, "metrics": 2, "logs": 3}
 _SIGNALS_BY_CODE: dict[int, Signal] = {code: signal for signal, code in SIGNAL_CODES.items()}
 _RECORD_HEADER = struct.Struct(">BI")
 _REQUEST_TYPES: dict[Signal, Any] = {
     "profiles": ExportProfilesServiceRequest,
     "metrics": ExportMetricsServiceRequest,
+    "logs": ExportLogsServiceRequest,
 }
 
 

@@ -1,0 +1,91 @@
+"""Raised fidelity after a finding: full-rate sampling for the next intervals, under a budget
+of its own.
+
+Under `--budget` the governor (collectors/budget.py) keeps the agent's cost low by sampling
+less: fewer cpu samples per second, 1 syscall in N. When a finding fires, the intervals after
+it are the ones worth seeing in full, so for `--burst-intervals` intervals every knob of the
+governor goes back to its full rate (the requested cpu frequency, every syscall) and answers
+to `--burst-budget` instead of `--budget`: the same controllers lower the rates again only if
+the burst costs more than its own budget. When the burst ends the normal budget is back and
+the controllers bring the rates down to it within a few quarter seconds. With no budget the
+agent samples at full rate already and a burst changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from otlp_ebpf.collectors.budget import BudgetController, Governor, PeriodController
+
+DEFAULT_BURST_BUDGET_PCT = 5.0
+DEFAULT_BURST_INTERVALS = 6
+
+
+@dataclass
+class Burst:
+    """`start` when a finding fires (again during a burst: it is extended), `tick` at every
+    interval's end."""
+
+    budget_pct: float = DEFAULT_BURST_BUDGET_PCT
+    intervals: int = DEFAULT_BURST_INTERVALS
+    remaining: int = 0
+    bursts: int = 0  # how many started (extensions not counted)
+    _normal: dict[int, float] = field(default_factory=dict)  # id(owner) -> its budget
+    _normal_governor: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.remaining > 0
+
+    def start(self, governor: Governor | None) -> bool:
+        """Full rate from now on for `intervals` intervals; False when there is nothing to
+        raise (no budget: the agent samples at full rate already)."""
+        if governor is None or not governor.knobs or self.intervals <= 0:
+            return False
+        if not self.active:
+            self.bursts += 1
+            self._normal = {id(k.owner): k.owner.budget_pct for k in governor.knobs if k.owner}
+            self._normal_governor = governor.budget_pct
+        self.remaining = self.intervals
+        governor.budget_pct = self.budget_pct
+        for knob in governor.knobs:
+            owner = knob.owner
+            if owner is None:
+                continue
+            owner.budget_pct = self.budget_pct
+            before = knob.current()
+            full = _full_rate(owner)
+            if before != full:
+                knob.apply(full)
+        return True
+
+    def tick(self, governor: Governor | None) -> bool:
+        """One interval of the burst has passed; True when that ended it."""
+        if not self.active:
+            return False
+        self.remaining -= 1
+        if self.remaining > 0:
+            return False
+        if governor is not None:
+            self._restore(governor)
+        return True
+
+    def _restore(self, governor: Governor) -> None:
+        """The budgets of before the burst; one changed meanwhile (a reload) is kept."""
+        if governor.budget_pct == self.budget_pct:
+            governor.budget_pct = self._normal_governor
+        for knob in governor.knobs:
+            owner = knob.owner
+            if owner is not None and owner.budget_pct == self.budget_pct:
+                owner.budget_pct = self._normal.get(id(owner), self._normal_governor)
+
+
+def _full_rate(owner: BudgetController | PeriodController) -> int:
+    """Set the controller to its full rate (judging from the next stretch on) and return it."""
+    if isinstance(owner, BudgetController):
+        owner.hz = owner.requested_hz
+        owner.settle = True  # the stretch in progress mixes two rates
+        return owner.hz
+    owner.period = 1
+    owner.settle = True
+    return 1

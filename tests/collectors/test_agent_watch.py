@@ -1,0 +1,289 @@
+"""The agent's watch without BPF: the ring's bounds, the debounce of findings, the burst's
+rates and the recording of a finding's window, on interval batches built as the agent
+builds them."""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from otlp_ebpf.analysis.analyze import analyze
+from otlp_ebpf.analysis.watch import Episodes, finding_key
+from otlp_ebpf.collectors.agent import IntervalBatch
+from otlp_ebpf.collectors.agent_burst import Burst
+from otlp_ebpf.collectors.agent_recordings import RecordingsDir
+from otlp_ebpf.collectors.agent_watch import (
+    IntervalRing,
+    RingEntry,
+    Watch,
+    WatchConfig,
+    entry_of,
+    stat_delta,
+)
+from otlp_ebpf.collectors.budget import (
+    BudgetController,
+    CostMeter,
+    Governor,
+    PeriodController,
+    cpu_knob,
+    period_knob,
+)
+from otlp_ebpf.errors import UsageError
+from otlp_ebpf.model import (
+    CpuSnapshot,
+    ProcessInfo,
+    RecordSnapshot,
+    StackCount,
+    SyscallsSnapshot,
+    SyscallStat,
+    SyscallTick,
+    read_snapshot,
+)
+
+INTERVAL = 0.5
+PID = 4242
+STARTED = datetime(2026, 12, 5, 2, 0, 0, tzinfo=UTC)
+
+
+class Workload:
+    """A target's syscalls and cpu, interval by interval, with an errno storm between two
+    intervals: what the agent hands the watch (cumulative syscall rows, this interval's
+    ticks and cpu stacks)."""
+
+    def __init__(self, storm: tuple[int, int] | None = None, seed: int = 3) -> None:
+        self.storm = storm
+        self.rng = np.random.default_rng(seed)
+        self.totals: dict[str, tuple[int, int]] = {}
+        self.seq = 0
+
+    def next(self, hz: int = 99) -> tuple[IntervalBatch, list[SyscallTick]]:
+        self.seq += 1
+        on = self.storm is not None and self.storm[0] <= self.seq < self.storm[1]
+        calls = {"read": int(self.rng.poisson(400)), "getppid": int(self.rng.poisson(900))}
+        errors = {"read": 0, "getppid": 0}
+        if on:
+            calls["openat"] = errors["openat"] = int(self.rng.poisson(5000))
+        ticks, stats = [], []
+        for name, n in calls.items():
+            count, errs = self.totals.get(name, (0, 0))
+            self.totals[name] = (count + n, errs + errors.get(name, 0))
+            ticks.append(SyscallTick(name, n, errors.get(name, 0), 800, 3000))
+            count, errs = self.totals[name]
+            hist = tuple([0] * 9 + [count] + [0] * 22)
+            errno = {"ENOENT": errs} if errs else {}
+            stats.append(SyscallStat(PID, "worker", name, count, errs, errno, 0, 0, 0, 0, 0, hist))
+        samples = int(self.rng.poisson(40 * hz / 99))
+        cpu = CpuSnapshot(
+            "", INTERVAL, "host", processes=(ProcessInfo(PID, "worker"),),
+            frequency_hz=hz, samples_total=samples,
+            stacks=(StackCount(PID, PID, "worker", ("main", "work"), samples),),
+        )  # fmt: skip
+        sys_section = SyscallsSnapshot("", 0.0, "host", syscalls=tuple(stats))
+        batch = IntervalBatch(
+            seq=self.seq, t_s=round(self.seq * INTERVAL, 3), duration_s=INTERVAL,
+            sections={"cpu": cpu, "syscalls": sys_section}, events={}, lost={}, bpf_ns=0,
+            cpu_s=0.0, rss_kb=0, cost_pct=0.0, rates={},
+        )  # fmt: skip
+        return batch, ticks
+
+
+def run_watch(watch: Watch, workload: Workload, intervals: int, governor=None) -> list:
+    events = []
+    for _ in range(intervals):
+        batch, ticks = workload.next()
+        found = watch.observe(batch, ticks, governor, 99, STARTED)
+        events.extend(found)
+    return events
+
+
+def test_an_errno_storm_is_told_once_and_recorded_with_its_window(tmp_path: Path) -> None:
+    config = WatchConfig(window=20, record_after=3, recordings_dir=str(tmp_path / "rec"))
+    watch = Watch(config, INTERVAL)
+    events = run_watch(watch, Workload(storm=(16, 26)), 40)
+    kinds = [e.kind for e in events]
+    assert kinds.count("syscall_errors") == 1, kinds  # found at every interval, told once
+    storm = next(e for e in events if e.kind == "syscall_errors")
+    assert storm.severity == "critical"
+    assert 7.0 <= storm.start_s <= 8.0, storm  # the storm starts at interval 16: 7.5 s
+    assert watch.counts.repeats > 0
+    assert storm.recording and os.path.exists(storm.recording)
+    assert stat.S_IMODE(os.stat(storm.recording).st_mode) == 0o600
+    assert len(os.listdir(tmp_path / "rec")) == 1  # one recording for the whole episode
+    recorded = read_snapshot(storm.recording)
+    assert isinstance(recorded, RecordSnapshot)
+    origin = storm.seq + 3 - len(recorded.timeline)  # intervals before the first row
+    again = [f for f in analyze(recorded).findings if f.kind == "syscall_errors"]
+    assert again, [f.summary for f in analyze(recorded).findings]
+    assert again[0].start_s + origin * INTERVAL == pytest.approx(storm.start_s)
+    assert "ENOENT" in again[0].summary  # the window's errno breakdown went with it
+    section = recorded.signals["syscalls"]
+    assert isinstance(section, SyscallsSnapshot)
+    openat = next(s for s in section.syscalls if s.name == "openat")
+    assert openat.errors == sum(
+        t.errors for row in recorded.timeline for t in row.syscalls or () if t.name == "openat"
+    )
+
+
+def test_a_steady_workload_gives_no_finding_and_no_recording(tmp_path: Path) -> None:
+    config = WatchConfig(window=20, record_after=3, recordings_dir=str(tmp_path / "rec"))
+    watch = Watch(config, INTERVAL)
+    assert run_watch(watch, Workload(), 40) == []
+    assert os.listdir(tmp_path / "rec") == []
+    assert watch.counts.analysis_s > 0
+
+
+def test_a_rate_change_is_not_taken_for_a_change_of_the_workload() -> None:
+    """A budget lowering the cpu rate to a third mid-run: the ring keeps counts at the
+    requested rate, so no cpu finding comes of it."""
+    watch = Watch(WatchConfig(window=20), INTERVAL)
+    workload = Workload()
+    events = []
+    for i in range(40):
+        batch, ticks = workload.next(hz=33 if i >= 20 else 99)
+        events += watch.observe(batch, ticks, None, 99, STARTED)
+    assert events == []
+
+
+def test_the_ring_is_bounded_by_count_and_by_bytes() -> None:
+    ring = IntervalRing(5, max_bytes=10**9)
+    workload = Workload()
+    pushed = []
+    for _ in range(12):
+        batch, ticks = workload.next()
+        pushed.append(entry_of(batch, ticks, 99))
+        ring.push(pushed[-1])
+    assert [e.seq for e in ring.entries] == [8, 9, 10, 11, 12]
+    assert ring.dropped == 7
+    # the rows of the dropped intervals are the base the window's differences start from
+    read = next(s for s in pushed[6].stats if s.name == "read")
+    assert ring.base[(PID, "worker", "read")] is read
+    one = ring.entries[-1].size
+    small = IntervalRing(100, max_bytes=3 * one)
+    for entry in list(ring.entries):
+        small.push(entry)
+    assert len(small) == 3 and small.bytes <= 3 * one
+    entries, before = small.last(2)
+    assert [e.seq for e in entries] == [11, 12] and before is not None and before.seq == 10
+
+
+def test_the_newest_interval_is_kept_even_over_the_byte_cap() -> None:
+    ring = IntervalRing(10, max_bytes=1)
+    workload = Workload()
+    for _ in range(3):
+        batch, ticks = workload.next()
+        ring.push(entry_of(batch, ticks, 99))
+    assert len(ring) == 1 and ring.entries[0].seq == 3
+
+
+def test_stat_delta_takes_the_window_out_of_cumulative_rows() -> None:
+    before = SyscallStat(1, "c", "openat", 10, 4, {"ENOENT": 4}, 100, 0, 0, 50, 1, (0, 10, 0))
+    now = SyscallStat(1, "c", "openat", 25, 9, {"ENOENT": 6, "EACCES": 3}, 400, 0, 0, 90, 1,
+                      (0, 10, 15))  # fmt: skip
+    delta = stat_delta(now, before)
+    assert (delta.count, delta.errors, delta.total_ns) == (15, 5, 300)
+    assert delta.errno == {"ENOENT": 2, "EACCES": 3}
+    assert delta.hist == (0, 0, 15)
+    assert 4 <= delta.p50_ns <= 7 and delta.max_ns <= 7
+    assert stat_delta(now, None) is now
+
+
+class _Finding:
+    """What Episodes reads of a finding (its key's parts)."""
+
+    def __init__(self, kind: str, series: str = "") -> None:
+        self.kind, self.summary, self.effects = kind, series, ()
+
+
+def test_episodes_debounce_a_finding_that_keeps_firing_or_flaps() -> None:
+    episodes = Episodes(quiet_intervals=4)
+    storm, hog = _Finding("syscall_errors", "a"), _Finding("cpu_hog", "b")
+    assert episodes.see([storm], 1) == [storm]
+    assert episodes.see([storm], 2) == []  # keeps firing
+    assert episodes.see([], 3) == []
+    assert episodes.see([storm, hog], 5) == [hog]  # flapped back within the quiet time
+    assert episodes.repeats == 2
+    for seq in range(6, 10):
+        assert episodes.see([hog], seq) == []
+    # the storm was last seen at 5: quiet for more than 4 intervals by 10, a new episode
+    assert episodes.see([storm], 10) == [storm]
+    assert finding_key(storm) == "syscall_errors a"  # type: ignore[arg-type]
+
+
+def _governor(budget: float = 1.0) -> tuple[Governor, BudgetController, PeriodController, dict]:
+    applied: dict[str, int] = {}
+    cpu = BudgetController(budget, 99)
+    cpu.hz = 20
+    period = PeriodController(budget, max_period=1024, period=64)
+    knobs = [
+        cpu_knob(cpu, lambda hz: applied.__setitem__("cpu_hz", hz)),
+        period_knob("syscalls_period", period, lambda n: applied.__setitem__("period", n)),
+    ]
+    return Governor(budget, CostMeter(lambda: 0, lambda: []), knobs), cpu, period, applied
+
+
+def test_a_burst_samples_at_full_rate_under_its_own_budget_then_gives_it_back() -> None:
+    governor, cpu, period, applied = _governor()
+    burst = Burst(budget_pct=5.0, intervals=3)
+    assert burst.start(governor)
+    assert applied == {"cpu_hz": 99, "period": 1}
+    assert cpu.budget_pct == period.budget_pct == governor.budget_pct == 5.0
+    # the controllers now judge against the burst's budget: 3% is under it, the rate holds
+    cpu.settle = False
+    assert cpu.next_hz(3.0) == 99
+    assert not burst.tick(governor) and not burst.tick(governor)
+    assert burst.start(governor)  # a finding during the burst extends it
+    assert burst.bursts == 1
+    assert [burst.tick(governor) for _ in range(3)] == [False, False, True]
+    assert cpu.budget_pct == period.budget_pct == governor.budget_pct == 1.0
+    cpu.settle = False
+    assert cpu.next_hz(3.0) < 99  # over the normal budget again: the rate comes down
+
+
+def test_a_budget_changed_during_a_burst_is_kept_when_it_ends() -> None:
+    governor, cpu, _, _ = _governor()
+    burst = Burst(budget_pct=5.0, intervals=1)
+    burst.start(governor)
+    cpu.budget_pct = 2.0  # SIGHUP with a new --budget
+    assert burst.tick(governor)
+    assert cpu.budget_pct == 2.0
+
+
+def test_without_a_budget_a_burst_has_nothing_to_raise() -> None:
+    burst = Burst()
+    assert not burst.start(None)
+    assert not burst.start(Governor(0.0, CostMeter(lambda: 0, lambda: []), []))
+    assert not burst.active
+
+
+def test_the_recordings_directory_keeps_under_its_cap(tmp_path: Path) -> None:
+    directory = RecordingsDir(str(tmp_path / "rec"), cap_bytes=5000)
+    assert stat.S_IMODE(os.stat(tmp_path / "rec").st_mode) == 0o700
+    snapshot = RecordSnapshot("2026-12-05T02:00:00", 1.0, "h", notes=("x" * 1500,))
+    paths = []
+    for seq in range(1, 6):
+        path = directory.path_for(STARTED.replace(second=seq), seq)
+        directory.write(path, snapshot)
+        paths.append(path)
+    left = sorted(os.listdir(tmp_path / "rec"))
+    assert left == [os.path.basename(p) for p in paths[-len(left) :]]
+    assert 1 <= len(left) < 5 and directory.removed == 5 - len(left)
+    assert sum(os.path.getsize(p) for p in paths if os.path.exists(p)) <= 5000
+
+
+def test_an_unwritable_recordings_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match="--recordings-dir"):
+        RecordingsDir(str(tmp_path / "file"), 1000)
+
+
+def test_ring_entries_scale_cpu_counts_to_the_requested_rate() -> None:
+    batch, ticks = Workload().next(hz=33)
+    entry: RingEntry = entry_of(batch, ticks, 99)
+    assert entry.cpu_scale == pytest.approx(3.0)
+    raw = batch.sections["cpu"].stacks[0].count  # type: ignore[attr-defined]
+    assert entry.samples == {str(PID): round(raw * 3.0)}
