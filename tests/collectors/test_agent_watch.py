@@ -4,6 +4,7 @@ builds them."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from datetime import UTC, datetime
@@ -287,3 +288,19 @@ def test_ring_entries_scale_cpu_counts_to_the_requested_rate() -> None:
     assert entry.cpu_scale == pytest.approx(3.0)
     raw = batch.sections["cpu"].stacks[0].count  # type: ignore[attr-defined]
     assert entry.samples == {str(PID): round(raw * 3.0)}
+
+
+def test_report_analyze_and_ask_read_a_recording(tmp_path: Path, capsys) -> None:
+    from otlp_ebpf.cli.app import run
+
+    config = WatchConfig(window=20, record_after=3, recordings_dir=str(tmp_path / "rec"))
+    events = run_watch(Watch(config, INTERVAL), Workload(storm=(16, 26)), 30)
+    path = next(e.recording for e in events if e.recording)
+    capsys.readouterr()
+    assert run(["report", path]) == 0
+    assert "openat" in capsys.readouterr().out
+    assert run(["analyze", path, "--json"]) == 0
+    kinds = [f["kind"] for f in json.loads(capsys.readouterr().out)["findings"]]
+    assert "syscall_errors" in kinds
+    assert run(["ask", "which syscalls failed?", path]) == 0
+    assert "openat" in capsys.readouterr().out

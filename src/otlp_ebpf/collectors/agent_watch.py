@@ -332,7 +332,9 @@ def window_record(
         cpu = None
         if entry.samples is not None:
             cpu = CpuTick(dict(entry.samples), top_with_other(entry.functions, keep))
-        rows.append(TimelineRow(round(entry.t_s - spec.origin_s, 3), cpu, entry.syscalls))
+        rows.append(
+            TimelineRow(round(entry.t_s - spec.origin_s, 3), cpu=cpu, syscalls=entry.syscalls)
+        )
     started = spec.started_wall + timedelta(seconds=spec.origin_s)
     started_at = started.isoformat(timespec="milliseconds")
     duration = round(entries[-1].t_s - spec.origin_s, 3) if entries else 0.0
