@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import pytest
@@ -164,3 +165,45 @@ def test_the_governor_turns_every_knob_by_the_cost_since_the_last_decision(monke
     assert applied == {"cpu": [int(999 * 0.85 / 10)], "syscalls": [12]}
     governor.measure(1.0)
     assert governor.ticks[-1].rates == {"cpu_hz": 84.0, "syscalls_1_in": 12.0}
+
+
+def test_a_duty_cycle_alternates_windows_each_told_its_weight_and_generation():
+    calls: list[tuple] = []
+
+    def attach() -> float:
+        calls.append(("attach",))
+        return time.monotonic()
+
+    def detach() -> float:
+        calls.append(("detach",))
+        return time.monotonic()
+
+    cycle = budget_mod.DutyCycle(
+        attach, detach, lambda w, g: calls.append(("window", w, g)), cycle_s=0.02
+    )
+    cycle.set_period(4)
+    budget_mod.poll_between_edges(time.sleep, 0.3, [cycle])
+    budget_mod.finish_cycles(time.sleep, [cycle])
+    assert calls[0] == ("detach",)  # attached throughout until the budget asked for less
+    windows = [c for c in calls if c[0] == "window"]
+    assert len(windows) == cycle.windows > 1
+    assert [w for _, w, _ in windows] == [4] * len(windows)
+    assert [g for _, _, g in windows] == list(range(1, len(windows) + 1))
+    kinds = [c[0] for c in calls[1:]]
+    assert kinds == ["window", "attach", "detach"] * len(windows)  # never attached twice
+    assert not cycle.attached  # the last cycle ran to its end, detached
+    cycle.ending = False
+    cycle.set_period(1)
+    cycle.step(time.monotonic())
+    assert calls[-2:] == [("window", 1, len(windows) + 1), ("attach",)] and cycle.attached
+
+
+def test_a_duty_cycle_makes_up_in_later_windows_for_time_a_late_window_missed():
+    cycle = budget_mod.DutyCycle(time.monotonic, time.monotonic, lambda w, g: None, cycle_s=0.1)
+    cycle.set_period(2)
+    start = time.monotonic()
+    cycle.step(start)  # detached: cycling from here
+    cycle.covered = -0.05  # as if the windows so far had been short by 50 ms of weighted time
+    cycle.step(start)
+    # this cycle's window holds its own 50 ms and what is owed: (0.1 + 0.05) / 2
+    assert cycle._window_s == pytest.approx(0.075, abs=0.01)

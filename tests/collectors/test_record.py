@@ -448,17 +448,16 @@ def test_record_under_a_small_budget_samples_syscalls_and_mem(tmp_path, cc, caps
     summary = capsys.readouterr().err.strip().splitlines()[-1]
     doc = json.loads(path.read_text())
     ticks = doc["self_cost"]["ticks"]
-    assert all({"syscalls_1_in", "mem_sample_bytes"} <= set(t["rates"]) for t in ticks)
+    assert all({"syscalls_duty", "mem_sample_bytes"} <= set(t["rates"]) for t in ticks)
     highest = sparsest_period(doc["notes"])  # rates in ticks are those at each tick's end
     assert highest > 1 and any("blocks sampled by bytes" in n for n in doc["notes"])
-    periods = [t["rates"]["syscalls_1_in"] for t in ticks]
-    if max(periods) > 1:
-        assert f"sampled 1 in {max(periods):.0f} syscalls" in summary
+    duty = min(t["rates"]["syscalls_duty"] for t in ticks)
+    if duty < 1:
+        assert f"syscalls traced {100 * duty:.3g}% of the time (counts scaled)" in summary
+    # (how close the scaled counts come: test_syscalls, on calls spread over the run)
     calls = sum(
         s["count"] for s in doc["signals"]["syscalls"]["syscalls"] if s["name"] == "getppid"
     )
-    bound = 5 * (200000 * (highest - 1)) ** 0.5  # 5 standard errors (see test_syscalls)
-    assert abs(calls - 200000) < bound
     # the timeline's rows add up to the section's (weighted) counts
     ticks_of = [t for r in doc["timeline"] for t in (r.get("syscalls") or [])]
     assert sum(t["count"] for t in ticks_of if t["name"] == "getppid") == calls

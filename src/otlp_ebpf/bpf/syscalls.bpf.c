@@ -95,15 +95,33 @@ struct {
 	__type(value, struct syscall_sampling);
 } sampling SEC(".maps");
 
-/* How many calls this one stands for: 0 when it is not sampled, 1 without sampling. */
-static __always_inline u64 sample_weight(void)
+static __always_inline struct syscall_sampling *sampling_now(void)
 {
 	u32 zero = 0;
-	struct syscall_sampling *s = bpf_map_lookup_elem(&sampling, &zero);
 
-	if (!s || s->period <= 1)
+	return bpf_map_lookup_elem(&sampling, &zero);
+}
+
+/* How many calls this one stands for: 0 when it is not sampled, 1 without sampling. */
+static __always_inline u64 sample_weight(struct syscall_sampling *s)
+{
+	if (!s)
+		return 1;
+	if (s->duty_weight > 1)
+		return s->duty_weight;
+	if (s->period <= 1)
 		return 1;
 	return bpf_get_prandom_u32() < s->threshold ? s->period : 0;
+}
+
+static __always_inline u32 generation_now(struct syscall_sampling *s)
+{
+	return s ? s->generation : 0;
+}
+
+static __always_inline bool duty_cycling(struct syscall_sampling *s)
+{
+	return s && s->duty_weight > 1;
 }
 
 static __always_inline bool syscall_selected(long nr)
@@ -262,12 +280,24 @@ static __always_inline bool never_returns(long nr)
 	return nr == nr_exit || nr == nr_exit_group;
 }
 
+/* Duty cycling: an exit seen in a window without the entry of the same window (the call
+ * entered before the window opened, or the start is a missed exit's) is counted all the
+ * same, without latency: counting every exit seen keeps the count unbiased. */
+static __always_inline void count_exit_only(struct syscall_sampling *s, u64 pid_tgid, long nr,
+					    long ret)
+{
+	if (!duty_cycling(s) || !target_wanted(pid_tgid) || !syscall_selected(nr))
+		return;
+	record_exit(pid_tgid >> 32, nr, ret, 0, false, s->duty_weight);
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(btf_sys_enter, struct pt_regs *regs, long id)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct syscall_start *start;
-	u64 w = sample_weight();
+	struct syscall_sampling *s = sampling_now();
+	u64 w = sample_weight(s);
 
 	/* Sampling first: under a budget most calls of every process stop here, cheaply. */
 	if (!w)
@@ -286,8 +316,21 @@ int BPF_PROG(btf_sys_enter, struct pt_regs *regs, long id)
 	}
 	start->nr = id;
 	start->weight = w;
+	start->generation = generation_now(s);
 	start->ts = bpf_ktime_get_ns();
 	return 0;
+}
+
+/* The number of the system call returning (its entry unseen). */
+static __always_inline long syscall_nr_of(struct pt_regs *regs)
+{
+#if defined(__TARGET_ARCH_x86)
+	return BPF_CORE_READ(regs, orig_ax);
+#elif defined(__TARGET_ARCH_arm64)
+	return BPF_CORE_READ(regs, syscallno);
+#else
+	return -1;
+#endif
 }
 
 SEC("tp_btf/sys_exit")
@@ -295,12 +338,19 @@ int BPF_PROG(btf_sys_exit, struct pt_regs *regs, long ret)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct syscall_start *start;
+	struct syscall_sampling *s = sampling_now();
 	u64 ts;
 
 	/* Only a target's sampled call left a start: most calls stop here. */
 	start = bpf_task_storage_get(&start_storage, bpf_get_current_task_btf(), 0, 0);
-	if (!start || !start->ts)
-		return 0; /* not sampled, not a target, or entered before we attached */
+	if (!start || !start->ts || start->generation != generation_now(s)) {
+		if (start)
+			start->ts = 0;
+		/* not sampled, not a target, entered before we attached (or, duty cycling,
+		 * before this window: counted without latency) */
+		count_exit_only(s, pid_tgid, syscall_nr_of(regs), ret);
+		return 0;
+	}
 	if (!target_wanted(pid_tgid)) {
 		start->ts = 0;
 		return 0;
@@ -318,10 +368,12 @@ int tp_sys_enter(struct trace_event_raw_sys_enter *ctx)
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tid = (u32)pid_tgid;
 	struct syscall_start start = {};
+	struct syscall_sampling *s = sampling_now();
 
 	if (!target_wanted(pid_tgid) || !syscall_selected(id))
 		return 0;
-	start.weight = sample_weight();
+	start.weight = sample_weight(s);
+	start.generation = generation_now(s);
 	if (!start.weight) {
 		/* not sampled: a start an earlier sampled call left (its exit unseen) must not pair
 		 * with this call's exit */
@@ -346,13 +398,18 @@ int tp_sys_exit(struct trace_event_raw_sys_exit *ctx)
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tid = (u32)pid_tgid;
 	struct syscall_start *start;
+	struct syscall_sampling *s = sampling_now();
 	u64 ts, nr, w;
 
 	if (!target_wanted(pid_tgid))
 		return 0;
 	start = bpf_map_lookup_elem(&start_by_tid, &tid);
-	if (!start)
+	if (!start || start->generation != generation_now(s)) {
+		if (start)
+			bpf_map_delete_elem(&start_by_tid, &tid);
+		count_exit_only(s, pid_tgid, ctx->id, ret);
 		return 0;
+	}
 	ts = start->ts;
 	nr = start->nr;
 	w = start->weight;

@@ -56,7 +56,8 @@ struct errno_key {
 struct syscall_start {
 	__u64 ts;
 	__u64 nr;
-	__u64 weight; /* calls this sampled one stands for (1 without sampling) */
+	__u32 weight; /* calls this sampled one stands for (1 without sampling) */
+	__u32 generation; /* the duty-cycle window it entered in (struct syscall_sampling) */
 };
 
 /* Under an overhead budget 1 call in `period` is recorded (chosen at random on entry when
@@ -66,6 +67,15 @@ struct syscall_start {
 struct syscall_sampling {
 	__u32 period;
 	__u32 threshold;
+	/* Duty cycling: the enter/exit programs are attached for 1/duty_weight of the time,
+	 * in windows user space opens and closes; each call counted weighs duty_weight. A call
+	 * is counted at its exit (every call exits once, so one seen with probability 1/duty
+	 * is an unbiased sample); its latency only when its entry was seen in the same window
+	 * (`generation`, raised by user space as each window opens), so a start left by a
+	 * window whose exit was missed never pairs with a later call's exit. 0 or 1: not
+	 * cycling. Not combined with `period` (one or the other is above 1). */
+	__u32 duty_weight;
+	__u32 generation;
 };
 
 #endif

@@ -504,6 +504,10 @@ def fidelity_lowered(snapshot: Snapshot) -> list[str]:
     periods = [t.rates["syscalls_1_in"] for t in ticks if "syscalls_1_in" in t.rates]
     if periods and max(periods) > 1:
         out.append(f"sampled 1 in {max(periods):.0f} syscalls")
+    for key, what in (("syscalls_duty", "syscalls"), ("mem_duty", "allocations")):
+        duty = [t.rates[key] for t in ticks if key in t.rates]
+        if duty and min(duty) < 1:
+            out.append(f"{what} traced {100 * min(duty):.3g}% of the time (counts scaled)")
     gaps = [t.rates["mem_sample_bytes"] for t in ticks if "mem_sample_bytes" in t.rates]
     if gaps and max(gaps) > 0:
         out.append(f"allocations sampled every {human_bytes(max(gaps))} allocated")

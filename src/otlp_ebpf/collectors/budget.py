@@ -6,11 +6,17 @@ processes (the unwind-table decoder), and the run time of its BPF programs (whic
 processes pay), in percent of one core. Every quarter second each knob of the run adapts to
 the cost of the last one: on-CPU sampling's frequency goes down in proportion (aiming at 85% of
 the budget) when it cost more than the budget, and back up (a quarter at a time, never above the
-requested rate) when it cost under 60% of it; per-event sampling (syscalls: record 1 call in N;
-mem: one sample point per N x 64 bytes allocated) raises its period the same way. Every knob
-scales by the same factor, so when each signal's cost follows its rate the total lands at the
-aim whichever signal dominates. Sampling keeps cpu shares unbiased and the sampled counts are
-weighted to unbiased estimates; only their precision drops.
+requested rate) when it cost under 60% of it; per-event signals raise a period the same way
+(mem: one sample point per N x 64 bytes allocated; syscalls and mem: their per-event programs
+attached 1/N of the time, `DutyCycle`). Every knob scales by the same factor, so when each
+signal's cost follows its rate the total lands at the aim whichever signal dominates. Sampling
+keeps cpu shares unbiased and the sampled counts are weighted to unbiased estimates; only their
+precision drops.
+
+Why duty cycling: a program attached to a tracepoint or a uprobe costs the traced process
+something on every event however little it does (the probe's trap, the program's entry), so
+recording 1 event in N inside the program leaves a floor that a small budget cannot hold on a
+busy machine. Detached, the event costs nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -228,16 +235,202 @@ def floor_note(controller: PeriodController) -> str:
     )
 
 
+CYCLE_S = 0.25  # a duty cycle: one window in each quarter second (each window costs the tool CPU)
+MIN_WINDOW_S = 0.0002  # shorter than this, a window is not worth its attach: its time is owed
+MAX_WINDOW_SHARE = 0.9  # of a cycle, when a window makes up for time owed
+MAX_DUTY_PERIOD = 256
+POLL_GRAIN_S = 0.001  # attached 1/256 of the time at the least: a 0.2 ms window a cycle
+
+
+@dataclass
+class DutyCycle:
+    """Per-event programs attached for 1/N of the time: in every cycle of CYCLE_S, one window
+    of CYCLE_S/N at a random place in it (so no periodic workload aliases with the windows),
+    each event seen weighing N. `open_window(weight, generation)` tells the programs, before
+    `attach`, what an event of the new window weighs and which window it is; `detach` closes
+    the window. Both return when they took effect (`attached_at`, `detached_at`). N = 1: attached
+    throughout, weight 1 (exact).
+
+    The windows open and close late on a loaded machine: the time each one was really
+    attached is measured, and what the estimate is owed (weight x seconds attached, against
+    the cycles' length) is made up in the next windows, so the counts scaled by N stay
+    unbiased. The generation lets the programs tell a start of this window from one left by
+    an earlier window whose exit they missed."""
+
+    attach: Callable[[], float]
+    detach: Callable[[], float]
+    open_window: Callable[[int, int], None]
+    cycle_s: float = field(default_factory=lambda: CYCLE_S)
+    period: int = 1  # the window open now (or the last one) weighs this
+    wanted: int = 1  # the budget's choice, in force from the next cycle
+    attached: bool = True
+    generation: int = 0
+    windows: int = 0
+    covered: float = 0.0  # weight x seconds attached while cycling
+    rng: random.Random = field(default_factory=random.Random)
+    ending: bool = False  # the run is over: the cycle under way ends, no other begins
+    _cycling_since: float | None = None
+    _cycled_s: float = 0.0  # earlier stretches of cycling, ended
+    _on_at: float = 0.0
+    _window_s: float = 0.0
+    _open_at: float | None = None
+    _close_at: float | None = None
+    _cycle_end: float = 0.0
+
+    def set_period(self, period: int) -> None:
+        self.wanted = max(1, period)
+
+    def step(self, now: float) -> None:
+        """Open or close a window when its time has come (called from the poll loop)."""
+        if self.attached and self._close_at is not None and now >= self._close_at:
+            self._close()
+        if self.attached and self._close_at is None:  # attached throughout
+            if self.wanted > 1:
+                self._start_cycling(now)
+            return
+        if self.wanted == 1 and not self.ending:
+            self._stop_cycling()
+            return
+        if self.attached:
+            return
+        if self._open_at is None and now >= self._cycle_end and not self.ending:
+            self._plan(now)
+        if self._open_at is not None and now >= self._open_at:
+            self._open(now)
+
+    def until_edge(self, now: float) -> float:
+        """Seconds to the next window edge or cycle (inf when attached throughout)."""
+        if self.attached:
+            edge = self._close_at
+        else:
+            edge = self._open_at if self._open_at is not None else self._cycle_end
+        return max(0.0, edge - now) if edge is not None else math.inf
+
+    def _start_cycling(self, now: float) -> None:
+        self.detach()
+        self.attached = False
+        self._cycling_since = now
+        self._cycle_end = now
+        self._open_at = None
+
+    def _stop_cycling(self) -> None:
+        self.period = 1
+        self.generation += 1
+        self.open_window(1, self.generation)
+        self.attach()
+        self.attached = True
+        self._open_at = self._close_at = None
+        if self._cycling_since is not None:
+            self._cycled_s += time.monotonic() - self._cycling_since
+            self._cycling_since = None
+
+    def _owed_at(self, moment: float) -> float:
+        """Weight x seconds the windows owe the time cycled up to `moment`."""
+        since = self._cycling_since if self._cycling_since is not None else moment
+        return self._cycled_s + (moment - since) - self.covered
+
+    def _plan(self, now: float) -> None:
+        """A cycle from now: its window makes up what is owed by the cycle's end, at a random
+        place in it (none when that is too short to be worth an attach)."""
+        self._cycle_end = now + self.cycle_s
+        self.period = self.wanted
+        window = min(self._owed_at(self._cycle_end) / self.period, MAX_WINDOW_SHARE * self.cycle_s)
+        if window < MIN_WINDOW_S:
+            return
+        self._window_s = window
+        self._open_at = now + self.rng.random() * (self.cycle_s - window)
+
+    def _open(self, now: float) -> None:
+        self.generation += 1
+        self.open_window(self.period, self.generation)
+        self._on_at = self.attach()
+        self.attached = True
+        self.windows += 1
+        self._open_at = None
+        self._close_at = now + self._window_s
+
+    def _close(self) -> None:
+        off_at = self.detach()
+        self.attached = False
+        self._close_at = None
+        self.covered += max(0.0, off_at - self._on_at) * self.period
+
+    def cycle_left(self, now: float) -> float:
+        """Seconds to the end of the cycle under way (0 when not cycling)."""
+        if self._cycling_since is None or (self.attached and self._close_at is None):
+            return 0.0
+        return max(0.0, self._cycle_end - now, (self._close_at or now) - now)
+
+    def coverage(self) -> float:
+        """Weight x seconds attached over the time cycled (1: the scaling was exact)."""
+        cycled = self._cycled_s + (
+            time.monotonic() - self._cycling_since if self._cycling_since is not None else 0.0
+        )
+        return self.covered / cycled if cycled > 0 else 1.0
+
+
+def attached_at(attach: Callable[[], object]) -> float:
+    """Attach the program whose events are counted; the moment it took effect: when the call
+    returned (the program is hooked in as the call ends)."""
+    attach()
+    return time.monotonic()
+
+
+def detached_at(detach: Callable[[], object]) -> float:
+    """Detach the program whose events are counted; the moment it took effect: when the call
+    began (the probe is unhooked first; the call then waits out a grace period, ~65 ms for a
+    perf-event tracepoint, during which no new event reaches it)."""
+    before = time.monotonic()
+    detach()
+    return before
+
+
+def finish_cycles(poll: Callable[[float], object], cycles: Iterable[DutyCycle]) -> None:
+    """At the end of the loop, let the cycles under way run to their end (at most a cycle):
+    a cycle cut short holds its window or not depending on where it fell, and the counts scaled
+    by N are unbiased over whole cycles only."""
+    cycles = list(cycles)
+    for cycle in cycles:
+        cycle.ending = True
+    left = max((c.cycle_left(time.monotonic()) for c in cycles), default=0.0)
+    if left > 0:
+        poll_between_edges(poll, left, cycles)
+
+
+def poll_between_edges(
+    poll: Callable[[float], object], timeout_s: float, cycles: Iterable[DutyCycle]
+) -> None:
+    """`poll(timeout_s)`, cut short at every duty-cycle window edge to open or close it."""
+    cycles = list(cycles)
+    if not cycles:
+        poll(timeout_s)
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = time.monotonic()
+        for cycle in cycles:
+            cycle.step(now)
+        left = deadline - now
+        if left <= 0:
+            return
+        # at least a millisecond: the ring buffer's poll waits whole milliseconds, and a
+        # wait rounded down to none would spin until the edge
+        poll(max(POLL_GRAIN_S, min(left, *(c.until_edge(now) for c in cycles))))
+
+
 @dataclass
 class Knob:
     """One rate a budget turns: `decide` maps the last stretch's cost to the new setting,
-    `apply` puts it in force; `rate_key` names it in each tick's rates."""
+    `apply` puts it in force; `rate_key` names it in each tick's rates, as `show` puts it
+    (the setting itself by default)."""
 
     rate_key: str
     decide: Callable[[float], int]
     current: Callable[[], int]
     apply: Callable[[int], None]
     owner: BudgetController | PeriodController | None = None  # the controller deciding
+    show: Callable[[int], float] = float
+    cycle: DutyCycle | None = None  # the duty cycle it turns, stepped by the poll loop
 
 
 def cpu_knob(controller: BudgetController, apply: Callable[[int], None]) -> Knob:
@@ -246,6 +439,34 @@ def cpu_knob(controller: BudgetController, apply: Callable[[int], None]) -> Knob
 
 def period_knob(rate_key: str, controller: PeriodController, apply: Callable[[int], None]) -> Knob:
     return Knob(rate_key, controller.next_period, lambda: controller.period, apply, controller)
+
+
+def duty_knob(rate_key: str, controller: PeriodController, cycle: DutyCycle) -> Knob:
+    """A duty cycle's period under a budget, stated per tick as the share of the time
+    attached (`rate_key`, 1: throughout)."""
+    return Knob(
+        rate_key,
+        controller.next_period,
+        lambda: controller.period,
+        cycle.set_period,
+        controller,
+        show=lambda period: round(1.0 / period, 5),
+        cycle=cycle,
+    )
+
+
+def duty_note(what: str, controller: PeriodController, cycle: DutyCycle) -> str:
+    """What duty cycling did to a signal's counts (the summary line says it shorter)."""
+    head = f"budget {controller.budget_pct:g}%"
+    if controller.highest == 1:
+        return f"{head}: {what} traced throughout, counts exact"
+    return (
+        f"{head}: {what} traced in windows, as little as {100 / controller.highest:.3g}% of "
+        f"the time (1 in {controller.highest}; ended at 1 in {controller.period}; per tick in "
+        f"self_cost.ticks); each event seen weighs N, so counts are unbiased estimates "
+        f"(windows covered {100 * cycle.coverage():.1f}% of the time they stood for, "
+        f"{cycle.windows:,} windows)"
+    )
 
 
 @dataclass
@@ -284,7 +505,19 @@ class Governor:
         self._control = Interval(time.monotonic(), self.meter.total_s())
 
     def rates(self) -> dict[str, float]:
-        return {k.rate_key: float(k.current()) for k in self.knobs}
+        return {k.rate_key: k.show(k.current()) for k in self.knobs}
+
+    def cycles(self) -> list[DutyCycle]:
+        """The duty cycles the poll loop opens and closes windows of."""
+        return [k.cycle for k in self.knobs if k.cycle is not None]
+
+    def poll(self, poll: Callable[[float], object], timeout_s: float) -> None:
+        """`poll(timeout_s)` with every duty cycle's windows opened and closed in time."""
+        poll_between_edges(poll, timeout_s, self.cycles())
+
+    def finish(self, poll: Callable[[float], object]) -> None:
+        """The loop ended: duty cycles complete the cycle under way."""
+        finish_cycles(poll, self.cycles())
 
     def measure(self, elapsed: float) -> None:
         """Close one tick: its cost, and the rates at its end."""
@@ -327,7 +560,7 @@ class BudgetedRun:
         self._t0 = time.monotonic()
 
     def poll(self, timeout_s: float) -> None:
-        self.poll_events(timeout_s)
+        self.governor.poll(self.poll_events, timeout_s)
         self.governor.control()
         elapsed = time.monotonic() - self._t0
         if elapsed >= self._next_tick:
@@ -336,6 +569,7 @@ class BudgetedRun:
 
     def end_loop(self) -> float:
         """The steady state's cost (% of one core); from here on it is the final reading."""
+        self.governor.finish(self.poll_events)
         self._loop_end_cpu = self.governor.meter.cpu_s()
         return self.governor.steady_pct()
 

@@ -764,13 +764,19 @@ class Recording:
         """One wait for all: the first signal with events to wait on takes the timeout, the
         others are only checked. Under a budget the rates follow the cost every quarter second
         (sooner than a tick, so a rate far too high is short-lived)."""
+        if self.governor is not None:
+            self.governor.poll(self.poll_signals, timeout_s)
+        else:
+            self.poll_signals(timeout_s)
+        if self.governor is not None and self.governor.knobs:
+            self.governor.control()
+
+    def poll_signals(self, timeout_s: float) -> None:
         waited = False
         for signal in self.signals:
             waited = signal.poll(0.0 if waited else timeout_s) or waited
         if not waited:
             base.sleep_poll(timeout_s)
-        if self.governor is not None and self.governor.knobs:
-            self.governor.control()
 
     def tick(self, elapsed: float) -> None:
         for signal in self.signals:
@@ -820,8 +826,9 @@ def _run(recording: Recording) -> RecordSnapshot:
                 stop=run.stop,
                 poll_s=POLL_S,
             )
-            duration = run.clock.elapsed()
             assert recording.meter is not None and recording.governor is not None
+            recording.governor.finish(recording.poll_signals)
+            duration = run.clock.elapsed()
             # The first tick is where a budget finds its rates: the steady state starts after
             # it, when the run had more than one tick.
             steady = recording.governor.steady_pct()

@@ -23,11 +23,15 @@ from operator import add
 from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base
 from otlp_ebpf.collectors.budget import (
+    MAX_DUTY_PERIOD,
     BudgetedRun,
+    DutyCycle,
     Knob,
     PeriodController,
-    floor_note,
-    period_knob,
+    attached_at,
+    detached_at,
+    duty_knob,
+    duty_note,
     start_budgeted_run,
 )
 from otlp_ebpf.collectors.syscall_table import ARM64, X86_64
@@ -36,7 +40,7 @@ from otlp_ebpf.latency import percentile_ns
 from otlp_ebpf.model import IntervalPoint, SyscallsSnapshot, SyscallStat
 from otlp_ebpf.runtime import features, probes
 from otlp_ebpf.runtime.events import RingBuffer
-from otlp_ebpf.runtime.loader import BpfObject
+from otlp_ebpf.runtime.loader import BpfObject, Link
 from otlp_ebpf.targets import TargetSpec
 
 SYSCALL_SLOTS = 40
@@ -58,9 +62,6 @@ EXIT_PROGRAM = "process_gone"
 # Exited processes whose rows keep their pid; older ones are folded per command name (pid 0),
 # so a run that sees millions of short processes holds a bounded number of rows.
 EXITED_KEPT = 512
-# Under a budget, at most 1 call in this many is recorded: a count of a few thousand calls
-# still gets a few samples.
-MAX_SAMPLING_PERIOD = 1024
 
 
 class SyscallKey(ctypes.Structure):
@@ -292,6 +293,9 @@ class SyscallsCollector:
         self.exited = ExitedProcesses()
         self.exits: RingBuffer | None = None
         self.sampler: PeriodController | None = None
+        self.cycle: DutyCycle | None = None
+        self.event_links: list[Link] = []
+        self._period = 1
 
     def _rodata(self) -> dict[str, int | bytes]:
         by_name = {v: k for k, v in self.table.items()}
@@ -325,8 +329,8 @@ class SyscallsCollector:
             self.obj = self._load(False)
         self.targets.attach(self.obj)
         self.exits = RingBuffer(self.obj.map("exits"), self._on_exit)
-        for prog in (EXIT_PROGRAM, *self._programs()):
-            probes.attach_auto(self.obj, prog)
+        probes.attach_auto(self.obj, EXIT_PROGRAM)
+        self.attach_events()
         console.debug(f"syscalls: attached ({'tp_btf' if self.use_btf else 'raw_syscalls'})")
 
     def _load(self, use_btf: bool) -> BpfObject:
@@ -348,34 +352,62 @@ class SyscallsCollector:
         """Every program of this run whose run time the traced processes pay."""
         return (*self._programs(), EXIT_PROGRAM, *base.TARGET_PROGRAMS)
 
+    def attach_events(self) -> float:
+        """Attach the per-call programs (a duty cycle's window opens); returns when the exit
+        program, which counts the calls, took effect."""
+        assert self.obj is not None
+        obj = self.obj
+        enter, exit_ = self._programs()
+        self.event_links = [probes.attach_auto(obj, enter)]
+        at = attached_at(lambda: self.event_links.append(probes.attach_auto(obj, exit_)))
+        return at
+
+    def detach_events(self) -> float:
+        """Detach the per-call programs: calls cost nothing until they are attached again.
+        Returns when the exit program's detach took effect."""
+        assert self.obj is not None
+        obj = self.obj
+        enter, exit_ = self.event_links
+        at = detached_at(lambda: obj.release(exit_))
+        obj.release(enter)
+        self.event_links = []
+        return at
+
+    def _write_sampling(self, duty_weight: int = 1, generation: int = 0) -> None:
+        assert self.obj is not None
+        threshold = min(0xFFFFFFFF, (1 << 32) // max(1, self._period))
+        value = struct.pack("<IIII", self._period, threshold, duty_weight, generation)
+        self.obj.map("sampling").update((0).to_bytes(4, "little"), value)
+
     def set_sampling_period(self, period: int) -> None:
         """Record 1 call in `period` from now on (chosen at random on entry), each weighing
         `period` in the counts, errors and times (1: every call, exact)."""
-        assert self.obj is not None
-        threshold = min(0xFFFFFFFF, (1 << 32) // max(1, period))
-        self.obj.map("sampling").update(
-            (0).to_bytes(4, "little"), struct.pack("<II", period, threshold)
-        )
+        self._period = max(1, period)
+        self._write_sampling()
+
+    def open_window(self, weight: int, generation: int) -> None:
+        """The next duty-cycle window: each call seen in it weighs `weight`."""
+        self._write_sampling(weight, generation)
 
     def sampling_knob(self, budget_pct: float) -> Knob:
-        """The budget's hold on this collector: the sampling period."""
-        self.sampler = PeriodController(budget_pct, MAX_SAMPLING_PERIOD)
-        return period_knob("syscalls_1_in", self.sampler, self.set_sampling_period)
+        """The budget's hold on this collector: the share of the time its per-call programs
+        are attached (the cost of a call the program is attached for is paid whatever the
+        program does, so sampling inside it cannot go below that floor)."""
+        self.sampler = PeriodController(budget_pct, MAX_DUTY_PERIOD)
+        self.cycle = DutyCycle(self.attach_events, self.detach_events, self.open_window)
+        return duty_knob("syscalls_duty", self.sampler, self.cycle)
 
     def sampling_notes(self) -> tuple[str, ...]:
         """What a budget did to the counts (the summary line repeats it)."""
-        if self.sampler is None:
+        if self.sampler is None or self.cycle is None:
             return ()
-        head = f"budget {self.sampler.budget_pct:g}%"
-        if self.sampler.highest == 1:
-            return (f"{head}: every syscall recorded, counts exact",)
-        return (
-            f"{head}: syscalls sampled at random, as sparsely as 1 in {self.sampler.highest} "
-            f"(ended at 1 in {self.sampler.period}; per tick in self_cost.ticks as "
-            "syscalls_1_in); each recorded call weighs its period, so counts, errors and "
-            "latency sums are unbiased estimates and histograms hold weighted samples"
-            + floor_note(self.sampler),
-        )
+        note = duty_note("syscalls", self.sampler, self.cycle)
+        if self.sampler.highest > 1:
+            note += (
+                "; a call is counted at its exit, its latency kept when its entry was seen in "
+                "the same window (calls longer than a window have no latency)"
+            )
+        return (note,)
 
     def poll(self, timeout_s: float) -> None:
         """Wait for exited processes and fold their rows out of the kernel tables."""

@@ -272,6 +272,12 @@ class BpfObject:
         self.links.append(link)
         return link
 
+    def release(self, link: Link) -> None:
+        """Detach one link before the object closes (a duty cycle's window ends)."""
+        link.destroy()
+        if link in self.links:
+            self.links.remove(link)
+
     def detach_all(self) -> None:
         while self.links:
             self.links.pop().destroy()
