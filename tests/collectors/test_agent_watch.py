@@ -304,3 +304,19 @@ def test_report_analyze_and_ask_read_a_recording(tmp_path: Path, capsys) -> None
     assert "syscall_errors" in kinds
     assert run(["ask", "which syscalls failed?", path]) == 0
     assert "openat" in capsys.readouterr().out
+
+
+def test_an_inspection_that_fails_costs_the_watch_its_word_not_the_agent(
+    monkeypatch, capsys
+) -> None:
+    import otlp_ebpf.collectors.agent_watch as agent_watch
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise ValueError("a bug in a rule")
+
+    monkeypatch.setattr(agent_watch, "analyze", broken)
+    watch = Watch(WatchConfig(window=20), INTERVAL)
+    assert run_watch(watch, Workload(storm=(12, 20)), 24) == []
+    assert watch.counts.analysis_errors > 1
+    err = capsys.readouterr().err
+    assert err.count("the watch could not inspect") == 1 and "a bug in a rule" in err

@@ -151,7 +151,8 @@ def test_an_errno_storm_becomes_a_log_a_metric_and_a_recording(
     assert logged["otlp_ebpf.finding.severity"] == "critical"
     assert "openat" in str(logged["body"]) and "ENOENT" in str(logged["body"])
     assert findings_metric(metrics, "syscall_errors") == 1, metrics
-    assert "sampling at full rate" in err, err  # the burst after the finding
+    assert "sampling at full rate" in err, err  # the burst after the finding (--budget 1)
+    assert "otlp_ebpf_bursts_total 1.0" in metrics
     # the recording: a record snapshot holding the window around the storm
     (path,) = recordings.glob("recording-*.json")
     assert str(path) == logged["otlp_ebpf.finding.recording"]

@@ -130,5 +130,6 @@ class WatchCounts:
     bursts: int = 0
     recordings: int = 0
     recording_errors: int = 0
+    analysis_errors: int = 0  # intervals the inspections failed on (warned about once)
     analysis_s: float = 0.0  # CPU seconds spent in the inspections
     last_analysis_s: float = 0.0

@@ -437,7 +437,12 @@ class Watch:
             console.status("agent: burst over, sampling under --budget again")
         events: list[FindingEvent] = []
         if len(self.ring) > MIN_ROWS and self.config.window > 0:
-            events = self._inspect(batch, governor, requested_hz, started_wall)
+            try:
+                events = self._inspect(batch, governor, requested_hz, started_wall)
+            except Exception as exc:  # collection and export go on without the watch's word
+                self.counts.analysis_errors += 1
+                if self.counts.analysis_errors == 1:
+                    console.warn(f"agent: the watch could not inspect interval {batch.seq}: {exc}")
         if self.pending is not None and (batch.seq >= self.pending.due_seq or batch.final):
             self._write(self.pending, requested_hz, started_wall, batch)
             self.pending = None
