@@ -147,13 +147,16 @@ class CpuTick:
 @dataclass(frozen=True)
 class SyscallTick:
     """One syscall (all target processes together) in one timeline interval. Latency
-    percentiles come from the interval's own log2 histogram."""
+    percentiles come from the interval's own log2 histogram, kept in `hist`."""
 
     name: str
     count: int
     errors: int
     p50_ns: int
     p99_ns: int
+    # The interval's log2 latency histogram, sparse: slot (as text) -> calls, slot i
+    # holding [2**i, 2**(i+1)) ns as in SyscallStat.hist.
+    hist: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

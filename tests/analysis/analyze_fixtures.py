@@ -33,6 +33,18 @@ class Fault:
     end_row: int  # exclusive
 
 
+def latency_histogram(calls: int, p50: int, p99: int) -> dict[str, int]:
+    """A row's sparse log2 histogram with those percentiles: 2% of the calls (at least one)
+    in the p99 slot, the rest in the median's."""
+    if not calls:
+        return {}
+    tail = max(1, round(0.02 * calls)) if p99 != p50 else 0
+    slots = {str(p50.bit_length() - 1): calls - tail}
+    if tail:
+        slots[str(p99.bit_length() - 1)] = tail
+    return {k: n for k, n in slots.items() if n}
+
+
 def recording(
     rows: int = 60,
     interval: float = 1.0,
@@ -60,7 +72,7 @@ def recording(
         if kind == "lock":  # eight threads serialised on one mutex: a request at a time
             read //= 8
         syscalls = [
-            SyscallTick("read", read, 0, 4096, p99),
+            SyscallTick("read", read, 0, 4096, p99, latency_histogram(read, 4096, p99)),
             SyscallTick("openat", openat + errors, errors, 8192, 16384),
         ]
         syscalls += [

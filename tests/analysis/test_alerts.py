@@ -14,7 +14,8 @@ from otlp_ebpf.analysis.alerts import PROMETHEUS_NAMES, AlertRule, alert_rules
 from otlp_ebpf.analysis.analyze import analyze
 from otlp_ebpf.cli.app import run
 from otlp_ebpf.formatters.analyze_alerts import render_rules
-from otlp_ebpf.model import RecordSnapshot, write_snapshot
+from otlp_ebpf.latency import slot_bounds
+from otlp_ebpf.model import OTHER_KEY, CpuSnapshot, RecordSnapshot, write_snapshot
 from tests.analysis.analyze_fixtures import Fault, recording
 
 INTERVAL = 15.0  # one row per scrape at the common 15 s interval
@@ -24,9 +25,88 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def cumulative(per_row: list[dict[str, float]], start: float = 0.0) -> dict[str, list[float]]:
+    """Per key, the running total of the rows' values (0 before the key's first row)."""
+    keys = {k for row in per_row for k in row}
+    out: dict[str, list[float]] = {k: [start] for k in keys}
+    for row in per_row:
+        for k in keys:
+            out[k].append(out[k][-1] + row.get(k, 0.0))
+    return out
+
+
+def latency_buckets(rec: RecordSnapshot) -> list[dict[str, str]]:
+    """The syscall latency histogram as the Collector hands it to Prometheus: cumulative
+    `_bucket` series per upper bound (`le`, the kernel's log2 slot edges as in the OTLP
+    export) and `+Inf`, each row adding that row's histogram."""
+    rows: dict[str, list[dict[str, float]]] = {}
+    for index, row in enumerate(rec.timeline):
+        for tick in row.syscalls or ():
+            rows.setdefault(tick.name, [{} for _ in rec.timeline])[index] = {
+                k: float(n) for k, n in tick.hist.items()
+            }
+    out = []
+    bucket = PROMETHEUS_NAMES["otlp_ebpf.syscall.duration"] + "_bucket"
+    for name, per_row in rows.items():
+        top = max((int(k) for r in per_row for k in r), default=0)
+        bounds = slot_bounds(top + 1)
+        at_or_below = [
+            {str(slot): sum(v for k, v in r.items() if int(k) <= slot) for slot in range(top + 1)}
+            for r in per_row
+        ]
+        totals = cumulative(at_or_below)
+        everything = cumulative([{"inf": sum(r.values())} for r in per_row])["inf"]
+        for slot in range(top + 1):
+            out.append(
+                {
+                    "series": f'{bucket}{{otlp_ebpf_syscall_name="{name}",le="{bounds[slot]}"}}',
+                    "values": " ".join(f"{v:g}" for v in totals[str(slot)]),
+                }
+            )
+        out.append(
+            {
+                "series": f'{bucket}{{otlp_ebpf_syscall_name="{name}",le="+Inf"}}',
+                "values": " ".join(f"{v:g}" for v in everything),
+            }
+        )
+    return out
+
+
+def cpu_seconds(rec: RecordSnapshot) -> list[dict[str, str]]:
+    """On-CPU time as our export sends it (samples / frequency): per executable name (a
+    resource label) and per leaf function."""
+    cpu = rec.signals["cpu"]
+    assert isinstance(cpu, CpuSnapshot)
+    names = {str(p.pid): p.exe.rsplit("/", 1)[-1] or p.comm for p in rec.processes}
+    per_exe, per_function = [], []
+    for row in rec.timeline:
+        exe: dict[str, float] = {}
+        for pid, n in row.cpu.samples.items() if row.cpu else ():
+            exe[names[pid]] = exe.get(names[pid], 0.0) + n / cpu.frequency_hz
+        per_exe.append(exe)
+        functions = row.cpu.functions.items() if row.cpu else ()
+        per_function.append({f: n / cpu.frequency_hz for f, n in functions if f != OTHER_KEY})
+    time_metric = PROMETHEUS_NAMES["otlp_ebpf.cpu.time"]
+    function_metric = PROMETHEUS_NAMES["otlp_ebpf.cpu.function.time"]
+    return [
+        {
+            "series": f'{time_metric}{{process_executable_name="{name}"}}',
+            "values": " ".join(f"{v:.4f}" for v in values),
+        }
+        for name, values in cumulative(per_exe).items()
+    ] + [
+        {
+            "series": f'{function_metric}{{code_function_name="{name}"}}',
+            "values": " ".join(f"{v:.4f}" for v in values),
+        }
+        for name, values in cumulative(per_function).items()
+    ]
+
+
 def input_series(rec: RecordSnapshot) -> list[dict[str, str]]:
-    """What a Prometheus fed by the Collector would hold: cumulative counters and the level
-    of outstanding memory, one sample per row (the first, at 0 s, before any row)."""
+    """What a Prometheus fed by the Collector would hold: cumulative counters, histogram
+    buckets and the level of outstanding memory, one sample per row (the first, at 0 s,
+    before any row)."""
     errors: dict[str, list[int]] = {}
     retrans: dict[tuple[str, str], list[int]] = {}
     memory = [0]
@@ -62,7 +142,7 @@ def input_series(rec: RecordSnapshot) -> list[dict[str, str]]:
             "values": " ".join(map(str, memory)),
         }
     )
-    return out
+    return out + latency_buckets(rec) + cpu_seconds(rec)
 
 
 def expected(rule: AlertRule, series_labels: dict[str, str]) -> dict[str, object]:
@@ -109,6 +189,15 @@ def by_name(rules: list[AlertRule]) -> dict[str, AlertRule]:
             "OtlpEbpfTcpRetransmits",
             {"network_peer_address": "10.0.0.2", "network_peer_port": "51000"},
         ),
+        # p99 from the histogram's buckets, as Prometheus computes it
+        (
+            Fault("latency", 30, 45),
+            "OtlpEbpfSyscallLatency_read",
+            {"otlp_ebpf_syscall_name": "read"},
+        ),
+        (Fault("cpu_hog", 30, 45), "OtlpEbpfCpuHog_hog", {"process_executable_name": "hog"}),
+        (Fault("cpu_hog", 30, 45), "OtlpEbpfHotFunction_spin", {"code_function_name": "spin"}),
+        (Fault("cpu_hog", 30, 45), "OtlpEbpfCpuSaturation", {}),
     ],
 )
 def test_each_alert_fires_in_the_faulty_window_and_not_before_nor_on_a_healthy_run(
@@ -172,4 +261,4 @@ def test_cli_writes_a_rule_file_promtool_accepts(tmp_path):
     text = out.read_text()
     assert "histogram_quantile(0.99, sum by (le, otlp_ebpf_syscall_name)" in text
     check = subprocess.run(["promtool", "check", "rules", str(out)], capture_output=True, text=True)
-    assert check.returncode == 0 and "SUCCESS: 4 rules found" in check.stdout, check.stdout
+    assert check.returncode == 0 and "SUCCESS: 5 rules found" in check.stdout, check.stdout

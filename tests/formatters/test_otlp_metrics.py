@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import pytest
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 
 from otlp_ebpf.formatters.otlp_metrics import build_metrics_data, has_metrics, log2_bounds
@@ -134,9 +136,37 @@ def test_mem_outstanding_is_an_up_down_sum() -> None:
     assert points(host["otlp_ebpf.memory.allocations"])[()].as_int == 120
 
 
-def test_cpu_snapshots_have_no_metrics() -> None:
-    assert not has_metrics(cpu_snapshot())
-    assert list(build_metrics_data(cpu_snapshot()).resource_metrics) == []
+def test_cpu_time_per_process_and_leaf_function_from_the_samples() -> None:
+    snapshot = cpu_snapshot()
+    assert has_metrics(snapshot)
+    request = encoded(snapshot)
+    period = 1.0 / snapshot.frequency_hz
+    by_pid: dict[int, list] = {}
+    for stack in snapshot.stacks:
+        by_pid.setdefault(stack.pid, []).append(stack)
+    for rm in request.resource_metrics:
+        attrs = {a.key: a.value for a in rm.resource.attributes}
+        stacks = by_pid[attrs["process.pid"].int_value]
+        metrics = {m.name: m for m in rm.scope_metrics[0].metrics}
+        total = metrics["otlp_ebpf.cpu.time"].sum
+        assert total.is_monotonic and metrics["otlp_ebpf.cpu.time"].unit == "s"
+        assert total.data_points[0].as_double == pytest.approx(
+            sum(s.count for s in stacks) * period
+        )
+        leaves: dict[str, int] = {}
+        for s in stacks:
+            leaves[s.frames[-1]] = leaves.get(s.frames[-1], 0) + s.count
+        functions = {
+            p.attributes[0].value.string_value: p.as_double
+            for p in metrics["otlp_ebpf.cpu.function.time"].sum.data_points
+        }
+        assert functions == {name: pytest.approx(n * period) for name, n in leaves.items()}
+
+
+def test_a_cpu_snapshot_of_blocked_time_only_has_no_metrics() -> None:
+    snapshot = dataclasses.replace(cpu_snapshot(), stacks=())
+    assert not has_metrics(snapshot)
+    assert list(build_metrics_data(snapshot).resource_metrics) == []
 
 
 def test_log2_bounds_are_the_slot_edges() -> None:

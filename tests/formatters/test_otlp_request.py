@@ -30,7 +30,7 @@ def write(tmp_path: Path, snapshot: object, name: str = "out.otlp.pb") -> Path:
 @pytest.mark.parametrize(
     ("snapshot", "signals"),
     [
-        (cpu_snapshot(), ["profiles"]),
+        (cpu_snapshot(), ["profiles", "metrics"]),
         (mem_snapshot(), ["profiles", "metrics"]),
         (syscalls_snapshot(), ["metrics"]),
         (net_snapshot(), ["metrics"]),
@@ -104,7 +104,7 @@ def test_files_written_by_extension_carry_the_environment_resource(tmp_path, mon
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=ci")
     path = tmp_path / "x.otlp.pb"
     registry.write_output(cpu_snapshot(), str(path), registry.format_for_path(str(path)))
-    (request,) = read_request_file(str(path))
+    request = read_request_file(str(path))[0]  # profiles first, then the cpu time metrics
     decoded = ExportProfilesServiceRequest.FromString(request.payload)
     attrs = {a.key: a.value.string_value for a in decoded.resource_profiles[0].resource.attributes}
     assert attrs["service.name"] == "checkout"

@@ -18,7 +18,7 @@ import numpy as np
 
 from otlp_ebpf.analysis.analyze import Analysis
 from otlp_ebpf.analysis.anomalies import MAD_TO_SIGMA, Anomaly
-from otlp_ebpf.analysis.series import Series
+from otlp_ebpf.analysis.series import Series, Timeline
 
 # OTLP metric (docs/otlp.md) -> its Prometheus name after the Collector's translation.
 PROMETHEUS_NAMES = {
@@ -29,9 +29,15 @@ PROMETHEUS_NAMES = {
     "otlp_ebpf.tcp.retransmits": "otlp_ebpf_tcp_retransmits_total",
     "otlp_ebpf.network.drops": "otlp_ebpf_network_drops_total",
     "otlp_ebpf.memory.outstanding": "otlp_ebpf_memory_outstanding_bytes",
+    "otlp_ebpf.cpu.time": "otlp_ebpf_cpu_time_seconds_total",
+    "otlp_ebpf.cpu.function.time": "otlp_ebpf_cpu_function_time_seconds_total",
 }
 SYSCALL_LABEL = "otlp_ebpf_syscall_name"
 DROP_LABEL = "otlp_ebpf_drop_reason"
+FUNCTION_LABEL = "code_function_name"
+# A resource attribute: a label once the Collector's Prometheus exporter turns resource
+# attributes into labels (`resource_to_telemetry_conversion`, as in deploy/otel-collector.yaml).
+PROCESS_LABEL = "process_executable_name"
 # Rates over at least a minute: four scrapes at the common 15 s interval.
 MIN_RATE_WINDOW_S = 60.0
 MAX_FOR_S = 600.0
@@ -67,6 +73,7 @@ def alert_rules(analysis: Analysis) -> list[AlertRule]:
         return []
     window = rate_window(timeline.interval_s)
     rules = _key_rules(timeline.series, timeline.interval_s, window, analysis.anomalies)
+    rules.extend(_cpu_key_rules(timeline, window, analysis.anomalies))
     rules.extend(_finding_rules(analysis, window))
     unique: dict[str, AlertRule] = {}
     for rule in rules:
@@ -198,9 +205,122 @@ def _finding_rules(analysis: Analysis, window: float) -> list[AlertRule]:
         if anomaly is None:
             continue
         rule = _rule_for(finding.kind, anomaly, w, interval, window, finding.summary)
+        if rule is None:
+            rule = _cpu_rule_for(finding.kind, anomaly, analysis, w, window, finding.summary)
         if rule is not None:
             rules.append(rule)
+        # A CPU finding's process and function come together (a hog spends its time in a
+        # function): each gets its rule, so either alone would still be caught.
+        for cause in finding.causes:
+            if cause.anomaly is not anomaly and cause.kind in ("cpu_hog", "hot_function"):
+                extra = _cpu_rule_for(
+                    cause.kind, cause.anomaly, analysis, w, window, finding.summary
+                )
+                if extra is not None:
+                    rules.append(extra)
     return rules
+
+
+def _cpu_key_rules(
+    timeline: Timeline, window: float, anomalies: Sequence[Anomaly]
+) -> list[AlertRule]:
+    """The targets' CPU, in CPUs (CPU seconds per second), above the recorded baseline."""
+    hz = timeline.cpu_hz
+    total = next(
+        (s for s in timeline.series if (s.signal, s.name) == ("cpu", "samples") and not s.labels),
+        None,
+    )
+    if total is None or not hz:
+        return []
+    base, limit = _baseline_threshold(total.values / hz, 0.1, 0.5)
+    w = duration_text(window)
+    seen = [a for a in anomalies if a.series is total]
+    return [
+        AlertRule(
+            "OtlpEbpfCpuSaturation",
+            f"sum(rate({PROMETHEUS_NAMES['otlp_ebpf.cpu.time']}[{w}])) > {_cpus(limit)}",
+            _for(seen, timeline.interval_s, window),
+            "warning",
+            "The targets use more CPU than recorded",
+            f"The traced processes together use more than {_cpus(limit)} CPUs (the "
+            f"recording's baseline was {_cpus(base)}). Look at which process and function "
+            "grew: otlp-ebpf cpu, or the profiles of the same time.",
+        )
+    ]
+
+
+def _cpus(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _cpu_rule_for(
+    kind: str, a: Anomaly, analysis: Analysis, w: str, window: float, summary: str
+) -> AlertRule | None:
+    """A CPU hog (per executable name) or a hot function (per leaf function), in CPUs,
+    halfway between the baseline and what the anomaly showed."""
+    timeline = analysis.timeline
+    assert timeline is not None
+    hz = timeline.cpu_hz
+    if kind not in ("cpu_hog", "hot_function") or not hz:
+        return None
+    for_s = _for([a], timeline.interval_s, window)
+    seen = f"The recording showed: {summary}"
+    if kind == "hot_function":
+        name = a.series.labels["function"]
+        metric = PROMETHEUS_NAMES["otlp_ebpf.cpu.function.time"]
+        return AlertRule(
+            f"OtlpEbpfHotFunction_{_identifier(name)}",
+            f"sum by ({FUNCTION_LABEL}) (rate({metric}"
+            f'{{{FUNCTION_LABEL}="{_quoted(name)}"}}[{w}])) > {_cpus(_midpoint(a) / hz)}',
+            for_s,
+            "warning",
+            f"{name} takes CPU as in the recorded incident",
+            seen,
+            {"finding": kind},
+        )
+    exe = _executable(analysis, a.series.labels["pid"])
+    if not exe:
+        return None
+    # Every process of that executable counts (the metric's label is its name): the
+    # threshold is halfway between their baseline and their total during the anomaly.
+    before, during = _executable_cpu(timeline, analysis, exe, a)
+    metric = PROMETHEUS_NAMES["otlp_ebpf.cpu.time"]
+    return AlertRule(
+        f"OtlpEbpfCpuHog_{_identifier(exe)}",
+        f"sum by ({PROCESS_LABEL}) (rate({metric}"
+        f'{{{PROCESS_LABEL}="{_quoted(exe)}"}}[{w}])) > {_cpus((before + during) / 2 / hz)}',
+        for_s,
+        "warning",
+        f"{exe} uses CPU as in the recorded incident",
+        seen,
+        {"finding": kind},
+    )
+
+
+def _executable(analysis: Analysis, pid: str) -> str:
+    """The executable name our OTLP resources give a process (`process.executable.name`)."""
+    info = next((p for p in analysis.snapshot.processes if str(p.pid) == pid), None)
+    if info is None:
+        return ""
+    return info.exe.rsplit("/", 1)[-1] if info.exe else info.comm
+
+
+def _executable_cpu(
+    timeline: Timeline, analysis: Analysis, exe: str, a: Anomaly
+) -> tuple[float, float]:
+    """Samples per second of every process of `exe`: median before the anomaly, median
+    during it."""
+    pids = {
+        str(p.pid) for p in analysis.snapshot.processes if _executable(analysis, str(p.pid)) == exe
+    }
+    columns = [
+        s.values
+        for s in timeline.series
+        if (s.signal, s.name) == ("cpu", "samples") and s.labels.get("pid") in pids
+    ]
+    total = np.sum(np.vstack(columns), axis=0)
+    before = total[: a.first_row] if a.first_row else total[:1]
+    return float(np.median(before)), float(np.median(total[a.first_row : a.last_row + 1]))
 
 
 def _midpoint(anomaly: Anomaly) -> float:

@@ -432,6 +432,7 @@ class SyscallsSignal:
                     errors - errors0,
                     percentile_ns(delta, 0.50, 0, 0),
                     percentile_ns(delta, 0.99, 0, 0),
+                    {str(slot): n for slot, n in enumerate(delta) if n},
                 )
             )
         row.sort(key=lambda t: (-t.count, t.name))

@@ -9,7 +9,7 @@ allocation totals) sit on a host resource. Metric names are listed in docs/otlp.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -38,9 +38,11 @@ from otlp_ebpf.formatters.otlp_profiles import (
 from otlp_ebpf.latency import slot_bounds
 from otlp_ebpf.model import (
     Connection,
+    CpuSnapshot,
     MemSnapshot,
     NetSnapshot,
     Snapshot,
+    StackCount,
     SyscallsSnapshot,
     SyscallStat,
 )
@@ -65,7 +67,10 @@ class _Clock:
 
 
 def has_metrics(snapshot: Snapshot) -> bool:
-    """True when `snapshot` kind carries metric material (syscalls, net, mem)."""
+    """True when `snapshot` kind carries metric material (syscalls, net, mem, and cpu with
+    on-CPU samples)."""
+    if isinstance(snapshot, CpuSnapshot):
+        return bool(snapshot.stacks) and snapshot.frequency_hz > 0
     return isinstance(snapshot, SyscallsSnapshot | NetSnapshot | MemSnapshot)
 
 
@@ -89,6 +94,9 @@ def build_metrics_data(
         comms.update({a.pid: a.comm for a in snapshot.outstanding})
         _mem_metrics(snapshot, clock, per_process)
         host_metrics += _mem_host_metrics(snapshot, clock)
+    elif isinstance(snapshot, CpuSnapshot) and has_metrics(snapshot):
+        comms.update({s.pid: s.comm for s in snapshot.stacks})
+        _cpu_metrics(snapshot, clock, per_process)
     resources = [
         _resource_metrics(
             process_resource_attributes(snapshot, pid, comms.get(pid, ""), attrs), metrics
@@ -291,6 +299,46 @@ def _net_host_metrics(snapshot: NetSnapshot, clock: _Clock) -> list[Metric]:
         _counter("otlp_ebpf.network.drops", "{packet}", "Packets dropped by the kernel", drops),
     ]
     return [m for m in metrics if _points(m)]
+
+
+# --- cpu --------------------------------------------------------------------------------------
+
+# Leaf functions per process given their own series: the busiest, as in a recording's
+# timeline (the rest are in the process's total).
+CPU_TOP_FUNCTIONS = 10
+FUNCTION_NAME = "code.function.name"
+
+
+def _cpu_metrics(snapshot: CpuSnapshot, clock: _Clock, out: _PerProcess) -> None:
+    """On-CPU time per process and per leaf function, estimated from the samples (a sample
+    stands for 1 / frequency seconds), so alerts can watch CPU as rates of seconds."""
+    period_s = 1.0 / snapshot.frequency_hz
+
+    def build(group: list[StackCount]) -> list[Metric]:
+        leaves: Counter[str] = Counter()
+        for stack in group:
+            leaves[stack.frames[-1] if stack.frames else "[unknown]"] += stack.count
+        functions = [
+            clock.point(n * period_s, {FUNCTION_NAME: name})
+            for name, n in leaves.most_common(CPU_TOP_FUNCTIONS)
+        ]
+        total = sum(s.count for s in group)
+        return [
+            _counter(
+                "otlp_ebpf.cpu.time",
+                "s",
+                "On-CPU time, estimated from samples (samples / frequency)",
+                [clock.point(total * period_s)],
+            ),
+            _counter(
+                "otlp_ebpf.cpu.function.time",
+                "s",
+                "On-CPU time by leaf function (the busiest per process), from samples",
+                functions,
+            ),
+        ]
+
+    _each_process(snapshot.stacks, out, build)
 
 
 # --- mem --------------------------------------------------------------------------------------
