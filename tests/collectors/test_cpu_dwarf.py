@@ -119,8 +119,10 @@ def test_differently_named_threads_do_not_reread_the_maps(threads_bin: Path) -> 
     # Two threads, 1.5 s of CPU each at 99 Hz: ~150 samples each, their names alternating.
     assert_both_threads_full(snapshot, least=50)
     # The maps are read when the process is first seen (and after its exec), not per name
-    # (what this costs in CPU: bench/unwind.py).
-    assert int(note(snapshot, r"maps read (\d+) times").group(1)) <= 3
+    # (what this costs in CPU: bench/unwind.py). A pc in no known mapping (a walk that ran
+    # into a stale or partly written frame, more often on a loaded machine) reads them again.
+    reads = note(snapshot, r"maps read (\d+) times \((\d+) for a pc in no known mapping\)")
+    assert int(reads.group(1)) - int(reads.group(2)) <= 3
     assert "ring buffer full" not in snapshot.lost_events
 
 

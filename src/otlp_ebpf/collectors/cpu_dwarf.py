@@ -193,6 +193,7 @@ class DwarfSampler:
         self.samples_total = 0
         self.truncated = 0
         self.captures = 0  # reads of /proc/PID/maps
+        self.unknown_pc_captures = 0  # of which: a pc in no known mapping
         self.prefetch = False
         self._waiting: list[_Waiting] = []
         self._waiting_bytes = 0
@@ -446,7 +447,9 @@ class DwarfSampler:
     def _recapture(self, pid: int, process: _Process) -> bool:
         if time.monotonic() - process.captured_at < RECAPTURE_MIN_INTERVAL_S:
             return False
-        return self._capture(pid)
+        captured = self._capture(pid)
+        self.unknown_pc_captures += captured
+        return captured
 
     def _capture(self, pid: int) -> bool:
         exe = _exe_identity(pid)
@@ -621,6 +624,7 @@ class DwarfSampler:
         text = (
             f"unwind tables: {st.from_disk} from the disk cache, {st.decoded} decoded"
             f"; /proc/PID/maps read {self.captures} times"
+            f" ({self.unknown_pc_captures} for a pc in no known mapping)"
         )
         worker = self.cfi.worker
         if worker is not None and worker.started:
