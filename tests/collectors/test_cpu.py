@@ -324,7 +324,9 @@ def test_diff_gate_finds_the_doubled_function(
     capsys.readouterr()
     assert run(["diff", base, doubled, "--fail-on-regression", "5"]) == 1
     verdict = capsys.readouterr().err
-    assert verdict.startswith("REGRESSION: a self"), verdict
+    # a's own time and its time with callees (the clock it reads) both doubled: the gate
+    # names a, by whichever of the two grew more beyond the noise.
+    assert re.match(r"REGRESSION: a (self|total) ", verdict), verdict
     assert run(["diff", base, base_again, "--fail-on-regression", "5"]) == 0
 
 
