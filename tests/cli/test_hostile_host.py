@@ -154,10 +154,13 @@ def test_a_launched_command_with_such_bytes_fills_every_output(
     shown = os.fsencode(hostile).decode("utf-8", "backslashreplace")  # .../evil\\xff\\xfe
     assert snap["targets"] == [f"command: {shown} 300 arg\\xfe"]
     (info,) = snap["processes"]
-    assert info["comm"] == "arg\\xfe"  # named itself after its argument
+    # It names itself after its argument once started; a sample taken in the dynamic loader
+    # (likelier on a loaded machine) sees it still named after its file.
+    assert info["comm"] in ("arg\\xfe", "evil\\xff\\xfe")
     assert info["exe"] == shown
     assert "arg\\xfe" in (tmp_path / "x.html").read_text()
-    assert (tmp_path / "x.folded").read_text().startswith("arg\\xfe;")
+    folded = (tmp_path / "x.folded").read_text().splitlines()
+    assert any(line.startswith("arg\\xfe;") for line in folded), folded
 
 
 def test_a_comm_filter_with_such_bytes_matches_the_process(
