@@ -12,6 +12,8 @@ from otlp_ebpf.errors import UsageError
 from otlp_ebpf.symbolize.procmaps import (
     OpenFiles,
     ProcessMaps,
+    RecordedMapping,
+    kernel_dev,
     parse_maps_line,
     process_start_time,
 )
@@ -86,3 +88,49 @@ def test_refresh_reads_a_perf_map_once_it_changes(tmp_path: Path) -> None:
     assert maps.refresh_perf_map()
     assert maps.perf_map is not None and maps.perf_map.lookup(0x1004) == "jitted"
     assert not maps.refresh_perf_map()
+
+
+def test_the_device_of_a_mapping_is_read_in_st_dev_encoding() -> None:
+    mapping = parse_maps_line("1000-2000 r-xp 00000000 fe:01 77 /usr/bin/true")
+    assert mapping is not None and mapping.dev == os.makedev(0xFE, 1)
+    assert kernel_dev((0xFE << 20) | 1) == os.makedev(0xFE, 1)
+
+
+def _recorded(path: str, st: os.stat_result, *, start: int = 0x1000) -> RecordedMapping:
+    return RecordedMapping(start, start + 0x1000, 0, st.st_ino, st.st_dev, path, executable=True)
+
+
+def test_maps_recorded_at_exit_find_their_files_by_path_or_by_inode(tmp_path: Path) -> None:
+    """A file mapped by no process seen is opened by the recorded path when it is that inode;
+    a file held already is found by (device, inode) even when the path was cut short."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(b"\x7fELF one")
+    second.write_bytes(b"\x7fELF two")
+    files = OpenFiles()
+    try:
+        st1, st2 = first.stat(), second.stat()
+        recorded = [
+            _recorded(str(first), st1),
+            RecordedMapping(0x3000, 0x4000, 0, 0, 0, "", executable=True, vdso=True),
+            RecordedMapping(0x8000, 0x9000, 0, 0, 0, "", executable=False, stack=True),
+        ]
+        maps = ProcessMaps.from_recorded(42, recorded, files, 7, b"vdso image")
+        code = maps.find(0x1800)
+        assert code is not None and code.file_id is not None and code.path == str(first)
+        assert Path(files.path_of(code.file_id)).read_bytes() == b"\x7fELF one"
+        assert maps.vdso_image == b"vdso image" and maps.start_time == 7
+        assert maps.find(0x3000).path == "[vdso]"  # type: ignore[union-attr]
+        assert maps.find(0x8800).path == "[stack]"  # type: ignore[union-attr]
+        # Found again by (device, inode) with no path at all.
+        again = ProcessMaps.from_recorded(43, [_recorded("", st1, start=0x5000)], files)
+        assert again.mappings[0].file_id == code.file_id and again.mappings[0].path == str(first)
+    finally:
+        files.close()
+    # A path that names another file now (the mapped one replaced) is not taken for it.
+    fresh = OpenFiles()
+    try:
+        replaced = RecordedMapping(0x1000, 0x2000, 0, st1.st_ino, st1.st_dev, str(second), True)
+        assert ProcessMaps.from_recorded(44, [replaced], fresh).mappings[0].file_id is None
+        assert st2.st_ino != st1.st_ino
+    finally:
+        fresh.close()

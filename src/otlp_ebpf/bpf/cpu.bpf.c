@@ -6,13 +6,15 @@
  * to its stacks' total (user space adds the blocks still in progress when the run ends, from
  * offcpu_start). tp_btf is the fast path, the sched_switch tracepoint the fallback; user
  * space disables the one it does not use. Pid events (first sample, exec, exit) go through a
- * small ring buffer so user space captures /proc/PID/maps while short-lived processes live. */
+ * small ring buffer so user space captures /proc/PID/maps while short-lived processes live; a
+ * process gone before that is named with the mappings recorded at its exit (exit_maps.h). */
 #include "core.h"
 #include "target.h"
 #include "counters.h"
 #include "cpu.h"
 #include "stack_store.h"
 #include "python.h"
+#include "exit_maps.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -67,6 +69,12 @@ struct {
 	__type(value, struct offcpu_start);
 } offcpu_start SEC(".maps");
 
+/* Processes sampled: SEEN once user space was told of the first sample since the last exec,
+ * EXECED after an exec (the next sample tells it again). At exit, a process found here has
+ * its mappings recorded. */
+#define SEEN 1
+#define EXECED 2
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 8192);
@@ -96,9 +104,10 @@ static __always_inline void send_pid_event(u32 pid, u32 kind)
 
 static __always_inline void note_process(u32 tgid)
 {
-	u8 one = 1;
+	u8 *state = bpf_map_lookup_elem(&seen, &tgid);
+	u8 one = SEEN;
 
-	if (bpf_map_lookup_elem(&seen, &tgid))
+	if (state && *state == SEEN)
 		return;
 	bpf_map_update_elem(&seen, &tgid, &one, BPF_ANY);
 	send_pid_event(tgid, CPU_PID_SEEN);
@@ -291,13 +300,33 @@ int on_exec(void *ctx)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tgid = pid_tgid >> 32;
+	u8 execed = EXECED;
 
 	if (!target_wanted(pid_tgid))
 		return 0;
 	/* The loader has not mapped the libraries yet: the first sample of the new image asks
 	 * for another capture. */
-	bpf_map_delete_elem(&seen, &tgid);
+	bpf_map_update_elem(&seen, &tgid, &execed, BPF_EXIST);
 	send_pid_event(tgid, CPU_PID_EXEC);
+	return 0;
+}
+
+/* A sampled process exits: record its mappings, which user space may not have read yet (a
+ * program of its own, so that a kernel without the mapping iterator still loads on_exit;
+ * user space attaches it first, so it runs before on_exit forgets the process). */
+SEC("tp/sched/sched_process_exit")
+int record_exit_maps(struct trace_event_raw_sched_process_exit *ctx)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tgid = pid_tgid >> 32;
+	bool last;
+
+	if (bpf_core_field_exists(ctx->group_dead))
+		last = ctx->group_dead;
+	else
+		last = (u32)pid_tgid == tgid;
+	if (last && bpf_map_lookup_elem(&seen, &tgid))
+		send_exit_maps(tgid);
 	return 0;
 }
 

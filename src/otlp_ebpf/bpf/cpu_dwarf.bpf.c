@@ -8,6 +8,7 @@
 #include "counters.h"
 #include "cpu_dwarf.h"
 #include "python.h"
+#include "exit_maps.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -72,8 +73,11 @@ struct {
 
 COUNTER_ARRAY(drops, DWARF_DROP_SLOTS);
 
-/* Processes whose first sample (since their last exec) user space was woken for: it reads a
- * new process's maps at once, while the process still lives, however short its life. */
+/* Processes sampled, and whether user space was woken for their first sample since their last
+ * exec (ANNOUNCED): it reads a new process's maps at once, while the process still lives,
+ * however short its life. At exit, a process found here has its mappings recorded. */
+#define ANNOUNCED 1
+#define EXECED 2
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 8192);
@@ -157,9 +161,10 @@ static __always_inline u32 copy_user_stack(struct dwarf_sample *s, u64 sp, u32 w
 
 static __always_inline u64 wakeup_flag(u32 tgid)
 {
-	u8 one = 1;
+	u8 *state = bpf_map_lookup_elem(&announced, &tgid);
+	u8 one = ANNOUNCED;
 
-	if (!bpf_map_lookup_elem(&announced, &tgid)) {
+	if (!state || *state != ANNOUNCED) {
 		bpf_map_update_elem(&announced, &tgid, &one, BPF_ANY);
 		return BPF_RB_FORCE_WAKEUP;
 	}
@@ -167,13 +172,35 @@ static __always_inline u64 wakeup_flag(u32 tgid)
 									      : BPF_RB_NO_WAKEUP;
 }
 
-/* A new image: its first sample wakes user space again (the maps changed). */
+/* A new image: its first sample wakes user space again (the maps changed). A process sampled
+ * before stays known, so its mappings are still recorded at its exit. */
 SEC("tp/sched/sched_process_exec")
 int dwarf_exec(void *ctx)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	u8 execed = EXECED;
 
+	bpf_map_update_elem(&announced, &tgid, &execed, BPF_EXIST);
+	return 0;
+}
+
+/* The last thread of a sampled process exits: its code mappings go to user space, which may
+ * not have read its maps yet (exit_maps.h). It will not be sampled again. */
+SEC("tp/sched/sched_process_exit")
+int dwarf_exit(struct trace_event_raw_sched_process_exit *ctx)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tgid = pid_tgid >> 32;
+	bool last;
+
+	if (bpf_core_field_exists(ctx->group_dead))
+		last = ctx->group_dead;
+	else
+		last = (u32)pid_tgid == tgid;
+	if (!last || !bpf_map_lookup_elem(&announced, &tgid))
+		return 0;
 	bpf_map_delete_elem(&announced, &tgid);
+	send_exit_maps(tgid);
 	return 0;
 }
 
@@ -212,12 +239,15 @@ int dwarf_sample(struct bpf_perf_event_data_dwarf *ctx)
 			s->kstack_bytes = n;
 		user_regs_from_task((struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()),
 				    s->regs);
+		/* A task past exit_mm has no user space left: only its kernel stack counts. */
+		if (!BPF_CORE_READ((struct task_struct___exit *)bpf_get_current_task_btf(), mm))
+			s->flags |= SAMPLE_NO_USER_REGS;
 	}
 	if (window > DWARF_MAX_WINDOW)
 		window = DWARF_MAX_WINDOW;
 	if (!s->regs[DWARF_REG_PC] || !s->regs[DWARF_REG_SP])
 		s->flags |= SAMPLE_NO_USER_REGS;
-	else if (window)
+	else if (window && !(s->flags & SAMPLE_NO_USER_REGS))
 		s->stack_bytes = copy_user_stack(s, s->regs[DWARF_REG_SP], window);
 	if (python_frames)
 		py_read_stack(s->pid, s->tid, &s->py);

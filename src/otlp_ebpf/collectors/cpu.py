@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from otlp_ebpf import console, hosttext
-from otlp_ebpf.collectors import base
+from otlp_ebpf.collectors import base, exit_maps
 from otlp_ebpf.collectors.blocked_threads import (
     BlockedThread,
     ThreadMark,
@@ -49,6 +49,7 @@ from otlp_ebpf.collectors.cpu_sampling import (
     Sampler,
     without_tracing_frames,
 )
+from otlp_ebpf.collectors.exit_maps import ExitMaps
 from otlp_ebpf.collectors.python_frames import PythonFrames
 from otlp_ebpf.collectors.stack_store import read_stored_stacks
 from otlp_ebpf.errors import UsageError
@@ -79,7 +80,10 @@ DROP_REASONS = (
     "off-cpu start table full",
     "pid events lost",
 )
+PID_EXIT = 3  # CPU_PID_EXIT in bpf/cpu.h
 PID_PY_STACK = 4  # CPU_PID_PY_STACK in bpf/cpu.h: a new stored Python stack
+EXIT_MAPS_PROGRAM = "record_exit_maps"
+EXIT_MAPS_LOST = "exit maps: ring buffer full"
 SAMPLE_PROGRAM = "on_cpu_sample"
 SWITCH_BTF, SWITCH_TP = "btf_sched_switch", "tp_sched_switch"
 PID_PROGRAMS = ("on_exec", "on_exit")
@@ -242,6 +246,7 @@ class FramePointerSampler:
         self.obj: BpfObject | None = None
         self.use_btf = features.tp_btf_supported()
         self.events: RingBuffer | None = None
+        self.exits: ExitMaps | None = None  # mappings recorded at the exit of sampled processes
         # Python frames: processes registered as seen, stacks named as they are first stored.
         self.python = python
         if python is None and config.python and config.user_stacks:
@@ -288,11 +293,18 @@ class FramePointerSampler:
         obj.resize_map("stacks", self.config.stack_entries)
         for prog in self._unused_programs(targets):
             obj.disable(prog)
+        if not exit_maps.supported():
+            obj.disable(EXIT_MAPS_PROGRAM)
         obj.load()
         if self.python is not None:
             self.python.attach(obj)
         targets.attach(obj)
         self.events = RingBuffer(obj.map("pid_events"), self._on_pid_event)
+        if obj.enabled(EXIT_MAPS_PROGRAM):
+            # Attached first: a tracepoint runs its programs in attach order, and the record
+            # must be written before on_exit forgets the process and tells us of its exit.
+            self.exits = ExitMaps(obj)
+            probes.attach_auto(obj, EXIT_MAPS_PROGRAM)
         for prog in PID_PROGRAMS:
             probes.attach_auto(obj, prog)
         if self.config.off_cpu:
@@ -326,7 +338,17 @@ class FramePointerSampler:
                 PyStackEvent.from_buffer_copy(data[: ctypes.sizeof(PyStackEvent)])
             )
             return
+        if event.kind == PID_EXIT and self._remember_recorded(event.pid):
+            return
         self.watch.remember(event.pid)
+
+    def _remember_recorded(self, pid: int) -> bool:
+        """Give the symbolizer the maps recorded at the exit of `pid`: the process is gone, and
+        it may have been before its maps could be read (or after an exec since)."""
+        if self.exits is None:
+            return False
+        maps = self.exits.maps_of(pid, self.symbolizer.files)
+        return maps is not None and self.symbolizer.remember_maps(pid, maps)
 
     def _register_python(self, pid: int) -> None:
         assert self.python is not None
@@ -450,6 +472,8 @@ class FramePointerSampler:
             self.events.drain()
             self.events.close()
             self.events = None
+        if self.exits is not None:
+            self.exits.close()
         raw = self._read_raw()
         lost = self._read_drops()
         whole_run = self._blocked_whole_run()
@@ -568,7 +592,10 @@ class FramePointerSampler:
     def _read_drops(self) -> dict[str, int]:
         assert self.obj is not None
         drops = self.obj.map("drops")
-        return {reason: n for i, reason in enumerate(DROP_REASONS) if (n := drops.lookup_u64(i))}
+        found = {reason: n for i, reason in enumerate(DROP_REASONS) if (n := drops.lookup_u64(i))}
+        if self.exits is not None and (lost := self.exits.lost()):
+            found[EXIT_MAPS_LOST] = lost
+        return found
 
     def _frames(
         self, key: CpuKey, stacks: dict[int, tuple[int, ...]]

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from otlp_ebpf import console, hosttext
-from otlp_ebpf.collectors import base
+from otlp_ebpf.collectors import base, exit_maps
 from otlp_ebpf.collectors.cpu_sampling import (
     KERNEL_MODULE,
     CpuConfig,
@@ -40,6 +40,7 @@ from otlp_ebpf.collectors.cpu_sampling import (
     SampledStacks,
     without_tracing_frames,
 )
+from otlp_ebpf.collectors.exit_maps import ExitMaps
 from otlp_ebpf.collectors.python_frames import PyStack, PythonFrames
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import ProcessInfo, StackCount
@@ -49,7 +50,7 @@ from otlp_ebpf.runtime.loader import BpfObject, Link
 from otlp_ebpf.symbolize.cfi import CfiCache, default_cache_dir
 from otlp_ebpf.symbolize.elf import DEFAULT_DEBUG_ROOT
 from otlp_ebpf.symbolize.lru import Lru
-from otlp_ebpf.symbolize.procmaps import OpenFiles, ProcessMaps, process_start_time
+from otlp_ebpf.symbolize.procmaps import ProcessMaps, process_start_time
 from otlp_ebpf.symbolize.python import PyFrame, merge_python_frames
 from otlp_ebpf.symbolize.resolver import UNKNOWN_FRAME, Symbolizer
 from otlp_ebpf.symbolize.unwind import (
@@ -65,6 +66,7 @@ from otlp_ebpf.symbolize.unwind import (
 OBJECT = "cpu_dwarf"
 PROGRAM = "dwarf_sample"
 EXEC_PROGRAM = "dwarf_exec"
+EXIT_PROGRAM = "dwarf_exit"
 # Processes whose maps are kept for unwinding, least recently sampled evicted first: a
 # process that is gone keeps its maps for the samples still on their way, and a host with
 # endless short processes does not grow the tool's memory without bound.
@@ -86,6 +88,8 @@ DEFAULT_WINDOW = 16384
 SAMPLE_IN_KERNEL = 1
 SAMPLE_NO_USER_REGS = 4
 DROP_REASONS = ("ring buffer full", "no scratch buffer")
+EXIT_MAPS_LOST = "exit maps: ring buffer full"
+REASON_GONE = "process_gone"
 TRUNCATED_FRAME = "[truncated]"
 # A pc in no known mapping means the maps are stale (exec, dlopen): look again, at most this
 # often per process.
@@ -176,6 +180,8 @@ class DwarfSampler:
     ) -> None:
         if not 0 < window_bytes <= MAX_WINDOW:
             raise UsageError(f"stack window must be 1..{MAX_WINDOW} bytes, got {window_bytes}")
+        # A symbolizer of our own is closed with us; a given one belongs to the caller.
+        self._own_symbolizer = symbolizer is None
         self.symbolizer = symbolizer if symbolizer is not None else Symbolizer()
         self.frequency_hz = frequency_hz
         self.window_bytes = window_bytes
@@ -194,12 +200,15 @@ class DwarfSampler:
         self.truncated = 0
         self.captures = 0  # reads of /proc/PID/maps
         self.unknown_pc_captures = 0  # of which: a pc in no known mapping
+        self.recorded = 0  # processes unwound with the maps the kernel recorded at their exit
+        self._exits: ExitMaps | None = None
         self.prefetch = False
         self._waiting: list[_Waiting] = []
         self._waiting_bytes = 0
         self._final_drops: dict[str, int] | None = None
         self._ring: RingBuffer | None = None
-        self._files = OpenFiles()
+        # Shared with the symbolizer: one descriptor per mapped file, one read of the maps.
+        self._files = self.symbolizer.files
         self._processes: OrderedDict[int, _Process] = OrderedDict()
         self._batch: list[bytes] = []
         self._infos: dict[int, ProcessInfo] = {}
@@ -236,12 +245,17 @@ class DwarfSampler:
         obj.resize_map("scratch", libbpf.lib().libbpf_num_possible_cpus())
         for prog in targets.unused_programs():
             obj.disable(prog)
+        if not exit_maps.supported():
+            obj.disable(EXIT_PROGRAM)
         obj.load()
         if self.python is not None:
             self.python.attach(obj)
         targets.attach(obj)
         self._ring = RingBuffer(obj.map("samples"), self._on_sample)
         probes.attach_auto(obj, EXEC_PROGRAM)
+        if obj.enabled(EXIT_PROGRAM):
+            self._exits = ExitMaps(obj)
+            probes.attach_auto(obj, EXIT_PROGRAM)
         self.sample_links = probes.attach_cpu_clock(obj, PROGRAM, self.frequency_hz)
         # Known targets: their tables are decoded while they run, before samples need them.
         self.prefetch = targets.filtered
@@ -264,6 +278,8 @@ class DwarfSampler:
         """Wait up to `timeout_ms` for samples and unwind them; returns how many arrived.
         Samples waiting for a table are unwound once it has arrived."""
         arrived = self._ring.poll(timeout_ms) if self._ring is not None else 0
+        if self._exits is not None:
+            self._exits.drain()
         self._flush()
         if self.cfi.receive(0.0):
             self._retry_waiting(final=False)
@@ -325,7 +341,8 @@ class DwarfSampler:
     def _flush(self) -> None:
         """Unwind the samples the last poll brought. New processes' maps are read first, for
         every process in the batch, before any sample is unwound: a short-lived process may
-        live only milliseconds past its first sample (the kernel side wakes us for it)."""
+        live only milliseconds past its first sample (the kernel side wakes us for it). One
+        already gone is unwound with the maps the kernel recorded at its exit."""
         batch, self._batch = self._batch, []
         seen: set[int] = set()
         for data in batch:
@@ -333,7 +350,7 @@ class DwarfSampler:
             if pid not in seen:
                 seen.add(pid)
                 if pid not in self._processes and pid not in self.own_pids():
-                    self._capture(pid)
+                    self._capture(pid) or self._adopt_recorded(pid)
         for data in batch:
             self._unwind_sample(data)
 
@@ -353,7 +370,7 @@ class DwarfSampler:
         process = self._process_for(head.pid, comm)
         python = self._python_frames(head)
         if process is None:
-            self._failures["process_gone"] += 1
+            self._failures[REASON_GONE] += 1
             self._add((*key, (head.regs[0],), kernel, False, python))
             return
         regs = Regs(head.regs[0], head.regs[1], head.regs[2], head.regs[3])
@@ -433,7 +450,7 @@ class DwarfSampler:
         only makes us check whether the executable changed, which is what an exec does."""
         process = self._processes.get(pid)
         if process is None:
-            self._capture(pid)
+            self._capture(pid) or self._adopt_recorded(pid)
             return self._processes.get(pid)
         self._processes.move_to_end(pid)
         if comm not in process.comms:
@@ -445,11 +462,14 @@ class DwarfSampler:
         return process
 
     def _recapture(self, pid: int, process: _Process) -> bool:
-        if time.monotonic() - process.captured_at < RECAPTURE_MIN_INTERVAL_S:
-            return False
-        captured = self._capture(pid)
-        self.unknown_pc_captures += captured
-        return captured
+        """Maps again for a pc in none of them: read while the process lives (at most every
+        RECAPTURE_MIN_INTERVAL_S), else as recorded at its exit (after an exec, say)."""
+        if time.monotonic() - process.captured_at >= RECAPTURE_MIN_INTERVAL_S and self._capture(
+            pid
+        ):
+            self.unknown_pc_captures += 1
+            return True
+        return self._adopt_recorded(pid, process)
 
     def _capture(self, pid: int) -> bool:
         exe = _exe_identity(pid)
@@ -460,12 +480,35 @@ class DwarfSampler:
         if not maps.mappings:
             return False  # already exiting: keep what we had
         self.captures += 1
-        self.symbolizer.remember_process(pid)
+        self.symbolizer.remember_maps(pid, maps)
         info = base.read_process_info(pid)
         if info is not None:
             self._infos[pid] = info
         if self.python is not None:
             self.python.register(pid, maps, self._files)
+        self._hold(pid, maps, exe)
+        return True
+
+    def _adopt_recorded(self, pid: int, held: _Process | None = None) -> bool:
+        """Take the maps the kernel recorded at the exit of `pid` (a process gone before its
+        maps could be read), unless they belong to another process of that pid than `held`."""
+        if self._exits is None:
+            return False
+        maps = self._exits.maps_of(pid, self._files)
+        if maps is None or not maps.mappings:
+            return False
+        started = held.maps.maps.start_time if held is not None else 0
+        if started and maps.start_time and started != maps.start_time:
+            return False  # the pid was reused: these are another process's maps
+        self.recorded += 1
+        self.symbolizer.remember_maps(pid, maps)
+        self._hold(pid, maps, None)
+        self._gone.setdefault(pid, time.monotonic())
+        return True
+
+    def _hold(self, pid: int, maps: ProcessMaps, exe: tuple[int, int] | None) -> None:
+        """Keep `maps` to unwind the samples of `pid` (the least recently sampled process
+        beyond MAX_PROCESSES is retired)."""
         unwind_maps = UnwindMaps(maps, self.cfi, self._files)
         self._processes[pid] = _Process(unwind_maps, exe, time.monotonic())
         self._processes.move_to_end(pid)
@@ -476,7 +519,6 @@ class DwarfSampler:
             self._retire()
         if self.prefetch:
             unwind_maps.prefetch()
-        return True
 
     def _retire(self) -> None:
         """Name the stacks of exited or evicted processes now and forget their maps and their
@@ -487,6 +529,8 @@ class DwarfSampler:
             if pid not in self._processes:
                 self.retired += 1
                 self.symbolizer.forget_process(pid)
+                if self._exits is not None:
+                    self._exits.forget(pid)
                 if self.python is not None:
                     self.python.forget(pid)
 
@@ -509,6 +553,7 @@ class DwarfSampler:
             "unwinding_processes": len(self._processes),
             "processes_with_unnamed_stacks": len(self._unnamed),
             "retired_processes": self.retired,
+            "exit_records": self._exits.held() if self._exits is not None else 0,
             "python_processes": len(self.python.interpreters) if self.python else 0,
             "unwind_tables": len(self.cfi),
             "raw_stacks": len(self._counts),
@@ -606,7 +651,10 @@ class DwarfSampler:
         if self.obj is None or not self.obj.loaded:
             return {}
         drops = self.obj.map("drops")
-        return {reason: n for i, reason in enumerate(DROP_REASONS) if (n := drops.lookup_u64(i))}
+        found = {reason: n for i, reason in enumerate(DROP_REASONS) if (n := drops.lookup_u64(i))}
+        if self._exits is not None and (lost := self._exits.lost()):
+            found[EXIT_MAPS_LOST] = lost
+        return found
 
     def own_pids(self) -> frozenset[int]:
         """Processes of this tool besides its own (the table-decoding child)."""
@@ -626,6 +674,11 @@ class DwarfSampler:
             f"; /proc/PID/maps read {self.captures} times"
             f" ({self.unknown_pc_captures} for a pc in no known mapping)"
         )
+        if self.recorded:
+            text += (
+                f"; {self.recorded} processes gone before their maps were read, unwound with"
+                " the maps recorded at their exit"
+            )
         worker = self.cfi.worker
         if worker is not None and worker.started:
             text += (
@@ -653,8 +706,11 @@ class DwarfSampler:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        if self._exits is not None:
+            self._exits.close()
         self.cfi.close()
-        self._files.close()
+        if self._own_symbolizer:
+            self.symbolizer.close()
         if self.python is not None:
             self.python.close()
 

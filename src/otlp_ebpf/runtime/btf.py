@@ -14,6 +14,7 @@ from otlp_ebpf.runtime.loader import BpfObject
 BTF_KIND_STRUCT = 4
 BTF_KIND_ENUM = 6
 BTF_KIND_TYPEDEF = 8
+BTF_KIND_FUNC = 12
 
 
 class BtfMember(ctypes.Structure):
@@ -65,6 +66,18 @@ def kernel_enum(name: str) -> dict[int, str]:
             entry = BtfEnum.from_address(base + i * ctypes.sizeof(BtfEnum))
             values[int(entry.val)] = _name(btf, entry.name_off)
         return values
+    finally:
+        libbpf.lib().btf__free(btf)
+
+
+@cache
+def kernel_has_function(name: str) -> bool:
+    """Whether the running kernel's BTF has function `name` (a kfunc a program calls)."""
+    btf = libbpf.lib().btf__load_vmlinux_btf()
+    if not btf:
+        return False
+    try:
+        return libbpf.lib().btf__find_by_name_kind(btf, name.encode(), BTF_KIND_FUNC) > 0
     finally:
         libbpf.lib().btf__free(btf)
 

@@ -14,6 +14,10 @@ inode there is the one mapped; otherwise (deleted or replaced binaries) through
 The vDSO has no file: its image (two pages) is read from /proc/PID/mem at capture time.
 Anonymous executable regions (JIT code) are kept as mappings without a file; their names come
 from the process's perf map, also read at capture time.
+
+A process may be gone before its maps could be read: the kernel then records its code
+mappings as it exits (bpf/exit_maps.h), and `ProcessMaps.from_recorded` builds its maps from
+them, finding each file among those already held by (device, inode), or opening it by path.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Mapping:
     path: str  # as the process saw it, without the " (deleted)" mark; "" when anonymous
     deleted: bool = False
     file_id: FileId | None = None  # set for executable file mappings we could open
+    dev: int = 0  # device of the mapped file (st_dev encoding), 0 when anonymous
 
     @property
     def executable(self) -> bool:
@@ -89,7 +94,36 @@ def parse_maps_line(line: str) -> Mapping | None:
     deleted = path.endswith(_DELETED)
     if deleted:
         path = path[: -len(_DELETED)]
-    return Mapping(start, end, parts[1], offset, inode, path, deleted)
+    return Mapping(start, end, parts[1], offset, inode, path, deleted, dev=_parse_dev(parts[3]))
+
+
+def _parse_dev(text: str) -> int:
+    """`fd:01` (major:minor in hex) as an st_dev; 0 when malformed."""
+    major, _, minor = text.partition(":")
+    try:
+        return os.makedev(int(major, 16), int(minor, 16))
+    except ValueError:
+        return 0
+
+
+def kernel_dev(dev: int) -> int:
+    """A device number as the kernel keeps it (major << 20 | minor) in st_dev encoding."""
+    return os.makedev(dev >> 20, dev & 0xFFFFF)
+
+
+@dataclass(frozen=True)
+class RecordedMapping:
+    """A mapping the kernel recorded as its process exited (bpf/exit_maps.h)."""
+
+    start: int
+    end: int
+    offset: int
+    inode: int
+    dev: int  # st_dev encoding
+    path: str  # "" when unknown (anonymous, not code, or the path was cut short)
+    executable: bool
+    stack: bool = False
+    vdso: bool = False
 
 
 class OpenFiles:
@@ -97,17 +131,43 @@ class OpenFiles:
 
     def __init__(self) -> None:
         self._fds: dict[FileId, int] = {}
+        # (device, inode) as a process's maps name the file -> the file held, and its path.
+        self._by_inode: dict[tuple[int, int], tuple[FileId, str]] = {}
 
     def __len__(self) -> int:
         return len(self._fds)
 
-    def keep(self, candidates: list[tuple[str, bool]], inode: int) -> FileId | None:
+    def known(self, dev: int, inode: int) -> tuple[FileId, str] | None:
+        """The file held for the mapping of (`dev`, `inode`), and the path it was mapped at."""
+        return self._by_inode.get((dev, inode))
+
+    def keep(
+        self, candidates: list[tuple[str, bool]], inode: int, *, dev: int = 0, path: str = ""
+    ) -> FileId | None:
         """Open the first candidate path that works; its identity, or None.
 
         A candidate is (path, must the inode be `inode`): a path in the process's root may name
         a newer file than the one mapped, while map_files always names the mapped one (overlay
-        file systems may show it with another inode number).
+        file systems may show it with another inode number). With `dev`, the file is found
+        again by (`dev`, `inode`) through `known`; `path` is what a process mapped it as.
         """
+        file_id = self._open_first(candidates, inode)
+        if file_id is not None and dev:
+            self._by_inode[(dev, inode)] = (file_id, path)
+        return file_id
+
+    def keep_recorded(self, path: str, dev: int, inode: int) -> tuple[FileId, str] | None:
+        """The file at `path` when it is inode `inode` of device `dev` (as the kernel recorded
+        a mapping of it): opened, held, and found again by (`dev`, `inode`) from then on."""
+        file_id = self._open_first([(path, True)], inode, dev=dev)
+        if file_id is None:
+            return None
+        self._by_inode[(dev, inode)] = (file_id, path)
+        return file_id, path
+
+    def _open_first(
+        self, candidates: list[tuple[str, bool]], inode: int, *, dev: int | None = None
+    ) -> FileId | None:
         for candidate, check_inode in candidates:
             try:
                 # Non-blocking: a path in another process's root may name a FIFO.
@@ -115,7 +175,8 @@ class OpenFiles:
             except OSError:
                 continue
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or (check_inode and st.st_ino != inode):
+            wrong_file = (check_inode and st.st_ino != inode) or dev not in (None, st.st_dev)
+            if not stat.S_ISREG(st.st_mode) or wrong_file:
                 os.close(fd)
                 continue
             file_id = FileId(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -190,6 +251,37 @@ class ProcessMaps:
         maps.refresh_perf_map()
         return maps
 
+    @classmethod
+    def from_recorded(
+        cls,
+        pid: int,
+        recorded: list[RecordedMapping],
+        files: OpenFiles,
+        start_time: int = 0,
+        vdso_image: bytes = b"",
+    ) -> ProcessMaps:
+        """The maps of a process that is gone, from what the kernel recorded at its exit.
+
+        Code mappings get their files from `files` (or by path); the stack mapping bounds
+        the stack; `vdso_image` stands for the process's vDSO (the kernel maps the same image
+        into every process)."""
+        mappings = []
+        for rec in recorded:
+            if rec.vdso:
+                mappings.append(Mapping(rec.start, rec.end, "r-xp", 0, 0, _VDSO))
+            elif rec.executable and rec.inode:
+                mappings.append(_recorded_file(rec, files))
+            elif rec.executable:
+                mappings.append(Mapping(rec.start, rec.end, "r-xp", rec.offset, 0, ""))
+            elif rec.stack:
+                mappings.append(Mapping(rec.start, rec.end, "rw-p", 0, 0, "[stack]"))
+        return cls(
+            pid=pid,
+            mappings=mappings,
+            start_time=start_time,
+            vdso_image=vdso_image if any(m.path == _VDSO for m in mappings) else b"",
+        )
+
     def refresh_perf_map(self) -> bool:
         """Reread the perf map if it changed since last read (JIT runtimes append to it);
         True when new content was read."""
@@ -217,6 +309,23 @@ class ProcessMaps:
         return mapping if addr < mapping.end else None
 
 
+_own_vdso: list[bytes] = []
+
+
+def own_vdso_image() -> bytes:
+    """This process's vDSO image (read once): the kernel maps the same one into every
+    process of this architecture, so it stands for a gone process's."""
+    if not _own_vdso:
+        try:
+            with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+                lines = fh.readlines()
+        except OSError:
+            lines = []
+        vdso = next((m for line in lines if (m := parse_maps_line(line)) and m.path == _VDSO), None)
+        _own_vdso.append(_read_memory("/proc/self", vdso) if vdso else b"")
+    return _own_vdso[0]
+
+
 def process_start_time(pid: int, proc_root: str = PROC_ROOT) -> int:
     """Start time of `pid` in clock ticks after boot (field 22 of stat); 0 when gone."""
     try:
@@ -240,8 +349,29 @@ def _with_file(mapping: Mapping, proc: str, files: OpenFiles) -> Mapping:
     candidates = [(f"{proc}/map_files/{mapping.start:x}-{mapping.end:x}", False)]
     if not mapping.deleted:
         candidates.insert(0, (f"{proc}/root{mapping.path}", True))
-    file_id = files.keep(candidates, mapping.inode)
+    file_id = files.keep(candidates, mapping.inode, dev=mapping.dev, path=mapping.path)
     return dataclasses.replace(mapping, file_id=file_id) if file_id else mapping
+
+
+def _recorded_file(recorded: RecordedMapping, files: OpenFiles) -> Mapping:
+    """A recorded code mapping with its file: one held already by (device, inode), else
+    the file at the recorded path if it is that inode on that device."""
+    mapping = Mapping(
+        recorded.start,
+        recorded.end,
+        "r-xp",
+        recorded.offset,
+        recorded.inode,
+        recorded.path,
+        dev=recorded.dev,
+    )
+    held = files.known(recorded.dev, recorded.inode)
+    if held is None and recorded.path.startswith("/"):
+        held = files.keep_recorded(recorded.path, recorded.dev, recorded.inode)
+    if held is None:
+        return mapping
+    file_id, path = held
+    return dataclasses.replace(mapping, file_id=file_id, path=recorded.path or path)
 
 
 def _read_memory(proc: str, mapping: Mapping) -> bytes:

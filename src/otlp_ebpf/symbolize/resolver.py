@@ -145,6 +145,12 @@ class Symbolizer:
         self._by_file.clear()
 
     @property
+    def files(self) -> OpenFiles:
+        """The registry of mapped files held open: a collector capturing maps itself shares
+        it (one descriptor per file, and its captures need no second read)."""
+        return self._files
+
+    @property
     def files_parsed(self) -> int:
         """ELF and debug files parsed so far (a table cached by build-id is parsed once)."""
         return self._elf.files_parsed
@@ -160,6 +166,11 @@ class Symbolizer:
             maps = ProcessMaps.capture(pid, self._files, self._proc_root)
         except UsageError:
             return False
+        return self.remember_maps(pid, maps)
+
+    def remember_maps(self, pid: int, maps: ProcessMaps) -> bool:
+        """Keep maps of `pid` captured elsewhere (with `files`), or recorded at its exit;
+        the newest is searched first. False when they are empty."""
         if not maps.mappings:
             return False  # an exiting process has already dropped its memory: keep what we had
         snapshots = self._snapshots.get(pid)

@@ -10,9 +10,9 @@ whose registers are read from the ucontext the kernel pushed. The vDSO unwinds l
 with the ELF image read from the process when its maps were captured.
 
 The walk ends cleanly at the outermost frame (a return-address rule of "undefined", as `_start`
-and new threads have, or a zero return address). Anything else that stops it early gives a
-reason, counted by the caller; `truncated` is set when the stack copy ended before the walk did
-while the stack itself went on.
+and new threads have, a zero return address, or a zero frame pointer in code without CFI).
+Anything else that stops it early gives a reason, counted by the caller; `truncated` is set when
+the stack copy ended before the walk did while the stack itself went on.
 """
 
 from __future__ import annotations
@@ -243,6 +243,10 @@ def _fp_step(frame: _Frame, window: _Window) -> _Frame:
     """Frame-pointer convention (x86_64 and arm64 alike): [fp] = caller's fp, [fp+8] = RA."""
     if not frame.fp_known:
         raise _Stop(REASON_FP_UNKNOWN)
+    if frame.fp == 0:
+        # The ABI's mark of the outermost frame: the kernel starts a process with rbp zeroed
+        # and entry code without CFI (the dynamic loader's _start) keeps it so.
+        raise _Stop(None)
     if frame.fp < frame.sp or frame.fp & 7:
         raise _Stop(REASON_FP_INVALID)
     return _Frame(
