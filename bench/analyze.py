@@ -45,16 +45,22 @@ def synthetic(rows: int, syscalls: int, connections: int = 20, seed: int = 1) ->
     outstanding = 50_000_000
     for i in range(rows):
         storm = i in fault
-        ticks = [
-            {
-                "name": f"sys{k}",
-                "count": rng.randint(80, 120),
-                "errors": 300 if storm and k == 0 else 0,
-                "p50_ns": 2000,
-                "p99_ns": 2 ** rng.randint(13, 14),
-            }
-            for k in range(syscalls)
-        ]
+        ticks = []
+        for k in range(syscalls):
+            count = rng.randint(80, 120)
+            tail = rng.randint(1, 3)
+            p99_slot = rng.randint(13, 14)
+            ticks.append(
+                {
+                    "name": f"sys{k}",
+                    "count": count,
+                    "errors": 300 if storm and k == 0 else 0,
+                    "p50_ns": 2000,
+                    "p99_ns": 2**p99_slot,
+                    # the row's latency histogram, as record writes it (sparse log2 slots)
+                    "hist": {"10": count - tail - 5, "11": 5, str(p99_slot): tail},
+                }
+            )
         conns = [
             {
                 "label": f"{100 + c} svc 10.0.0.1:8080 > 10.0.1.{c}:5{c:04d}",

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from hypothesis import given
@@ -211,3 +212,46 @@ def test_a_command_exit_status_may_be_negative():
     data["command_exit"] = "9"
     with pytest.raises(UsageError, match="command_exit"):
         snapshot_from_dict(data)
+
+
+def _record_with_row(row: dict) -> dict:
+    from tests.analysis.analyze_fixtures import recording
+
+    data = recording(rows=2).to_dict()
+    data["timeline"][1] = {**data["timeline"][1], **row}
+    return data
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"syscalls": [{"name": "read", "count": -1, "errors": 0, "p50_ns": 1, "p99_ns": 1}]},
+         "count"),
+        ({"syscalls": [{"name": "read", "count": 1, "errors": 0, "p50_ns": 1, "p99_ns": 1,
+                        "hist": {"3": -1}}]}, "hist['3']"),
+        ({"syscalls": [{"name": 3, "count": 1, "errors": 0, "p50_ns": 1, "p99_ns": 1}]}, "name"),
+        ({"cpu": {"samples": {"1": 2.5}}}, "samples['1']"),
+        ({"cpu": {"off_cpu_ns": {"1": -5}}}, "off_cpu_ns['1']"),
+        ({"net": {"connections": [{"label": "x", "tx_bytes": 1, "rx_bytes": -1}]}},
+         "connections[0].rx_bytes"),
+        ({"net": {"connections": [], "drops": {"NO_SOCKET": True}}}, "drops['NO_SOCKET']"),
+    ],
+)  # fmt: skip
+def test_bad_timeline_entries_are_refused_naming_the_field(patch, field):
+    with pytest.raises(UsageError, match=re.escape(field)):
+        snapshot_from_dict(_record_with_row(patch))
+
+
+def test_timeline_entries_round_trip_with_their_defaults():
+    data = _record_with_row(
+        {
+            "syscalls": [{"name": "read", "count": 1, "errors": 0, "p50_ns": 1, "p99_ns": 1}],
+            "net": {"connections": [{"label": "x", "tx_bytes": 1, "rx_bytes": 2}]},
+            "cpu": {"samples": {"1": 2}},
+        }
+    )
+    row = snapshot_from_dict(data).timeline[1]  # type: ignore[attr-defined]
+    assert row.syscalls[0].hist == {} and row.cpu.blocked_ns == {}
+    assert row.net.connections[0].srtt_us == 0.0 and row.net.drops == {}
+    rec = snapshot_from_dict(data)
+    assert snapshot_from_dict(rec.to_dict()) == rec

@@ -420,17 +420,93 @@ def _row_to_dict(row: TimelineRow) -> dict[str, Any]:
 
 def _row_from_dict(data: Mapping[str, Any]) -> TimelineRow:
     t_s = _scalar("float", data.get("t_s"))
-    cpu = _build(CpuTick, _expect(data["cpu"], dict, "cpu tick")) if "cpu" in data else None
+    cpu = _cpu_tick(data["cpu"]) if "cpu" in data else None
     syscalls = (
-        tuple(_build(SyscallTick, _expect(v, dict, "syscall tick")) for v in data["syscalls"])
+        tuple([_syscall_tick(v) for v in data["syscalls"]])
         if isinstance(data.get("syscalls"), list)
         else None
     )
     if "syscalls" in data and syscalls is None:
         raise ValueError("expected a list of syscall ticks")
-    net = _build(NetTick, _expect(data["net"], dict, "net tick")) if "net" in data else None
+    net = _net_tick(data["net"]) if "net" in data else None
     mem = _build(MemTick, _expect(data["mem"], dict, "mem tick")) if "mem" in data else None
     return TimelineRow(t_s, cpu, syscalls, net, mem)
+
+
+# Timeline entries are most of a long recording (a 1-hour one at 1 s holds some 150,000
+# syscall ticks): the common, well-formed entry is checked inline and built positionally.
+# Anything else (a missing field, a bad value) goes through `_build`, which names the
+# problem exactly as for every other part of a snapshot.
+
+
+def _u64(value: Any) -> bool:
+    return type(value) is int and 0 <= value < _LARGEST
+
+
+def _counts(value: Any) -> bool:
+    """A JSON object of counts: text keys, integers from 0 to 2**64."""
+    if type(value) is not dict:
+        return False
+    for key, n in value.items():
+        if type(key) is not str or type(n) is not int or not 0 <= n < _LARGEST:
+            return False
+    return True
+
+
+def _syscall_tick(data: Any) -> SyscallTick:
+    if type(data) is dict:
+        fields: list[Any] = [data.get(k) for k in ("name", "count", "errors", "p50_ns", "p99_ns")]
+        name, count, errors, p50, p99 = fields
+        hist: Any = data.get("hist", {})
+        if (
+            type(name) is str
+            and _u64(count)
+            and _u64(errors)
+            and _u64(p50)
+            and _u64(p99)
+            and _counts(hist)
+        ):
+            return SyscallTick(name, count, errors, p50, p99, hist)
+    return _build(SyscallTick, _expect(data, dict, "syscall tick"))
+
+
+def _cpu_tick(data: Any) -> CpuTick:
+    if type(data) is dict:
+        parts = [data.get(k, {}) for k in ("samples", "functions", "off_cpu_ns", "blocked_ns")]
+        if all(_counts(p) for p in parts):
+            return CpuTick(*parts)
+    return _build(CpuTick, _expect(data, dict, "cpu tick"))
+
+
+def _conn_tick(data: Any) -> ConnTick:
+    if type(data) is dict:
+        fields: list[Any] = [data.get(k) for k in ("label", "tx_bytes", "rx_bytes")]
+        label, tx, rx = fields
+        retransmits: Any = data.get("retransmits", 0)
+        resets: Any = data.get("resets", 0)
+        srtt: Any = data.get("srtt_us", 0.0)
+        if (
+            type(label) is str
+            and _u64(tx)
+            and _u64(rx)
+            and _u64(retransmits)
+            and _u64(resets)
+            and (type(srtt) is float or type(srtt) is int)
+            and 0 <= srtt < _LARGEST
+        ):
+            return ConnTick(label, tx, rx, retransmits, resets, float(srtt))
+    raise ValueError("slow path")
+
+
+def _net_tick(data: Any) -> NetTick:
+    if type(data) is dict:
+        connections, drops = data.get("connections", []), data.get("drops", {})
+        if type(connections) is list and _counts(drops):
+            try:
+                return NetTick(tuple([_conn_tick(c) for c in connections]), drops)
+            except ValueError:
+                pass  # one is unusual: the slow path names it
+    return _build(NetTick, _expect(data, dict, "net tick"))
 
 
 SNAPSHOT_TYPES: dict[str, type[Snapshot]] = {
