@@ -66,6 +66,10 @@ int main(int argc, char **argv) {
 STORM_S = 3.0
 WINDOW = "16"  # intervals of 0.5 s: 8 s, room for the baseline before the storm and the storm
 RECORD_AFTER = "3"
+# A budget the agent stays under at full rate: a burst has rates to raise (the governor's
+# knobs exist) while no interval's syscall counts are estimates from duty-cycled probes
+# (at 1%, their gaps make a steady target's calls look like they fell to nothing).
+BUDGET = "25"
 
 
 @pytest.fixture
@@ -84,7 +88,7 @@ def start_agent(pid: int, receiver: HttpReceiver, serve: str, tmp_path: Path) ->
         [*CLI, "agent", "-p", str(pid), "--interval", INTERVAL_S, "--otlp", receiver.url,
          "--serve", serve, "--spill-dir", str(tmp_path / "spill"),
          "--watch-window", WINDOW, "--record-after", RECORD_AFTER,
-         "--recordings-dir", str(tmp_path / "recordings")],
+         "--recordings-dir", str(tmp_path / "recordings"), "--budget", BUDGET],
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -131,6 +135,7 @@ def test_an_errno_storm_becomes_a_log_a_metric_and_a_recording(
     base = f"http://{serve}"
     agent = start_agent(workload.pid, receiver, serve, tmp_path)
     recordings = tmp_path / "recordings"
+    failed: AssertionError | None = None
     try:
         wait_for("readiness", lambda: get(f"{base}/readyz")[0] == 200)
         # a baseline of steady intervals in the window before the fault
@@ -138,15 +143,23 @@ def test_an_errno_storm_becomes_a_log_a_metric_and_a_recording(
         workload.send_signal(signal.SIGUSR1)
         assert workload.stdout is not None
         fault_ns = int(workload.stdout.readline())
-        wait_for("a finding logged", lambda: bool(finding_records(receiver)))
+        wait_for(
+            "the storm's finding logged",
+            lambda: any(
+                r["otlp_ebpf.finding.kind"] == "syscall_errors" for r in finding_records(receiver)
+            ),
+        )
         wait_for("a recording", lambda: any(recordings.glob("recording-*.json")))
-        _, metrics = get(f"{base}/metrics")
+    except AssertionError as exc:
+        failed = exc
     finally:
+        _, metrics = get(f"{base}/metrics")
         err = stop(agent)
         receiver.stop()
+    assert failed is None, f"{failed}\n{err[-3000:]}\n{metrics[-3000:]}"
     records = finding_records(receiver)
     storm = [r for r in records if r["otlp_ebpf.finding.kind"] == "syscall_errors"]
-    assert storm, (records, err)
+    assert storm, "\n".join([*(str(r["body"]) for r in records), err[-2000:]])
     (logged,) = storm  # told once, however many intervals it kept firing
     assert logged["otlp_ebpf.finding.severity"] == "critical"
     assert "openat" in str(logged["body"]) and "ENOENT" in str(logged["body"])
@@ -154,8 +167,8 @@ def test_an_errno_storm_becomes_a_log_a_metric_and_a_recording(
     assert "sampling at full rate" in err, err  # the burst after the finding (--budget 1)
     assert "otlp_ebpf_bursts_total 1.0" in metrics
     # the recording: a record snapshot holding the window around the storm
-    (path,) = recordings.glob("recording-*.json")
-    assert str(path) == logged["otlp_ebpf.finding.recording"]
+    path = Path(str(logged["otlp_ebpf.finding.recording"]))
+    assert path in set(recordings.glob("recording-*.json"))
     assert (path.stat().st_mode & 0o777) == 0o600
     recorded = read_snapshot(str(path))
     assert isinstance(recorded, RecordSnapshot)
