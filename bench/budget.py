@@ -113,11 +113,17 @@ def run(command: str, workload: Path, tmp: Path, name: str, *extra: str) -> tupl
     )
     outside = Outside(proc.pid)
     start = time.monotonic()
+    released: float | None = None  # when the workload started (after the tool's attach)
     marks: list[tuple[float, float]] = []
     while proc.poll() is None:
         marks.append((time.monotonic() - start, outside.cost_s()))
+        if released is None and outside.workload:
+            released = marks[-1][0]
         time.sleep(0.5)
-    steady = [m for m in marks if STEADY_FROM_S <= m[0] <= DURATION_S - 1.0]
+    # the steady state: from STEADY_FROM_S after the workload started to a second before it
+    # ended (attaching mem's uprobes to every process mapping libc takes seconds: startup)
+    begin = (released or 0.0) + STEADY_FROM_S
+    steady = [m for m in marks if begin <= m[0] <= marks[-1][0] - 1.0]
     (t0, c0), (t1, c1) = steady[0], steady[-1]
     told = sum(int(p.read_text()) for p in tmp.glob(f"{name}.truth.*"))
     return 100.0 * (c1 - c0) / (t1 - t0), json.loads(out.read_text()), told

@@ -345,6 +345,39 @@ def test_direct_mmap_leaks_are_attributed_to_their_caller(programs: dict[str, Pa
     assert not [a for a in snapshot.outstanding if "map_churn" in a.frames]
 
 
+def test_mmap_tracking_runs_on_mmap_calls_only(programs: dict[str, Path]) -> None:
+    """The programs that see direct mmaps run on mmap and munmap, not on every system call
+    of every process (which made them most of mem's cost on a busy machine)."""
+    import os
+
+    from otlp_ebpf.collectors import base, mem
+    from otlp_ebpf.runtime import stats
+
+    target = subprocess.Popen(["sleep", "30"])
+    collector = mem.MemCollector(MemConfig(targets=TargetSpec(pids=(target.pid,))))
+    try:
+        with stats.StatsSession():
+            collector.start()
+            assert collector.obj is not None
+            obj = collector.obj
+
+            def mmap_runs() -> int:
+                return base.program_cost(obj, mem.MMAP_PROGRAMS)[1]
+
+            before = mmap_runs()
+            for _ in range(20000):  # system calls of a process that is not a target
+                os.getppid()
+            runs = mmap_runs() - before
+    finally:
+        collector.detach()
+        base.cleanup()
+        target.kill()
+        target.wait()
+    # every program of the raw_syscalls pair ran for each of them; only other processes'
+    # mmaps and munmaps reach the per-syscall ones
+    assert runs < 20000, runs
+
+
 def test_classic_uprobes_give_the_same_answer(programs: dict[str, Path]) -> None:
     snapshot = launch(programs["leaker"], multi_uprobes=False)
 

@@ -646,13 +646,8 @@ int alloc_return(struct pt_regs *ctx)
 
 /* Anonymous private mappings made by the program itself (not inside an allocator call,
  * whose blocks the uprobes already count). */
-SEC("tp/raw_syscalls/sys_enter")
-int mmap_enter(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int on_mmap_enter(long nr, u64 addr, u64 len, u64 flags)
 {
-	long nr = ctx->id;
-	u64 addr = ctx->args[0];
-	u64 len = ctx->args[1];
-	u64 flags = ctx->args[3];
 	u64 id;
 	struct pending_call call = {};
 
@@ -674,11 +669,8 @@ int mmap_enter(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
-SEC("tp/raw_syscalls/sys_exit")
-int mmap_exit(struct trace_event_raw_sys_exit *ctx)
+static __always_inline int on_mmap_exit(void *ctx, long nr, long ret)
 {
-	long nr = ctx->id;
-	long ret = ctx->ret;
 	u64 id;
 	struct pending_call *p;
 	u64 size;
@@ -695,6 +687,40 @@ int mmap_exit(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	TRACK_BLOCK(id >> 32, (u64)ret, size, syscall_stack_id(ctx));
 	return 0;
+}
+
+/* Where the kernel has per-syscall tracepoints these three run on mmap and munmap only; the
+ * raw_syscalls pair below (the fallback) runs on every system call of every process, which
+ * on a busy machine costs more than everything else mem does. The contexts share the raw
+ * ones' layout: the arguments (the return value) from offset 16. */
+SEC("tp/syscalls/sys_enter_mmap")
+int mmap_call_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_mmap_enter(nr_mmap, ctx->args[0], ctx->args[1], ctx->args[3]);
+}
+
+SEC("tp/syscalls/sys_enter_munmap")
+int munmap_call_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_mmap_enter(nr_munmap, ctx->args[0], ctx->args[1], 0);
+}
+
+SEC("tp/syscalls/sys_exit_mmap")
+int mmap_call_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_mmap_exit(ctx, nr_mmap, ctx->ret);
+}
+
+SEC("tp/raw_syscalls/sys_enter")
+int mmap_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_mmap_enter(ctx->id, ctx->args[0], ctx->args[1], ctx->args[3]);
+}
+
+SEC("tp/raw_syscalls/sys_exit")
+int mmap_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_mmap_exit(ctx, ctx->id, ctx->ret);
 }
 
 static long forget_if_process(void *map, struct alloc_key *key, struct alloc_info *info,

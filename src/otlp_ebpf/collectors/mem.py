@@ -85,7 +85,14 @@ ALLOCATING = {
     "pvalloc": FN_MALLOC,
 }
 UPROBE_PROGRAMS = ("alloc_enter", "alloc_return")
-MMAP_PROGRAMS = ("mmap_enter", "mmap_exit")
+RAW_MMAP_PROGRAMS = ("mmap_enter", "mmap_exit")  # every system call: the fallback
+SYSCALL_MMAP_PROGRAMS = ("mmap_call_enter", "munmap_call_enter", "mmap_call_exit")
+MMAP_TRACEPOINTS = (
+    ("syscalls", "sys_enter_mmap"),
+    ("syscalls", "sys_enter_munmap"),
+    ("syscalls", "sys_exit_mmap"),
+)
+MMAP_PROGRAMS = (*RAW_MMAP_PROGRAMS, *SYSCALL_MMAP_PROGRAMS)
 KERNEL_PROGRAMS = ("kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free")
 KMEM_TRACEPOINTS = ("kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free")
 
@@ -289,6 +296,10 @@ class MemCollector:
             off += KERNEL_PROGRAMS
             if not self.config.track_mmap:
                 off += MMAP_PROGRAMS
+            elif all(features.tracepoint_exists(*tp) for tp in MMAP_TRACEPOINTS):
+                off += RAW_MMAP_PROGRAMS
+            else:
+                off += SYSCALL_MMAP_PROGRAMS
         if not self.config.page_faults:
             off.append("page_fault")
         return off + self.targets.unused_programs()
