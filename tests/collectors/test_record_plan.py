@@ -8,7 +8,7 @@ import json
 import pytest
 
 from otlp_ebpf.cli.app import run
-from otlp_ebpf.collectors.record import parse_signals, plan_signals, top_with_other
+from otlp_ebpf.collectors.record import blocked_site, parse_signals, plan_signals, top_with_other
 from otlp_ebpf.errors import EnvironmentLacks, UsageError
 from otlp_ebpf.model import (
     OTHER_KEY,
@@ -159,3 +159,23 @@ def test_diff_of_recordings_gates_on_each_signal(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["sections"]
     assert run(["diff", base, worse, "--json"]) == 0
     assert set(json.loads(capsys.readouterr().out)["signals"]) == {"syscalls", "net"}
+
+
+@pytest.mark.parametrize(
+    ("frames", "site"),
+    [
+        (
+            ("main", "worker", "__lll_lock_wait", "entry_SYSCALL_64_[k]", "do_syscall_64_[k]",
+             "__x64_sys_futex_[k]", "futex_wait_[k]", "schedule_[k]", "__schedule_[k]"),
+            "__lll_lock_wait (futex)",
+        ),
+        (("main", "clock_nanosleep", "__x64_sys_clock_nanosleep_[k]", "schedule_[k]"),
+         "clock_nanosleep (clock_nanosleep)"),
+        (("main", "spin"), "spin"),  # preempted in user code: no system call
+        (("ret_from_fork_[k]", "kthread_[k]", "worker_thread_[k]", "schedule_[k]",
+          "__schedule_[k]"), "worker_thread_[k]"),
+        ((), OTHER_KEY),
+    ],
+)  # fmt: skip
+def test_a_blocked_stack_is_named_by_where_user_code_waited_and_the_call(frames, site):
+    assert blocked_site(frames) == site
