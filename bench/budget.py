@@ -16,7 +16,8 @@ one core, and each estimate against the workload's own count (the truth) and aga
 run's estimate of the same rate (per second of workload).
 
 Targets (issue 13): with --budget 1 the steady cost <= 1.5% of one core, the estimates within
-10% of an exact run's. Run as root: `.venv/bin/python bench/budget.py [syscalls] [mem]`.
+10% of an exact run's. Run as root: `.venv/bin/python bench/budget.py [syscalls] [mem]
+[record]` (record: `record --signals syscalls` on the syscalls workload).
 Under --budget, syscalls are traced in duty-cycle windows (`syscalls_duty` per tick: the share
 of the time the per-call programs were attached).
 """
@@ -133,16 +134,26 @@ def getppid_calls(doc: dict) -> int:
     return sum(s["count"] for s in doc["syscalls"] if s["name"] == "getppid")
 
 
+def recorded_getppid_calls(doc: dict) -> int:
+    return getppid_calls(doc["signals"]["syscalls"])
+
+
 def leaked_bytes(doc: dict) -> int:
     return sum(a["bytes"] for a in doc["outstanding"] if "leak" in a["frames"])
 
 
 def report(
-    title: str, key: str, estimate: Callable[[dict], int], command: str, workload: Path, tmp: Path
+    title: str,
+    key: str,
+    estimate: Callable[[dict], int],
+    command: str,
+    workload: Path,
+    tmp: Path,
+    *args: str,
 ) -> None:
     tmp.mkdir()
-    exact_cost, exact, exact_truth = run(command, workload, tmp, "exact")
-    cost, budgeted, truth = run(command, workload, tmp, "budget", "--budget", "1")
+    exact_cost, exact, exact_truth = run(command, workload, tmp, "exact", *args)
+    cost, budgeted, truth = run(command, workload, tmp, "budget", *args, "--budget", "1")
     rates = [t["rates"][key] for t in budgeted["self_cost"]["ticks"] if key in t["rates"]]
     print(f"{title}")
     print(f"  steady cost without a budget: {exact_cost:6.2f}% of one core")
@@ -167,6 +178,18 @@ def main() -> None:
             syscalls = build(SYSCALLS, "workload_syscalls", "-O1")
             report(
                 "syscalls", "syscalls_duty", getppid_calls, "syscalls", syscalls, Path(tmp) / "s"
+            )
+        if "record" in which:
+            syscalls = build(SYSCALLS, "workload_syscalls", "-O1")
+            report(
+                "record --signals syscalls",
+                "syscalls_duty",
+                recorded_getppid_calls,
+                "record",
+                syscalls,
+                Path(tmp) / "r",
+                "--signals",
+                "syscalls",
             )
         if "mem" in which:
             mem = build(MEM, "workload_mem", "-O1", "-g", "-fno-omit-frame-pointer")

@@ -235,7 +235,9 @@ def floor_note(controller: PeriodController) -> str:
     )
 
 
-CYCLE_S = 0.25  # a duty cycle: one window in each quarter second (each window costs the tool CPU)
+# A duty cycle: 8 windows a second. Each costs the tool ~0.5 ms of CPU; fewer made the
+# estimates twice as noisy (bench/budget.py).
+CYCLE_S = 0.125
 MIN_WINDOW_S = 0.0002  # shorter than this, a window is not worth its attach: its time is owed
 MAX_WINDOW_SHARE = 0.9  # of a cycle, when a window makes up for time owed
 MAX_DUTY_PERIOD = 256
