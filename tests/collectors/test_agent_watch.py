@@ -56,8 +56,14 @@ class Workload:
     intervals: what the agent hands the watch (cumulative syscall rows, this interval's
     ticks and cpu stacks)."""
 
-    def __init__(self, storm: tuple[int, int] | None = None, seed: int = 3) -> None:
+    def __init__(
+        self,
+        storm: tuple[int, int] | None = None,
+        seed: int = 3,
+        quiet: tuple[int, int] | None = None,
+    ) -> None:
         self.storm = storm
+        self.quiet = quiet  # intervals where getppid is not counted (a duty cycle's gap)
         self.rng = np.random.default_rng(seed)
         self.totals: dict[str, tuple[int, int]] = {}
         self.seq = 0
@@ -66,6 +72,8 @@ class Workload:
         self.seq += 1
         on = self.storm is not None and self.storm[0] <= self.seq < self.storm[1]
         calls = {"read": int(self.rng.poisson(400)), "getppid": int(self.rng.poisson(900))}
+        if self.quiet is not None and self.quiet[0] <= self.seq < self.quiet[1]:
+            calls["getppid"] = 0
         errors = {"read": 0, "getppid": 0}
         if on:
             calls["openat"] = errors["openat"] = int(self.rng.poisson(5000))
@@ -320,3 +328,18 @@ def test_an_inspection_that_fails_costs_the_watch_its_word_not_the_agent(
     assert watch.counts.analysis_errors > 1
     err = capsys.readouterr().err
     assert err.count("the watch could not inspect") == 1 and "a bug in a rule" in err
+
+
+def test_calls_falling_while_syscalls_are_duty_cycled_is_no_finding() -> None:
+    """Under a budget the syscall probes are attached for a share of the time and a row can
+    miss a loop: "calls fell to nothing" then comes from the sampling, not the target."""
+
+    def quiet_run(period: int) -> list:
+        governor, _, duty, _ = _governor()
+        duty.period = period
+        watch = Watch(WatchConfig(window=20), INTERVAL)
+        return run_watch(watch, Workload(quiet=(16, 22)), 30, governor)
+
+    told = [e.kind for e in quiet_run(period=1)]
+    assert "fewer_calls" in told  # probes attached throughout: a real fall, told
+    assert "fewer_calls" not in [e.kind for e in quiet_run(period=16)]

@@ -67,8 +67,9 @@ STORM_S = 3.0
 WINDOW = "16"  # intervals of 0.5 s: 8 s, room for the baseline before the storm and the storm
 RECORD_AFTER = "3"
 # A budget the agent stays under at full rate: a burst has rates to raise (the governor's
-# knobs exist) while no interval's syscall counts are estimates from duty-cycled probes
-# (at 1%, their gaps make a steady target's calls look like they fell to nothing).
+# knobs exist) while the syscall counts are exact. (At 1% on a machine loaded over its
+# cores the syscall probes are duty-cycled so sparsely that a 3 s storm can go unseen:
+# docs/agent.md, "Findings, bursts and recordings".)
 BUDGET = "25"
 
 

@@ -131,5 +131,6 @@ class WatchCounts:
     recordings: int = 0
     recording_errors: int = 0
     analysis_errors: int = 0  # intervals the inspections failed on (warned about once)
+    sampling_artifacts: int = 0  # findings left out: the window's syscalls were estimates
     analysis_s: float = 0.0  # CPU seconds spent in the inspections
     last_analysis_s: float = 0.0

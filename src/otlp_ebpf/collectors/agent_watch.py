@@ -41,6 +41,7 @@ from otlp_ebpf.collectors.agent_burst import (
     Burst,
 )
 from otlp_ebpf.collectors.agent_recordings import DEFAULT_RECORDINGS_MAX_MB, RecordingsDir
+from otlp_ebpf.collectors.budget import PeriodController
 from otlp_ebpf.collectors.record import TOP_FUNCTIONS, top_with_other
 from otlp_ebpf.errors import OtlpEbpfError
 from otlp_ebpf.latency import percentile_ns
@@ -113,6 +114,7 @@ class RingEntry:
     stats: tuple[SyscallStat, ...]  # cumulative rows that moved in the interval
     processes: tuple[ProcessInfo, ...]
     size: int  # bytes, estimated
+    syscalls_sampled: bool = False  # counted by duty-cycled probes (estimates) in the interval
 
     @property
     def start_s(self) -> float:
@@ -120,7 +122,10 @@ class RingEntry:
 
 
 def entry_of(
-    batch: IntervalBatch, ticks: Sequence[SyscallTick] | None, requested_hz: int
+    batch: IntervalBatch,
+    ticks: Sequence[SyscallTick] | None,
+    requested_hz: int,
+    syscalls_sampled: bool = False,
 ) -> RingEntry:
     """The ring's copy of one interval's batch."""
     cpu = batch.sections.get("cpu")
@@ -148,6 +153,7 @@ def entry_of(
         stats=tuple(stats),
         processes=tuple(processes.values()),
         size=_size_of(cpu, stats, functions, ticks),
+        syscalls_sampled=syscalls_sampled,
     )
 
 
@@ -378,6 +384,24 @@ def _top_functions(entries: Iterable[RingEntry]) -> list[str]:
 
 # ---------------------------------------------------------------- the watch
 
+# Symptoms that duty-cycled syscall probes make up: while the per-call programs are attached
+# for a share of the time, a row's calls are an estimate that can miss a quiet loop for a
+# while ("calls fell to nothing"), and latency is kept only for calls seen whole in one
+# window (the p99 jumps when a burst attaches them throughout). Errors rising stay findings.
+SAMPLING_ARTIFACTS = frozenset({"fewer_calls", "syscall_latency"})
+
+
+def syscalls_sampled(governor: Governor | None) -> bool:
+    """The syscalls' probes are duty-cycled now (a budget knob of theirs above period 1)."""
+    if governor is None:
+        return False
+    return any(
+        knob.rate_key.startswith("syscalls")
+        and isinstance(knob.owner, PeriodController)
+        and knob.owner.period > 1
+        for knob in governor.knobs
+    )
+
 
 class _Overlay(Mapping[SyscallKey, SyscallStat]):
     """`first` over `second` without copying `second` (up to MAX_BASE_ROWS rows)."""
@@ -422,6 +446,7 @@ class Watch:
         )
         self.pending: PendingRecording | None = None
         self.counts = WatchCounts()
+        self._sampled_before = False
 
     def observe(
         self,
@@ -432,7 +457,11 @@ class Watch:
         started_wall: datetime,
     ) -> list[FindingEvent]:
         """Keep the interval, inspect the window; the findings that are new in it."""
-        self.ring.push(entry_of(batch, ticks, requested_hz))
+        sampled_now = syscalls_sampled(governor)
+        # the rates at the end of the last interval were in force when this one started
+        sampled = sampled_now or self._sampled_before
+        self._sampled_before = sampled_now
+        self.ring.push(entry_of(batch, ticks, requested_hz, sampled))
         if self.burst.tick(governor):
             console.status("agent: burst over, sampling under --budget again")
         events: list[FindingEvent] = []
@@ -470,6 +499,10 @@ class Watch:
         snapshot = window_record(entries, spec, base, boundary=boundary)
         since = boundary.t_s if boundary is not None else None
         findings = analyze(snapshot, since=since).findings
+        if any(e.syscalls_sampled for e in entries):
+            kept = [f for f in findings if f.kind not in SAMPLING_ARTIFACTS]
+            self.counts.sampling_artifacts += len(findings) - len(kept)
+            findings = kept
         repeats = self.episodes.repeats
         new = self.episodes.see(findings, batch.seq)
         self.counts.repeats += self.episodes.repeats - repeats
