@@ -343,3 +343,24 @@ def test_calls_falling_while_syscalls_are_duty_cycled_is_no_finding() -> None:
     told = [e.kind for e in quiet_run(period=1)]
     assert "fewer_calls" in told  # probes attached throughout: a real fall, told
     assert "fewer_calls" not in [e.kind for e in quiet_run(period=16)]
+
+
+def test_a_recording_due_when_the_agent_stops_is_written_with_what_there_is(
+    tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    config = WatchConfig(window=20, record_after=5, recordings_dir=str(tmp_path / "rec"))
+    watch = Watch(config, INTERVAL)
+    workload = Workload(storm=(16, 40))
+    events: list = []
+    while not events:
+        batch, ticks = workload.next()
+        events = watch.observe(batch, ticks, None, 99, STARTED)
+    assert os.listdir(tmp_path / "rec") == []  # due 5 intervals later
+    batch, ticks = workload.next()
+    watch.observe(dataclasses.replace(batch, final=True), ticks, None, 99, STARTED)
+    recorded = read_snapshot(events[0].recording)
+    assert isinstance(recorded, RecordSnapshot)
+    assert any("stopped before" in note for note in recorded.notes)
+    assert any("told once, recorded once" in note for note in recorded.notes)
