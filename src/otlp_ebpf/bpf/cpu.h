@@ -22,6 +22,7 @@ enum cpu_pid_event_kind {
 	CPU_PID_EXEC = 2,
 	CPU_PID_EXIT = 3,
 	CPU_PID_PY_STACK = 4, /* a Python stack stored for the first time: name it while it lives */
+	CPU_PID_PY_HELD = 5,  /* stopped at a sample until user space decides (python.h) */
 };
 
 /* Counts are keyed by thread and both stacks (ids are keys of `stacks`, stack_store.h); a

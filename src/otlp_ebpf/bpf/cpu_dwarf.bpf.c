@@ -177,10 +177,13 @@ static __always_inline u64 wakeup_flag(u32 tgid)
 SEC("tp/sched/sched_process_exec")
 int dwarf_exec(void *ctx)
 {
-	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tgid = pid_tgid >> 32;
 	u8 execed = EXECED;
 
 	bpf_map_update_elem(&announced, &tgid, &execed, BPF_EXIST);
+	if (target_wanted(pid_tgid))
+		py_note_exec(tgid);
 	return 0;
 }
 
@@ -212,7 +215,7 @@ int dwarf_sample(struct bpf_perf_event_data_dwarf *ctx)
 	u32 cpu = bpf_get_smp_processor_id(), window = stack_window;
 	struct dwarf_scratch *buf;
 	struct dwarf_sample *s;
-	u64 size;
+	u64 size, flags;
 	long n;
 
 	if ((pid_tgid >> 32) == 0 || !target_wanted(pid_tgid))
@@ -253,10 +256,16 @@ int dwarf_sample(struct bpf_perf_event_data_dwarf *ctx)
 		py_read_stack(s->pid, s->tid, &s->py);
 	else
 		s->py.nr = 0;
+	if (python_frames && py_hold(s->pid))
+		s->flags |= SAMPLE_PY_HELD;
 	size = DWARF_SAMPLE_HEADER_BYTES + s->stack_bytes;
 	if (size > sizeof(struct dwarf_sample))
 		size = sizeof(struct dwarf_sample);
-	if (bpf_ringbuf_output(&samples, s, size, wakeup_flag(s->pid)))
+	flags = (s->flags & SAMPLE_PY_HELD) ? BPF_RB_FORCE_WAKEUP : wakeup_flag(s->pid);
+	if (bpf_ringbuf_output(&samples, s, size, flags)) {
 		bump(&drops, DWARF_DROP_RINGBUF_FULL);
+		if (s->flags & SAMPLE_PY_HELD)
+			py_unhold();
+	}
 	return 0;
 }

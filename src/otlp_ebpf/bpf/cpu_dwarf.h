@@ -25,6 +25,7 @@ enum dwarf_sample_flags {
 	SAMPLE_IN_KERNEL = 1,     /* the timer hit kernel code; regs are the user regs at entry */
 	SAMPLE_STACK_FAULT = 2,   /* the copy stopped early on unreadable memory (stack top) */
 	SAMPLE_NO_USER_REGS = 4,  /* a kernel thread, a task past exit_mm, or no user regs */
+	SAMPLE_PY_HELD = 8,       /* the process was stopped until user space decides (python.h) */
 };
 
 enum dwarf_drop {

@@ -246,6 +246,7 @@ static __always_inline void py_walk(const struct py_proc *proc, u32 tid, struct 
  * call (mem) or sample (cpu) of the new image, not the exec, is where it can be found: both
  * come while the interpreter starts, before it runs the program's own code. */
 #define PY_SIGSTOP 19
+#define PY_SIGCONT 18
 
 const volatile u32 python_hold = 0;
 
@@ -273,6 +274,12 @@ static __always_inline bool py_hold(u32 tgid)
 		return false;
 	bpf_send_signal(PY_SIGSTOP);
 	return true;
+}
+
+/* The hold could not be told to user space: cancel it (a SIGCONT discards a pending stop). */
+static __always_inline void py_unhold(void)
+{
+	bpf_send_signal(PY_SIGCONT);
 }
 
 /* Python frames of the current task when its process is a registered CPython. */

@@ -50,7 +50,7 @@ from otlp_ebpf.collectors.cpu_sampling import (
     without_tracing_frames,
 )
 from otlp_ebpf.collectors.exit_maps import ExitMaps
-from otlp_ebpf.collectors.python_frames import PythonFrames
+from otlp_ebpf.collectors.python_frames import Holds, PythonFrames
 from otlp_ebpf.collectors.stack_store import read_stored_stacks
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import KERNEL_SUFFIX, CpuSnapshot, ProcessInfo, StackCount
@@ -84,6 +84,7 @@ PID_EXIT = 3  # CPU_PID_EXIT in bpf/cpu.h
 PID_PY_STACK = 4  # CPU_PID_PY_STACK in bpf/cpu.h: a new stored Python stack
 EXIT_MAPS_PROGRAM = "record_exit_maps"
 EXIT_MAPS_LOST = "exit maps: ring buffer full"
+PID_PY_HELD = 5  # CPU_PID_PY_HELD: a new image stopped at its first sample (bpf/python.h)
 SAMPLE_PROGRAM = "on_cpu_sample"
 SWITCH_BTF, SWITCH_TP = "btf_sched_switch", "tp_sched_switch"
 PID_PROGRAMS = ("on_exec", "on_exit")
@@ -260,6 +261,7 @@ class FramePointerSampler:
         self.marks: dict[int, ThreadMark] = {}  # target threads at the start (off-CPU, -p)
         self.asleep_throughout: list[BlockedThread] = []
         self.sample_links: list[Link] = []
+        self.holds: Holds | None = None
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -270,8 +272,15 @@ class FramePointerSampler:
             kernel_stacks=int(self.config.kernel_stacks),
             min_block_ns=self.config.min_block_us * 1000,
             python_frames=int(self.python is not None),
+            python_hold=int(self._holds_new_images(targets)),
         )
         return values
+
+    def _holds_new_images(self, targets: base.Targets) -> bool:
+        """A targeted run holds each new image at its first on-CPU sample until its
+        interpreter is known (bpf/python.h), so a launched `python app.py` has Python frames
+        from the start."""
+        return self.python is not None and targets.filtered and self.config.on_cpu
 
     def _unused_programs(self, targets: base.Targets) -> list[str]:
         unused = [SWITCH_TP if self.use_btf else SWITCH_BTF]
@@ -299,6 +308,8 @@ class FramePointerSampler:
         if self.python is not None:
             self.python.attach(obj)
         targets.attach(obj)
+        if self.python is not None and self._holds_new_images(targets):
+            self.holds = Holds(self.python, obj.map("targets").fd)
         self.events = RingBuffer(obj.map("pid_events"), self._on_pid_event)
         if obj.enabled(EXIT_MAPS_PROGRAM):
             # Attached first: a tracepoint runs its programs in attach order, and the record
@@ -341,6 +352,8 @@ class FramePointerSampler:
         if event.kind == PID_EXIT and self._remember_recorded(event.pid):
             return
         self.watch.remember(event.pid)
+        if event.kind == PID_PY_HELD and self.holds is not None:
+            self.holds.release(event.pid)
 
     def _remember_recorded(self, pid: int) -> bool:
         """Give the symbolizer the maps recorded at the exit of `pid`: the process is gone, and
@@ -463,6 +476,8 @@ class FramePointerSampler:
             self.stopped_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             self.asleep_throughout = blocked_threads(self.marks)
             self.obj.detach_all()
+            if self.holds is not None:
+                self.holds.close()
 
     def finish(self) -> SampledStacks:
         """Stop sampling, read the aggregates, then symbolize (the slow part) detached."""

@@ -41,7 +41,7 @@ from otlp_ebpf.collectors.cpu_sampling import (
     without_tracing_frames,
 )
 from otlp_ebpf.collectors.exit_maps import ExitMaps
-from otlp_ebpf.collectors.python_frames import PyStack, PythonFrames
+from otlp_ebpf.collectors.python_frames import Holds, PyStack, PythonFrames
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import ProcessInfo, StackCount
 from otlp_ebpf.runtime import libbpf, probes
@@ -87,6 +87,7 @@ MAX_WINDOW = 32768
 DEFAULT_WINDOW = 16384
 SAMPLE_IN_KERNEL = 1
 SAMPLE_NO_USER_REGS = 4
+SAMPLE_PY_HELD = 8
 DROP_REASONS = ("ring buffer full", "no scratch buffer")
 EXIT_MAPS_LOST = "exit maps: ring buffer full"
 REASON_GONE = "process_gone"
@@ -121,6 +122,7 @@ class DwarfSampleHeader(ctypes.Structure):
 
 
 HEADER_BYTES = ctypes.sizeof(DwarfSampleHeader)
+_FLAGS_AT = DwarfSampleHeader.flags.offset
 
 # (pid, tid, comm, user pcs, kernel pcs, truncated, Python frames)
 _StackKey = tuple[int, int, str, tuple[int, ...], tuple[int, ...], bool, tuple[PyFrame, ...]]
@@ -196,6 +198,7 @@ class DwarfSampler:
             python if isinstance(python, PythonFrames) else (PythonFrames() if python else None)
         )
         self.obj: BpfObject | None = None
+        self.holds: Holds | None = None
         self.samples_total = 0
         self.truncated = 0
         self.captures = 0  # reads of /proc/PID/maps
@@ -236,10 +239,14 @@ class DwarfSampler:
         """Load and attach; call `targets.release()` afterwards for a held command."""
         obj = BpfObject.open(OBJECT)
         self.obj = obj
+        # A targeted run holds each new image at its first sample until its interpreter is
+        # known (bpf/python.h): a launched `python app.py` has Python frames from the start.
+        hold = self.python is not None and targets.filtered
         obj.set_rodata(
             **targets.rodata(),
             stack_window=self.window_bytes,
             python_frames=int(self.python is not None),
+            python_hold=int(hold),
         )
         # One scratch slot per possible CPU: the program indexes it with its CPU number.
         obj.resize_map("scratch", libbpf.lib().libbpf_num_possible_cpus())
@@ -251,6 +258,9 @@ class DwarfSampler:
         if self.python is not None:
             self.python.attach(obj)
         targets.attach(obj)
+        if hold:
+            assert self.python is not None
+            self.holds = Holds(self.python, obj.map("targets").fd)
         self._ring = RingBuffer(obj.map("samples"), self._on_sample)
         probes.attach_auto(obj, EXEC_PROGRAM)
         if obj.enabled(EXIT_PROGRAM):
@@ -319,9 +329,12 @@ class DwarfSampler:
                 self._name_stacks(pid)
 
     def stop(self) -> None:
-        """Detach the sampling program: no sample is taken after this."""
+        """Detach the sampling program: no sample is taken after this (and no target is
+        held any more)."""
         if self.obj is not None and self.obj.loaded:
             self.obj.detach_all()
+            if self.holds is not None:
+                self.holds.close()
 
     def drain(self) -> int:
         """At the end of a run: stop sampling, unwind every sample still in the ring buffer,
@@ -344,7 +357,12 @@ class DwarfSampler:
         live only milliseconds past its first sample (the kernel side wakes us for it). One
         already gone is unwound with the maps the kernel recorded at its exit."""
         batch, self._batch = self._batch, []
+        if self.python is not None and batch:
+            self.python.new_batch()
         seen: set[int] = set()
+        for data in batch:
+            if int.from_bytes(data[_FLAGS_AT : _FLAGS_AT + 4], "little") & SAMPLE_PY_HELD:
+                self._release_held(int.from_bytes(data[:4], "little"))
         for data in batch:
             pid = int.from_bytes(data[:4], "little")
             if pid not in seen:
@@ -353,6 +371,15 @@ class DwarfSampler:
                     self._capture(pid) or self._adopt_recorded(pid)
         for data in batch:
             self._unwind_sample(data)
+
+    def _release_held(self, pid: int) -> None:
+        """A new image stopped at its first sample (bpf/python.h): its maps read now (its
+        interpreter registered), then continued."""
+        if self.holds is None:
+            return
+        if pid not in self.own_pids():
+            self._capture(pid)
+        self.holds.release(pid)
 
     def _unwind_sample(self, data: bytes) -> None:
         head = DwarfSampleHeader.from_buffer_copy(data[:HEADER_BYTES].ljust(HEADER_BYTES, b"\0"))

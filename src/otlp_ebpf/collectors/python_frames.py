@@ -8,11 +8,15 @@ version has no known layout is said once per version and keeps its native frames
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
+import signal
 from collections import Counter
 from collections.abc import Sequence
 
 from otlp_ebpf import console
+from otlp_ebpf.collectors.resume_guard import ResumeGuard, resume_stopped
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.runtime.loader import BpfObject
 from otlp_ebpf.symbolize.procmaps import OpenFiles, ProcessMaps
@@ -166,6 +170,11 @@ class PythonFrames:
             "its stacks keep their native frames"
         )
 
+    def new_batch(self) -> None:
+        """The samples `resolve`d from now on are named together (code objects cached
+        before are checked again once)."""
+        self.reader.generation += 1
+
     def resolve(self, pid: int, stack: PyStack) -> tuple[PyFrame, ...]:
         """The named frames of one sample (leaf first), read while the process lives."""
         interp = self.interpreters.get(pid)
@@ -183,11 +192,15 @@ class PythonFrames:
         words = list(stack.frames[:nr])
         if stack.flags & STACK_TRUNCATED:
             words.append(TRUNCATED_MARK)
-        return self.resolve_words(pid, words)
+        return self._named(pid, words)
 
     def resolve_words(self, pid: int, words: Sequence[int]) -> tuple[PyFrame, ...]:
         """Named frames for a stored Python stack's words (leaf first; a last word
-        TRUNCATED_MARK says the root side is missing)."""
+        TRUNCATED_MARK says the root side is missing), named on their own."""
+        self.new_batch()
+        return self._named(pid, words)
+
+    def _named(self, pid: int, words: Sequence[int]) -> tuple[PyFrame, ...]:
         interp = self.interpreters.get(pid)
         if interp is None:
             return ()
@@ -218,11 +231,16 @@ class PythonFrames:
 
     def decide(self, pid: int, files: OpenFiles) -> bool:
         """A target held at its new image's first sample or allocation (bpf/python.h): its
-        interpreter registered if it runs CPython. The image is decided (its `py_undecided`
-        entry deleted, so it is not held again) unless the loader has still to map the
-        libpython it needs, for a few holds at most. The caller continues the process."""
-        self.holds += 1
+        interpreter registered if it runs CPython, then `settle`d. The caller continues the
+        process."""
         self.register_if_python(pid, files)
+        return self.settle(pid)
+
+    def settle(self, pid: int) -> bool:
+        """After a held target's maps were read: the image is decided (its `py_undecided`
+        entry deleted, so it is not held again) unless the loader has still to map the
+        libpython it needs, for a few holds at most."""
+        self.holds += 1
         tries = self._undecided_holds.pop(pid, 0) + 1
         if pid not in self.interpreters and tries < MAX_HOLDS:
             exe = f"/proc/{pid}/exe"
@@ -248,6 +266,7 @@ class PythonFrames:
             f"python: {len(self.interpreters)} CPython processes "
             f"({', '.join(versions) or 'none supported'}), "
             + (f"{self.samples} samples, " if self.samples else "")
+            + (f"{self.holds} holds at start, " if self.holds else "")
             + f"{self.reader.reads} code objects read "
             f"({self.reader.failed} unreadable)"
         )
@@ -263,3 +282,29 @@ class PythonFrames:
         self._users -= 1
         if self._users <= 0:
             self.reader.close()
+
+
+class Holds:
+    """New images of the targets, stopped by a BPF object at their first sample until their
+    interpreter is known (bpf/python.h), and continued here. A guard process continues any
+    target left stopped if the tool dies (collectors/resume_guard.py)."""
+
+    def __init__(self, python: PythonFrames, targets_map_fd: int) -> None:
+        self.python = python
+        self.targets_map_fd = targets_map_fd
+        self.guard: ResumeGuard | None = ResumeGuard(targets_map_fd)
+
+    def release(self, pid: int) -> None:
+        """The held process's maps were read (and its interpreter registered): continue it."""
+        self.python.settle(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        """Once the programs are detached (no new hold): continue any target still stopped
+        (its event lost), and let the guard go."""
+        if self.guard is None:
+            return
+        resume_stopped(self.targets_map_fd)
+        self.guard.close()
+        self.guard = None

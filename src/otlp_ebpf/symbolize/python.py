@@ -26,6 +26,7 @@ from dataclasses import InitVar, dataclass, field
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
+from elftools.elf.hash import ELFHashSection, GNUHashSection
 from elftools.elf.sections import SymbolTableSection
 
 from otlp_ebpf import hosttext
@@ -130,7 +131,17 @@ def _interpreter_symbols(
                 for seg in elf.iter_segments()
                 if seg["p_type"] == "PT_LOAD"
             )
+            # The dynamic symbols' hash table answers in microseconds; a symbol table is read
+            # whole (~0.25 s for libpython) only when the file has none or lacks the names.
+            hashed = elf.get_section_by_name(".gnu.hash")
+            if isinstance(hashed, (GNUHashSection, ELFHashSection)):
+                for wanted in (RUNTIME_SYMBOL, CODE_TYPE_SYMBOL):
+                    sym = hashed.get_symbol(wanted)
+                    if sym is not None and sym["st_value"]:
+                        found[wanted] = sym["st_value"]
             for name in (".dynsym", ".symtab"):
+                if len(found) == 2:
+                    break
                 section = elf.get_section_by_name(name)
                 if not isinstance(section, SymbolTableSection):
                     continue
@@ -369,6 +380,28 @@ class CodeInfo:
         return self.firstlineno
 
 
+@dataclass
+class _CachedCode:
+    info: CodeInfo | None
+    fingerprint: bytes
+    checked: int  # the reader's generation when last found unchanged
+
+
+def _code_head_size(lay: dict[str, int]) -> int:
+    return max(v for k, v in lay.items() if k.startswith("code_")) + 8
+
+
+_FINGERPRINT_FIELDS = ("code_name", "code_qualname", "code_filename", "code_linetable")
+
+
+def _fingerprint(raw: bytes, lay: dict[str, int]) -> bytes:
+    """What tells one code object from another at the same address: its type, the objects
+    holding its names and line table, and its first line."""
+    parts = [raw[8:16], raw[lay["code_firstlineno"] :][:4]]
+    parts += [raw[lay[f] :][:8] for f in _FINGERPRINT_FIELDS if lay[f] >= 0]
+    return b"".join(parts)
+
+
 class CodeReader:
     """Names the code objects of CPython processes, from their memory, with a bounded cache
     keyed by (pid, address): a code object lives as long as its function, so the first read
@@ -377,35 +410,39 @@ class CodeReader:
     def __init__(self, max_entries: int = CODE_CACHE_ENTRIES, proc_root: str = "/proc") -> None:
         self.max_entries = max_entries
         self.proc_root = proc_root
-        self._cache: OrderedDict[tuple[int, int], CodeInfo | None] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int], _CachedCode] = OrderedDict()
         self._by_image: OrderedDict[tuple[int, int], CodeInfo] = OrderedDict()
         self._fds: dict[int, int] = {}
         self._modules: dict[tuple[int, str], str] = {}
         # Named frames by (pid, frame word): a word is a code object at one instruction, the
         # same in every stack it is part of (dropped as a whole when it grows too big).
-        self._frames: dict[tuple[int, int], PyFrame] = {}
+        self._frames: dict[tuple[int, int], tuple[CodeInfo | None, PyFrame]] = {}
         self.reads = 0
         self.failed = 0
+        self.replaced = 0  # cached code objects found replaced by another at their address
+        # Bumped by the caller for each batch of frames named together: within one, a cached
+        # code object is not read again (samples of one batch are named at one moment).
+        self.generation = 0
 
     def frames(self, pid: int, interp: Interpreter, words: Sequence[int]) -> tuple[PyFrame, ...]:
         """Named frames for the BPF walk's words (leaf first, same order)."""
         out = []
         for word in words:
+            info = self.code(pid, interp, word & FRAME_ADDR_MASK)
             key = (pid, word)
-            frame = self._frames.get(key)
-            if frame is None:
-                frame = self._frame(pid, interp, word)
+            cached = self._frames.get(key)
+            if cached is None or cached[0] is not info:
+                cached = (info, self._frame(info, interp, word))
                 if len(self._frames) >= self.max_entries * 4:
                     self._frames.clear()
-                self._frames[key] = frame
-            out.append(frame)
+                self._frames[key] = cached
+            out.append(cached[1])
         return tuple(out)
 
-    def _frame(self, pid: int, interp: Interpreter, word: int) -> PyFrame:
+    @staticmethod
+    def _frame(info: CodeInfo | None, interp: Interpreter, word: int) -> PyFrame:
         """One frame word named: a code object at an instruction."""
-        addr = word & FRAME_ADDR_MASK
         lasti = (word >> FRAME_LASTI_SHIFT) & FRAME_LASTI_MAX
-        info = self.code(pid, interp, addr)
         entry = bool(word & FRAME_ENTRY)
         if info is None:
             return PyFrame(UNKNOWN_CODE, PYTHON_MODULE, entry)
@@ -415,13 +452,23 @@ class CodeReader:
         return PyFrame(name, info.filename, entry)
 
     def code(self, pid: int, interp: Interpreter, addr: int) -> CodeInfo | None:
+        """The code object at `addr` in `pid`, named. A cached one is checked again (one read
+        of its head) once per `generation`: code objects die (a module's top-level code once
+        run, code compiled on the fly) and their memory goes to new ones, which must not take
+        the old name."""
         key = (pid, addr)
-        if key in self._cache:
+        cached = self._cache.get(key)
+        now = self.generation
+        if cached is not None:
             self._cache.move_to_end(key)
-            return self._cache[key]
+            if cached.checked == now or self._unchanged(pid, interp, addr, cached):
+                cached.checked = now
+                return cached.info
+            self.replaced += 1
         self.reads += 1
+        fingerprint = b""
         try:
-            info = self._read_code(pid, interp, addr)
+            info, fingerprint = self._read_code(pid, interp, addr)
         except (OSError, ValueError, UnicodeDecodeError):
             info = None
         # Processes forked from one interpreter share its image (same _PyRuntime address) and
@@ -436,10 +483,21 @@ class CodeReader:
                 self._by_image.popitem(last=False)
         if info is None:
             self.failed += 1
-        self._cache[key] = info
+        self._cache[key] = _CachedCode(info, fingerprint, now)
         if len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
         return info
+
+    def _unchanged(self, pid: int, interp: Interpreter, addr: int, cached: _CachedCode) -> bool:
+        """Whether the code object read before is still the one at `addr` (the same names,
+        line table and first line). A process that cannot be read any more (gone) keeps what
+        was read while it ran."""
+        lay = interp.layout
+        try:
+            raw = self._read(pid, addr, _code_head_size(lay))
+        except (OSError, ValueError):
+            return True
+        return _fingerprint(raw, lay) == cached.fingerprint
 
     def forget(self, pid: int) -> None:
         """A process exec'd or exited: its addresses mean something else now."""
@@ -487,12 +545,13 @@ class CodeReader:
     def _ptr(self, raw: bytes, offset: int) -> int:
         return int.from_bytes(raw[offset : offset + 8], "little")
 
-    def _read_code(self, pid: int, interp: Interpreter, addr: int) -> CodeInfo | None:
+    def _read_code(self, pid: int, interp: Interpreter, addr: int) -> tuple[CodeInfo | None, bytes]:
+        """The code object at `addr` and its fingerprint (see `_unchanged`)."""
         lay = interp.layout
-        size = max(v for k, v in lay.items() if k.startswith("code_")) + 8
-        raw = self._read(pid, addr, size)
+        raw = self._read(pid, addr, _code_head_size(lay))
+        fingerprint = _fingerprint(raw, lay)
         if self._ptr(raw, 8) != interp.code_type:
-            return None  # not a code object (a stale or torn read)
+            return None, fingerprint  # not a code object (a stale or torn read)
         name = self._string(pid, lay, self._ptr(raw, lay["code_name"]))
         qualname = name
         if lay["code_qualname"] >= 0:
@@ -501,7 +560,8 @@ class CodeReader:
         first = int.from_bytes(raw[lay["code_firstlineno"] :][:4], "little", signed=True)
         table = self._bytes(pid, lay, self._ptr(raw, lay["code_linetable"]))
         lines = decode_line_table(table, first, interp.version)
-        return CodeInfo(self._module(pid, filename), qualname, filename, first, lines)
+        info = CodeInfo(self._module(pid, filename), qualname, filename, first, lines)
+        return info, fingerprint
 
     def _string(self, pid: int, lay: dict[str, int], addr: int) -> str:
         head = self._read(pid, addr, lay["unicode_compact_data"])
