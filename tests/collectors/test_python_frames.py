@@ -37,8 +37,9 @@ CPU_S = "0.6"  # the workloads' CPU seconds at HZ: ~300 samples
 # while its interpreter starts (bpf/python.h).
 UNNAMED_AT_START = 2
 
-# a() spins for 2 ms of this thread's CPU time per call, b() for 1 ms, until argv[1] seconds
-# of CPU time are spent.
+# Work.a() spins for 2 ms of this thread's CPU time per call, main's inner b() for 1 ms, until
+# argv[1] seconds of CPU time are spent (a method and a nested function: their qualified names
+# come from co_qualname from 3.11 on, from the source before).
 APP = """\
 import sys
 import time
@@ -50,27 +51,29 @@ def spin(ms):
         pass
 
 
-def a():
-    spin(2)
-
-
-def b():
-    spin(1)
+class Work:
+    def a(self):
+        spin(2)
 
 
 def main(cpu_s):
+    def b():
+        spin(1)
+
+    work = Work()
     stop = time.thread_time() + cpu_s
     while time.thread_time() < stop:
-        a()
+        work.a()
         b()
 
 
 main(float(sys.argv[1]))
 """
 SPIN_LINES = (6, 7, 8)  # the loop of spin() (3.10 reports the `pass` NOP)
-A_CALL_LINE = 12
-B_CALL_LINE = 16
+A_CALL_LINE = 13
+B_CALL_LINE = 18
 SPIN_DEF_LINE = 5
+A, B = "app.Work.a", "app.main.<locals>.b"
 
 # Two threads, each in its own function, for argv[1] seconds of CPU time each; the main
 # thread waits in join().
@@ -300,8 +303,9 @@ def call_lines(call_line: int, just_entered: bool) -> tuple[int, ...]:
 
 
 def check_two_to_one(snap: CpuSnapshot, *, native_unwind: bool = True) -> None:
-    """The chain <module> -> main -> a|b -> spin, a's share 2/3, native frames around it, and
-    Python frames from the first samples on."""
+    """The chain <module> -> main -> Work.a|main.<locals>.b -> spin (qualified names on every
+    version), a's share 2/3, native frames around it, and Python frames from the first
+    samples on."""
     assert unnamed_evaluation(snap) <= UNNAMED_AT_START, [
         s.frames for s in snap.stacks if "_PyEval_EvalFrameDefault" in s.frames
     ]
@@ -325,14 +329,14 @@ def check_two_to_one(snap: CpuSnapshot, *, native_unwind: bool = True) -> None:
             just_entered = depth == len(python_frames) - 1
             if frame.startswith("app.spin "):
                 assert frame_line(frame) in (*SPIN_LINES, SPIN_DEF_LINE), frame
-            if frame.startswith("app.a "):
+            if frame.startswith(A + " "):
                 assert frame_line(frame) in call_lines(A_CALL_LINE, just_entered), frame
-            if frame.startswith("app.b "):
+            if frame.startswith(B + " "):
                 assert frame_line(frame) in call_lines(B_CALL_LINE, just_entered), frame
     if native_unwind:
         assert native_below >= 0.9 * sum(chains.values()), (native_below, chains)
-    in_a = chains.get("app.<module> > app.main > app.a > app.spin", 0)
-    in_b = chains.get("app.<module> > app.main > app.b > app.spin", 0)
+    in_a = chains.get(f"app.<module> > app.main > {A} > app.spin", 0)
+    in_b = chains.get(f"app.<module> > app.main > {B} > app.spin", 0)
     assert in_a + in_b >= 0.8 * sum(chains.values()), chains
     assert in_a + in_b >= 150, chains
     share = in_a / (in_a + in_b)

@@ -32,6 +32,7 @@ from elftools.elf.sections import SymbolTableSection
 from otlp_ebpf import hosttext
 from otlp_ebpf.symbolize.procmaps import Mapping, OpenFiles, ProcessMaps
 from otlp_ebpf.symbolize.python_layouts import LAYOUTS
+from otlp_ebpf.symbolize.python_source import SourceQualnames, source_path
 
 EVAL_FRAME = "_PyEval_EvalFrameDefault"
 RUNTIME_SYMBOL = "_PyRuntime"
@@ -420,6 +421,7 @@ class CodeReader:
         self.reads = 0
         self.failed = 0
         self.replaced = 0  # cached code objects found replaced by another at their address
+        self.sources = SourceQualnames()  # qualified names before 3.11
         # Bumped by the caller for each batch of frames named together: within one, a cached
         # code object is not read again (samples of one batch are named at one moment).
         self.generation = 0
@@ -553,15 +555,23 @@ class CodeReader:
         if self._ptr(raw, 8) != interp.code_type:
             return None, fingerprint  # not a code object (a stale or torn read)
         name = self._string(pid, lay, self._ptr(raw, lay["code_name"]))
-        qualname = name
-        if lay["code_qualname"] >= 0:
-            qualname = self._string(pid, lay, self._ptr(raw, lay["code_qualname"]))
         filename = self._string(pid, lay, self._ptr(raw, lay["code_filename"]))
         first = int.from_bytes(raw[lay["code_firstlineno"] :][:4], "little", signed=True)
+        if lay["code_qualname"] >= 0:
+            qualname = self._string(pid, lay, self._ptr(raw, lay["code_qualname"]))
+        else:
+            qualname = self._source_qualname(pid, filename, name, first)
         table = self._bytes(pid, lay, self._ptr(raw, lay["code_linetable"]))
         lines = decode_line_table(table, first, interp.version)
         info = CodeInfo(self._module(pid, filename), qualname, filename, first, lines)
         return info, fingerprint
+
+    def _source_qualname(self, pid: int, filename: str, name: str, firstlineno: int) -> str:
+        """Before 3.11 (no co_qualname): the qualified name from the source file, when it
+        can be told; the plain name otherwise."""
+        path = source_path(filename, pid, self.proc_root)
+        found = self.sources.qualname(path, name, firstlineno) if path else None
+        return found if found is not None else name
 
     def _string(self, pid: int, lay: dict[str, int], addr: int) -> str:
         head = self._read(pid, addr, lay["unicode_compact_data"])
