@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from otlp_ebpf.cli.app import run
+from otlp_ebpf.collectors.syscalls import syscall_table
 from tests.conftest import SPIN_CPU_C, build_c
 
 pytestmark = pytest.mark.bpf
 
 CLI = [sys.executable, "-m", "otlp_ebpf"]
+OPENAT = next(nr for nr, name in syscall_table().items() if name == "openat")
 
 # Waits to be released through a FIFO, then makes N getppid() calls: it outlives the
 # command's first process for as long as the test wants.
@@ -132,6 +134,15 @@ def state_of(pid: int) -> str:
     return stat.rpartition(")")[2].split()[0]
 
 
+def blocked_in_openat(pid: int) -> bool:
+    """The process sleeps in openat(2) (/proc/PID/syscall starts with the call's number)."""
+    try:
+        call = Path(f"/proc/{pid}/syscall").read_text().split()[0]
+    except (OSError, IndexError):
+        return False
+    return call == str(OPENAT) and state_of(pid) == "S"
+
+
 def wait_for(condition, what: str, timeout_s: float = 60.0) -> None:
     """Poll `condition` (a generous bound for a shared machine; not a speed check)."""
     deadline = time.monotonic() + timeout_s
@@ -159,8 +170,11 @@ def test_a_sigkilled_mem_run_leaves_no_workload_stopped(tmp_path):
     try:
         wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), "the workload")
         target = int(pidfile.read_text())
+        # Frozen only once cat waits in open(): a new image is held at its first allocation
+        # until the tool has looked at it, which a frozen tool never would.
+        wait_for(lambda: blocked_in_openat(target), "the workload to open its FIFO")
         os.kill(proc.pid, signal.SIGSTOP)  # the tool can no longer resume anything
-        wait_for(lambda: release(fifo), "the workload to open its FIFO")
+        assert release(fifo)
         wait_for(lambda: state_of(target) == "T", "the workload to stop at exit()")
         proc.kill()
         proc.wait(timeout=60)
