@@ -77,3 +77,40 @@ def test_exited_processes_are_retired_and_their_stacks_keep_their_names(
     # Their stacks are kept by name and count only, one tuple per distinct stack.
     assert held["raw_stacks"] == 0
     assert held["named_stacks"] == len({(s.pid, s.tid, s.frames) for s in stacks})
+
+
+def test_rows_of_the_oldest_exited_processes_fold_by_name(
+    short_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond the most recent exited processes, rows fold into one per command name and
+    stack (pid 0): a system-wide profile of endless short processes stays bounded, and no
+    sample is dropped on the way."""
+    from otlp_ebpf.collectors import cpu_dwarf
+
+    monkeypatch.setattr(cpu_dwarf, "EXITED_KEPT", 5)
+    script = f"i=0; while [ $i -lt 40 ]; do {short_bin}; i=$((i+1)); done"
+    targets = base.Targets(TargetSpec(command=("sh", "-c", script)))
+    sampler = DwarfSampler(frequency_hz=499)
+    try:
+        with StatsSession():
+            sampler.start(targets)
+            targets.release()
+            while not targets.finished():
+                sampler.poll(100)
+            settle = time.monotonic() + RETIRE_GRACE_S + 2.5 * EXIT_CHECK_S
+            while time.monotonic() < settle:
+                sampler.poll(100)
+            held = sampler.held()
+            sampler.drain()
+    finally:
+        targets.abandon()
+        base.cleanup()
+        sampler.close()
+    stacks = sampler.stacks()
+    assert held["processes_with_rows"] <= 5
+    assert held["process_infos"] <= 5 + 1  # the kept ones, and the shell if still held
+    assert held["processes_folded"] >= 20
+    folded = [s for s in stacks if s.pid == 0 and s.comm == "short"]
+    assert any("short_lived_work" in s.frames for s in folded)
+    assert len({s.pid for s in stacks if s.comm == "short"}) <= 5 + 1
+    assert sum(s.count for s in stacks) == sampler.samples_total

@@ -339,3 +339,28 @@ def test_tables_in_memory_are_bounded_least_recently_used_first() -> None:
     assert lru.rows == 200
     lru.put("huge", table(1000))  # bigger than the cap: kept alone
     assert len(lru) == 1 and lru.get("huge") is not None
+
+
+def test_a_reused_descriptor_number_does_not_mix_up_two_files() -> None:
+    """Files are held as /proc/self/fd/N; once one is closed for room its number is used for
+    the next file opened: the table of one is never taken for the other's."""
+    cache = CfiCache(None)
+    fd = os.open("/bin/true", os.O_RDONLY)
+    first = cache._key_of(f"/proc/self/fd/{fd}")
+    os.close(fd)
+    again = os.open("/bin/ls", os.O_RDONLY)
+    try:
+        assert again == fd  # the same number, another file
+        assert cache._key_of(f"/proc/self/fd/{again}") not in (None, first)
+    finally:
+        os.close(again)
+
+
+def test_the_decoding_child_keeps_no_table_it_sent(program: Path, tmp_path: Path) -> None:
+    """The child hands each table to the parent, which caches it: kept in the child as well,
+    every table it ever decoded would grow it for the whole run."""
+    cache = CfiCache(str(tmp_path))
+    cache.memory_rows = 0
+    assert cache.table_for_path(str(program)) is not None
+    assert cache.table_for_path(str(program)) is not None  # read back from disk, not memory
+    assert len(cache) == 0 and cache.stats.decoded == 1 and cache.stats.from_disk == 1

@@ -134,3 +134,25 @@ def test_maps_recorded_at_exit_find_their_files_by_path_or_by_inode(tmp_path: Pa
         assert st2.st_ino != st1.st_ino
     finally:
         fresh.close()
+
+
+def test_beyond_its_cap_the_least_recently_used_file_is_closed(tmp_path: Path) -> None:
+    paths = [tmp_path / name for name in ("a", "b", "c")]
+    for path in paths:
+        path.write_bytes(path.name.encode())
+    files = OpenFiles(cap=2)
+    try:
+        ids = []
+        for path in paths[:2]:
+            st = path.stat()
+            ids.append(files.keep([(str(path), True)], st.st_ino, dev=st.st_dev, path=str(path)))
+        first, second = ids
+        assert first is not None and second is not None
+        files.path_of(first)  # used: the second is now the least recent
+        third = files.keep([(str(paths[2]), False)], 0)
+        assert third is not None and len(files) == 2 and files.closed == 1
+        assert files.is_open(first) and files.is_open(third) and not files.is_open(second)
+        assert files.known(second.dev, second.ino) is None  # not found again once closed
+        assert Path(files.path_of(first)).read_bytes() == b"a"
+    finally:
+        files.close()

@@ -79,6 +79,10 @@ RETIRE_BATCH = 128
 # everything kept for it is dropped.
 EXIT_CHECK_S = 1.0
 RETIRE_GRACE_S = 3.0
+# Exited processes whose stacks keep their pid and thread; older ones are folded per command
+# name (pid 0, tid 0), as the syscalls table does, so that a system-wide profile of endless
+# short processes holds a bounded number of rows.
+EXITED_KEPT = 512
 # Distinct named stacks whose frame tuples are shared: the samples of every process running
 # the same code name the same frames, and keep one copy of them.
 MAX_SHARED_STACKS = 65536
@@ -224,6 +228,9 @@ class DwarfSampler:
         # Counts of retired processes' stacks by name: their addresses are not kept (until a
         # caller follows the raw counts, as record's timeline does: it keeps those keys).
         self._folded: Counter[_NamedKey] = Counter()
+        self._rows_of: dict[int, set[_NamedKey]] = {}  # pid -> its rows in _folded
+        self._exited_rows: OrderedDict[int, None] = OrderedDict()  # retired, oldest first
+        self.folded_processes = 0  # exited processes whose rows were folded by name
         self._keep_raw = False
         self._shared: Lru[tuple[str, ...], tuple[str, ...]] = Lru(MAX_SHARED_STACKS)
         self._shared_python: Lru[tuple[PyFrame, ...], tuple[PyFrame, ...]] = Lru(MAX_SHARED_STACKS)
@@ -560,6 +567,27 @@ class DwarfSampler:
                     self._exits.forget(pid)
                 if self.python is not None:
                     self.python.forget(pid)
+                self._keep_exited_rows(pid)
+
+    def _keep_exited_rows(self, pid: int) -> None:
+        """Rows of exited processes keep their pid for the EXITED_KEPT most recent ones;
+        the oldest are folded by command name, and what was read of them dropped."""
+        if self._keep_raw:
+            return
+        if pid not in self._rows_of:
+            self._infos.pop(pid, None)  # nothing of it is in the profile
+            return
+        self._exited_rows[pid] = None
+        self._exited_rows.move_to_end(pid)
+        while len(self._exited_rows) > EXITED_KEPT:
+            oldest, _ = self._exited_rows.popitem(last=False)
+            if oldest in self._processes:
+                continue  # the pid was reused by a live process: its rows go with it later
+            self.folded_processes += 1
+            self._infos.pop(oldest, None)
+            for row in self._rows_of.pop(oldest, ()):
+                count = self._folded.pop(row, 0)
+                self._folded[(0, 0, *row[2:])] += count
 
     def _name_stacks(self, pid: int) -> None:
         """Name the stacks of `pid` sampled since the last time. Without a caller following
@@ -571,7 +599,9 @@ class DwarfSampler:
             if self._keep_raw:
                 self._named[key] = names
             else:
-                self._folded[(key[0], key[1], key[2], *names)] += self._counts.pop(key)
+                row = (key[0], key[1], key[2], *names)
+                self._folded[row] += self._counts.pop(key)
+                self._rows_of.setdefault(key[0], set()).add(row)
 
     def held(self) -> dict[str, int]:
         """What is kept per process and per file now, and what was dropped (bounds checks and
@@ -585,6 +615,9 @@ class DwarfSampler:
             "unwind_tables": len(self.cfi),
             "raw_stacks": len(self._counts),
             "named_stacks": len(self._named) + len(self._folded),
+            "processes_with_rows": len(self._rows_of),
+            "processes_folded": self.folded_processes,
+            "process_infos": len(self._infos),
             **{f"symbolizer_{k}": v for k, v in self.symbolizer.held().items()},
         }
 

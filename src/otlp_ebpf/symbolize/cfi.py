@@ -47,6 +47,7 @@ from elftools.dwarf.callframe import CIE, FDE, RegisterRule
 from elftools.elf.elffile import ELFFile
 
 from otlp_ebpf.symbolize.elf import DEFAULT_DEBUG_ROOT
+from otlp_ebpf.symbolize.lru import Lru
 
 # How the CFA is computed (CfiRow.kind).
 CFA_NONE = 0  # no CFI covers this PC
@@ -467,6 +468,9 @@ def prune_disk_cache(cache_dir: str, cap_bytes: int, keep: str = "") -> int:
     return deleted
 
 
+# Files whose cache key (or failure to decode) is remembered.
+MAX_KNOWN_FILES = 4096
+
 # Rows of unwind tables kept in memory (~22 bytes each): libc has ~25,000, libpython ~59,000.
 # A host that builds and runs new binaries all day would otherwise keep every table it met.
 MEMORY_CACHE_ROWS = 1_500_000
@@ -524,9 +528,12 @@ class CfiCache:
         self.debug_roots = tuple(debug_roots)
         self.stats = CfiCacheStats()
         self._by_build_id = TableLru(MEMORY_CACHE_ROWS)
+        self.memory_rows = MEMORY_CACHE_ROWS
         self.worker = DecodeWorker(cache_dir, self.debug_roots) if background else None
-        self._keys: dict[str, str] = {}  # path -> cache key (build-id, or the path itself)
-        self._failed: set[str] = set()
+        # (device, inode, size, mtime) of a file -> its cache key (build-id, or that identity):
+        # not its path, which names a descriptor that may be closed and its number reused.
+        self._keys: Lru[tuple[int, int, int, int], str] = Lru(MAX_KNOWN_FILES)
+        self._failed: Lru[str, bool] = Lru(MAX_KNOWN_FILES)
 
     def __len__(self) -> int:
         """Unwind tables held in memory now."""
@@ -538,7 +545,7 @@ class CfiCache:
         if self.worker is None:
             return self.table_for_path(path)
         key = self._key_of(path)
-        if key is None or key in self._failed:
+        if key is None or self._failed.get(key):
             return None
         table = self._cached(key)
         if table is not None:
@@ -556,7 +563,7 @@ class CfiCache:
             arrived += 1
             table = _table_or_none(data)
             if table is None:
-                self._failed.add(key)
+                self._failed[key] = True
                 self.stats.unreadable += 1
                 continue
             self.stats.decoded += 1
@@ -570,15 +577,21 @@ class CfiCache:
             self.worker.close()
 
     def _key_of(self, path: str) -> str | None:
-        key = self._keys.get(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            self.stats.unreadable += 1
+            return None
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        key = self._keys.get(identity)
         if key is None:
             try:
                 with open(path, "rb") as stream:
-                    key = build_id_of(ELFFile(stream)) or path
+                    key = build_id_of(ELFFile(stream)) or "file:{}:{}:{}:{}".format(*identity)
             except (OSError, ELFError, struct.error, ValueError):
                 self.stats.unreadable += 1
                 return None
-            self._keys[path] = key
+            self._keys[identity] = key
         return key
 
     def table_for_path(self, path: str) -> CfiTable | None:
@@ -603,7 +616,8 @@ class CfiCache:
             self.stats.unreadable += 1
             return None
         if build_id:
-            self._by_build_id.put(build_id, table)
+            if self.memory_rows:
+                self._by_build_id.put(build_id, table)
             self._store(table)
         return table
 
@@ -617,7 +631,8 @@ class CfiCache:
         table = self._load(build_id) if build_id.isalnum() else None
         if table is not None:
             self.stats.from_disk += 1
-            self._by_build_id.put(build_id, table)
+            if self.memory_rows:
+                self._by_build_id.put(build_id, table)
         return table
 
     def _decode(self, elf: ELFFile, build_id: str) -> CfiTable:
@@ -843,6 +858,8 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
 def worker_main(argv: Sequence[str]) -> int:
     """The child's loop: one JSON request a line in, a JSON header line and the table out."""
     cache = CfiCache(argv[0] or None, argv[1:])
+    # Tables go to the parent, which keeps them: kept here too, they only grew this process.
+    cache.memory_rows = 0
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         request = json.loads(line)

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import os
 import stat
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -126,11 +127,19 @@ class RecordedMapping:
     vdso: bool = False
 
 
-class OpenFiles:
-    """Executable files held open by identity, so they stay readable for the whole run."""
+# Descriptors held at most: the least recently used beyond it is closed (a host that runs new
+# binaries all day would otherwise run out of descriptors, and keep deleted files on disk).
+MAX_OPEN_FILES = 512
 
-    def __init__(self) -> None:
-        self._fds: dict[FileId, int] = {}
+
+class OpenFiles:
+    """Executable files held open by identity, so they stay readable after their processes
+    exit; at most `cap` of them, the least recently used closed first (`closed` counts them)."""
+
+    def __init__(self, cap: int = MAX_OPEN_FILES) -> None:
+        self.cap = cap
+        self.closed = 0
+        self._fds: OrderedDict[FileId, int] = OrderedDict()
         # (device, inode) as a process's maps name the file -> the file held, and its path.
         self._by_inode: dict[tuple[int, int], tuple[FileId, str]] = {}
 
@@ -182,14 +191,30 @@ class OpenFiles:
             file_id = FileId(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             if file_id in self._fds:
                 os.close(fd)
+                self._fds.move_to_end(file_id)
             else:
                 self._fds[file_id] = fd
+                self._close_beyond_cap()
             return file_id
         return None
 
+    def is_open(self, file_id: FileId) -> bool:
+        """Whether the file is still held (it may have been closed for room)."""
+        return file_id in self._fds
+
     def path_of(self, file_id: FileId) -> str:
-        """A path that opens the kept file (valid while this registry is open)."""
+        """A path that opens the kept file while it is held (see `is_open`)."""
+        self._fds.move_to_end(file_id)
         return f"/proc/self/fd/{self._fds[file_id]}"
+
+    def _close_beyond_cap(self) -> None:
+        while len(self._fds) > self.cap:
+            file_id, fd = self._fds.popitem(last=False)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self.closed += 1
+            for key in [k for k, (held, _) in self._by_inode.items() if held == file_id]:
+                del self._by_inode[key]
 
     def close(self) -> None:
         """Close every kept descriptor."""
@@ -197,6 +222,7 @@ class OpenFiles:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds.clear()
+        self._by_inode.clear()
 
 
 @dataclass

@@ -100,6 +100,8 @@ def find_interpreter(maps: ProcessMaps, files: OpenFiles) -> Interpreter | None:
     for mapping in maps.mappings:
         if not mapping.executable or mapping.file_id is None or mapping.path in seen:
             continue
+        if not files.is_open(mapping.file_id):
+            continue
         seen.add(mapping.path)
         version = interpreter_version(mapping.path)
         if version is None or version[0] != 3:

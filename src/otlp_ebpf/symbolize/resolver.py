@@ -304,6 +304,8 @@ class Symbolizer:
         if file_id is None:
             return None
         if file_id not in self._by_file:
+            if not self._files.is_open(file_id):
+                return None  # closed for room before its symbols were needed
             opener = file_opener(self._files.path_of(file_id))
             self._by_file[file_id] = self._load(opener, mapping.path)
         return self._by_file[file_id]

@@ -142,8 +142,9 @@ class UnwindMaps:
     def prefetch(self) -> None:
         """Ask for the tables of every executable file mapping, ahead of any sample."""
         for mapping in self.maps.mappings:
-            if mapping.executable and mapping.is_file and mapping.file_id is not None:
-                self.cache.lookup_path(self.files.path_of(mapping.file_id), urgent=False)
+            file_id = mapping.file_id
+            if mapping.executable and file_id is not None and self.files.is_open(file_id):
+                self.cache.lookup_path(self.files.path_of(file_id), urgent=False)
 
     def _table_of(self, mapping: Mapping) -> CfiTable | Pending | None:
         if mapping.start in self._tables:
@@ -156,7 +157,7 @@ class UnwindMaps:
     def _load(self, mapping: Mapping) -> CfiTable | Pending | None:
         if mapping.path == "[vdso]" and self.maps.vdso_image:
             return self.cache.table_for_image(self.maps.vdso_image)
-        if mapping.is_file and mapping.file_id is not None:
+        if mapping.is_file and mapping.file_id is not None and self.files.is_open(mapping.file_id):
             return self.cache.lookup_path(self.files.path_of(mapping.file_id))
         return None
 
