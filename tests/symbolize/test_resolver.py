@@ -182,3 +182,40 @@ def test_a_forgotten_process_keeps_nothing(proc: FakeProc, tmp_path: Path) -> No
         symbolizer.forget_process(77)
         frames = symbolizer.user_frames(77, [qsort], adjust_return_addresses=False)
     assert frames == [(UNKNOWN_FRAME, "")]
+
+
+def test_symbol_tables_are_bounded_by_symbols_and_not_kept_alive_per_file() -> None:
+    """Past its symbol budget the least recently used table is dropped, and nothing kept per
+    mapped file holds it alive; an address in it is named again by reading the file again."""
+    import ctypes
+    import gc
+    import weakref
+
+    qsort = ctypes.cast(ctypes.CDLL(None).qsort, ctypes.c_void_p).value
+    py_api = ctypes.cast(ctypes.pythonapi.Py_IsInitialized, ctypes.c_void_p).value
+    assert qsort is not None and py_api is not None
+    with Symbolizer() as symbolizer:
+        symbolizer._elf.max_symbols = 1  # room for one table at a time
+        assert symbolizer.remember_process(os.getpid())
+        pid = os.getpid()
+        assert symbolizer.user_frames(pid, [qsort], adjust_return_addresses=False)[0][0] == "qsort"
+        (libc,) = symbolizer._elf._by_build_id.values()
+        gone = weakref.ref(libc)
+        del libc
+        symbolizer.user_frames(pid, [py_api], adjust_return_addresses=False)
+        gc.collect()
+        assert gone() is None
+        assert symbolizer.held()["symbol_tables"] == 1
+        # Another process of libc: its table is read again, not found dead.
+        symbolizer.forget_process(pid)
+        assert symbolizer.remember_process(pid)
+        assert symbolizer.user_frames(pid, [qsort], adjust_return_addresses=False)[0][0] == "qsort"
+
+
+def test_an_elf_symbolizer_drops_tables_past_its_symbol_budget() -> None:
+    elf = ElfSymbolizer(max_symbols=1)
+    first = elf.load_path("/bin/true")
+    second = elf.load_path("/bin/ls")
+    assert elf.tables_held == 1 and elf.cached(second.info.build_id) is second
+    assert elf.cached(first.info.build_id) is None
+    assert elf.symbols_held == len(second.symbols)

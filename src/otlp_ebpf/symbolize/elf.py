@@ -48,6 +48,9 @@ DEFAULT_DEBUG_ROOT = "/usr/lib/debug"
 # builds and runs new binaries all day would otherwise keep every table it met; an evicted
 # table is parsed again if a sample needs it.
 MAX_SYMBOL_TABLES = 128
+# Function symbols held across those tables (~100 bytes each with their names): a host that
+# builds and runs large binaries all day is bounded by bytes, not only by count.
+MAX_HELD_SYMBOLS = 1_000_000
 
 _STT_FUNC = 2
 _STT_GNU_IFUNC = 10
@@ -160,10 +163,20 @@ class ElfSymbolizer:
         self,
         debug_roots: Sequence[str] = (DEFAULT_DEBUG_ROOT,),
         max_tables: int = MAX_SYMBOL_TABLES,
+        max_symbols: int = MAX_HELD_SYMBOLS,
     ) -> None:
         self.debug_roots = tuple(debug_roots)
-        self._by_build_id: Lru[str, LoadedElf] = Lru(max_tables)
+        self.max_symbols = max_symbols
+        self.symbols_held = 0
+        self._by_build_id: Lru[str, LoadedElf] = Lru(max_tables, self._dropped)
         self.files_parsed = 0
+
+    def _dropped(self, _build_id: str, loaded: LoadedElf) -> None:
+        self.symbols_held -= len(loaded.symbols)
+
+    def cached(self, build_id: str) -> LoadedElf | None:
+        """The table of `build_id` if it is still held."""
+        return self._by_build_id.get(build_id)
 
     def load(self, opener: Callable[[], BinaryIO], path: str) -> LoadedElf:
         """Symbols of the ELF that `opener` opens; `path` (as the process saw it) locates a
@@ -183,6 +196,9 @@ class ElfSymbolizer:
         loaded = LoadedElf(info, SymbolTable.from_raw(raw), debug_file)
         if info.build_id:
             self._by_build_id[info.build_id] = loaded
+            self.symbols_held += len(loaded.symbols)
+            while self.symbols_held > self.max_symbols and len(self._by_build_id) > 1:
+                self._by_build_id.evict_oldest()
         return loaded
 
     @property

@@ -54,6 +54,14 @@ class Lru(Generic[K, V]):
             if self._on_evict is not None:
                 self._on_evict(old_key, old_value)
 
+    def evict_oldest(self) -> None:
+        """Drop the least recently used entry (counted, and told to `on_evict`)."""
+        if self._data:
+            old_key, old_value = self._data.popitem(last=False)
+            self.evicted += 1
+            if self._on_evict is not None:
+                self._on_evict(old_key, old_value)
+
     def pop(self, key: K, default: V | None = None) -> V | None:
         return self._data.pop(key, default)
 

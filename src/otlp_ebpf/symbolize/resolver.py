@@ -58,6 +58,8 @@ MAX_PROCESSES = 8192
 # Mapped files (dev, inode, size, mtime) whose symbol table is looked up again without reading
 # the file (every process of one binary maps the same file; a table is shared by build-id).
 MAX_FILES = 2048
+# Tables of files without a build-id (not shared by build-id, held apart).
+MAX_UNIDENTIFIED = 32
 
 # Reasons a frame stays unresolved, as counted in SymbolizeStats.by_reason.
 REASON_PROCESS_UNKNOWN = "process_unknown"
@@ -125,7 +127,11 @@ class Symbolizer:
         self._kernel: KernelSymbols | None = None
         self._kernel_loaded = False
         self._snapshots: Lru[int, list[_Snapshot]] = Lru(MAX_PROCESSES)
-        self._by_file: Lru[FileId, LoadedElf | None] = Lru(MAX_FILES)
+        # Mapped file -> the build-id of its table (held, bounded, by the ELF symbolizer), ""
+        # for a file without one (its table is in `_unidentified`), None when unreadable: a
+        # table is never kept alive here past the symbolizer's bounds.
+        self._by_file: Lru[FileId, str | None] = Lru(MAX_FILES)
+        self._unidentified: Lru[FileId, LoadedElf] = Lru(MAX_UNIDENTIFIED)
         self._by_vdso_image: Lru[bytes, LoadedElf | None] = Lru(4)
 
     def __enter__(self) -> Symbolizer:
@@ -143,6 +149,7 @@ class Symbolizer:
         """Release the descriptors held on remembered executables."""
         self._files.close()
         self._by_file.clear()
+        self._unidentified.clear()
 
     @property
     def files(self) -> OpenFiles:
@@ -196,6 +203,7 @@ class Symbolizer:
             "files": len(self._by_file),
             "files_evicted": self._by_file.evicted,
             "symbol_tables": self._elf.tables_held,
+            "symbols_held": self._elf.symbols_held,
             "symbol_tables_evicted": self._elf.tables_evicted,
         }
 
@@ -303,12 +311,20 @@ class Symbolizer:
         file_id = mapping.file_id
         if file_id is None:
             return None
-        if file_id not in self._by_file:
-            if not self._files.is_open(file_id):
-                return None  # closed for room before its symbols were needed
-            opener = file_opener(self._files.path_of(file_id))
-            self._by_file[file_id] = self._load(opener, mapping.path)
-        return self._by_file[file_id]
+        if file_id in self._by_file:
+            build_id = self._by_file[file_id]
+            if build_id is None:
+                return None  # unreadable
+            held = self._elf.cached(build_id) if build_id else self._unidentified.get(file_id)
+            if held is not None:
+                return held
+        if not self._files.is_open(file_id):
+            return None  # closed for room before its symbols were needed
+        loaded = self._load(file_opener(self._files.path_of(file_id)), mapping.path)
+        self._by_file[file_id] = loaded.info.build_id if loaded is not None else None
+        if loaded is not None and not loaded.info.build_id:
+            self._unidentified[file_id] = loaded
+        return loaded
 
     def _vdso_symbols(self, image: bytes) -> LoadedElf | None:
         if not image:
