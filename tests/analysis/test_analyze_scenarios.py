@@ -215,9 +215,12 @@ def test_threads_serialised_by_a_lock_mid_run_are_the_top_finding(tmp_path, lock
     analysis = analyze(snapshot)
     assert analysis.findings, describe(snapshot)
     top = analysis.findings[0]
-    # a request at a time instead of eight: the request rate falls to about an eighth
-    assert top.kind == "fewer_calls", describe(snapshot)
-    assert top.effects[0].series.labels == {"syscall": "getppid"}
+    # A request at a time instead of eight: the request rate falls to about an eighth. On a
+    # machine loaded past its cores the eight threads are starved with or without the lock,
+    # the fall may not stand out from the noise, and the lock is then the finding on its own.
+    assert top.kind in ("fewer_calls", "lock_wait"), describe(snapshot)
+    if top.kind == "fewer_calls":
+        assert top.effects[0].series.labels == {"syscall": "getppid"}
     assert top.cause is not None and top.cause.kind == "lock_wait", describe(snapshot)
     site = top.cause.anomaly.series.labels["site"]
     assert site.endswith("(futex)"), site
