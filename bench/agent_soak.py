@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -94,6 +95,18 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def helpers_rss_kb(pid: int) -> int:
+    """RSS of the agent's helper processes (the unwind-table decoder), counted apart."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                total += sum(rss_kb(int(c)) for c in fh.read().split())
+    except OSError:
+        pass
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -116,6 +129,7 @@ def main() -> None:
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     rows: list[tuple[float, int, dict[str, float]]] = []
+    helpers: list[int] = []
     t0 = time.monotonic()
     try:
         while time.monotonic() - t0 < args.minutes * 60:
@@ -127,9 +141,10 @@ def main() -> None:
                     scrape(f"http://127.0.0.1:{port}/metrics"),
                 )
             )
+            helpers.append(helpers_rss_kb(agent.pid))
             t, rss, m = rows[-1]
             print(
-                f"{t:7.0f} s  RSS {rss / 1024:6.1f} MB  "
+                f"{t:7.0f} s  RSS {rss / 1024:6.1f} MB (helpers {helpers[-1] / 1024:5.1f} MB)  "
                 f"intervals {m.get('otlp_ebpf_intervals_total', 0):4.0f}  "
                 f"cost {m.get('otlp_ebpf_cost_percent', 0):5.2f}%  "
                 f"cpu rate {m.get(CPU_RATE, 0):5.0f} Hz  "
@@ -146,6 +161,8 @@ def main() -> None:
             proc.wait()
         server.shutdown()
     report(args, rows, counts, code, stop_s)
+    peak_helpers = max(helpers or [0]) / 1024
+    print(f"helpers' RSS (unwind-table decoder, apart): at most {peak_helpers:.1f} MB")
 
 
 def report(args: argparse.Namespace, rows, counts: Counting, code: int, stop_s: float) -> None:
@@ -170,6 +187,13 @@ def report(args: argparse.Namespace, rows, counts: Counting, code: int, stop_s: 
     print(
         f"RSS after warm-up {rss_w / 1024:.1f} MB, at the end {rss_e / 1024:.1f} MB: "
         f"growth ratio {rss_e / rss_w:.3f} ({growth:+.2f} MB/min)"
+    )
+    after = [r[1] for r in warm]
+    half = len(after) // 2
+    print(
+        f"RSS after warm-up: min {min(after) / 1024:.1f} MB, max {max(after) / 1024:.1f} MB; "
+        f"median of the first half {statistics.median(after[:half] or after) / 1024:.1f} MB, "
+        f"of the second half {statistics.median(after[half:]) / 1024:.1f} MB"
     )
     print(
         f"steady cost {steady_pct:.2f}% of one core (agent CPU + BPF run time) vs budget "

@@ -272,7 +272,7 @@ def test_port_in_use_is_refused_with_exit_2(tmp_path: Path, capsys) -> None:
     ("args", "message"),
     [
         (["--interval", "0"], "--interval"),
-        (["--signals", "net"], "the agent cannot run 'net'"),
+        (["--signals", "cpu,gpu"], "the agent cannot run 'gpu'"),
         (["--serve", "localhost"], "--serve: give HOST:PORT"),
         (["--budget", "-1"], "--budget"),
         (["--spill-max-mb", "0"], "--spill-max-mb"),

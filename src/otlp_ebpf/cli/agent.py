@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 # SIGTERM: the last interval's batch gets this long to go out before it is spilled, so the
 # whole stop (read, send or spill, detach) stays within the 5 s a service manager allows.
 CLOSE_WAIT_S = 2.0
+# /healthz: the loop is stuck when it has not come round for 3 intervals, and never sooner than
+# this (a tick that names a burst of new stacks must not look like a hang).
+STUCK_FLOOR_S = 5.0
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +35,9 @@ def register(app: typer.Typer) -> None:
         signals: Annotated[
             str | None,
             typer.Option(
-                "--signals", metavar="LIST", help="Signals to collect (default cpu,syscalls)."
+                "--signals",
+                metavar="LIST",
+                help="Signals to collect: cpu, syscalls, net, mem (default cpu,syscalls).",
             ),
         ] = None,
         interval: Annotated[
@@ -217,7 +222,7 @@ class _Run:
         self.otlp = OtlpConfig.from_cli(settings.otlp)
         self.spool = Spool(settings.spill_dir, int(settings.spill_max_mb * 1024 * 1024))
         self.figures = AgentFigures(budget_pct=settings.budget)
-        self.health = Health(stuck_after_s=max(3 * settings.interval, 30.0))
+        self.health = Health(stuck_after_s=max(3 * settings.interval, STUCK_FLOOR_S))
         self.server = (
             Server(settings.serve, registry_of(self.figures), self.health)
             if settings.serve
@@ -385,16 +390,19 @@ def check(settings: AgentSettings) -> AgentConfig:
     if settings.pid and settings.cgroup:
         raise UsageError("give either --pid or --cgroup, not both")
     targets = common.target_spec(settings.pid, 0, None)
+    cgroup = None
     if settings.cgroup:
-        from otlp_ebpf.collectors.containers import cgroup_target_pids
+        from otlp_ebpf.collectors.containers import cgroup_target_pids, resolve_cgroup
 
         targets = TargetSpec(pids=cgroup_target_pids(settings.cgroup))
+        cgroup = resolve_cgroup(settings.cgroup)
     return AgentConfig(
         targets=targets,
         interval_s=settings.interval,
         signals=parse_agent_signals(settings.signals),
         frequency_hz=settings.frequency,
         budget_pct=settings.budget or None,
+        cgroup=cgroup,
     )
 
 

@@ -9,9 +9,12 @@ per-interval history, so its memory stays flat however long it runs:
   tick), symbolized now, as a `CpuSnapshot` covering the interval;
 - syscalls: the cumulative counts, errors and latency histograms since the agent started
   (OTLP cumulative points: a receiver takes the difference, and a lost batch loses nothing),
-  of the series that changed in the interval.
+  of the series that changed in the interval;
+- net: per process and peer, the bytes, retransmits and resets since the agent started of
+  the connections closed (folded, see collectors/agent_signals.py) and of those open;
+- mem: the outstanding allocations by stack now, allocations and frees since the start.
 
-net and mem are not run by the agent yet (their per-interval export is still to be built).
+What each signal keeps between ticks is in collectors/agent_signals.py.
 """
 
 from __future__ import annotations
@@ -25,21 +28,33 @@ from typing import TYPE_CHECKING
 
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base
+from otlp_ebpf.collectors.agent_signals import (
+    AGENT_SIGNAL_TYPES,
+    AgentCpuSignal,
+    AgentMemSignal,
+    AgentNetSignal,
+    AgentSyscallsSignal,
+)
 from otlp_ebpf.collectors.budget import BudgetController
+from otlp_ebpf.collectors.cgroup_targets import CgroupTargets
 from otlp_ebpf.collectors.containers import ProcessAttributes
 from otlp_ebpf.collectors.record import (
     POLL_S,
-    SIGNAL_TYPES,
-    CpuSignal,
     RecordConfig,
     Recording,
     Signal,
-    SyscallsSignal,
     missing_tracepoints,
     plan_signals,
 )
 from otlp_ebpf.errors import UsageError
-from otlp_ebpf.model import CpuSnapshot, Snapshot, StackCount, SyscallsSnapshot, SyscallTick
+from otlp_ebpf.model import (
+    CpuSnapshot,
+    MemSnapshot,
+    NetSnapshot,
+    Snapshot,
+    SyscallsSnapshot,
+    SyscallTick,
+)
 from otlp_ebpf.runtime import stats
 from otlp_ebpf.targets import TargetSpec
 
@@ -47,7 +62,8 @@ if TYPE_CHECKING:
     from otlp_ebpf.analysis.watch import FindingEvent
     from otlp_ebpf.collectors.agent_watch import Watch
 
-AGENT_SIGNALS = ("cpu", "syscalls")
+AGENT_SIGNALS = ("cpu", "syscalls", "net", "mem")
+DEFAULT_SIGNALS = ("cpu", "syscalls")
 DEFAULT_INTERVAL_S = 10.0
 DEFAULT_BUDGET_PCT = 1.0
 
@@ -58,9 +74,10 @@ class AgentConfig:
 
     targets: TargetSpec = field(default_factory=TargetSpec)
     interval_s: float = DEFAULT_INTERVAL_S
-    signals: tuple[str, ...] = AGENT_SIGNALS
+    signals: tuple[str, ...] = DEFAULT_SIGNALS
     frequency_hz: int = 99
     budget_pct: float | None = DEFAULT_BUDGET_PCT
+    cgroup: str | None = None  # a cgroup directory whose membership is followed (--cgroup)
 
 
 def parse_agent_signals(text: str) -> tuple[str, ...]:
@@ -98,19 +115,6 @@ class IntervalBatch:
     findings: tuple[FindingEvent, ...] = ()  # new in this interval (collectors/agent_watch.py)
 
 
-def _thread_of(key: tuple[object, ...]) -> tuple[int, str]:
-    """tid and comm from a raw stack key of either sampler: the frame-pointer sampler's
-    (pid, struct cpu_key bytes) or the DWARF sampler's (pid, tid, comm, ...)."""
-    if len(key) == 2 and isinstance(key[1], bytes):
-        from otlp_ebpf.collectors.cpu import CpuKey
-        from otlp_ebpf.hosttext import decode
-
-        raw = CpuKey.from_buffer_copy(key[1])
-        return int(raw.tid), decode(bytes(raw.comm).split(b"\0", 1)[0])
-    tid, comm = key[1], key[2]
-    return (tid if isinstance(tid, int) else 0), (comm if isinstance(comm, str) else "")
-
-
 class Agent:
     """Turns each tick of a recording into an `IntervalBatch` and hands it to `deliver`."""
 
@@ -137,13 +141,19 @@ class Agent:
         events: dict[str, int] = {}
         syscall_ticks: list[SyscallTick] | None = None
         for signal in self.recording.signals:
-            if isinstance(signal, CpuSignal):
+            if isinstance(signal, AgentCpuSignal):
                 sections["cpu"] = self._cpu_interval(signal, elapsed)
-                events["cpu"] = sum(s.count for s in sections["cpu"].stacks)  # type: ignore[attr-defined]
-            elif isinstance(signal, SyscallsSignal):
+                events["cpu"] = sum(s.count for s in signal.interval)
+            elif isinstance(signal, AgentSyscallsSignal):
                 sections["syscalls"] = self._syscalls_so_far(signal)
-                events["syscalls"] = sum(t.count for t in signal.rows[-1]) if signal.rows else 0
                 syscall_ticks = signal.rows[-1] if signal.rows else []
+                events["syscalls"] = sum(t.count for t in syscall_ticks)
+            elif isinstance(signal, AgentNetSignal):
+                sections["net"] = signal.section(self.clock)
+                events["net"] = signal.closed_in_interval
+            elif isinstance(signal, AgentMemSignal):
+                sections["mem"] = signal.section(self.clock)
+                events["mem"] = signal.allocations_in_interval
         cost = self.recording.costs[-1] if self.recording.costs else None
         self.seq += 1
         batch = IntervalBatch(
@@ -210,39 +220,29 @@ class Agent:
             return {}
         return {"cpu_hz": float(measured.get("cpu_hz", cpu.config.frequency_hz))}
 
-    def _cpu_interval(self, signal: CpuSignal, elapsed: float) -> CpuSnapshot:
-        delta = signal.deltas[-1] if signal.deltas else {}
-        frames = signal.sampler.raw_frames(delta.keys()) if delta else {}
-        processes = signal.sampler.processes()
-        stacks = []
-        for key, count in delta.items():
-            tid, comm = _thread_of(key)
-            pid = int(key[0])
-            info = processes.get(pid)
-            stacks.append(
-                StackCount(pid, tid or pid, comm or (info.comm if info else ""), frames[key], count)
-            )
-        stacks.sort(key=lambda s: (-s.count, s.pid, s.frames))
+    def _cpu_interval(self, signal: AgentCpuSignal, elapsed: float) -> CpuSnapshot:
+        stacks = sorted(signal.interval, key=lambda s: (-s.count, s.pid, s.frames))
         started = self.started_wall + timedelta(seconds=self.last_t)
         hz = (
             self.recording.controller.hz
             if self.recording.controller
             else signal.config.frequency_hz
         )
-        seen = {s.pid for s in stacks}
+        infos = signal.infos
         return CpuSnapshot(
             started_at=started.isoformat(timespec="milliseconds"),
             duration_s=round(elapsed - self.last_t, 3),
             host=base.hostname(),
             targets=signal.config.targets.describe(),
             lost_events=signal.targets.losses(),
-            processes=tuple(processes[p] for p in sorted(seen) if p in processes),
+            processes=tuple(infos[p] for p in sorted(infos)),
             frequency_hz=hz,
             samples_total=sum(s.count for s in stacks),
             stacks=tuple(stacks),
         )
 
-    def _syscalls_so_far(self, signal: SyscallsSignal) -> Snapshot:
+    def _syscalls_so_far(self, signal: AgentSyscallsSignal) -> Snapshot:
+        """The rows that moved since the last batch (cumulative since the start)."""
         from otlp_ebpf.collectors.syscalls import build_snapshot
 
         collector = signal.collector
@@ -258,9 +258,7 @@ class Agent:
     def _forget_history(self) -> None:
         """What `record` keeps for its timeline, the agent has already handed over."""
         for signal in self.recording.signals:
-            if isinstance(signal, CpuSignal):
-                signal.deltas.clear()
-            elif isinstance(signal, SyscallsSignal):
+            if isinstance(signal, AgentSyscallsSignal):
                 signal.rows.clear()
         self.recording.tick_times.clear()
         del self.recording.costs[:-1]
@@ -275,6 +273,10 @@ def _pids_of(sections: Iterable[Snapshot]) -> list[int]:
             pids.update(s.pid for s in section.stacks)
         elif isinstance(section, SyscallsSnapshot):
             pids.update(s.pid for s in section.syscalls)
+        elif isinstance(section, NetSnapshot):
+            pids.update(c.pid for c in section.connections)
+        elif isinstance(section, MemSnapshot):
+            pids.update(a.pid for a in section.outstanding)
     return sorted(p for p in pids if p > 0)
 
 
@@ -314,11 +316,15 @@ def run(
         config.signals, True, missing_tracepoints(config.signals, config.targets)
     )
     record_config = dataclasses.replace(record_config, signals=chosen)
-    targets = base.Targets(config.targets)
+    targets = (
+        CgroupTargets(config.targets, config.cgroup)
+        if config.cgroup
+        else base.Targets(config.targets)
+    )
     signals: list[Signal] = []
     try:
         for name in chosen:
-            signals.append(SIGNAL_TYPES[name](record_config, targets))
+            signals.append(AGENT_SIGNAL_TYPES[name](record_config, targets))
     except BaseException:
         targets.abandon()
         base.cleanup()
@@ -332,11 +338,16 @@ def run(
 
 
 def _polling(agent: Agent, on_poll: Callable[[Agent], None]) -> Callable[[float], None]:
-    """The recording's poll, then `on_poll` (the health check sees the loop turn; a reload
-    asked by SIGHUP is applied here, between two polls, so no interval is cut)."""
+    """The recording's poll, the cgroup's new members added (--cgroup), then `on_poll` (the
+    health check sees the loop turn; a reload asked by SIGHUP is applied here, between two
+    polls, so no interval is cut)."""
+
+    targets = agent.recording.targets
 
     def poll(timeout_s: float) -> None:
         agent.recording.poll(timeout_s)
+        if isinstance(targets, CgroupTargets):
+            targets.refresh()
         on_poll(agent)
 
     return poll

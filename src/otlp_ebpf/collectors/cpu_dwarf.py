@@ -696,6 +696,26 @@ class DwarfSampler:
         """Root-first frames of keys from `raw_counts`."""
         return {key: self._named_frames(key)[0] for key in keys}
 
+    def take_stacks(self) -> tuple[list[StackCount], dict[int, ProcessInfo]]:
+        """The samples unwound since the last take, named, and the processes they belong to;
+        then both are forgotten (a continuous run hands each interval over and keeps nothing
+        of it, so its memory does not grow with the stacks and processes it has seen).
+        Samples still waiting for a table count in the take after they are unwound."""
+        merged: Counter[_NamedKey] = self._folded
+        for key, count in self._counts.items():
+            frames, modules = self._named_frames(key)
+            merged[(key[0], key[1], key[2], frames, modules)] += count
+        self._folded, self._counts, self._named, self._unnamed = Counter(), Counter(), {}, {}
+        stacks = [
+            StackCount(pid, tid, comm, frames, count, modules=modules)
+            for (pid, tid, comm, frames, modules), count in merged.most_common()
+        ]
+        seen = {s.pid for s in stacks}
+        infos = {pid: info for pid, info in self._infos.items() if pid in seen}
+        # Processes whose maps are no longer held are known again if they are sampled again.
+        self._infos = {pid: i for pid, i in self._infos.items() if pid in self._processes}
+        return stacks, infos
+
     def unwind_failures(self) -> dict[str, int]:
         """Samples whose user stack stopped early, by reason (for lost_events)."""
         return {f"unwind: {reason}": n for reason, n in sorted(self._failures.items())}
@@ -847,6 +867,10 @@ class CpuDwarfSampler:
 
     def raw_blocked_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
         return {}
+
+    def take_stacks(self) -> tuple[list[StackCount], dict[int, ProcessInfo]]:
+        """The samples since the last take, named, and their processes; then forgotten."""
+        return self.sampler.take_stacks()
 
     def set_frequency(self, hz: int) -> None:
         self.sampler.set_frequency(hz)

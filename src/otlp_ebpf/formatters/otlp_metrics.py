@@ -255,7 +255,8 @@ def _connection_metrics(conns: Iterable[Connection], clock: _Clock, out: _PerPro
         ]
         states: dict[str, int] = defaultdict(int)
         for c in group:
-            states[c.state.lower()] += 1
+            if c.state:  # "" is the agent's fold of closed connections, not one connection
+                states[c.state.lower()] += 1
         connections = [
             clock.point(n, {"network.connection.state": s, "network.transport": "tcp"})
             for s, n in states.items()

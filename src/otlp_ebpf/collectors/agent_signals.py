@@ -1,0 +1,188 @@
+"""The signals of `record` as the agent runs them: each tick takes what the kernel aggregated
+since the last one and keeps nothing of it, so memory stays flat however long the agent runs
+and however many processes and connections come and go.
+
+- cpu: the interval's samples, named as they are taken out of the sampler (which then forgets
+  their stacks and the processes it no longer unwinds);
+- syscalls: the cumulative rows since the start, and record's per-name tick (the watch reads
+  it; the agent clears it after each interval); the collector folds exited processes' rows
+  into a bounded table;
+- net: closed connections taken out of the collector each tick and folded into one
+  cumulative row per process and peer, forgotten once the process is gone and the row sent;
+- mem: the outstanding allocations read while attached (bounded by the kernel's table) and
+  the allocation and free counters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+
+from otlp_ebpf.collectors import base
+from otlp_ebpf.collectors.record import (
+    CpuSignal,
+    MemSignal,
+    NetSignal,
+    RecordConfig,
+    Signal,
+    SyscallsSignal,
+)
+from otlp_ebpf.model import Connection, MemSnapshot, NetSnapshot, ProcessInfo, StackCount
+
+# (pid, comm, family, remote address, remote port): one cumulative row of closed connections
+PeerKey = tuple[int, str, int, str, int]
+MAX_FOLDED_PEERS = 4096  # rows of closed connections kept (the oldest go first)
+EXITED_KEPT_BY_PID = 64  # exited processes whose syscall rows keep their pid (then: by name)
+
+
+class AgentCpuSignal(CpuSignal):
+    """On-CPU samples, taken out of the sampler every tick."""
+
+    def __init__(self, config: RecordConfig, targets: base.Targets) -> None:
+        super().__init__(config, targets)
+        from otlp_ebpf.collectors.cpu_dwarf import CpuDwarfSampler
+
+        assert isinstance(self.sampler, CpuDwarfSampler)  # the agent's config always gives it
+        self.dwarf = self.sampler
+        self.interval: list[StackCount] = []
+        self.infos: dict[int, ProcessInfo] = {}
+
+    def start(self) -> None:
+        self.sampler.start(self.targets)  # no raw counts: they would keep every stack's key
+
+    def tick(self) -> None:
+        self.interval, self.infos = self.dwarf.take_stacks()
+
+
+class AgentSyscallsSignal(SyscallsSignal):
+    """Syscall rows, read by the agent once per tick. Fewer exited processes keep
+    their pid than in `syscalls`: each interval reads and compares every kept row, and on a
+    churning host most of them belong to processes that lived a moment (those are folded per
+    command name, as `syscalls` folds its oldest)."""
+
+    def __init__(self, config: RecordConfig, targets: base.Targets) -> None:
+        from otlp_ebpf.collectors.syscalls import ExitedProcesses
+
+        super().__init__(config, targets)
+        self.collector.exited = ExitedProcesses(keep=EXITED_KEPT_BY_PID)
+
+
+class AgentNetSignal(NetSignal):
+    """TCP connections: closed ones folded per process and peer, open ones read each tick."""
+
+    def __init__(self, config: RecordConfig, targets: base.Targets) -> None:
+        super().__init__(config, targets)
+        self.folded: OrderedDict[PeerKey, Connection] = OrderedDict()
+        self.moved: set[PeerKey] = set()
+        self.closed_in_interval = 0
+
+    def tick(self) -> None:
+        c = self.collector
+        c.drain()
+        closed, c.closed = c.closed, []
+        self.closed_in_interval = len(closed)
+        for conn in closed:
+            self._fold(conn)
+
+    def _fold(self, conn: Connection) -> None:
+        key = (conn.pid, conn.comm, conn.family, conn.raddr, conn.rport)
+        known = self.folded.pop(key, None)
+        if known is None:
+            # state "" marks a fold of closed connections, not one connection (not counted by
+            # state in OTLP)
+            known = dataclasses.replace(conn, lport=0, state="", open=False, srtt_us=0.0)
+            known = dataclasses.replace(known, tx_bytes=0, rx_bytes=0, retransmits=0)
+            known = dataclasses.replace(known, resets_sent=0, resets_received=0)
+        self.folded[key] = dataclasses.replace(
+            known,
+            tx_bytes=known.tx_bytes + conn.tx_bytes,
+            rx_bytes=known.rx_bytes + conn.rx_bytes,
+            retransmits=known.retransmits + conn.retransmits,
+            resets_sent=known.resets_sent + conn.resets_sent,
+            resets_received=known.resets_received + conn.resets_received,
+            duration_ms=known.duration_ms + conn.duration_ms,
+        )
+        self.moved.add(key)
+        while len(self.folded) > MAX_FOLDED_PEERS:
+            self.folded.popitem(last=False)
+
+    def section(self, clock: base.RunClock) -> NetSnapshot:
+        """Cumulative since the agent started: the folded rows that moved in this interval and
+        every open connection. A folded row of a process that is gone is sent this once more,
+        then forgotten."""
+        from otlp_ebpf.collectors.net import (
+            COUNTER_RESETS_RECEIVED,
+            COUNTER_RESETS_SENT,
+            resets_summary,
+        )
+
+        c = self.collector
+        still_open = c.open_connections()
+        moved = [self.folded[k] for k in self.moved if k in self.folded]
+        self.moved = set()
+        for key in [k for k in self.folded if not base.process_alive(k[0])]:
+            del self.folded[key]
+        connections = sorted(
+            [*moved, *still_open], key=lambda x: (x.pid, x.raddr, x.rport, x.lport)
+        )
+        pids = sorted({x.pid for x in connections if x.pid})
+        return NetSnapshot(
+            started_at=clock.started_at,
+            duration_s=round(clock.elapsed(), 3),
+            host=base.hostname(),
+            targets=self.config.targets.describe(),
+            lost_events=c.lost(),
+            processes=tuple(p for pid in pids if (p := base.read_process_info(pid))),
+            connections=tuple(connections),
+            retransmits=sum(x.retransmits for x in connections),
+            resets=resets_summary(
+                self.config,
+                connections,
+                c.counter(COUNTER_RESETS_SENT),
+                c.counter(COUNTER_RESETS_RECEIVED),
+            ),
+            drops=c.drops(),
+        )
+
+
+class AgentMemSignal(MemSignal):
+    """Outstanding allocations, read while attached each tick; no page faults (their table
+    would fill with the stacks of every process that ever faulted)."""
+
+    def __init__(self, config: RecordConfig, targets: base.Targets) -> None:
+        from otlp_ebpf.collectors.mem import MemCollector, MemConfig
+
+        self.config = MemConfig(targets=config.targets, duration_s=None, page_faults=False)
+        self.collector = MemCollector(self.config, targets)
+        self._last = (0, 0, 0, 0)
+        self.rows = []
+        self.raw = None
+        self.bpf = (0, 0)
+        self.allocations_before = 0
+        self.allocations_in_interval = 0
+
+    def tick(self) -> None:
+        pass  # read by `section`, once per tick
+
+    def section(self, clock: base.RunClock) -> MemSnapshot:
+        """Outstanding allocations now, allocations and frees since the agent started."""
+        from otlp_ebpf.collectors.mem import build_snapshot, read_result
+
+        c = self.collector
+        if not c.kernel_mode:
+            c.remember_targets()
+        assert c.obj is not None
+        raw = read_result(c)
+        bpf = base.program_cost(c.obj, c.obj.program_names())
+        self.allocations_in_interval = raw.allocations - self.allocations_before
+        self.allocations_before = raw.allocations
+        return build_snapshot(c, clock, clock.elapsed(), "running", raw, bpf)
+
+
+AGENT_SIGNAL_TYPES: Mapping[str, Callable[[RecordConfig, base.Targets], Signal]] = {
+    "cpu": AgentCpuSignal,
+    "syscalls": AgentSyscallsSignal,
+    "net": AgentNetSignal,
+    "mem": AgentMemSignal,
+}

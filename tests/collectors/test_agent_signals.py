@@ -1,0 +1,327 @@
+"""`otlp-ebpf agent` beyond cpu and syscalls, and over time: net and mem exported every
+interval, a process moved into the `--cgroup` mid-run collected, what the agent keeps between
+intervals staying bounded under process churn, and `/healthz` while the loop is frozen."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.collectors.test_agent import (
+    CLI,
+    INTERVAL_S,
+    free_port,
+    get,
+    intervals_received,
+    pod_cgroup,  # noqa: F401 (a fixture)
+    resource_of,
+    syscall_count,
+    wait_for,
+)
+from tests.conftest import build_c
+from tests.export.otlp_servers import HttpReceiver
+
+SENT = 123_457
+LEAKED = 5 * 1_048_576
+
+# Waits on a FIFO, then sends exactly SENT bytes over TCP to argv[2]:argv[3] and closes, leaks
+# LEAKED bytes in 5 blocks (never freed), and stays until killed.
+NET_AND_MEM = r"""
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char go, buf[4096];
+    int fd = open(argv[1], O_RDONLY);
+    if (fd < 0 || read(fd, &go, 1) != 1) return 2;
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
+    inet_pton(AF_INET, argv[2], &to.sin_addr);
+    if (connect(s, (struct sockaddr *)&to, sizeof to)) return 3;
+    memset(buf, 'x', sizeof buf);
+    for (long left = atol(argv[4]); left > 0;) {
+        ssize_t n = send(s, buf, left < (long)sizeof buf ? left : (long)sizeof buf, 0);
+        if (n <= 0) return 4;
+        left -= n;
+    }
+    close(s);
+    for (int i = 0; i < 5; i++) memset(malloc(1048576), 1, 1048576);
+    pause();
+    return 0;
+}
+"""
+
+# getppid() every millisecond until killed: a process whose calls show wherever it is watched.
+TICKER = r"""
+#include <unistd.h>
+int main(void) { for (;;) { getppid(); usleep(1000); } }
+"""
+
+
+def metric_points(receiver: HttpReceiver, pid: int, name: str) -> list[tuple[dict, float]]:
+    """(point attributes, value) of metric `name` for process `pid`, in arrival order."""
+    out = []
+    for received in receiver.of("metrics"):
+        for rm in received.request.resource_metrics:
+            attrs = {a.key: a.value for a in rm.resource.attributes}
+            if "process.pid" not in attrs or attrs["process.pid"].int_value != pid:
+                continue
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.name == name:
+                        data = m.sum if m.HasField("sum") else m.gauge
+                        for p in data.data_points:
+                            point = {a.key: a.value.string_value for a in p.attributes}
+                            out.append((point, p.as_int or p.as_double))
+    return out
+
+
+def transmitted(receiver: HttpReceiver, pid: int) -> float:
+    sent = [
+        v
+        for attrs, v in metric_points(receiver, pid, "process.network.io")
+        if attrs.get("network.io.direction") == "transmit"
+    ]
+    return sent[-1] if sent else -1
+
+
+def outstanding(receiver: HttpReceiver, pid: int) -> float:
+    points = metric_points(receiver, pid, "otlp_ebpf.memory.outstanding")
+    return points[-1][1] if points else -1
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[int, list[int]]]:
+    """A local TCP server reading everything sent to it; (port, bytes per connection)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    got: list[int] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    total = 0
+                    while chunk := conn.recv(65536):
+                        total += len(chunk)
+                    got.append(total)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1], got
+    server.close()
+
+
+def agent_env() -> dict[str, str]:
+    return dict(os.environ, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+
+
+def stop(agent: subprocess.Popen[str]) -> tuple[int, str]:
+    agent.send_signal(signal.SIGTERM)
+    code = agent.wait(timeout=30)
+    return code, agent.stderr.read() if agent.stderr else ""
+
+
+@pytest.mark.bpf
+def test_net_and_mem_are_exported_every_interval(tmp_path: Path, cc, sink) -> None:
+    port, got = sink
+    binary = build_c(cc, NET_AND_MEM, tmp_path / "netmem")
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    target = subprocess.Popen([str(binary), str(fifo), "127.0.0.1", str(port), str(SENT)])
+    receiver = HttpReceiver().start()
+    serve = f"127.0.0.1:{free_port()}"
+    agent = subprocess.Popen(
+        [*CLI, "agent", "-p", str(target.pid), "--signals", "net,mem", "--interval",
+         INTERVAL_S, "--otlp", receiver.url, "--serve", serve, "--budget", "0",
+         "--spill-dir", str(tmp_path / "spill")],
+        env=agent_env(), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for("readiness", lambda: get(f"http://{serve}/readyz")[0] == 200)
+        with open(fifo, "w") as go:
+            go.write("x")
+        wait_for("the bytes sent", lambda: transmitted(receiver, target.pid) == SENT)
+        wait_for("the leak", lambda: outstanding(receiver, target.pid) >= LEAKED)
+        seen = len(intervals_received(receiver))
+        wait_for("2 more intervals", lambda: len(intervals_received(receiver)) >= seen + 2)
+        code, err = stop(agent)
+    finally:
+        for proc in (agent, target):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        receiver.stop()
+    assert code == 0, err
+    assert got == [SENT]
+    # The closed connection's bytes stay in the cumulative series (the folded row of a live
+    # process), the leak stays outstanding, and no interval is missing.
+    assert transmitted(receiver, target.pid) == SENT
+    assert outstanding(receiver, target.pid) >= LEAKED
+    numbers = intervals_received(receiver)
+    assert numbers == list(range(1, max(numbers) + 1))
+    assert receiver.of("profiles"), "mem's outstanding allocations go out as a profile"
+    assert all(not r.violations() for r in receiver.received)
+
+
+@pytest.mark.bpf
+def test_a_process_moved_into_the_cgroup_mid_run_is_collected(
+    tmp_path: Path,
+    cc,
+    pod_cgroup: Path,  # noqa: F811 (the fixture)
+) -> None:
+    binary = build_c(cc, TICKER, tmp_path / "ticker")
+    leaf = next(pod_cgroup.glob("*/*.scope"))
+    first = subprocess.Popen([str(binary)])
+    (leaf / "cgroup.procs").write_text(str(first.pid))
+    late = subprocess.Popen([str(binary)])
+    outside = subprocess.Popen([str(binary)])
+    receiver = HttpReceiver().start()
+    serve = f"127.0.0.1:{free_port()}"
+    agent = subprocess.Popen(
+        [*CLI, "agent", "--cgroup", str(pod_cgroup), "--interval", INTERVAL_S, "--otlp",
+         receiver.url, "--signals", "syscalls", "--spill-dir", str(tmp_path / "spill"),
+         "--serve", serve],
+        env=agent_env(), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for("readiness", lambda: get(f"http://{serve}/readyz")[0] == 200)
+        wait_for("the first member", lambda: syscall_count(receiver, first.pid, "getppid") > 0)
+        (leaf / "cgroup.procs").write_text(str(late.pid))
+        wait_for("the late member", lambda: syscall_count(receiver, late.pid, "getppid") > 0)
+        seen = len(intervals_received(receiver))
+        wait_for("2 more intervals", lambda: len(intervals_received(receiver)) >= seen + 2)
+        code, err = stop(agent)
+    finally:
+        for proc in (agent, first, late, outside):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        receiver.stop()
+    assert code == 0, err
+    assert resource_of(receiver, late.pid)["container.id"] == "5e" * 32
+    assert syscall_count(receiver, outside.pid, "getppid") == -1  # never in the cgroup
+
+
+@pytest.mark.bpf
+def test_what_the_agent_keeps_between_intervals_stays_bounded_under_churn(tmp_path: Path):
+    """In process, so the sampler's tables can be read: after each interval no stack of the
+    interval is kept, and process details only for the processes still being unwound."""
+    from otlp_ebpf.collectors.agent import Agent, AgentConfig, IntervalBatch, run
+    from otlp_ebpf.collectors.agent_signals import AgentCpuSignal
+
+    churn = subprocess.Popen(["sh", "-c", "while :; do /bin/true; ls / >/dev/null; done"])
+    spin = subprocess.Popen(["sh", "-c", "while :; do :; done"])
+    batches: list[IntervalBatch] = []
+    held: list[dict[str, int]] = []
+    samplers: list[AgentCpuSignal] = []
+
+    def on_poll(agent: Agent) -> None:
+        if not samplers:
+            samplers.extend(s for s in agent.recording.signals if isinstance(s, AgentCpuSignal))
+        if len(batches) >= 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def deliver(batch: IntervalBatch) -> None:
+        batches.append(batch)
+        dwarf = samplers[0].dwarf.sampler
+        held.append({**dwarf.held(), "infos": len(dwarf._infos), "live": len(dwarf._processes)})
+
+    config = AgentConfig(interval_s=1.0, signals=("cpu",), frequency_hz=199, budget_pct=None)
+    try:
+        run(config, deliver, on_poll=on_poll)
+    finally:
+        for proc in (churn, spin):
+            proc.kill()
+            proc.wait()
+    samples = sum(b.events["cpu"] for b in batches)
+    assert samples > 0
+    assert len({s.pid for b in batches for s in b.sections["cpu"].stacks}) > 10  # churned
+    for figures in held:
+        assert figures["raw_stacks"] == 0, held
+        assert figures["named_stacks"] == 0, held
+        assert figures["infos"] <= figures["live"], held
+
+
+PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_DETACH = 0x4206, 0x4207, 17
+WALL = 0x40000000
+
+
+def ptrace(request: int, tid: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    if libc.ptrace(request, tid, None, None) != 0:
+        raise OSError(ctypes.get_errno(), f"ptrace {request:#x} of {tid}")
+
+
+@contextlib.contextmanager
+def loop_frozen(agent_pid: int, serve: str) -> Iterator[None]:
+    """The agent's collection loop (its main thread) stopped where it is, as a read that never
+    returns would stop it, while its HTTP thread answers on. A stop that caught the loop
+    holding the interpreter lock would silence the server too: then it is let go and tried
+    again."""
+    for _ in range(50):
+        ptrace(PTRACE_SEIZE, agent_pid)
+        ptrace(PTRACE_INTERRUPT, agent_pid)
+        os.waitpid(agent_pid, WALL)
+        if get(f"http://{serve}/readyz")[0]:
+            break
+        ptrace(PTRACE_DETACH, agent_pid)
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the loop never stopped outside the interpreter lock")
+    try:
+        yield
+    finally:
+        ptrace(PTRACE_DETACH, agent_pid)
+
+
+@pytest.mark.bpf
+def test_healthz_is_503_while_the_loop_is_stuck_and_200_once_it_comes_round(tmp_path: Path, cc):
+    ticker = subprocess.Popen([str(build_c(cc, TICKER, tmp_path / "ticker"))])
+    receiver = HttpReceiver().start()
+    serve = f"127.0.0.1:{free_port()}"
+    agent = subprocess.Popen(
+        [*CLI, "agent", "-p", str(ticker.pid), "--signals", "syscalls", "--interval",
+         INTERVAL_S, "--otlp", receiver.url, "--serve", serve, "--budget", "0",
+         "--spill-dir", str(tmp_path / "spill")],
+        env=agent_env(), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    healthz = f"http://{serve}/healthz"
+    try:
+        wait_for("2 intervals", lambda: len(intervals_received(receiver)) >= 2)
+        assert get(healthz)[0] == 200
+        with loop_frozen(agent.pid, serve):
+            wait_for("/healthz 503", lambda: get(healthz)[0] == 503)
+            stuck = get(healthz)
+            frozen_at = len(intervals_received(receiver))
+            # Still stuck a moment later: no interval went out meanwhile (one handed to the
+            # export thread just before the stop may still arrive).
+            wait_for("/healthz 503 again", lambda: get(healthz)[0] == 503)
+            assert len(intervals_received(receiver)) <= frozen_at + 1
+        wait_for("/healthz 200", lambda: get(healthz)[0] == 200)
+        wait_for("2 intervals after", lambda: len(intervals_received(receiver)) >= frozen_at + 3)
+        code, err = stop(agent)
+    finally:
+        for proc in (agent, ticker):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        receiver.stop()
+    assert code == 0, err
+    assert stuck == (503, "collection loop stuck\n")
+    numbers = intervals_received(receiver)
+    assert numbers == list(range(1, max(numbers) + 1))  # the stall lost no interval
