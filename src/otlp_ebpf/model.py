@@ -45,11 +45,14 @@ class ProcessInfo:
 class CostTick:
     """The tool's cost in one interval of a run under an overhead budget, in percent of one
     core (its CPU, its helper processes' and its BPF programs' run time), and the rates it
-    ran at then (`cpu_hz`: on-CPU samples per second on each CPU)."""
+    ran at then (`cpu_hz`: on-CPU samples per second on each CPU), and `unwind`, how on-CPU
+    user stacks were taken at the end of it when the budget may change that ("dwarf", or "fp"
+    once it fell back to frame pointers; "" when it cannot change)."""
 
     t_s: float
     cost_pct: float
     rates: Mapping[str, float] = field(default_factory=dict)
+    unwind: str = ""
 
 
 @dataclass(frozen=True)

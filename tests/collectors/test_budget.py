@@ -18,6 +18,9 @@ from otlp_ebpf.collectors.budget import (
     Governor,
     Interval,
     PeriodController,
+    UnwindFallback,
+    cpu_budget_note,
+    cpu_knob,
 )
 
 
@@ -42,6 +45,76 @@ def test_room_under_the_budget_raises_the_rate_up_to_the_request():
 def test_the_rate_never_drops_below_one_hertz():
     c = BudgetController(budget_pct=0.5, requested_hz=99)
     assert c.next_hz(1000.0) == 1
+
+
+def dwarf_controller(allowed: bool = True) -> tuple[BudgetController, list[tuple[int, str]]]:
+    switches: list[tuple[int, str]] = []
+    fallback = UnwindFallback(lambda hz, why: switches.append((hz, why)), allowed=allowed)
+    fallback.floor_hz, fallback.after = 19, 4
+    return BudgetController(budget_pct=0.5, requested_hz=999, fallback=fallback), switches
+
+
+def test_dwarf_sampling_stops_at_its_floor_then_falls_back_to_frame_pointers():
+    c, switches = dwarf_controller()
+    assert c.unwind == "dwarf"
+    assert c.next_hz(50.0) == 19  # not below the lowest useful DWARF rate
+    assert c.next_hz(50.0) == 19  # settling
+    for _ in range(3):  # over the budget at the floor, not yet long enough
+        assert c.next_hz(5.0) == 19 and c.unwind == "dwarf"
+    assert c.next_hz(5.0) == 19 and c.unwind == "fp"  # the 4th decision in a row
+    assert len(switches) == 1 and switches[0][0] == 19
+    assert "stayed over the 0.5% budget at 19 Hz with DWARF unwinding for 1 s" in switches[0][1]
+    assert c.next_hz(5.0) == 19  # the stretch across the switch mixes both: not judged
+    assert c.next_hz(5.0) == 1  # frame pointers may go down to 1 Hz
+    c.next_hz(5.0)
+    c.next_hz(5.0)
+    assert len(switches) == 1  # once
+
+
+def test_a_decision_under_budget_at_the_floor_starts_the_count_again():
+    c, switches = dwarf_controller()
+    c.next_hz(50.0)
+    c.next_hz(50.0)
+    for cost in (5.0, 5.0, 5.0, 0.4, 5.0, 5.0, 5.0):
+        c.next_hz(cost)
+    assert not switches and c.unwind == "dwarf"
+    c.next_hz(5.0)
+    assert switches and c.unwind == "fp"
+
+
+def test_over_budget_above_the_floor_lowers_the_rate_without_falling_back():
+    c, switches = dwarf_controller()
+    for _ in range(10):
+        c.next_hz(0.6)  # just over: lowered a little each time, never near the floor
+    assert not switches and c.hz > 19
+
+
+def test_dwarf_asked_for_is_kept_below_the_floor_and_warned_about():
+    c, switches = dwarf_controller(allowed=False)
+    assert c.next_hz(50.0) == 8  # no floor but 1 Hz: the budget still counts
+    c.next_hz(50.0)
+    for _ in range(6):  # down to 1 Hz (and its settling stretch), still over the budget
+        c.next_hz(5.0)
+    assert not switches and c.unwind == "dwarf" and c.hz == 1
+    assert c.fallback is not None and c.fallback.held_over_pct == 5.0
+    note = cpu_budget_note(c)
+    assert "DWARF unwinding kept as --unwind dwarf asked" in note
+    assert "--unwind auto would fall back to frame pointers" in note
+
+
+def test_each_tick_states_how_cpu_stacks_were_unwound(monkeypatch):
+    c, _ = dwarf_controller()
+    meter = CostMeter(lambda: 0, lambda: [])
+    governor = Governor(0.5, meter, [cpu_knob(c, lambda hz: None)])
+    governor.begin()
+    governor.measure(1.0)
+    c.unwind = "fp"
+    governor.measure(2.0)
+    assert [t.unwind for t in governor.ticks] == ["dwarf", "fp"]
+    plain = Governor(0.5, meter, [cpu_knob(BudgetController(0.5, 99), lambda hz: None)])
+    plain.begin()
+    plain.measure(1.0)
+    assert plain.ticks[0].unwind == ""  # one way of unwinding: nothing to state
 
 
 # Run in a process of its own: the test runner's other children (workloads of earlier tests

@@ -481,3 +481,57 @@ def test_cpu_under_a_budget_lowers_its_rate_and_keeps_the_shares(tmp_path, cc, c
     assert samples >= 50
     # 2/3 of the CPU time is alpha's by construction; four standard errors of a binomial share
     assert abs(alpha / samples - 2 / 3) < 4 * (2 / 9 / samples) ** 0.5
+
+
+# Two processes spinning in a leaf function (no call inside: every sample's leaf is it),
+# built with frame pointers so that a frame-pointer stack reaches main.
+HOT_LEAF_C = r"""
+#include <time.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static double now(void) {
+    struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9;
+}
+__attribute__((noinline)) void hot_leaf(void) {
+    static volatile unsigned long sink;
+    for (unsigned long i = 0; i < 2000000; i++) sink += i;
+}
+int main(int argc, char **argv) {
+    pid_t child = fork();
+    double end = now() + atof(argv[1]);
+    while (now() < end) hot_leaf();
+    if (child) waitpid(child, 0, 0);
+    return 0;
+}
+"""
+
+
+def test_a_budget_dwarf_cannot_hold_falls_back_to_frame_pointers(tmp_path, cc, capsys, monkeypatch):
+    from otlp_ebpf.collectors import budget
+
+    # 0.01% of a core: no DWARF rate holds it (the unwinding helper alone costs more). A high
+    # floor and a short wait there make the switch come early (about 2 s in, also on a loaded
+    # machine) and leave frame-pointer samples enough to name the hot function before the
+    # rate goes down again. -F 199: a higher rate floods the unwinder before the first
+    # decision, which then comes late.
+    monkeypatch.setattr(budget, "FALLBACK_FLOOR_HZ", 99)
+    monkeypatch.setattr(budget, "FALLBACK_AFTER", 2)
+    busy = build_c(cc, HOT_LEAF_C, tmp_path / "busy", "-O1", "-g", "-fno-omit-frame-pointer")
+    path = tmp_path / "cpu.json"
+    args = ["cpu", "-F", "199", "--budget", "0.01", "-o", str(path), "--", str(busy), "4"]
+    assert run(args) == 0
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    doc = json.loads(path.read_text())
+    unwind = [t["unwind"] for t in doc["self_cost"]["ticks"]]
+    # DWARF (the first tick may end after the switch already), then frame pointers to the end
+    assert unwind[-1] == "fp" and unwind == sorted(unwind), unwind
+    assert "fell back from DWARF to frame pointers" in summary, summary
+    fell = [n for n in doc["notes"] if n.startswith("budget: fell back from DWARF")]
+    assert len(fell) == 1, doc["notes"]
+    assert "over the 0.01% budget at 99 Hz with DWARF unwinding" in fell[0]
+    # what frame pointers sampled after the switch: the workload's hot function
+    assert "unwound with frame pointers (hottest: hot_leaf)" in fell[0], fell[0]
+    assert any(n.startswith("unwind: auto") and "then fp" in n for n in doc["notes"])
+    assert "ended: target exited" in doc["notes"] and doc["command_exit"] == 0
+    assert any(s["frames"][-1:] == ["hot_leaf"] for s in doc["stacks"])

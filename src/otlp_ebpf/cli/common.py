@@ -501,6 +501,9 @@ def fidelity_lowered(snapshot: Snapshot) -> list[str]:
     hz = [t.rates["cpu_hz"] for t in ticks if "cpu_hz" in t.rates]
     if hz and isinstance(cpu, CpuSnapshot) and min(hz) < cpu.frequency_hz:
         out.append(f"cpu sampling lowered to {min(hz):.0f} Hz (asked {cpu.frequency_hz})")
+    fell_back = next((t.t_s for t in ticks if t.unwind == "fp"), None)
+    if fell_back is not None:
+        out.append(f"fell back from DWARF to frame pointers by {fell_back:g} s")
     periods = [t.rates["syscalls_1_in"] for t in ticks if "syscalls_1_in" in t.rates]
     if periods and max(periods) > 1:
         out.append(f"sampled 1 in {max(periods):.0f} syscalls")

@@ -9,7 +9,9 @@ the budget) when it cost more than the budget, and back up (a quarter at a time,
 requested rate) when it cost under 60% of it; per-event signals raise a period the same way
 (mem: one sample point per N x 64 bytes allocated; syscalls and mem: their per-event programs
 attached 1/N of the time, `DutyCycle`). Every knob scales by the same factor, so when each
-signal's cost follows its rate the total lands at the aim whichever signal dominates. Sampling
+signal's cost follows its rate the total lands at the aim whichever signal dominates. DWARF
+on-CPU sampling stops at a floor rate and, when that is still too costly, falls back to frame
+pointers (`UnwindFallback`; with `--unwind dwarf` it only warns). Sampling
 keeps cpu shares unbiased and the sampled counts are weighted to unbiased estimates; only their
 precision drops.
 
@@ -41,6 +43,13 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 CONTROL_S = 0.25  # how often a budget looks at the cost and may change the rates
+
+# DWARF sampling copies 16 KB of stack per sample and unwinds it here: under a budget it is
+# lowered no further than FALLBACK_FLOOR_HZ (fewer samples than that make a poor profile),
+# and when the cost stays over the budget there for FALLBACK_AFTER decisions (a second) the
+# run falls back to frame pointers, whose samples cost a fraction of that.
+FALLBACK_FLOOR_HZ = 19
+FALLBACK_AFTER = 4
 
 
 def check_budget(pct: float | None) -> None:
@@ -114,22 +123,84 @@ class Interval:
 
 
 @dataclass
+class UnwindFallback:
+    """When DWARF sampling cannot hold the budget even at its floor rate: `switch(hz)` puts
+    the run on frame pointers at that rate. `allowed` False (`--unwind dwarf` asked for
+    DWARF): the run keeps DWARF and goes below the floor; `held_over_pct` says what it cost
+    there, for a warning."""
+
+    switch: Callable[[int, str], None]  # (hz, why)
+    allowed: bool = True
+    floor_hz: int = field(default_factory=lambda: FALLBACK_FLOOR_HZ)
+    after: int = field(default_factory=lambda: FALLBACK_AFTER)
+    over: int = 0  # decisions in a row over the budget at the floor
+    switched_pct: float = 0.0  # the cost that made the switch (0: none made)
+    held_over_pct: float = 0.0  # the cost over budget at the floor, DWARF kept (0: none)
+
+    def due(self, hz: int, cost_pct: float, budget_pct: float) -> bool:
+        """Whether this decision falls back: the cost over the budget at the floor (or below
+        it) for `after` decisions in a row."""
+        if hz > self.floor_hz or cost_pct <= budget_pct:
+            self.over = 0
+            return False
+        self.over += 1
+        if self.over < self.after:
+            return False
+        if not self.allowed:
+            self.held_over_pct = self.held_over_pct or cost_pct
+            return False
+        self.switched_pct = cost_pct
+        return True
+
+
+@dataclass
 class BudgetController:
-    """Picks the on-CPU sampling frequency for the next tick from the cost of the last one."""
+    """Picks the on-CPU sampling frequency for the next tick from the cost of the last one.
+    With a `fallback`, `unwind` says how stacks are taken now ("dwarf", then "fp" once it
+    fell back)."""
 
     budget_pct: float
     requested_hz: int
     hz: int = 0
     lowest_hz: int = 0
     settle: bool = False  # the tick after a change mixes two rates: not judged
+    fallback: UnwindFallback | None = None
+    unwind: str = ""  # "" when the run has one way of unwinding only
 
     def __post_init__(self) -> None:
         self.hz = self.lowest_hz = self.requested_hz
+        if self.fallback is not None and not self.unwind:
+            self.unwind = "dwarf"
+
+    def _floor_hz(self) -> int:
+        """DWARF sampling that may fall back stops at the fallback's floor; else 1 Hz."""
+        fallback = self.fallback
+        if fallback is not None and fallback.allowed and self.unwind == "dwarf":
+            return max(MIN_HZ, min(fallback.floor_hz, self.requested_hz))
+        return MIN_HZ
+
+    def _falls_back(self, cost_pct: float) -> bool:
+        fallback = self.fallback
+        if fallback is None or self.unwind != "dwarf":
+            return False
+        if not fallback.due(self.hz, cost_pct, self.budget_pct):
+            return False
+        fallback.switch(
+            self.hz,
+            f"the cost ({fallback.switched_pct:.2f}% of a core) stayed over the "
+            f"{self.budget_pct:g}% budget at {self.hz} Hz with DWARF unwinding for "
+            f"{fallback.after * CONTROL_S:g} s",
+        )
+        self.unwind = "fp"
+        self.settle = True  # the next stretch mixes the two ways of unwinding
+        return True
 
     def next_hz(self, cost_pct: float) -> int:
         """The frequency to sample at after a tick that cost `cost_pct` (unchanged: same)."""
         if self.settle:
             self.settle = False
+            return self.hz
+        if self._falls_back(cost_pct):
             return self.hz
         if cost_pct > self.budget_pct:
             # cost roughly in proportion to the rate when sampling dominates
@@ -138,7 +209,7 @@ class BudgetController:
             wanted = int(self.hz * RAISE_FACTOR) + 1
         else:
             return self.hz
-        wanted = max(MIN_HZ, min(self.requested_hz, wanted))
+        wanted = max(self._floor_hz(), min(self.requested_hz, wanted))
         if wanted != self.hz:
             self.hz = wanted
             self.lowest_hz = min(self.lowest_hz, wanted)
@@ -433,10 +504,18 @@ class Knob:
     owner: BudgetController | PeriodController | None = None  # the controller deciding
     show: Callable[[int], float] = float
     cycle: DutyCycle | None = None  # the duty cycle it turns, stepped by the poll loop
+    unwind: Callable[[], str] | None = None  # how cpu stacks are taken now, per tick
 
 
 def cpu_knob(controller: BudgetController, apply: Callable[[int], None]) -> Knob:
-    return Knob("cpu_hz", controller.next_hz, lambda: controller.hz, apply, controller)
+    return Knob(
+        "cpu_hz",
+        controller.next_hz,
+        lambda: controller.hz,
+        apply,
+        controller,
+        unwind=lambda: controller.unwind,
+    )
 
 
 def period_knob(rate_key: str, controller: PeriodController, apply: Callable[[int], None]) -> Knob:
@@ -509,6 +588,10 @@ class Governor:
     def rates(self) -> dict[str, float]:
         return {k.rate_key: k.show(k.current()) for k in self.knobs}
 
+    def unwind(self) -> str:
+        """How cpu stacks are taken now ("" when the run has one way only)."""
+        return next((mode for k in self.knobs if k.unwind and (mode := k.unwind())), "")
+
     def cycles(self) -> list[DutyCycle]:
         """The duty cycles the poll loop opens and closes windows of."""
         return [k.cycle for k in self.knobs if k.cycle is not None]
@@ -527,7 +610,12 @@ class Governor:
             return
         wall, cost = time.monotonic(), self.meter.total_s()
         self.ticks.append(
-            CostTick(round(elapsed, 3), round(self._tick.pct(wall, cost), 3), self.rates())
+            CostTick(
+                round(elapsed, 3),
+                round(self._tick.pct(wall, cost), 3),
+                self.rates(),
+                self.unwind(),
+            )
         )
         self._tick = Interval(wall, cost)
         if self.settled is None:
@@ -608,9 +696,18 @@ def cpu_budget_note(controller: BudgetController) -> str:
     """What the budget did to the cpu sampling rate (the summary line repeats it)."""
     head = f"budget {controller.budget_pct:g}%"
     if controller.lowest_hz == controller.requested_hz:
-        return f"{head}: cpu sampled at the requested {controller.requested_hz} Hz throughout"
-    return (
-        f"{head}: cpu sampling lowered from {controller.requested_hz} Hz to as low as "
-        f"{controller.lowest_hz} Hz (ended at {controller.hz} Hz; rates per tick in "
-        "self_cost.ticks)"
-    )
+        text = f"{head}: cpu sampled at the requested {controller.requested_hz} Hz throughout"
+    else:
+        text = (
+            f"{head}: cpu sampling lowered from {controller.requested_hz} Hz to as low as "
+            f"{controller.lowest_hz} Hz (ended at {controller.hz} Hz; rates per tick in "
+            "self_cost.ticks)"
+        )
+    fallback = controller.fallback
+    if fallback is not None and fallback.held_over_pct:
+        text += (
+            f"; DWARF unwinding kept as --unwind dwarf asked, though the cost "
+            f"({fallback.held_over_pct:.2f}% of a core) stayed over the budget at "
+            f"{fallback.floor_hz} Hz and below: --unwind auto would fall back to frame pointers"
+        )
+    return text

@@ -37,6 +37,7 @@ from otlp_ebpf.collectors.budget import (
     BudgetedRun,
     CostMeter,
     Governor,
+    UnwindFallback,
     cpu_budget_note,
     cpu_knob,
 )
@@ -47,6 +48,7 @@ from otlp_ebpf.collectors.cpu_sampling import (
     RawStack,
     SampledStacks,
     Sampler,
+    merge_stacks,
     without_tracing_frames,
 )
 from otlp_ebpf.collectors.exit_maps import ExitMaps
@@ -175,15 +177,44 @@ def pick_sampler(config: CpuConfig, symbolizer: Symbolizer) -> Sampler:
         return FramePointerSampler(config, symbolizer)
     from otlp_ebpf.collectors.cpu_dwarf import CpuDwarfSampler
 
-    if not config.off_cpu:
+    falls_back = may_fall_back(config)
+    if not config.off_cpu and not falls_back:
         return CpuDwarfSampler(config, symbolizer)
-    # One Python registry for both: a process the on-CPU sampler sees first (it reads its
+    # One Python registry for all: a process the on-CPU sampler sees first (it reads its
     # samples as they come) has its off-CPU blocks walked too, and the other way round.
     python = PythonFrames() if config.python else None
     dwarf = CpuDwarfSampler(config, symbolizer, python)
+    on_cpu: Sampler = dwarf
+    if falls_back:
+        from otlp_ebpf.collectors.cpu_fallback import FallbackSampler
+
+        fp_on_cpu = dataclasses.replace(config, off_cpu=False)
+        fp = FramePointerSampler(fp_on_cpu, symbolizer, python, paused=True)
+        on_cpu = FallbackSampler(dwarf, fp)
+    if not config.off_cpu:
+        return on_cpu
     off_cpu_only = dataclasses.replace(config, on_cpu=False)
     off_cpu = FramePointerSampler(off_cpu_only, symbolizer, python)
-    return CompositeSampler(on_cpu=dwarf, off_cpu=off_cpu)
+    return CompositeSampler(on_cpu=on_cpu, off_cpu=off_cpu)
+
+
+def may_fall_back(config: CpuConfig) -> bool:
+    """DWARF sampling under a budget with `--unwind auto` falls back to frame pointers when
+    the budget cannot be held at its floor rate (collectors/budget.py, UnwindFallback)."""
+    return bool(config.budget_pct) and config.unwind == "auto" and config.on_cpu
+
+
+def unwind_fallback(sampler: Sampler, config: CpuConfig) -> UnwindFallback | None:
+    """The budget's way from DWARF to frame pointers in this run (None: it has one way only;
+    with --unwind dwarf, none taken, only a warning when the budget is not held)."""
+    from otlp_ebpf.collectors.cpu_fallback import fallback_part
+
+    part = fallback_part(sampler)
+    if part is not None:
+        return UnwindFallback(part.fall_back)
+    if config.unwind == "dwarf" and config.user_stacks and config.on_cpu:
+        return UnwindFallback(lambda hz, why: None, allowed=False)
+    return None
 
 
 @dataclass
@@ -240,10 +271,18 @@ class FramePointerSampler:
     """cpu.bpf.o with bpf_get_stack: frame-pointer user stacks and kernel stacks."""
 
     def __init__(
-        self, config: CpuConfig, symbolizer: Symbolizer, python: PythonFrames | None = None
+        self,
+        config: CpuConfig,
+        symbolizer: Symbolizer,
+        python: PythonFrames | None = None,
+        *,
+        paused: bool = False,
     ) -> None:
         self.config = config
         self.symbolizer = symbolizer
+        # paused: loaded and following processes, on-CPU sampling started later by
+        # `start_sampling` (a budget's fallback from DWARF)
+        self.paused = paused
         self.obj: BpfObject | None = None
         self.use_btf = features.tp_btf_supported()
         self.events: RingBuffer | None = None
@@ -280,7 +319,11 @@ class FramePointerSampler:
         """A targeted run holds each new image at its first on-CPU sample until its
         interpreter is known (bpf/python.h), so a launched `python app.py` has Python frames
         from the start."""
-        return self.python is not None and targets.filtered and self.config.on_cpu
+        # A paused sampler's first samples come mid-run, of processes the other sampler has
+        # registered already: nothing to hold them for.
+        return (
+            self.python is not None and targets.filtered and self.config.on_cpu and not self.paused
+        )
 
     def _unused_programs(self, targets: base.Targets) -> list[str]:
         unused = [SWITCH_TP if self.use_btf else SWITCH_BTF]
@@ -320,7 +363,7 @@ class FramePointerSampler:
             probes.attach_auto(obj, prog)
         if self.config.off_cpu:
             probes.attach_auto(obj, SWITCH_BTF if self.use_btf else SWITCH_TP)
-        if self.config.on_cpu:
+        if self.config.on_cpu and not self.paused:
             self.sample_links = probes.attach_cpu_clock(
                 obj, SAMPLE_PROGRAM, self.config.frequency_hz
             )
@@ -416,6 +459,11 @@ class FramePointerSampler:
             link.destroy()
             self.obj.links.remove(link)
         self.sample_links = probes.attach_cpu_clock(self.obj, SAMPLE_PROGRAM, hz)
+
+    def start_sampling(self, hz: int) -> None:
+        """A paused sampler starts on-CPU sampling at `hz` (before the end of the run)."""
+        if self.obj is not None and not self.sample_links and not self.stopped_ns:
+            self.sample_links = probes.attach_cpu_clock(self.obj, SAMPLE_PROGRAM, hz)
 
     def raw_counts(self) -> dict[RawStack, int]:
         """On-CPU samples so far per stack key, unsymbolized (read while running, for a
@@ -692,27 +740,6 @@ def stack_frames(
     return tuple(frames), tuple(modules)
 
 
-def merge_stacks(stacks: Sequence[StackCount]) -> list[StackCount]:
-    """One entry per (pid, tid, comm, frames): different stack ids can symbolize alike."""
-    merged: dict[tuple[int, int, str, tuple[str, ...]], StackCount] = {}
-    for s in stacks:
-        key = (s.pid, s.tid, s.comm, s.frames)
-        prev = merged.get(key)
-        if prev is None:
-            merged[key] = s
-        else:
-            merged[key] = StackCount(
-                s.pid,
-                s.tid,
-                s.comm,
-                s.frames,
-                prev.count + s.count,
-                prev.total_ns + s.total_ns,
-                modules=prev.modules,
-            )
-    return sorted(merged.values(), key=lambda s: (-(s.total_ns or s.count), s.pid, s.tid))
-
-
 def _comm(key: CpuKey) -> str:
     return hosttext.decode(bytes(key.comm).split(b"\0", 1)[0])
 
@@ -762,7 +789,9 @@ def cpu_budget(
         return None
     held = targets.held
     meter = CostMeter(lambda: sampler.cost()[0], lambda: [held.pid] if held is not None else [])
-    controller = BudgetController(config.budget_pct, config.frequency_hz)
+    controller = BudgetController(
+        config.budget_pct, config.frequency_hz, fallback=unwind_fallback(sampler, config)
+    )
     budgeted = BudgetedRun(
         Governor(config.budget_pct, meter, [cpu_knob(controller, sampler.set_frequency)]),
         sampler.poll,
@@ -799,7 +828,7 @@ def build_snapshot(
         self_cost=cost,
         notes=(
             f"ended: {ended}",
-            f"unwind: {unwind_note(config)}",
+            f"unwind: {unwind_note(config)}{fallback_note(sampler)}",
             f"attach: {attach_ms:.1f} ms",
             f"symbols: {symbolizer.stats.summary()}",
             *sampled.notes,
@@ -821,6 +850,16 @@ def unwind_note(config: CpuConfig) -> str:
     if config.off_cpu:
         return f"{config.unwind} on-CPU, fp off-CPU"
     return config.unwind
+
+
+def fallback_note(sampler: Sampler) -> str:
+    """`, then fp from 3.6 s (budget)` when the budget made the run fall back."""
+    from otlp_ebpf.collectors.cpu_fallback import fallback_part
+
+    part = fallback_part(sampler)
+    if part is None or not part.fell_back:
+        return ""
+    return f", then fp from {part.fell_back_at_s:.1f} s (budget)"
 
 
 def _processes_seen(

@@ -686,6 +686,16 @@ class DwarfSampler:
         self.sample_links = probes.attach_cpu_clock(self.obj, PROGRAM, hz)
         self.frequency_hz = hz
 
+    def stop_sampling(self) -> None:
+        """No more samples (a budget's fallback to frame pointers): the sampling events are
+        closed; what was sampled stays, and the rest of the run goes on as before."""
+        if self.obj is None:
+            return
+        for link in self.sample_links:
+            link.destroy()
+            self.obj.links.remove(link)
+        self.sample_links = []
+
     def raw_counts(self) -> dict[_StackKey, int]:
         """Samples unwound so far per stack, unsymbolized (for a timeline). From the first
         call on, retired processes' stacks keep their keys (the caller follows them)."""
@@ -874,3 +884,6 @@ class CpuDwarfSampler:
 
     def set_frequency(self, hz: int) -> None:
         self.sampler.set_frequency(hz)
+
+    def stop_sampling(self) -> None:
+        self.sampler.stop_sampling()

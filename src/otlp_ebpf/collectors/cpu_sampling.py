@@ -7,7 +7,7 @@ this module; cpu.py picks and combines them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -155,6 +155,27 @@ class CompositeSampler:
 
     def set_frequency(self, hz: int) -> None:
         self.parts[0].set_frequency(hz)
+
+
+def merge_stacks(stacks: Sequence[StackCount]) -> list[StackCount]:
+    """One entry per (pid, tid, comm, frames): different stack ids can symbolize alike."""
+    merged: dict[tuple[int, int, str, tuple[str, ...]], StackCount] = {}
+    for s in stacks:
+        key = (s.pid, s.tid, s.comm, s.frames)
+        prev = merged.get(key)
+        if prev is None:
+            merged[key] = s
+        else:
+            merged[key] = StackCount(
+                s.pid,
+                s.tid,
+                s.comm,
+                s.frames,
+                prev.count + s.count,
+                prev.total_ns + s.total_ns,
+                modules=prev.modules,
+            )
+    return sorted(merged.values(), key=lambda s: (-(s.total_ns or s.count), s.pid, s.tid))
 
 
 def without_tracing_frames(kernel_leaf_first: list[str]) -> list[str]:

@@ -248,6 +248,7 @@ class CpuSignal:
             duration_s=config.duration_s,
             frequency_hz=config.frequency_hz,
             off_cpu=config.off_cpu,
+            budget_pct=config.budget_pct,  # DWARF sampling may fall back to frame pointers
         )
         check_config(self.config)
         self.targets = targets
@@ -716,7 +717,13 @@ class Recording:
         if budget:
             cpu = self.cpu_signal()
             if cpu is not None:
-                self.cpu_controller = BudgetController(budget, self.config.frequency_hz)
+                from otlp_ebpf.collectors.cpu import unwind_fallback
+
+                self.cpu_controller = BudgetController(
+                    budget,
+                    self.config.frequency_hz,
+                    fallback=unwind_fallback(cpu.sampler, cpu.config),
+                )
                 knobs.append(cpu_knob(self.cpu_controller, cpu.set_frequency))
             for signal in self.signals:
                 knobs += signal.budget_knobs(budget)
