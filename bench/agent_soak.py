@@ -126,7 +126,7 @@ def main() -> None:
     agent = subprocess.Popen(
         [*CLI, "agent", "--interval", str(args.interval), "--otlp", url, "--signals", args.signals,
          "--serve", f"127.0.0.1:{port}", "--spill-dir", os.path.join(work, "spill")],
-        env=env, stderr=subprocess.PIPE, text=True,
+        env=env, stderr=open(os.path.join(work, "agent.log"), "w"),  # noqa: SIM115
     )  # fmt: skip
     rows: list[tuple[float, int, dict[str, float]]] = []
     helpers: list[int] = []
@@ -161,6 +161,9 @@ def main() -> None:
             proc.wait()
         server.shutdown()
     report(args, rows, counts, code, stop_s)
+    if code:
+        with open(os.path.join(work, "agent.log")) as log:
+            print("agent's last lines:", *log.readlines()[-5:], sep="\n  ")
     peak_helpers = max(helpers or [0]) / 1024
     print(f"helpers' RSS (unwind-table decoder, apart): at most {peak_helpers:.1f} MB")
 

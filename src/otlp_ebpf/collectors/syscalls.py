@@ -62,6 +62,7 @@ EXIT_PROGRAM = "process_gone"
 # Exited processes whose rows keep their pid; older ones are folded per command name (pid 0),
 # so a run that sees millions of short processes holds a bounded number of rows.
 EXITED_KEPT = 512
+EXITS_PER_POLL = 256  # exited processes folded per poll at most (~0.1-0.3 s of work)
 
 
 class SyscallKey(ctypes.Structure):
@@ -328,7 +329,9 @@ class SyscallsCollector:
             self.use_btf = False
             self.obj = self._load(False)
         self.targets.attach(self.obj)
-        self.exits = RingBuffer(self.obj.map("exits"), self._on_exit)
+        # A host starting processes without pause exits as fast as their rows are folded:
+        # the loop must come round between batches (ticks, exports, /healthz).
+        self.exits = RingBuffer(self.obj.map("exits"), self._on_exit, EXITS_PER_POLL)
         probes.attach_auto(self.obj, EXIT_PROGRAM)
         self.attach_events()
         console.debug(f"syscalls: attached ({'tp_btf' if self.use_btf else 'raw_syscalls'})")

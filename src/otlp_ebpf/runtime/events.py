@@ -16,16 +16,24 @@ from otlp_ebpf.runtime.libbpf import RINGBUF_SAMPLE_FN
 from otlp_ebpf.runtime.maps import BpfMap
 
 RINGBUF_MAP_TYPE = 27
+EINTR = 4
 
 
 class RingBuffer:
     """Delivers each record of a BPF_MAP_TYPE_RINGBUF map to `handler(bytes)`."""
 
-    def __init__(self, ring: BpfMap, handler: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, ring: BpfMap, handler: Callable[[bytes], None], max_per_poll: int = 0
+    ) -> None:
+        """`max_per_poll`: at most that many records per `poll` (0: all there are), so a
+        producer as fast as the handler cannot keep the caller inside one poll."""
         if ring.type != RINGBUF_MAP_TYPE:
             raise ValueError(f"{ring.name} is not a ring buffer map")
         self.handler = handler
         self.received = 0
+        self.max_per_poll = max_per_poll
+        self._limit = 0  # records left in this poll (0: no limit)
+        self._cut = False
         self.errors: list[BaseException] = []
         # Keep the callback alive as long as the ring buffer exists.
         self._callback = RINGBUF_SAMPLE_FN(self._on_sample)
@@ -42,6 +50,11 @@ class RingBuffer:
         except BaseException as exc:  # an exception must not unwind through C frames
             self.errors.append(exc)
             return -1
+        if self._limit:
+            self._limit -= 1
+            if not self._limit:
+                self._cut = True
+                return -EINTR  # libbpf stops here (this record is consumed); poll returns
         return 0
 
     def _raise_handler_error(self) -> None:
@@ -54,10 +67,16 @@ class RingBuffer:
         """Wait up to `timeout_ms` for records and consume what is there; returns the count."""
         if self._rb is None:
             return 0
-        ret = libbpf.lib().ring_buffer__poll(self._rb, timeout_ms)
+        self._limit, self._cut = self.max_per_poll, False
+        try:
+            ret = libbpf.lib().ring_buffer__poll(self._rb, timeout_ms)
+        finally:
+            self._limit = 0
         self._raise_handler_error()
-        if ret < 0 and ret != -4:  # -EINTR: a signal arrived; the caller checks its stop flag
+        if ret < 0 and ret != -EINTR:  # a signal arrived; the caller checks its stop flag
             raise libbpf.os_error(ret, "ring buffer poll")
+        if self._cut:
+            return self.max_per_poll  # the rest waits for the next poll
         # Records submitted with BPF_RB_NO_WAKEUP never wake epoll: consume them explicitly.
         return max(ret, 0) + self.drain()
 
