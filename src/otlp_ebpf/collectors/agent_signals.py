@@ -40,7 +40,9 @@ class AgentCpuSignal(CpuSignal):
     """On-CPU samples, taken out of the sampler every tick."""
 
     def __init__(self, config: RecordConfig, targets: base.Targets) -> None:
-        super().__init__(config, targets)
+        # DWARF sampling throughout: the budget lowers its rate but does not switch the agent
+        # to frame pointers (their sampler keeps counts for the whole run, not per interval).
+        super().__init__(dataclasses.replace(config, budget_pct=None), targets)
         from otlp_ebpf.collectors.cpu_dwarf import CpuDwarfSampler
 
         assert isinstance(self.sampler, CpuDwarfSampler)  # the agent's config always gives it
