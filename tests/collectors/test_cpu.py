@@ -512,11 +512,12 @@ def test_a_budget_dwarf_cannot_hold_falls_back_to_frame_pointers(tmp_path, cc, c
 
     # 0.01% of a core: no DWARF rate holds it (the unwinding helper alone costs more). A high
     # floor and a short wait there make the switch come early (about 2 s in, also on a loaded
-    # machine) and leave frame-pointer samples enough to name the hot function before the
-    # rate goes down again. -F 199: a higher rate floods the unwinder before the first
-    # decision, which then comes late.
+    # machine); frame pointers are kept at that rate after it (a 1 Hz floor would leave too
+    # few samples to name the hot function for sure). -F 199: a higher rate floods the
+    # unwinder before the first decision, which then comes late.
     monkeypatch.setattr(budget, "FALLBACK_FLOOR_HZ", 99)
     monkeypatch.setattr(budget, "FALLBACK_AFTER", 2)
+    monkeypatch.setattr(budget, "MIN_HZ", 99)
     busy = build_c(cc, HOT_LEAF_C, tmp_path / "busy", "-O1", "-g", "-fno-omit-frame-pointer")
     path = tmp_path / "cpu.json"
     args = ["cpu", "-F", "199", "--budget", "0.01", "-o", str(path), "--", str(busy), "4"]

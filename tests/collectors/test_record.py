@@ -4,6 +4,7 @@ behaviour at a known second shows at that second on the right series."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -516,3 +517,37 @@ def test_off_cpu_time_spreads_a_long_block_over_the_rows_it_spans(tmp_path, cc):
     total_rows = sum(row["cpu"]["off_cpu_ns"].get(pid, 0) for row in rows)
     total_section = sum(s["total_ns"] for s in section if str(s["pid"]) == pid)
     assert total_rows == pytest.approx(total_section, rel=0.02)
+
+
+def test_record_under_a_budget_dwarf_cannot_hold_names_frame_pointer_samples_per_tick(
+    tmp_path, cc, capsys, monkeypatch
+):
+    from otlp_ebpf.collectors import budget
+    from tests.collectors.test_cpu import HOT_LEAF_C
+
+    # as in test_cpu: a budget no DWARF rate holds, an early switch (about 2 s in), and
+    # frame pointers kept at 99 Hz after it
+    monkeypatch.setattr(budget, "FALLBACK_FLOOR_HZ", 99)
+    monkeypatch.setattr(budget, "FALLBACK_AFTER", 2)
+    monkeypatch.setattr(budget, "MIN_HZ", 99)
+    busy = build_c(cc, HOT_LEAF_C, tmp_path / "busy", "-O1", "-g", "-fno-omit-frame-pointer")
+    path = tmp_path / "rec.json"
+    args = ["record", "--signals", "cpu", "-F", "199", "--budget", "0.01", "-o", str(path)]
+    assert run([*args, "--", str(busy), "4"]) == 0
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "fell back from DWARF to frame pointers" in summary, summary
+    doc = json.loads(path.read_text())
+    ticks = doc["self_cost"]["ticks"]
+    assert ticks[-1]["unwind"] == "fp", ticks
+    notes = doc["signals"]["cpu"]["notes"]
+    fell = [n for n in notes if n.startswith("budget: fell back from DWARF")]
+    assert len(fell) == 1 and "(hottest: hot_leaf)" in fell[0], notes
+    # The timeline's intervals wholly after the switch (the one before already ended on
+    # frame pointers) hold frame-pointer samples only, and they name the hot function.
+    rows = list(zip(doc["timeline"], ticks, strict=False))
+    after = [
+        row["cpu"]["functions"]
+        for (_, before), (row, _) in itertools.pairwise(rows)
+        if before["unwind"] == "fp"
+    ]
+    assert after and sum(f.get("hot_leaf", 0) for f in after) > 0, (after, ticks)
