@@ -372,17 +372,18 @@ int main(int argc, char **argv) {
 def test_budget_lowers_the_sampling_rate_and_keeps_the_shares(tmp_path, cc, capsys):
     busy = build_c(cc, TWO_BUSY, tmp_path / "busy", "-O1", "-g")
     path = tmp_path / "rec.json"
-    args = ["record", "--signals", "cpu", "-F", "999", "--budget", "1", "-o", str(path)]
+    args = ["record", "--signals", "cpu", "-F", "999", "--budget", "2", "-o", str(path)]
     assert run([*args, "--", str(busy), "6"]) == 0
     summary = capsys.readouterr().err.strip().splitlines()[-1]
     doc = json.loads(path.read_text())
     cost = doc["self_cost"]
-    assert cost["budget_pct"] == 1.0
+    assert cost["budget_pct"] == 2.0
     rates = [t["rates"]["cpu_hz"] for t in cost["ticks"]]
-    # 999 Hz on two busy CPUs is ~2000 samples/s to unwind: far more than 1% of a core
+    # 999 Hz on two busy CPUs is ~2000 samples/s to unwind: far more than 2% of a core (2%,
+    # not 1%: on a loaded machine each sample costs more and 1% leaves too few to judge)
     assert min(rates) < 999
     assert "cpu sampling lowered to" in summary and "(asked 999)" in summary
-    assert any(n.startswith("budget 1%: cpu sampling lowered from 999 Hz") for n in doc["notes"])
+    assert any(n.startswith("budget 2%: cpu sampling lowered from 999 Hz") for n in doc["notes"])
     assert cost["startup_cpu_s"] > 0 and cost["final_cpu_s"] > 0
     share, samples = alpha_share(doc)
     assert samples >= 50
