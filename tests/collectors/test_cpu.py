@@ -541,3 +541,24 @@ def test_a_budget_dwarf_cannot_hold_falls_back_to_frame_pointers(tmp_path, cc, c
     assert any(n.startswith("unwind: auto") and "then fp" in n for n in doc["notes"])
     assert "ended: target exited" in doc["notes"] and doc["command_exit"] == 0
     assert any(s["frames"][-1:] == ["hot_leaf"] for s in doc["stacks"])
+
+
+def test_dwarf_asked_for_is_kept_under_a_budget_it_cannot_hold_and_warned_about(
+    tmp_path, cc, capsys, monkeypatch
+):
+    from otlp_ebpf.collectors import budget
+
+    monkeypatch.setattr(budget, "FALLBACK_FLOOR_HZ", 99)
+    monkeypatch.setattr(budget, "FALLBACK_AFTER", 2)
+    busy = build_c(cc, HOT_LEAF_C, tmp_path / "busy", "-O1", "-g", "-fno-omit-frame-pointer")
+    path = tmp_path / "cpu.json"
+    args = ["cpu", "-F", "199", "--unwind", "dwarf", "--budget", "0.01", "-o", str(path)]
+    assert run([*args, "--", str(busy), "4"]) == 0
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    doc = json.loads(path.read_text())
+    assert {t["unwind"] for t in doc["self_cost"]["ticks"]} == {"dwarf"}
+    assert "fell back" not in summary and "over budget" in summary, summary
+    assert not any(n.startswith("budget: fell back") for n in doc["notes"])
+    note = next(n for n in doc["notes"] if n.startswith("budget 0.01%: cpu sampling"))
+    assert "DWARF unwinding kept as --unwind dwarf asked" in note, note
+    assert "unwind: dwarf" in doc["notes"]
