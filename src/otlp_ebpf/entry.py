@@ -8,6 +8,9 @@ def main() -> None:
     from otlp_ebpf import stopping
 
     stopping.install()
+    from otlp_ebpf.runtime import heap
+
+    heap.return_large_blocks()
     from otlp_ebpf.cli.app import main as cli_main
 
     cli_main()
