@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,26 @@ def test_an_elf_symbolizer_drops_tables_past_its_symbol_budget() -> None:
     assert elf.tables_held == 1 and elf.cached(second.info.build_id) is second
     assert elf.cached(first.info.build_id) is None
     assert elf.symbols_held == len(second.symbols)
+
+
+def test_an_elf_symbolizer_drops_tables_past_its_byte_budget() -> None:
+    # Room for the larger table alone: loading the other evicts the first, by bytes.
+    probe = ElfSymbolizer()
+    sizes = {p: probe.load_path(p).symbols.nbytes for p in ("/bin/true", "/bin/ls")}
+    elf = ElfSymbolizer(max_bytes=max(sizes.values()))
+    first = elf.load_path("/bin/true")
+    second = elf.load_path("/bin/ls")
+    assert elf.cached(first.info.build_id) is None and elf.cached(second.info.build_id) is second
+    assert elf.bytes_held == sizes["/bin/ls"]
+
+
+def test_a_symbol_table_holds_its_symbols_compactly() -> None:
+    # Addresses and names in flat arrays, not three Python objects a symbol (~150 bytes).
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    libc = next(line.split()[-1] for line in maps if "/libc.so" in line)
+    table = ElfSymbolizer().load_path(libc).symbols
+    names = sum(len(table.name(i).encode()) for i in range(len(table)))
+    assert len(table) > 100
+    assert table.nbytes <= 24 * len(table) + names + 8
+    assert sys.getsizeof(table.starts) + sys.getsizeof(table.ends) < 20 * len(table) + 200
+    assert not isinstance(table.starts, list)

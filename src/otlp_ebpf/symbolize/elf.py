@@ -33,8 +33,9 @@ import io
 import os
 import struct
 import zlib
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from elftools.common.exceptions import ELFError
@@ -51,6 +52,8 @@ MAX_SYMBOL_TABLES = 128
 # Function symbols held across those tables (~100 bytes each with their names): a host that
 # builds and runs large binaries all day is bounded by bytes, not only by count.
 MAX_HELD_SYMBOLS = 1_000_000
+# And by bytes (addresses and names, SymbolTable.nbytes): C++ names run to kilobytes.
+MAX_HELD_SYMBOL_BYTES = 48 << 20
 
 _STT_FUNC = 2
 _STT_GNU_IFUNC = 10
@@ -95,30 +98,48 @@ class _RawSymbol:
     section_end: int
 
 
-@dataclass
 class SymbolTable:
-    """Function symbols sorted by address, one name per address."""
+    """Function symbols sorted by address, one name per address.
 
-    starts: list[int] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
+    Held compactly, for a host's worth of binaries stays in memory for the whole run: the
+    addresses in two arrays and the names (as the file had them) in one byte string with
+    their offsets, ~20 bytes a symbol plus its name instead of ~150 as three Python objects.
+    A name is decoded when it is looked up."""
+
+    def __init__(self) -> None:
+        self.starts: array[int] = array("Q")
+        self.ends: array[int] = array("Q")
+        self._name_at: array[int] = array("Q", [0])
+        self._names = b""
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    @property
+    def nbytes(self) -> int:
+        """The memory the table holds (its arrays and names)."""
+        arrays = (self.starts, self.ends, self._name_at)
+        return sum(len(a) * a.itemsize for a in arrays) + len(self._names)
+
+    def name(self, index: int) -> str:
+        return hosttext.decode(self._names[self._name_at[index] : self._name_at[index + 1]])
 
     def lookup(self, vaddr: int) -> str | None:
         """The (demangled) name of the function covering `vaddr`, or None."""
         index = bisect.bisect_right(self.starts, vaddr) - 1
         if index < 0 or vaddr >= self.ends[index]:
             return None
-        return demangle(self.names[index])
+        return demangle(self.name(index))
 
     @classmethod
     def from_raw(cls, raw: Iterable[_RawSymbol]) -> SymbolTable:
         by_start: dict[int, list[_RawSymbol]] = {}
         for sym in raw:
-            by_start.setdefault(sym.start, []).append(sym)
+            if 0 <= sym.start < 1 << 64:
+                by_start.setdefault(sym.start, []).append(sym)
         table = cls()
+        names: list[bytes] = []
+        offset = 0
         starts = sorted(by_start)
         for i, start in enumerate(starts):
             group = by_start[start]
@@ -130,8 +151,11 @@ class SymbolTable:
                 next_start = starts[i + 1] if i + 1 < len(starts) else best.section_end
                 end = min(next_start, best.section_end) if best.section_end > start else next_start
             table.starts.append(start)
-            table.ends.append(max(end, start + 1))
-            table.names.append(hosttext.decode(best.name))
+            table.ends.append(min(max(end, start + 1), (1 << 64) - 1))
+            names.append(best.name)
+            offset += len(best.name)
+            table._name_at.append(offset)
+        table._names = b"".join(names)
         return table
 
 
@@ -164,15 +188,19 @@ class ElfSymbolizer:
         debug_roots: Sequence[str] = (DEFAULT_DEBUG_ROOT,),
         max_tables: int = MAX_SYMBOL_TABLES,
         max_symbols: int = MAX_HELD_SYMBOLS,
+        max_bytes: int = MAX_HELD_SYMBOL_BYTES,
     ) -> None:
         self.debug_roots = tuple(debug_roots)
         self.max_symbols = max_symbols
+        self.max_bytes = max_bytes
         self.symbols_held = 0
+        self.bytes_held = 0
         self._by_build_id: Lru[str, LoadedElf] = Lru(max_tables, self._dropped)
         self.files_parsed = 0
 
     def _dropped(self, _build_id: str, loaded: LoadedElf) -> None:
         self.symbols_held -= len(loaded.symbols)
+        self.bytes_held -= loaded.symbols.nbytes
 
     def cached(self, build_id: str) -> LoadedElf | None:
         """The table of `build_id` if it is still held."""
@@ -197,7 +225,10 @@ class ElfSymbolizer:
         if info.build_id:
             self._by_build_id[info.build_id] = loaded
             self.symbols_held += len(loaded.symbols)
-            while self.symbols_held > self.max_symbols and len(self._by_build_id) > 1:
+            self.bytes_held += loaded.symbols.nbytes
+            while len(self._by_build_id) > 1 and (
+                self.symbols_held > self.max_symbols or self.bytes_held > self.max_bytes
+            ):
                 self._by_build_id.evict_oldest()
         return loaded
 

@@ -204,6 +204,7 @@ class Symbolizer:
             "files_evicted": self._by_file.evicted,
             "symbol_tables": self._elf.tables_held,
             "symbols_held": self._elf.symbols_held,
+            "symbol_bytes_held": self._elf.bytes_held,
             "symbol_tables_evicted": self._elf.tables_evicted,
         }
 
