@@ -243,3 +243,39 @@ def test_a_symbol_table_holds_its_symbols_compactly() -> None:
     assert table.nbytes <= 24 * len(table) + names + 8
     assert sys.getsizeof(table.starts) + sys.getsizeof(table.ends) < 20 * len(table) + 200
     assert not isinstance(table.starts, list)
+
+
+def test_a_long_lived_process_keeps_a_bounded_memo_of_resolved_addresses() -> None:
+    """Every address of a process's code may be sampled in a long run: past the cap, the
+    memo starts again instead of growing; the names stay right."""
+    import ctypes
+
+    from otlp_ebpf.symbolize.resolver import MAX_MEMO_PER_PID
+
+    qsort = ctypes.cast(ctypes.CDLL(None).qsort, ctypes.c_void_p).value
+    assert qsort is not None
+    pid = os.getpid()
+    with Symbolizer() as symbolizer:
+        assert symbolizer.remember_process(pid)
+        addrs = [qsort + i for i in range(MAX_MEMO_PER_PID * 2 + 10)]
+        symbolizer.user_frames(pid, addrs, adjust_return_addresses=False)
+        assert 0 < symbolizer.held()["memo_entries"] <= MAX_MEMO_PER_PID
+        assert symbolizer.user_frames(pid, [qsort], adjust_return_addresses=False)[0][0] == "qsort"
+
+
+def test_captures_of_one_process_are_bounded_by_their_mappings() -> None:
+    """A process captured again and again (it loads libraries all day) keeps its newest
+    captures up to a number of mappings, not eight captures of any size."""
+    from otlp_ebpf.symbolize.procmaps import ProcessMaps
+    from otlp_ebpf.symbolize.resolver import MAX_MAPPINGS_PER_PID
+
+    pid = os.getpid()
+    with Symbolizer() as symbolizer:
+        real = ProcessMaps.capture(pid, symbolizer.files).mappings
+        per_capture = MAX_MAPPINGS_PER_PID // 3
+        for drop in range(8):
+            # Distinct captures of about a third of the cap each (mappings repeated to size).
+            mappings = (real[drop:] * (per_capture // max(1, len(real) - drop) + 1))[:per_capture]
+            assert symbolizer.remember_maps(pid, ProcessMaps(pid, list(mappings)))
+        held = symbolizer.held()
+        assert per_capture <= held["mappings"] <= MAX_MAPPINGS_PER_PID

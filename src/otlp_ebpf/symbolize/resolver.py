@@ -52,6 +52,12 @@ from otlp_ebpf.symbolize.procmaps import (
 UNKNOWN_FRAME = "[unknown]"
 # Snapshots of one pid's maps kept at most (each exec or remember adds one).
 _MAX_SNAPSHOTS_PER_PID = 8
+# And at most this many mappings across them (the newest is always kept): a process that
+# loads libraries all day is captured again with hundreds of mappings each time.
+MAX_MAPPINGS_PER_PID = 2048
+# Addresses resolved per process remembered (the newest snapshot's memo): a long-lived
+# process sampled all day reaches every address of its code.
+MAX_MEMO_PER_PID = 4096
 # Processes whose maps are kept (callers forget a process once its stacks are named; this
 # caps what a caller that names only at the end keeps: the oldest lose their names).
 MAX_PROCESSES = 8192
@@ -188,6 +194,12 @@ class Symbolizer:
             return True
         snapshots.insert(0, _Snapshot(maps))
         del snapshots[_MAX_SNAPSHOTS_PER_PID:]
+        held = len(maps.mappings)
+        for index, older in enumerate(snapshots[1:], start=1):
+            held += len(older.maps.mappings)
+            if held > MAX_MAPPINGS_PER_PID:
+                del snapshots[index:]
+                break
         return True
 
     def forget_process(self, pid: int) -> None:
@@ -200,6 +212,8 @@ class Symbolizer:
         return {
             "processes": len(self._snapshots),
             "processes_evicted": self._snapshots.evicted,
+            "mappings": sum(len(s.maps.mappings) for v in self._snapshots.values() for s in v),
+            "memo_entries": sum(len(s.memo) for v in self._snapshots.values() for s in v),
             "files": len(self._by_file),
             "files_evicted": self._by_file.evicted,
             "symbol_tables": self._elf.tables_held,
@@ -275,6 +289,8 @@ class Symbolizer:
         cached = newest.memo.get(addr)
         if cached is None:
             cached = self._resolve_in_snapshots(snapshots, addr)
+            if len(newest.memo) >= MAX_MEMO_PER_PID:
+                newest.memo.clear()
             newest.memo[addr] = cached
         return cached
 
