@@ -66,6 +66,21 @@ def test_a_drop_to_zero_is_down():
     assert anomaly.baseline == 20.0 and anomaly.observed == 0.0
 
 
+def test_a_steady_start_split_on_a_small_step_is_still_the_baseline():
+    # kB per row of a paced TCP sender (a real recording) that loses packets from 2 s: so
+    # regular that a 4% step and one slow row cut its steady start into pieces shorter than a
+    # baseline, before the connection stalls.
+    values = 1000.0 * np.array(
+        [3251, 3203, 3148, 3173, 3044, 3084, 3072, 3032, 842, 3173, 81]
+        + [0] * 6
+        + [2322, 3121, 3108, 3148, 3056, 3132, 3072]
+    )
+    assert change_points(values, 3, 8)[:3] == [4, 8, 11]
+    [anomaly] = detect(timeline_of({"conn": values}, interval=0.25, unit="B/s"))
+    assert (anomaly.direction, anomaly.first_row, anomaly.last_row) == ("down", 8, 16)
+    assert anomaly.baseline > 3e6
+
+
 def test_a_change_below_the_minimum_effect_is_not_an_anomaly():
     # 100 -> 130 per second is real but under the 50% minimum effect for rates.
     values = np.array([100.0] * 30 + [130.0] * 30)

@@ -160,7 +160,10 @@ def _candidates(
     values = series.values[present]
     shaped = np.log2(np.maximum(values, 1.0)) if series.nature == "latency" else values
     cuts = change_points(shaped, settings.min_rows, settings.max_change_points)
-    bounds = list(zip([0, *cuts], [*cuts, len(values)], strict=True))
+    floor = _floor(series, timeline)
+    bounds = _merge_alike(
+        list(zip([0, *cuts], [*cuts, len(values)], strict=True)), values, series, floor, settings
+    )
     base_index = _baseline_segment(bounds, present, series, settings)
     if base_index is None:
         return None
@@ -168,7 +171,6 @@ def _candidates(
     base_rows = values[b0:b1]
     baseline = float(np.median(base_rows))
     scale = _noise(series, base_rows, timeline)
-    floor = _floor(series, timeline)
     marks: list[Literal["up", "down"] | None] = []
     for s0, s1 in bounds[base_index + 1 :]:
         level = float(np.median(values[s0:s1]))
@@ -254,6 +256,27 @@ def departure_p_value(rows: np.ndarray, baseline: np.ndarray) -> float:
 
 def _finite_p(p: float) -> float:
     return float(p) if math.isfinite(p) else 1.0
+
+
+def _merge_alike(
+    bounds: list[tuple[int, int]],
+    values: np.ndarray,
+    series: Series,
+    floor: float,
+    settings: DetectorSettings,
+) -> list[tuple[int, int]]:
+    """Join neighbouring regimes whose levels differ by less than the minimum effect: a very
+    regular series splits on a step of a few percent, and a steady start cut into short
+    pieces would leave no regime long enough to be the baseline."""
+    merged = bounds[:1]
+    for s0, s1 in bounds[1:]:
+        m0, m1 = merged[-1]
+        before, after = float(np.median(values[m0:m1])), float(np.median(values[s0:s1]))
+        if _departure(series, before, after, 0.0, floor, settings) is None:
+            merged[-1] = (m0, s1)
+        else:
+            merged.append((s0, s1))
+    return merged
 
 
 def _baseline_segment(
