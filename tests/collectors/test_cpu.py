@@ -470,15 +470,16 @@ def test_cpu_under_a_budget_lowers_its_rate_and_keeps_the_shares(tmp_path, cc, c
 
     busy = build_c(cc, TWO_BUSY, tmp_path / "busy", "-O1", "-g")
     path = tmp_path / "cpu.json"
-    assert run(["cpu", "-F", "999", "--budget", "1", "-o", str(path), "--", str(busy), "6"]) == 0
+    assert run(["cpu", "-F", "999", "--budget", "2", "-o", str(path), "--", str(busy), "6"]) == 0
     summary = capsys.readouterr().err.strip().splitlines()[-1]
     doc = json.loads(path.read_text())
     cost = doc["self_cost"]
     rates = [t["rates"]["cpu_hz"] for t in cost["ticks"]]
-    # 999 Hz on two busy CPUs is ~2000 samples/s to unwind: far more than 1% of a core
-    assert cost["budget_pct"] == 1.0 and min(rates) < 999
+    # 999 Hz on two busy CPUs is ~2000 samples/s to unwind: far more than 2% of a core (2%,
+    # not 1%: on a loaded machine each sample costs more and 1% leaves too few to judge)
+    assert cost["budget_pct"] == 2.0 and min(rates) < 999
     assert f"cpu sampling lowered to {min(rates):.0f} Hz (asked 999)" in summary
-    assert any(n.startswith("budget 1%: cpu sampling lowered from 999 Hz") for n in doc["notes"])
+    assert any(n.startswith("budget 2%: cpu sampling lowered from 999 Hz") for n in doc["notes"])
     stacks = doc["stacks"]
     alpha = sum(s["count"] for s in stacks if "alpha" in s["frames"])
     beta = sum(s["count"] for s in stacks if "beta" in s["frames"])
