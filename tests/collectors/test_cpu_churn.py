@@ -114,3 +114,55 @@ def test_rows_of_the_oldest_exited_processes_fold_by_name(
     assert any("short_lived_work" in s.frames for s in folded)
     assert len({s.pid for s in stacks if s.comm == "short"}) <= 5 + 1
     assert sum(s.count for s in stacks) == sampler.samples_total
+
+
+THREADS = 120
+THREAD_CHURN = (
+    SPIN_CPU_C
+    + r"""
+#include <pthread.h>
+__attribute__((noinline)) void *thread_work(void *arg) { SPIN_CPU_MS(25); return arg; }
+int main(void) {
+    for (int i = 0; i < THREADS; i++) {
+        pthread_t t;
+        pthread_create(&t, 0, thread_work, 0);
+        pthread_join(t, 0);
+    }
+    return 0;
+}
+""".replace("THREADS", str(THREADS))
+)
+
+
+def test_rows_of_exited_threads_of_a_live_process_fold_into_the_process(
+    cc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live process that starts a thread per task: past a number of rows, the rows of its
+    threads that have exited fold into one per stack (tid 0), and no sample is dropped."""
+    from otlp_ebpf.collectors import cpu_dwarf
+
+    monkeypatch.setattr(cpu_dwarf, "THREAD_ROWS_KEPT", 10)
+    program = build_c(cc, THREAD_CHURN, tmp_path / "threads", "-O2", "-pthread")
+    targets = base.Targets(TargetSpec(command=(str(program),)))
+    sampler = DwarfSampler(frequency_hz=499)
+    most = 0
+    try:
+        with StatsSession():
+            sampler.start(targets)
+            targets.release()
+            while not targets.finished():
+                sampler.poll(100)
+                most = max(most, sampler.held()["named_stacks"])
+            held = sampler.held()
+            sampler.drain()
+    finally:
+        targets.abandon()
+        base.cleanup()
+        sampler.close()
+    stacks = sampler.stacks()
+    tids = {s.tid for s in stacks if "thread_work" in s.frames}
+    assert held["threads_folded"] > THREADS // 2
+    assert 0 in tids
+    # Bounded while it ran: the limit, doubled at most once for what is left after a fold.
+    assert most <= 4 * 10 + 10
+    assert sum(s.count for s in stacks) == sampler.samples_total

@@ -83,6 +83,10 @@ RETIRE_GRACE_S = 3.0
 # name (pid 0, tid 0), as the syscalls table does, so that a system-wide profile of endless
 # short processes holds a bounded number of rows.
 EXITED_KEPT = 512
+# Rows (thread and named stack) of one live process past which the rows of its threads that
+# have exited fold into the process's (tid 0): a server that starts a thread per task keeps
+# a row per thread it ever ran otherwise.
+THREAD_ROWS_KEPT = 2048
 # Distinct named stacks whose frame tuples are shared: the samples of every process running
 # the same code name the same frames, and keep one copy of them.
 MAX_SHARED_STACKS = 65536
@@ -231,6 +235,8 @@ class DwarfSampler:
         self._rows_of: dict[int, set[_NamedKey]] = {}  # pid -> its rows in _folded
         self._exited_rows: OrderedDict[int, None] = OrderedDict()  # retired, oldest first
         self.folded_processes = 0  # exited processes whose rows were folded by name
+        self.threads_folded = 0  # exited threads of live processes whose rows were folded
+        self._thread_rows_limit: dict[int, int] = {}  # pid -> rows before the next check
         self._keep_raw = False
         self._shared: Lru[tuple[str, ...], tuple[str, ...]] = Lru(MAX_SHARED_STACKS)
         self._shared_python: Lru[tuple[PyFrame, ...], tuple[PyFrame, ...]] = Lru(MAX_SHARED_STACKS)
@@ -568,6 +574,7 @@ class DwarfSampler:
                 if self.python is not None:
                     self.python.forget(pid)
                 self._keep_exited_rows(pid)
+                self._thread_rows_limit.pop(pid, None)
 
     def _keep_exited_rows(self, pid: int) -> None:
         """Rows of exited processes keep their pid for the EXITED_KEPT most recent ones;
@@ -602,6 +609,24 @@ class DwarfSampler:
                 row = (key[0], key[1], key[2], *names)
                 self._folded[row] += self._counts.pop(key)
                 self._rows_of.setdefault(key[0], set()).add(row)
+        rows = self._rows_of.get(pid, ())
+        if len(rows) > self._thread_rows_limit.get(pid, THREAD_ROWS_KEPT):
+            self._fold_exited_threads(pid)
+
+    def _fold_exited_threads(self, pid: int) -> None:
+        """Fold the rows of `pid`'s threads that have exited into its tid-0 rows; the limit
+        for the next check doubles what is left, so live threads are not checked every time."""
+        rows = self._rows_of[pid]
+        gone = {
+            row[1] for row in rows if row[1] and not os.path.exists(f"/proc/{pid}/task/{row[1]}")
+        }
+        for row in [r for r in rows if r[1] in gone]:
+            rows.discard(row)
+            folded = (pid, 0, *row[2:])
+            self._folded[folded] += self._folded.pop(row, 0)
+            rows.add(folded)
+        self.threads_folded += len(gone)
+        self._thread_rows_limit[pid] = max(THREAD_ROWS_KEPT, 2 * len(rows))
 
     def held(self) -> dict[str, int]:
         """What is kept per process and per file now, and what was dropped (bounds checks and
@@ -617,6 +642,7 @@ class DwarfSampler:
             "named_stacks": len(self._named) + len(self._folded),
             "processes_with_rows": len(self._rows_of),
             "processes_folded": self.folded_processes,
+            "threads_folded": self.threads_folded,
             "process_infos": len(self._infos),
             **{f"symbolizer_{k}": v for k, v in self.symbolizer.held().items()},
         }
