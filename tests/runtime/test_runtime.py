@@ -73,6 +73,22 @@ def test_tracepoint_map_and_ring_buffer_round_trip():
         assert len(drained) == len(by_arg) and obj.map("by_arg").items() == []
 
 
+def test_a_bounded_ring_consumes_at_most_its_limit_per_call():
+    """A producer faster than the handler (processes exiting under churn) cannot keep a
+    bounded poll or drain going: each call takes at most `max_per_poll` records."""
+    with open_selftest(wakeup_bytes=1 << 20) as obj:
+        probes.attach_auto(obj, "selftest_enter")
+        seen: list[int] = []
+        ring = RingBuffer(obj.map("events"), lambda raw: seen.append(len(raw)), max_per_poll=4)
+        make_calls(30)
+        assert ring.drain() == 4 and len(seen) == 4
+        assert ring.poll(0) == 4 and len(seen) == 8
+        while ring.drain():
+            pass
+        ring.close()
+        assert len(seen) >= 30
+
+
 def test_per_cpu_values_split_per_possible_cpu():
     with open_selftest() as obj:
         counters = obj.map("counters")

@@ -25,8 +25,9 @@ class RingBuffer:
     def __init__(
         self, ring: BpfMap, handler: Callable[[bytes], None], max_per_poll: int = 0
     ) -> None:
-        """`max_per_poll`: at most that many records per `poll` (0: all there are), so a
-        producer as fast as the handler cannot keep the caller inside one poll."""
+        """`max_per_poll`: at most that many records per `poll` or `drain` (0: all there
+        are), so a producer as fast as the handler cannot keep the caller inside one call
+        (libbpf goes on consuming for as long as new records keep arriving)."""
         if ring.type != RINGBUF_MAP_TYPE:
             raise ValueError(f"{ring.name} is not a ring buffer map")
         self.handler = handler
@@ -67,12 +68,7 @@ class RingBuffer:
         """Wait up to `timeout_ms` for records and consume what is there; returns the count."""
         if self._rb is None:
             return 0
-        self._limit, self._cut = self.max_per_poll, False
-        try:
-            ret = libbpf.lib().ring_buffer__poll(self._rb, timeout_ms)
-        finally:
-            self._limit = 0
-        self._raise_handler_error()
+        ret = self._bounded(lambda rb: libbpf.lib().ring_buffer__poll(rb, timeout_ms))
         if ret < 0 and ret != -EINTR:  # a signal arrived; the caller checks its stop flag
             raise libbpf.os_error(ret, "ring buffer poll")
         if self._cut:
@@ -81,12 +77,23 @@ class RingBuffer:
         return max(ret, 0) + self.drain()
 
     def drain(self) -> int:
-        """Consume everything pending without waiting (at the end of a run)."""
+        """Consume what is pending without waiting: everything there is, or at most
+        `max_per_poll` records when set (the rest waits for the next call)."""
         if self._rb is None:
             return 0
-        ret = libbpf.lib().ring_buffer__consume(self._rb)
+        ret = self._bounded(libbpf.lib().ring_buffer__consume)
+        return self.max_per_poll if self._cut else max(ret, 0)
+
+    def _bounded(self, consume: Callable[[int], int]) -> int:
+        """Run a libbpf consuming call under this ring's per-call record limit."""
+        assert self._rb is not None
+        self._limit, self._cut = self.max_per_poll, False
+        try:
+            ret = consume(self._rb)
+        finally:
+            self._limit = 0
         self._raise_handler_error()
-        return max(ret, 0)
+        return int(ret)
 
     def close(self) -> None:
         if self._rb is not None:
