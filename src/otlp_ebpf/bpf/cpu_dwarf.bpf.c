@@ -194,12 +194,7 @@ int dwarf_exit(struct trace_event_raw_sched_process_exit *ctx)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tgid = pid_tgid >> 32;
-	bool last;
-
-	if (bpf_core_field_exists(ctx->group_dead))
-		last = ctx->group_dead;
-	else
-		last = (u32)pid_tgid == tgid;
+	bool last = process_exits(ctx, pid_tgid);
 	if (!last || !bpf_map_lookup_elem(&announced, &tgid))
 		return 0;
 	bpf_map_delete_elem(&announced, &tgid);

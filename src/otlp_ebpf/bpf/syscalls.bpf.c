@@ -427,13 +427,8 @@ int process_gone(struct trace_event_raw_sched_process_exit *ctx)
 	u32 tgid = pid_tgid >> 32;
 	struct proc_usage *u;
 	struct exit_event *event;
-	bool last;
 
-	if (bpf_core_field_exists(ctx->group_dead))
-		last = ctx->group_dead;
-	else
-		last = (u32)pid_tgid == tgid; /* older kernels: when the leader exits */
-	if (!last)
+	if (!process_exits(ctx, pid_tgid))
 		return 0;
 	bpf_map_delete_elem(&comms, &tgid);
 	u = bpf_map_lookup_elem(&usage, &tgid);

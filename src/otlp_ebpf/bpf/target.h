@@ -107,4 +107,14 @@ int forget_exited(struct trace_event_raw_sched_process_exit *ctx)
 	return 0;
 }
 
+/* The exiting thread is its process's last one (group_dead where the tracepoint has it; the
+ * leader's exit otherwise). */
+static __always_inline bool process_exits(struct trace_event_raw_sched_process_exit *ctx,
+					  u64 pid_tgid)
+{
+	if (bpf_core_field_exists(ctx->group_dead))
+		return ctx->group_dead;
+	return (u32)pid_tgid == pid_tgid >> 32;
+}
+
 #endif
