@@ -72,3 +72,61 @@ def test_an_unwritable_recordings_dir_is_exit_2(tmp_path: Path, capsys) -> None:
     spill = str(tmp_path / "spill")
     assert run(["agent", "--recordings-dir", str(blocker / "rec"), "--spill-dir", spill]) == 2
     assert "--recordings-dir" in capsys.readouterr().err
+
+
+def _reload(tmp_path: Path, first: str, then: str):
+    """An agent's settings from `first`, reloaded from `then` (what SIGHUP does between two
+    polls), without collecting: the watch and what the reload said."""
+    from types import SimpleNamespace
+
+    from otlp_ebpf.cli.agent import _Run
+
+    path = tmp_path / "agent.yaml"
+    path.write_text(first + f"spill_dir: {tmp_path / 'spill'}\n")
+    flags: dict = {}
+    running = _Run(resolve(flags, str(path)), flags, str(path))
+    agent = SimpleNamespace(recording=SimpleNamespace(governor=None), watch=running.watch)
+    path.write_text(then + f"spill_dir: {tmp_path / 'spill'}\n")
+    running.reload(agent)  # type: ignore[arg-type]
+    return running, agent
+
+
+def test_sighup_reloads_the_watch_options(tmp_path: Path, capsys) -> None:
+    running, agent = _reload(
+        tmp_path,
+        "watch_window: 20\n",
+        f"watch_window: 8\nrecord_after: 2\nburst_budget: 7\nburst_intervals: 3\n"
+        f"recordings_dir: {tmp_path / 'rec'}\nrecordings_max_mb: 4\n",
+    )
+    watch = running.watch
+    assert watch is not None and agent.watch is watch and running.exporter.watch is watch
+    assert watch.config.window == 8 and watch.ring.max_intervals == 8 + 2 + 1
+    assert watch.episodes.quiet == 8
+    assert (watch.burst.budget_pct, watch.burst.intervals) == (7.0, 3)
+    assert watch.recordings is not None and (tmp_path / "rec").is_dir()
+    assert watch.recordings.cap_bytes == 4 * 1024 * 1024
+    assert running.settings.recordings_dir == str(tmp_path / "rec")
+    err = capsys.readouterr().err
+    assert "configuration reloaded (watch_window, record_after, burst_budget" in err
+    assert "restart only" not in err
+
+
+def test_sighup_starts_a_watch_that_was_off(tmp_path: Path, capsys) -> None:
+    running, agent = _reload(tmp_path, "watch_window: 0\n", "watch_window: 5\n")
+    assert running.watch is not None and agent.watch is running.watch
+    assert running.watch.config.window == 5
+    assert "configuration reloaded (watch_window)" in capsys.readouterr().err
+
+
+def test_a_bad_recordings_dir_at_reload_keeps_the_running_watch(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    running, _ = _reload(
+        tmp_path,
+        "watch_window: 20\nburst_budget: 5\n",
+        f"watch_window: 8\nburst_budget: 9\nrecordings_dir: {blocker / 'rec'}\n",
+    )
+    assert running.watch is not None and running.watch.config.window == 20
+    assert running.watch.burst.budget_pct == 5.0 and running.settings.burst_budget == 5.0
+    err = capsys.readouterr().err
+    assert "configuration not reloaded, the running one is kept: --recordings-dir" in err

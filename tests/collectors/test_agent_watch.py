@@ -364,3 +364,36 @@ def test_a_recording_due_when_the_agent_stops_is_written_with_what_there_is(
     assert isinstance(recorded, RecordSnapshot)
     assert any("stopped before" in note for note in recorded.notes)
     assert any("told once, recorded once" in note for note in recorded.notes)
+
+
+def test_new_burst_options_apply_to_a_burst_under_way() -> None:
+    governor, cpu, period, _ = _governor()
+    burst = Burst(budget_pct=5.0, intervals=6)
+    burst.start(governor)
+    burst.reconfigure(8.0, 6, governor)  # SIGHUP: a larger burst budget
+    assert cpu.budget_pct == period.budget_pct == governor.budget_pct == 8.0
+    burst.reconfigure(8.0, 2, governor)  # a shorter burst: at most 2 more intervals
+    assert [burst.tick(governor) for _ in range(2)] == [False, True]
+    assert cpu.budget_pct == period.budget_pct == governor.budget_pct == 1.0
+    burst.start(governor)
+    burst.reconfigure(8.0, 0, governor)  # bursts turned off: the one under way ends now
+    assert not burst.active and cpu.budget_pct == governor.budget_pct == 1.0
+
+
+def test_a_reconfigured_watch_keeps_its_ring_and_writes_an_announced_recording_where_told(
+    tmp_path: Path,
+) -> None:
+    config = WatchConfig(window=20, record_after=5, recordings_dir=str(tmp_path / "old"))
+    watch = Watch(config, INTERVAL)
+    workload = Workload(storm=(16, 40))
+    events: list = []
+    while not events:
+        batch, ticks = workload.next()
+        events = watch.observe(batch, ticks, None, 99, STARTED)
+    assert len(watch.ring) > 12
+    new = RecordingsDir(str(tmp_path / "new"), cap_bytes=1 << 20)
+    watch.reconfigure(WatchConfig(window=10, record_after=1), new, None)
+    assert len(watch.ring) == 12 and watch.ring.max_intervals == 12  # the oldest dropped
+    run_watch(watch, workload, 6)
+    assert os.listdir(tmp_path / "old") == [os.path.basename(events[0].recording)]
+    assert os.listdir(tmp_path / "new") == []  # the storm is one episode: nothing new

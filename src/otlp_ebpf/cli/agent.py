@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -13,7 +14,7 @@ from otlp_ebpf.cli import common
 if TYPE_CHECKING:
     from otlp_ebpf.cli.agent_settings import AgentSettings
     from otlp_ebpf.collectors.agent import Agent, AgentConfig, IntervalBatch
-    from otlp_ebpf.collectors.agent_watch import Watch
+    from otlp_ebpf.collectors.agent_watch import Watch, WatchConfig
     from otlp_ebpf.export.config import OtlpConfig
     from otlp_ebpf.export.self_metrics import AgentFigures
     from otlp_ebpf.export.serve import Health
@@ -177,7 +178,8 @@ def register(app: typer.Typer) -> None:
         the collection loop. Batches that cannot be delivered after retries are kept in
         --spill-dir (capped, oldest dropped first) and re-sent in order once the receiver is
         back. SIGTERM sends (or spills) the current interval, detaches everything and exits 0.
-        SIGHUP re-reads --config (the receiver, --budget and --cmdline change at once).
+        SIGHUP re-reads --config (the receiver, --budget, --cmdline and the watch's options
+        change at once).
 
         Examples: `otlp-ebpf agent --otlp http://collector:4317 --serve :9464`,
         `otlp-ebpf agent --config /etc/otlp-ebpf/agent.yaml`.
@@ -289,7 +291,7 @@ class _Run:
 
     def reload(self, agent: Agent) -> None:
         """Re-read the configuration; apply what can change live, keep everything on error."""
-        from otlp_ebpf.cli.agent_settings import changes, resolve
+        from otlp_ebpf.cli.agent_settings import WATCH_KEYS, changes, resolve
         from otlp_ebpf.errors import OtlpEbpfError
         from otlp_ebpf.export.config import OtlpConfig
 
@@ -304,6 +306,13 @@ class _Run:
             console.warn(f"agent: configuration not reloaded, the running one is kept: {exc}")
             return
         live, later = changes(self.settings, new)
+        if any(key in WATCH_KEYS for key in live):
+            try:
+                rewatch = self._rewatch(new)
+            except OtlpEbpfError as exc:
+                console.warn(f"agent: configuration not reloaded, the running one is kept: {exc}")
+                return
+            rewatch(agent)
         if "otlp" in live:
             self.otlp = self.exporter.config = self.stream.config = otlp
         if "budget" in live:
@@ -318,15 +327,32 @@ class _Run:
             + (f"; {', '.join(later)} change at restart only" if later else "")
         )
 
+    def _rewatch(self, new: AgentSettings) -> Callable[[Agent], None]:
+        """What puts the new watch options in force. Whatever can fail (creating the
+        recordings directory) is done here, before anything of the running agent changes."""
+        from otlp_ebpf.collectors.agent_recordings import RecordingsDir
 
-def watch_of(settings: AgentSettings) -> Watch | None:
-    """The watch the settings ask for (None with --watch-window 0); the recordings
-    directory is created here, before anything is loaded."""
-    from otlp_ebpf.collectors.agent_watch import Watch, WatchConfig
+        watch = self.watch
+        if watch is None:  # started with --watch-window 0
+            started = watch_of(new)
 
-    if settings.watch_window <= 0:
-        return None
-    config = WatchConfig(
+            def start(agent: Agent) -> None:
+                self.watch = self.exporter.watch = agent.watch = started
+
+            return start
+        recordings = (
+            RecordingsDir(new.recordings_dir, int(new.recordings_max_mb * 1024 * 1024))
+            if new.recordings_dir
+            else None
+        )
+        config = watch_config_of(new)
+        return lambda agent: watch.reconfigure(config, recordings, agent.recording.governor)
+
+
+def watch_config_of(settings: AgentSettings) -> WatchConfig:
+    from otlp_ebpf.collectors.agent_watch import WatchConfig
+
+    return WatchConfig(
         window=settings.watch_window,
         record_after=settings.record_after,
         burst_budget_pct=settings.burst_budget,
@@ -334,7 +360,16 @@ def watch_of(settings: AgentSettings) -> Watch | None:
         recordings_dir=settings.recordings_dir,
         recordings_max_mb=settings.recordings_max_mb,
     )
-    return Watch(config, settings.interval)
+
+
+def watch_of(settings: AgentSettings) -> Watch | None:
+    """The watch the settings ask for (None with --watch-window 0); the recordings
+    directory is created here, before anything is loaded."""
+    from otlp_ebpf.collectors.agent_watch import Watch
+
+    if settings.watch_window <= 0:
+        return None
+    return Watch(watch_config_of(settings), settings.interval)
 
 
 def _check_watch(settings: AgentSettings) -> None:

@@ -24,7 +24,15 @@ from otlp_ebpf.errors import UsageError
 MAX_CONFIG_BYTES = 1024 * 1024
 # What a SIGHUP can change in a running agent; the rest needs a restart (the probes, the
 # target set, the listening socket and the spill directory are set up once).
-RELOADABLE = ("otlp", "budget", "cmdline")
+WATCH_KEYS = (
+    "watch_window",
+    "record_after",
+    "burst_budget",
+    "burst_intervals",
+    "recordings_dir",
+    "recordings_max_mb",
+)
+RELOADABLE = ("otlp", "budget", "cmdline", *WATCH_KEYS)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,22 @@ class Burst:
             self._restore(governor)
         return True
 
+    def reconfigure(self, budget_pct: float, intervals: int, governor: Governor | None) -> None:
+        """New burst options (SIGHUP). A burst under way answers to the new budget from now
+        on and lasts at most `intervals` more; none left ends it now."""
+        if self.active and governor is not None:
+            if governor.budget_pct == self.budget_pct:
+                governor.budget_pct = budget_pct
+            for knob in governor.knobs:
+                if knob.owner is not None and knob.owner.budget_pct == self.budget_pct:
+                    knob.owner.budget_pct = budget_pct
+        self.budget_pct = budget_pct
+        self.intervals = intervals
+        if self.active and intervals < self.remaining:
+            self.remaining = intervals
+            if not self.remaining and governor is not None:
+                self._restore(governor)
+
     def _restore(self, governor: Governor) -> None:
         """The budgets of before the burst; one changed meanwhile (a reload) is kept."""
         if governor.budget_pct == self.budget_pct:

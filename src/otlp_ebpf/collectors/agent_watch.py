@@ -199,6 +199,12 @@ class IntervalRing:
         ):
             self._drop_oldest()
 
+    def resize(self, max_intervals: int) -> None:
+        """Keep at most `max_intervals` from now on (the oldest dropped at once)."""
+        self.max_intervals = max(1, max_intervals)
+        while len(self.entries) > self.max_intervals:
+            self._drop_oldest()
+
     def _drop_oldest(self) -> None:
         old = self.entries.popleft()
         self.bytes -= old.size
@@ -426,6 +432,7 @@ class _Overlay(Mapping[SyscallKey, SyscallStat]):
 @dataclass
 class PendingRecording:
     path: str
+    into: RecordingsDir  # the directory it was announced in (a reload may change it)
     due_seq: int  # written at the end of this interval
     events: list[FindingEvent] = field(default_factory=list)
 
@@ -447,6 +454,19 @@ class Watch:
         self.pending: PendingRecording | None = None
         self.counts = WatchCounts()
         self._sampled_before = False
+
+    def reconfigure(
+        self, config: WatchConfig, recordings: RecordingsDir | None, governor: Governor | None
+    ) -> None:
+        """New watch options (SIGHUP), in force from the next interval: the intervals in the
+        ring and the open episodes are kept (a shorter ring drops its oldest), a burst under
+        way answers to the new burst options, and a recording already announced is written
+        where its findings said (`recordings`: the new directory, created by the caller)."""
+        self.config = config
+        self.ring.resize(config.window + config.record_after + 1)
+        self.episodes.quiet = max(1, config.window)
+        self.burst.reconfigure(config.burst_budget_pct, config.burst_intervals, governor)
+        self.recordings = recordings
 
     def observe(
         self,
@@ -555,7 +575,7 @@ class Watch:
         if self.pending is None:
             when = started_wall + timedelta(seconds=t_s)
             path = self.recordings.path_for(when, seq)
-            self.pending = PendingRecording(path, seq + self.config.record_after)
+            self.pending = PendingRecording(path, self.recordings, seq + self.config.record_after)
         return self.pending.path
 
     def _write(
@@ -565,7 +585,6 @@ class Watch:
         started_wall: datetime,
         batch: IntervalBatch,
     ) -> None:
-        assert self.recordings is not None
         entries, _ = self.ring.last(self.config.window + self.config.record_after)
         origin = entries[0].start_s
         base = _Overlay(self.ring.base_before(entries[0]), self.ring.base)
@@ -583,7 +602,7 @@ class Watch:
         spec = self._spec(origin, requested_hz, started_wall, batch)
         snapshot = window_record(entries, spec, base, stacks=True, notes=notes)
         try:
-            self.recordings.write(pending.path, snapshot)
+            pending.into.write(pending.path, snapshot)
         except (OSError, OtlpEbpfError) as exc:
             self.counts.recording_errors += 1
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
