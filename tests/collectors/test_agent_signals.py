@@ -217,11 +217,16 @@ def test_a_process_moved_into_the_cgroup_mid_run_is_collected(
 
 
 @pytest.mark.bpf
-def test_what_the_agent_keeps_between_intervals_stays_bounded_under_churn(tmp_path: Path):
+def test_what_the_agent_keeps_between_intervals_stays_bounded_under_churn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """In process, so the sampler's tables can be read: after each interval no stack of the
-    interval is kept, and process details only for the processes still being unwound."""
+    interval is kept, and process details only for the processes still being unwound. With
+    no unwind table cached, the decoding child runs: its memory is counted apart."""
     from otlp_ebpf.collectors.agent import Agent, AgentConfig, IntervalBatch, run
     from otlp_ebpf.collectors.agent_signals import AgentCpuSignal
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
     churn = subprocess.Popen(["sh", "-c", "while :; do /bin/true; ls / >/dev/null; done"])
     spin = subprocess.Popen(["sh", "-c", "while :; do :; done"])
@@ -253,7 +258,10 @@ def test_what_the_agent_keeps_between_intervals_stays_bounded_under_churn(tmp_pa
     for figures in held:
         assert figures["raw_stacks"] == 0, held
         assert figures["named_stacks"] == 0, held
+        assert figures["processes_with_rows"] == 0, held  # their rows were handed over
         assert figures["infos"] <= figures["live"], held
+    assert any(b.helpers_rss_kb > 0 for b in batches)  # the decoder, counted apart
+    assert all(b.cpu_s > 0 for b in batches)
 
 
 PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_DETACH = 0x4206, 0x4207, 17

@@ -142,6 +142,7 @@ def figures() -> AgentFigures:
             duration_s=1.0,
             cost_pct=0.4,
             rates={"cpu_hz": 49.0},
+            helpers_rss_kb=30_000,
         )
     f.stream.attempts = 6
     return f
@@ -153,6 +154,7 @@ def test_prometheus_text_names_and_values():
     assert 'otlp_ebpf_lost_events_total{signal="cpu"} 1.0' in text
     assert "otlp_ebpf_bpf_run_seconds_total 2.5" in text
     assert "otlp_ebpf_resident_memory_bytes 5.12e+07" in text
+    assert "otlp_ebpf_helpers_resident_memory_bytes 3.072e+07" in text
     assert 'otlp_ebpf_sampling_rate_hertz{signal="cpu"} 49.0' in text
     assert "otlp_ebpf_export_attempts_total 6.0" in text
     assert "otlp_ebpf_intervals_total 2.0" in text
@@ -172,6 +174,8 @@ def test_self_metrics_over_otlp_carry_the_same_values():
     assert by_signal == {"cpu": 20, "syscalls": 1000}
     assert metrics["otlp_ebpf.agent.memory.rss"].gauge.data_points[0].as_int == 51_200_000
     assert metrics["otlp_ebpf.agent.memory.rss"].unit == "By"
+    helpers = metrics["otlp_ebpf.agent.helpers.memory.rss"]
+    assert helpers.gauge.data_points[0].as_int == 30_720_000
     assert metrics["otlp_ebpf.agent.intervals"].sum.data_points[0].as_int == 2
 
 

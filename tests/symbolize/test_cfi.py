@@ -16,6 +16,7 @@ from otlp_ebpf.symbolize.cfi import (
     CFA_REG_DEREF,
     CFA_SIGNAL,
     CFA_UNSUPPORTED,
+    DECODER_MAX_MB_ENV,
     PENDING,
     REG_FP,
     REG_SP,
@@ -318,6 +319,55 @@ def test_urgent_requests_go_before_prefetches(program: Path, tmp_path: Path) -> 
         assert done == ["a", "c", "b"]
     finally:
         worker.close()
+
+
+def _decode_all(worker: DecodeWorker) -> list[tuple[str, bool]]:
+    done: list[tuple[str, bool]] = []
+    while worker.busy:
+        done += [(key, data is not None) for key, data in worker.receive(30.0)]
+    return done
+
+
+def test_a_decoding_child_holding_too_much_after_a_decode_is_replaced(program: Path) -> None:
+    worker = DecodeWorker(None, ())
+    worker.recycle_rss_kb = 1  # every child holds more than this after a decode
+    pids = []
+    try:
+        for key in ("a", "b"):
+            worker.request(key, str(program), urgent=True)
+            pids.append(worker.pid)
+            assert _decode_all(worker) == [(key, True)]
+            assert worker.rss_kb() == 0  # ended once its table was read
+    finally:
+        worker.close()
+    assert pids[0] != pids[1]
+    assert (worker.starts, worker.recycled) == (2, 2)
+    assert worker.cpu_s > 0 and worker.peak_rss_kb > 0  # both children's cost is kept
+
+
+def test_a_decode_over_the_heap_cap_gives_no_table_and_a_new_child(
+    program: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpython's FDEs take pyelftools well over 64 MB: that decode fails whole (no partial
+    table is kept or cached), and the next file goes to a new child."""
+    import sysconfig
+
+    big = Path(sysconfig.get_config_var("LIBDIR") or "") / (
+        sysconfig.get_config_var("INSTSONAME") or "none"
+    )
+    if not big.is_file() or big.stat().st_size < 10 << 20:
+        pytest.skip("needs a shared libpython of 10 MB or more")
+    monkeypatch.setenv(DECODER_MAX_MB_ENV, "64")
+    worker = DecodeWorker(None, ())
+    try:
+        worker.request("big", str(big), urgent=True)
+        assert _decode_all(worker) == [("big", False)]
+        worker.request("small", str(program), urgent=True)
+        assert _decode_all(worker) == [("small", True)]
+    finally:
+        worker.close()
+    assert (worker.starts, worker.recycled) == (2, 1)
+    assert worker.peak_rss_kb < 128 * 1024
 
 
 def test_tables_in_memory_are_bounded_least_recently_used_first() -> None:

@@ -472,6 +472,7 @@ class _Exporter:
             bpf_ns=batch.bpf_ns,
             cpu_s=batch.cpu_s,
             rss_kb=batch.rss_kb,
+            helpers_rss_kb=batch.helpers_rss_kb,
             duration_s=batch.duration_s,
             cost_pct=batch.cost_pct,
             rates=batch.rates,

@@ -20,6 +20,7 @@ What each signal keeps between ticks is in collectors/agent_signals.py.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -111,6 +112,7 @@ class IntervalBatch:
     rates: Mapping[str, float]  # effective sampling rates at the end of the interval
     # container.id, k8s.pod.uid, service.name ... of each process in the sections
     process_attributes: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+    helpers_rss_kb: int = 0  # the helper processes' (the unwind-table decoder), apart
     final: bool = False
     findings: tuple[FindingEvent, ...] = ()  # new in this interval (collectors/agent_watch.py)
 
@@ -164,13 +166,9 @@ class Agent:
             events=events,
             lost={name: sum(s.lost_events.values()) for name, s in sections.items()},
             bpf_ns=self.recording.bpf_ns(),
-            cpu_s=round(
-                stats.process_cpu_seconds()
-                - self.clock.cpu0
-                + sum(s.helper_cpu_s() for s in self.recording.signals),
-                4,
-            ),
+            cpu_s=round(self._cpu_s(), 4),
             rss_kb=current_rss_kb(),
+            helpers_rss_kb=self._helpers_rss_kb(),
             cost_pct=cost.cost_pct if cost else 0.0,
             rates=self._rates(cost.rates if cost else {}),
             process_attributes=self.attributes.of(_pids_of(sections.values())),
@@ -181,6 +179,23 @@ class Agent:
             batch = self._watched(batch, syscall_ticks)
         self._forget_history()
         self.deliver(batch)
+
+    def _cpu_s(self) -> float:
+        """CPU seconds of this process and its helpers since the start, the helpers' counted
+        while they run (the cost meter follows them), not only once they ended."""
+        meter = self.recording.meter
+        if meter is not None:
+            return meter.cpu_s() - self.clock.cpu0
+        helpers = sum(s.helper_cpu_s() for s in self.recording.signals)
+        return stats.process_cpu_seconds() - self.clock.cpu0 + helpers
+
+    def _helpers_rss_kb(self) -> int:
+        """Resident memory of this process's helpers now: its children but the targets it
+        launched."""
+        from otlp_ebpf.collectors.budget import children_of
+
+        launched = set(self.recording.launched())
+        return sum(process_rss_kb(pid) for pid in children_of(os.getpid()) - launched)
 
     def _watched(
         self, batch: IntervalBatch, syscall_ticks: list[SyscallTick] | None
@@ -282,8 +297,13 @@ def _pids_of(sections: Iterable[Snapshot]) -> list[int]:
 
 def current_rss_kb() -> int:
     """Resident set size now (VmRSS), not the peak: the figure that must stay flat."""
+    return process_rss_kb("self")
+
+
+def process_rss_kb(pid: int | str) -> int:
+    """VmRSS of a process (0 when it is gone)."""
     try:
-        with open("/proc/self/status", "rb") as fh:
+        with open(f"/proc/{pid}/status", "rb") as fh:
             for line in fh:
                 if line.startswith(b"VmRSS:"):
                     return int(line.split()[1])

@@ -742,6 +742,8 @@ class DwarfSampler:
             frames, modules = self._named_frames(key)
             merged[(key[0], key[1], key[2], frames, modules)] += count
         self._folded, self._counts, self._named, self._unnamed = Counter(), Counter(), {}, {}
+        # The rows handed over are no one's now: nothing is left to fold by name later.
+        self._rows_of, self._exited_rows = {}, OrderedDict()
         stacks = [
             StackCount(pid, tid, comm, frames, count, modules=modules)
             for (pid, tid, comm, frames, modules), count in merged.most_common()

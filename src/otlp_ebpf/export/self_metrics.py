@@ -83,6 +83,14 @@ FIGURES = {
         "Resident memory of the agent.",
         _G,
     ),
+    "helpers_rss": Figure(
+        "otlp_ebpf_helpers_resident_memory_bytes",
+        "otlp_ebpf.agent.helpers.memory.rss",
+        "By",
+        "Resident memory of the agent's helper processes (the unwind-table decoder), apart "
+        "from the agent's own.",
+        _G,
+    ),
     "intervals": Figure(
         "otlp_ebpf_intervals",
         "otlp_ebpf.agent.intervals",
@@ -201,6 +209,7 @@ class AgentFigures:
     bpf_s: float = 0.0
     cpu_s: float = 0.0
     rss_bytes: int = 0
+    helpers_rss_bytes: int = 0
     intervals: int = 0
     interval_s: float = 0.0
     cost_pct: float = 0.0
@@ -226,6 +235,7 @@ class AgentFigures:
         duration_s: float,
         cost_pct: float,
         rates: Mapping[str, float],
+        helpers_rss_kb: int = 0,
     ) -> None:
         with self.lock:
             for name, n in events.items():
@@ -234,6 +244,7 @@ class AgentFigures:
             self.bpf_s = bpf_ns / 1e9
             self.cpu_s = cpu_s
             self.rss_bytes = rss_kb * 1024
+            self.helpers_rss_bytes = helpers_rss_kb * 1024
             self.intervals += 1
             self.interval_s = duration_s
             self.cost_pct = cost_pct
@@ -256,6 +267,7 @@ class AgentFigures:
             yield "bpf", {}, self.bpf_s
             yield "cpu", {}, self.cpu_s
             yield "rss", {}, self.rss_bytes
+            yield "helpers_rss", {}, self.helpers_rss_bytes
             yield "intervals", {}, self.intervals
             yield "interval_duration", {}, self.interval_s
             yield "cost", {}, self.cost_pct

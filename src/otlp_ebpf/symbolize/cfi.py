@@ -238,6 +238,8 @@ def build_table(elf: ELFFile, debug_elf: ELFFile | None = None) -> CfiTable:
             try:
                 fdes.append(_compile_fde(entry, arch, priority))
                 table.entries += 1
+            except MemoryError:
+                raise  # not a bad entry: a table missing entries must not be kept
             except Exception:  # pyelftools raises assorted errors on entries it cannot decode
                 table.failures += 1
     _fill_rows(table, fdes)
@@ -256,6 +258,8 @@ def _cfi_sources(elf: ELFFile, debug_elf: ELFFile | None) -> Iterator[list[Any]]
                 yield dwarf.EH_CFI_entries()
             elif not eh and dwarf.has_CFI():
                 yield dwarf.CFI_entries()
+        except MemoryError:
+            raise
         except Exception:  # a malformed section: the others still count
             continue
 
@@ -440,6 +444,29 @@ def disk_cache_cap_bytes() -> int:
         mb = DISK_CACHE_MB_DEFAULT
     if not 0 <= mb < 1 << 40:  # negative, NaN or absurd: the default
         mb = DISK_CACHE_MB_DEFAULT
+    return int(mb * 1024 * 1024)
+
+
+# The decoding child's memory. pyelftools holds every FDE of a file while it decodes it: a
+# compiler's 35 MB binary took the child past 1 GB. Its heap is capped (RLIMIT_DATA, set by
+# the child itself; OTLP_EBPF_DECODER_MAX_MB): a file that needs more is left without a table
+# (its frames unwind as far as frame pointers go) and the child is replaced. A child that
+# holds more than RECYCLE_RSS_KB after a decode (freed memory Python keeps) is replaced too.
+DECODER_MAX_MB_DEFAULT = 768
+DECODER_MAX_MB_ENV = "OTLP_EBPF_DECODER_MAX_MB"
+RECYCLE_RSS_KB = 256 * 1024
+MAX_WORKER_STARTS = 64  # a child that keeps dying is not started again past this
+
+
+def decoder_cap_bytes() -> int:
+    """The decoding child's heap cap: OTLP_EBPF_DECODER_MAX_MB when a positive number, else
+    768 MiB."""
+    try:
+        mb = float(os.environ.get(DECODER_MAX_MB_ENV, "") or DECODER_MAX_MB_DEFAULT)
+    except ValueError:
+        mb = DECODER_MAX_MB_DEFAULT
+    if not 0 < mb < 1 << 30:
+        mb = DECODER_MAX_MB_DEFAULT
     return int(mb * 1024 * 1024)
 
 
@@ -717,21 +744,38 @@ class DecodeWorker:
     The profiler's process stays small and responsive: it sends a path, goes on with its work,
     and picks the table up when `receive` finds it ready. The child is started at the first
     request, so runs whose tables are all cached never start it. Paths of files this process
-    holds open (`/proc/self/fd/N`) are passed as `/proc/<our pid>/fd/N`.
+    holds open (`/proc/self/fd/N`) are passed as `/proc/<our pid>/fd/N`. Its memory is bounded
+    (see RECYCLE_RSS_KB): a child over the bound after a decode, or that ran out of its heap
+    cap or died in one (that file is then answered without a table), is replaced by a new one
+    at the next request.
     """
 
     def __init__(self, cache_dir: str | None, debug_roots: Sequence[str]) -> None:
         self.cache_dir = cache_dir
         self.debug_roots = tuple(debug_roots)
-        self.cpu_s = 0.0  # the child's CPU time, read when it ends
-        self.peak_rss_kb = 0
-        self.started = False
+        self.cpu_s = 0.0  # the children's CPU time, each read when it ends
+        self.peak_rss_kb = 0  # the highest of the children's
+        self.starts = 0
+        self.recycled = 0  # children replaced for their memory (or a decode that died)
         self.pid = 0  # the child's pid once started (the profile leaves it out)
+        self.recycle_rss_kb = RECYCLE_RSS_KB
+        self._closed = False
+        self._recycle = False  # the child asked to be replaced (out of its heap cap)
         self._proc: subprocess.Popen[bytes] | None = None
         self._todo: list[tuple[int, int, str, str]] = []  # (0 urgent / 1 prefetch, seq, key, path)
         self._asked: dict[str, int] = {}  # key -> priority of its queued request
         self._in_flight: str | None = None
         self._seq = 0
+
+    @property
+    def started(self) -> bool:
+        """A child was started at least once."""
+        return self.starts > 0
+
+    def rss_kb(self) -> int:
+        """Resident memory of the child now (0: none running)."""
+        proc = self._proc
+        return _rss_kb(proc.pid) if proc is not None else 0
 
     @property
     def busy(self) -> bool:
@@ -766,17 +810,26 @@ class DecodeWorker:
             if not ready:
                 break
             result = self._read_result(stdout)
-            if result is None:
-                break  # the child died: what it had not done stays undone
             done.append(result)
+            if result[1] is None and self._proc is None:
+                continue  # the child died in that decode: the next one starts a new child
+            if self._recycle or self.rss_kb() > self.recycle_rss_kb:
+                self.recycled += 1
+                self._end_child()
             self._send_next()
         return done
 
     def close(self) -> None:
-        """End the child now, recording what it cost."""
-        proc, self._proc = self._proc, None
+        """End the child now, recording what it cost; no child is started after this."""
+        self._closed = True
         self._todo.clear()
         self._in_flight = None
+        self._end_child()
+
+    def _end_child(self) -> None:
+        """End the child (between two decodes, or dead), adding what it cost."""
+        proc, self._proc = self._proc, None
+        self._recycle = False
         if proc is None:
             return
         self._record_cost(proc.pid)
@@ -800,13 +853,16 @@ class DecodeWorker:
             proc.stdin.write(json.dumps({"key": key, "path": path}).encode() + b"\n")
             proc.stdin.flush()
         except OSError:
-            self.close()
+            self._end_child()  # died between two decodes: this one goes to the next child
+            self._todo.insert(0, (0, 0, key, path))
+            self._asked[key] = 0
+            self._send_next()
             return
         self._in_flight = key
 
     def _ensure_started(self) -> subprocess.Popen[bytes] | None:
-        if self._proc is None and not self.started:
-            self.started = True
+        if self._proc is None and not self._closed and self.starts < MAX_WORKER_STARTS:
+            self.starts += 1
             argv = [sys.executable, "-m", __name__, WORKER_FLAG, self.cache_dir or ""]
             self._proc = subprocess.Popen(
                 [*argv, *self.debug_roots],
@@ -818,28 +874,43 @@ class DecodeWorker:
             self.pid = self._proc.pid
         return self._proc
 
-    def _read_result(self, stdout: IO[bytes]) -> tuple[str, bytes | None] | None:
-        line = stdout.readline()
-        if not line:
-            self.close()
-            return None
-        header = json.loads(line)
-        size = int(header["size"])
-        data = _read_exactly(stdout, size) if size >= 0 else None
-        key = str(header["key"])
+    def _read_result(self, stdout: IO[bytes]) -> tuple[str, bytes | None]:
+        """The finished decode; the one in flight without a table when the child died in it
+        (killed for its memory, say): that file is not asked again."""
+        key = self._in_flight or ""
         self._in_flight = None
-        return key, data
+        try:
+            line = stdout.readline()
+            header = json.loads(line) if line else None
+            if header is None:
+                raise ValueError("the decoding child ended")
+            size = int(header["size"])
+            data = _read_exactly(stdout, size) if size >= 0 else None
+        except (OSError, ValueError, KeyError, TypeError):
+            self.recycled += 1
+            self._end_child()
+            return key, None
+        self._recycle = bool(header.get("recycle"))
+        return str(header["key"]), data
 
     def _record_cost(self, pid: int) -> None:
         with contextlib.suppress(OSError, ValueError, IndexError):
             with open(f"/proc/{pid}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
             ticks = os.sysconf("SC_CLK_TCK")
-            self.cpu_s = (int(fields[11]) + int(fields[12])) / ticks
+            self.cpu_s += (int(fields[11]) + int(fields[12])) / ticks
             with open(f"/proc/{pid}/status") as fh:
                 for line in fh:
                     if line.startswith("VmHWM:"):
-                        self.peak_rss_kb = int(line.split()[1])
+                        self.peak_rss_kb = max(self.peak_rss_kb, int(line.split()[1]))
+
+
+def _rss_kb(pid: int) -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def _shareable_path(path: str) -> str:
@@ -859,19 +930,41 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
 
 
 def worker_main(argv: Sequence[str]) -> int:
-    """The child's loop: one JSON request a line in, a JSON header line and the table out."""
+    """The child's loop: one JSON request a line in, a JSON header line and the table out.
+    A decode that runs out of the heap cap is answered without a table and ends the child
+    (what it freed is fragmented): the parent starts another for the next request."""
+    _cap_heap(decoder_cap_bytes())
     cache = CfiCache(argv[0] or None, argv[1:])
     # Tables go to the parent, which keeps them: kept here too, they only grew this process.
     cache.memory_rows = 0
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         request = json.loads(line)
-        table = cache.table_for_path(str(request["path"]))
-        data = table.to_bytes() if table is not None else b""
-        header = {"key": request["key"], "size": len(data) if table is not None else -1}
+        header: dict[str, Any] = {"key": request["key"], "size": -1}
+        data = b""
+        try:
+            table = cache.table_for_path(str(request["path"]))
+            if table is not None:
+                data = table.to_bytes()
+                header["size"] = len(data)
+        except MemoryError:
+            header["size"], data = -1, b""
+            header["recycle"] = True
         out.write(json.dumps(header).encode() + b"\n" + data)
         out.flush()
+        if header.get("recycle"):
+            return 0
     return 0
+
+
+def _cap_heap(cap_bytes: int) -> None:
+    """Cap this process's heap (brk and private anonymous mappings) at `cap_bytes`."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    soft = cap_bytes if hard == resource.RLIM_INFINITY else min(cap_bytes, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
 def _elf_or_none(stream: BinaryIO) -> ELFFile | None:
