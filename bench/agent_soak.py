@@ -35,6 +35,8 @@ while :; do /bin/true; ls / >/dev/null; id >/dev/null; uname >/dev/null; done
 SPIN = "while :; do :; done"
 CPU_RATE = 'otlp_ebpf_sampling_rate_hertz{signal="cpu"}'
 SYSCALLS = 'otlp_ebpf_events_total{signal="syscalls"}'
+HELPERS_RSS = "otlp_ebpf_helpers_resident_memory_bytes"
+RING_INTERVALS = 30 + 3 + 1  # the watch's ring at its defaults: window + record-after + 1
 
 
 @dataclass
@@ -144,11 +146,13 @@ def main() -> None:
             helpers.append(helpers_rss_kb(agent.pid))
             t, rss, m = rows[-1]
             print(
-                f"{t:7.0f} s  RSS {rss / 1024:6.1f} MB (helpers {helpers[-1] / 1024:5.1f} MB)  "
+                f"{t:7.0f} s  RSS {rss / 1024:6.1f} MB (helpers {helpers[-1] / 1024:5.1f} MB, "
+                f"metric {m.get(HELPERS_RSS, 0) / 2**20:5.1f} MB)  "
                 f"intervals {m.get('otlp_ebpf_intervals_total', 0):4.0f}  "
                 f"cost {m.get('otlp_ebpf_cost_percent', 0):5.2f}%  "
                 f"cpu rate {m.get(CPU_RATE, 0):5.0f} Hz  "
-                f"syscalls {m.get(SYSCALLS, 0):12,.0f}",
+                f"syscalls {m.get(SYSCALLS, 0):12,.0f}  "
+                f"bursts {m.get('otlp_ebpf_bursts_total', 0):3.0f}",
                 flush=True,
             )
     finally:
@@ -212,6 +216,19 @@ def report(args: argparse.Namespace, rows, counts: Counting, code: int, stop_s: 
     )
     lost = {k: v for k, v in m_e.items() if k.startswith("otlp_ebpf_lost_events_total") and v}
     print(f"events lost: {lost or 'none'}")
+    findings = sum(v for k, v in m_e.items() if k.startswith("otlp_ebpf_findings_total"))
+    print(
+        f"watch: {findings:.0f} findings, {m_e.get('otlp_ebpf_bursts_total', 0):.0f} bursts, "
+        f"{m_e.get('otlp_ebpf_watch_seconds_total', 0):.1f} s of CPU in the inspections"
+    )
+    ring_full = [r for r in rows if r[2].get("otlp_ebpf_intervals_total", 0) >= RING_INTERVALS]
+    if len(ring_full) >= 2 and ring_full[0][0] > t_w:
+        (t_r, rss_r, _), (t_end, rss_end, _) = ring_full[0], ring_full[-1]
+        print(
+            f"RSS once the watch's ring is full ({RING_INTERVALS} intervals, {t_r:.0f} s): "
+            f"{rss_r / 1024:.1f} MB -> {rss_end / 1024:.1f} MB at the end "
+            f"({(rss_end - rss_r) / 1024 / ((t_end - t_r) / 60):+.2f} MB/min)"
+        )
 
 
 if __name__ == "__main__":

@@ -233,6 +233,7 @@ def test_what_the_agent_keeps_between_intervals_stays_bounded_under_churn(
     batches: list[IntervalBatch] = []
     held: list[dict[str, int]] = []
     samplers: list[AgentCpuSignal] = []
+    policies: set[int] = set()
 
     def on_poll(agent: Agent) -> None:
         if not samplers:
@@ -243,6 +244,9 @@ def test_what_the_agent_keeps_between_intervals_stays_bounded_under_churn(
     def deliver(batch: IntervalBatch) -> None:
         batches.append(batch)
         dwarf = samplers[0].dwarf.sampler
+        worker = dwarf.cfi.worker
+        if worker is not None and worker.rss_kb():
+            policies.add(os.sched_getscheduler(worker.pid))
         held.append({**dwarf.held(), "infos": len(dwarf._infos), "live": len(dwarf._processes)})
 
     config = AgentConfig(interval_s=1.0, signals=("cpu",), frequency_hz=199, budget_pct=None)
@@ -261,6 +265,7 @@ def test_what_the_agent_keeps_between_intervals_stays_bounded_under_churn(
         assert figures["processes_with_rows"] == 0, held  # their rows were handed over
         assert figures["infos"] <= figures["live"], held
     assert any(b.helpers_rss_kb > 0 for b in batches)  # the decoder, counted apart
+    assert policies == {os.SCHED_IDLE}  # decoding with CPU the workload does not want
     assert all(b.cpu_s > 0 for b in batches)
 
 

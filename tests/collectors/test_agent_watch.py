@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -178,6 +179,39 @@ def test_the_ring_is_bounded_by_count_and_by_bytes() -> None:
     assert len(small) == 3 and small.bytes <= 3 * one
     entries, before = small.last(2)
     assert [e.seq for e in entries] == [11, 12] and before is not None and before.seq == 10
+
+
+def test_the_base_keeps_no_row_of_a_process_that_is_gone() -> None:
+    """On a churning host every interval brings rows of processes that exited: none of them
+    has a later row to take a difference from, so none stays in the base (a live process's
+    rows and the rows folded by name do)."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    churned = []
+    for _ in range(40):
+        child = subprocess.Popen(["true"])
+        child.wait()
+        churned.append(child.pid)
+    live = os.getpid()
+    ring = IntervalRing(3, max_bytes=10**9)
+    for seq in range(1, 40):
+        stats = [
+            SyscallStat(pid, comm, "read", seq, 0, {}, 0, 0, 0, 0, 0, (seq,))
+            for pid, comm in ((live, "me"), (0, "ls"), (churned[seq], "ls"))
+        ]
+        if seq == 30:  # a process that is gone, with a later row still in the ring
+            stats.append(SyscallStat(gone.pid, "true", "read", 1, 0, {}, 0, 0, 0, 0, 0, (1,)))
+        if seq == 31:
+            stats.append(SyscallStat(gone.pid, "true", "read", 2, 0, {}, 0, 0, 0, 0, 0, (2,)))
+        section = SyscallsSnapshot("", 0.0, "host", syscalls=tuple(stats))
+        batch = IntervalBatch(
+            seq=seq, t_s=float(seq), duration_s=1.0, sections={"syscalls": section}, events={},
+            lost={}, bpf_ns=0, cpu_s=0.0, rss_kb=0, cost_pct=0.0, rates={},
+        )  # fmt: skip
+        ring.push(entry_of(batch, [], 99))
+        if seq == 33:  # the row of interval 30 left the ring; the one of 31 is still in it
+            assert (gone.pid, "true", "read") in ring.base
+    assert set(ring.base) == {(live, "me", "read"), (0, "ls", "read")}
 
 
 def test_the_newest_interval_is_kept_even_over_the_byte_cap() -> None:
@@ -397,3 +431,22 @@ def test_a_reconfigured_watch_keeps_its_ring_and_writes_an_announced_recording_w
     run_watch(watch, workload, 6)
     assert os.listdir(tmp_path / "old") == [os.path.basename(events[0].recording)]
     assert os.listdir(tmp_path / "new") == []  # the storm is one episode: nothing new
+
+
+def test_the_inspections_keep_to_a_share_of_the_budget() -> None:
+    from otlp_ebpf.collectors.agent_watch import inspection_stride
+
+    governor = Governor(1.0, CostMeter(lambda: 0, lambda: []), [])
+    # 1% of a core over 10 s intervals, a quarter of it for the watch: 25 ms an interval
+    assert inspection_stride(0.020, governor, 10.0, 30) == 1
+    assert inspection_stride(0.060, governor, 10.0, 30) == 3
+    assert inspection_stride(5.0, governor, 10.0, 30) == 10  # a third of the window at most
+    assert inspection_stride(5.0, None, 10.0, 30) == 1  # no budget: every interval
+    # A tight budget: inspected every few intervals, and a storm is still found, once.
+    watch = Watch(WatchConfig(window=20), INTERVAL)
+    events = run_watch(watch, Workload(storm=(16, 26)), 40, governor)
+    assert watch.stride > 1 and watch.skipped > 0
+    assert [e.kind for e in events].count("syscall_errors") == 1
+    every = Watch(WatchConfig(window=20), INTERVAL)
+    run_watch(every, Workload(storm=(16, 26)), 40)
+    assert every.skipped == 0 and every.counts.analysis_s > watch.counts.analysis_s

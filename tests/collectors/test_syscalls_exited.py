@@ -40,3 +40,14 @@ def test_a_pid_used_again_adds_to_its_rows():
     exited.add(10, proc("ls", 5))
     exited.add(10, proc("ls", 6))
     assert dict(exited.entries())[10].rows[0].count == 11
+
+
+def test_processes_no_interval_showed_fold_by_name_at_once():
+    """The agent's rule: only a process an interval already showed keeps its pid at exit."""
+    shown = {10}
+    exited = ExitedProcesses(keep=64, keep_pid=shown.__contains__)
+    exited.add(10, proc("server", 5))
+    for n in range(100, 400):
+        exited.add(n, proc("ls", 1))
+    assert [pid for pid, _ in exited.entries()] == [10, 0]
+    assert {p.comm: p.rows[0].count for _, p in exited.entries()} == {"server": 5, "ls": 300}

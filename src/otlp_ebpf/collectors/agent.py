@@ -267,6 +267,8 @@ class Agent:
         counts = {(s.pid, s.comm, s.name): s.count for s in rows}
         moved = [s for s in rows if self._sent_counts.get((s.pid, s.comm, s.name)) != s.count]
         self._sent_counts = counts
+        signal.shown.clear()  # the set the collector's ExitedProcesses reads
+        signal.shown.update(pid for pid, _, _ in counts if pid)
         section = build_snapshot(collector, self.clock, "running", moved)
         return signal._without_probe_calls(section)
 

@@ -47,6 +47,9 @@ class AgentCpuSignal(CpuSignal):
 
         assert isinstance(self.sampler, CpuDwarfSampler)  # the agent's config always gives it
         self.dwarf = self.sampler
+        worker = self.dwarf.sampler.cfi.worker
+        if worker is not None:  # tables decoded with CPU the workload does not want
+            worker.idle = True
         self.interval: list[StackCount] = []
         self.infos: dict[int, ProcessInfo] = {}
 
@@ -58,16 +61,19 @@ class AgentCpuSignal(CpuSignal):
 
 
 class AgentSyscallsSignal(SyscallsSignal):
-    """Syscall rows, read by the agent once per tick. Fewer exited processes keep
-    their pid than in `syscalls`: each interval reads and compares every kept row, and on a
-    churning host most of them belong to processes that lived a moment (those are folded per
-    command name, as `syscalls` folds its oldest)."""
+    """Syscall rows, read by the agent once per tick. An exited process keeps its pid only
+    if an interval already showed it (`shown`, the agent's to update), and then only the
+    EXITED_KEPT_BY_PID most recent: a process that lived within one interval is folded per
+    command name at once, as `syscalls` folds its oldest. On a churning host those are
+    nearly all of them, and each one kept by pid would cost a row per syscall in every
+    interval's export and in the watch's ring."""
 
     def __init__(self, config: RecordConfig, targets: base.Targets) -> None:
         from otlp_ebpf.collectors.syscalls import ExitedProcesses
 
         super().__init__(config, targets)
-        self.collector.exited = ExitedProcesses(keep=EXITED_KEPT_BY_PID)
+        self.shown: set[int] = set()
+        self.collector.exited = ExitedProcesses(EXITED_KEPT_BY_PID, self.shown.__contains__)
 
 
 class AgentNetSignal(NetSignal):

@@ -18,6 +18,7 @@ change of rate is not taken for a change of the workload.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -41,6 +42,7 @@ from otlp_ebpf.collectors.agent_burst import (
     Burst,
 )
 from otlp_ebpf.collectors.agent_recordings import DEFAULT_RECORDINGS_MAX_MB, RecordingsDir
+from otlp_ebpf.collectors.base import process_alive
 from otlp_ebpf.collectors.budget import PeriodController
 from otlp_ebpf.collectors.record import TOP_FUNCTIONS, top_with_other
 from otlp_ebpf.errors import OtlpEbpfError
@@ -70,6 +72,8 @@ MIN_ROWS = DetectorSettings.baseline_min_rows + DetectorSettings.min_rows
 # Cumulative syscall rows of intervals that left the ring, kept to take differences from:
 # bounded like the agent's other per-process state on a churning host.
 MAX_BASE_ROWS = 65536
+STAT_BYTES = 800  # a cumulative syscall row with its latency histogram, measured
+WATCH_SHARE = 0.25  # of the budget: what the inspections may cost on average
 SyscallKey = tuple[int, str, str]
 
 
@@ -170,7 +174,7 @@ def _size_of(
     ticks: Sequence[SyscallTick] | None,
 ) -> int:
     """A cheap estimate of what an entry holds (frames are shared strings, mostly)."""
-    size = 512 + 150 * len(stats) + 100 * len(functions) + 100 * len(ticks or ())
+    size = 512 + STAT_BYTES * len(stats) + 100 * len(functions) + 100 * len(ticks or ())
     if cpu is not None:
         size += sum(120 + 8 * len(s.frames) for s in cpu.stacks)
     return size
@@ -187,6 +191,7 @@ class IntervalRing:
         self.dropped = 0
         # The cumulative syscall rows as of the start of the oldest entry.
         self.base: dict[SyscallKey, SyscallStat] = {}
+        self._in_ring: dict[SyscallKey, int] = {}  # rows of each series in the entries
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -194,6 +199,8 @@ class IntervalRing:
     def push(self, entry: RingEntry) -> None:
         self.entries.append(entry)
         self.bytes += entry.size
+        for stat in entry.stats:
+            self._count((stat.pid, stat.comm, stat.name), 1)
         while len(self.entries) > self.max_intervals or (
             self.bytes > self.max_bytes and len(self.entries) > 1
         ):
@@ -209,12 +216,26 @@ class IntervalRing:
         old = self.entries.popleft()
         self.bytes -= old.size
         self.dropped += 1
+        alive: dict[int, bool] = {0: True}  # pid 0: the rows folded by name go on moving
         for stat in old.stats:
             key = (stat.pid, stat.comm, stat.name)
+            self._count(key, -1)
             self.base.pop(key, None)  # re-inserted last: the dict's order is its age
-            self.base[key] = stat
+            # A row is the base of the next row of its series: one of a process that is gone
+            # is kept only while a later row of it is still in the ring.
+            if stat.pid not in alive:
+                alive[stat.pid] = process_alive(stat.pid)
+            if alive[stat.pid] or key in self._in_ring:
+                self.base[key] = stat
         while len(self.base) > MAX_BASE_ROWS:
             del self.base[next(iter(self.base))]
+
+    def _count(self, key: SyscallKey, change: int) -> None:
+        left = self._in_ring.get(key, 0) + change
+        if left > 0:
+            self._in_ring[key] = left
+        else:
+            self._in_ring.pop(key, None)
 
     def last(self, n: int) -> tuple[list[RingEntry], RingEntry | None]:
         """The newest `n` entries, oldest first, and the one before them (None: none)."""
@@ -429,6 +450,21 @@ class _Overlay(Mapping[SyscallKey, SyscallStat]):
         return len(set(self.first) | set(self.second))
 
 
+def inspection_stride(
+    spent_s: float, governor: Governor | None, interval_s: float, window: int
+) -> int:
+    """Every how many intervals to inspect so that the inspections take at most
+    WATCH_SHARE of the budget on average (1: every interval; without a budget, always 1).
+    The inspections' cost grows with the series in the window (a churning host brings
+    hundreds of processes) and no sampling rate lowers it; inspecting every few intervals
+    instead of each one delays a finding by as many intervals, at most a third of the
+    window (the fault is still in it)."""
+    if governor is None or not governor.budget_pct or interval_s <= 0:
+        return 1
+    allowed_s = governor.budget_pct / 100 * interval_s * WATCH_SHARE
+    return max(1, min(math.ceil(spent_s / allowed_s), max(1, window // 3)))
+
+
 @dataclass
 class PendingRecording:
     path: str
@@ -454,6 +490,9 @@ class Watch:
         self.pending: PendingRecording | None = None
         self.counts = WatchCounts()
         self._sampled_before = False
+        self.stride = 1  # inspect every `stride` intervals (the budget's share, see below)
+        self.skipped = 0  # intervals not inspected to keep under it
+        self._next_inspection = 0
 
     def reconfigure(
         self, config: WatchConfig, recordings: RecordingsDir | None, governor: Governor | None
@@ -486,15 +525,34 @@ class Watch:
             console.status("agent: burst over, sampling under --budget again")
         events: list[FindingEvent] = []
         if len(self.ring) > MIN_ROWS and self.config.window > 0:
-            try:
-                events = self._inspect(batch, governor, requested_hz, started_wall)
-            except Exception as exc:  # collection and export go on without the watch's word
-                self.counts.analysis_errors += 1
-                if self.counts.analysis_errors == 1:
-                    console.warn(f"agent: the watch could not inspect interval {batch.seq}: {exc}")
+            if batch.seq >= self._next_inspection:
+                events = self._inspect_guarded(batch, governor, requested_hz, started_wall)
+            else:
+                self.skipped += 1
         if self.pending is not None and (batch.seq >= self.pending.due_seq or batch.final):
             self._write(self.pending, requested_hz, started_wall, batch)
             self.pending = None
+        return events
+
+    def _inspect_guarded(
+        self,
+        batch: IntervalBatch,
+        governor: Governor | None,
+        requested_hz: int,
+        started_wall: datetime,
+    ) -> list[FindingEvent]:
+        """Inspect now and set when next (under a budget, maybe not every interval)."""
+        events: list[FindingEvent] = []
+        try:
+            events = self._inspect(batch, governor, requested_hz, started_wall)
+        except Exception as exc:  # collection and export go on without the watch's word
+            self.counts.analysis_errors += 1
+            if self.counts.analysis_errors == 1:
+                console.warn(f"agent: the watch could not inspect interval {batch.seq}: {exc}")
+        self.stride = inspection_stride(
+            self.counts.last_analysis_s, governor, self.interval_s, self.config.window
+        )
+        self._next_inspection = batch.seq + self.stride
         return events
 
     def _spec(

@@ -225,8 +225,11 @@ class ExitedProcesses:
     recent processes keep their pid; older ones fold into one row set per name, shown with
     pid 0, so memory stays bounded however many processes come and go."""
 
-    def __init__(self, keep: int = EXITED_KEPT) -> None:
+    def __init__(self, keep: int = EXITED_KEPT, keep_pid: Callable[[int], bool] | None = None):
+        """`keep_pid`: which exited processes may keep their pid at all (None: any); the
+        others are folded by name at once."""
         self.keep = keep
+        self.keep_pid = keep_pid
         self.by_pid: OrderedDict[int, _Process] = OrderedDict()
         self.folded: dict[str, _Process] = {}
         self.processes = 0
@@ -237,10 +240,15 @@ class ExitedProcesses:
         if known is not None:  # the pid was used again within the run
             known.merge(proc)
             return
+        if self.keep_pid is not None and not self.keep_pid(pid):
+            self._fold(proc)
+            return
         self.by_pid[pid] = proc
         while len(self.by_pid) > self.keep:
-            _, oldest = self.by_pid.popitem(last=False)
-            self.folded.setdefault(oldest.comm, _Process(oldest.comm)).merge(oldest)
+            self._fold(self.by_pid.popitem(last=False)[1])
+
+    def _fold(self, proc: _Process) -> None:
+        self.folded.setdefault(proc.comm, _Process(proc.comm)).merge(proc)
 
     def entries(self) -> Iterator[tuple[int, _Process]]:
         yield from self.by_pid.items()

@@ -456,6 +456,7 @@ DECODER_MAX_MB_DEFAULT = 768
 DECODER_MAX_MB_ENV = "OTLP_EBPF_DECODER_MAX_MB"
 RECYCLE_RSS_KB = 256 * 1024
 MAX_WORKER_STARTS = 64  # a child that keeps dying is not started again past this
+DECODER_IDLE_ENV = "OTLP_EBPF_DECODER_IDLE"  # set for the child by DecodeWorker.idle
 
 
 def decoder_cap_bytes() -> int:
@@ -759,6 +760,10 @@ class DecodeWorker:
         self.recycled = 0  # children replaced for their memory (or a decode that died)
         self.pid = 0  # the child's pid once started (the profile leaves it out)
         self.recycle_rss_kb = RECYCLE_RSS_KB
+        # Decode with idle CPU only (SCHED_IDLE): for a long run held to a budget, where a
+        # binary of tens of MB (a minute of CPU to decode) must not take the workload's CPU;
+        # its tables come later on a busy host. Off for short runs, which need them now.
+        self.idle = False
         self._closed = False
         self._recycle = False  # the child asked to be replaced (out of its heap cap)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -870,6 +875,7 @@ class DecodeWorker:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 close_fds=True,
+                env={**os.environ, DECODER_IDLE_ENV: "1"} if self.idle else None,
             )
             self.pid = self._proc.pid
         return self._proc
@@ -934,6 +940,7 @@ def worker_main(argv: Sequence[str]) -> int:
     A decode that runs out of the heap cap is answered without a table and ends the child
     (what it freed is fragmented): the parent starts another for the next request."""
     _cap_heap(decoder_cap_bytes())
+    _yield_cpu()
     cache = CfiCache(argv[0] or None, argv[1:])
     # Tables go to the parent, which keeps them: kept here too, they only grew this process.
     cache.memory_rows = 0
@@ -955,6 +962,15 @@ def worker_main(argv: Sequence[str]) -> int:
         if header.get("recycle"):
             return 0
     return 0
+
+
+def _yield_cpu() -> None:
+    """With DECODER_IDLE_ENV set (`DecodeWorker.idle`), decode only with CPU time nothing
+    else wants (SCHED_IDLE)."""
+    if os.environ.get(DECODER_IDLE_ENV) != "1":
+        return
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def _cap_heap(cap_bytes: int) -> None:
