@@ -2,11 +2,16 @@
 """Python frames against py-spy (PyPI), on every installed CPython, in one session.
 
 Accuracy: a workload spends thread CPU time in three Python functions per round, `a` 2 ms,
-`b` 1 ms and `c` 1 ms inside a C extension (zlib), until it has spent `--cpu-s` seconds. One
+`b` 1 ms and `c` 1 ms inside a C extension (zlib), on average (each call lasts a random time,
+so that no period of the workload can alias with a sampler's), until it has spent `--cpu-s`
+seconds, and measures the truth itself: the thread CPU time spent in each function. One
 process is profiled by both at once, `otlp-ebpf cpu -p` and `py-spy record -p` at the same
-rate, attached before it starts its work: both see the same execution. For each function the
-share of samples whose stack holds it is printed for both, with the relative difference
-(goal: within 10%), and whether the caller -> callee chains agree.
+rate (`--rate`, 499 Hz: ~10,000 samples in 20 s, so that a 23% share holds ~2,300 and its
+standard error is ~2% relative), attached before it starts its work: both see the same
+execution. For each function, the share of samples whose stack holds it is printed for the
+truth and both profilers, each profiler's relative difference from the truth, and ours from
+py-spy's (goal: within 10%), each with its standard error (binomial: an upper bound for
+evenly spaced samples), and whether the caller -> callee chains agree.
 
 The two do not count the same thing: otlp-ebpf samples CPU time (a CPU-clock perf event),
 py-spy wall time (every sample of a thread that is not idle, including the time a runnable
@@ -15,13 +20,16 @@ the thread runs next. So the workload runs under a real-time policy (`chrt -f 1`
 a machine whose other load is normal-priority: it is never waiting for a CPU (but for the
 kernel's reserve for normal tasks, 5% of each second), its wall time is its CPU time, and
 both count the same (`--no-rt` runs it as a normal process, as the first figures were taken).
+py-spy runs `--nonblocking`: in its default mode it stops the target at each sample and
+counts the stopped time too, which does not fall evenly on the functions (measured: 8-34%
+more samples in `c` than its CPU time; `--py-spy-blocking` compares with that mode).
 
 Overhead: a fixed amount of pure-Python work (so a slower run shows as a longer one) timed by
 the workload itself, unprofiled, under otlp-ebpf and under py-spy at 99 Hz, in interleaved
 rounds, each run under the same real-time policy (so the machine's other load does not time
 it); the medians are printed as ratios against the unprofiled median.
 
-Run as root: `.venv/bin/python bench/python.py [--versions 3.11,3.12] [--rounds 3]`.
+Run as root: `.venv/bin/python bench/python.py [--versions 3.11,3.12] [--runs 2] [--rounds 3]`.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -38,6 +47,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
@@ -47,48 +57,71 @@ CLI = [sys.executable, "-m", "otlp_ebpf", "-q"]
 FUNCTIONS = ("a", "b", "c", "spin")
 # The workload's scheduling (see the module doc); empty with --no-rt.
 RT: list[str] = ["chrt", "-f", "1"] if shutil.which("chrt") else []
+# py-spy's mode in the accuracy runs: reading the target without stopping it (see the module
+# doc); --py-spy-blocking gives its default, which stops the target at each sample.
+SPY_OPTIONS: list[str] = ["--nonblocking"]
 
 ACCURACY_APP = """\
+import json
 import os
+import random
 import sys
 import time
 import zlib
 
 DATA = bytes(range(256)) * 512
+# Thread CPU time spent in each function (the truth the profiles are compared with).
+SPENT = {"a": 0.0, "b": 0.0, "c": 0.0, "spin": 0.0}
 
 
-def spin(ms):
-    end = time.thread_time() + ms / 1000.0
-    while time.thread_time() < end:
-        pass
+def spin(s):
+    start = now = time.thread_time()
+    end = start + s
+    while now < end:
+        now = time.thread_time()
+    SPENT["spin"] += now - start
 
 
-def a():
-    spin(2)
+def a(s):
+    spin(s)
 
 
-def b():
-    spin(1)
+def b(s):
+    spin(s)
 
 
-def c():
-    end = time.thread_time() + 0.001
+def c(s):
+    end = time.thread_time() + s
     while time.thread_time() < end:
         zlib.compress(DATA, 9)
 
 
 def main(cpu_s):
-    stop = time.thread_time() + cpu_s
-    while time.thread_time() < stop:
-        a()
-        b()
-        c()
+    # Each call lasts a random time (mean: a 2 ms, b and c 1 ms), so that a round is no
+    # period a sampler's own period could alias with.
+    rng = random.Random(17)
+    clock = time.thread_time
+    stop = clock() + cpu_s
+    t0 = clock()
+    while t0 < stop:
+        a(rng.uniform(0.001, 0.003))
+        t1 = clock()
+        b(rng.uniform(0.0005, 0.0015))
+        t2 = clock()
+        c(rng.uniform(0.0005, 0.0015))
+        t3 = clock()
+        SPENT["a"] += t1 - t0
+        SPENT["b"] += t2 - t1
+        SPENT["c"] += t3 - t2
+        t0 = clock()
 
 
 # Both profilers attach first: the work starts once the file argv[2] exists.
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.01)
 main(float(sys.argv[1]))
+with open(sys.argv[3], "w") as out:
+    json.dump(SPENT, out)
 """
 
 OVERHEAD_APP = """\
@@ -118,22 +151,46 @@ def interpreters(wanted: list[str] | None) -> dict[str, str]:
     return found
 
 
-def both_shares(
-    python: str, app: Path, cpu_s: str, tmp: Path
-) -> tuple[tuple[Counter[str], int], tuple[Counter[str], int]]:
+@dataclass
+class Profile:
+    """Samples per workload function (stacks holding it) and per caller -> callee chain, over
+    the `total` samples that hold any workload function; for the truth, CPU seconds."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    total: float = 0
+    exact: bool = False  # a measured time, not a count of samples
+
+    def share(self, function: str) -> float:
+        return self.counts[function] / self.total if self.total else 0.0
+
+    def add(self, other: Profile) -> None:
+        self.counts.update(other.counts)
+        self.total += other.total
+
+
+@dataclass
+class Run:
+    ours: Profile
+    spy: Profile
+    truth: Profile
+    notes: str
+
+
+def one_run(python: str, app: Path, cpu_s: str, rate: int, tmp: Path) -> Run:
     """Run the workload once, profiled by otlp-ebpf and py-spy at the same time."""
     go = tmp / "go"
     go.unlink(missing_ok=True)
-    ours_out, spy_out = tmp / "ours.json", tmp / "spy.txt"
-    target = subprocess.Popen([*RT, python, str(app), cpu_s, str(go)])
+    ours_out, spy_out, truth_out = tmp / "ours.json", tmp / "spy.txt", tmp / "truth.json"
+    target = subprocess.Popen([*RT, python, str(app), cpu_s, str(go), str(truth_out)])
     try:
         ours = subprocess.Popen(
-            [*CLI[:-1], "cpu", "-F", "99", "-p", str(target.pid), "-o", str(ours_out)],
+            [*CLI[:-1], "cpu", "-F", str(rate), "-p", str(target.pid), "-o", str(ours_out)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
-        spy_argv = [PY_SPY, "record", "-r", "99", "-f", "raw", "-p", str(target.pid)]
+        spy_argv = [PY_SPY, "record", *SPY_OPTIONS, "-r", str(rate), "-f", "raw"]
+        spy_argv += ["-p", str(target.pid)]
         spy = subprocess.Popen(
             [*spy_argv, "-o", str(spy_out)],
             stdout=subprocess.DEVNULL,
@@ -148,8 +205,10 @@ def both_shares(
             raise RuntimeError("py-spy ended before the work began")
         go.touch()
         target.wait()
-        for proc in (ours, spy):
-            proc.communicate(timeout=120)
+        assert ours.stderr is not None
+        ours_err = ours.stderr.read()  # its last lines: the run's account
+        ours.wait(timeout=120)
+        spy.communicate(timeout=120)
     finally:
         target.kill()
         target.wait()
@@ -159,9 +218,14 @@ def both_shares(
     for line in spy_out.read_text().splitlines():
         frames, _, count = line.rpartition(" ")
         spy_stacks.append((frames.split(";"), int(count)))
-    return (
+    spent = json.loads(truth_out.read_text())
+    truth = Profile(Counter(spent), spent["a"] + spent["b"] + spent["c"], exact=True)
+    lost = [line.strip() for line in ours_err.splitlines() if "lost" in line]
+    return Run(
         _shares(ours_stacks, re.compile(r"^app\.(\w+) \(")),
         _shares(spy_stacks, re.compile(r"^(\w+) \(app\.py:")),
+        truth,
+        "; ".join(lost[-1:]),
     )
 
 
@@ -178,49 +242,68 @@ def _wait_for_line(proc: subprocess.Popen[str], text: str) -> None:
     raise RuntimeError(f"profiler did not say {text!r}")
 
 
-def _shares(
-    stacks: list[tuple[list[str], int]], pattern: re.Pattern[str]
-) -> tuple[Counter[str], int]:
-    """Samples per workload function (stacks holding it) and per chain, over the samples
-    that hold any workload function."""
-    per_function: Counter[str] = Counter()
-    total = 0
+def _shares(stacks: list[tuple[list[str], int]], pattern: re.Pattern[str]) -> Profile:
+    profile = Profile()
     for frames, count in stacks:
         names = [m.group(1) for f in frames if (m := pattern.match(f))]
         if not any(n in FUNCTIONS for n in names):
             continue
-        total += count
-        per_function["chain " + " > ".join(names)] += count
+        profile.total += count
+        profile.counts["chain " + " > ".join(names)] += count
         for name in set(names) & set(FUNCTIONS):
-            per_function[name] += count
-    return per_function, total
+            profile.counts[name] += count
+    return profile
 
 
-def accuracy(name: str, python: str, app: Path, cpu_s: str, tmp: Path) -> bool:
-    (ours, ours_total), (spy, spy_total) = both_shares(python, app, cpu_s, tmp)
-    ok = bool(ours_total and spy_total)
-    print(f"\n{name}: {ours_total} samples (otlp-ebpf), {spy_total} (py-spy)")
+def relative(p: Profile, q: Profile, function: str) -> tuple[float, float]:
+    """p's share of `function` relative to q's, minus one, and its standard error (shares
+    of samples are binomial; the truth, a measured time, has none)."""
+    x, y = p.share(function), q.share(function)
+    if not x or not y:
+        return float("inf"), 0.0
+    var = sum((1 - s) / (s * prof.total) for s, prof in ((x, p), (y, q)) if not prof.exact)
+    return x / y - 1, x / y * math.sqrt(var)
+
+
+def report(name: str, runs: list[Run]) -> bool:
+    """Print one version's comparison (over all its runs, pooled); true when every share of
+    ours is within 10% of py-spy's and the chains agree."""
+    ours, spy, truth = Profile(), Profile(), Profile(exact=True)
+    for run in runs:
+        ours.add(run.ours)
+        spy.add(run.spy)
+        truth.add(run.truth)
+    ok = bool(ours.total and spy.total)
+    print(
+        f"\n{name}: {ours.total} samples (otlp-ebpf), {spy.total} (py-spy), "
+        f"{truth.total:.1f} s of CPU in the functions, {len(runs)} run(s)"
+        + "".join(f"\n  otlp-ebpf: {run.notes}" for run in runs if run.notes)
+    )
+    print(
+        "  function  truth   otlp-ebpf (vs truth)      py-spy (vs truth)         "
+        "otlp-ebpf vs py-spy"
+    )
     for function in FUNCTIONS:
-        a = ours[function] / ours_total if ours_total else 0.0
-        b = spy[function] / spy_total if spy_total else 0.0
-        rel = abs(a - b) / b if b else float("inf")
-        ok &= rel <= 0.10
-        verdict = "ok" if rel <= 0.10 else "MISSED"
-        print(f"  {function:<5} otlp-ebpf {a:6.1%}  py-spy {b:6.1%}  diff {rel:6.1%}  {verdict}")
-    # The known truth: a spins twice b's CPU time per round.
-    ratios = [
-        f"{c[name_a] / c[name_b]:.2f}" if c[name_b] else "-"
-        for c in (ours, spy)
-        for name_a, name_b in (("a", "b"),)
-    ]
-    print(f"  a / b (2.00 in CPU time): otlp-ebpf {ratios[0]}, py-spy {ratios[1]}")
-    chains_ours = {k for k, v in ours.items() if k.startswith("chain ") and v >= 0.05 * ours_total}
-    chains_spy = {k for k, v in spy.items() if k.startswith("chain ") and v >= 0.05 * spy_total}
+        vs_spy, se = relative(ours, spy, function)
+        cells = [f"  {function:<8}{truth.share(function):6.1%}"]
+        for prof in (ours, spy):
+            rel, rel_se = relative(prof, truth, function)
+            cells.append(f"  {prof.share(function):6.1%} ({rel:+6.1%} ± {rel_se:4.1%})")
+        within = abs(vs_spy) <= 0.10
+        ok &= within
+        cells.append(f"    {vs_spy:+6.1%} ± {se:4.1%}  {'ok' if within else 'MISSED'}")
+        print("".join(cells))
+    chains_ours = {
+        k for k, v in ours.counts.items() if k.startswith("chain ") and v >= 0.05 * ours.total
+    }
+    chains_spy = {
+        k for k, v in spy.counts.items() if k.startswith("chain ") and v >= 0.05 * spy.total
+    }
     same = chains_ours == chains_spy
     ok &= same
     print(f"  chains holding >= 5% of samples: {'same' if same else 'DIFFERENT'}")
     for chain in sorted(chains_ours | chains_spy):
-        print(f"    {chain[6:]}: {ours[chain]} / {spy[chain]}")
+        print(f"    {chain[6:]}: {ours.counts[chain]} / {spy.counts[chain]}")
     return ok
 
 
@@ -269,13 +352,25 @@ def overhead(python: str, app: Path, rounds: int, tmp: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--versions", help="comma-separated 3.X list (default: all installed)")
-    parser.add_argument("--cpu-s", default="15", help="CPU seconds of the accuracy workload")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cpu-s", default="20", help="CPU seconds of the accuracy workload")
+    parser.add_argument(
+        "--rate", type=int, default=499, help="samples per second of both, for accuracy"
+    )
+    parser.add_argument(
+        "--py-spy-blocking",
+        action="store_true",
+        help="accuracy against py-spy's default mode, which stops the target at each sample",
+    )
+    parser.add_argument("--runs", type=int, default=1, help="accuracy runs per version, pooled")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the overhead runs")
     parser.add_argument("--overhead-only", action="store_true")
+    parser.add_argument("--accuracy-only", action="store_true")
     parser.add_argument("--no-rt", action="store_true", help="run the workload as a normal task")
     args = parser.parse_args()
     if args.no_rt:
         RT.clear()
+    if args.py_spy_blocking:
+        SPY_OPTIONS.clear()
     if os.geteuid() != 0:
         print("bench/python.py needs root (BPF, ptrace)", file=sys.stderr)
         return 3
@@ -289,12 +384,20 @@ def main() -> int:
         app.write_text(ACCURACY_APP)
         busy = tmp / "busy.py"
         busy.write_text(OVERHEAD_APP)
+        print(f"load average at the start: {os.getloadavg()[0]:.2f}")
         results = {}
         if not args.overhead_only:
-            results = {name: accuracy(name, p, app, args.cpu_s, tmp) for name, p in found.items()}
-        overhead(
-            found.get("3.11 (system, static)", next(iter(found.values()))), busy, args.rounds, tmp
-        )
+            for name, python in found.items():
+                runs = [one_run(python, app, args.cpu_s, args.rate, tmp) for _ in range(args.runs)]
+                results[name] = report(name, runs)
+        if not args.accuracy_only:
+            overhead(
+                found.get("3.11 (system, static)", next(iter(found.values()))),
+                busy,
+                args.rounds,
+                tmp,
+            )
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     print(
         "\naccuracy within 10% of py-spy:",
         ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in results.items()),
