@@ -220,12 +220,15 @@ def one_run(python: str, app: Path, cpu_s: str, rate: int, tmp: Path) -> Run:
         spy_stacks.append((frames.split(";"), int(count)))
     spent = json.loads(truth_out.read_text())
     truth = Profile(Counter(spent), spent["a"] + spent["b"] + spent["c"], exact=True)
-    lost = [line.strip() for line in ours_err.splitlines() if "lost" in line]
+    # The run's account (samples, losses) and its Python note (walks that failed, if any).
+    account = [
+        line.strip() for line in ours_err.splitlines() if "lost" in line or "python:" in line
+    ]
     return Run(
         _shares(ours_stacks, re.compile(r"^app\.(\w+) \(")),
         _shares(spy_stacks, re.compile(r"^(\w+) \(app\.py:")),
         truth,
-        "; ".join(lost[-1:]),
+        "; ".join(account),
     )
 
 
