@@ -28,40 +28,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import CLI, build, env_with_src
+from _util import CLI, ROOT, build, env_with_src
+
+sys.path.insert(0, str(ROOT))
+from tests.workloads import TWO_BUSY
 
 DURATION_S = 20.0
 STEADY_FROM_S = 3.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-WORKLOAD = r"""
-#include <stdlib.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
-static double clock_s(clockid_t id) {
-    struct timespec t; clock_gettime(id, &t); return t.tv_sec + t.tv_nsec / 1e9;
-}
-/* Slices of the process's own CPU time: the split holds however often it is preempted. */
-static double cpu(void) { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
-static double now(void) { return clock_s(CLOCK_MONOTONIC); }
-__attribute__((noinline)) void alpha(double s) {
-    volatile double x = 0; double e = cpu() + s;
-    while (cpu() < e) for (int i = 0; i < 1000; i++) x += i;
-}
-__attribute__((noinline)) void beta(double s) {
-    volatile double x = 0; double e = cpu() + s;
-    while (cpu() < e) for (int i = 0; i < 1000; i++) x += i;
-}
-int main(int argc, char **argv) {
-    double secs = argc > 1 ? atof(argv[1]) : 20;
-    pid_t child = fork();
-    double end = now() + secs;
-    while (now() < end) { alpha(0.02); beta(0.01); }
-    if (child) waitpid(child, 0, 0);
-    return 0;
-}
-"""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -165,7 +139,7 @@ def alpha_share(doc: dict) -> float:
 
 
 def main() -> None:
-    workload = build(WORKLOAD, "workload", "-O1", "-g")
+    workload = build(TWO_BUSY, "workload", "-O1", "-g")
     with tempfile.TemporaryDirectory() as tmp:
         exact_cost, exact = run(workload, Path(tmp) / "exact.json")
         budget_cost, budgeted = run(workload, Path(tmp) / "budget.json", "--budget", "1")

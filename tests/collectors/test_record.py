@@ -20,6 +20,7 @@ from otlp_ebpf.cli.app import run
 from tests.browser import chart_points, dump_dom, table_rows
 from tests.collectors.test_syscalls import sparsest_period
 from tests.conftest import build_c
+from tests.workloads import TWO_BUSY
 
 pytestmark = pytest.mark.bpf
 
@@ -336,37 +337,6 @@ def test_ctrl_c_writes_everything_recorded_so_far(tmp_path, changing):
         == getppid
     )
     assert "timeline rows" in err.strip().splitlines()[-1]
-
-
-# Two processes keep both cores busy, each 2/3 of its CPU time in alpha() and 1/3 in beta().
-TWO_BUSY = r"""
-#include <stdlib.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
-static double clock_s(clockid_t id) {
-    struct timespec t; clock_gettime(id, &t); return t.tv_sec + t.tv_nsec / 1e9;
-}
-/* Slices of the process's own CPU time: the split holds however often it is preempted. */
-static double cpu(void) { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
-static double now(void) { return clock_s(CLOCK_MONOTONIC); }
-__attribute__((noinline)) void alpha(double s) {
-    volatile double x = 0; double e = cpu() + s;
-    while (cpu() < e) for (int i = 0; i < 1000; i++) x += i;
-}
-__attribute__((noinline)) void beta(double s) {
-    volatile double x = 0; double e = cpu() + s;
-    while (cpu() < e) for (int i = 0; i < 1000; i++) x += i;
-}
-int main(int argc, char **argv) {
-    double secs = atof(argv[1]);
-    pid_t child = fork();
-    double end = now() + secs;
-    while (now() < end) { alpha(0.02); beta(0.01); }
-    if (child) waitpid(child, 0, 0);
-    return 0;
-}
-"""
 
 
 def test_budget_lowers_the_sampling_rate_and_keeps_the_shares(tmp_path, cc, capsys):
