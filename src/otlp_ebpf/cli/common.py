@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
 
 import typer
 
@@ -390,7 +390,56 @@ def deliver_otlp(snapshot: Snapshot, url: str | None, otlp_file: str | None) -> 
     return failures
 
 
-def interval_exporter(
+@dataclass(frozen=True)
+class Results:
+    """Where a command's result goes: output files, stdout (a table, or JSON with --json),
+    OTLP (--otlp URL, --otlp-file), with command lines as --cmdline says."""
+
+    outputs: Sequence[PlannedOutput]
+    as_json: bool
+    otlp_url: str | None
+    otlp_file: str | None
+    cmdline: CmdlinePolicy
+
+
+class IntervalConfig(Protocol):
+    """The part of a collector's config that reporting by interval reads."""
+
+    @property
+    def targets(self) -> TargetSpec: ...
+
+    @property
+    def duration_s(self) -> float | None: ...
+
+    @property
+    def interval_s(self) -> float | None: ...
+
+
+Config = TypeVar("Config", bound=IntervalConfig)
+Row = TypeVar("Row")
+LiveView = Callable[[list[Row], float], None]
+
+
+def collect_by_interval(
+    what: str,
+    collect: Callable[[Config, LiveView[Row] | None, Callable[[Snapshot], None] | None], Snapshot],
+    config: Config,
+    live_view: Callable[[], LiveView[Row]],
+    show: Callable[[Snapshot], None],
+    results: Results,
+) -> int:
+    """Trace `what` with `collect`, then `finish` with `results`. With --interval the rows of
+    each interval go to `live_view()` on stderr (not with --json: stdout is for the result)."""
+    live = live_view() if config.interval_s and not results.as_json else None
+    console.status(f"tracing {what} ({targets_text(config.targets.describe())}); Ctrl-C to stop")
+    exporter = _interval_exporter(
+        results.otlp_url, config.duration_s, config.interval_s, results.cmdline
+    )
+    snapshot = collect(config, live, exporter)
+    return _finish_exporting_intervals(snapshot, exporter, results, show)
+
+
+def _interval_exporter(
     url: str | None,
     duration: float | None,
     interval: float | None,
@@ -409,28 +458,23 @@ def interval_exporter(
     return IntervalExporter(config, prepare=lambda snapshot: with_cmdlines(snapshot, cmdline))
 
 
-def finish_exporting_intervals(
+def _finish_exporting_intervals(
     snapshot: Snapshot,
-    outputs: Sequence[PlannedOutput],
     exporter: IntervalExporter | None,
-    *,
-    as_json: bool,
-    otlp_url: str | None,
-    otlp_file: str | None,
+    results: Results,
     show: Callable[[Snapshot], None],
-    cmdline: CmdlinePolicy,
 ) -> int:
     """`finish` for a command that may push every interval: the periodic exporter then makes
     the final push (so `finish` gets no URL), even when writing an output failed."""
     try:
         return finish(
             snapshot,
-            outputs,
-            as_json=as_json,
-            otlp_url=None if exporter else otlp_url,
-            otlp_file=otlp_file,
+            results.outputs,
+            as_json=results.as_json,
+            otlp_url=None if exporter else results.otlp_url,
+            otlp_file=results.otlp_file,
             show=show,
-            cmdline=cmdline,
+            cmdline=results.cmdline,
         )
     finally:
         if exporter is not None:

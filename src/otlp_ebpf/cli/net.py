@@ -68,12 +68,6 @@ def register(app: typer.Typer) -> None:
             raddr=parse_address(raddr, "raddr") if raddr else "",
             family=AF_INET if ipv4 else AF_INET6 if ipv6 else 0,
         )
-        live = _live_view(top or 20) if interval and not as_json else None
-        console.status(
-            f"tracing TCP ({common.targets_text(config.targets.describe())}); Ctrl-C to stop"
-        )
-        exporter = common.interval_exporter(otlp, duration, interval, cmdline)
-        snapshot = collect(config, on_interval=live, on_partial=exporter)
 
         def show(snap: Snapshot) -> None:
             from otlp_ebpf.formatters import net_table
@@ -81,15 +75,9 @@ def register(app: typer.Typer) -> None:
             assert isinstance(snap, NetSnapshot)
             net_table.render_table(snap, console.out, top=top or None)
 
-        return common.finish_exporting_intervals(
-            snapshot,
-            outputs,
-            exporter,
-            as_json=as_json,
-            otlp_url=otlp,
-            otlp_file=otlp_file,
-            show=show,
-            cmdline=cmdline,
+        results = common.Results(outputs, as_json, otlp, otlp_file, cmdline)
+        return common.collect_by_interval(
+            "TCP", collect, config, lambda: _live_view(top or 20), show, results
         )
 
 

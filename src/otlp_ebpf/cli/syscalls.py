@@ -78,12 +78,6 @@ def register(app: typer.Typer) -> None:
             comm=comm,
             budget_pct=budget,
         )
-        live = _live_view(by_process, top) if interval and not as_json else None
-        console.status(
-            f"tracing syscalls ({common.targets_text(config.targets.describe())}); Ctrl-C to stop"
-        )
-        exporter = common.interval_exporter(otlp, duration, interval, cmdline)
-        snapshot = collect(config, on_interval=live, on_partial=exporter)
 
         def show(snap: Snapshot) -> None:
             from otlp_ebpf.formatters import syscalls_table
@@ -93,15 +87,9 @@ def register(app: typer.Typer) -> None:
             if latency:
                 syscalls_table.render_latency(snap, latency, console.out)
 
-        return common.finish_exporting_intervals(
-            snapshot,
-            outputs,
-            exporter,
-            as_json=as_json,
-            otlp_url=otlp,
-            otlp_file=otlp_file,
-            show=show,
-            cmdline=cmdline,
+        results = common.Results(outputs, as_json, otlp, otlp_file, cmdline)
+        return common.collect_by_interval(
+            "syscalls", collect, config, lambda: _live_view(by_process, top), show, results
         )
 
 
