@@ -221,9 +221,8 @@ def one_run(python: str, app: Path, cpu_s: str, rate: int, tmp: Path) -> Run:
     spent = json.loads(truth_out.read_text())
     truth = Profile(Counter(spent), spent["a"] + spent["b"] + spent["c"], exact=True)
     # The run's account (samples, losses) and its Python note (walks that failed, if any).
-    account = [
-        line.strip() for line in ours_err.splitlines() if "lost" in line or "python:" in line
-    ]
+    account = [line.strip() for line in ours_err.splitlines() if "lost" in line][-1:]
+    account += [note for note in snap.get("notes", []) if note.startswith("python:")]
     return Run(
         _shares(ours_stacks, re.compile(r"^app\.(\w+) \(")),
         _shares(spy_stacks, re.compile(r"^(\w+) \(app\.py:")),
