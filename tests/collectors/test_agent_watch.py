@@ -450,3 +450,32 @@ def test_the_inspections_keep_to_a_share_of_the_budget() -> None:
     every = Watch(WatchConfig(window=20), INTERVAL)
     run_watch(every, Workload(storm=(16, 26)), 40)
     assert every.skipped == 0 and every.counts.analysis_s > watch.counts.analysis_s
+
+
+def test_findings_at_every_interval_do_not_keep_the_agent_bursting() -> None:
+    governor, cpu, _, applied = _governor()
+    burst = Burst(budget_pct=5.0, intervals=2)
+    assert burst.start(governor) and applied["cpu_hz"] == 99
+    cpu.hz = 40  # the controller fit the rate to the burst's budget
+    held = []
+    for _ in range(12):  # a finding at every interval, as on a churning host
+        extending = burst.active
+        burst.start(governor)
+        held.append(burst.active)
+        if extending:
+            assert cpu.hz == 40  # an extension leaves the fitted rate alone
+        cpu.hz = 40
+        burst.tick(governor)
+    # bursting 2 intervals, extended to 4 at most, then 2 under the normal budget, ...
+    assert held == [True] * 4 + [False] * 2 + [True] * 4 + [False] * 2
+    assert burst.bursts == 2
+
+
+def test_a_period_raised_just_before_a_burst_is_not_fitted_against_itself() -> None:
+    governor, _, period, _ = _governor()
+    period.period = 1
+    period.next_period(3.0)  # over the 1% budget: raised, the stretch before kept for a fit
+    assert period.period > 1
+    Burst(budget_pct=5.0, intervals=2).start(governor)  # back to every event
+    period.next_period(0.5)  # the stretch after the change: not judged
+    assert period.next_period(0.5) == 1  # no fit of period 1 against period 1 (was 1/0)

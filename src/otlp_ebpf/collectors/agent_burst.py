@@ -30,6 +30,8 @@ class Burst:
     intervals: int = DEFAULT_BURST_INTERVALS
     remaining: int = 0
     bursts: int = 0  # how many started (extensions not counted)
+    cooling: int = 0  # intervals before another burst may start
+    _left_to_extend: int = 0  # intervals a finding may still add to the burst under way
     _normal: dict[int, float] = field(default_factory=dict)  # id(owner) -> its budget
     _normal_governor: float = 0.0
 
@@ -39,14 +41,25 @@ class Burst:
 
     def start(self, governor: Governor | None) -> bool:
         """Full rate from now on for `intervals` intervals; False when there is nothing to
-        raise (no budget: the agent samples at full rate already)."""
+        raise (no budget: the agent samples at full rate already) or the last burst ended
+        less than `intervals` intervals ago. A finding during a burst extends it, at most to
+        twice its length, without raising the rates again: the controllers have already fit
+        them to the burst's budget. So on a host where something is found at every interval
+        (a churning one), bursts take at most two thirds of the time, not all of it."""
         if governor is None or not governor.knobs or self.intervals <= 0:
             return False
-        if not self.active:
-            self.bursts += 1
-            self._normal = {id(k.owner): k.owner.budget_pct for k in governor.knobs if k.owner}
-            self._normal_governor = governor.budget_pct
+        if self.active:
+            added = min(self.intervals - self.remaining, self._left_to_extend)
+            self.remaining += added
+            self._left_to_extend -= added
+            return True
+        if self.cooling > 0:
+            return False
+        self.bursts += 1
+        self._normal = {id(k.owner): k.owner.budget_pct for k in governor.knobs if k.owner}
+        self._normal_governor = governor.budget_pct
         self.remaining = self.intervals
+        self._left_to_extend = self.intervals
         governor.budget_pct = self.budget_pct
         for knob in governor.knobs:
             owner = knob.owner
@@ -62,10 +75,12 @@ class Burst:
     def tick(self, governor: Governor | None) -> bool:
         """One interval of the burst has passed; True when that ended it."""
         if not self.active:
+            self.cooling = max(0, self.cooling - 1)
             return False
         self.remaining -= 1
         if self.remaining > 0:
             return False
+        self.cooling = self.intervals
         if governor is not None:
             self._restore(governor)
         return True

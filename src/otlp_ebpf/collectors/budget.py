@@ -283,6 +283,8 @@ class PeriodController:
         p0, c0 = self._before
         p1 = self.period
         self._before = None
+        if p1 <= p0:  # the period was set back meanwhile (an agent's burst): nothing to fit
+            return
         variable = max(0.0, (c0 - cost_pct) / (1 / p0 - 1 / p1))
         floor = cost_pct - variable / p1
         self.floor_pct = max(0.0, floor)
