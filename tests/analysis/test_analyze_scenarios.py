@@ -146,9 +146,10 @@ def test_a_leak_starting_late_is_the_top_finding(tmp_path, workload):
     assert_window(top.start_s, top.end_s, 3.0)
 
 
-@pytest.mark.parametrize("mode", ["errno", "hog", "leak"])
-def test_the_same_workload_without_the_fault_gives_no_finding(tmp_path, workload, mode):
-    snapshot = record(tmp_path, workload, mode, 99.0)
+def test_the_same_workload_without_the_fault_gives_no_finding(tmp_path, workload):
+    # Until its fault begins, every mode runs the same service loop; the hog mode also keeps
+    # its child waiting beside it. One healthy recording in the hog mode holds all three.
+    snapshot = record(tmp_path, workload, "hog", 99.0)
     analysis = analyze(snapshot)
     assert analysis.timeline is not None and len(analysis.timeline.ends) >= 18
     assert analysis.findings == [], describe(snapshot)
