@@ -261,11 +261,17 @@ class Agent:
         from otlp_ebpf.collectors.syscalls import build_snapshot
 
         collector = signal.collector
-        rows = collector.stats()
         # Only the series that moved: an exited process's rows are sent once, not at every
-        # interval after (a churning host would otherwise re-send hundreds of dead processes).
-        counts = {(s.pid, s.comm, s.name): s.count for s in rows}
-        moved = [s for s in rows if self._sent_counts.get((s.pid, s.comm, s.name)) != s.count]
+        # interval after (a churning host would otherwise re-send hundreds of dead processes),
+        # and the rows that did not move are not even made.
+        counts: dict[tuple[int, str, str], int] = {}
+        sent = self._sent_counts
+
+        def moved_since_sent(pid: int, comm: str, name: str, count: int) -> bool:
+            counts[(pid, comm, name)] = count
+            return sent.get((pid, comm, name)) != count
+
+        moved = collector.stats(moved_since_sent)
         self._sent_counts = counts
         signal.shown.clear()  # the set the collector's ExitedProcesses reads
         signal.shown.update(pid for pid, _, _ in counts if pid)

@@ -515,24 +515,40 @@ class SyscallsCollector:
                 row.add_values(values)
         return rows
 
-    def stats(self) -> list[SyscallStat]:
-        """Every row so far: live processes from the kernel tables, exited ones from ours."""
+    def stats(
+        self, wanted: Callable[[int, str, str, int], bool] | None = None
+    ) -> list[SyscallStat]:
+        """Every row so far: live processes from the kernel tables, exited ones from ours.
+        `wanted(pid, comm, name, count)`: only the rows it says yes to are made (the agent
+        asks for those that moved; the others cost it nothing more)."""
         if self.exits is not None:
             self.exits.drain()  # processes that exited since the last poll
         rows = self.read_rows()
-        errnos = self.read_errnos()
         comms = self.read_comms()
-        out = [
-            self._stat(tgid, comms.get(tgid, ""), nr, row, errnos.get((tgid, nr), {}))
-            for (tgid, nr), row in rows.items()
-            if row.count
+        found: list[tuple[int, str, int, _Row, dict[str, int] | None]] = [
+            (tgid, comms.get(tgid, ""), nr, row, None) for (tgid, nr), row in rows.items()
         ]
         for pid, proc in self.exited.entries():
-            for nr, row in proc.rows.items():
-                if row.count:
-                    out.append(self._stat(pid, proc.comm, nr, row, proc.errnos.get(nr, {})))
-        for nr, row in self.read_unattributed().items():
-            out.append(self._stat(0, UNATTRIBUTED_COMM, nr, row, {}))
+            found += [
+                (pid, proc.comm, nr, row, proc.errnos.get(nr, {})) for nr, row in proc.rows.items()
+            ]
+        found += [
+            (0, UNATTRIBUTED_COMM, nr, row, {}) for nr, row in self.read_unattributed().items()
+        ]
+        kept = [
+            item
+            for item in found
+            if item[3].count
+            and (
+                wanted is None
+                or wanted(item[0], item[1], syscall_name(item[2], self.table), item[3].count)
+            )
+        ]
+        errnos = self.read_errnos() if any(item[4] is None for item in kept) else {}
+        out = [
+            self._stat(pid, comm, nr, row, errs if errs is not None else errnos.get((pid, nr), {}))
+            for pid, comm, nr, row, errs in kept
+        ]
         out.sort(key=lambda s: (-s.count, s.name, s.pid))
         return out
 
