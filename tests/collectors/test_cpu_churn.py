@@ -12,15 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from otlp_ebpf.collectors import base
-from otlp_ebpf.collectors.cpu_dwarf import EXIT_CHECK_S, RETIRE_GRACE_S, DwarfSampler
+from otlp_ebpf.collectors import base, cpu_dwarf
+from otlp_ebpf.collectors.cpu_dwarf import DwarfSampler
 from otlp_ebpf.runtime.stats import StatsSession
 from otlp_ebpf.targets import TargetSpec
 from tests.conftest import SPIN_CPU_C, build_c
 
 pytestmark = pytest.mark.bpf
 
-CHILDREN = 200
+CHILDREN = 100
+# The tool retires a process 3 s after it finds it gone, checking every second; here 1 s,
+# checked every 0.25 s. The ring buffer is drained before each check, so no sample of a gone
+# process waits there for a second. The run of 100 children (30 ms of CPU each) stays several
+# times longer than the ~1.5 s a process may be held after it exited (the bound below holds
+# 75; ~45 are held at most on an idle machine, ~15 under load), as 200 did against ~4 s.
+RETIRE_GRACE_S = 1.0
+EXIT_CHECK_S = 0.25
+# The grace period and two checks for exited processes after the last one ended.
+SETTLE_S = RETIRE_GRACE_S + 2.5 * EXIT_CHECK_S
 SHORT = (
     SPIN_CPU_C
     + r"""
@@ -30,6 +39,12 @@ int main(void) { short_lived_work(); return 0; }
 )
 
 
+@pytest.fixture
+def quick_retirement(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_dwarf, "RETIRE_GRACE_S", RETIRE_GRACE_S)
+    monkeypatch.setattr(cpu_dwarf, "EXIT_CHECK_S", EXIT_CHECK_S)
+
+
 @pytest.fixture(scope="module")
 def short_bin(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cpu-churn") / "short"
@@ -37,7 +52,7 @@ def short_bin(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_exited_processes_are_retired_and_their_stacks_keep_their_names(
-    short_bin: Path,
+    short_bin: Path, quick_retirement: None
 ) -> None:
     script = f"i=0; while [ $i -lt {CHILDREN} ]; do {short_bin}; i=$((i+1)); done"
     targets = base.Targets(TargetSpec(command=("sh", "-c", script)))
@@ -50,8 +65,7 @@ def test_exited_processes_are_retired_and_their_stacks_keep_their_names(
             while not targets.finished():
                 sampler.poll(100)
                 most = max(most, sampler.held()["unwinding_processes"])
-            # The grace period and two checks for exited processes after the last one ended.
-            settle = time.monotonic() + RETIRE_GRACE_S + 2.5 * EXIT_CHECK_S
+            settle = time.monotonic() + SETTLE_S
             while time.monotonic() < settle:
                 sampler.poll(100)
             held = sampler.held()
@@ -80,13 +94,11 @@ def test_exited_processes_are_retired_and_their_stacks_keep_their_names(
 
 
 def test_rows_of_the_oldest_exited_processes_fold_by_name(
-    short_bin: Path, monkeypatch: pytest.MonkeyPatch
+    short_bin: Path, quick_retirement: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Beyond the most recent exited processes, rows fold into one per command name and
     stack (pid 0): a system-wide profile of endless short processes stays bounded, and no
     sample is dropped on the way."""
-    from otlp_ebpf.collectors import cpu_dwarf
-
     monkeypatch.setattr(cpu_dwarf, "EXITED_KEPT", 5)
     script = f"i=0; while [ $i -lt 40 ]; do {short_bin}; i=$((i+1)); done"
     targets = base.Targets(TargetSpec(command=("sh", "-c", script)))
@@ -97,7 +109,7 @@ def test_rows_of_the_oldest_exited_processes_fold_by_name(
             targets.release()
             while not targets.finished():
                 sampler.poll(100)
-            settle = time.monotonic() + RETIRE_GRACE_S + 2.5 * EXIT_CHECK_S
+            settle = time.monotonic() + SETTLE_S
             while time.monotonic() < settle:
                 sampler.poll(100)
             held = sampler.held()
@@ -139,8 +151,6 @@ def test_rows_of_exited_threads_of_a_live_process_fold_into_the_process(
 ) -> None:
     """A live process that starts a thread per task: past a number of rows, the rows of its
     threads that have exited fold into one per stack (tid 0), and no sample is dropped."""
-    from otlp_ebpf.collectors import cpu_dwarf
-
     monkeypatch.setattr(cpu_dwarf, "THREAD_ROWS_KEPT", 10)
     program = build_c(cc, THREAD_CHURN, tmp_path / "threads", "-O2", "-pthread")
     targets = base.Targets(TargetSpec(command=(str(program),)))
