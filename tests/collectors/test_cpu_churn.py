@@ -173,6 +173,12 @@ def test_rows_of_exited_threads_of_a_live_process_fold_into_the_process(
     tids = {s.tid for s in stacks if "thread_work" in s.frames}
     assert held["threads_folded"] > THREADS // 2
     assert 0 in tids
-    # Bounded while it ran: the limit, doubled at most once for what is left after a fold.
-    assert most <= 4 * 10 + 10
+    # Bounded while it ran: after a fold the limit is twice what is left, the rows of the
+    # process (tid 0 and its main thread's, all still there at the end) and those of the one
+    # worker then alive (it takes ~12 samples). How many distinct stacks there are is the
+    # kernel's doing (interrupts, softirqs: more on a loaded machine), not the threads'; kept
+    # apart, the rows of the 120 threads would number hundreds.
+    pid = next(s.pid for s in stacks if "thread_work" in s.frames)
+    process_rows = sum(1 for s in stacks if s.pid == pid and s.tid in (0, pid))
+    assert most <= 2 * (process_rows + 10), (most, process_rows)
     assert sum(s.count for s in stacks) == sampler.samples_total
