@@ -216,9 +216,14 @@ def report(args: argparse.Namespace, rows, counts: Counting, code: int, stop_s: 
     )
     lost = {k: v for k, v in m_e.items() if k.startswith("otlp_ebpf_lost_events_total") and v}
     print(f"events lost: {lost or 'none'}")
-    findings = sum(v for k, v in m_e.items() if k.startswith("otlp_ebpf_findings_total"))
+    kinds = {
+        k.removeprefix("otlp_ebpf_findings_total"): v
+        for k, v in m_e.items()
+        if k.startswith("otlp_ebpf_findings_total") and v
+    }
     print(
-        f"watch: {findings:.0f} findings, {m_e.get('otlp_ebpf_bursts_total', 0):.0f} bursts, "
+        f"watch: {sum(kinds.values()):.0f} findings {kinds or ''}, "
+        f"{m_e.get('otlp_ebpf_bursts_total', 0):.0f} bursts, "
         f"{m_e.get('otlp_ebpf_watch_seconds_total', 0):.1f} s of CPU in the inspections"
     )
     ring_full = [r for r in rows if r[2].get("otlp_ebpf_intervals_total", 0) >= RING_INTERVALS]

@@ -345,11 +345,7 @@ def test_a_decoding_child_holding_too_much_after_a_decode_is_replaced(program: P
     assert worker.cpu_s > 0 and worker.peak_rss_kb > 0  # both children's cost is kept
 
 
-def test_a_decode_over_the_heap_cap_gives_no_table_and_a_new_child(
-    program: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """libpython's FDEs take pyelftools well over 64 MB: that decode fails whole (no partial
-    table is kept or cached), and the next file goes to a new child."""
+def _libpython() -> Path:
     import sysconfig
 
     big = Path(sysconfig.get_config_var("LIBDIR") or "") / (
@@ -357,6 +353,36 @@ def test_a_decode_over_the_heap_cap_gives_no_table_and_a_new_child(
     )
     if not big.is_file() or big.stat().st_size < 10 << 20:
         pytest.skip("needs a shared libpython of 10 MB or more")
+    return big
+
+
+def test_a_decoder_held_to_a_cpu_limit_is_paused_and_still_finishes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libpython takes a second or two of CPU to decode: held to half a core with little
+    credit, the child is stopped part of the time, and the table still comes."""
+    from otlp_ebpf.symbolize import cfi
+
+    monkeypatch.setattr(cfi, "PACE_AHEAD_S", 0.1)
+    worker = DecodeWorker(None, ())
+    worker.cpu_limit_pct = 50.0
+    done: list[tuple[str, bytes | None]] = []
+    try:
+        worker.request("big", str(_libpython()), urgent=True)
+        while worker.busy:
+            done += worker.receive(0.05)  # the agent's poll: paced at every call
+    finally:
+        worker.close()
+    assert [(key, data is not None) for key, data in done] == [("big", True)]
+    assert worker.paused_s > 0
+
+
+def test_a_decode_over_the_heap_cap_gives_no_table_and_a_new_child(
+    program: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpython's FDEs take pyelftools well over 64 MB: that decode fails whole (no partial
+    table is kept or cached), and the next file goes to a new child."""
+    big = _libpython()
     monkeypatch.setenv(DECODER_MAX_MB_ENV, "64")
     worker = DecodeWorker(None, ())
     try:

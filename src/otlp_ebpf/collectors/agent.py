@@ -219,6 +219,8 @@ class Agent:
         cpu = recording.cpu_signal()
         if cpu is None:
             return
+        if isinstance(cpu, AgentCpuSignal):
+            cpu.limit_decoder(pct)
         if not pct:
             if recording.controller is not None:
                 cpu.set_frequency(recording.controller.requested_hz)

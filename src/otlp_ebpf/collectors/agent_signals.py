@@ -34,6 +34,7 @@ from otlp_ebpf.model import Connection, MemSnapshot, NetSnapshot, ProcessInfo, S
 PeerKey = tuple[int, str, int, str, int]
 MAX_FOLDED_PEERS = 4096  # rows of closed connections kept (the oldest go first)
 EXITED_KEPT_BY_PID = 64  # exited processes whose syscall rows keep their pid (then: by name)
+DECODER_SHARE = 0.25  # of the budget: what the unwind-table decoder may use on average
 
 
 class AgentCpuSignal(CpuSignal):
@@ -50,6 +51,14 @@ class AgentCpuSignal(CpuSignal):
         worker = self.dwarf.sampler.cfi.worker
         if worker is not None:  # tables decoded with CPU the workload does not want
             worker.idle = True
+        self.limit_decoder(config.budget_pct)
+
+    def limit_decoder(self, budget_pct: float | None) -> None:
+        """Hold the unwind-table decoder to DECODER_SHARE of the budget (none without one):
+        no sampling rate lowers its cost, and a binary of tens of MB costs a minute of CPU."""
+        worker = self.dwarf.sampler.cfi.worker
+        if worker is not None:
+            worker.cpu_limit_pct = DECODER_SHARE * budget_pct if budget_pct else 0.0
         self.interval: list[StackCount] = []
         self.infos: dict[int, ProcessInfo] = {}
 

@@ -31,6 +31,7 @@ import io
 import json
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -457,6 +458,10 @@ DECODER_MAX_MB_ENV = "OTLP_EBPF_DECODER_MAX_MB"
 RECYCLE_RSS_KB = 256 * 1024
 MAX_WORKER_STARTS = 64  # a child that keeps dying is not started again past this
 DECODER_IDLE_ENV = "OTLP_EBPF_DECODER_IDLE"  # set for the child by DecodeWorker.idle
+# DecodeWorker.cpu_limit_pct: the child may run ahead of its average by this much CPU (a
+# library of a few MB decodes at once), then it is paused until its average is back under.
+PACE_AHEAD_S = 2.0
+PACE_EVERY_S = 0.25
 
 
 def decoder_cap_bytes() -> int:
@@ -764,6 +769,12 @@ class DecodeWorker:
         # binary of tens of MB (a minute of CPU to decode) must not take the workload's CPU;
         # its tables come later on a busy host. Off for short runs, which need them now.
         self.idle = False
+        # At most this % of one core on average (0: no limit): the child is stopped
+        # (SIGSTOP) while it is ahead, so a run under a budget pays for its decodes over time.
+        self.cpu_limit_pct = 0.0
+        self.paused_s = 0.0  # time the child spent stopped for it
+        self._pace: tuple[float, float, float] | None = None  # (checked at, its CPU, credit)
+        self._paused_at: float | None = None
         self._closed = False
         self._recycle = False  # the child asked to be replaced (out of its heap cap)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -805,6 +816,7 @@ class DecodeWorker:
 
     def receive(self, timeout_s: float = 0.0) -> list[tuple[str, bytes | None]]:
         """Finished decodes as (key, table bytes or None), waiting up to `timeout_s`."""
+        self.pace()
         done: list[tuple[str, bytes | None]] = []
         deadline = time.monotonic() + timeout_s
         while self._proc is not None and self._in_flight is not None:
@@ -824,6 +836,37 @@ class DecodeWorker:
             self._send_next()
         return done
 
+    def pace(self) -> None:
+        """Hold the child to `cpu_limit_pct` of a core: it earns that much CPU time per second
+        (up to PACE_AHEAD_S ahead) and is stopped while it has used more than it earned."""
+        proc = self._proc
+        if proc is None or self.cpu_limit_pct <= 0:
+            return
+        now = time.monotonic()
+        if self._pace is not None and now - self._pace[0] < PACE_EVERY_S:
+            return
+        used = _cpu_s(proc.pid)
+        at, used_before, credit = self._pace or (now, used, PACE_AHEAD_S)
+        credit = min(PACE_AHEAD_S, credit + (now - at) * self.cpu_limit_pct / 100)
+        credit -= used - used_before
+        self._pace = (now, used, credit)
+        if credit < 0 and self._paused_at is None:
+            self._signal(proc.pid, signal.SIGSTOP)
+            self._paused_at = now
+        elif credit >= 0 and self._paused_at is not None:
+            self._resume(proc.pid)
+
+    def _resume(self, pid: int) -> None:
+        if self._paused_at is not None:
+            self.paused_s += time.monotonic() - self._paused_at
+            self._paused_at = None
+            self._signal(pid, signal.SIGCONT)
+
+    @staticmethod
+    def _signal(pid: int, signum: int) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
+
     def close(self) -> None:
         """End the child now, recording what it cost; no child is started after this."""
         self._closed = True
@@ -838,6 +881,8 @@ class DecodeWorker:
         if proc is None:
             return
         self._record_cost(proc.pid)
+        self._resume(proc.pid)
+        self._pace = None
         proc.kill()
         proc.wait()
         for stream in (proc.stdin, proc.stdout):
@@ -911,6 +956,13 @@ class DecodeWorker:
                         self.peak_rss_kb = max(self.peak_rss_kb, int(line.split()[1]))
 
 
+def _cpu_s(pid: int) -> float:
+    with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def _rss_kb(pid: int) -> int:
     with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/status") as fh:
         for line in fh:
@@ -939,6 +991,7 @@ def worker_main(argv: Sequence[str]) -> int:
     """The child's loop: one JSON request a line in, a JSON header line and the table out.
     A decode that runs out of the heap cap is answered without a table and ends the child
     (what it freed is fragmented): the parent starts another for the next request."""
+    _die_with_parent()
     _cap_heap(decoder_cap_bytes())
     _yield_cpu()
     cache = CfiCache(argv[0] or None, argv[1:])
@@ -962,6 +1015,16 @@ def worker_main(argv: Sequence[str]) -> int:
         if header.get("recycle"):
             return 0
     return 0
+
+
+def _die_with_parent() -> None:
+    """Killed with the parent, even while stopped by `DecodeWorker.pace` (a stopped child
+    would not see its input close)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
 def _yield_cpu() -> None:
