@@ -30,6 +30,7 @@ from tests.formatters.test_speedscope import (
     check_indices,
     schema,  # noqa: F401 (fixture)
 )
+from tests.workloads import TWO_BUSY
 
 pytestmark = pytest.mark.bpf
 
@@ -360,9 +361,11 @@ def test_default_gate_names_the_caller_that_grew_through_a_shared_helper(
 ) -> None:
     workload = build_c(cc, SHARED_HELPER_C, tmp_path / "shared", *WORKLOAD_FLAGS)
 
+    # 0.75 s of CPU at 499 Hz: ~375 samples a run. hot_b's total share goes from 1/2 to 3/4,
+    # 20 points beyond the gate's 5: about six standard errors of the change.
     def snapshot(name: str, b_calls: str) -> str:
         path = tmp_path / f"{name}.json"
-        argv = ["cpu", "-F", "499", "-o", str(path), "--", str(workload), "1.5", b_calls]
+        argv = ["cpu", "-F", "499", "-o", str(path), "--", str(workload), "0.75", b_calls]
         assert run(argv) == 0
         return str(path)
 
@@ -466,8 +469,6 @@ def test_threads_blocked_for_the_whole_run_are_reported(
 
 
 def test_cpu_under_a_budget_lowers_its_rate_and_keeps_the_shares(tmp_path, cc, capsys):
-    from tests.collectors.test_record import TWO_BUSY
-
     busy = build_c(cc, TWO_BUSY, tmp_path / "busy", "-O1", "-g")
     path = tmp_path / "cpu.json"
     assert run(["cpu", "-F", "999", "--budget", "2", "-o", str(path), "--", str(busy), "6"]) == 0
