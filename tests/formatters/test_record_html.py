@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from otlp_ebpf.formatters import registry
 from otlp_ebpf.model import (
     OTHER_KEY,
@@ -67,6 +69,13 @@ def write_page(tmp_path) -> object:
     return page
 
 
+@pytest.fixture(scope="module")
+def whole_run_dom(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The page without a window in its URL, as the browser built it: one load read by
+    several tests."""
+    return dump_dom(write_page(tmp_path_factory.mktemp("record-html")))
+
+
 def counts(dom: str) -> dict[str, tuple[str, str]]:
     return {row[0]: (row[1], row[2]) for row in table_rows(dom, "table-syscalls")}
 
@@ -78,16 +87,16 @@ def test_page_is_offline_and_self_contained(tmp_path):
     assert not re.search(r"https?://", text.replace("http://www.w3.org/2000/svg", ""))
 
 
-def test_charts_have_one_point_per_interval_and_line(tmp_path):
-    dom = dump_dom(write_page(tmp_path))
+def test_charts_have_one_point_per_interval_and_line(whole_run_dom):
+    dom = whole_run_dom
     assert chart_points(dom, "syscalls-count") == 4 * 3  # getppid, mkdir, the hostile name
     assert chart_points(dom, "syscalls-errors") == 4
     assert chart_points(dom, "cpu-processes") == 4
     assert chart_points(dom, "cpu-functions") == 4 * 2  # spin and [other]
 
 
-def test_tables_show_the_whole_run_without_a_window(tmp_path):
-    dom = dump_dom(write_page(tmp_path))
+def test_tables_show_the_whole_run_without_a_window(whole_run_dom):
+    dom = whole_run_dom
     assert counts(dom)["getppid"] == ("65", "0")
     assert counts(dom)["mkdir"] == ("12", "12")
     assert re.search(r'id="window-label">the whole run<', dom)
@@ -108,8 +117,8 @@ def test_a_window_in_the_url_narrows_the_tables(tmp_path):
     assert re.search(r'id="window-label">1.50 s to 3.20 s<', later)
 
 
-def test_host_names_are_text_not_markup(tmp_path):
-    dom = dump_dom(write_page(tmp_path))
+def test_host_names_are_text_not_markup(whole_run_dom):
+    dom = whole_run_dom
     assert "<img" not in dom
     assert "&lt;img src=x onerror=alert(1)&gt;" in dom
 
