@@ -19,7 +19,8 @@ Targets (issue 13): with --budget 1 the steady cost <= 1.5% of one core, the est
 10% of an exact run's. Run as root: `.venv/bin/python bench/budget.py [syscalls] [mem]
 [record]` (record: `record --signals syscalls` on the syscalls workload).
 Under --budget, syscalls are traced in duty-cycle windows (`syscalls_duty` per tick: the share
-of the time the per-call programs were attached).
+of the time the per-call programs were attached); mem samples blocks by bytes at the
+allocator's entry (uprobe sessions), with probes on the workload's processes only.
 """
 
 from __future__ import annotations

@@ -280,3 +280,11 @@ def test_a_duty_cycle_makes_up_in_later_windows_for_time_a_late_window_missed():
     cycle.step(start)
     # this cycle's window holds its own 50 ms and what is owed: (0.1 + 0.05) / 2
     assert cycle._window_s == pytest.approx(0.075, abs=0.01)
+
+
+def test_a_raise_that_bought_nothing_is_kept_where_raises_are_kept():
+    # mem: sparser sampling only costs precision, so a fit from a noisy stretch saying the
+    # last raise bought nothing stops the period rising but does not lower it
+    c = PeriodController(budget_pct=1.0, max_period=1024, keep_raises=True)
+    periods = drive(c, lambda n: 8.0, 30)
+    assert periods[0] == 10 and min(periods) == 10

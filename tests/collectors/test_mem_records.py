@@ -187,6 +187,9 @@ def test_multi_uprobe_support_by_kernel_release() -> None:
     assert uprobe_multi.kernel_supports("6.6.0") == uprobe_multi.libbpf.has(
         "bpf_program__set_expected_attach_type"
     )
+    # uprobe sessions (an entry program that can skip its return): 6.13 and later
+    assert not uprobe_multi.sessions_supported("6.12.9")
+    assert uprobe_multi.sessions_supported("6.13.0") == uprobe_multi.kernel_supports("6.13.0")
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,11 @@ const volatile s64 nr_munmap = 11;
 /* Walk the frames of registered CPython processes (python.h) at user stacks; 0 with
  * --no-python. */
 const volatile u32 python_frames = 1;
+/* Under a budget with uprobe sessions (alloc_session): see session_enter and hold_new_process. */
+const volatile u32 session = 0;
+const volatile u32 hold_new_processes = 0;
+#define PROT_NONE 0x0
+#define MIGHT_MAP 4096 /* a request this large may be served by its own mmap */
 
 struct trace_event_raw_kmalloc {
 	struct trace_entry ent;
@@ -233,6 +238,10 @@ static __always_inline bool sample_block(u64 size, u64 *bytes, u64 *count)
 			over = 0;
 	}
 	*left = gap - over;
+	/* A block at least as long as the longest gap (the table's first) always holds a point:
+	 * it is tracked with certainty, so its own size is its unbiased weight, exact. */
+	if (size >= ((u64)s->gap_q16[0] * s->scale >> 16) + 1)
+		return true;
 	weight = points * s->mean_gap;
 	*bytes = weight;
 	/* weight / size blocks, rounded up or down at random so that the mean is exact */
@@ -644,9 +653,151 @@ int alloc_return(struct pt_regs *ctx)
 	return 0;
 }
 
+/* Under a budget, where the kernel has uprobe sessions (6.13+): one program runs at the entry
+ * and at the return of each allocating function, and the entry decides whether the return runs
+ * at all (returning 1 skips it). Blocks are sampled by bytes at the entry, where the size is
+ * known: an unsampled block costs one trap and the draw, not the return probe's trap and
+ * bookkeeping too. The draw comes before anything else (no map of targets is read for it):
+ * the sample points fall on every probed process's byte stream, and the gaps being memoryless,
+ * bytes of other processes (or of a call nested in another) passing by only shift them. */
+extern bool bpf_session_is_return(void) __ksym __weak;
+
+static __always_inline int session_enter(struct pt_regs *ctx)
+{
+	u64 a1 = ARG1(ctx), a2 = ARG2(ctx), a3 = ARG3(ctx);
+	struct pending_call call = { .sp = PT_REGS_SP(ctx) };
+	struct pending_call *outer;
+	u64 id;
+
+	switch (bpf_get_attach_cookie(ctx)) {
+	case FN_CALLOC:
+		call.size = a1 * a2;
+		break;
+	case FN_REALLOC:
+		call.size = a2;
+		call.ptr = a1;
+		call.kind = CALL_REALLOC;
+		break;
+	case FN_REALLOCARRAY:
+		call.size = a2 * a3;
+		call.ptr = a1;
+		call.kind = CALL_REALLOC;
+		break;
+	case FN_POSIX_MEMALIGN:
+		call.size = a3;
+		call.ptr = a1;
+		call.kind = CALL_MEMALIGN_OUT;
+		break;
+	case FN_MEMALIGN:
+		call.size = a2;
+		break;
+	default: /* FN_MALLOC */
+		call.size = a1;
+	}
+	call.sampled = sample_block(call.size, &call.weight_bytes, &call.weight_count);
+	/* realloc always returns: it may end a tracked block, and a tail call it makes (glibc
+	 * realloc(NULL, n) -> malloc) must find it in flight, not draw for the block again. A
+	 * large request too: the mmap serving it must be seen as the allocator's (on_mmap_enter),
+	 * not as one the program made. */
+	if (!call.sampled && call.kind != CALL_REALLOC && call.size < MIGHT_MAP)
+		return 1;
+	id = bpf_get_current_pid_tgid();
+	if (!target_wanted(id))
+		return 1;
+	if (python_hold)
+		hold_if_undecided(id);
+	outer = bpf_map_lookup_elem(&pending, &id);
+	/* Nested in a call in flight (deeper) or its tail call (same depth): that call decides
+	 * for the block. Higher up, the entry in flight is stale (a longjmp): replaced. */
+	if (outer && call.sp <= outer->sp)
+		return 1;
+	if (bpf_map_update_elem(&pending, &id, &call, BPF_ANY)) {
+		bump(&drops, MEM_DROP_PENDING_FULL);
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int session_return(struct pt_regs *ctx)
+{
+	u64 ret = RET(ctx);
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32;
+	struct pending_call *p = bpf_map_lookup_elem(&pending, &id);
+	struct pending_call call;
+	u64 addr = ret;
+
+	if (!p)
+		return 0;
+	call = *p;
+	bpf_map_delete_elem(&pending, &id);
+	if (call.kind == CALL_MEMALIGN_OUT) {
+		if ((int)ret != 0 || bpf_probe_read_user(&addr, sizeof(addr), (void *)call.ptr))
+			return 0;
+	}
+	if (call.kind == CALL_REALLOC && call.ptr && (addr || !call.size))
+		forget_block(tgid, call.ptr);
+	if (!addr || !call.sampled)
+		return 0;
+	remember_block(tgid, addr, call.size, stack_id_of(ctx, BPF_F_USER_STACK),
+		       call.weight_bytes, call.weight_count);
+	return 0;
+}
+
+SEC("uprobe")
+int alloc_session(struct pt_regs *ctx)
+{
+	if (bpf_session_is_return())
+		return session_return(ctx);
+	return session_enter(ctx);
+}
+
+enum pid_type { PIDTYPE_PID, PIDTYPE_TGID, PIDTYPE_PGID, PIDTYPE_SID, PIDTYPE_MAX };
+extern int bpf_send_signal_task(struct task_struct *task, int sig, enum pid_type type,
+				u64 value) __ksym __weak;
+
+/* Under a budget the allocator's probes are attached per process, so that the allocations of
+ * every other process on the machine cost nothing. A new process of a target is stopped at
+ * birth (before it runs a single instruction) until user space has attached its probes and
+ * continues it; the event is reserved first, as at exit, so a stop is never left unannounced. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(hold_new_process, struct task_struct *parent, struct task_struct *child)
+{
+	u32 parent_tgid = parent->tgid;
+	u32 child_tgid = child->tgid;
+	struct mem_event *event;
+
+	if (!hold_new_processes || child_tgid == parent_tgid ||
+	    !bpf_map_lookup_elem(&targets, &parent_tgid))
+		return 0;
+	event = bpf_ringbuf_reserve(&events, sizeof(*event), 0);
+	if (!event) {
+		bump(&drops, MEM_DROP_EVENTS_FULL);
+		return 0;
+	}
+	bpf_send_signal_task(child, SIGSTOP, PIDTYPE_TGID, 0);
+	event->tgid = child_tgid;
+	event->kind = MEM_EVENT_NEW_PROCESS;
+	event->stack_id = 0;
+	bpf_ringbuf_submit(event, 0);
+	return 0;
+}
+
+/* free under a budget: only tracked blocks matter, and the table is keyed by process, so the
+ * lookup is the filter (no map of targets read on a miss, which nearly every free is). */
+SEC("uprobe")
+int free_enter(struct pt_regs *ctx)
+{
+	u64 ptr = ARG1(ctx);
+
+	if (ptr)
+		forget_block(bpf_get_current_pid_tgid() >> 32, ptr);
+	return 0;
+}
+
 /* Anonymous private mappings made by the program itself (not inside an allocator call,
  * whose blocks the uprobes already count). */
-static __always_inline int on_mmap_enter(long nr, u64 addr, u64 len, u64 flags)
+static __always_inline int on_mmap_enter(long nr, u64 addr, u64 len, u64 prot, u64 flags)
 {
 	u64 id;
 	struct pending_call call = {};
@@ -661,6 +812,11 @@ static __always_inline int on_mmap_enter(long nr, u64 addr, u64 len, u64 flags)
 		return 0;
 	}
 	if (!(flags & MAP_ANONYMOUS) || !(flags & MAP_PRIVATE) || (flags & MAP_FIXED))
+		return 0;
+	/* Under sessions an unsampled small allocation leaves no call in flight, so a region the
+	 * allocator reserves inside it (glibc's arenas: PROT_NONE, then mprotect) is told apart
+	 * by its protection: a reservation is not an allocation. */
+	if (session && prot == PROT_NONE)
 		return 0;
 	call.size = len;
 	call.kind = CALL_MMAP;
@@ -696,13 +852,13 @@ static __always_inline int on_mmap_exit(void *ctx, long nr, long ret)
 SEC("tp/syscalls/sys_enter_mmap")
 int mmap_call_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_mmap_enter(nr_mmap, ctx->args[0], ctx->args[1], ctx->args[3]);
+	return on_mmap_enter(nr_mmap, ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3]);
 }
 
 SEC("tp/syscalls/sys_enter_munmap")
 int munmap_call_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_mmap_enter(nr_munmap, ctx->args[0], ctx->args[1], 0);
+	return on_mmap_enter(nr_munmap, ctx->args[0], ctx->args[1], 0, 0);
 }
 
 SEC("tp/syscalls/sys_exit_mmap")
@@ -714,7 +870,7 @@ int mmap_call_exit(struct trace_event_raw_sys_exit *ctx)
 SEC("tp/raw_syscalls/sys_enter")
 int mmap_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	return on_mmap_enter(ctx->id, ctx->args[0], ctx->args[1], ctx->args[3]);
+	return on_mmap_enter(ctx->id, ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3]);
 }
 
 SEC("tp/raw_syscalls/sys_exit")

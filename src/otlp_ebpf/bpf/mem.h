@@ -70,6 +70,10 @@ struct pending_call {
 	__u64 sp;         /* stack pointer at entry: tells a nested call from a stale entry */
 	__u32 kind;
 	__u32 depth;      /* allocator calls nested inside this one (glibc realloc -> malloc) */
+	/* alloc_session: whether the block is tracked, decided at the entry, and its weights */
+	__u64 sampled;
+	__u64 weight_bytes;
+	__u64 weight_count;
 };
 
 /* What an `alloc_enter` probe is on: its attach cookie. */
@@ -95,6 +99,7 @@ enum mem_event_kind {
 	MEM_EVENT_EXIT = 0,     /* a target reached exit(), stopped: capture its maps, resume it */
 	MEM_EVENT_PY_HOLD = 1,  /* a new image stopped at its first allocator call (python.h) */
 	MEM_EVENT_PY_STACK = 2, /* a stack with Python frames stored for the first time */
+	MEM_EVENT_NEW_PROCESS = 3, /* a target forked, the child stopped: probe it, resume it */
 };
 
 /* What the `events` ring buffer carries (user space continues every stopped target). */

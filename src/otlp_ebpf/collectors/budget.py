@@ -242,6 +242,10 @@ class PeriodController:
     floor_pct: float = 0.0  # the fitted cost that no period removes (0: not known)
     useful_period: int = 0  # the highest period worth its precision (0: no limit known)
     variable_pct: float = 0.0  # the fitted cost at period 1 that sampling divides
+    # A fit that puts the useful period below the current one is not acted on while the cost
+    # is over the budget (mem: sampling sparser only costs precision, and a fit from two
+    # quarter-seconds of a loaded machine is noisy); the period then stops rising there.
+    keep_raises: bool = False
     _before: tuple[int, float] | None = None  # (period, cost) before the last raise
     _age: int = 0
 
@@ -258,7 +262,8 @@ class PeriodController:
         if cost_pct > self.budget_pct:
             wanted = math.ceil(self.period * cost_pct / (AIM * self.budget_pct))
             if self.useful_period:
-                wanted = min(wanted, self.useful_period)
+                cap = self.useful_period
+                wanted = min(wanted, max(cap, self.period) if self.keep_raises else cap)
         elif cost_pct < RAISE_BELOW * self.budget_pct and self.period > 1:
             wanted = int(self.period / RAISE_FACTOR)
         else:
@@ -579,13 +584,16 @@ class Governor:
         wall = time.monotonic()
         if wall - self._control.start_wall < CONTROL_S:
             return
-        pct = self._control.pct(wall, self.meter.total_s())
+        cost = self.meter.total_s()
+        pct = self._control.pct(wall, cost)
         for knob in self.knobs:
             before = knob.current()
             after = knob.decide(pct)
             if after != before:
                 knob.apply(after)
-        self._control = Interval(time.monotonic(), self.meter.total_s())
+        # one reading ends this stretch and begins the next (each costs the tool a system
+        # call per program): what the knobs' changes cost falls into the next stretch
+        self._control = Interval(wall, cost)
 
     def rates(self) -> dict[str, float]:
         return {k.rate_key: k.show(k.current()) for k in self.knobs}

@@ -66,6 +66,8 @@ DROP_REASONS = {
 COUNT_ALLOCS, COUNT_FREES = 0, 1
 MMAP_SYSCALLS = {"x86_64": (9, 11), "aarch64": (222, 215)}
 REMEMBER_EVERY_S = 0.5
+REMEMBER_EVERY_S_BUDGETED = 2.0  # under a budget: a reading of every target's maps costs
+BUDGET_POLL_S = 0.25  # the budget's own decisions come every CONTROL_S
 # What BPF_LINK_CREATE answers on a kernel without multi-uprobe links (524: ENOTSUPP).
 MULTI_REFUSED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, 524}
 DETACH_THREADS = 32
@@ -85,6 +87,9 @@ ALLOCATING = {
     "pvalloc": FN_MALLOC,
 }
 UPROBE_PROGRAMS = ("alloc_enter", "alloc_return")
+# Under a budget where the kernel has uprobe sessions: blocks sampled at the entry, and the
+# return probed only for sampled blocks; free through a program of its own.
+SESSION_PROGRAMS = ("alloc_session", "free_enter")
 RAW_MMAP_PROGRAMS = ("mmap_enter", "mmap_exit")  # every system call: the fallback
 SYSCALL_MMAP_PROGRAMS = ("mmap_call_enter", "munmap_call_enter", "mmap_call_exit")
 MMAP_TRACEPOINTS = (
@@ -133,7 +138,7 @@ class MemEvent(ctypes.Structure):
     _fields_ = [("tgid", ctypes.c_uint32), ("kind", ctypes.c_uint32), ("stack_id", ctypes.c_int64)]
 
 
-EVENT_EXIT, EVENT_PY_HOLD, EVENT_PY_STACK = 0, 1, 2  # enum mem_event_kind
+EVENT_EXIT, EVENT_PY_HOLD, EVENT_PY_STACK, EVENT_NEW_PROCESS = 0, 1, 2, 3  # enum mem_event_kind
 
 
 class MultiUprobeRefused(Exception):
@@ -174,6 +179,27 @@ class RawOutstanding:
         row = self.by_stack.setdefault((tgid, stack_id), [0, 0])
         row[0] += size
         row[1] += count
+
+
+STOP_WAIT_S = 0.05
+SIGSTOP_BIT = 1 << (signal.SIGSTOP - 1)
+
+
+def wait_for_stop(pid: int, timeout_s: float = STOP_WAIT_S) -> None:
+    """Until the SIGSTOP sent to a new process is queued (or it stopped, or ended): the fork's
+    tracepoint sends it a moment after the event may be read (from irq_work, as programs
+    there run with preemption off), and a SIGCONT sent before it would not cancel it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            status = hosttext.read(f"/proc/{pid}/status")
+        except OSError:
+            return
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pending = int(fields.get("ShdPnd", "0").strip() or "0", 16)
+        if pending & SIGSTOP_BIT or fields.get("State", "").strip().startswith("T"):
+            return
+        time.sleep(0.0002)
 
 
 def aggregate_blocks(
@@ -234,6 +260,7 @@ class MemCollector:
         self.obj: BpfObject | None = None
         self.allocators: dict[int, str] = {}  # pid (-1: every process) -> allocator file
         self.missing_functions: set[str] = set()
+        self._points: dict[str, list[ProbePoint]] = {}
         self.symbolizer = Symbolizer()
         self.exits: RingBuffer | None = None  # exits, holds and new Python stacks
         self.guard: ResumeGuard | None = None
@@ -247,7 +274,16 @@ class MemCollector:
             config.multi_uprobes and not self.kernel_mode and uprobe_multi.kernel_supports()
         )
         self.multi_refused = False
+        self.session = (
+            self.multi and config.budget_pct is not None and uprobe_multi.sessions_supported()
+        )
         self._check_environment()
+
+    @property
+    def per_process(self) -> bool:
+        """Probes attached per process (a launched command and each new process of it), so
+        that other processes' allocator calls run nothing: under sessions."""
+        return self.session and self.launch
 
     def _check_environment(self) -> None:
         needed: list[tuple[str, str]] = []
@@ -275,6 +311,10 @@ class MemCollector:
             return
         for tgid in self.targets.tgids:
             self.allocators[tgid] = mem_allocator.allocator_of_process(tgid)
+        # Sessions leave an unsampled call no trace, and glibc's arenas are told from the
+        # program's own mmaps by their protection (mem.bpf.c): other allocators keep the
+        # entry and return probes.
+        self.session = self.session and all(map(mem_allocator.is_libc, self.allocators.values()))
 
     def _rodata(self) -> dict[str, int | bytes]:
         nr_mmap, nr_munmap = MMAP_SYSCALLS.get(platform.machine(), MMAP_SYSCALLS["x86_64"])
@@ -285,21 +325,27 @@ class MemCollector:
             nr_munmap=nr_munmap,
             python_frames=int(self.python is not None),
             python_hold=int(self.python is not None),
+            session=int(self.session),
+            hold_new_processes=int(self.per_process),
         )
         return values
 
     def _programs_off(self) -> list[str]:
         off: list[str] = []
         if self.kernel_mode:
-            off += [*UPROBE_PROGRAMS, *MMAP_PROGRAMS, "forget_on_exec", "forget_thread"]
+            off += [*UPROBE_PROGRAMS, *SESSION_PROGRAMS, *MMAP_PROGRAMS]
+            off += ["forget_on_exec", "forget_thread"]
         else:
             off += KERNEL_PROGRAMS
+            off += ["alloc_return"] if self.session else SESSION_PROGRAMS
             if not self.config.track_mmap:
                 off += MMAP_PROGRAMS
             elif all(features.tracepoint_exists(*tp) for tp in MMAP_TRACEPOINTS):
                 off += RAW_MMAP_PROGRAMS
             else:
                 off += SYSCALL_MMAP_PROGRAMS
+        if not self.per_process:
+            off.append("hold_new_process")
         if not self.config.page_faults:
             off.append("page_fault")
         return off + self.targets.unused_programs()
@@ -316,7 +362,7 @@ class MemCollector:
             if self.python is not None:
                 self.python.frames.detach(self.obj)
             self.obj.close()
-            self.multi = False
+            self.multi = self.session = False
             self.multi_refused = True
             self._load_and_attach()
         if self.may_stop:
@@ -332,7 +378,10 @@ class MemCollector:
         obj.resize_map("allocs", self.config.table_size)
         for prog in self._programs_off():
             obj.disable(prog)
-        if self.multi and not self.kernel_mode:
+        if self.session:
+            uprobe_multi.prepare(obj, ("alloc_enter", "free_enter"))
+            uprobe_multi.prepare(obj, ("alloc_session",), session=True)
+        elif self.multi and not self.kernel_mode:
             uprobe_multi.prepare(obj, UPROBE_PROGRAMS)
         obj.load()
         if self.python is not None:
@@ -341,6 +390,9 @@ class MemCollector:
         for prog in self._tracepoint_programs():
             probes.attach_auto(obj, prog)
         for pid, binary in self.allocators.items():
+            held = self.targets.held
+            if pid == -1 and self.per_process and held is not None:
+                pid = held.pid
             self._attach_allocator(obj, binary, pid)
         # Targets count only once entry and return probes are both live: a call entered
         # between the two attaches would never see its return (the launched child runs
@@ -358,12 +410,20 @@ class MemCollector:
     def _tracepoint_programs(self) -> list[str]:
         off = set(self._programs_off())
         candidates = [*MMAP_PROGRAMS, "forget_on_exec", "forget_thread", "page_fault"]
+        candidates.append("hold_new_process")
         if self.kernel_mode:
             candidates += KERNEL_PROGRAMS
         return [p for p in candidates if p not in off]
 
     def probe_points(self, binary: str) -> list[ProbePoint]:
-        """Where to probe in `binary`: one point per distinct function address."""
+        """Where to probe in `binary`: one point per distinct function address (read once per
+        file: under a budget each new process of a target is probed on its own)."""
+        points = self._points.get(binary)
+        if points is None:
+            points = self._points[binary] = self._read_probe_points(binary)
+        return points
+
+    def _read_probe_points(self, binary: str) -> list[ProbePoint]:
         wanted = dict(ALLOCATING, free=FN_FREE)
         if self.launch:
             # _exit too: os._exit() ends a Python program without exit() (and without the
@@ -392,12 +452,30 @@ class MemCollector:
         points: list[ProbePoint],
         returning: list[ProbePoint],
     ) -> None:
-        links = (("alloc_enter", points, False), ("alloc_return", returning, True))
+        links: tuple[tuple[str, list[ProbePoint], bool], ...] = (
+            ("alloc_enter", points, False),
+            ("alloc_return", returning, True),
+        )
+        if self.session:
+            links = (
+                ("alloc_session", returning, False),
+                ("free_enter", [p for p in points if p.cookie == FN_FREE], False),
+                ("alloc_enter", [p for p in points if p.cookie == FN_EXIT], False),
+            )
         try:
             for program, where, retprobe in links:
+                if not where:
+                    continue
                 offsets, cookies = [p.offset for p in where], [p.cookie for p in where]
                 uprobe_multi.attach_multi(
-                    obj, program, binary, offsets, cookies, pid=pid, retprobe=retprobe
+                    obj,
+                    program,
+                    binary,
+                    offsets,
+                    cookies,
+                    pid=pid,
+                    retprobe=retprobe,
+                    session=program == "alloc_session",
                 )
         except OSError as exc:
             if exc.errno in MULTI_REFUSED:
@@ -440,12 +518,24 @@ class MemCollector:
                 self.python.name_stack(self.obj, tgid, int(event.stack_id))
             return
         self.stopped.add(tgid)
-        if event.kind == EVENT_PY_HOLD:
+        if event.kind == EVENT_NEW_PROCESS:
+            self._probe_new_process(tgid)
+        elif event.kind == EVENT_PY_HOLD:
             if self.python is not None:
                 self.python.decide(tgid)
         else:
             self.symbolizer.remember_process(tgid)
         self._resume(tgid)
+
+    def _probe_new_process(self, tgid: int) -> None:
+        """A target's new process, stopped at birth: its own probes before it runs."""
+        if self.obj is None or -1 not in self.allocators:
+            return
+        try:
+            self._attach_allocator(self.obj, self.allocators[-1], tgid)
+        except (OSError, UsageError) as exc:
+            console.debug(f"mem: process {tgid} not probed: {exc}")
+        wait_for_stop(tgid)
 
     def _resume(self, tgid: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -471,8 +561,10 @@ class MemCollector:
             self.exits.poll(max(0, int(timeout_s * 1000)))
         elif timeout_s > 0:
             time.sleep(timeout_s)
+
         now = time.monotonic()
-        if not self.kernel_mode and now - self._remembered_at >= REMEMBER_EVERY_S:
+        every = REMEMBER_EVERY_S if self.config.budget_pct is None else REMEMBER_EVERY_S_BUDGETED
+        if not self.kernel_mode and now - self._remembered_at >= every:
             self._remembered_at = now
             self.remember_targets()
 
@@ -514,7 +606,9 @@ class MemCollector:
     def sampling_knob(self, budget_pct: float) -> Knob:
         """The budget's hold on this collector: the mean gap between sample points, in units
         of SAMPLE_UNIT bytes (period 1: every block)."""
-        self.sampler = controller = PeriodController(budget_pct, MAX_SAMPLE_PERIOD)
+        self.sampler = controller = PeriodController(
+            budget_pct, MAX_SAMPLE_PERIOD, keep_raises=self.session
+        )
 
         def gap(period: int) -> int:
             return 0 if period <= 1 else period * SAMPLE_UNIT
@@ -755,7 +849,8 @@ def collect(config: MemConfig) -> MemSnapshot:
                 duration_s=config.duration_s,
                 clock=run.clock,
                 stop=run.stop,
-                poll_s=0.05,
+                # under a budget every wake-up is counted: events wake the poll anyway
+                poll_s=0.05 if budgeted is None else BUDGET_POLL_S,
             )
             duration = run.clock.elapsed()
             steady = budgeted.end_loop() if budgeted is not None else 0.0

@@ -615,6 +615,7 @@ class MemSignal:
             targets=config.targets,
             duration_s=config.duration_s,
             page_faults=features.tracepoint_exists(*PAGE_FAULT_TRACEPOINT),
+            budget_pct=config.budget_pct,  # probes as `mem --budget` places them
         )
         self.collector = MemCollector(self.config, targets)
         self._last = (0, 0, 0, 0)
