@@ -20,14 +20,17 @@ the thread runs next. So the workload runs under a real-time policy (`chrt -f 1`
 a machine whose other load is normal-priority: it is never waiting for a CPU (but for the
 kernel's reserve for normal tasks, 5% of each second), its wall time is its CPU time, and
 both count the same (`--no-rt` runs it as a normal process, as the first figures were taken).
-py-spy runs `--nonblocking`: in its default mode it stops the target at each sample and
-counts the stopped time too, which does not fall evenly on the functions (measured: 8-34%
-more samples in `c` than its CPU time; `--py-spy-blocking` compares with that mode).
+py-spy samples on its own clock from user space, so it runs above the workload's priority
+(`chrt -f 2`): delayed by the machine's other load, its samples came in bursts of reads of
+one moment of the target and, in its default mode, which stops the target at each sample
+and counts the stopped time too, 8-34% more of them fell in `c` than its CPU time.
+`--py-spy-nonblocking` compares with its mode that reads the target without stopping it.
 
 Overhead: a fixed amount of pure-Python work (so a slower run shows as a longer one) timed by
 the workload itself, unprofiled, under otlp-ebpf and under py-spy at 99 Hz, in interleaved
 rounds, each run under the same real-time policy (so the machine's other load does not time
-it); the medians are printed as ratios against the unprofiled median.
+it; py-spy above it, as in the accuracy runs); the medians are printed as ratios against the
+unprofiled median.
 
 Run as root: `.venv/bin/python bench/python.py [--versions 3.11,3.12] [--runs 2] [--rounds 3]`.
 """
@@ -57,9 +60,13 @@ CLI = [sys.executable, "-m", "otlp_ebpf", "-q"]
 FUNCTIONS = ("a", "b", "c", "spin")
 # The workload's scheduling (see the module doc); empty with --no-rt.
 RT: list[str] = ["chrt", "-f", "1"] if shutil.which("chrt") else []
-# py-spy's mode in the accuracy runs: reading the target without stopping it (see the module
-# doc); --py-spy-blocking gives its default, which stops the target at each sample.
-SPY_OPTIONS: list[str] = ["--nonblocking"]
+# py-spy samples on its own clock, so it runs above the workload's priority: otherwise the
+# machine's other load delays its samples, which then come in bursts of reads of one moment
+# of the target, and keeps the target stopped longer (empty with --no-rt).
+SPY_RT: list[str] = ["chrt", "-f", "2"] if RT else []
+# py-spy's options in the accuracy runs: its default mode, which stops the target at each
+# sample; --py-spy-nonblocking reads it without stopping it.
+SPY_OPTIONS: list[str] = []
 
 ACCURACY_APP = """\
 import json
@@ -189,7 +196,7 @@ def one_run(python: str, app: Path, cpu_s: str, rate: int, tmp: Path) -> Run:
             stderr=subprocess.PIPE,
             text=True,
         )
-        spy_argv = [PY_SPY, "record", *SPY_OPTIONS, "-r", str(rate), "-f", "raw"]
+        spy_argv = [*SPY_RT, PY_SPY, "record", *SPY_OPTIONS, "-r", str(rate), "-f", "raw"]
         spy_argv += ["-p", str(target.pid)]
         spy = subprocess.Popen(
             [*spy_argv, "-o", str(spy_out)],
@@ -322,8 +329,18 @@ def overhead(python: str, app: Path, rounds: int, tmp: Path) -> None:
     runners = {
         "unprofiled": [],
         "otlp-ebpf cpu 99 Hz": [*CLI, "cpu", "-F", "99", "-o", str(tmp / "o.json"), "--"],
-        "py-spy record 99 Hz": [PY_SPY, "record", "-r", "99", "-o", str(tmp / "s.svg"), "--"],
+        "py-spy record 99 Hz": [
+            *SPY_RT,
+            PY_SPY,
+            "record",
+            "-r",
+            "99",
+            "-o",
+            str(tmp / "s.svg"),
+            "--",
+        ],
         "py-spy --nonblocking 99 Hz": [
+            *SPY_RT,
             PY_SPY,
             "record",
             "--nonblocking",
@@ -359,9 +376,9 @@ def main() -> int:
         "--rate", type=int, default=499, help="samples per second of both, for accuracy"
     )
     parser.add_argument(
-        "--py-spy-blocking",
+        "--py-spy-nonblocking",
         action="store_true",
-        help="accuracy against py-spy's default mode, which stops the target at each sample",
+        help="accuracy against py-spy --nonblocking (reads the target without stopping it)",
     )
     parser.add_argument("--runs", type=int, default=1, help="accuracy runs per version, pooled")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the overhead runs")
@@ -371,8 +388,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.no_rt:
         RT.clear()
-    if args.py_spy_blocking:
-        SPY_OPTIONS.clear()
+        SPY_RT.clear()
+    if args.py_spy_nonblocking:
+        SPY_OPTIONS.append("--nonblocking")
     if os.geteuid() != 0:
         print("bench/python.py needs root (BPF, ptrace)", file=sys.stderr)
         return 3
