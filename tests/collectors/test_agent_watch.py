@@ -437,9 +437,9 @@ def test_the_inspections_keep_to_a_share_of_the_budget() -> None:
     from otlp_ebpf.collectors.agent_watch import inspection_stride
 
     governor = Governor(1.0, CostMeter(lambda: 0, lambda: []), [])
-    # 1% of a core over 10 s intervals, a quarter of it for the watch: 25 ms an interval
-    assert inspection_stride(0.020, governor, 10.0, 30) == 1
-    assert inspection_stride(0.060, governor, 10.0, 30) == 3
+    # 1% of a core over 10 s intervals, a tenth of it for the watch: 10 ms an interval
+    assert inspection_stride(0.008, governor, 10.0, 30) == 1
+    assert inspection_stride(0.030, governor, 10.0, 30) == 3
     assert inspection_stride(5.0, governor, 10.0, 30) == 10  # a third of the window at most
     assert inspection_stride(5.0, None, 10.0, 30) == 1  # no budget: every interval
     # A tight budget: inspected every few intervals, and a storm is still found, once.

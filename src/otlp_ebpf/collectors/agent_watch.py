@@ -73,7 +73,7 @@ MIN_ROWS = DetectorSettings.baseline_min_rows + DetectorSettings.min_rows
 # bounded like the agent's other per-process state on a churning host.
 MAX_BASE_ROWS = 65536
 STAT_BYTES = 800  # a cumulative syscall row with its latency histogram, measured
-WATCH_SHARE = 0.25  # of the budget: what the inspections may cost on average
+WATCH_SHARE = 0.1  # of the budget: what the inspections may cost on average
 SyscallKey = tuple[int, str, str]
 
 
