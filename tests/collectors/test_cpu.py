@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import json
 import os
 import platform
@@ -14,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -129,22 +131,41 @@ def folded_lines(path: Path) -> Counter[str]:
     return counts
 
 
+@dataclass(frozen=True)
+class LaunchedRun:
+    outs: dict[str, Path]  # by extension
+    out: str
+    err: str
+
+
+@pytest.fixture(scope="module")
+def launched_run(tmp_path_factory: pytest.TempPathFactory, spin_bin: Path) -> LaunchedRun:
+    """`cpu -F 499 -- spin 1.5` (a() twice as long as b()) writing every format, and what it
+    printed: read by the format checks and, as the changed side, by the diff gate."""
+    folder = tmp_path_factory.mktemp("cpu-launched")
+    outs = {
+        ext: folder / f"prof{ext}"
+        for ext in (".json", ".folded", ".speedscope.json", ".pb.gz", ".html", ".svg")
+    }
+    args = [a for p in outs.values() for a in ("-o", str(p))]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run(["cpu", "-F", "499", *args, "--", str(spin_bin), "1.5"])
+    assert code == 0, err.getvalue()
+    return LaunchedRun(outs, out.getvalue(), err.getvalue())
+
+
 def test_launched_command_split_chains_and_every_format(
     tmp_path: Path,
     spin_bin: Path,
+    launched_run: LaunchedRun,
     schema: dict[str, Any],  # noqa: F811
     profile_pb2: ModuleType,  # noqa: F811
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    outs = {
-        ext: tmp_path / f"prof{ext}"
-        for ext in (".json", ".folded", ".speedscope.json", ".pb.gz", ".html", ".svg")
-    }
-    args = [a for p in outs.values() for a in ("-o", str(p))]
-    assert run(["cpu", "-F", "499", *args, "--", str(spin_bin), "1.5"]) == 0
-    shown = capsys.readouterr()
-    assert top_functions(shown.out)[:2] == ["a", "b"]
-    assert "samples" in shown.err and "lost" in shown.err
+    outs = launched_run.outs
+    assert top_functions(launched_run.out)[:2] == ["a", "b"]
+    assert "samples" in launched_run.err and "lost" in launched_run.err
 
     snap = load_cpu(outs[".json"])
     assert snap.frequency_hz == 499 and snap.samples_total > 300
@@ -319,14 +340,16 @@ def ctypes_size(mirror: type) -> int:
 
 
 def test_diff_gate_finds_the_doubled_function(
-    tmp_path: Path, spin_bin: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, spin_bin: Path, launched_run: LaunchedRun, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def snapshot(name: str, a_ms: str) -> str:
         path = tmp_path / f"{name}.json"
         assert run(["cpu", "-F", "499", "-o", str(path), "--", str(spin_bin), "1", a_ms]) == 0
         return str(path)
 
-    base, base_again, doubled = snapshot("base", "1"), snapshot("again", "1"), snapshot("new", "2")
+    # a() 1 ms for each 1 ms of b() on the base side; the launched run's a() 2 ms for each.
+    base, base_again = snapshot("base", "1"), snapshot("again", "1")
+    doubled = str(launched_run.outs[".json"])
     capsys.readouterr()
     assert run(["diff", base, doubled, "--fail-on-regression", "5"]) == 1
     verdict = capsys.readouterr().err
