@@ -113,25 +113,6 @@ static __always_inline void note_process(u32 tgid)
 	send_pid_event(tgid, CPU_PID_SEEN);
 }
 
-/* A new image's first sample: stopped until user space knows whether it runs CPython
- * (python.h). The event is reserved first, so a stop is never left unannounced. */
-static __always_inline void hold_if_undecided(u32 tgid)
-{
-	struct pid_event *ev;
-
-	if (!python_hold || !bpf_map_lookup_elem(&py_undecided, &tgid))
-		return;
-	ev = bpf_ringbuf_reserve(&pid_events, sizeof(*ev), 0);
-	if (!ev) {
-		bump(&drops, CPU_DROP_EVENTS_FULL);
-		return;
-	}
-	py_hold(tgid);
-	ev->pid = tgid;
-	ev->kind = CPU_PID_PY_HELD;
-	bpf_ringbuf_submit(ev, 0);
-}
-
 /* The current thread's Python frames, stored like a stack (a new one is announced, so user
  * space names its code objects while the process lives). `buf` is free scratch; struct
  * py_stack shares the head of struct stored_stack (nr, a 32-bit field, then the words). */
@@ -221,7 +202,8 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	note_process(key.pid);
 	if (python_frames && user_stacks)
-		hold_if_undecided(key.pid);
+		hold_if_undecided(&pid_events, sizeof(struct pid_event), CPU_PID_PY_HELD, key.pid,
+				  &drops, CPU_DROP_EVENTS_FULL);
 	if (count_one(&counts, &key) < 0)
 		bump(&drops, CPU_DROP_COUNTS_FULL);
 	return 0;

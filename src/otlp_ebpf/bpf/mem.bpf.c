@@ -566,26 +566,11 @@ static __always_inline int exit_call(void)
 	return 0;
 }
 
-/* A new image's first allocator call: stopped until user space knows whether it runs
- * CPython (python.h), so the allocations of its Python code carry Python frames from the
- * start. The event is reserved first, as at exit, so a stop is never left unannounced. */
-static __always_inline void hold_if_undecided(u64 id)
+/* A new image's first allocator call: held until its interpreter is known (python.h). */
+static __always_inline void hold_py(u64 id)
 {
-	u32 tgid = id >> 32;
-	struct mem_event *event;
-
-	if (!python_hold || !bpf_map_lookup_elem(&py_undecided, &tgid))
-		return;
-	event = bpf_ringbuf_reserve(&events, sizeof(*event), 0);
-	if (!event) {
-		bump(&drops, MEM_DROP_EVENTS_FULL);
-		return;
-	}
-	py_hold(tgid);
-	event->tgid = tgid;
-	event->kind = MEM_EVENT_PY_HOLD;
-	event->stack_id = 0;
-	bpf_ringbuf_submit(event, 0);
+	hold_if_undecided(&events, sizeof(struct mem_event), MEM_EVENT_PY_HOLD, id >> 32, &drops,
+			  MEM_DROP_EVENTS_FULL);
 }
 
 /* The one entry probe of every allocator function; the attach cookie says which. */
@@ -599,7 +584,7 @@ int alloc_enter(struct pt_regs *ctx)
 	u64 id = bpf_get_current_pid_tgid();
 
 	if (python_hold && target_wanted(id))
-		hold_if_undecided(id);
+		hold_py(id);
 	switch (bpf_get_attach_cookie(ctx)) {
 	case FN_MALLOC:
 		return enter_call(sp, a1, 0, CALL_ALLOC);
@@ -705,7 +690,7 @@ static __always_inline int session_enter(struct pt_regs *ctx)
 	if (!target_wanted(id))
 		return 1;
 	if (python_hold)
-		hold_if_undecided(id);
+		hold_py(id);
 	outer = bpf_map_lookup_elem(&pending, &id);
 	/* Nested in a call in flight (deeper) or its tail call (same depth): that call decides
 	 * for the block. Higher up, the entry in flight is stale (a longjmp): replaced. */

@@ -64,6 +64,8 @@ struct py_stack {
 
 #ifdef __bpf__
 
+#include "counters.h" /* bump() */
+
 struct thread_struct___py {
 	unsigned long fsbase;
 } __attribute__((preserve_access_index));
@@ -274,6 +276,36 @@ static __always_inline bool py_hold(u32 tgid)
 		return false;
 	bpf_send_signal(PY_SIGSTOP);
 	return true;
+}
+
+/* What every collector's hold event begins with (struct mem_event, struct pid_event). */
+struct py_hold_event {
+	__u32 tgid;
+	__u32 kind;
+};
+
+/* A new image's first probe in a target (an allocator call for mem, a sample for cpu):
+ * stopped until user space knows whether it runs CPython. The event (`size` bytes from
+ * `ring`: `tgid` and `kind` first, the rest zeroed) is reserved first, so a stop is never
+ * left unannounced; with no room the process runs on, counted in slot `drop_slot` of
+ * `drops`. */
+static __always_inline void hold_if_undecided(void *ring, const __u32 size, __u32 kind,
+					      __u32 tgid, void *drops, __u32 drop_slot)
+{
+	struct py_hold_event *event;
+
+	if (!python_hold || !bpf_map_lookup_elem(&py_undecided, &tgid))
+		return;
+	event = bpf_ringbuf_reserve(ring, size, 0);
+	if (!event) {
+		bump(drops, drop_slot);
+		return;
+	}
+	py_hold(tgid);
+	__builtin_memset(event, 0, size);
+	event->tgid = tgid;
+	event->kind = kind;
+	bpf_ringbuf_submit(event, 0);
 }
 
 /* The hold could not be told to user space: cancel it (a SIGCONT discards a pending stop). */
