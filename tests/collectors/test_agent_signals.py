@@ -234,6 +234,7 @@ def test_what_the_agent_keeps_between_intervals_stays_bounded_under_churn(
     held: list[dict[str, int]] = []
     samplers: list[AgentCpuSignal] = []
     policies: set[int] = set()
+    waiting: list[int] = []
 
     def on_poll(agent: Agent) -> None:
         if not samplers:
@@ -248,6 +249,7 @@ def test_what_the_agent_keeps_between_intervals_stays_bounded_under_churn(
         if worker is not None and worker.rss_kb():
             policies.add(os.sched_getscheduler(worker.pid))
         held.append({**dwarf.held(), "infos": len(dwarf._infos), "live": len(dwarf._processes)})
+        waiting.append(dwarf._waiting_bytes)
 
     config = AgentConfig(interval_s=1.0, signals=("cpu",), frequency_hz=199, budget_pct=None)
     try:
@@ -266,6 +268,7 @@ def test_what_the_agent_keeps_between_intervals_stays_bounded_under_churn(
         assert figures["infos"] <= figures["live"], held
     assert any(b.helpers_rss_kb > 0 for b in batches)  # the decoder, counted apart
     assert policies == {os.SCHED_IDLE}  # decoding with CPU the workload does not want
+    assert max(waiting) <= 2 * 1024 * 1024  # samples waiting for its tables: a small queue
     assert all(b.cpu_s > 0 for b in batches)
 
 

@@ -35,6 +35,7 @@ PeerKey = tuple[int, str, int, str, int]
 MAX_FOLDED_PEERS = 4096  # rows of closed connections kept (the oldest go first)
 EXITED_KEPT_BY_PID = 64  # exited processes whose syscall rows keep their pid (then: by name)
 DECODER_SHARE = 0.25  # of the budget: what the unwind-table decoder may use on average
+AGENT_WAITING_BYTES = 2 * 1024 * 1024  # of copied stacks waiting for a table (~125 samples)
 
 
 class AgentCpuSignal(CpuSignal):
@@ -52,6 +53,9 @@ class AgentCpuSignal(CpuSignal):
         if worker is not None:  # tables decoded with CPU the workload does not want
             worker.idle = True
         self.limit_decoder(config.budget_pct)
+        # Tables come slowly from a decoder held to the budget: fewer samples wait for them
+        # (each holds its stack copy and keeps its exited process's maps until then).
+        self.dwarf.sampler.max_waiting_bytes = AGENT_WAITING_BYTES
 
     def limit_decoder(self, budget_pct: float | None) -> None:
         """Hold the unwind-table decoder to DECODER_SHARE of the budget (none without one):

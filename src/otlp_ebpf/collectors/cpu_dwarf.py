@@ -216,6 +216,7 @@ class DwarfSampler:
         self.prefetch = False
         self._waiting: list[_Waiting] = []
         self._waiting_bytes = 0
+        self.max_waiting_bytes = MAX_WAITING_BYTES
         self._final_drops: dict[str, int] | None = None
         self._ring: RingBuffer | None = None
         # Shared with the symbolizer: one descriptor per mapped file, one read of the maps.
@@ -417,7 +418,7 @@ class DwarfSampler:
         stack = data[HEADER_BYTES : HEADER_BYTES + head.stack_bytes]
         result = self._walk(head.pid, process, regs, stack)
         if result.reason == REASON_TABLE_PENDING:
-            if self._waiting_bytes + len(stack) <= MAX_WAITING_BYTES:
+            if self._waiting_bytes + len(stack) <= self.max_waiting_bytes:
                 self._waiting.append(_Waiting(*key, kernel, regs, stack, process, python))
                 self._waiting_bytes += len(stack)
                 return
