@@ -8,7 +8,7 @@ against its budget (CPU and BPF run time in % of one core, from the end of warm-
 effective cpu sampling rate, and what a node sends: batches per second and bytes per interval.
 
     python bench/agent_soak.py [--minutes 10] [--interval 10] [--warmup-minutes 1]
-                               [--signals cpu,syscalls]
+                               [--signals cpu,syscalls] [--agent-args '--burst-intervals 0']
 """
 
 from __future__ import annotations
@@ -115,6 +115,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--warmup-minutes", type=float, default=1.0)
     parser.add_argument("--signals", default="cpu,syscalls")
+    parser.add_argument(
+        "--agent-args", default="", help="more options for the agent, e.g. '--burst-intervals 0'"
+    )
     args = parser.parse_args()
 
     counts = Counting()
@@ -127,7 +130,8 @@ def main() -> None:
     env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
     agent = subprocess.Popen(
         [*CLI, "agent", "--interval", str(args.interval), "--otlp", url, "--signals", args.signals,
-         "--serve", f"127.0.0.1:{port}", "--spill-dir", os.path.join(work, "spill")],
+         "--serve", f"127.0.0.1:{port}", "--spill-dir", os.path.join(work, "spill"),
+         *args.agent_args.split()],
         env=env, stderr=open(os.path.join(work, "agent.log"), "w"),  # noqa: SIM115
     )  # fmt: skip
     rows: list[tuple[float, int, dict[str, float]]] = []
