@@ -377,6 +377,25 @@ def test_a_decoder_held_to_a_cpu_limit_is_paused_and_still_finishes(
     assert worker.paused_s > 0
 
 
+def test_a_child_killed_in_a_decode_leaves_that_file_without_a_table_and_the_rest_decoded(
+    program: Path,
+) -> None:
+    worker = DecodeWorker(None, ())
+    done: list[tuple[str, bool]] = []
+    try:
+        worker.request("big", str(_libpython()), urgent=True)
+        worker.request("small", str(program), urgent=True)
+        os.kill(worker.pid, 9)  # the OOM killer, say
+        for _ in range(1200):  # bounded: a queue left stalled would never end
+            if not worker.busy:
+                break
+            done += [(key, data is not None) for key, data in worker.receive(0.05)]
+    finally:
+        worker.close()
+    assert done == [("big", False), ("small", True)]
+    assert worker.starts == 2
+
+
 def test_a_decode_over_the_heap_cap_gives_no_table_and_a_new_child(
     program: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

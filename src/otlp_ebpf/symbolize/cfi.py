@@ -828,9 +828,8 @@ class DecodeWorker:
                 break
             result = self._read_result(stdout)
             done.append(result)
-            if result[1] is None and self._proc is None:
-                continue  # the child died in that decode: the next one starts a new child
-            if self._recycle or self.rss_kb() > self.recycle_rss_kb:
+            died = result[1] is None and self._proc is None  # the next decode: a new child
+            if not died and (self._recycle or self.rss_kb() > self.recycle_rss_kb):
                 self.recycled += 1
                 self._end_child()
             self._send_next()
