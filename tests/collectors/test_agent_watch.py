@@ -111,6 +111,15 @@ def run_watch(watch: Watch, workload: Workload, intervals: int, governor=None) -
     return events
 
 
+def observe_until_told(watch: Watch, workload: Workload) -> list:
+    """Intervals go to the watch until one brings a finding; its events."""
+    events: list = []
+    while not events:
+        batch, ticks = workload.next()
+        events = watch.observe(batch, ticks, None, 99, STARTED)
+    return events
+
+
 def test_an_errno_storm_is_told_once_and_recorded_with_its_window(tmp_path: Path) -> None:
     config = WatchConfig(window=20, record_after=3, recordings_dir=str(tmp_path / "rec"))
     watch = Watch(config, INTERVAL)
@@ -387,10 +396,7 @@ def test_a_recording_due_when_the_agent_stops_is_written_with_what_there_is(
     config = WatchConfig(window=20, record_after=5, recordings_dir=str(tmp_path / "rec"))
     watch = Watch(config, INTERVAL)
     workload = Workload(storm=(16, 40))
-    events: list = []
-    while not events:
-        batch, ticks = workload.next()
-        events = watch.observe(batch, ticks, None, 99, STARTED)
+    events = observe_until_told(watch, workload)
     assert os.listdir(tmp_path / "rec") == []  # due 5 intervals later
     batch, ticks = workload.next()
     watch.observe(dataclasses.replace(batch, final=True), ticks, None, 99, STARTED)
@@ -420,10 +426,7 @@ def test_a_reconfigured_watch_keeps_its_ring_and_writes_an_announced_recording_w
     config = WatchConfig(window=20, record_after=5, recordings_dir=str(tmp_path / "old"))
     watch = Watch(config, INTERVAL)
     workload = Workload(storm=(16, 40))
-    events: list = []
-    while not events:
-        batch, ticks = workload.next()
-        events = watch.observe(batch, ticks, None, 99, STARTED)
+    events = observe_until_told(watch, workload)
     assert len(watch.ring) > 12
     new = RecordingsDir(str(tmp_path / "new"), cap_bytes=1 << 20)
     watch.reconfigure(WatchConfig(window=10, record_after=1), new, None)

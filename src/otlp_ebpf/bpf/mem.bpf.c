@@ -607,15 +607,30 @@ int alloc_enter(struct pt_regs *ctx)
 }
 
 /* The one return probe of every allocating function. */
+/* The block a finished call handed out (0: none); the block a realloc moved or freed is
+ * forgotten here (a failed realloc leaves it alive). */
+static __always_inline u64 returned_block(struct pt_regs *ctx, u32 tgid,
+					  const struct pending_call *call)
+{
+	u64 addr = RET(ctx);
+
+	if (call->kind == CALL_MEMALIGN_OUT) {
+		if ((int)addr != 0 || bpf_probe_read_user(&addr, sizeof(addr), (void *)call->ptr))
+			return 0;
+	}
+	if (call->kind == CALL_REALLOC && call->ptr && (addr || !call->size))
+		forget_block(tgid, call->ptr);
+	return addr;
+}
+
 SEC("uretprobe")
 int alloc_return(struct pt_regs *ctx)
 {
-	u64 ret = RET(ctx);
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32;
 	struct pending_call *p = bpf_map_lookup_elem(&pending, &id);
 	struct pending_call call;
-	u64 addr = ret;
+	u64 addr;
 
 	if (!p)
 		return 0; /* not a target, or the call began before we attached */
@@ -625,13 +640,7 @@ int alloc_return(struct pt_regs *ctx)
 	}
 	call = *p;
 	bpf_map_delete_elem(&pending, &id);
-	if (call.kind == CALL_MEMALIGN_OUT) {
-		if ((int)ret != 0 || bpf_probe_read_user(&addr, sizeof(addr), (void *)call.ptr))
-			return 0;
-	}
-	/* realloc moved or freed the old block; a failed realloc leaves it alive. */
-	if (call.kind == CALL_REALLOC && call.ptr && (addr || !call.size))
-		forget_block(tgid, call.ptr);
+	addr = returned_block(ctx, tgid, &call);
 	if (!addr)
 		return 0;
 	TRACK_BLOCK(tgid, addr, call.size, stack_id_of(ctx, BPF_F_USER_STACK));
@@ -705,23 +714,17 @@ static __always_inline int session_enter(struct pt_regs *ctx)
 
 static __always_inline int session_return(struct pt_regs *ctx)
 {
-	u64 ret = RET(ctx);
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32;
 	struct pending_call *p = bpf_map_lookup_elem(&pending, &id);
 	struct pending_call call;
-	u64 addr = ret;
+	u64 addr;
 
 	if (!p)
 		return 0;
 	call = *p;
 	bpf_map_delete_elem(&pending, &id);
-	if (call.kind == CALL_MEMALIGN_OUT) {
-		if ((int)ret != 0 || bpf_probe_read_user(&addr, sizeof(addr), (void *)call.ptr))
-			return 0;
-	}
-	if (call.kind == CALL_REALLOC && call.ptr && (addr || !call.size))
-		forget_block(tgid, call.ptr);
+	addr = returned_block(ctx, tgid, &call);
 	if (!addr || !call.sampled)
 		return 0;
 	remember_block(tgid, addr, call.size, stack_id_of(ctx, BPF_F_USER_STACK),
