@@ -16,13 +16,18 @@ import glob
 import os
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from otlp_ebpf.collectors import cpu
+from otlp_ebpf.collectors.python_frames import GONE_BEFORE_NAMED, UNDECIDED_MAP
 from otlp_ebpf.model import CpuSnapshot, StackCount
+from otlp_ebpf.symbolize.python import UNKNOWN_CODE
 from otlp_ebpf.targets import TargetSpec
 
 pytestmark = pytest.mark.bpf
@@ -582,3 +587,73 @@ def test_forked_child_gone_before_the_end_keeps_its_names(tmp_path: Path) -> Non
     # Parent and child, each with its own samples under the chain, nothing left unnamed.
     assert len(named) == 2 and min(named.values()) >= 30, named
     assert unknown == 0, unknown
+
+
+def _walk_slowed(monkeypatch: pytest.MonkeyPatch, delay_for_pid: Callable[[int], None]) -> None:
+    """The DWARF sampler's unwinding of each sample of a registered interpreter preceded by
+    `delay_for_pid(pid)`: the tool's consumer behind its target, as on a loaded machine,
+    made deterministic (once its image is decided: a target held at its start waits for the
+    consumer)."""
+    from otlp_ebpf.collectors import cpu_dwarf
+
+    walk = cpu_dwarf.DwarfSampler._walk
+
+    def slowed(self: cpu_dwarf.DwarfSampler, pid: int, *args: Any) -> Any:
+        assert self.obj is not None
+        undecided = self.obj.map(UNDECIDED_MAP).lookup(pid.to_bytes(4, "little"))
+        if self.python is not None and pid in self.python.interpreters and undecided is None:
+            delay_for_pid(pid)
+        return walk(self, pid, *args)
+
+    monkeypatch.setattr(cpu_dwarf.DwarfSampler, "_walk", slowed)
+
+
+def _code_made_later(tmp_path: Path, hz: int) -> tuple[CpuSnapshot, int, int]:
+    """MIXED_APP's run on 3.12: its samples in app.c (the first half) and in
+    later.made_later (code created in the second half), 0.5 s of CPU each."""
+    script = tmp_path / "app.py"
+    script.write_text(MIXED_APP)
+    command = (str(interpreter("3.12")), str(script), "0.5")
+    snap = profile(TargetSpec(command=command), frequency_hz=hz)
+    in_c = made_later = 0
+    for stack in snap.stacks:
+        names = [f.split(" (")[0] for f in stack.frames]
+        in_c += stack.count if "app.c" in names else 0
+        made_later += stack.count if "later.made_later" in names else 0
+    return snap, in_c, made_later
+
+
+def test_code_made_late_is_named_while_the_consumer_lags(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each unwind takes 10 ms (the consumer handles half the samples it is sent): the
+    samples that arrive meanwhile are named at once, while the target lives, so the code it
+    creates in its last half second is named like its first (it was all unknown once the
+    consumer reached those samples after the exit)."""
+    _walk_slowed(monkeypatch, lambda pid: time.sleep(0.01))
+    snap, in_c, made_later = _code_made_later(tmp_path, 199)
+    assert in_c >= 50 and made_later >= 0.7 * in_c, (in_c, made_later, snap.lost_events)
+    assert GONE_BEFORE_NAMED not in snap.lost_events, snap.lost_events
+
+
+def test_code_read_after_the_exit_is_counted_lost(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The consumer stalled from its first unwind until the target has exited: no code
+    object can be read any more, and every sample whose code is left unknown is counted."""
+
+    def until_exited(pid: int) -> None:
+        for _ in range(3000):  # at most 30 s: the target runs 1 s of CPU
+            try:
+                state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+            except OSError:
+                return
+            if state in (b"Z", b"X"):
+                return
+            time.sleep(0.01)
+
+    _walk_slowed(monkeypatch, until_exited)
+    snap, _, _ = _code_made_later(tmp_path, HZ)
+    unknown = sum(s.count for s in snap.stacks if any(f.startswith(UNKNOWN_CODE) for f in s.frames))
+    assert unknown >= 200, unknown
+    assert snap.lost_events.get(GONE_BEFORE_NAMED, 0) >= 0.95 * unknown, snap.lost_events

@@ -110,6 +110,13 @@ MAX_WAITING_BYTES = 8 * 1024 * 1024
 # At the end of a run, how long to wait for the tables that waiting samples need.
 END_WAIT_S = 3.0
 REASON_QUEUE_FULL = "waiting_queue_full"
+# While a batch of samples is unwound (the slow part, on a loaded machine seconds behind the
+# targets), the ring buffer is read again every CATCH_UP_EVERY samples and what arrived is
+# Python-named at once: code objects are read from the target's memory, which is gone once
+# it exits. At most MAX_PREPARED_BYTES of such samples wait for their unwind (beyond, the
+# ring buffer fills and its drops are counted).
+CATCH_UP_EVERY = 16
+MAX_PREPARED_BYTES = 8 * 1024 * 1024
 
 
 class DwarfSampleHeader(ctypes.Structure):
@@ -222,7 +229,10 @@ class DwarfSampler:
         # Shared with the symbolizer: one descriptor per mapped file, one read of the maps.
         self._files = self.symbolizer.files
         self._processes: OrderedDict[int, _Process] = OrderedDict()
-        self._batch: list[bytes] = []
+        self._batch: list[bytes] = []  # consumed from the ring, not yet prepared
+        # Prepared samples (maps read, Python frames named), waiting for their unwind.
+        self._prepared: list[tuple[bytes, tuple[PyFrame, ...]]] = []
+        self._prepared_bytes = 0
         self._infos: dict[int, ProcessInfo] = {}
         self._counts: Counter[_StackKey] = Counter()
         # Stacks not named yet, by process: a retired process's are named in one step.
@@ -356,7 +366,8 @@ class DwarfSampler:
         for a table up to `end_wait_s` for it to arrive."""
         self.stop()
         drained = self._ring.drain() if self._ring is not None else 0
-        self._flush()
+        while self._batch or self._prepared:  # a flush catches up with the ring as it goes
+            self._flush()
         if self._final_drops is None:
             self._final_drops = self._read_drops()
         self._wait_for_tables()
@@ -366,12 +377,34 @@ class DwarfSampler:
         self._batch.append(data)
 
     def _flush(self) -> None:
-        """Unwind the samples the last poll brought. New processes' maps are read first, for
-        every process in the batch, before any sample is unwound: a short-lived process may
-        live only milliseconds past its first sample (the kernel side wakes us for it). One
-        already gone is unwound with the maps the kernel recorded at its exit."""
+        """Unwind the samples the last poll brought, catching up with the ring buffer as it
+        goes (`_catch_up`): the samples that arrive meanwhile are prepared at once and
+        unwound at the next flush."""
+        self._prepare_arrivals()
+        prepared, self._prepared = self._prepared, []
+        self._prepared_bytes = 0
+        for done, (data, python) in enumerate(prepared, 1):
+            self._unwind_sample(data, python)
+            if done % CATCH_UP_EVERY == 0:
+                self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Mid-flush: consume what the ring holds and prepare it, unless enough is waiting."""
+        if self._ring is None or self._prepared_bytes >= MAX_PREPARED_BYTES:
+            return
+        self._ring.drain()
+        self._prepare_arrivals()
+
+    def _prepare_arrivals(self) -> None:
+        """What must happen while the sampled processes live, for the samples just consumed:
+        new processes' maps are read first, for every process in the batch, before any sample
+        is unwound (a short-lived process may live only milliseconds past its first sample;
+        the kernel side wakes us for it; one already gone is unwound with the maps the kernel
+        recorded at its exit), and the Python frames are named, from the process's memory."""
         batch, self._batch = self._batch, []
-        if self.python is not None and batch:
+        if not batch:
+            return
+        if self.python is not None:
             self.python.new_batch()
         seen: set[int] = set()
         for data in batch:
@@ -383,8 +416,12 @@ class DwarfSampler:
                 seen.add(pid)
                 if pid not in self._processes and pid not in self.own_pids():
                     self._capture(pid) or self._adopt_recorded(pid)
+        own = self.own_pids()
         for data in batch:
-            self._unwind_sample(data)
+            head = _header(data)
+            python = self._python_frames(head) if head.pid not in own else ()
+            self._prepared.append((data, python))
+            self._prepared_bytes += len(data)
 
     def _release_held(self, pid: int) -> None:
         """A new image stopped at its first sample (bpf/python.h): its maps read now (its
@@ -395,8 +432,8 @@ class DwarfSampler:
             self._capture(pid)
         self.holds.release(pid)
 
-    def _unwind_sample(self, data: bytes) -> None:
-        head = DwarfSampleHeader.from_buffer_copy(data[:HEADER_BYTES].ljust(HEADER_BYTES, b"\0"))
+    def _unwind_sample(self, data: bytes, python: tuple[PyFrame, ...]) -> None:
+        head = _header(data)
         if head.pid in self.own_pids():
             return  # the table-decoding child is part of this tool, not of the profile
         self.samples_total += 1
@@ -409,7 +446,6 @@ class DwarfSampler:
             self._add((*key, (), kernel, False, ()))
             return
         process = self._process_for(head.pid, comm)
-        python = self._python_frames(head)
         if process is None:
             self._failures[REASON_GONE] += 1
             self._add((*key, (head.regs[0],), kernel, False, python))
@@ -808,8 +844,10 @@ class DwarfSampler:
         return (text, *python)
 
     def lost_events(self) -> dict[str, int]:
-        """Drops and unwind failures together, as a snapshot's lost_events."""
-        return {**self.drops(), **self.unwind_failures()}
+        """Drops, unwind failures and Python frames left unnamed, as a snapshot's
+        lost_events."""
+        python = self.python.lost() if self.python is not None else {}
+        return {**self.drops(), **self.unwind_failures(), **python}
 
     def processes(self) -> dict[int, ProcessInfo]:
         return dict(self._infos)
@@ -832,6 +870,10 @@ class DwarfSampler:
             self.symbolizer.close()
         if self.python is not None:
             self.python.close()
+
+
+def _header(data: bytes) -> DwarfSampleHeader:
+    return DwarfSampleHeader.from_buffer_copy(data[:HEADER_BYTES].ljust(HEADER_BYTES, b"\0"))
 
 
 def _same_process(pid: int, process: _Process) -> bool:

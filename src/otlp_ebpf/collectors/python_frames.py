@@ -22,6 +22,7 @@ from otlp_ebpf.runtime.loader import BpfObject
 from otlp_ebpf.symbolize.procmaps import OpenFiles, ProcessMaps
 from otlp_ebpf.symbolize.python import (
     TRUNCATED_PYTHON_FRAME,
+    UNKNOWN_CODE,
     CodeReader,
     Interpreter,
     PyFrame,
@@ -40,6 +41,9 @@ UNDECIDED_MAP = "py_undecided"
 MAX_HOLDS = 8
 TRUNCATED_FRAME = TRUNCATED_PYTHON_FRAME
 TRUNCATED_MARK = 1  # PY_FRAME_TRUNCATED_MARK: ends a stored stack cut at MAX_FRAMES
+# lost_events: samples with a code object left unnamed because the process had exited before
+# the tool read it (its memory is gone with it: a tool lagging behind a short target).
+GONE_BEFORE_NAMED = "python: process exited before its code objects were read"
 # Fields of struct py_proc after `runtime` and `version`, in order (all u16).
 _OFFSET_FIELDS = (
     "runtime_interpreters_head",
@@ -103,6 +107,8 @@ class PythonFrames:
         self.holds = 0  # targets stopped until their interpreter was known
         self._undecided_holds: dict[int, int] = {}
         self._users = 0
+        self.unnamed_gone = 0  # samples (GONE_BEFORE_NAMED)
+        self._exited: set[int] = set()
 
     def attach(self, obj: BpfObject) -> None:
         """Register every known interpreter with a newly loaded object, and the next ones."""
@@ -149,6 +155,7 @@ class PythonFrames:
     def forget(self, pid: int) -> None:
         """The process exited and its stacks are named: drop its entry here and in the BPF
         objects (their table of processes would fill up over a long run otherwise)."""
+        self._exited.discard(pid)
         interp = self.interpreters.pop(pid, None)
         if interp is None:
             return
@@ -192,7 +199,28 @@ class PythonFrames:
         words = list(stack.frames[:nr])
         if stack.flags & STACK_TRUNCATED:
             words.append(TRUNCATED_MARK)
-        return self._named(pid, words)
+        frames = self._named(pid, words)
+        if any(f.name == UNKNOWN_CODE for f in frames) and self._has_exited(pid):
+            self.unnamed_gone += 1
+        return frames
+
+    def _has_exited(self, pid: int) -> bool:
+        """Whether `pid` is gone or a zombie (its memory released), remembered until the
+        process is forgotten."""
+        if pid not in self._exited:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as fh:
+                    state = fh.read().rsplit(b")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                state = b"X"
+            if state not in (b"Z", b"X"):
+                return False
+            self._exited.add(pid)
+        return True
+
+    def lost(self) -> dict[str, int]:
+        """Samples whose Python frames could not all be named, for lost_events."""
+        return {GONE_BEFORE_NAMED: self.unnamed_gone} if self.unnamed_gone else {}
 
     def resolve_words(self, pid: int, words: Sequence[int]) -> tuple[PyFrame, ...]:
         """Named frames for a stored Python stack's words (leaf first; a last word
