@@ -574,36 +574,55 @@ static __always_inline void hold_py(u64 id)
 }
 
 /* The one entry probe of every allocator function; the attach cookie says which. */
+/* What an allocating call asks for, from its arguments: the size, the block it resizes
+ * (realloc) or where it writes its result (posix_memalign), and so how its return reads. */
+static __always_inline void describe_call(struct pt_regs *ctx, u64 cookie,
+					  struct pending_call *call)
+{
+	u64 a1 = ARG1(ctx), a2 = ARG2(ctx), a3 = ARG3(ctx);
+
+	switch (cookie) {
+	case FN_CALLOC:
+		call->size = a1 * a2;
+		break;
+	case FN_REALLOC:
+		call->size = a2;
+		call->ptr = a1;
+		call->kind = CALL_REALLOC;
+		break;
+	case FN_REALLOCARRAY:
+		call->size = a2 * a3;
+		call->ptr = a1;
+		call->kind = CALL_REALLOC;
+		break;
+	case FN_POSIX_MEMALIGN:
+		call->size = a3;
+		call->ptr = a1;
+		call->kind = CALL_MEMALIGN_OUT;
+		break;
+	case FN_MEMALIGN:
+		call->size = a2;
+		break;
+	default: /* FN_MALLOC */
+		call->size = a1;
+	}
+}
+
 SEC("uprobe")
 int alloc_enter(struct pt_regs *ctx)
 {
-	u64 a1 = ARG1(ctx);
-	u64 a2 = ARG2(ctx);
-	u64 a3 = ARG3(ctx);
-	u64 sp = PT_REGS_SP(ctx);
+	u64 cookie = bpf_get_attach_cookie(ctx);
 	u64 id = bpf_get_current_pid_tgid();
+	struct pending_call call = {};
 
 	if (python_hold && target_wanted(id))
 		hold_py(id);
-	switch (bpf_get_attach_cookie(ctx)) {
-	case FN_MALLOC:
-		return enter_call(sp, a1, 0, CALL_ALLOC);
-	case FN_CALLOC:
-		return enter_call(sp, a1 * a2, 0, CALL_ALLOC);
-	case FN_REALLOC:
-		return enter_call(sp, a2, a1, CALL_REALLOC);
-	case FN_REALLOCARRAY:
-		return enter_call(sp, a2 * a3, a1, CALL_REALLOC);
-	case FN_POSIX_MEMALIGN:
-		return enter_call(sp, a3, a1, CALL_MEMALIGN_OUT);
-	case FN_MEMALIGN:
-		return enter_call(sp, a2, 0, CALL_ALLOC);
-	case FN_FREE:
-		return free_call(a1);
-	case FN_EXIT:
+	if (cookie == FN_FREE)
+		return free_call(ARG1(ctx));
+	if (cookie == FN_EXIT)
 		return exit_call();
-	}
-	return 0;
+	describe_call(ctx, cookie, &call);
+	return enter_call(PT_REGS_SP(ctx), call.size, call.ptr, call.kind);
 }
 
 /* The one return probe of every allocating function. */
@@ -658,36 +677,11 @@ extern bool bpf_session_is_return(void) __ksym __weak;
 
 static __always_inline int session_enter(struct pt_regs *ctx)
 {
-	u64 a1 = ARG1(ctx), a2 = ARG2(ctx), a3 = ARG3(ctx);
 	struct pending_call call = { .sp = PT_REGS_SP(ctx) };
 	struct pending_call *outer;
 	u64 id;
 
-	switch (bpf_get_attach_cookie(ctx)) {
-	case FN_CALLOC:
-		call.size = a1 * a2;
-		break;
-	case FN_REALLOC:
-		call.size = a2;
-		call.ptr = a1;
-		call.kind = CALL_REALLOC;
-		break;
-	case FN_REALLOCARRAY:
-		call.size = a2 * a3;
-		call.ptr = a1;
-		call.kind = CALL_REALLOC;
-		break;
-	case FN_POSIX_MEMALIGN:
-		call.size = a3;
-		call.ptr = a1;
-		call.kind = CALL_MEMALIGN_OUT;
-		break;
-	case FN_MEMALIGN:
-		call.size = a2;
-		break;
-	default: /* FN_MALLOC */
-		call.size = a1;
-	}
+	describe_call(ctx, bpf_get_attach_cookie(ctx), &call);
 	call.sampled = sample_block(call.size, &call.weight_bytes, &call.weight_count);
 	/* realloc always returns: it may end a tracked block, and a tail call it makes (glibc
 	 * realloc(NULL, n) -> malloc) must find it in flight, not draw for the block again. A
