@@ -473,13 +473,17 @@ def test_threads_blocked_for_the_whole_run_are_reported(
     config = cpu.CpuConfig(
         targets=TargetSpec(pids=(proc.pid,)), off_cpu=True, duration_s=1.0, min_block_us=10_000
     )
+    called_ns = time.monotonic_ns()
     snapshot = cpu.collect(config)
+    returned_ns = time.monotonic_ns()
 
     by_tid = {s.tid: s for s in snapshot.off_cpu}
     reader, main = by_tid[reader_tid], by_tid[proc.pid]
     for thread in (reader, main):
         assert thread.frames[0] == cpu.BLOCKED_WHOLE_RUN_FRAME, thread.frames
-        assert 0.9e9 <= thread.total_ns <= 1.5e9
+        # the whole run: at least the second asked, at most the call (a loaded machine
+        # stretches both alike)
+        assert 0.9e9 <= thread.total_ns <= returned_ns - called_ns
     assert "read" in reader.frames[1], reader.frames  # libc's read wrapper, where it waits
     assert any(f.endswith("pipe_read_[k]") for f in reader.frames), reader.frames
     assert any(f.startswith("futex") for f in main.frames), main.frames
