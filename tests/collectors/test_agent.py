@@ -89,9 +89,9 @@ def intervals_received(receiver: HttpReceiver) -> list[int]:
     return out
 
 
-def syscall_points(receiver: HttpReceiver, pid: int, name: str) -> list[int]:
-    """Every cumulative count of syscall `name` for process `pid` received, in order."""
-    points = []
+def metric_points(receiver: HttpReceiver, pid: int, name: str) -> list[tuple[dict, float]]:
+    """(point attributes, value) of metric `name` for process `pid`, in arrival order."""
+    out = []
     for received in receiver.of("metrics"):
         for rm in received.request.resource_metrics:
             attrs = {a.key: a.value for a in rm.resource.attributes}
@@ -99,13 +99,21 @@ def syscall_points(receiver: HttpReceiver, pid: int, name: str) -> list[int]:
                 continue
             for sm in rm.scope_metrics:
                 for m in sm.metrics:
-                    if m.name != "otlp_ebpf.syscall.calls":
-                        continue
-                    for point in m.sum.data_points:
-                        point_attrs = {a.key: a.value.string_value for a in point.attributes}
-                        if point_attrs.get("otlp_ebpf.syscall.name") == name:
-                            points.append(int(point.as_int))
-    return points
+                    if m.name == name:
+                        data = m.sum if m.HasField("sum") else m.gauge
+                        for p in data.data_points:
+                            point = {a.key: a.value.string_value for a in p.attributes}
+                            out.append((point, p.as_int or p.as_double))
+    return out
+
+
+def syscall_points(receiver: HttpReceiver, pid: int, name: str) -> list[int]:
+    """Every cumulative count of syscall `name` for process `pid` received, in order."""
+    return [
+        int(value)
+        for attrs, value in metric_points(receiver, pid, "otlp_ebpf.syscall.calls")
+        if attrs.get("otlp_ebpf.syscall.name") == name
+    ]
 
 
 def syscall_count(receiver: HttpReceiver, pid: int, name: str) -> int:

@@ -23,6 +23,7 @@ from tests.collectors.test_agent import (
     free_port,
     get,
     intervals_received,
+    metric_points,
     pod_cgroup,  # noqa: F401 (a fixture)
     resource_of,
     syscall_count,
@@ -70,24 +71,6 @@ TICKER = r"""
 #include <unistd.h>
 int main(void) { for (;;) { getppid(); usleep(1000); } }
 """
-
-
-def metric_points(receiver: HttpReceiver, pid: int, name: str) -> list[tuple[dict, float]]:
-    """(point attributes, value) of metric `name` for process `pid`, in arrival order."""
-    out = []
-    for received in receiver.of("metrics"):
-        for rm in received.request.resource_metrics:
-            attrs = {a.key: a.value for a in rm.resource.attributes}
-            if "process.pid" not in attrs or attrs["process.pid"].int_value != pid:
-                continue
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    if m.name == name:
-                        data = m.sum if m.HasField("sum") else m.gauge
-                        for p in data.data_points:
-                            point = {a.key: a.value.string_value for a in p.attributes}
-                            out.append((point, p.as_int or p.as_double))
-    return out
 
 
 def transmitted(receiver: HttpReceiver, pid: int) -> float:

@@ -51,21 +51,20 @@ def short_bin(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_c(cc, SHORT, out, "-O2", "-fomit-frame-pointer")
 
 
-def test_exited_processes_are_retired_and_their_stacks_keep_their_names(
-    short_bin: Path, quick_retirement: None
-) -> None:
-    script = f"i=0; while [ $i -lt {CHILDREN} ]; do {short_bin}; i=$((i+1)); done"
-    targets = base.Targets(TargetSpec(command=("sh", "-c", script)))
-    sampler = DwarfSampler(frequency_hz=499)
+def run_to_the_end(
+    sampler: DwarfSampler, targets: base.Targets, watch: str, settle_s: float = 0.0
+) -> tuple[dict[str, int], int]:
+    """Sample the targets until they end, then `settle_s` more; what the sampler holds then,
+    and the most of its `watch` holding seen while the targets ran."""
+    most = 0
     try:
         with StatsSession():
             sampler.start(targets)
             targets.release()
-            most = 0
             while not targets.finished():
                 sampler.poll(100)
-                most = max(most, sampler.held()["unwinding_processes"])
-            settle = time.monotonic() + SETTLE_S
+                most = max(most, sampler.held()[watch])
+            settle = time.monotonic() + settle_s
             while time.monotonic() < settle:
                 sampler.poll(100)
             held = sampler.held()
@@ -74,6 +73,16 @@ def test_exited_processes_are_retired_and_their_stacks_keep_their_names(
         targets.abandon()
         base.cleanup()
         sampler.close()
+    return held, most
+
+
+def test_exited_processes_are_retired_and_their_stacks_keep_their_names(
+    short_bin: Path, quick_retirement: None
+) -> None:
+    script = f"i=0; while [ $i -lt {CHILDREN} ]; do {short_bin}; i=$((i+1)); done"
+    targets = base.Targets(TargetSpec(command=("sh", "-c", script)))
+    sampler = DwarfSampler(frequency_hz=499)
+    held, most = run_to_the_end(sampler, targets, "unwinding_processes", SETTLE_S)
     stacks = sampler.stacks()
     children = {s.pid for s in stacks if s.comm == "short"}
     named = {s.pid for s in stacks if s.comm == "short" and "short_lived_work" in s.frames}
@@ -103,21 +112,7 @@ def test_rows_of_the_oldest_exited_processes_fold_by_name(
     script = f"i=0; while [ $i -lt 40 ]; do {short_bin}; i=$((i+1)); done"
     targets = base.Targets(TargetSpec(command=("sh", "-c", script)))
     sampler = DwarfSampler(frequency_hz=499)
-    try:
-        with StatsSession():
-            sampler.start(targets)
-            targets.release()
-            while not targets.finished():
-                sampler.poll(100)
-            settle = time.monotonic() + SETTLE_S
-            while time.monotonic() < settle:
-                sampler.poll(100)
-            held = sampler.held()
-            sampler.drain()
-    finally:
-        targets.abandon()
-        base.cleanup()
-        sampler.close()
+    held, _ = run_to_the_end(sampler, targets, "processes_with_rows", SETTLE_S)
     stacks = sampler.stacks()
     assert held["processes_with_rows"] <= 5
     assert held["process_infos"] <= 5 + 1  # the kept ones, and the shell if still held
@@ -155,20 +150,7 @@ def test_rows_of_exited_threads_of_a_live_process_fold_into_the_process(
     program = build_c(cc, THREAD_CHURN, tmp_path / "threads", "-O2", "-pthread")
     targets = base.Targets(TargetSpec(command=(str(program),)))
     sampler = DwarfSampler(frequency_hz=499)
-    most = 0
-    try:
-        with StatsSession():
-            sampler.start(targets)
-            targets.release()
-            while not targets.finished():
-                sampler.poll(100)
-                most = max(most, sampler.held()["named_stacks"])
-            held = sampler.held()
-            sampler.drain()
-    finally:
-        targets.abandon()
-        base.cleanup()
-        sampler.close()
+    held, most = run_to_the_end(sampler, targets, "named_stacks")
     stacks = sampler.stacks()
     tids = {s.tid for s in stacks if "thread_work" in s.frames}
     assert held["threads_folded"] > THREADS // 2
