@@ -28,7 +28,7 @@ CONN = "41 server 10.0.0.1:8080 > 10.0.0.2:51000"
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # errors | cpu_hog | leak | retransmits | latency | stall | lock
+    kind: str  # errors | cpu_hog | leak | busy_leak | retransmits | latency | stall | lock
     start_row: int
     end_row: int  # exclusive
 
@@ -81,6 +81,8 @@ def recording(
         ]
         server = int(rng.poisson(0.3 * hz * interval))
         hog = int(rng.poisson(0.95 * hz * interval)) if kind == "cpu_hog" else 0
+        if kind == "busy_leak":  # the leaking process faults its new pages in, zeroing them
+            hog = int(rng.poisson(0.15 * hz * interval))
         if kind == "stall":
             server = 0
         samples = {"41": server}
@@ -92,7 +94,7 @@ def recording(
         tx = int(rng.normal(1_000_000, 50_000) * interval)
         if kind == "retransmits":
             tx //= 10
-        if kind == "leak":
+        if kind in ("leak", "busy_leak"):
             outstanding += int(3_000_000 * interval)
         else:
             outstanding += int(rng.integers(-20_000, 20_000))
@@ -115,7 +117,7 @@ def recording(
                     outstanding,
                     int(rng.poisson(500 * interval)),
                     int(rng.poisson(500 * interval)),
-                    int(rng.poisson(10 * interval)),
+                    int(rng.poisson((750 if kind == "busy_leak" else 10) * interval)),
                 ),
             )
         )

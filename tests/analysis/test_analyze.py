@@ -69,6 +69,15 @@ def test_a_late_leak_is_memory_growth_from_its_first_row():
     assert "(3.0 MB/s)" in finding.summary
 
 
+def test_a_leak_that_keeps_its_process_busy_faulting_pages_in_is_memory_growth():
+    # Zeroing the new pages costs the leaking process CPU time: the busy process is the
+    # leak's effect, so the leak leads and the process's CPU is listed with it.
+    finding = top(Fault("busy_leak", 45, 60))
+    assert finding.kind == "memory_growth"
+    assert finding.cause is not None and finding.cause.anomaly.series.key == "mem.outstanding_bytes"
+    assert {"cpu_hog", "page_faults"} <= {c.kind for c in finding.causes}
+
+
 def test_lower_throughput_is_explained_by_the_retransmits_of_its_connection():
     finding = top(Fault("retransmits", 25, 35))
     assert finding.kind == "throughput_down"

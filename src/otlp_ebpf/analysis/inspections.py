@@ -269,11 +269,13 @@ def inspect(snapshot: Snapshot, timeline: Timeline, anomalies: Sequence[Anomaly]
 
 
 # A cause found alone claims its related anomalies in this order: the process before the
-# function it spends its time in, before the targets' total.
+# function it spends its time in, before the targets' total. Growing memory comes before a
+# busy process: new pages are faulted in and zeroed on the process's own CPU time, so a leak
+# makes its process busy, while a busy process does not make memory grow.
 _LONE_ORDER = (
+    "memory_growth",
     "cpu_hog",
     "lock_wait",
-    "memory_growth",
     "retransmits",
     "drops",
     "resets",
