@@ -636,24 +636,49 @@ def test_code_made_late_is_named_while_the_consumer_lags(
     assert GONE_BEFORE_NAMED not in snap.lost_events, snap.lost_events
 
 
+def _wait_for_exit(pid: int) -> None:
+    """Return once `pid` is a zombie or gone (at most 30 s: the targets run 1 s of CPU)."""
+    for _ in range(3000):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state in (b"Z", b"X"):
+            return
+        time.sleep(0.01)
+
+
 def test_code_read_after_the_exit_is_counted_lost(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The consumer stalled from its first unwind until the target has exited: no code
     object can be read any more, and every sample whose code is left unknown is counted."""
 
-    def until_exited(pid: int) -> None:
-        for _ in range(3000):  # at most 30 s: the target runs 1 s of CPU
-            try:
-                state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-            except OSError:
-                return
-            if state in (b"Z", b"X"):
-                return
-            time.sleep(0.01)
-
-    _walk_slowed(monkeypatch, until_exited)
+    _walk_slowed(monkeypatch, _wait_for_exit)
     snap, _, _ = _code_made_later(tmp_path, HZ)
     unknown = sum(s.count for s in snap.stacks if any(f.startswith(UNKNOWN_CODE) for f in s.frames))
     assert unknown >= 200, unknown
     assert snap.lost_events.get(GONE_BEFORE_NAMED, 0) >= 0.95 * unknown, snap.lost_events
+
+
+def test_frame_pointer_stacks_named_after_the_exit_are_counted_lost(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With frame pointers a stack is named when the kernel first stores it. The tool held
+    back from naming until its target has exited can read no code object: every sample whose
+    code is left unknown is counted in lost_events, none silently."""
+    FramePointerSampler = cpu.FramePointerSampler
+    name_stack = FramePointerSampler._name_python_stack
+
+    def after_the_exit(self: Any, event: Any) -> None:
+        _wait_for_exit(int(event.pid))
+        name_stack(self, event)
+
+    monkeypatch.setattr(FramePointerSampler, "_name_python_stack", after_the_exit)
+    script = tmp_path / "app.py"
+    script.write_text(MIXED_APP)
+    command = (str(interpreter("3.12")), str(script), "0.5")
+    snap = profile(TargetSpec(command=command), unwind="fp")
+    unknown = sum(s.count for s in snap.stacks if any(f.startswith(UNKNOWN_CODE) for f in s.frames))
+    assert unknown >= 50, unknown
+    assert snap.lost_events.get(GONE_BEFORE_NAMED, 0) == unknown, snap.lost_events

@@ -502,7 +502,8 @@ class FramePointerSampler:
             if i >= 0
         }
         stacks = self._read_stacks(ids)
-        return {raw: self._frames(key, stacks)[0] for raw, key in cpu_keys.items()}
+        # Frames only: no events are counted here (the caller holds the counts).
+        return {raw: self._frames(key, stacks, 0)[0] for raw, key in cpu_keys.items()}
 
     def raw_blocked_frames(self, keys: Iterable[RawStack]) -> dict[RawStack, tuple[str, ...]]:
         """Root-first frames of keys from `raw_blocked` (same keys, same stack table)."""
@@ -547,8 +548,9 @@ class FramePointerSampler:
             notes=self._still_blocked_note(raw) + self._whole_run_note(whole_run),
         )
         if self.python is not None:
-            if self._python_notes:
+            if self._python_notes:  # a shared registry's owner reports its notes and losses
                 sampled.notes += self.python.notes()
+                sampled.lost = {**sampled.lost, **self.python.lost()}
             self.python.close()
         self._files.close()
         return sampled
@@ -661,16 +663,21 @@ class FramePointerSampler:
         return found
 
     def _frames(
-        self, key: CpuKey, stacks: dict[int, tuple[int, ...]]
+        self, key: CpuKey, stacks: dict[int, tuple[int, ...]], count: int
     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """A row's frames and modules; its `count` events are counted lost when its Python
+        code could not be named before the process exited."""
         if key.user_stack_id == STACK_USER_MODE:
             return (USER_MODE_FRAME,), ("",)
+        python = self._python_frames(key, stacks)
+        if self.python is not None:
+            self.python.count_unnamed(key.pid, python, count)
         return stack_frames(
             self.symbolizer,
             key.pid,
             user=_stack_part(key.user_stack_id, stacks),
             kernel=_stack_part(key.kernel_stack_id, stacks),
-            python=self._python_frames(key, stacks),
+            python=python,
         )
 
     def _symbolize_counts(
@@ -678,7 +685,7 @@ class FramePointerSampler:
     ) -> list[StackCount]:
         out = []
         for key, count in rows:
-            frames, modules = self._frames(key, stacks)
+            frames, modules = self._frames(key, stacks, count)
             out.append(StackCount(key.pid, key.tid, _comm(key), frames, count, modules=modules))
         return merge_stacks(out)
 
@@ -687,7 +694,7 @@ class FramePointerSampler:
     ) -> list[StackCount]:
         out = []
         for key, count, total_ns in rows:
-            frames, modules = self._frames(key, stacks)
+            frames, modules = self._frames(key, stacks, count)
             out.append(
                 StackCount(key.pid, key.tid, _comm(key), frames, count, total_ns, modules=modules)
             )

@@ -200,9 +200,14 @@ class PythonFrames:
         if stack.flags & STACK_TRUNCATED:
             words.append(TRUNCATED_MARK)
         frames = self._named(pid, words)
-        if any(f.name == UNKNOWN_CODE for f in frames) and self._has_exited(pid):
-            self.unnamed_gone += 1
+        self.count_unnamed(pid, frames, 1)
         return frames
+
+    def count_unnamed(self, pid: int, frames: Sequence[PyFrame], samples: int) -> None:
+        """Count `samples` as lost when their frames have code left unknown because the
+        process exited before it was read (not when the code was unknown while it lived)."""
+        if any(f.name == UNKNOWN_CODE for f in frames) and self._has_exited(pid):
+            self.unnamed_gone += samples
 
     def _has_exited(self, pid: int) -> bool:
         """Whether `pid` is gone or a zombie (its memory released), remembered until the
