@@ -116,16 +116,21 @@ def run(command: str, workload: Path, tmp: Path, name: str, *extra: str) -> tupl
     outside = Outside(proc.pid)
     start = time.monotonic()
     released: float | None = None  # when the workload started (after the tool's attach)
+    ended: float | None = None  # when it was seen gone (the tool then reads and symbolizes)
     marks: list[tuple[float, float]] = []
     while proc.poll() is None:
         marks.append((time.monotonic() - start, outside.cost_s()))
         if released is None and outside.workload:
             released = marks[-1][0]
+        if released is not None and ended is None and not outside.workload_running():
+            ended = marks[-1][0]
         time.sleep(0.5)
     # the steady state: from STEADY_FROM_S after the workload started to a second before it
-    # ended (attaching mem's uprobes to every process mapping libc takes seconds: startup)
+    # ended (attaching mem's uprobes to every process mapping libc takes seconds: startup; the
+    # final reading and symbolization are not steady state either)
     begin = (released or 0.0) + STEADY_FROM_S
-    steady = [m for m in marks if begin <= m[0] <= marks[-1][0] - 1.0]
+    end = ended if ended is not None else marks[-1][0]
+    steady = [m for m in marks if begin <= m[0] <= end - 1.0]
     (t0, c0), (t1, c1) = steady[0], steady[-1]
     told = sum(int(p.read_text()) for p in tmp.glob(f"{name}.truth.*"))
     return 100.0 * (c1 - c0) / (t1 - t0), json.loads(out.read_text()), told

@@ -73,15 +73,17 @@ def prog_ids(pid: int) -> set[int]:
     return ids
 
 
-def bpf_seconds(ids: set[int]) -> float:
-    total = 0
+def bpf_seconds(ids: set[int], seen: dict[int, int] | None = None) -> float:
+    """Run time of the programs `ids` so far; with `seen`, a program unloaded meanwhile (the
+    tool closes its object before it symbolizes) keeps the run time it was last seen with."""
+    seen = {} if seen is None else seen
     for prog in ids:
         out = subprocess.run(
             ["bpftool", "-j", "prog", "show", "id", str(prog)], capture_output=True, text=True
         )
         if out.returncode == 0:
-            total += json.loads(out.stdout).get("run_time_ns", 0)
-    return total / 1e9
+            seen[prog] = max(seen.get(prog, 0), json.loads(out.stdout).get("run_time_ns", 0))
+    return sum(seen[prog] for prog in ids if prog in seen) / 1e9
 
 
 class Outside:
@@ -92,6 +94,11 @@ class Outside:
         self.helpers: dict[int, float] = {}
         self.workload: set[int] = set()
         self.ids: set[int] = set()
+        self.run_ns: dict[int, int] = {}
+
+    def workload_running(self) -> bool:
+        """Whether the launched workload (or a process of it) still runs."""
+        return any(os.path.exists(f"/proc/{pid}") for pid in self.workload)
 
     def cost_s(self) -> float:
         kids = children(self.tool)
@@ -101,7 +108,8 @@ class Outside:
         for kid in kids - self.workload:
             self.helpers[kid] = max(self.helpers.get(kid, 0.0), cpu_seconds(kid))
         self.ids |= prog_ids(self.tool)
-        return cpu_seconds(self.tool) + sum(self.helpers.values()) + bpf_seconds(self.ids)
+        bpf = bpf_seconds(self.ids, self.run_ns)
+        return cpu_seconds(self.tool) + sum(self.helpers.values()) + bpf
 
 
 def _exe(pid: int) -> str:
