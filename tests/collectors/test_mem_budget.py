@@ -153,3 +153,29 @@ def test_other_processes_allocating_run_no_program(tmp_path: Path, cc: str) -> N
     runs = json.loads(path.read_text())["self_cost"]["bpf_runs"]
     ((_, peer_pairs, _),) = truths(peer_truth).values()
     assert runs < peer_pairs / 20, (runs, peer_pairs)
+
+
+def test_every_block_tracked_under_sessions_frees_all_match(
+    tmp_path: Path, cc: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sessions with every block tracked (period 1): thousands of blocks live at once share
+    the slots of the filter free consults before the table, and each free of one of them must
+    still find it. The leaks come out exact, and no freed block is outstanding."""
+    from otlp_ebpf.collectors import budget
+
+    def every_block(self: budget.PeriodController, cost_pct: float) -> int:
+        return 1
+
+    monkeypatch.setattr(budget.PeriodController, "next_period", every_block)
+    binary = build_c(cc, WORKLOAD, tmp_path / "workload", *FLAGS)
+    path, truth_path = tmp_path / "mem.json", tmp_path / "truth"
+    args = ["mem", "--budget", "1", "-o", str(path), "--", str(binary), "1", str(truth_path)]
+    assert run(args) == 0
+    doc = json.loads(path.read_text())
+    ((leaked, pairs, _),) = truths(truth_path).values()
+    rows = doc["outstanding"]
+    assert sum(a["bytes"] for a in rows if "leak" in a["frames"]) == leaked
+    assert sum(a["count"] for a in rows if "leak" in a["frames"]) == leaked // 1000
+    assert not [a for a in rows if "kept_then_freed" in a["frames"]]
+    # every pair's block and every kept block was tracked and its free matched
+    assert doc["frees_total"] >= pairs
