@@ -187,6 +187,9 @@ def report(args: argparse.Namespace, rows, counts: Counting, code: int, stop_s: 
         return m.get("otlp_ebpf_cpu_seconds_total", 0) + m.get("otlp_ebpf_bpf_run_seconds_total", 0)
 
     steady_pct = 100 * (own(m_e) - own(m_w)) / (t_e - t_w)
+    # Each scrape's cost is the agent's last interval's (a scrape per interval): their median
+    # is the typical interval, the mean above also counts the bursts and new binaries.
+    per_interval = [r[2].get("otlp_ebpf_cost_percent", 0) for r in warm[1:]]
     intervals = m_e.get("otlp_ebpf_intervals_total", 0)
     rates = [r[2].get(CPU_RATE, 0) for r in warm]
     budget = m_e.get("otlp_ebpf_budget_percent", 0)
@@ -200,6 +203,8 @@ def report(args: argparse.Namespace, rows, counts: Counting, code: int, stop_s: 
         f"growth ratio {rss_e / rss_w:.3f} ({growth:+.2f} MB/min)"
     )
     after = [r[1] for r in warm]
+    slope = statistics.linear_regression([r[0] / 60 for r in warm], [a / 1024 for a in after])
+    print(f"RSS trend after warm-up (least squares): {slope.slope:+.2f} MB/min")
     half = len(after) // 2
     print(
         f"RSS after warm-up: min {min(after) / 1024:.1f} MB, max {max(after) / 1024:.1f} MB; "
@@ -209,6 +214,10 @@ def report(args: argparse.Namespace, rows, counts: Counting, code: int, stop_s: 
     print(
         f"steady cost {steady_pct:.2f}% of one core (agent CPU + BPF run time) vs budget "
         f"{budget:g}%: ratio {steady_pct / budget if budget else float('nan'):.2f}"
+    )
+    print(
+        f"cost per interval after warm-up: median {statistics.median(per_interval):.2f}%, "
+        f"mean {statistics.fmean(per_interval):.2f}% ({len(per_interval)} intervals)"
     )
     print(f"cpu sampling rate after warm-up: {min(rates):.0f}-{max(rates):.0f} Hz (asked 99)")
     print(

@@ -66,6 +66,14 @@ class AgentCpuSignal(CpuSignal):
         self.interval: list[StackCount] = []
         self.infos: dict[int, ProcessInfo] = {}
 
+    def cache_marks(self) -> dict[str, int]:
+        """Sizes of the sampler's caches of binaries and stacks now (see `trim_caches`)."""
+        return self.dwarf.sampler.cache_marks()
+
+    def trim_caches(self, marks: dict[str, int]) -> int:
+        """Shrink those caches back to `marks`; returns the entries dropped."""
+        return self.dwarf.sampler.trim_caches(marks)
+
     def start(self) -> None:
         self.sampler.start(self.targets)  # no raw counts: they would keep every stack's key
 

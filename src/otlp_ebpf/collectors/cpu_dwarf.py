@@ -684,6 +684,27 @@ class DwarfSampler:
             **{f"symbolizer_{k}": v for k, v in self.symbolizer.held().items()},
         }
 
+    def cache_marks(self) -> dict[str, int]:
+        """The sizes of the caches that grow with the binaries and stacks met: symbol and
+        unwind tables, shared frame tuples (see `trim_caches`)."""
+        return {
+            **self.symbolizer.cache_marks(),
+            "unwind_rows": self.cfi.rows_held,
+            "shared_stacks": len(self._shared),
+            "shared_python_stacks": len(self._shared_python),
+        }
+
+    def trim_caches(self, marks: dict[str, int]) -> int:
+        """Shrink those caches back to `marks`, least recently used first (a burst fills them
+        with what it met; their caps are far above a steady host's needs, so without this the
+        memory a burst took stays). Returns the entries dropped."""
+        return (
+            self.symbolizer.trim(marks)
+            + self.cfi.trim(marks.get("unwind_rows", self.cfi.rows_held))
+            + self._shared.trim(marks.get("shared_stacks", len(self._shared)))
+            + self._shared_python.trim(marks.get("shared_python_stacks", len(self._shared_python)))
+        )
+
     def _named_frames(self, key: _StackKey) -> tuple[tuple[str, ...], tuple[str, ...]]:
         named = self._named.get(key)
         if named is None:

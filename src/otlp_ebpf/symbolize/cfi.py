@@ -537,6 +537,16 @@ class TableLru:
             _, evicted = self._tables.popitem(last=False)
             self.rows -= len(evicted)
 
+    def trim(self, max_rows: int) -> int:
+        """Evict the least recently used tables until at most `max_rows` rows are held;
+        returns how many went."""
+        dropped = 0
+        while self.rows > max_rows and self._tables:
+            _, evicted = self._tables.popitem(last=False)
+            self.rows -= len(evicted)
+            dropped += 1
+        return dropped
+
     def __contains__(self, key: str) -> bool:
         return key in self._tables
 
@@ -574,6 +584,16 @@ class CfiCache:
     def __len__(self) -> int:
         """Unwind tables held in memory now."""
         return len(self._by_build_id)
+
+    @property
+    def rows_held(self) -> int:
+        """Rows of the unwind tables held in memory now."""
+        return self._by_build_id.rows
+
+    def trim(self, max_rows: int) -> int:
+        """Forget the least recently used tables until at most `max_rows` rows are held in
+        memory (they come back from the disk cache when needed); returns how many went."""
+        return self._by_build_id.trim(max_rows)
 
     def lookup_path(self, path: str, *, urgent: bool = True) -> CfiTable | Pending | None:
         """The table of `path` if it is at hand (memory or disk); otherwise, with a background

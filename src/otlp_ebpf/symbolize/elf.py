@@ -232,6 +232,15 @@ class ElfSymbolizer:
                 self._by_build_id.evict_oldest()
         return loaded
 
+    def trim(self, max_bytes: int) -> int:
+        """Drop the least recently used tables until at most `max_bytes` are held (an
+        evicted table is parsed again if a sample needs it); returns how many went."""
+        dropped = 0
+        while self.bytes_held > max_bytes and len(self._by_build_id):
+            self._by_build_id.evict_oldest()
+            dropped += 1
+        return dropped
+
     @property
     def tables_held(self) -> int:
         """Symbol tables held in memory now."""

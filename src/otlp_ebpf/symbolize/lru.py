@@ -62,6 +62,15 @@ class Lru(Generic[K, V]):
             if self._on_evict is not None:
                 self._on_evict(old_key, old_value)
 
+    def trim(self, size: int) -> int:
+        """Evict the least recently used entries until at most `size` are left (each counted
+        and told to `on_evict`, as an eviction for room); returns how many went."""
+        dropped = 0
+        while len(self._data) > max(size, 0):
+            self.evict_oldest()
+            dropped += 1
+        return dropped
+
     def pop(self, key: K, default: V | None = None) -> V | None:
         return self._data.pop(key, default)
 

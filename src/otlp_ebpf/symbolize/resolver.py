@@ -222,6 +222,24 @@ class Symbolizer:
             "symbol_tables_evicted": self._elf.tables_evicted,
         }
 
+    def cache_marks(self) -> dict[str, int]:
+        """The sizes of the caches that grow with the binaries met (see `trim`)."""
+        return {
+            "symbol_bytes": self._elf.bytes_held,
+            "symbol_files": len(self._by_file),
+            "unidentified_tables": len(self._unidentified),
+        }
+
+    def trim(self, marks: dict[str, int]) -> int:
+        """Shrink those caches back to `marks` (from `cache_marks`), the least recently used
+        entries first: what a burst of new binaries added goes, what is in steady use stays
+        (an entry evicted and needed again is loaded again). Returns the entries dropped."""
+        return (
+            self._elf.trim(marks.get("symbol_bytes", self._elf.bytes_held))
+            + self._by_file.trim(marks.get("symbol_files", len(self._by_file)))
+            + self._unidentified.trim(marks.get("unidentified_tables", len(self._unidentified)))
+        )
+
     def user_frames(
         self, pid: int, addrs: Sequence[int], *, adjust_return_addresses: bool = True
     ) -> list[tuple[str, str]]:
