@@ -105,3 +105,16 @@ def test_captured_maps_are_kept_for_a_capped_number_of_processes(
         # An evicted process still alive is captured again when its stacks are named.
         frames = sym.user_frames(1000, [0x400000 + 0x1000], adjust_return_addresses=False)
     assert frames[0][1] == TRUE
+
+
+def test_trim_evicts_the_least_recently_used_down_to_a_size() -> None:
+    dropped: list[str] = []
+    lru: Lru[str, int] = Lru(10, lambda k, _v: dropped.append(k))
+    for key in "abcde":
+        lru[key] = 1
+    lru.get("a")  # used again: kept
+    assert lru.trim(2) == 3
+    assert list(lru) == ["e", "a"]
+    assert dropped == ["b", "c", "d"]
+    assert lru.evicted == 3
+    assert lru.trim(5) == 0

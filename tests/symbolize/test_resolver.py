@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from otlp_ebpf.symbolize.allowance import CpuAllowance
 from otlp_ebpf.symbolize.elf import ElfSymbolizer
 from otlp_ebpf.symbolize.resolver import UNKNOWN_FRAME, Symbolizer, SymbolizeStats
 
@@ -279,3 +280,36 @@ def test_captures_of_one_process_are_bounded_by_their_mappings() -> None:
             assert symbolizer.remember_maps(pid, ProcessMaps(pid, list(mappings)))
         held = symbolizer.held()
         assert per_capture <= held["mappings"] <= MAX_MAPPINGS_PER_PID
+
+
+def test_a_spent_load_allowance_defers_a_new_file_and_names_it_module_plus_offset(
+    proc: FakeProc, tmp_path: Path
+) -> None:
+    """Under the agent's budget a new binary's symbols wait for their share of CPU: its
+    frames are named module+offset meanwhile (not remembered as such), the file is queued and
+    counted, and loaded from the queue once the allowance is back."""
+    offset = _libc_file_offset("qsort")
+    with _symbolizer(tmp_path) as symbolizer:
+        assert symbolizer.remember_process(77)
+        symbolizer.load_allowance = CpuAllowance(pct=0.001, ahead_s=0.0)  # nothing to spend
+        frames = symbolizer.user_frames(77, [BASE + offset], adjust_return_addresses=False)
+        again = symbolizer.user_frames(77, [BASE + offset], adjust_return_addresses=False)
+        assert frames == again == [(f"libc.so.6+0x{offset:x}", LIBC)]
+        assert symbolizer.files_parsed == 0
+        assert symbolizer.deferred_files == 1  # one file, however many of its frames
+        assert symbolizer.held()["symbol_files_deferred"] == 1
+        assert symbolizer.stats.by_reason == {"symbols_deferred": 2}
+        symbolizer.load_allowance = CpuAllowance()  # the budget has room again
+        assert symbolizer.load_deferred() == 1
+        frames = symbolizer.user_frames(77, [BASE + offset], adjust_return_addresses=False)
+    assert frames == [("qsort", LIBC)]
+    assert symbolizer.deferred_loaded == 1
+    assert symbolizer.held()["symbol_files_deferred"] == 0
+
+
+def test_the_allowance_holds_work_to_its_share_of_cpu() -> None:
+    allowance = CpuAllowance(pct=50.0, ahead_s=0.01)
+    assert allowance.available()
+    allowance.spend(0.02)  # beyond the credit: the work waits until it is earned back
+    assert not allowance.available()
+    assert CpuAllowance().available()  # no share: no limit

@@ -476,6 +476,8 @@ class _Exporter:
             duration_s=batch.duration_s,
             cost_pct=batch.cost_pct,
             rates=batch.rates,
+            deferred=batch.deferred,
+            deferred_dropped=batch.deferred_dropped,
         )
         self.figures.dropped = self.spool.dropped
         self.figures.spill_bytes = self.spool.bytes()

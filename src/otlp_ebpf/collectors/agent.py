@@ -118,6 +118,10 @@ class IntervalBatch:
     process_attributes: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
     helpers_rss_kb: int = 0  # the helper processes' (the unwind-table decoder), apart
     final: bool = False
+    # per kind of work held to a share of the budget (symbols of new binaries): how many
+    # were queued so far, and how many of those left the queue for room unloaded
+    deferred: Mapping[str, int] = field(default_factory=dict)
+    deferred_dropped: Mapping[str, int] = field(default_factory=dict)
     findings: tuple[FindingEvent, ...] = ()  # new in this interval (collectors/agent_watch.py)
 
 
@@ -165,6 +169,7 @@ class Agent:
                 sections["mem"] = signal.section(self.clock)
                 events["mem"] = signal.allocations_in_interval
         cost = self.recording.costs[-1] if self.recording.costs else None
+        deferred, deferred_dropped = self._deferred()
         self.seq += 1
         batch = IntervalBatch(
             seq=self.seq,
@@ -181,6 +186,8 @@ class Agent:
             rates=self._rates(cost.rates if cost else {}),
             process_attributes=self.attributes.of(_pids_of(sections.values())),
             final=final,
+            deferred=deferred,
+            deferred_dropped=deferred_dropped,
         )
         self.last_t = elapsed
         if self.watch is not None:
@@ -191,6 +198,14 @@ class Agent:
             from otlp_ebpf.runtime import heap
 
             heap.release_free_memory(collect=False)
+
+    def _deferred(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Work queued under the budget so far, and dropped from its queue, by kind."""
+        cpu = self.recording.cpu_signal()
+        if not isinstance(cpu, AgentCpuSignal):
+            return {}, {}
+        queued, dropped = cpu.deferred()
+        return {"symbols": queued}, {"symbols": dropped}
 
     def _cpu_s(self) -> float:
         """CPU seconds of this process and its helpers since the start, the helpers' counted

@@ -35,6 +35,9 @@ PeerKey = tuple[int, str, int, str, int]
 MAX_FOLDED_PEERS = 4096  # rows of closed connections kept (the oldest go first)
 EXITED_KEPT_BY_PID = 64  # exited processes whose syscall rows keep their pid (then: by name)
 DECODER_SHARE = 0.25  # of the budget: what the unwind-table decoder may use on average
+# Of the budget: loading new binaries' symbols (the files beyond it wait in a queue, their
+# frames named module+offset meanwhile).
+SYMBOLS_SHARE = 0.1
 AGENT_WAITING_BYTES = 2 * 1024 * 1024  # of copied stacks waiting for a table (~125 samples)
 
 
@@ -58,13 +61,22 @@ class AgentCpuSignal(CpuSignal):
         self.dwarf.sampler.max_waiting_bytes = AGENT_WAITING_BYTES
 
     def limit_decoder(self, budget_pct: float | None) -> None:
-        """Hold the unwind-table decoder to DECODER_SHARE of the budget (none without one):
-        no sampling rate lowers its cost, and a binary of tens of MB costs a minute of CPU."""
-        worker = self.dwarf.sampler.cfi.worker
+        """Hold the unwind-table decoder to DECODER_SHARE of the budget and symbol loading to
+        SYMBOLS_SHARE (none without one): no sampling rate lowers the work done once per new
+        binary, and a binary of tens of MB costs a minute of CPU."""
+        sampler = self.dwarf.sampler
+        worker = sampler.cfi.worker
         if worker is not None:
             worker.cpu_limit_pct = DECODER_SHARE * budget_pct if budget_pct else 0.0
+        sampler.symbolizer.load_allowance.pct = SYMBOLS_SHARE * budget_pct if budget_pct else 0.0
         self.interval: list[StackCount] = []
         self.infos: dict[int, ProcessInfo] = {}
+
+    def deferred(self) -> tuple[int, int]:
+        """New binaries whose symbols were queued under the budget so far, and how many of
+        them left the queue for room before they were loaded."""
+        symbolizer = self.dwarf.sampler.symbolizer
+        return symbolizer.deferred_files, symbolizer.deferred_dropped
 
     def cache_marks(self) -> dict[str, int]:
         """Sizes of the sampler's caches of binaries and stacks now (see `trim_caches`)."""
@@ -95,6 +107,11 @@ class AgentSyscallsSignal(SyscallsSignal):
         super().__init__(config, targets)
         self.shown: set[int] = set()
         self.collector.exited = ExitedProcesses(EXITED_KEPT_BY_PID, self.shown.__contains__)
+
+    def tick(self) -> None:
+        # The agent reads the rows again right after (the series that moved, for export):
+        # one read of the kernel's table serves both.
+        self._record(self._totals(self.collector.read_rows_to_reuse()))
 
 
 class AgentNetSignal(NetSignal):

@@ -328,6 +328,8 @@ class DwarfSampler:
         wait for a table), note the ones gone since, and name the stacks of processes whose
         maps are not held."""
         waiting = {w.pid for w in self._waiting}
+        # Symbols of new binaries that waited for the load allowance, before naming.
+        self.symbolizer.load_deferred()
         now = time.monotonic()
         for pid, since in list(self._gone.items()):
             process = self._processes.get(pid)

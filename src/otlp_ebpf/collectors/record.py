@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from otlp_ebpf import console
 from otlp_ebpf.collectors import base
@@ -53,6 +53,9 @@ from otlp_ebpf.model import (
 )
 from otlp_ebpf.runtime import features
 from otlp_ebpf.targets import TargetSpec
+
+if TYPE_CHECKING:
+    from otlp_ebpf.collectors.syscalls import _Row as SyscallRow
 
 DEFAULT_INTERVAL_S = 1.0
 TOP_FUNCTIONS = 10
@@ -401,12 +404,16 @@ class SyscallsSignal:
         self.collector.poll(timeout_s)
         return True
 
-    def _totals(self) -> dict[str, tuple[int, int, list[int]]]:
-        """Per syscall name, so far: live processes' rows in the kernel's tables and the
-        rows of those that exited, already folded out of them."""
+    def _totals(
+        self, live: Mapping[tuple[int, int], SyscallRow] | None = None
+    ) -> dict[str, tuple[int, int, list[int]]]:
+        """Per syscall name, so far: live processes' rows in the kernel's tables (`live` when
+        already read) and the rows of those that exited, already folded out of them."""
         from otlp_ebpf.collectors.syscalls import SYSCALL_SLOTS, syscall_name
 
-        rows = [(nr, row) for (_tgid, nr), row in self.collector.read_rows().items()]
+        if live is None:
+            live = self.collector.read_rows()
+        rows = [(nr, row) for (_tgid, nr), row in live.items()]
         for _pid, proc in self.collector.exited.entries():
             rows += list(proc.rows.items())
         out: dict[str, tuple[int, int, list[int]]] = {}

@@ -301,6 +301,10 @@ class SyscallsCollector:
         self._last_counts: dict[str, int] = {}
         self.exited = ExitedProcesses()
         self.exits: RingBuffer | None = None
+        # Rows read for a caller that reads them again at once (the agent's tick, then its
+        # export), valid while no exit has been folded since (`_exits_folded` unchanged).
+        self._reused_rows: tuple[int, dict[tuple[int, int], _Row]] | None = None
+        self._exits_folded = 0
         self.sampler: PeriodController | None = None
         self.cycle: DutyCycle | None = None
         self.event_links: list[Link] = []
@@ -431,6 +435,7 @@ class SyscallsCollector:
             self.exits = None
 
     def _on_exit(self, data: bytes) -> None:
+        self._exits_folded += 1
         event = ExitEvent.from_buffer_copy(data[: ctypes.sizeof(ExitEvent)])
         tgid = event.tgid
         proc = _Process(hosttext.decode(bytes(event.comm).split(b"\0", 1)[0]))
@@ -466,6 +471,22 @@ class SyscallsCollector:
             for cpu_value in stats_map.per_cpu(raw_value):
                 row.add_values(_STATS.unpack(cpu_value))
         return rows
+
+    def read_rows_to_reuse(self) -> dict[tuple[int, int], _Row]:
+        """The kernel's rows now (exits folded first), kept for the next `stats` to use
+        instead of reading them again, unless an exit is folded in between (its rows then
+        left the kernel's table for ours)."""
+        if self.exits is not None:
+            self.exits.drain()
+        rows = self.read_rows()
+        self._reused_rows = (self._exits_folded, rows)
+        return rows
+
+    def _rows_to_reuse(self) -> dict[tuple[int, int], _Row] | None:
+        kept, self._reused_rows = self._reused_rows, None
+        if kept is None or kept[0] != self._exits_folded:
+            return None
+        return kept[1]
 
     def read_errnos(self) -> dict[tuple[int, int], dict[str, int]]:
         assert self.obj is not None
@@ -523,7 +544,7 @@ class SyscallsCollector:
         asks for those that moved; the others cost it nothing more)."""
         if self.exits is not None:
             self.exits.drain()  # processes that exited since the last poll
-        rows = self.read_rows()
+        rows = self._rows_to_reuse() or self.read_rows()
         comms = self.read_comms()
         found: list[tuple[int, str, int, _Row, dict[str, int] | None]] = [
             (tgid, comms.get(tgid, ""), nr, row, None) for (tgid, nr), row in rows.items()

@@ -63,6 +63,11 @@ RETRYABLE_GRPC_CODES = frozenset(
 )
 RETRYABLE_HTTP_STATUSES = frozenset({429, 502, 503, 504})
 
+# zlib's default level, not gzip.compress's 9: on an interval's OTLP request 5x less CPU for
+# ~12% more bytes (measured: 181 KB of profile-like protobuf, 2.2 ms and 30.7 KB at 6,
+# 11.1 ms and 27.1 KB at 9). The agent pays this at every interval, under its budget.
+GZIP_LEVEL = 6
+
 
 class ExportFailed(Exception):
     """Delivery failed for good: a permanent error, or retries ran out of attempts or time."""
@@ -120,7 +125,7 @@ def send_request(
                 lambda remaining: _grpc_attempt(call, payload, target, remaining), target, backoff
             )
     else:
-        body = gzip.compress(payload) if target.compression == "gzip" else payload
+        body = gzip.compress(payload, GZIP_LEVEL) if target.compression == "gzip" else payload
         last, attempts = _run_with_retries(
             lambda remaining: _http_attempt(body, target, remaining), target, backoff
         )

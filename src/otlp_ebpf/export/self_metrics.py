@@ -189,6 +189,21 @@ FIGURES = {
         "Recordings of a finding's window written to the recordings directory.",
         _C,
     ),
+    "deferred": Figure(
+        "otlp_ebpf_deferred",
+        "otlp_ebpf.agent.deferred",
+        "{item}",
+        "Work queued to hold the budget, by kind (symbols: new binaries whose symbols waited; "
+        "their frames are named module+offset meanwhile).",
+        _C,
+    ),
+    "deferred_dropped": Figure(
+        "otlp_ebpf_deferred_dropped",
+        "otlp_ebpf.agent.deferred.dropped",
+        "{item}",
+        "Queued work that left the queue for room before it was done, by kind.",
+        _C,
+    ),
     "spill_bytes": Figure(
         "otlp_ebpf_spill_bytes",
         "otlp_ebpf.agent.spill.size",
@@ -214,6 +229,8 @@ class AgentFigures:
     interval_s: float = 0.0
     cost_pct: float = 0.0
     rates: dict[str, float] = field(default_factory=dict)
+    deferred: dict[str, int] = field(default_factory=dict)
+    deferred_dropped: dict[str, int] = field(default_factory=dict)
     stream: StreamCounts = field(default_factory=StreamCounts)
     dropped: int = 0
     spill_bytes: int = 0
@@ -236,8 +253,12 @@ class AgentFigures:
         cost_pct: float,
         rates: Mapping[str, float],
         helpers_rss_kb: int = 0,
+        deferred: Mapping[str, int] | None = None,
+        deferred_dropped: Mapping[str, int] | None = None,
     ) -> None:
         with self.lock:
+            self.deferred = dict(deferred or {})
+            self.deferred_dropped = dict(deferred_dropped or {})
             for name, n in events.items():
                 self.events[name] = self.events.get(name, 0) + n
             self.lost = dict(lost)
@@ -274,6 +295,9 @@ class AgentFigures:
             yield "budget", {}, self.budget_pct
             for name, hz in sorted(self.rates.items()):
                 yield "rate", {"signal": name.removesuffix("_hz")}, hz
+            for work, n in sorted(self.deferred.items()):
+                yield "deferred", {"work": work}, n
+                yield "deferred_dropped", {"work": work}, self.deferred_dropped.get(work, 0)
             s = self.stream
             yield "attempts", {}, s.attempts
             yield "failures", {}, s.failures

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from elftools.common.exceptions import ELFError
 from otlp_ebpf import hosttext
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import KERNEL_SUFFIX
+from otlp_ebpf.symbolize.allowance import CpuAllowance
 from otlp_ebpf.symbolize.elf import DEFAULT_DEBUG_ROOT, ElfSymbolizer, LoadedElf, file_opener
 from otlp_ebpf.symbolize.kernel import KALLSYMS_PATH, KernelSymbols
 from otlp_ebpf.symbolize.lru import Lru
@@ -66,6 +68,9 @@ MAX_PROCESSES = 8192
 MAX_FILES = 2048
 # Tables of files without a build-id (not shared by build-id, held apart).
 MAX_UNIDENTIFIED = 32
+# Files whose symbols wait for the load allowance (beyond, the oldest leave the queue,
+# counted: their frames stay module+offset until a sample needs them again).
+MAX_DEFERRED_FILES = 256
 
 # Reasons a frame stays unresolved, as counted in SymbolizeStats.by_reason.
 REASON_PROCESS_UNKNOWN = "process_unknown"
@@ -75,6 +80,8 @@ REASON_FILE_UNREADABLE = "file_unreadable"
 REASON_NO_SYMBOL = "no_symbol"
 REASON_KERNEL_NO_SYMBOL = "kernel_no_symbol"
 REASON_KALLSYMS_UNAVAILABLE = "kallsyms_unavailable"
+# The file's symbols were not loaded yet: the load allowance was spent (named module+offset).
+REASON_DEFERRED = "symbols_deferred"
 
 _Resolution = tuple[str, str, str]  # frame name, module path, reason ("" when resolved)
 
@@ -101,6 +108,13 @@ class SymbolizeStats:
             reasons = ", ".join(f"{r} {n}" for r, n in self.by_reason.most_common())
             text += f" ({reasons})"
         return text
+
+
+class _Deferred:
+    """What `_file_symbols` answers for a file whose load waits for the allowance."""
+
+
+_DEFERRED = _Deferred()
 
 
 @dataclass
@@ -139,6 +153,17 @@ class Symbolizer:
         self._by_file: Lru[FileId, str | None] = Lru(MAX_FILES)
         self._unidentified: Lru[FileId, LoadedElf] = Lru(MAX_UNIDENTIFIED)
         self._by_vdso_image: Lru[bytes, LoadedElf | None] = Lru(4)
+        # Loading a new binary's symbols is held to this share of CPU (none by default); the
+        # files that wait are queued and loaded as the allowance comes back.
+        self.load_allowance = CpuAllowance()
+        self._deferred: Lru[FileId, str] = Lru(MAX_DEFERRED_FILES)
+        self.deferred_files = 0  # files queued because the allowance was spent
+        self.deferred_loaded = 0  # of which loaded later, from the queue
+
+    @property
+    def deferred_dropped(self) -> int:
+        """Queued files that left the queue for room before they were loaded."""
+        return self._deferred.evicted
 
     def __enter__(self) -> Symbolizer:
         return self
@@ -220,6 +245,7 @@ class Symbolizer:
             "symbols_held": self._elf.symbols_held,
             "symbol_bytes_held": self._elf.bytes_held,
             "symbol_tables_evicted": self._elf.tables_evicted,
+            "symbol_files_deferred": len(self._deferred),
         }
 
     def cache_marks(self) -> dict[str, int]:
@@ -307,6 +333,8 @@ class Symbolizer:
         cached = newest.memo.get(addr)
         if cached is None:
             cached = self._resolve_in_snapshots(snapshots, addr)
+            if cached[2] == REASON_DEFERRED:
+                return cached  # named again once the file's symbols are loaded
             if len(newest.memo) >= MAX_MEMO_PER_PID:
                 newest.memo.clear()
             newest.memo[addr] = cached
@@ -323,6 +351,7 @@ class Symbolizer:
         return UNKNOWN_FRAME, "", REASON_NO_MAPPING
 
     def _resolve_in_mapping(self, maps: ProcessMaps, mapping: Mapping, addr: int) -> _Resolution:
+        loaded: LoadedElf | _Deferred | None
         if mapping.path == "[vdso]":
             loaded = self._vdso_symbols(maps.vdso_image)
         elif mapping.is_file:
@@ -334,6 +363,8 @@ class Symbolizer:
             return f"0x{addr:x}", mapping.path, REASON_ANONYMOUS
         offset = mapping.file_offset(addr)
         fallback = f"{mapping.basename}+0x{offset:x}"
+        if isinstance(loaded, _Deferred):
+            return fallback, mapping.path, REASON_DEFERRED
         if loaded is None:
             return fallback, mapping.path, REASON_FILE_UNREADABLE
         vaddr = loaded.info.vaddr_for_offset(offset)
@@ -342,7 +373,7 @@ class Symbolizer:
             return fallback, mapping.path, REASON_NO_SYMBOL
         return name, mapping.path, ""
 
-    def _file_symbols(self, mapping: Mapping) -> LoadedElf | None:
+    def _file_symbols(self, mapping: Mapping) -> LoadedElf | _Deferred | None:
         file_id = mapping.file_id
         if file_id is None:
             return None
@@ -355,10 +386,35 @@ class Symbolizer:
                 return held
         if not self._files.is_open(file_id):
             return None  # closed for room before its symbols were needed
-        loaded = self._load(file_opener(self._files.path_of(file_id)), mapping.path)
+        if not self.load_allowance.available():
+            if file_id not in self._deferred:
+                self.deferred_files += 1
+            self._deferred[file_id] = mapping.path
+            return _DEFERRED
+        self._deferred.pop(file_id)
+        return self._load_file(file_id, mapping.path)
+
+    def _load_file(self, file_id: FileId, path: str) -> LoadedElf | None:
+        """Load (and remember) the symbols of a mapped file, charged to the allowance."""
+        started = time.thread_time()
+        loaded = self._load(file_opener(self._files.path_of(file_id)), path)
+        self.load_allowance.spend(time.thread_time() - started)
         self._by_file[file_id] = loaded.info.build_id if loaded is not None else None
         if loaded is not None and not loaded.info.build_id:
             self._unidentified[file_id] = loaded
+        return loaded
+
+    def load_deferred(self) -> int:
+        """Load queued files' symbols, oldest first, while the allowance lasts (the frames of
+        their next samples get names); returns how many were loaded."""
+        loaded = 0
+        while len(self._deferred) and self.load_allowance.available():
+            file_id, path = self._deferred.pop_oldest()
+            if file_id in self._by_file or not self._files.is_open(file_id):
+                continue  # loaded meanwhile, or its descriptor closed for room
+            self._load_file(file_id, path)
+            loaded += 1
+        self.deferred_loaded += loaded
         return loaded
 
     def _vdso_symbols(self, image: bytes) -> LoadedElf | None:
