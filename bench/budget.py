@@ -170,6 +170,9 @@ def report(
     exact_est, est = estimate(exact), estimate(budgeted)
     print(f"  exact run: {exact_est:,} counted, workload says {exact_truth:,}")
     print(f"  budget run: {est:,} estimated, workload says {truth:,}")
+    if key == MEM_RATE:  # each 1000-byte leak comes with 5 malloc/free pairs
+        rates = (f"{t / 1000 * 6 / DURATION_S:,.0f}" for t in (exact_truth, truth))
+        print("  allocations a second by the workload, exact / budget run: " + " / ".join(rates))
     vs_truth = abs(est - truth) / truth
     # the two runs do different amounts of work (time-bound): compare per unit of truth
     vs_exact = abs(est / truth - exact_est / exact_truth) / (exact_est / exact_truth)

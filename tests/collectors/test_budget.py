@@ -288,3 +288,35 @@ def test_a_raise_that_bought_nothing_is_kept_where_raises_are_kept():
     c = PeriodController(budget_pct=1.0, max_period=1024, keep_raises=True)
     periods = drive(c, lambda n: 8.0, 30)
     assert periods[0] == 10 and min(periods) == 10
+
+
+def test_a_swinging_event_rate_is_not_taken_for_a_floor(monkeypatch):
+    """The target's event rate swings between quarter seconds on a loaded machine (30 and 15
+    events a unit of time here), and every part of the cost but the tool's follows it. Fitted
+    from raw costs, the stretch after a raise at the lower rate reads as a floor over the
+    budget and the period stops rising with the cost still over it; fitted per event (with
+    `activity`), the floor is seen under the budget and the period rises until the cost meets
+    it at the higher rate."""
+    clock, events = [0.0], [0.0]
+    monkeypatch.setattr(budget_mod.time, "monotonic", lambda: clock[0])
+    rates = [30, 30, 15, 15, 30, 15]
+
+    def drive_swinging(c: PeriodController, decisions: int) -> list[float]:
+        costs = []
+        for k in range(decisions):
+            rate = rates[k % len(rates)]
+            clock[0] += 0.25
+            events[0] += rate * 0.25
+            cost = 0.3 + rate * (0.02 + 4.0 / c.period)  # the tool's 0.3% and per event
+            costs.append(cost)
+            c.next_period(cost)
+        return costs
+
+    raw = PeriodController(1.0, 8192, keep_raises=True)
+    costs = drive_swinging(raw, 24)
+    assert raw.useful_period and raw.floor_pct > 1.0  # the swing read as a floor
+    assert max(costs[-6:]) > 1.5  # and left over the budget
+    per_event = PeriodController(1.0, 8192, keep_raises=True, activity=lambda: events[0])
+    costs = drive_swinging(per_event, 24)
+    assert per_event.floor_pct < 0.85  # at most 0.3 + 30 x 0.02 = 0.9 at the higher rate
+    assert max(costs[-6:]) < 1.05 and per_event.period > 5 * raw.period

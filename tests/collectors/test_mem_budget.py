@@ -179,3 +179,23 @@ def test_every_block_tracked_under_sessions_frees_all_match(
     assert not [a for a in rows if "kept_then_freed" in a["frames"]]
     # every pair's block and every kept block was tracked and its free matched
     assert doc["frees_total"] >= pairs
+
+
+def test_a_budget_out_of_reach_says_it_was_not_held_and_why(
+    tmp_path: Path, cc: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A budget below what the programs on every allocator call and free cost whatever the
+    sampling (0.001% of a core: a few hundred calls a second would cost it): the summary and a
+    note say it was not held, and how much went where no sampling period reaches."""
+    binary = build_c(cc, WORKLOAD, tmp_path / "workload", *FLAGS)
+    path = tmp_path / "mem.json"
+    args = ["mem", "--budget", "0.001", "-o", str(path), "--", str(binary)]
+    assert run([*args, WORK_S, str(tmp_path / "truth")]) == 0
+    err = capsys.readouterr().err
+    doc = json.loads(path.read_text())
+    (note,) = [n for n in doc["notes"] if n.startswith("budget 0.001% not held (steady ")]
+    share = re.search(r": ([\d.]+)% of a core went to the programs on every allocator call", note)
+    assert share and float(share[1]) > 0.001
+    runs = re.search(r"\(([\d,]+) runs a second, (\d+) ns each\)", note)
+    assert runs and int(runs[1].replace(",", "")) > 0 and int(runs[2]) > 0
+    assert "over budget: " + share[0][2:] in err  # the summary line says why, in short

@@ -532,8 +532,17 @@ def budget_text(snapshot: Snapshot) -> str:
     if lowered:
         text += ", " + ", ".join(lowered)
     if cost.steady_pct > cost.budget_pct:
-        text += ", over budget"
+        text += ", over budget" + not_held_reason(snapshot)
     return text
+
+
+def not_held_reason(snapshot: Snapshot) -> str:
+    """`: 1.20% of a core went to ...` from a `budget 1% not held ...: <why>; ...` note."""
+    for note in snapshot.notes:
+        if note.startswith("budget ") and " not held" in note and ": " in note:
+            why = note.split(": ", 1)[1].split(" (", 1)[0].split(";", 1)[0]
+            return f": {why}"
+    return ""
 
 
 def fidelity_lowered(snapshot: Snapshot) -> list[str]:

@@ -232,7 +232,12 @@ class PeriodController:
         stretches. When the floor alone is over the budget no period meets it, and N goes only
         as high as keeps the sampled part at a tenth of the floor: precision is not given up for
         nothing. The fit is made again every REFIT_AFTER decisions, or sooner when the cost moves
-    far from what it predicts (the workload changed)."""
+    far from what it predicts (the workload changed).
+
+    With `activity` (the events so far, sampled or not: what the floor is paid on), the two
+    stretches are compared per event: on a loaded machine the target's event rate swings by a
+    third from one quarter second to the next, and a fit of raw costs then reads that swing as
+    a floor (or its absence). Per event, floor and variable part are what the period changes."""
 
     budget_pct: float
     max_period: int
@@ -246,11 +251,33 @@ class PeriodController:
     # is over the budget (mem: sampling sparser only costs precision, and a fit from two
     # quarter-seconds of a loaded machine is noisy); the period then stops rising there.
     keep_raises: bool = False
+    activity: Callable[[], float] | None = None  # events so far (the fit goes per event)
     _before: tuple[int, float] | None = None  # (period, cost) before the last raise
     _age: int = 0
+    _mark: tuple[float, float] | None = None  # (time, events) when the last stretch began
+    _rate: float = 0.0  # events a second in the last stretch (0: not known)
+    _before_rate: float = 0.0  # events a second in the stretch before the last raise
+    _fit_rate: float = 0.0  # the event rate the fit's figures hold at
+
+    def _stretch_rate(self) -> float:
+        """Events a second since the last decision (0 without `activity`)."""
+        if self.activity is None:
+            return 0.0
+        mark = (time.monotonic(), self.activity())
+        before, self._mark = self._mark, mark
+        if before is None or mark[0] <= before[0]:
+            return 0.0
+        return max(0.0, (mark[1] - before[1]) / (mark[0] - before[0]))
+
+    def _per_event(self, cost_pct: float, rate: float) -> float:
+        """A stretch's cost at the fit's event rate (as it is without rates to compare)."""
+        if rate <= 0 or self._fit_rate <= 0:
+            return cost_pct
+        return cost_pct * self._fit_rate / rate
 
     def next_period(self, cost_pct: float) -> int:
         """The period to sample at after a stretch that cost `cost_pct` (unchanged: same)."""
+        self._rate = self._stretch_rate()
         if self.settle:
             self.settle = False
             return self.period
@@ -271,6 +298,7 @@ class PeriodController:
         wanted = max(1, min(self.max_period, wanted))
         if wanted != self.period:
             self._before = (self.period, cost_pct) if wanted > self.period else None
+            self._before_rate = self._rate
             self.period = wanted
             self.highest = max(self.highest, wanted)
             self.settle = True
@@ -280,6 +308,7 @@ class PeriodController:
         """The workload changed: the cost is far from what the fit predicts (a floor fitted
         while the target was idle says nothing once it is busy)."""
         predicted = self.floor_pct + self.variable_pct / self.period
+        cost_pct = self._per_event(cost_pct, self._rate)
         return abs(cost_pct - predicted) > OFF_FIT * predicted + OFF_FIT * self.budget_pct
 
     def _fit(self, cost_pct: float) -> None:
@@ -290,6 +319,12 @@ class PeriodController:
         self._before = None
         if p1 <= p0:  # the period was set back meanwhile (an agent's burst): nothing to fit
             return
+        if self._before_rate > 0 and self._rate > 0:
+            # both stretches at this one's event rate: what is left differs by the period
+            c0 = c0 * self._rate / self._before_rate
+            self._fit_rate = self._rate
+        else:
+            self._fit_rate = 0.0
         variable = max(0.0, (c0 - cost_pct) / (1 / p0 - 1 / p1))
         floor = cost_pct - variable / p1
         self.floor_pct = max(0.0, floor)

@@ -90,6 +90,7 @@ UPROBE_PROGRAMS = ("alloc_enter", "alloc_return")
 # Under a budget where the kernel has uprobe sessions: blocks sampled at the entry, and the
 # return probed only for sampled blocks; free through a program of its own.
 SESSION_PROGRAMS = ("alloc_session", "free_enter")
+PER_CALL_PROGRAMS = ("alloc_session", "free_enter", "alloc_enter")  # run on every call
 RAW_MMAP_PROGRAMS = ("mmap_enter", "mmap_exit")  # every system call: the fallback
 SYSCALL_MMAP_PROGRAMS = ("mmap_call_enter", "munmap_call_enter", "mmap_call_exit")
 MMAP_TRACEPOINTS = (
@@ -170,6 +171,34 @@ class MemConfig:
 
 
 @dataclass
+class PerCallCost:
+    """What the programs run on every allocator call and free cost over a budgeted loop."""
+
+    start_s: float
+    start_ns: int
+    start_runs: int
+    seconds: float = 0.0
+    ns: int = 0
+    runs: int = 0
+
+    def end(self, now: float, ns: int, runs: int) -> None:
+        self.seconds = now - self.start_s
+        self.ns, self.runs = ns - self.start_ns, runs - self.start_runs
+
+    @property
+    def pct(self) -> float:
+        return 100.0 * self.ns / 1e9 / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.runs / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ns_per_run(self) -> float:
+        return self.ns / self.runs if self.runs else 0.0
+
+
+@dataclass
 class RawOutstanding:
     """Outstanding totals per (tgid, stack id), before symbolization."""
 
@@ -246,6 +275,7 @@ class MemCollector:
     def __init__(self, config: MemConfig, targets: base.Targets | None = None) -> None:
         """`targets`: shared with other collectors of the same run (`record`)."""
         self.sampler: PeriodController | None = None
+        self._per_call: PerCallCost | None = None
         if config.min_age_ms < 0:
             raise UsageError(f"--min-age must be >= 0 ms, got {config.min_age_ms}")
         if not MIN_TABLE_SIZE <= config.table_size <= MAX_TABLE_SIZE:
@@ -607,8 +637,9 @@ class MemCollector:
         """The budget's hold on this collector: the mean gap between sample points, in units
         of SAMPLE_UNIT bytes (period 1: every block)."""
         self.sampler = controller = PeriodController(
-            budget_pct, MAX_SAMPLE_PERIOD, keep_raises=self.session
+            budget_pct, MAX_SAMPLE_PERIOD, keep_raises=self.session, activity=self.calls_probed
         )
+        self._per_call = PerCallCost(*self._per_call_reading())
 
         def gap(period: int) -> int:
             return 0 if period <= 1 else period * SAMPLE_UNIT
@@ -619,6 +650,46 @@ class MemCollector:
             lambda: gap(controller.period),
             self.set_sampling,
             controller,
+        )
+
+    def _per_call_reading(self) -> tuple[float, int, int]:
+        """(now, run time in ns, runs) of the programs on every allocator call and free."""
+        if self.obj is None or not self.obj.loaded:
+            return time.monotonic(), 0, 0
+        names = [p for p in PER_CALL_PROGRAMS if self.obj.enabled(p)]
+        return (time.monotonic(), *base.program_cost(self.obj, names))
+
+    def calls_probed(self) -> float:
+        """Runs so far of the programs on every allocator call and free (sampled or not): what
+        the cost no sampling period removes is paid on."""
+        return float(self._per_call_reading()[2])
+
+    def end_per_call(self) -> None:
+        """The loop ended (before the detach): what the per-call programs cost in it."""
+        if self._per_call is not None:
+            self._per_call.end(*self._per_call_reading())
+
+    def not_held_notes(self, steady_pct: float | None) -> tuple[str, ...]:
+        """`budget 1% not held: ...` when the steady state cost more than the budget (`None`:
+        when the per-call programs alone did), saying what no sampling period removes."""
+        sampler, per_call = self.sampler, self._per_call
+        if sampler is None or per_call is None or per_call.seconds <= 0:
+            return ()
+        budget = sampler.budget_pct
+        over = per_call.pct if steady_pct is None else steady_pct
+        if over <= budget:
+            return ()
+        steady = "" if steady_pct is None else f" (steady {steady_pct:.2f}%)"
+        sparsest = (
+            "at the sparsest sampling"
+            if sampler.highest >= MAX_SAMPLE_PERIOD
+            else f"at one point per {sampler.highest * SAMPLE_UNIT:,} bytes at the sparsest"
+        )
+        return (
+            f"budget {budget:g}% not held{steady}: {per_call.pct:.2f}% of a core went to the "
+            f"programs on every allocator call and free of the targets ({per_call.rate:,.0f} "
+            f"runs a second, {per_call.ns_per_run:.0f} ns each), which no sampling period "
+            f"removes; the rest to the sampled blocks ({sparsest}) and the tool's own CPU",
         )
 
     def sampling_notes(self) -> tuple[str, ...]:
@@ -854,6 +925,7 @@ def collect(config: MemConfig) -> MemSnapshot:
             )
             duration = run.clock.elapsed()
             steady = budgeted.end_loop() if budgeted is not None else 0.0
+            collector.end_per_call()
             collector.resume_all()
             if not collector.kernel_mode:
                 collector.remember_targets()
@@ -874,7 +946,11 @@ def collect(config: MemConfig) -> MemSnapshot:
         collector.close()
     if budgeted is None:
         return snapshot
-    return dataclasses.replace(snapshot, self_cost=budgeted.self_cost(snapshot.self_cost, steady))
+    return dataclasses.replace(
+        snapshot,
+        self_cost=budgeted.self_cost(snapshot.self_cost, steady),
+        notes=(*snapshot.notes, *collector.not_held_notes(steady)),
+    )
 
 
 def budgeted_run(collector: MemCollector, budget_pct: float, cpu0: float) -> BudgetedRun:

@@ -653,6 +653,7 @@ class MemSignal:
 
         c = self.collector
         try:
+            c.end_per_call()
             c.resume_all()
             if not c.kernel_mode:
                 c.remember_targets()
@@ -689,7 +690,9 @@ class MemSignal:
         return [self.collector.sampling_knob(budget_pct)]
 
     def budget_notes(self) -> tuple[str, ...]:
-        return self.collector.sampling_notes()
+        # the recording's steady state counts every signal: mem says when its per-call
+        # programs alone cost more than the budget
+        return (*self.collector.sampling_notes(), *self.collector.not_held_notes(None))
 
     def close(self) -> None:
         self.collector.close()
