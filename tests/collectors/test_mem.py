@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
+import os
 import re
 import shutil
 import signal
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from otlp_ebpf.cli.app import run
-from otlp_ebpf.collectors import mem
+from otlp_ebpf.collectors import base, mem
 from otlp_ebpf.collectors.mem import (
     AllocInfo,
     AllocKey,
@@ -27,7 +29,7 @@ from otlp_ebpf.collectors.mem import (
 )
 from otlp_ebpf.collectors.stack_store import StoredStack
 from otlp_ebpf.model import Allocation, MemSnapshot
-from otlp_ebpf.runtime import btf, uprobe_multi
+from otlp_ebpf.runtime import btf, stats, uprobe_multi
 from otlp_ebpf.runtime.loader import BpfObject
 from otlp_ebpf.targets import TargetSpec
 from tests.conftest import build_c
@@ -347,13 +349,15 @@ def test_direct_mmap_leaks_are_attributed_to_their_caller(programs: dict[str, Pa
 
 def test_mmap_tracking_runs_on_mmap_calls_only(programs: dict[str, Path]) -> None:
     """The programs that see direct mmaps run on mmap and munmap, not on every system call
-    of every process (which made them most of mem's cost on a busy machine)."""
-    import os
+    of every process (which made them most of mem's cost on a busy machine).
 
-    from otlp_ebpf.collectors import base, mem
-    from otlp_ebpf.runtime import stats
-
-    target = subprocess.Popen(["sleep", "30"])
+    Their run counts are the whole machine's, so only what this test makes is counted: the
+    fallback pair on every system call must not run at all while it makes 20,000 of them,
+    and the per-syscall programs must run at least on its own mmaps and munmaps (other
+    processes' add to that, never take from it)."""
+    # The target says "ready" once started: attached any earlier, it may not have mapped libc.
+    target = subprocess.Popen([str(programs["live"])], stdout=subprocess.PIPE, text=True)
+    assert target.stdout is not None and target.stdout.readline() == "ready\n"
     collector = mem.MemCollector(MemConfig(targets=TargetSpec(pids=(target.pid,))))
     try:
         with stats.StatsSession():
@@ -361,21 +365,25 @@ def test_mmap_tracking_runs_on_mmap_calls_only(programs: dict[str, Path]) -> Non
             assert collector.obj is not None
             obj = collector.obj
 
-            def mmap_runs() -> int:
-                return base.program_cost(obj, mem.MMAP_PROGRAMS)[1]
+            def runs() -> tuple[int, int]:
+                return (
+                    base.program_cost(obj, mem.RAW_MMAP_PROGRAMS)[1],
+                    base.program_cost(obj, mem.SYSCALL_MMAP_PROGRAMS)[1],
+                )
 
-            before = mmap_runs()
+            raw_before, per_call_before = runs()
             for _ in range(20000):  # system calls of a process that is not a target
                 os.getppid()
-            runs = mmap_runs() - before
+            for _ in range(100):  # an mmap (enter and exit) and a munmap each
+                mmap.mmap(-1, 4096).close()
+            raw_after, per_call_after = runs()
     finally:
         collector.detach()
         base.cleanup()
         target.kill()
-        target.wait()
-    # every program of the raw_syscalls pair ran for each of them; only other processes'
-    # mmaps and munmaps reach the per-syscall ones
-    assert runs < 20000, runs
+        target.communicate()
+    assert raw_after - raw_before == 0, "the every-syscall pair ran"
+    assert per_call_after - per_call_before >= 3 * 100, "the mmap and munmap programs missed calls"
 
 
 def test_classic_uprobes_give_the_same_answer(programs: dict[str, Path]) -> None:
