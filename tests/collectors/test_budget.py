@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import subprocess
 import sys
 import time
@@ -320,3 +321,19 @@ def test_a_swinging_event_rate_is_not_taken_for_a_floor(monkeypatch):
     costs = drive_swinging(per_event, 24)
     assert per_event.floor_pct < 0.85  # at most 0.3 + 30 x 0.02 = 0.9 at the higher rate
     assert max(costs[-6:]) < 1.05 and per_event.period > 5 * raw.period
+
+
+def test_raises_below_fit_from_are_not_fitted_when_the_cost_saturates():
+    """Byte sampling with a mean gap below the blocks' size tracks nearly every block: raising
+    the period there hardly moves the cost, and a fit of it finds a floor that is not one.
+    With `fit_from`, raises below it are made in proportion and never fitted."""
+
+    def byte_sampled(n: int) -> float:  # blocks of 600 bytes, a gap of 64 x n bytes
+        return 0.3 + 3.0 * (1 - math.exp(-600 / (64 * n)))
+
+    stuck = PeriodController(1.0, 8192, keep_raises=True)
+    periods = drive(stuck, byte_sampled, 24)
+    assert periods.count(4) >= 20  # 3% of a core for 5 s: a raise "bought nothing"
+    fitted_late = PeriodController(1.0, 8192, keep_raises=True, fit_from=256)
+    periods = drive(fitted_late, byte_sampled, 24)
+    assert all(byte_sampled(n) <= 1.0 for n in periods[8:])

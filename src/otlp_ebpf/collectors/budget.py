@@ -252,6 +252,10 @@ class PeriodController:
     # quarter-seconds of a loaded machine is noisy); the period then stops rising there.
     keep_raises: bool = False
     activity: Callable[[], float] | None = None  # events so far (the fit goes per event)
+    # Raises from a period below this are not fitted: mem's byte sampling tracks nearly every
+    # block while the mean gap is below the blocks' size, so the cost hardly moves there
+    # (floor + variable / N holds only once the gap is well past them).
+    fit_from: int = 1
     _before: tuple[int, float] | None = None  # (period, cost) before the last raise
     _age: int = 0
     _mark: tuple[float, float] | None = None  # (time, events) when the last stretch began
@@ -297,7 +301,8 @@ class PeriodController:
             return self.period
         wanted = max(1, min(self.max_period, wanted))
         if wanted != self.period:
-            self._before = (self.period, cost_pct) if wanted > self.period else None
+            raised = wanted > self.period and self.period >= self.fit_from
+            self._before = (self.period, cost_pct) if raised else None
             self._before_rate = self._rate
             self.period = wanted
             self.highest = max(self.highest, wanted)
