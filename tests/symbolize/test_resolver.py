@@ -282,16 +282,16 @@ def test_captures_of_one_process_are_bounded_by_their_mappings() -> None:
         assert per_capture <= held["mappings"] <= MAX_MAPPINGS_PER_PID
 
 
-def test_a_spent_load_allowance_defers_a_new_file_and_names_it_module_plus_offset(
+def test_under_a_load_allowance_a_new_file_waits_and_is_named_module_plus_offset(
     proc: FakeProc, tmp_path: Path
 ) -> None:
     """Under the agent's budget a new binary's symbols wait for their share of CPU: its
     frames are named module+offset meanwhile (not remembered as such), the file is queued and
-    counted, and loaded from the queue once the allowance is back."""
+    counted, and loaded from the queue as the allowance allows."""
     offset = _libc_file_offset("qsort")
     with _symbolizer(tmp_path) as symbolizer:
         assert symbolizer.remember_process(77)
-        symbolizer.load_allowance = CpuAllowance(pct=0.001, ahead_s=0.0)  # nothing to spend
+        symbolizer.load_allowance = CpuAllowance(pct=1.0)  # a budget: new files wait first
         frames = symbolizer.user_frames(77, [BASE + offset], adjust_return_addresses=False)
         again = symbolizer.user_frames(77, [BASE + offset], adjust_return_addresses=False)
         assert frames == again == [(f"libc.so.6+0x{offset:x}", LIBC)]

@@ -43,6 +43,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 CONTROL_S = 0.25  # how often a budget looks at the cost and may change the rates
+# How often the helper processes are looked for (each thread's children in /proc: a dozen
+# reads in a process with export threads); their CPU is read at every look at the cost.
+CHILDREN_EVERY_S = 2.0
 
 # DWARF sampling copies 16 KB of stack per sample and unwinds it here: under a budget it is
 # lowered no further than FALLBACK_FLOOR_HZ (fewer samples than that make a poor profile),
@@ -96,12 +99,18 @@ class CostMeter:
     bpf_ns: Callable[[], int]
     not_helpers: Callable[[], Iterable[int]]
     _helpers: dict[int, float] = field(default_factory=dict)
+    _children: set[int] = field(default_factory=set)
+    _children_at: float = -CHILDREN_EVERY_S
 
     def cpu_s(self) -> float:
         """This process's and its helpers' CPU seconds so far (a helper that ended keeps
         what it was last seen using)."""
+        now = time.monotonic()
+        if now - self._children_at >= CHILDREN_EVERY_S:
+            self._children_at = now
+            self._children = children_of(os.getpid())
         skip = set(self.not_helpers())
-        for pid in children_of(os.getpid()) - skip:
+        for pid in self._children - skip:
             self._helpers[pid] = max(self._helpers.get(pid, 0.0), child_cpu_seconds(pid))
         return stats.process_cpu_seconds() + sum(self._helpers.values())
 

@@ -71,10 +71,6 @@ class Lru(Generic[K, V]):
             dropped += 1
         return dropped
 
-    def pop_oldest(self) -> tuple[K, V]:
-        """Take out the least recently used entry (not counted as an eviction)."""
-        return self._data.popitem(last=False)
-
     def pop(self, key: K, default: V | None = None) -> V | None:
         return self._data.pop(key, default)
 

@@ -153,11 +153,15 @@ class Symbolizer:
         self._by_file: Lru[FileId, str | None] = Lru(MAX_FILES)
         self._unidentified: Lru[FileId, LoadedElf] = Lru(MAX_UNIDENTIFIED)
         self._by_vdso_image: Lru[bytes, LoadedElf | None] = Lru(4)
-        # Loading a new binary's symbols is held to this share of CPU (none by default); the
-        # files that wait are queued and loaded as the allowance comes back.
+        # Loading a new binary's symbols is held to this share of CPU (none by default). Under
+        # a limit a file is queued when first met (its frames named module+offset) and the
+        # queue is loaded as the allowance comes back, the files most frames asked for first:
+        # a binary sampled once (a short-lived tool) does not cost a table load, a busy one is
+        # named from its next samples on.
         self.load_allowance = CpuAllowance()
-        self._deferred: Lru[FileId, str] = Lru(MAX_DEFERRED_FILES)
-        self.deferred_files = 0  # files queued because the allowance was spent
+        self._deferred: Lru[FileId, str] = Lru(MAX_DEFERRED_FILES, self._forget_asked)
+        self._asked: Counter[FileId] = Counter()  # frames of each queued file met so far
+        self.deferred_files = 0  # files queued
         self.deferred_loaded = 0  # of which loaded later, from the queue
 
     @property
@@ -386,13 +390,16 @@ class Symbolizer:
                 return held
         if not self._files.is_open(file_id):
             return None  # closed for room before its symbols were needed
-        if not self.load_allowance.available():
+        if self.load_allowance.pct or not self.load_allowance.available():
             if file_id not in self._deferred:
                 self.deferred_files += 1
             self._deferred[file_id] = mapping.path
+            self._asked[file_id] += 1
             return _DEFERRED
-        self._deferred.pop(file_id)
         return self._load_file(file_id, mapping.path)
+
+    def _forget_asked(self, file_id: FileId, _path: str) -> None:
+        self._asked.pop(file_id, None)
 
     def _load_file(self, file_id: FileId, path: str) -> LoadedElf | None:
         """Load (and remember) the symbols of a mapped file, charged to the allowance."""
@@ -405,12 +412,15 @@ class Symbolizer:
         return loaded
 
     def load_deferred(self) -> int:
-        """Load queued files' symbols, oldest first, while the allowance lasts (the frames of
-        their next samples get names); returns how many were loaded."""
+        """Load queued files' symbols while the allowance lasts, the files most frames asked
+        for first (the frames of their next samples get names); returns how many were
+        loaded."""
         loaded = 0
-        while len(self._deferred) and self.load_allowance.available():
-            file_id, path = self._deferred.pop_oldest()
-            if file_id in self._by_file or not self._files.is_open(file_id):
+        while self._asked and self.load_allowance.available():
+            file_id, _ = self._asked.most_common(1)[0]
+            del self._asked[file_id]
+            path = self._deferred.pop(file_id)
+            if path is None or file_id in self._by_file or not self._files.is_open(file_id):
                 continue  # loaded meanwhile, or its descriptor closed for room
             self._load_file(file_id, path)
             loaded += 1
