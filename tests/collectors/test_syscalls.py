@@ -195,7 +195,6 @@ def test_duration_ends_a_run_whose_command_runs_on(capsys, tmp_path):
         "ended: duration",
         "command: still running when the run ended (stopped)",
     ]
-    assert doc["duration_s"] < 30  # not held until the command ended
     assert "stopped /bin/sleep" in capsys.readouterr().err
 
 

@@ -45,7 +45,6 @@ def test_pid_that_exits_mid_run_keeps_what_was_collected(capsys, spinner, comman
         proc.wait(timeout=10)
     doc = json.loads(capsys.readouterr().out)
     assert "ended: target exited" in doc["notes"]
-    assert doc["duration_s"] < 20  # the run ended with the target, not at -d 20
     if command == "cpu":
         frames = [f for s in doc["stacks"] for f in s["frames"]]
         assert doc["samples_total"] > 20 and "spin_for_a_while" in frames
