@@ -337,6 +337,27 @@ def test_default_gate_names_the_caller_whose_inclusive_share_grew_and_the_path()
     }
 
 
+def test_gate_names_a_function_whose_growth_runs_through_a_namesake() -> None:
+    # The vDSO's clock_gettime calls a function symbolized under the same name: the growth
+    # path of a's inclusive share runs through thread_cpu_s into clock_gettime, whose own path
+    # leads to clock_gettime again. The verdict must still be reached, at clock_gettime.
+    def run(clock: int, a: int) -> CpuSnapshot:
+        paths = {
+            ("main", "a", "thread_cpu_s", "clock_gettime", "clock_gettime"): clock,
+            ("main", "a"): a,
+            ("main", "b"): 1000 - clock - a,
+        }
+        stacks = tuple(StackCount(42, 42, "spin", p, n) for p, n in paths.items())
+        return CpuSnapshot(
+            started_at="t", duration_s=1.0, host="ci", samples_total=1000, stacks=stacks
+        )
+
+    report = diff_runs(*sides([run(50, 400)], [run(300, 450)]), DiffOptions(threshold=5))
+    verdict = evaluate(report)
+    assert verdict.failed
+    assert verdict.reason.startswith("REGRESSION: clock_gettime total "), verdict.reason
+
+
 def test_growth_path_follows_the_callee_that_grew_until_the_growth_is_self_time() -> None:
     from otlp_ebpf.analysis.diff import growth_path
 

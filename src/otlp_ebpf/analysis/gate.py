@@ -51,13 +51,17 @@ def _origin(
 ) -> tuple[DiffSection, DiffRow]:
     """Where a regression of inclusive share comes from. Growth below a function shows in
     every caller above it: walk down the growth path while the next callee regressed too,
-    then prefer that function's self row when its own time is what grew."""
+    then prefer that function's self row when its own time is what grew. A path leading
+    back to a function already passed (recursion, or a frame calling a namesake: the vDSO's
+    clock_gettime) ends the walk there."""
     section, row = worst
     if section.metric != "total":
         return worst
     regressed = {(s.name, s.metric, r.key): (s, r) for s, r in flagged}
-    while row.via and (section.name, "total", row.via[0]) in regressed:
+    passed = {row.key}
+    while row.via and row.via[0] not in passed and (section.name, "total", row.via[0]) in regressed:
         section, row = regressed[(section.name, "total", row.via[0])]
+        passed.add(row.key)
     if not row.via and (section.name, "self", row.key) in regressed:
         return regressed[(section.name, "self", row.key)]
     return section, row
