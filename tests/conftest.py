@@ -95,13 +95,18 @@ def full_disk() -> Iterator[Path]:
 # loop does per second depends on the CPU (two equal loops were measured to split 3.9:1), the
 # split of CPU time does not, and a thread's CPU clock does not run while a busy machine
 # preempts it. Paste SPIN_CPU_C into a workload and call SPIN_CPU_MS(ms) in the function that
-# should own the time; the clock is read every 20,000 additions, so reading it (a syscall)
-# stays a few percent of the spin.
+# should own the time; the clock is read every SPIN_CHECK_EVERY (20,000) additions, so reading
+# it (a syscall) stays a few percent of the spin on an idle machine. On a loaded one the
+# syscall costs more, and varies: 18-30 % of the spin from one run to the next, measured at
+# load 20. A test comparing runs with each other builds with -DSPIN_CHECK_EVERY=200000.
 # Each spin lasts a pseudo-random 50-150 % of `ms` (the mean is `ms`): a workload with a fixed
 # rhythm locks onto the sampling clock's (rounds of a() 1 ms + b() 1 ms sampled at 499 Hz, a
 # 2.004 ms period, put 56 % of the samples in a() and 35 % in b()).
 SPIN_CPU_C = r"""
 #include <time.h>
+#ifndef SPIN_CHECK_EVERY
+#define SPIN_CHECK_EVERY 20000
+#endif
 static volatile unsigned long spin_sink;
 static unsigned long spin_seed = 88172645463325252UL;
 __attribute__((noinline)) double thread_cpu_s(void) {
@@ -118,7 +123,7 @@ static double spin_jitter(void) { /* xorshift64: uniform in [0.5, 1.5) */
 #define SPIN_CPU_MS(ms) do { \
     double spin_end = thread_cpu_s() + (ms) * spin_jitter() / 1e3; \
     while (thread_cpu_s() < spin_end) \
-        for (int spin_i = 0; spin_i < 20000; spin_i++) spin_sink += spin_i; \
+        for (int spin_i = 0; spin_i < SPIN_CHECK_EVERY; spin_i++) spin_sink += spin_i; \
 } while (0)
 """
 
