@@ -725,13 +725,52 @@ int alloc_return(struct pt_regs *ctx)
  * bytes of other processes (or of a call nested in another) passing by only shift them. */
 extern bool bpf_session_is_return(void) __ksym __weak;
 
+/* The path nearly every call takes under sampling: a small request (not a realloc) short of
+ * the next sample point only moves the countdown; nothing else is read or written (the
+ * general path below decides the same, after filling in the whole call). */
+static __always_inline bool passes_unsampled(struct pt_regs *ctx, u64 cookie)
+{
+	u32 zero = 0;
+	struct mem_sampling *s;
+	s64 *left;
+	u64 size;
+
+	switch (cookie) {
+	case FN_MALLOC:
+		size = ARG1(ctx);
+		break;
+	case FN_CALLOC:
+		size = ARG1(ctx) * ARG2(ctx);
+		break;
+	case FN_MEMALIGN:
+		size = ARG2(ctx);
+		break;
+	case FN_POSIX_MEMALIGN:
+		size = ARG3(ctx);
+		break;
+	default: /* realloc always returns */
+		return false;
+	}
+	if (!size || size >= MIGHT_MAP)
+		return false;
+	s = bpf_map_lookup_elem(&sampling, &zero);
+	left = bpf_map_lookup_elem(&bytes_to_sample, &zero);
+	if (!s || !s->mean_gap || !left || (s64)size >= *left)
+		return false;
+	*left -= size;
+	return true;
+}
+
 static __always_inline int session_enter(struct pt_regs *ctx)
 {
 	struct pending_call call = { .sp = PT_REGS_SP(ctx) };
 	struct pending_call *outer;
+	u64 cookie = bpf_get_attach_cookie(ctx);
 	u64 id;
 
-	describe_call(ctx, bpf_get_attach_cookie(ctx), &call);
+	if (passes_unsampled(ctx, cookie))
+		return 1;
+	describe_call(ctx, cookie, &call);
 	call.sampled = sample_block(call.size, &call.weight_bytes, &call.weight_count);
 	/* realloc always returns: it may end a tracked block, and a tail call it makes (glibc
 	 * realloc(NULL, n) -> malloc) must find it in flight, not draw for the block again. A
