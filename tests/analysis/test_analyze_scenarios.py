@@ -28,9 +28,11 @@ INTERVAL_S = 0.25
 #          2 or fewer by chance fell under the detector's floor of 10% of a CPU and cut the window);
 #   leak:  64 KiB allocated, written and kept per 2 ms that passed (a late loop catches up:
 #          how much leaks is a matter of time, not of how often a busy machine runs the loop).
-# FAULT_S beyond RUN_S: the same workload, healthy.
+# FAULT_S beyond RUN_S: the same workload, healthy. A fifth argument: a file to write the
+# main process's pid and the hog's (-1 without one) to.
 WORKLOAD = r"""
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -62,6 +64,12 @@ int main(int argc, char **argv) {
             _exit(0);
         }
     }
+    if (argc > 4) { /* who is who: after a wrap of the pid space the child's pid may be lower */
+        FILE *pids = fopen(argv[4], "w");
+        if (!pids) return 4;
+        fprintf(pids, "%d %d\n", (int)getpid(), (int)hog);
+        fclose(pids);
+    }
     int zero = open("/dev/zero", O_RDONLY);
     static char buf[8192];
     double next_leak = fault;
@@ -89,7 +97,7 @@ def workload(tmp_path_factory, cc) -> Path:
 
 def record(tmp_path: Path, workload: Path, mode: str, fault_s: float) -> RecordSnapshot:
     path = tmp_path / f"{mode}.json"
-    command = [str(workload), mode, str(fault_s), str(RUN_S)]
+    command = [str(workload), mode, str(fault_s), str(RUN_S), str(tmp_path / f"{mode}.pids")]
     code = run(["-q", "record", "--interval", str(INTERVAL_S), "-o", str(path), "--", *command])
     assert code == 0
     snapshot = read_snapshot(str(path))
@@ -137,8 +145,8 @@ def test_a_cpu_hog_starting_mid_run_is_the_top_finding(tmp_path, workload):
     assert top.kind == "cpu_hog", describe(snapshot)
     assert top.cause is not None
     pid = top.cause.anomaly.series.labels["pid"]
-    main_pid = min(p.pid for p in snapshot.processes if p.comm == "service")
-    assert int(pid) != main_pid and f"pid {pid} (service)" in top.summary
+    main_pid, hog_pid = map(int, (tmp_path / "hog.pids").read_text().split())
+    assert int(pid) == hog_pid != main_pid and f"pid {pid} (service)" in top.summary
     assert top.cause.anomaly.baseline == 0.0  # idle before the fault
     assert_window(top.start_s, top.end_s, 2.0, snapshot)
 
