@@ -196,6 +196,10 @@ def test_a_budget_out_of_reach_says_it_was_not_held_and_why(
     (note,) = [n for n in doc["notes"] if n.startswith("budget 0.001% not held (steady ")]
     share = re.search(r": ([\d.]+)% of a core went to the programs on every allocator call", note)
     assert share and float(share[1]) > 0.001
-    runs = re.search(r"\(([\d,]+) runs a second, (\d+) ns each\)", note)
+    floor = re.search(r"on every allocator call and free of the targets, ([\d.]+)% of it", note)
+    assert floor and 0 < float(floor[1]) <= float(share[1])
+    runs = re.search(r"\(([\d,]+) runs a second at (\d+) ns, the cheapest run\)", note)
     assert runs and int(runs[1].replace(",", "")) > 0 and int(runs[2]) > 0
-    assert "over budget: " + share[0][2:] in err  # the summary line says why, in short
+    short = note.split(": ", 1)[1].split(" (", 1)[0]  # up to the runs
+    assert short.endswith("whatever the sampling")
+    assert "over budget: " + short in err  # the summary line says why, in short

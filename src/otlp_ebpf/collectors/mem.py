@@ -170,32 +170,48 @@ class MemConfig:
         return not (self.targets.pids or self.targets.tid or self.targets.command)
 
 
+ProgramReading = dict[str, tuple[int, int]]  # program -> (run time in ns, runs) so far
+
+
 @dataclass
 class PerCallCost:
     """What the programs run on every allocator call and free cost over a budgeted loop."""
 
     start_s: float
-    start_ns: int
-    start_runs: int
+    start: ProgramReading
     seconds: float = 0.0
-    ns: int = 0
-    runs: int = 0
+    used: ProgramReading = field(default_factory=dict)  # over the loop
 
-    def end(self, now: float, ns: int, runs: int) -> None:
+    def end(self, now: float, reading: ProgramReading) -> None:
         self.seconds = now - self.start_s
-        self.ns, self.runs = ns - self.start_ns, runs - self.start_runs
+        self.used = {
+            name: (ns - self.start.get(name, (0, 0))[0], runs - self.start.get(name, (0, 0))[1])
+            for name, (ns, runs) in reading.items()
+        }
+
+    @property
+    def runs(self) -> int:
+        return sum(runs for _, runs in self.used.values())
 
     @property
     def pct(self) -> float:
-        return 100.0 * self.ns / 1e9 / self.seconds if self.seconds > 0 else 0.0
+        ns = sum(ns for ns, _ in self.used.values())
+        return 100.0 * ns / 1e9 / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def rate(self) -> float:
         return self.runs / self.seconds if self.seconds > 0 else 0.0
 
     @property
-    def ns_per_run(self) -> float:
-        return self.ns / self.runs if self.runs else 0.0
+    def cheapest_ns(self) -> float:
+        """The cheapest program's run (free's, nearly all filter misses): what every call
+        costs at the least, sampled or not."""
+        return min((ns / runs for ns, runs in self.used.values() if runs > 0), default=0.0)
+
+    @property
+    def floor_pct(self) -> float:
+        """What no sampling period removes: every run at the cheapest run's cost."""
+        return 100.0 * self.runs * self.cheapest_ns / 1e9 / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -648,7 +664,7 @@ class MemCollector:
             activity=self.calls_probed,
             fit_from=FIT_FROM_PERIOD,
         )
-        self._per_call = PerCallCost(*self._per_call_reading())
+        self._per_call = PerCallCost(time.monotonic(), self._per_call_reading())
 
         def gap(period: int) -> int:
             return 0 if period <= 1 else period * SAMPLE_UNIT
@@ -661,22 +677,22 @@ class MemCollector:
             controller,
         )
 
-    def _per_call_reading(self) -> tuple[float, int, int]:
-        """(now, run time in ns, runs) of the programs on every allocator call and free."""
+    def _per_call_reading(self) -> ProgramReading:
+        """Run time and runs so far of each program on every allocator call and free."""
         if self.obj is None or not self.obj.loaded:
-            return time.monotonic(), 0, 0
+            return {}
         names = [p for p in PER_CALL_PROGRAMS if self.obj.enabled(p)]
-        return (time.monotonic(), *base.program_cost(self.obj, names))
+        return {name: base.program_cost(self.obj, [name]) for name in names}
 
     def calls_probed(self) -> float:
         """Runs so far of the programs on every allocator call and free (sampled or not): what
         the cost no sampling period removes is paid on."""
-        return float(self._per_call_reading()[2])
+        return float(sum(runs for _, runs in self._per_call_reading().values()))
 
     def end_per_call(self) -> None:
         """The loop ended (before the detach): what the per-call programs cost in it."""
         if self._per_call is not None:
-            self._per_call.end(*self._per_call_reading())
+            self._per_call.end(time.monotonic(), self._per_call_reading())
 
     def not_held_notes(self, steady_pct: float | None) -> tuple[str, ...]:
         """`budget 1% not held: ...` when the steady state cost more than the budget (`None`:
@@ -696,9 +712,10 @@ class MemCollector:
         )
         return (
             f"budget {budget:g}% not held{steady}: {per_call.pct:.2f}% of a core went to the "
-            f"programs on every allocator call and free of the targets ({per_call.rate:,.0f} "
-            f"runs a second, {per_call.ns_per_run:.0f} ns each), which no sampling period "
-            f"removes; the rest to the sampled blocks ({sparsest}) and the tool's own CPU",
+            f"programs on every allocator call and free of the targets, {per_call.floor_pct:.2f}% "
+            f"of it whatever the sampling ({per_call.rate:,.0f} runs a second at "
+            f"{per_call.cheapest_ns:.0f} ns, the cheapest run); the rest to the sampled blocks "
+            f"({sparsest}) and the tool's own CPU",
         )
 
     def sampling_notes(self) -> tuple[str, ...]:
