@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import itertools
 import os
 import re
 import signal
@@ -187,9 +188,14 @@ def report(args: argparse.Namespace, rows, counts: Counting, code: int, stop_s: 
         return m.get("otlp_ebpf_cpu_seconds_total", 0) + m.get("otlp_ebpf_bpf_run_seconds_total", 0)
 
     steady_pct = 100 * (own(m_e) - own(m_w)) / (t_e - t_w)
-    # Each scrape's cost is the agent's last interval's (a scrape per interval): their median
-    # is the typical interval, the mean above also counts the bursts and new binaries.
-    per_interval = [r[2].get("otlp_ebpf_cost_percent", 0) for r in warm[1:]]
+    # A scrape shows the agent's last interval's cost: one figure per interval that ended
+    # since the scrape before (an interval running late is not counted twice). Their median is
+    # the typical interval; the mean above also counts the bursts and new binaries.
+    per_interval = [
+        m.get("otlp_ebpf_cost_percent", 0)
+        for (_, _, before), (_, _, m) in itertools.pairwise(warm)
+        if m.get("otlp_ebpf_intervals_total", 0) > before.get("otlp_ebpf_intervals_total", 0)
+    ] or [0.0]
     intervals = m_e.get("otlp_ebpf_intervals_total", 0)
     rates = [r[2].get(CPU_RATE, 0) for r in warm]
     budget = m_e.get("otlp_ebpf_budget_percent", 0)
