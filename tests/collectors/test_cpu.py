@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -553,7 +553,8 @@ def test_cpu_under_a_budget_lowers_its_rate_and_keeps_the_shares(tmp_path, cc, c
 
 
 # Two processes spinning in a leaf function (no call inside: every sample's leaf is it),
-# built with frame pointers so that a frame-pointer stack reaches main.
+# built with frame pointers so that a frame-pointer stack reaches main. They stop after
+# argv[1] seconds or, given argv[2], once that file exists (argv[1] then only caps the run).
 HOT_LEAF_C = r"""
 #include <time.h>
 #include <stdlib.h>
@@ -569,28 +570,67 @@ __attribute__((noinline)) void hot_leaf(void) {
 int main(int argc, char **argv) {
     pid_t child = fork();
     double end = now() + atof(argv[1]);
-    while (now() < end) hot_leaf();
+    const char *stop = argc > 2 ? argv[2] : 0;
+    while (now() < end && !(stop && access(stop, F_OK) == 0)) hot_leaf();
     if (child) waitpid(child, 0, 0);
     return 0;
 }
 """
+# A budgeted run's workload ends once the budget has done what a test looks at: on a loaded
+# machine its decisions come late (behind the samples of the first rate), so a run of fixed
+# length may end before them.
+HOT_LEAF_CAP_S = "60"
+
+
+def stop_after_decision(
+    monkeypatch: pytest.MonkeyPatch, stop: Path, done: Callable[[Any], bool]
+) -> None:
+    """Create `stop` (HOT_LEAF_C's second argument) after the budget decision for which
+    `done(controller)` first holds."""
+    from otlp_ebpf.collectors import budget
+
+    decide = budget.BudgetController.next_hz
+
+    def next_hz(self: Any, cost_pct: float) -> int:
+        hz = decide(self, cost_pct)
+        if done(self):
+            stop.touch()
+        return hz
+
+    monkeypatch.setattr(budget.BudgetController, "next_hz", next_hz)
+
+
+def stop_after_frame_pointer_decisions(
+    monkeypatch: pytest.MonkeyPatch, stop: Path, decisions: int = 4
+) -> None:
+    """Stop the workload once the run has fallen back to frame pointers and sampled with
+    them for `decisions` more decisions (a second at four a second)."""
+    after = Counter[str]()
+
+    def done(controller: Any) -> bool:
+        after["fp"] += controller.unwind == "fp"
+        return after["fp"] > decisions
+
+    stop_after_decision(monkeypatch, stop, done)
 
 
 def test_a_budget_dwarf_cannot_hold_falls_back_to_frame_pointers(tmp_path, cc, capsys, monkeypatch):
     from otlp_ebpf.collectors import budget
 
     # 0.01% of a core: no DWARF rate holds it (the unwinding helper alone costs more). A high
-    # floor and a short wait there make the switch come early (about 2 s in, also on a loaded
-    # machine); frame pointers are kept at that rate after it (a 1 Hz floor would leave too
-    # few samples to name the hot function for sure). -F 199: a higher rate floods the
-    # unwinder before the first decision, which then comes late.
+    # floor and a short wait there make the switch come early; frame pointers are kept at
+    # that rate after it (a 1 Hz floor would leave too few samples to name the hot function
+    # for sure), and the workload runs until they have sampled for a second. -F 199: a higher
+    # rate floods the unwinder before the first decision, which then comes late.
     monkeypatch.setattr(budget, "FALLBACK_FLOOR_HZ", 99)
     monkeypatch.setattr(budget, "FALLBACK_AFTER", 2)
     monkeypatch.setattr(budget, "MIN_HZ", 99)
+    stop = tmp_path / "stop"
+    stop_after_frame_pointer_decisions(monkeypatch, stop)
     busy = build_c(cc, HOT_LEAF_C, tmp_path / "busy", "-O1", "-g", "-fno-omit-frame-pointer")
     path = tmp_path / "cpu.json"
-    args = ["cpu", "-F", "199", "--budget", "0.01", "-o", str(path), "--", str(busy), "4"]
-    assert run(args) == 0
+    args = ["cpu", "-F", "199", "--budget", "0.01", "-o", str(path)]
+    assert run([*args, "--", str(busy), HOT_LEAF_CAP_S, str(stop)]) == 0
     summary = capsys.readouterr().err.strip().splitlines()[-1]
     doc = json.loads(path.read_text())
     unwind = [t["unwind"] for t in doc["self_cost"]["ticks"]]
@@ -617,10 +657,12 @@ def test_dwarf_asked_for_is_kept_under_a_budget_it_cannot_hold_and_warned_about(
     # samples taken at 199 Hz, and a 4 s run did not always get two in a row at the floor.
     monkeypatch.setattr(budget, "FALLBACK_FLOOR_HZ", 99)
     monkeypatch.setattr(budget, "FALLBACK_AFTER", 1)
+    stop = tmp_path / "stop"
+    stop_after_decision(monkeypatch, stop, lambda c: bool(c.fallback.held_over_pct))
     busy = build_c(cc, HOT_LEAF_C, tmp_path / "busy", "-O1", "-g", "-fno-omit-frame-pointer")
     path = tmp_path / "cpu.json"
     args = ["cpu", "-F", "199", "--unwind", "dwarf", "--budget", "0.01", "-o", str(path)]
-    assert run([*args, "--", str(busy), "4"]) == 0
+    assert run([*args, "--", str(busy), HOT_LEAF_CAP_S, str(stop)]) == 0
     summary = capsys.readouterr().err.strip().splitlines()[-1]
     doc = json.loads(path.read_text())
     assert {t["unwind"] for t in doc["self_cost"]["ticks"]} == {"dwarf"}

@@ -500,17 +500,23 @@ def test_record_under_a_budget_dwarf_cannot_hold_names_frame_pointer_samples_per
     tmp_path, cc, capsys, monkeypatch
 ):
     from otlp_ebpf.collectors import budget
-    from tests.collectors.test_cpu import HOT_LEAF_C
+    from tests.collectors.test_cpu import (
+        HOT_LEAF_C,
+        HOT_LEAF_CAP_S,
+        stop_after_frame_pointer_decisions,
+    )
 
-    # as in test_cpu: a budget no DWARF rate holds, an early switch (about 2 s in), and
-    # frame pointers kept at 99 Hz after it
+    # as in test_cpu: a budget no DWARF rate holds, an early switch, and frame pointers kept
+    # at 99 Hz after it, for 2.5 s before the workload ends (two 1 s intervals wholly after)
     monkeypatch.setattr(budget, "FALLBACK_FLOOR_HZ", 99)
     monkeypatch.setattr(budget, "FALLBACK_AFTER", 2)
     monkeypatch.setattr(budget, "MIN_HZ", 99)
+    stop = tmp_path / "stop"
+    stop_after_frame_pointer_decisions(monkeypatch, stop, decisions=10)
     busy = build_c(cc, HOT_LEAF_C, tmp_path / "busy", "-O1", "-g", "-fno-omit-frame-pointer")
     path = tmp_path / "rec.json"
     args = ["record", "--signals", "cpu", "-F", "199", "--budget", "0.01", "-o", str(path)]
-    assert run([*args, "--", str(busy), "4"]) == 0
+    assert run([*args, "--", str(busy), HOT_LEAF_CAP_S, str(stop)]) == 0
     summary = capsys.readouterr().err.strip().splitlines()[-1]
     assert "fell back from DWARF to frame pointers" in summary, summary
     doc = json.loads(path.read_text())
