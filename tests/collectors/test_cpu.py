@@ -369,9 +369,10 @@ def test_diff_gate_finds_the_doubled_function(
 ) -> None:
     # 0.6 s of CPU at 1999 Hz: ~1,200 samples a run, where 499 Hz over 1 s gave ~500, in less
     # CPU time. a()'s share goes from 1/2 (1 ms for each 1 ms of b()) to 2/3 (2 ms for each):
-    # +16.7 points, 11.7 beyond the gate's 5, where the standard error of a change of share is
-    # about 2 points (binomial over both sides): about six standard errors on either side of
-    # the gate, as for the repeat of the base, 5 points below it. User stacks only: on a
+    # +16.7 points, where the standard error of a change of share is about 2 points (binomial
+    # over both sides). The gate fails a change beyond 5 points at 95 %: beyond about 8.3.
+    # The doubled side is 4 standard errors above that, the repeat of the base (0) 4 below:
+    # either outcome by chance is a 1 in 30,000 event. User stacks only: on a
     # loaded host a run can spend a quarter of its samples in the hypervisor's interrupts
     # (asm_sysvec_kvm_asyncpf_interrupt), a real change of kernel share that is not the
     # workload's; without kernel frames that time goes to the function it interrupted. The
