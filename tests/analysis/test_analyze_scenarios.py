@@ -157,8 +157,11 @@ def test_a_cpu_hog_starting_mid_run_is_the_top_finding(tmp_path, workload):
     if top.kind == "cpu_hog":
         assert f"pid {hog_pid} (service)" in top.summary
     assert hogs[0].baseline == 0.0  # idle before the fault
-    assert_window(top.start_s, top.end_s, 2.0, snapshot)
     assert_window(hogs[0].start_s, hogs[0].end_s, 2.0, snapshot)
+    if top.kind == "cpu_hog":
+        assert_window(top.start_s, top.end_s, 2.0, snapshot)
+    else:  # the service falls behind when the machine's other work leaves it short: not before
+        assert top.start_s >= hogs[0].start_s - INTERVAL_S, describe(snapshot)
 
 
 def test_a_leak_starting_late_is_the_top_finding(tmp_path, workload):
