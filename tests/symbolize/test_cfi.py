@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import shutil
+import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -375,6 +379,37 @@ def test_a_decoder_held_to_a_cpu_limit_is_paused_and_still_finishes(
         worker.close()
     assert [(key, data is not None) for key, data in done] == [("big", True)]
     assert worker.paused_s > 0
+
+
+def test_a_child_stopped_in_the_middle_of_a_table_does_not_block_its_parent() -> None:
+    """The child stopped (as `pace` stops it) after it began to write libc's table, more than
+    a pipe holds: `receive` returns at its timeout with nothing, and the table comes whole
+    once the child runs again (the parent used to wait in a read for the rest, for ever)."""
+    worker = DecodeWorker(None, ())
+    done: list[tuple[str, bytes | None]] = []
+    try:
+        worker.request("libc", LIBC, urgent=True)
+        assert worker._proc is not None and worker._proc.stdout is not None
+        select.select([worker._proc.stdout], [], [], 300)  # the child began its answer
+        os.kill(worker.pid, signal.SIGSTOP)
+        reader = threading.Thread(target=lambda: done.extend(worker.receive(0.2)), daemon=True)
+        reader.start()
+        reader.join(60)  # a liveness bound only: blocked, it would never return
+        assert not reader.is_alive(), "receive() waited for a stopped child"
+        assert done == []
+        os.kill(worker.pid, signal.SIGCONT)
+        for _ in range(2400):  # bounded: a table never completed would never end
+            if not worker.busy:
+                break
+            done += worker.receive(0.05)
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(worker.pid, signal.SIGCONT)
+        worker.close()
+    assert [key for key, _ in done] == ["libc"]
+    data = done[0][1]
+    assert data is not None and len(data) > 65536
+    assert len(CfiTable.from_bytes(data)) > 1000
 
 
 def test_a_child_killed_in_a_decode_leaves_that_file_without_a_table_and_the_rest_decoded(

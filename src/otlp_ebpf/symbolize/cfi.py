@@ -41,7 +41,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from elftools.common.exceptions import ELFError
 from elftools.dwarf.callframe import CIE, FDE, RegisterRule
@@ -456,6 +456,7 @@ def disk_cache_cap_bytes() -> int:
 DECODER_MAX_MB_DEFAULT = 768
 DECODER_MAX_MB_ENV = "OTLP_EBPF_DECODER_MAX_MB"
 RECYCLE_RSS_KB = 256 * 1024
+READ_CHUNK = 1 << 20  # bytes read from the decoding child at a time
 MAX_WORKER_STARTS = 64  # a child that keeps dying is not started again past this
 DECODER_IDLE_ENV = "OTLP_EBPF_DECODER_IDLE"  # set for the child by DecodeWorker.idle
 # DecodeWorker.cpu_limit_pct: the child may run ahead of its average by this much CPU (a
@@ -802,6 +803,7 @@ class DecodeWorker:
         self._asked: dict[str, int] = {}  # key -> priority of its queued request
         self._in_flight: str | None = None
         self._seq = 0
+        self._received = bytearray()  # the child's output not yet taken as a result
 
     @property
     def started(self) -> bool:
@@ -835,18 +837,26 @@ class DecodeWorker:
         self._send_next()
 
     def receive(self, timeout_s: float = 0.0) -> list[tuple[str, bytes | None]]:
-        """Finished decodes as (key, table bytes or None), waiting up to `timeout_s`."""
+        """Finished decodes as (key, table bytes or None), waiting up to `timeout_s`.
+
+        Never blocks past it: the child's output is read as it comes, without waiting for the
+        rest of a table (a child stopped by `pace`, or starved of CPU at SCHED_IDLE, may stop
+        in the middle of one); what came so far waits for the next call."""
         self.pace()
         done: list[tuple[str, bytes | None]] = []
         deadline = time.monotonic() + timeout_s
         while self._proc is not None and self._in_flight is not None:
-            wait = max(0.0, deadline - time.monotonic()) if not done else 0.0
-            stdout = self._proc.stdout
-            assert stdout is not None
-            ready, _, _ = select.select([stdout], [], [], wait)
-            if not ready:
-                break
-            result = self._read_result(stdout)
+            result = self._buffered_result()
+            if result is None:
+                wait = max(0.0, deadline - time.monotonic()) if not done else 0.0
+                stdout = self._proc.stdout
+                assert stdout is not None
+                ready, _, _ = select.select([stdout], [], [], wait)
+                if not ready:
+                    break
+                if self._read_available(stdout.fileno()):
+                    continue
+                result = self._child_ended()
             done.append(result)
             died = result[1] is None and self._proc is None  # the next decode: a new child
             if not died and (self._recycle or self.rss_kb() > self.recycle_rss_kb):
@@ -897,6 +907,7 @@ class DecodeWorker:
         """End the child (between two decodes, or dead), adding what it cost."""
         proc, self._proc = self._proc, None
         self._recycle = False
+        self._received.clear()
         if proc is None:
             return
         self._record_cost(proc.pid)
@@ -942,26 +953,50 @@ class DecodeWorker:
                 env={**os.environ, DECODER_IDLE_ENV: "1"} if self.idle else None,
             )
             self.pid = self._proc.pid
+            assert self._proc.stdout is not None
+            os.set_blocking(self._proc.stdout.fileno(), False)  # `receive` never waits on it
         return self._proc
 
-    def _read_result(self, stdout: IO[bytes]) -> tuple[str, bytes | None]:
-        """The finished decode; the one in flight without a table when the child died in it
-        (killed for its memory, say): that file is not asked again."""
+    def _read_available(self, fd: int) -> bool:
+        """Add what the child has written to the buffer; False at its end (it died)."""
+        try:
+            chunk = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        self._received += chunk
+        return bool(chunk)
+
+    def _buffered_result(self) -> tuple[str, bytes | None] | None:
+        """The decode in flight once its header line and whole table are in the buffer, else
+        None; a header that does not parse ends the child (the file is answered without a
+        table)."""
+        end = self._received.find(b"\n")
+        if end < 0:
+            return None
+        try:
+            header = json.loads(self._received[:end])
+            size = int(header["size"])
+            key = str(header["key"])
+        except (ValueError, KeyError, TypeError):
+            return self._child_ended()
+        if len(self._received) < end + 1 + max(size, 0):
+            return None
+        data = bytes(self._received[end + 1 : end + 1 + size]) if size >= 0 else None
+        del self._received[: end + 1 + max(size, 0)]
+        self._in_flight = None
+        self._recycle = bool(header.get("recycle"))
+        return key, data
+
+    def _child_ended(self) -> tuple[str, bytes | None]:
+        """The one in flight without a table when the child died in it (killed for its
+        memory, say): that file is not asked again."""
         key = self._in_flight or ""
         self._in_flight = None
-        try:
-            line = stdout.readline()
-            header = json.loads(line) if line else None
-            if header is None:
-                raise ValueError("the decoding child ended")
-            size = int(header["size"])
-            data = _read_exactly(stdout, size) if size >= 0 else None
-        except (OSError, ValueError, KeyError, TypeError):
-            self.recycled += 1
-            self._end_child()
-            return key, None
-        self._recycle = bool(header.get("recycle"))
-        return str(header["key"]), data
+        self.recycled += 1
+        self._end_child()
+        return key, None
 
     def _record_cost(self, pid: int) -> None:
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -995,17 +1030,6 @@ def _shareable_path(path: str) -> str:
     return f"/proc/{os.getpid()}/{path[len(prefix) :]}" if path.startswith(prefix) else path
 
 
-def _read_exactly(stream: IO[bytes], size: int) -> bytes:
-    chunks, left = [], size
-    while left > 0:
-        chunk = stream.read(left)
-        if not chunk:
-            raise ValueError("decode worker output ended early")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
 def worker_main(argv: Sequence[str]) -> int:
     """The child's loop: one JSON request a line in, a JSON header line and the table out.
     A decode that runs out of the heap cap is answered without a table and ends the child
@@ -1029,11 +1053,19 @@ def worker_main(argv: Sequence[str]) -> int:
         except MemoryError:
             header["size"], data = -1, b""
             header["recycle"] = True
-        out.write(json.dumps(header).encode() + b"\n" + data)
-        out.flush()
+        _write_all(out, json.dumps(header).encode() + b"\n" + data)
         if header.get("recycle"):
             return 0
     return 0
+
+
+def _write_all(out: BinaryIO, data: bytes) -> None:
+    """Write all of `data`: a pipe write interrupted by a stop and continue (`pace`) returns
+    short, and the buffered writer passes the short count on instead of writing the rest."""
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view) :]
+    out.flush()
 
 
 def _die_with_parent() -> None:
