@@ -213,23 +213,45 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
  * switch-outs are its way out (do_task_dead), not blocks it will come back from. */
 #define CPU_PF_EXITING 0x00000004
 
-/* The task leaving the CPU is the current one: remember when and where it stopped. */
+/* A thread that stops being followed (an exec into another name, its exit) forgets its last
+ * switch, so its next switch-in is not taken for one whose switch-out went unseen. */
+static __always_inline void forget_thread(u32 tid)
+{
+	if (bpf_map_lookup_elem(&offcpu_start, &tid))
+		bpf_map_delete_elem(&offcpu_start, &tid);
+}
+
+/* The task leaving the CPU is the current one: remember when and where it stopped. Its entry
+ * stays while it runs (ts 0), so a switch the program did not see shows as two switch-outs or
+ * two switch-ins in a row, and the block it hides is counted lost rather than vanishing. */
 static __always_inline void switch_out(void *ctx, u32 prev_tid)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct offcpu_start *last;
 	struct offcpu_start start;
 
-	if (prev_tid == 0 || (u32)pid_tgid != prev_tid || !target_wanted(pid_tgid))
+	if (prev_tid == 0 || (u32)pid_tgid != prev_tid)
 		return;
-	if (BPF_CORE_READ(task, flags) & CPU_PF_EXITING)
+	if (!target_wanted(pid_tgid) || (BPF_CORE_READ(task, flags) & CPU_PF_EXITING)) {
+		forget_thread(prev_tid);
 		return;
+	}
+	last = bpf_map_lookup_elem(&offcpu_start, &prev_tid);
+	if (last && last->ts)
+		bump(&drops, CPU_DROP_SWITCH_IN_UNSEEN);
 	__builtin_memset(&start, 0, sizeof(start));
 	start.ts = bpf_ktime_get_ns();
 	start.pid = pid_tgid >> 32;
 	read_stacks(ctx, &start.user_stack_id, &start.kernel_stack_id, &start.py_stack_id);
 	bpf_get_current_comm(start.comm, sizeof(start.comm));
-	if (bpf_map_update_elem(&offcpu_start, &prev_tid, &start, BPF_ANY))
+	if (last) {
+		/* In place: the entry is only this thread's, and a replaced element would go back
+		 * to the map's free list at once, under lookups running on other CPUs. */
+		__builtin_memcpy(last, &start, sizeof(start));
+		return;
+	}
+	if (bpf_map_update_elem(&offcpu_start, &prev_tid, &start, BPF_NOEXIST))
 		bump(&drops, CPU_DROP_START_FULL);
 }
 
@@ -262,7 +284,11 @@ static __always_inline void switch_in(u32 next_tid)
 		return;
 	start = bpf_map_lookup_elem(&offcpu_start, &next_tid);
 	if (!start)
+		return; /* not followed, or asleep since before the attach */
+	if (!start->ts) {
+		bump(&drops, CPU_DROP_SWITCH_OUT_UNSEEN);
 		return;
+	}
 	delta = bpf_ktime_get_ns() - start->ts;
 	__builtin_memset(&key, 0, sizeof(key));
 	key.pid = start->pid;
@@ -271,7 +297,7 @@ static __always_inline void switch_in(u32 next_tid)
 	key.kernel_stack_id = start->kernel_stack_id;
 	key.py_stack_id = start->py_stack_id;
 	__builtin_memcpy(key.comm, start->comm, sizeof(key.comm));
-	bpf_map_delete_elem(&offcpu_start, &next_tid);
+	start->ts = 0; /* on the CPU: only this thread's own switches touch its entry */
 	if (delta >= min_block_ns)
 		add_offcpu(&key, delta);
 }

@@ -14,6 +14,10 @@ enum cpu_drop {
 	CPU_DROP_OFFCPU_FULL = 3,     /* off-CPU table full: the block is not counted */
 	CPU_DROP_START_FULL = 4,      /* no room to remember a switch-out: the block is not seen */
 	CPU_DROP_EVENTS_FULL = 5,     /* pid event ring buffer full: maps may be captured late */
+	/* A thread's switches seen out of order: one of them ran without the program (the
+	 * kernel skipped it), so a block is lost or cut short. */
+	CPU_DROP_SWITCH_IN_UNSEEN = 6,  /* left the CPU twice: the block before is lost */
+	CPU_DROP_SWITCH_OUT_UNSEEN = 7, /* came back twice: the block between is lost */
 	CPU_DROP_SLOTS = 8,
 };
 

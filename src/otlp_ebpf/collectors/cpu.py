@@ -56,7 +56,7 @@ from otlp_ebpf.collectors.python_frames import Holds, PythonFrames
 from otlp_ebpf.collectors.stack_store import read_stored_stacks
 from otlp_ebpf.errors import UsageError
 from otlp_ebpf.model import KERNEL_SUFFIX, CpuSnapshot, ProcessInfo, StackCount
-from otlp_ebpf.runtime import features, probes
+from otlp_ebpf.runtime import features, probes, stats
 from otlp_ebpf.runtime.events import RingBuffer
 from otlp_ebpf.runtime.loader import BpfObject, Link
 from otlp_ebpf.symbolize.procmaps import OpenFiles
@@ -81,11 +81,14 @@ DROP_REASONS = (
     "off-cpu table full",
     "off-cpu start table full",
     "pid events lost",
+    "off-cpu blocks lost: switch-in unseen",
+    "off-cpu blocks lost: switch-out unseen",
 )
 PID_EXIT = 3  # CPU_PID_EXIT in bpf/cpu.h
 PID_PY_STACK = 4  # CPU_PID_PY_STACK in bpf/cpu.h: a new stored Python stack
 EXIT_MAPS_PROGRAM = "record_exit_maps"
 EXIT_MAPS_LOST = "exit maps: ring buffer full"
+SWITCHES_SKIPPED = "off-cpu: context switches the kernel skipped the program for"
 PID_PY_HELD = 5  # CPU_PID_PY_HELD: a new image stopped at its first sample (bpf/python.h)
 SAMPLE_PROGRAM = "on_cpu_sample"
 SWITCH_BTF, SWITCH_TP = "btf_sched_switch", "tp_sched_switch"
@@ -636,6 +639,8 @@ class FramePointerSampler:
         out = []
         for k, v in self.obj.map("offcpu_start").items():
             start = OffCpuStart.from_buffer_copy(v[: ctypes.sizeof(OffCpuStart)])
+            if not start.ts:
+                continue  # on the CPU (the entry stays while the thread runs)
             blocked = until_ns - int(start.ts)
             if blocked <= 0 or blocked < min_ns:
                 continue
@@ -660,7 +665,18 @@ class FramePointerSampler:
         found = {reason: n for i, reason in enumerate(DROP_REASONS) if (n := drops.lookup_u64(i))}
         if self.exits is not None and (lost := self.exits.lost()):
             found[EXIT_MAPS_LOST] = lost
+        if skipped := self._switches_skipped():
+            found[SWITCHES_SKIPPED] = skipped
         return found
+
+    def _switches_skipped(self) -> int:
+        """Context switches the kernel ran without the off-CPU program (its recursion guard):
+        each may hide or cut short a block."""
+        assert self.obj is not None
+        if not self.config.off_cpu:
+            return 0
+        prog = SWITCH_BTF if self.use_btf else SWITCH_TP
+        return stats.program_stats(self.obj.program_fd(prog)).recursion_misses
 
     def _frames(
         self, key: CpuKey, stacks: dict[int, tuple[int, ...]], count: int

@@ -18,6 +18,9 @@ BPF_STATS_RUN_TIME = 0
 class ProgramStats:
     run_time_ns: int
     run_cnt: int
+    # runs the kernel skipped because the program was already running on that CPU (counted
+    # whether or not stats are enabled)
+    recursion_misses: int = 0
 
 
 class StatsSession:
@@ -47,7 +50,7 @@ def program_stats(prog_fd: int) -> ProgramStats:
     ret = libbpf.lib().bpf_obj_get_info_by_fd(prog_fd, ctypes.byref(info), ctypes.byref(size))
     if ret < 0:
         return ProgramStats(0, 0)
-    return ProgramStats(int(info.run_time_ns), int(info.run_cnt))
+    return ProgramStats(int(info.run_time_ns), int(info.run_cnt), int(info.recursion_misses))
 
 
 def process_cpu_seconds() -> float:
