@@ -257,6 +257,10 @@ def test_off_cpu_blocked_time_split(tmp_path: Path, sleep_bin: Path) -> None:
     snap = load_cpu(out)
     assert not snap.stacks and snap.off_cpu
     slow_lasted, fast_lasted = map(int, lasted.read_text().split())
+    # On a machine loaded far past its cores, a switch of the thread's may run without the
+    # program about once in 30 runs (the kernel's doing): the block it hides is counted in
+    # lost_events, never silently missing. Each block counted lost may be one sleep, 200 ms.
+    counted = sum(n for reason, n in snap.lost_events.items() if "off-cpu blocks lost" in reason)
     # Each function's blocked time: never less than it asked to sleep (3 x 200 ms, 3 x 100 ms,
     # less a margin for the moments it ran), never more than its calls lasted by the
     # workload's own clock (the same monotonic clock the kernel stamps; 1 ms for the readings).
@@ -266,7 +270,7 @@ def test_off_cpu_blocked_time_split(tmp_path: Path, sleep_bin: Path) -> None:
     ):
         blocked = weight_under(snap.off_cpu, ("main", function), ns=True)
         blocks = [(s.total_ns, s.count, ";".join(s.frames)) for s in snap.off_cpu]
-        assert 0.9 * asked_ns <= blocked <= lasted_ns + 1e6, (
+        assert 0.9 * asked_ns - counted * 0.2e9 <= blocked <= lasted_ns + 1e6, (
             function,
             blocked,
             lasted_ns,
