@@ -501,7 +501,14 @@ def test_c_extension_generator_and_code_made_later(version: str, tmp_path: Path)
             in_libz += stack.count
     assert in_c >= 50 and in_libz >= 0.7 * in_c, (in_c, in_libz)
     assert resumed >= 0.7 * in_c, (in_c, resumed)
-    assert made_later >= 50, made_later
+    # The exec'd code runs in the last half: a tool lagging far behind on a loaded machine
+    # reads some of its samples only after the exit, and counts them lost (never silently).
+    gone = snap.lost_events.get(GONE_BEFORE_NAMED, 0)
+    assert made_later + gone >= 50 and made_later >= 0.5 * in_c - gone, (
+        made_later,
+        in_c,
+        snap.lost_events,
+    )
 
 
 def test_published_layout_matches_the_headers(app: Path) -> None:
