@@ -114,7 +114,10 @@ def test_leaked_bytes_are_estimated_within_their_standard_error(sampled_run) -> 
         # sparsest of the run). Allowed: 4 standard errors (a false alarm in 1 run in 15,000).
         bound = 4 * (leaked * gap) ** 0.5
         assert abs(estimate - leaked) < bound, (pid, estimate, leaked, gap)
-        assert bound < leaked / 2  # the bound says something
+        # The bound says something: a leak estimated at zero would fail it (under load the
+        # budget may sample as sparsely as its 512 KiB ceiling, where 4 standard errors of
+        # this leak are about 60% of it).
+        assert bound < leaked
 
 
 def test_a_block_freed_later_is_not_outstanding(sampled_run) -> None:

@@ -487,7 +487,10 @@ def test_c_extension_generator_and_code_made_later(version: str, tmp_path: Path)
         names = [f.split(" (")[0] for f in stack.frames]
         if "later.made_later" in names:
             made_later += stack.count
-            assert stack.frames[names.index("later.made_later")] == "later.made_later (later.py:2)"
+            # line 2, its body; or line 1, the `def` (3.11+ enters a function at a RESUME
+            # instruction that carries it, where a sample may rarely fall)
+            frame = stack.frames[names.index("later.made_later")]
+            assert frame in ("later.made_later (later.py:2)", "later.made_later (later.py:1)")
         if "app.c" not in names:
             continue
         in_c += stack.count
