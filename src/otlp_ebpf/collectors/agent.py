@@ -197,6 +197,8 @@ class Agent:
         self.last_t = elapsed
         if self.watch is not None:
             batch = self._watched(batch, syscall_ticks)
+        if final:
+            self._burst_ended()  # a burst under way ends with the agent
         self._forget_history()
         self.deliver(batch)
         if self.seq % RELEASE_EVERY == 0:
@@ -236,7 +238,6 @@ class Agent:
         recordings under way)."""
         assert self.watch is not None
         cpu = self.recording.cpu_signal()
-        bursting = self.watch.burst.active
         findings = self.watch.observe(
             batch,
             syscall_ticks,
@@ -244,18 +245,27 @@ class Agent:
             cpu.config.frequency_hz if cpu is not None else 0,
             self.started_wall,
         )
-        if self.watch.burst.active and not bursting:
-            self._burst_started()
-        elif bursting and not self.watch.burst.active:
-            self._burst_ended()
+        self.follow_burst()
         return dataclasses.replace(batch, findings=tuple(findings)) if findings else batch
+
+    def follow_burst(self) -> None:
+        """Take the marks when a burst has started, trim when it has ended, however it ended:
+        its last interval (`observe`), a reload that cut it short or replaced the watch.
+        Called after every interval and every poll (where reloads are applied). Whether a
+        burst is under way is the agent's own record (the marks), not a look at the watch
+        before and after one call: a burst ended between two looks was never trimmed."""
+        bursting = self.watch is not None and self.watch.burst.active
+        if bursting and self._pre_burst_marks is None:
+            self._burst_started()
+        elif not bursting and self._pre_burst_marks is not None:
+            self._burst_ended()
 
     def _burst_started(self) -> None:
         """Note the size of the caches a burst fills (new binaries' symbol and unwind tables,
         named stacks), to give back what it added when it ends."""
         cpu = self.recording.cpu_signal()
-        if isinstance(cpu, AgentCpuSignal):
-            self._pre_burst_marks = cpu.cache_marks()
+        # empty marks without a DWARF sampler still record that a burst is under way
+        self._pre_burst_marks = cpu.cache_marks() if isinstance(cpu, AgentCpuSignal) else {}
 
     def _burst_ended(self) -> None:
         """Trim the caches back to their size before the burst and return the freed memory to
@@ -434,7 +444,7 @@ def run(
 def _polling(agent: Agent, on_poll: Callable[[Agent], None]) -> Callable[[float], None]:
     """The recording's poll, the cgroup's new members added (--cgroup), then `on_poll` (the
     health check sees the loop turn; a reload asked by SIGHUP is applied here, between two
-    polls, so no interval is cut)."""
+    polls, so no interval is cut), then the burst's end looked for (a reload can end it)."""
 
     targets = agent.recording.targets
 
@@ -443,6 +453,7 @@ def _polling(agent: Agent, on_poll: Callable[[Agent], None]) -> Callable[[float]
         if isinstance(targets, CgroupTargets):
             targets.refresh()
         on_poll(agent)
+        agent.follow_burst()  # a reload may have ended the burst under way
 
     return poll
 
