@@ -623,41 +623,54 @@ static __always_inline void hold_py(u64 id)
 			  MEM_DROP_EVENTS_FULL);
 }
 
-/* The one entry probe of every allocator function; the attach cookie says which. */
+/* An argument register, read in the case that uses it (the short path reads no other): the
+ * empty asm keeps the compiler from merging the loads of different cases into one load at a
+ * computed offset of the context, which the verifier rejects ("modified ctx ptr"). */
+static __always_inline u64 arg_value(u64 v)
+{
+	asm volatile("" : "+r"(v));
+	return v;
+}
+
+/* The bytes an allocating call asks for, from its arguments (the attach cookie names the
+ * function): for the short path and for describe_call alike. */
+static __always_inline u64 requested_size(struct pt_regs *ctx, u64 cookie)
+{
+	switch (cookie) {
+	case FN_CALLOC: /* calloc(nmemb, size) */
+		return arg_value(ARG1(ctx)) * arg_value(ARG2(ctx));
+	case FN_REALLOC: /* realloc(ptr, size) */
+	case FN_MEMALIGN: /* memalign(alignment, size), aligned_alloc(alignment, size) */
+		return arg_value(ARG2(ctx));
+	case FN_REALLOCARRAY: /* reallocarray(ptr, nmemb, size) */
+		return arg_value(ARG2(ctx)) * arg_value(ARG3(ctx));
+	case FN_POSIX_MEMALIGN: /* posix_memalign(memptr, alignment, size) */
+		return arg_value(ARG3(ctx));
+	default: /* FN_MALLOC: malloc(size), valloc(size), pvalloc(size) */
+		return arg_value(ARG1(ctx));
+	}
+}
+
 /* What an allocating call asks for, from its arguments: the size, the block it resizes
  * (realloc) or where it writes its result (posix_memalign), and so how its return reads. */
 static __always_inline void describe_call(struct pt_regs *ctx, u64 cookie,
 					  struct pending_call *call)
 {
-	u64 a1 = ARG1(ctx), a2 = ARG2(ctx), a3 = ARG3(ctx);
-
+	call->size = requested_size(ctx, cookie);
 	switch (cookie) {
-	case FN_CALLOC:
-		call->size = a1 * a2;
-		break;
 	case FN_REALLOC:
-		call->size = a2;
-		call->ptr = a1;
-		call->kind = CALL_REALLOC;
-		break;
 	case FN_REALLOCARRAY:
-		call->size = a2 * a3;
-		call->ptr = a1;
+		call->ptr = ARG1(ctx);
 		call->kind = CALL_REALLOC;
 		break;
 	case FN_POSIX_MEMALIGN:
-		call->size = a3;
-		call->ptr = a1;
+		call->ptr = ARG1(ctx);
 		call->kind = CALL_MEMALIGN_OUT;
 		break;
-	case FN_MEMALIGN:
-		call->size = a2;
-		break;
-	default: /* FN_MALLOC */
-		call->size = a1;
 	}
 }
 
+/* The one entry probe of every allocator function; the attach cookie says which. */
 SEC("uprobe")
 int alloc_enter(struct pt_regs *ctx)
 {
@@ -725,32 +738,34 @@ int alloc_return(struct pt_regs *ctx)
  * bytes of other processes (or of a call nested in another) passing by only shift them. */
 extern bool bpf_session_is_return(void) __ksym __weak;
 
+/* The calls the short path may take: realloc and reallocarray always return (session_enter). */
+static __always_inline bool may_pass_unsampled(u64 cookie)
+{
+	switch (cookie) {
+	case FN_MALLOC:
+	case FN_CALLOC:
+	case FN_MEMALIGN:
+	case FN_POSIX_MEMALIGN:
+		return true;
+	default:
+		return false;
+	}
+}
+
 /* The path nearly every call takes under sampling: a small request (not a realloc) short of
  * the next sample point only moves the countdown; nothing else is read or written (the
  * general path below decides the same, after filling in the whole call). */
-static __always_inline bool passes_unsampled(struct pt_regs *ctx, u64 cookie)
+static __always_inline bool passes_unsampled(struct pt_regs *ctx)
 {
+	u64 cookie = bpf_get_attach_cookie(ctx);
 	u32 zero = 0;
 	struct mem_sampling *s;
 	s64 *left;
 	u64 size;
 
-	switch (cookie) {
-	case FN_MALLOC:
-		size = ARG1(ctx);
-		break;
-	case FN_CALLOC:
-		size = ARG1(ctx) * ARG2(ctx);
-		break;
-	case FN_MEMALIGN:
-		size = ARG2(ctx);
-		break;
-	case FN_POSIX_MEMALIGN:
-		size = ARG3(ctx);
-		break;
-	default: /* realloc always returns */
+	if (!may_pass_unsampled(cookie))
 		return false;
-	}
+	size = requested_size(ctx, cookie);
 	if (!size || size >= MIGHT_MAP)
 		return false;
 	s = bpf_map_lookup_elem(&sampling, &zero);
@@ -765,12 +780,13 @@ static __always_inline int session_enter(struct pt_regs *ctx)
 {
 	struct pending_call call = { .sp = PT_REGS_SP(ctx) };
 	struct pending_call *outer;
-	u64 cookie = bpf_get_attach_cookie(ctx);
 	u64 id;
 
-	if (passes_unsampled(ctx, cookie))
+	if (passes_unsampled(ctx))
 		return 1;
-	describe_call(ctx, cookie, &call);
+	/* The cookie is read again rather than kept from the short path, where keeping it took a
+	 * register across the map lookups: two or three more instructions on every call. */
+	describe_call(ctx, bpf_get_attach_cookie(ctx), &call);
 	call.sampled = sample_block(call.size, &call.weight_bytes, &call.weight_count);
 	/* realloc always returns: it may end a tracked block, and a tail call it makes (glibc
 	 * realloc(NULL, n) -> malloc) must find it in flight, not draw for the block again. A
