@@ -141,7 +141,7 @@ def figures() -> AgentFigures:
             rss_kb=50_000,
             duration_s=1.0,
             cost_pct=0.4,
-            rates={"cpu_hz": 49.0},
+            rates={"cpu_hz": 49.0, "syscalls_duty": 0.125},
             helpers_rss_kb=30_000,
         )
     f.stream.attempts = 6
@@ -156,6 +156,8 @@ def test_prometheus_text_names_and_values():
     assert "otlp_ebpf_resident_memory_bytes 5.12e+07" in text
     assert "otlp_ebpf_helpers_resident_memory_bytes 3.072e+07" in text
     assert 'otlp_ebpf_sampling_rate_hertz{signal="cpu"} 49.0' in text
+    assert 'otlp_ebpf_traced_ratio{signal="syscalls"} 0.125' in text
+    assert 'sampling_rate_hertz{signal="syscalls' not in text  # a share, not a rate
     assert "otlp_ebpf_export_attempts_total 6.0" in text
     assert "otlp_ebpf_intervals_total 2.0" in text
     promtool = shutil.which("promtool")

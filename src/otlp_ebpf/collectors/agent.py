@@ -57,6 +57,7 @@ from otlp_ebpf.model import (
     SyscallTick,
 )
 from otlp_ebpf.runtime import stats
+from otlp_ebpf.runtime.heap import freeze_long_lived
 from otlp_ebpf.targets import TargetSpec
 
 if TYPE_CHECKING:
@@ -306,10 +307,11 @@ class Agent:
 
     def _rates(self, measured: Mapping[str, float]) -> dict[str, float]:
         """Sampling rates now: the budget's when it set one, else the rate asked for."""
+        rates = {k: float(v) for k, v in measured.items() if k.endswith("_duty")}
         cpu = self.recording.cpu_signal()
-        if cpu is None:
-            return {}
-        return {"cpu_hz": float(measured.get("cpu_hz", cpu.config.frequency_hz))}
+        if cpu is not None:
+            rates["cpu_hz"] = float(measured.get("cpu_hz", cpu.config.frequency_hz))
+        return rates
 
     def _cpu_interval(self, signal: AgentCpuSignal, elapsed: float) -> CpuSnapshot:
         stacks = sorted(signal.interval, key=lambda s: (-s.count, s.pid, s.frames))
@@ -470,6 +472,7 @@ def _loop(
         agent = Agent(recording, session.clock, deliver, watch)
         try:
             recording.begin_loop()
+            freeze_long_lived()
             on_ready()
             ended = base.run_loop(
                 recording.targets,

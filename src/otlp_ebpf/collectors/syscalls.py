@@ -23,6 +23,7 @@ from operator import add
 from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base
 from otlp_ebpf.collectors.budget import (
+    CYCLE_S,
     MAX_DUTY_PERIOD,
     BudgetedRun,
     DutyCycle,
@@ -307,6 +308,7 @@ class SyscallsCollector:
         self._exits_folded = 0
         self.sampler: PeriodController | None = None
         self.cycle: DutyCycle | None = None
+        self.cycle_s = CYCLE_S  # a duty cycle's length, once the budget makes one
         self.event_links: list[Link] = []
         self._period = 1
 
@@ -409,7 +411,9 @@ class SyscallsCollector:
         are attached (the cost of a call the program is attached for is paid whatever the
         program does, so sampling inside it cannot go below that floor)."""
         self.sampler = PeriodController(budget_pct, MAX_DUTY_PERIOD)
-        self.cycle = DutyCycle(self.attach_events, self.detach_events, self.open_window)
+        self.cycle = DutyCycle(
+            self.attach_events, self.detach_events, self.open_window, cycle_s=self.cycle_s
+        )
         return duty_knob("syscalls_duty", self.sampler, self.cycle)
 
     def sampling_notes(self) -> tuple[str, ...]:

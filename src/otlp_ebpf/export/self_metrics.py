@@ -126,6 +126,14 @@ FIGURES = {
         "Effective sampling rate per signal.",
         _G,
     ),
+    "traced": Figure(
+        "otlp_ebpf_traced_ratio",
+        "otlp_ebpf.agent.traced.ratio",
+        "1",
+        "Share of the time a per-event signal's programs are attached (1: throughout; "
+        "below 1 the budget duty-cycles them and its counts are unbiased estimates).",
+        _G,
+    ),
     "attempts": Figure(
         "otlp_ebpf_export_attempts",
         "otlp_ebpf.agent.export.attempts",
@@ -293,8 +301,11 @@ class AgentFigures:
             yield "interval_duration", {}, self.interval_s
             yield "cost", {}, self.cost_pct
             yield "budget", {}, self.budget_pct
-            for name, hz in sorted(self.rates.items()):
-                yield "rate", {"signal": name.removesuffix("_hz")}, hz
+            for name, value in sorted(self.rates.items()):
+                if name.endswith("_duty"):
+                    yield "traced", {"signal": name.removesuffix("_duty")}, value
+                else:
+                    yield "rate", {"signal": name.removesuffix("_hz")}, value
             for work, n in sorted(self.deferred.items()):
                 yield "deferred", {"work": work}, n
                 yield "deferred_dropped", {"work": work}, self.deferred_dropped.get(work, 0)

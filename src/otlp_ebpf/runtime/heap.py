@@ -33,6 +33,14 @@ def return_large_blocks() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES))
 
 
+def freeze_long_lived() -> None:
+    """Collect, then move every object alive now out of the cycle collector's reach for good
+    (`gc.freeze`): a long run's modules, BPF objects and settings are never garbage, and each
+    full collection walked all of them again (7% of an idle agent's CPU)."""
+    gc.collect()
+    gc.freeze()
+
+
 def release_free_memory(collect: bool = True) -> bool:
     """After large frees (caches trimmed): collect cycles (with `collect`), then hand the
     allocator's free pages back to the system (glibc `malloc_trim(0)`: free pages anywhere in
