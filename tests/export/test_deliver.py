@@ -120,7 +120,7 @@ def test_grpc_unavailable_is_retried_after_the_servers_retry_info() -> None:
     assert len(server.received) == 1
 
 
-def test_grpc_backoff_retries_then_delivers_metrics_through_the_sdk_exporter() -> None:
+def test_grpc_backoff_retries_then_delivers_metrics(capsys: pytest.CaptureFixture[str]) -> None:
     server = GrpcReceiver(failures=[Failure(grpc.StatusCode.UNAVAILABLE, 0.05)]).start()
     try:
         deliver(syscalls_snapshot(), config_for(server, "grpc"))
@@ -128,6 +128,56 @@ def test_grpc_backoff_retries_then_delivers_metrics_through_the_sdk_exporter() -
         server.stop()
     assert server.attempts == 2
     assert server.of("metrics")[0].violations() == []
+    err = capsys.readouterr().err
+    assert "OTLP metrics: gRPC UNAVAILABLE: planned failure; retrying in 0.1 s" in err
+    assert f"OTLP: sent metrics to {server.url}" in err
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_metrics_over_http_carry_the_configured_compression_and_headers(
+    compression: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", compression)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-tenant=t1")
+    server = HttpReceiver().start()
+    try:
+        deliver(net_snapshot(), config_for(server, "http/protobuf"))
+    finally:
+        server.stop()
+    (received,) = server.of("metrics")
+    assert received.violations() == []
+    assert received.headers.get("content-encoding") == ("gzip" if compression == "gzip" else None)
+    assert received.headers["x-tenant"] == "t1"
+    assert received.headers["user-agent"].startswith("otlp-ebpf/")
+
+
+def test_refused_metrics_are_not_retried_and_the_failure_names_the_signal(
+    tmp_path: Path,
+) -> None:
+    server = HttpReceiver(failures=[Failure(400)]).start()
+    try:
+        with pytest.raises(RuntimeFailure) as excinfo:
+            deliver(
+                syscalls_snapshot(), config_for(server, "http/protobuf"), spill_dir=str(tmp_path)
+            )
+    finally:
+        server.stop()
+    assert server.attempts == 1
+    assert excinfo.value.message == (
+        f"OTLP metrics export to {server.url}/v1/metrics (http/protobuf) failed: "
+        "HTTP 400: planned 400"
+    )
+    (spilled,) = tmp_path.glob("syscalls-*.otlp.pb")
+    assert [r.signal for r in read_request_file(str(spilled))] == ["metrics"]
+
+
+def test_metrics_to_a_dead_grpc_endpoint_give_up_within_the_timeout(tmp_path: Path) -> None:
+    dead = OtlpConfig.from_cli("http://127.0.0.1:9", "grpc", timeout_s=0.5)
+    with pytest.raises(
+        RuntimeFailure, match=r"OTLP metrics export .* failed: gRPC UNAVAILABLE"
+    ) as e:
+        deliver(syscalls_snapshot(), dead, spill_dir=str(tmp_path))
+    assert "within 0.5 s" in e.value.message
 
 
 def test_grpc_resource_exhausted_without_retry_info_is_not_retried() -> None:

@@ -1,4 +1,4 @@
-"""SDK MetricsData from snapshot aggregates, checked after the official OTLP encoder."""
+"""The OTLP metrics request built from snapshot aggregates, checked for conformance."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import dataclasses
 from typing import Any
 
 import pytest
-from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 
-from otlp_ebpf.formatters.otlp_metrics import build_metrics_data, has_metrics, log2_bounds
-from otlp_ebpf.model import SyscallsSnapshot, SyscallStat
+from otlp_ebpf.formatters.otlp_metrics import build_metrics_request, has_metrics, log2_bounds
+from otlp_ebpf.model import ProcessInfo, SyscallsSnapshot, SyscallStat
 from tests.otlp_conformance import check_metrics_request
 from tests.otlp_samples import (
     STARTED_NS,
@@ -21,7 +20,7 @@ from tests.otlp_samples import (
 
 
 def encoded(snapshot: Any, attrs: dict[str, str] | None = None) -> Any:
-    request = encode_metrics(build_metrics_data(snapshot, attrs))
+    request = build_metrics_request(snapshot, attrs)
     assert check_metrics_request(request) == []
     return request
 
@@ -166,8 +165,64 @@ def test_cpu_time_per_process_and_leaf_function_from_the_samples() -> None:
 def test_a_cpu_snapshot_of_blocked_time_only_has_no_metrics() -> None:
     snapshot = dataclasses.replace(cpu_snapshot(), stacks=())
     assert not has_metrics(snapshot)
-    assert list(build_metrics_data(snapshot).resource_metrics) == []
+    assert list(build_metrics_request(snapshot).resource_metrics) == []
 
 
 def test_log2_bounds_are_the_slot_edges() -> None:
     assert log2_bounds(4) == [1.0, 3.0, 7.0, 15.0]
+
+
+def test_rows_of_one_syscall_in_many_processes_keep_their_own_values() -> None:
+    """Points of one syscall name start from a shared template: each keeps its own figures."""
+    rows = [
+        SyscallStat(pid, f"p{pid}", "read", pid, pid % 2, {}, 10 * pid, 1, 2, pid, 1, (pid, 1))
+        for pid in (1, 2, 3)
+    ]
+    rows.append(SyscallStat(3, "p3", "poll", 4, 0, {}, 40, 8, 12, 12, 8))  # no kernel histogram
+    snapshot = SyscallsSnapshot(started_at="", duration_s=1, host="", syscalls=tuple(rows))
+    request = encoded(snapshot)
+    assert len(request.resource_metrics) == 3
+    for pid, rm in zip((1, 2, 3), request.resource_metrics, strict=True):
+        metrics = {m.name: m for m in rm.scope_metrics[0].metrics}
+        read = points(metrics["otlp_ebpf.syscall.duration"])[(("otlp_ebpf.syscall.name", "read"),)]
+        assert list(read.bucket_counts) == [pid, 1, 0]
+        assert list(read.explicit_bounds) == [1.0, 3.0]
+        assert (read.count, read.sum, read.max) == (pid + 1, 10 * pid, pid)
+        assert metrics["otlp_ebpf.syscall.calls"].sum.data_points[0].as_int == pid
+        assert ("otlp_ebpf.syscall.errors" in metrics) == (pid % 2 == 1)
+    poll = points(metrics["otlp_ebpf.syscall.duration"])[(("otlp_ebpf.syscall.name", "poll"),)]
+    assert (list(poll.bucket_counts), list(poll.explicit_bounds)) == ([4], [])
+    assert poll.start_time_unix_nano == 0  # no readable start: 0, as for profiles
+
+
+def test_resource_attributes_keep_their_types_and_the_environment_wins() -> None:
+    info = ProcessInfo(7, "srv", "/usr/bin/srv", ("/usr/bin/srv", "--port", "80"))
+    snapshot = SyscallsSnapshot(
+        started_at="2026-01-01T00:00:00+00:00",
+        duration_s=1,
+        host="box",
+        processes=(info,),
+        syscalls=(SyscallStat(7, "srv", "read", 1, 0, {}, 5, 5, 5, 5, 5, (1,)),),
+    )
+    request = encoded(snapshot, {"service.name": "checkout", "team": "payments"})
+    attrs = [(kv.key, _scalar(kv.value)) for kv in request.resource_metrics[0].resource.attributes]
+    args = request.resource_metrics[0].resource.attributes[3].value.array_value.values
+    assert [v.string_value for v in args] == ["/usr/bin/srv", "--port", "80"]
+    assert [(k, v) for k, v in attrs if k != "process.command_args"] == [
+        ("process.pid", 7),
+        ("process.executable.name", "srv"),
+        ("process.executable.path", "/usr/bin/srv"),
+        ("host.name", "box"),
+        ("service.name", "checkout"),  # replaced in place, not appended
+        ("team", "payments"),
+    ]
+    scope = request.resource_metrics[0].scope_metrics[0].scope
+    assert scope.name == "otlp-ebpf" and scope.version
+
+
+def test_a_gauge_point_is_an_instant() -> None:
+    app = metrics_of(encoded(net_snapshot()), "app")
+    for point in app["otlp_ebpf.tcp.rtt"].gauge.data_points:
+        assert (point.start_time_unix_nano, point.time_unix_nano) == (0, STARTED_NS + 3 * 10**9)
+    for point in app["process.network.io"].sum.data_points:
+        assert point.start_time_unix_nano == STARTED_NS

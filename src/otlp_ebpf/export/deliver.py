@@ -1,7 +1,7 @@
 """Deliver a snapshot to an OTLP receiver; spill what could not be delivered to a file.
 
-Profiles go through our own transport, metrics through the official SDK exporters. When a
-request still fails after its retries, the undelivered requests are written to
+Both signals go through the one transport (export/profiles_transport.py). When a request
+still fails after its retries, the undelivered requests are written to
 `<kind>-<timestamp>.otlp.pb` (see otlp_ebpf.formatters.otlp_request) so that
 `otlp-ebpf push FILE` can send them later, and the run ends with exit code 1.
 """
@@ -17,7 +17,6 @@ from functools import partial
 from otlp_ebpf import console
 from otlp_ebpf.errors import RuntimeFailure
 from otlp_ebpf.export.config import OtlpConfig, SignalTarget
-from otlp_ebpf.export.metrics_transport import send_metrics
 from otlp_ebpf.export.profiles_transport import ExportFailed, send_request
 from otlp_ebpf.formatters.otlp_request import (
     EncodedRequest,
@@ -56,15 +55,9 @@ def send_snapshot(snapshot: Snapshot, config: OtlpConfig) -> tuple[list[str], li
     and what failed, nothing spilled."""
     failures: list[Failure] = []
     sent: list[str] = []
-    content = snapshot_requests(snapshot, config.resource_attributes)
-    for request in content.encoded():
+    for request in snapshot_requests(snapshot, config.resource_attributes).encoded():
         target = config.target(request.signal)
-        send: Callable[[], object]
-        if request.signal == "metrics" and content.metrics is not None:
-            send = partial(send_metrics, content.metrics, target)
-        else:
-            send = partial(send_request, request.payload, target)
-        _send(send, request, target, sent, failures)
+        _send(partial(send_request, request.payload, target), request, target, sent, failures)
     return sent, failures
 
 

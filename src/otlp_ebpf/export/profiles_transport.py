@@ -1,7 +1,8 @@
 """Our own OTLP sender: gRPC (grpcio) and HTTP (urllib) for already-encoded request bytes.
 
-The OpenTelemetry Python SDK has no profiles exporter, so profiles go through here; so do metric
-requests read back from spill files (the SDK exporter only takes live SDK objects).
+Every signal goes through here: profiles (the OpenTelemetry Python SDK has no profiles
+exporter), metrics and logs, built as protobuf requests by the formatters, whether sent live
+or read back from spill files.
 
 Retries follow the OTLP specification: exponential backoff with jitter on retryable gRPC codes
 (RESOURCE_EXHAUSTED only when the server sent RetryInfo) and on HTTP 429/502/503/504 and

@@ -11,27 +11,22 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
-from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
-    Gauge,
-    Metric,
-    MetricsData,
-    NumberDataPoint,
-    ResourceMetrics,
-    ScopeMetrics,
-    Sum,
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
 )
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AGGREGATION_TEMPORALITY_CUMULATIVE,
+    ScopeMetrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.core import Metric as PromMetric
 from prometheus_client.registry import CollectorRegistry
 
-from otlp_ebpf import __version__
 from otlp_ebpf.analysis.watch import WatchCounts
 from otlp_ebpf.export.stream import StreamCounts
+from otlp_ebpf.formatters.otlp_metrics import add_resource_scope, fill_attributes, set_number
 from otlp_ebpf.formatters.otlp_request import EncodedRequest
 
 
@@ -352,20 +347,30 @@ def otlp_request(figures: AgentFigures, resource: Mapping[str, str]) -> EncodedR
     """The self-metrics as one OTLP metrics request (cumulative counters from the agent's
     start, gauges now)."""
     now = time.time_ns()
-    points: dict[str, list[NumberDataPoint]] = {}
+    request = ExportMetricsServiceRequest()
+    scope = add_resource_scope(request, resource)
+    points: dict[str, Any] = {}  # figure key -> the data points of its metric
     for key, labels, value in figures.values():
-        attrs = {f"otlp_ebpf.{k}": v for k, v in labels.items()}
-        point = NumberDataPoint(attrs, figures.start_ns, now, value)
-        points.setdefault(key, []).append(point)
-    metrics = []
-    for key, data_points in points.items():
         f = FIGURES[key]
-        data: Sum | Gauge
+        if key not in points:
+            points[key] = _new_metric(scope, f)
+        dp = points[key].add()
         if f.counter:
-            data = Sum(data_points, AggregationTemporality.CUMULATIVE, is_monotonic=True)
-        else:
-            data = Gauge(data_points)
-        metrics.append(Metric(f.otlp, f.help, f.unit, data))
-    scope = ScopeMetrics(InstrumentationScope("otlp-ebpf", __version__), metrics, "")
-    request = MetricsData([ResourceMetrics(Resource(dict(resource)), [scope], "")])
-    return EncodedRequest("metrics", encode_metrics(request).SerializeToString())
+            dp.start_time_unix_nano = figures.start_ns
+        dp.time_unix_nano = now  # a gauge is a value at an instant: no start time
+        set_number(dp, value)
+        fill_attributes(dp.attributes, ((f"otlp_ebpf.{k}", v) for k, v in labels.items()))
+    return EncodedRequest("metrics", request.SerializeToString())
+
+
+def _new_metric(scope: ScopeMetrics, f: Figure) -> Any:
+    """The metric of figure `f` in `scope`; its data points, to add to."""
+    metric = scope.metrics.add()
+    metric.name = f.otlp
+    metric.description = f.help
+    metric.unit = f.unit
+    if not f.counter:
+        return metric.gauge.data_points
+    metric.sum.aggregation_temporality = AGGREGATION_TEMPORALITY_CUMULATIVE
+    metric.sum.is_monotonic = True
+    return metric.sum.data_points

@@ -60,12 +60,14 @@ def process_resource_attributes(
     pid: int,
     comm: str,
     resource_attrs: Mapping[str, str],
+    processes: Mapping[int, ProcessInfo] | None = None,
 ) -> dict[str, AttributeValue]:
     """Resource attributes for one process: semantic-convention `process.*`, host and service.
 
     Shared with the metrics formatter so both signals describe a process the same way.
+    `processes` (from `processes_by_pid`) spares a search of `snapshot.processes` per call.
     """
-    info = _process_info(snapshot, pid)
+    info = processes.get(pid) if processes is not None else _process_info(snapshot, pid)
     exe = info.exe if info else ""
     name = os.path.basename(exe) if exe else (info.comm if info else comm) or comm
     attrs: dict[str, AttributeValue] = {"process.pid": pid}
@@ -110,6 +112,14 @@ def snapshot_time_unix_nano(snapshot: Snapshot) -> int:
 
 def _process_info(snapshot: Snapshot, pid: int) -> ProcessInfo | None:
     return next((p for p in snapshot.processes if p.pid == pid), None)
+
+
+def processes_by_pid(snapshot: Snapshot) -> dict[int, ProcessInfo]:
+    """The snapshot's processes by pid (the first entry of a pid, as `_process_info` finds)."""
+    by_pid: dict[int, ProcessInfo] = {}
+    for process in snapshot.processes:
+        by_pid.setdefault(process.pid, process)
+    return by_pid
 
 
 class _Table:

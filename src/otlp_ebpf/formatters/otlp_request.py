@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from google.protobuf.message import DecodeError
-from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -29,11 +28,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import (
     ExportProfilesServiceRequest,
 )
-from opentelemetry.sdk.metrics.export import MetricsData
 
 from otlp_ebpf.bounded import read_bounded
 from otlp_ebpf.errors import UsageError
-from otlp_ebpf.formatters.otlp_metrics import build_metrics_data, has_metrics
+from otlp_ebpf.formatters.otlp_metrics import build_metrics_request, has_metrics
 from otlp_ebpf.formatters.otlp_profiles import build_profiles_request
 from otlp_ebpf.model import RecordSnapshot, Snapshot
 from otlp_ebpf.otlp_settings import Signal, resource_attributes_from_env
@@ -62,19 +60,17 @@ class EncodedRequest:
 class SnapshotRequests:
     """The OTLP content of one snapshot; a signal with nothing to report is None.
 
-    Metrics stay SDK MetricsData, which the official exporters take as is; `encoded()` gives
-    the bytes of both requests (for files, spills, and our own transport)."""
+    `encoded()` gives the bytes of both requests (for files, spills and the transport)."""
 
     profiles: ExportProfilesServiceRequest | None
-    metrics: MetricsData | None
+    metrics: ExportMetricsServiceRequest | None
 
     def encoded(self) -> list[EncodedRequest]:
         requests = []
         if self.profiles is not None:
             requests.append(EncodedRequest("profiles", self.profiles.SerializeToString()))
         if self.metrics is not None:
-            payload = encode_metrics(self.metrics).SerializeToString()
-            requests.append(EncodedRequest("metrics", payload))
+            requests.append(EncodedRequest("metrics", self.metrics.SerializeToString()))
         return requests
 
 
@@ -83,7 +79,7 @@ def snapshot_requests(
 ) -> SnapshotRequests:
     """The OTLP requests of `snapshot`: profiles for stack kinds, metrics for metric kinds."""
     profiles = build_profiles_request(snapshot, resource_attrs)
-    metrics = build_metrics_data(snapshot, resource_attrs) if has_metrics(snapshot) else None
+    metrics = build_metrics_request(snapshot, resource_attrs) if has_metrics(snapshot) else None
     return SnapshotRequests(
         profiles if profiles.resource_profiles else None,
         metrics if metrics is not None and metrics.resource_metrics else None,
