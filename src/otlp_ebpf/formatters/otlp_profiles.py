@@ -172,12 +172,13 @@ class _RequestBuilder:
         self._resources: dict[int, tuple[dict[str, AttributeValue], list[pb.Profile]]] = {}
 
     def add_snapshot(self, snapshot: Snapshot) -> None:
+        processes = processes_by_pid(snapshot)
         for stack_profile in snapshot.stack_profiles():
             for pid, stacks in _by_pid(stack_profile.stacks).items():
                 resource = self._resources.get(pid)
                 if resource is None:
                     attrs = process_resource_attributes(
-                        snapshot, pid, stacks[0].comm, self._resource_attrs
+                        snapshot, pid, stacks[0].comm, self._resource_attrs, processes
                     )
                     resource = (attrs, [])
                     self._resources[pid] = resource
