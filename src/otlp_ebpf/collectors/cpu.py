@@ -454,14 +454,15 @@ class FramePointerSampler:
         return dict(self.watch.processes)
 
     def set_frequency(self, hz: int) -> None:
-        """Sample at `hz` from now on (an overhead budget lowers it): the sampling events are
-        opened again at the new rate; the counts so far stay."""
+        """Sample at `hz` from now on (an overhead budget lowers it): the sampling events take
+        the new rate in place (or are opened again at it); the counts so far stay."""
         if self.obj is None or not self.sample_links:
             return
-        for link in self.sample_links:
-            link.destroy()
-            self.obj.links.remove(link)
-        self.sample_links = probes.attach_cpu_clock(self.obj, SAMPLE_PROGRAM, hz)
+        if not probes.set_cpu_clock_frequency(self.sample_links, hz):
+            for link in self.sample_links:
+                link.destroy()
+                self.obj.links.remove(link)
+            self.sample_links = probes.attach_cpu_clock(self.obj, SAMPLE_PROGRAM, hz)
 
     def start_sampling(self, hz: int) -> None:
         """A paused sampler starts on-CPU sampling at `hz` (before the end of the run)."""

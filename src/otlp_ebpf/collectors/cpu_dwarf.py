@@ -763,13 +763,15 @@ class DwarfSampler:
         return known
 
     def set_frequency(self, hz: int) -> None:
-        """Sample at `hz` from now on: the sampling events are opened again at that rate."""
+        """Sample at `hz` from now on: the sampling events take the new rate in place (or are
+        opened again at it)."""
         if self.obj is None or not self.sample_links:
             return
-        for link in self.sample_links:
-            link.destroy()
-            self.obj.links.remove(link)
-        self.sample_links = probes.attach_cpu_clock(self.obj, PROGRAM, hz)
+        if not probes.set_cpu_clock_frequency(self.sample_links, hz):
+            for link in self.sample_links:
+                link.destroy()
+                self.obj.links.remove(link)
+            self.sample_links = probes.attach_cpu_clock(self.obj, PROGRAM, hz)
         self.frequency_hz = hz
 
     def stop_sampling(self) -> None:

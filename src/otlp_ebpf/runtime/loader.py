@@ -102,6 +102,7 @@ class Link:
     def __init__(self, ptr: int, description: str) -> None:
         self._ptr: int | None = ptr
         self.description = description
+        self.perf_fd: int | None = None  # a perf event link's event (owned by the link)
 
     def destroy(self) -> None:
         if self._ptr is not None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import platform
+import struct
 from ctypes import c_uint32, c_uint64
 from pathlib import Path
 
@@ -125,6 +127,33 @@ def attach_cpu_clock(obj: BpfObject, program: str, frequency_hz: int) -> list[Li
             err = ctypes.get_errno()
             os.close(fd)
             raise libbpf.os_error(err, f"attach perf event on cpu {cpu}")
-        # The link owns the fd: bpf_link__destroy closes it.
-        links.append(obj.own(Link(ptr, f"perf cpu-clock cpu{cpu}")))
+        # The link owns the fd: bpf_link__destroy closes it (the link keeps its number for
+        # `set_cpu_clock_frequency` while it lives).
+        link = Link(ptr, f"perf cpu-clock cpu{cpu}")
+        link.perf_fd = fd
+        links.append(obj.own(link))
     return links
+
+
+PERF_EVENT_IOC_PERIOD = 0x40082404  # _IOW('$', 4, __u64)
+
+
+def set_cpu_clock_frequency(links: list[Link], frequency_hz: int) -> bool:
+    """Sample at `frequency_hz` from now on through the events `attach_cpu_clock` opened, in
+    place: no event is closed and opened again (that costs a perf_event_open and a program
+    attach per CPU, and the budget changes the rate every few seconds). False when an event
+    would not take it (its caller then opens them again)."""
+    if not links or frequency_hz <= 0 or frequency_hz > max_sample_rate():
+        return False
+    # The kernel turns a cpu-clock event's frequency into a fixed period of 1e9 / frequency
+    # ns when it opens it (perf_swevent_init_hrtimer clears attr.freq): a new rate is a new
+    # period in nanoseconds.
+    period = struct.pack("=Q", 1_000_000_000 // frequency_hz)
+    for link in links:
+        if link.perf_fd is None or not link.attached:
+            return False
+        try:
+            fcntl.ioctl(link.perf_fd, PERF_EVENT_IOC_PERIOD, period)
+        except OSError:
+            return False
+    return True
