@@ -9,11 +9,17 @@ effective cpu sampling rate, and what a node sends: batches per second and bytes
 
     python bench/agent_soak.py [--minutes 10] [--interval 10] [--warmup-minutes 1]
                                [--signals cpu,syscalls] [--agent-args '--burst-intervals 0']
+                               [--sleepers N]
+
+`--sleepers N` adds N long-lived processes that each make a few syscalls a second: every
+interval then exports the rows of N more processes (a host running many services), which
+is what the export's per-row cost and the stop's last interval scale with.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import itertools
 import os
@@ -22,6 +28,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -34,6 +41,16 @@ CHURN = """
 while :; do /bin/true; ls / >/dev/null; id >/dev/null; uname >/dev/null; done
 """
 SPIN = "while :; do :; done"
+# N forked children (sharing the parent's pages), each calling twice a second until killed
+SLEEPERS = """
+import os, sys, time
+for _ in range(int(sys.argv[1])):
+    if os.fork() == 0:
+        while True:
+            time.sleep(0.5)
+            os.getppid()
+time.sleep(1e9)
+"""
 CPU_RATE = 'otlp_ebpf_sampling_rate_hertz{signal="cpu"}'
 SYSCALLS = 'otlp_ebpf_events_total{signal="syscalls"}'
 HELPERS_RSS = "otlp_ebpf_helpers_resident_memory_bytes"
@@ -119,6 +136,7 @@ def main() -> None:
     parser.add_argument(
         "--agent-args", default="", help="more options for the agent, e.g. '--burst-intervals 0'"
     )
+    parser.add_argument("--sleepers", type=int, default=0, help="long-lived processes to add")
     args = parser.parse_args()
 
     counts = Counting()
@@ -127,6 +145,12 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="otlp-ebpf-agent-soak-")
     load = [subprocess.Popen(["sh", "-c", CHURN])]
     load.append(subprocess.Popen(["sh", "-c", SPIN]))  # one core: the machine is shared
+    sleepers = None
+    if args.sleepers:  # in a process group of their own, killed with it at the end
+        sleepers = subprocess.Popen(
+            [sys.executable, "-c", SLEEPERS, str(args.sleepers)], start_new_session=True
+        )
+        load.append(sleepers)
     env = env_with_src()
     env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
     agent = subprocess.Popen(
@@ -166,7 +190,11 @@ def main() -> None:
         code = agent.wait(timeout=60)
         stop_s = time.monotonic() - t_stop
         for proc in load:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):  # sleepers: their whole group
+                if proc is sleepers:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
             proc.wait()
         server.shutdown()
     report(args, rows, counts, code, stop_s)
