@@ -36,7 +36,7 @@ from otlp_ebpf.collectors.agent_signals import (
     AgentNetSignal,
     AgentSyscallsSignal,
 )
-from otlp_ebpf.collectors.budget import BudgetController
+from otlp_ebpf.collectors.budget import CONTROL_S, BudgetController
 from otlp_ebpf.collectors.cgroup_targets import CgroupTargets
 from otlp_ebpf.collectors.containers import ProcessAttributes
 from otlp_ebpf.collectors.record import (
@@ -77,6 +77,17 @@ RELEASE_EVERY = 6
 # rings) was a fifth of the agent's CPU at record's 50 ms on a churning host. The mem signal
 # keeps record's (a target paused at its exit waits at most that long).
 AGENT_POLL_S = 0.25
+# How often the budget reads the cost and may change the rates (record: 4 times a second).
+# Each look reads every program's run time and the helpers' CPU, ~0.4 ms; at intervals of
+# seconds, a rate settled a second later costs less than looking four times as often.
+AGENT_CONTROL_S = 1.0
+
+
+def control_period_s(interval_s: float) -> float:
+    """How often the budget decides: AGENT_CONTROL_S, but four times an interval at least
+    (and never more often than record's): a finding in a short interval sees rates the
+    budget set for it."""
+    return min(AGENT_CONTROL_S, max(CONTROL_S, interval_s / 4))
 
 
 @dataclass(frozen=True)
@@ -471,6 +482,8 @@ def _loop(
     with base.session(recording.targets, recording.start) as session:
         agent = Agent(recording, session.clock, deliver, watch)
         try:
+            if recording.governor is not None:
+                recording.governor.control_s = control_period_s(config.interval_s)
             recording.begin_loop()
             freeze_long_lived()
             on_ready()

@@ -616,6 +616,8 @@ class Governor:
     meter: CostMeter
     knobs: list[Knob]
     ticks: list[CostTick] = field(default_factory=list)
+    control_s: float = CONTROL_S  # how often the cost is read and the knobs decide
+    decisions: int = 0
     _tick: Interval | None = None
     _control: Interval | None = None
     settled: Interval | None = None
@@ -631,8 +633,9 @@ class Governor:
         if self._control is None:
             return
         wall = time.monotonic()
-        if wall - self._control.start_wall < CONTROL_S:
+        if wall - self._control.start_wall < self.control_s:
             return
+        self.decisions += 1
         cost = self.meter.total_s()
         pct = self._control.pct(wall, cost)
         for knob in self.knobs:
