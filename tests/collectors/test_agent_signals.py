@@ -336,7 +336,7 @@ def test_the_agent_duty_cycles_in_long_windows_decides_once_a_second_and_freezes
     import gc
 
     from otlp_ebpf.collectors.agent import AGENT_CONTROL_S, Agent, AgentConfig, IntervalBatch, run
-    from otlp_ebpf.collectors.agent_signals import AGENT_CYCLE_S, AgentSyscallsSignal
+    from otlp_ebpf.collectors.agent_signals import AgentSyscallsSignal, duty_cycle_s
 
     # calls that cost the traced process several times more traced than not: duty cycling
     # buys the budget something, so it goes on
@@ -368,9 +368,10 @@ def test_the_agent_duty_cycles_in_long_windows_decides_once_a_second_and_freezes
             proc.wait()
     elapsed = time.monotonic() - started
     cycle = cycles[0]
-    assert cycle is not None and cycle.cycle_s == AGENT_CYCLE_S  # type: ignore[attr-defined]
+    cycle_s = duty_cycle_s(config.interval_s)
+    assert cycle_s > 0.125 and cycle.cycle_s == cycle_s  # type: ignore[attr-defined]
     windows = cycle.windows  # type: ignore[attr-defined]
-    assert 0 < windows <= elapsed / AGENT_CYCLE_S + 1, (windows, elapsed)
+    assert 0 < windows <= elapsed / cycle_s + 1, (windows, elapsed)
     duty = [b.rates["syscalls_duty"] for b in batches if "syscalls_duty" in b.rates]
     assert duty and min(duty) < 1, [b.rates for b in batches]
     assert "cpu_hz" not in batches[-1].rates  # no cpu signal, no cpu rate
@@ -378,3 +379,14 @@ def test_the_agent_duty_cycles_in_long_windows_decides_once_a_second_and_freezes
     # the budget looks at the cost once a second, not record's four times
     decisions = governors[0].decisions  # type: ignore[attr-defined]
     assert 0 < decisions <= elapsed / AGENT_CONTROL_S + 1, (decisions, elapsed)
+
+
+def test_the_duty_cycle_is_a_second_long_at_the_default_interval_and_shorter_below():
+    from otlp_ebpf.collectors.agent import control_period_s
+    from otlp_ebpf.collectors.agent_signals import duty_cycle_s
+
+    assert duty_cycle_s(10.0) == 1.0  # one window a second: ten an interval
+    assert duty_cycle_s(4.0) == 0.4
+    assert duty_cycle_s(0.3) == 0.125  # record's, at the shortest
+    assert control_period_s(10.0) == 1.0
+    assert control_period_s(0.3) == 0.25

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 from otlp_ebpf.collectors import base
+from otlp_ebpf.collectors.budget import CYCLE_S
 from otlp_ebpf.collectors.record import (
     CpuSignal,
     MemSignal,
@@ -43,6 +44,14 @@ AGENT_WAITING_BYTES = 2 * 1024 * 1024  # of copied stacks waiting for a table (~
 # of CPU, 0.4% of a core at record's 8 a second, where the agent's budget is 1% in all. An
 # interval of 10 s still holds 10 windows, and its counters add up over the run.
 AGENT_CYCLE_S = 1.0
+WINDOWS_PER_INTERVAL = 10  # at least, when the interval is short (but never above record's rate)
+
+
+def duty_cycle_s(interval_s: float) -> float:
+    """The agent's duty cycle for `interval_s`: AGENT_CYCLE_S, shorter for short intervals
+    (each interval's estimate rests on its own windows; with none in it, the watch would see
+    a row's calls jump between nothing and N times as many), never shorter than record's."""
+    return min(AGENT_CYCLE_S, max(CYCLE_S, interval_s / WINDOWS_PER_INTERVAL))
 
 
 class AgentCpuSignal(CpuSignal):
@@ -109,7 +118,7 @@ class AgentSyscallsSignal(SyscallsSignal):
         from otlp_ebpf.collectors.syscalls import ExitedProcesses
 
         super().__init__(config, targets)
-        self.collector.cycle_s = AGENT_CYCLE_S
+        self.collector.cycle_s = duty_cycle_s(config.interval_s)
         self.shown: set[int] = set()
         self.collector.exited = ExitedProcesses(EXITED_KEPT_BY_PID, self.shown.__contains__)
 
