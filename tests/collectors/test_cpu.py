@@ -670,7 +670,16 @@ def test_dwarf_asked_for_is_kept_under_a_budget_it_cannot_hold_and_warned_about(
     monkeypatch.setattr(budget, "FALLBACK_FLOOR_HZ", 99)
     monkeypatch.setattr(budget, "FALLBACK_AFTER", 1)
     stop = tmp_path / "stop"
-    stop_after_decision(monkeypatch, stop, lambda c: bool(c.fallback.held_over_pct))
+    # On an idle machine the fallback is due at the second decision, half a second in: the
+    # run goes on until a tick has closed too (its unwind is what the test reads).
+    first: list[float] = []
+
+    def held_over_after_a_tick(controller: Any) -> bool:
+        first.append(first[0] if first else time.monotonic())
+        ticked = time.monotonic() - first[0] > budget.TICK_S + budget.CONTROL_S
+        return bool(controller.fallback.held_over_pct) and ticked
+
+    stop_after_decision(monkeypatch, stop, held_over_after_a_tick)
     busy = build_c(cc, HOT_LEAF_C, tmp_path / "busy", "-O1", "-g", "-fno-omit-frame-pointer")
     path = tmp_path / "cpu.json"
     args = ["cpu", "-F", "199", "--unwind", "dwarf", "--budget", "0.01", "-o", str(path)]
