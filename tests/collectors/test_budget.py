@@ -253,7 +253,7 @@ def test_a_duty_cycle_alternates_windows_each_told_its_weight_and_generation():
         return time.monotonic()
 
     cycle = budget_mod.DutyCycle(
-        attach, detach, lambda w, g: calls.append(("window", w, g)), cycle_s=0.02
+        attach, detach, lambda w, g, until: calls.append(("window", w, g)), cycle_s=0.02
     )
     cycle.set_period(4)
     budget_mod.poll_between_edges(time.sleep, 0.3, [cycle])
@@ -272,8 +272,36 @@ def test_a_duty_cycle_alternates_windows_each_told_its_weight_and_generation():
     assert calls[-2:] == [("window", 1, len(windows) + 1), ("attach",)] and cycle.attached
 
 
+def test_a_window_closed_late_weighs_what_was_planned_and_leaves_nothing_to_pay_back():
+    """The programs count nothing past a window's planned end (`until`): a late close adds
+    no coverage, so the next window is not shortened or skipped to pay it back."""
+    ends: list[float] = []
+    late = 0.5  # the loop came back to close it half a second late
+    clock = [time.monotonic()]  # the moments the loop steps the cycle at
+    cycle = budget_mod.DutyCycle(
+        lambda: clock[0],
+        lambda: clock[0] + late,
+        lambda w, g, until: ends.append(until),
+        cycle_s=0.1,
+    )
+    cycle.set_period(4)
+    cycle.step(clock[0])  # detached: cycling from here
+    cycle.step(clock[0])  # plans the first window
+    clock[0] = cycle._open_at  # type: ignore[assignment]
+    cycle.step(clock[0])
+    planned = cycle._window_s
+    assert ends == [cycle._close_at]  # the programs were told the planned end
+    clock[0] = cycle._close_at  # type: ignore[assignment]
+    cycle.step(clock[0])
+    assert cycle.covered == pytest.approx(planned * 4)  # not the half second it stayed on
+    # nothing to pay back: the next cycle owes its whole share, so it has its whole window
+    assert cycle._owed_at(cycle._cycle_end + cycle.cycle_s) == pytest.approx(cycle.cycle_s)
+
+
 def test_a_duty_cycle_makes_up_in_later_windows_for_time_a_late_window_missed():
-    cycle = budget_mod.DutyCycle(time.monotonic, time.monotonic, lambda w, g: None, cycle_s=0.1)
+    cycle = budget_mod.DutyCycle(
+        time.monotonic, time.monotonic, lambda w, g, until: None, cycle_s=0.1
+    )
     cycle.set_period(2)
     start = time.monotonic()
     cycle.step(start)  # detached: cycling from here

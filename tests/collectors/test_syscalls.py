@@ -356,3 +356,38 @@ def test_without_a_budget_counts_stay_exact_and_no_rates_are_kept(capsys, worklo
     doc = trace(capsys, "--", str(workload), "200000")
     assert counts(doc)["getppid"] == 200000 + 11
     assert doc["self_cost"]["budget_pct"] == 0 and doc["self_cost"]["ticks"] == []
+
+
+@pytest.mark.parametrize("use_btf", [True, False], ids=["tp_btf", "raw_syscalls"])
+def test_a_window_counts_nothing_after_its_planned_end(paced, monkeypatch, use_btf):
+    """A duty-cycle window closed late (the loop busy) counts no call exiting after the end
+    it was planned with: it weighs what it was meant to."""
+    import time
+
+    from otlp_ebpf.collectors import base
+    from otlp_ebpf.collectors.syscalls import SyscallsCollector, SyscallsConfig
+    from otlp_ebpf.runtime import features
+    from otlp_ebpf.targets import TargetSpec
+
+    monkeypatch.setattr(features, "tp_btf_supported", lambda: use_btf)
+    calls = 300
+
+    windows = iter(range(1, 10))
+
+    def getppid_count_of_a_run(collector: SyscallsCollector, until_s: float) -> int:
+        collector.open_window(4, next(windows), until_s)
+        collector.attach_events()
+        subprocess.run([str(paced), str(calls), "0"], check=True)
+        collector.detach_events()
+        return sum(s.count for s in collector.stats() if s.name == "getppid")
+
+    collector = SyscallsCollector(SyscallsConfig(targets=TargetSpec(), comm="paced"))
+    try:
+        collector.start()
+        collector.detach_events()  # attached by start: windows from here
+        over = getppid_count_of_a_run(collector, time.monotonic() - 1.0)
+        within = getppid_count_of_a_run(collector, time.monotonic() + 600.0)
+    finally:
+        base.cleanup()
+    assert over == 0
+    assert within == 4 * calls  # every call of the window, each standing for 4

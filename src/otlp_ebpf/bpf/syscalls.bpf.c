@@ -124,6 +124,12 @@ static __always_inline bool duty_cycling(struct syscall_sampling *s)
 	return s && s->duty_weight > 1;
 }
 
+/* Duty cycling, past the window's planned end: nothing more is counted in it. */
+static __always_inline bool window_over(struct syscall_sampling *s)
+{
+	return duty_cycling(s) && s->window_end_ns && bpf_ktime_get_ns() > s->window_end_ns;
+}
+
 static __always_inline bool syscall_selected(long nr)
 {
 	if (nr < 0 || nr >= MAX_SYSCALL_NR)
@@ -286,7 +292,7 @@ static __always_inline bool never_returns(long nr)
 static __always_inline void count_exit_only(struct syscall_sampling *s, u64 pid_tgid, long nr,
 					    long ret)
 {
-	if (!duty_cycling(s) || !target_wanted(pid_tgid) || !syscall_selected(nr))
+	if (!duty_cycling(s) || window_over(s) || !target_wanted(pid_tgid) || !syscall_selected(nr))
 		return;
 	record_exit(pid_tgid >> 32, nr, ret, 0, false, s->duty_weight);
 }
@@ -300,7 +306,7 @@ int BPF_PROG(btf_sys_enter, struct pt_regs *regs, long id)
 	u64 w = sample_weight(s);
 
 	/* Sampling first: under a budget most calls of every process stop here, cheaply. */
-	if (!w)
+	if (!w || window_over(s))
 		return 0; /* not sampled: its exit finds no start */
 	if (!target_wanted(pid_tgid) || !syscall_selected(id))
 		return 0;
@@ -351,7 +357,7 @@ int BPF_PROG(btf_sys_exit, struct pt_regs *regs, long ret)
 		count_exit_only(s, pid_tgid, syscall_nr_of(regs), ret);
 		return 0;
 	}
-	if (!target_wanted(pid_tgid)) {
+	if (!target_wanted(pid_tgid) || window_over(s)) {
 		start->ts = 0;
 		return 0;
 	}
@@ -372,7 +378,7 @@ int tp_sys_enter(struct trace_event_raw_sys_enter *ctx)
 
 	if (!target_wanted(pid_tgid) || !syscall_selected(id))
 		return 0;
-	start.weight = sample_weight(s);
+	start.weight = window_over(s) ? 0 : sample_weight(s);
 	start.generation = generation_now(s);
 	if (!start.weight) {
 		/* not sampled: a start an earlier sampled call left (its exit unseen) must not pair
@@ -414,6 +420,8 @@ int tp_sys_exit(struct trace_event_raw_sys_exit *ctx)
 	nr = start->nr;
 	w = start->weight;
 	bpf_map_delete_elem(&start_by_tid, &tid);
+	if (window_over(s))
+		return 0;
 	record_exit(pid_tgid >> 32, nr, ret, bpf_ktime_get_ns() - ts, true, w);
 	return 0;
 }

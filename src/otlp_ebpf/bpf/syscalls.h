@@ -76,6 +76,10 @@ struct syscall_sampling {
 	 * cycling. Not combined with `period` (one or the other is above 1). */
 	__u32 duty_weight;
 	__u32 generation;
+	/* The window's planned end (CLOCK_MONOTONIC ns; 0: none): a call exiting after it is
+	 * not counted, so a window user space closes late (a loaded machine) weighs no more
+	 * than it was planned to. */
+	__u64 window_end_ns;
 };
 
 #endif

@@ -375,20 +375,21 @@ POLL_GRAIN_S = 0.001  # attached 1/256 of the time at the least: a 0.2 ms window
 class DutyCycle:
     """Per-event programs attached for 1/N of the time: in every cycle of CYCLE_S, one window
     of CYCLE_S/N at a random place in it (so no periodic workload aliases with the windows),
-    each event seen weighing N. `open_window(weight, generation)` tells the programs, before
-    `attach`, what an event of the new window weighs and which window it is; `detach` closes
-    the window. Both return when they took effect (`attached_at`, `detached_at`). N = 1: attached
+    each event seen weighing N. `open_window(weight, generation, until)` tells the programs,
+    before `attach`, what an event of the new window weighs, which window it is and when it
+    ends (they count nothing after that); `detach` closes the window.
+    Both return when they took effect (`attached_at`, `detached_at`). N = 1: attached
     throughout, weight 1 (exact).
 
-    The windows open and close late on a loaded machine: the time each one was really
-    attached is measured, and what the estimate is owed (weight x seconds attached, against
-    the cycles' length) is made up in the next windows, so the counts scaled by N stay
-    unbiased. The generation lets the programs tell a start of this window from one left by
-    an earlier window whose exit they missed."""
+    The windows open late on a loaded machine (and close late, but the programs stop counting at
+    the planned end): the time each one was really attached is measured, and what the estimate
+    is owed (weight x seconds attached, against the cycles' length) is made up in the next
+    windows, so the counts scaled by N stay unbiased. The generation lets the programs tell a
+    start of this window from one left by an earlier window whose exit they missed."""
 
     attach: Callable[[], float]
     detach: Callable[[], float]
-    open_window: Callable[[int, int], None]
+    open_window: Callable[[int, int, float], None]
     cycle_s: float = field(default_factory=lambda: CYCLE_S)
     period: int = 1  # the window open now (or the last one) weighs this
     wanted: int = 1  # the budget's choice, in force from the next cycle
@@ -445,7 +446,7 @@ class DutyCycle:
     def _stop_cycling(self) -> None:
         self.period = 1
         self.generation += 1
-        self.open_window(1, self.generation)
+        self.open_window(1, self.generation, 0.0)
         self.attach()
         self.attached = True
         self._open_at = self._close_at = None
@@ -471,18 +472,22 @@ class DutyCycle:
 
     def _open(self, now: float) -> None:
         self.generation += 1
-        self.open_window(self.period, self.generation)
+        self._close_at = now + self._window_s
+        # The programs stop counting at the planned end themselves: a window closed late
+        # (the loop busy, the machine loaded) would otherwise weigh more than planned, and
+        # the later windows paying that back left whole intervals without one.
+        self.open_window(self.period, self.generation, self._close_at)
         self._on_at = self.attach()
         self.attached = True
         self.windows += 1
         self._open_at = None
-        self._close_at = now + self._window_s
 
     def _close(self) -> None:
         off_at = self.detach()
         self.attached = False
+        end = off_at if self._close_at is None else min(off_at, self._close_at)
         self._close_at = None
-        self.covered += max(0.0, off_at - self._on_at) * self.period
+        self.covered += max(0.0, end - self._on_at) * self.period
 
     def cycle_left(self, now: float) -> float:
         """Seconds to the end of the cycle under way (0 when not cycling)."""

@@ -23,7 +23,6 @@ from operator import add
 from otlp_ebpf import console, hosttext
 from otlp_ebpf.collectors import base
 from otlp_ebpf.collectors.budget import (
-    CYCLE_S,
     MAX_DUTY_PERIOD,
     BudgetedRun,
     DutyCycle,
@@ -308,7 +307,7 @@ class SyscallsCollector:
         self._exits_folded = 0
         self.sampler: PeriodController | None = None
         self.cycle: DutyCycle | None = None
-        self.cycle_s = CYCLE_S  # a duty cycle's length, once the budget makes one
+        self.cycle_s: float | None = None  # a duty cycle's length (None: record's CYCLE_S)
         self.event_links: list[Link] = []
         self._period = 1
 
@@ -390,10 +389,10 @@ class SyscallsCollector:
         self.event_links = []
         return at
 
-    def _write_sampling(self, duty_weight: int = 1, generation: int = 0) -> None:
+    def _write_sampling(self, duty_weight: int = 1, generation: int = 0, end_ns: int = 0) -> None:
         assert self.obj is not None
         threshold = min(0xFFFFFFFF, (1 << 32) // max(1, self._period))
-        value = struct.pack("<IIII", self._period, threshold, duty_weight, generation)
+        value = struct.pack("<IIIIQ", self._period, threshold, duty_weight, generation, end_ns)
         self.obj.map("sampling").update((0).to_bytes(4, "little"), value)
 
     def set_sampling_period(self, period: int) -> None:
@@ -402,18 +401,19 @@ class SyscallsCollector:
         self._period = max(1, period)
         self._write_sampling()
 
-    def open_window(self, weight: int, generation: int) -> None:
-        """The next duty-cycle window: each call seen in it weighs `weight`."""
-        self._write_sampling(weight, generation)
+    def open_window(self, weight: int, generation: int, until_s: float = 0.0) -> None:
+        """The next duty-cycle window: each call seen in it weighs `weight`; none exiting
+        after `until_s` (time.monotonic(), the kernel's CLOCK_MONOTONIC; 0: no end) counts."""
+        self._write_sampling(weight, generation, int(until_s * 1e9))
 
     def sampling_knob(self, budget_pct: float) -> Knob:
         """The budget's hold on this collector: the share of the time its per-call programs
         are attached (the cost of a call the program is attached for is paid whatever the
         program does, so sampling inside it cannot go below that floor)."""
         self.sampler = PeriodController(budget_pct, MAX_DUTY_PERIOD)
-        self.cycle = DutyCycle(
-            self.attach_events, self.detach_events, self.open_window, cycle_s=self.cycle_s
-        )
+        self.cycle = DutyCycle(self.attach_events, self.detach_events, self.open_window)
+        if self.cycle_s is not None:
+            self.cycle.cycle_s = self.cycle_s
         return duty_knob("syscalls_duty", self.sampler, self.cycle)
 
     def sampling_notes(self) -> tuple[str, ...]:
