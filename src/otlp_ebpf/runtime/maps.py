@@ -136,8 +136,12 @@ class BpfMap:
             # ENOENT marks the last batch, and that batch may still carry entries.
             if err not in (0, errno.ENOENT):
                 raise libbpf.os_error(ret, f"{call} on {self.name}")
-            raw_k, raw_v = keys.raw, values.raw
-            for i in range(count.value):
+            # Only the entries returned: the buffers are sized for the largest batch (up to
+            # BATCH_BYTES), and copying them whole touched megabytes of pages per read.
+            n = count.value
+            raw_k = ctypes.string_at(keys, n * self.key_size)
+            raw_v = ctypes.string_at(values, n * self.buffer_size)
+            for i in range(n):
                 out.append(
                     (
                         raw_k[i * self.key_size : (i + 1) * self.key_size],
