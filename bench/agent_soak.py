@@ -53,6 +53,7 @@ time.sleep(1e9)
 """
 CPU_RATE = 'otlp_ebpf_sampling_rate_hertz{signal="cpu"}'
 SYSCALLS = 'otlp_ebpf_events_total{signal="syscalls"}'
+TRACED = 'otlp_ebpf_traced_ratio{signal="syscalls"}'
 HELPERS_RSS = "otlp_ebpf_helpers_resident_memory_bytes"
 RING_INTERVALS = 30 + 3 + 1  # the watch's ring at its defaults: window + record-after + 1
 
@@ -180,7 +181,7 @@ def main() -> None:
                 f"intervals {m.get('otlp_ebpf_intervals_total', 0):4.0f}  "
                 f"cost {m.get('otlp_ebpf_cost_percent', 0):5.2f}%  "
                 f"cpu rate {m.get(CPU_RATE, 0):5.0f} Hz  "
-                f"syscalls {m.get(SYSCALLS, 0):12,.0f}  "
+                f"syscalls {m.get(SYSCALLS, 0):12,.0f} (traced {m.get(TRACED, 1):.4f})  "
                 f"bursts {m.get('otlp_ebpf_bursts_total', 0):3.0f}",
                 flush=True,
             )
@@ -254,6 +255,11 @@ def report(args: argparse.Namespace, rows, counts: Counting, code: int, stop_s: 
         f"mean {statistics.fmean(per_interval):.2f}% ({len(per_interval)} intervals)"
     )
     print(f"cpu sampling rate after warm-up: {min(rates):.0f}-{max(rates):.0f} Hz (asked 99)")
+    traced = sorted(r[2].get(TRACED, 1.0) for r in warm)
+    print(
+        f"syscalls traced after warm-up: {traced[0]:.4f}-{traced[-1]:.4f} of the time "
+        f"(median {statistics.median(traced):.4f})"
+    )
     print(
         f"export: {counts.requests} requests, "
         f"{counts.bytes / max(intervals, 1) / 1024:.1f} KiB per interval, "
