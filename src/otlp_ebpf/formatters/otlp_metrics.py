@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AGGREGATION_TEMPORALITY_CUMULATIVE,
     HistogramDataPoint,
@@ -35,6 +34,7 @@ from otlp_ebpf.formatters.otlp_profiles import (
     AttributeValue,
     process_resource_attributes,
     processes_by_pid,
+    set_any_value,
     snapshot_time_unix_nano,
 )
 from otlp_ebpf.latency import slot_bounds
@@ -157,23 +157,7 @@ def fill_attributes(key_values: Any, attributes: Iterable[tuple[str, _Value]]) -
             continue
         kv = key_values.add()
         kv.key = key
-        _set_value(kv.value, value)
-
-
-def _set_value(any_value: AnyValue, value: _Value) -> None:
-    # The order of the checks is the SDK encoder's: bool before int (a bool is an int).
-    if isinstance(value, str):
-        any_value.string_value = value
-    elif isinstance(value, bool):
-        any_value.bool_value = value
-    elif isinstance(value, int):
-        any_value.int_value = value
-    elif isinstance(value, float):
-        any_value.double_value = value
-    else:
-        values = any_value.array_value.values
-        for item in value:
-            _set_value(values.add(), item)
+        set_any_value(kv.value, value)
 
 
 def set_number(dp: NumberDataPoint, value: int | float) -> None:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import (
     ExportProfilesServiceRequest,
@@ -60,14 +61,14 @@ def process_resource_attributes(
     pid: int,
     comm: str,
     resource_attrs: Mapping[str, str],
-    processes: Mapping[int, ProcessInfo] | None = None,
+    processes: Mapping[int, ProcessInfo],
 ) -> dict[str, AttributeValue]:
     """Resource attributes for one process: semantic-convention `process.*`, host and service.
 
     Shared with the metrics formatter so both signals describe a process the same way.
-    `processes` (from `processes_by_pid`) spares a search of `snapshot.processes` per call.
+    `processes`: the snapshot's, from `processes_by_pid` (made once per snapshot).
     """
-    info = processes.get(pid) if processes is not None else _process_info(snapshot, pid)
+    info = processes.get(pid)
     exe = info.exe if info else ""
     name = os.path.basename(exe) if exe else (info.comm if info else comm) or comm
     attrs: dict[str, AttributeValue] = {"process.pid": pid}
@@ -90,15 +91,26 @@ def to_key_values(attrs: Mapping[str, AttributeValue]) -> list[KeyValue]:
 
 
 def any_value(value: AttributeValue) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
+    out = AnyValue()
+    set_any_value(out, value)
+    return out
+
+
+def set_any_value(out: AnyValue, value: bool | int | float | str | Sequence[Any]) -> None:
+    """`value` into `out` as the OTLP encoders map it: bool, int, float and str to their own
+    field (bool before int: a bool is an int), a sequence to an array of those."""
     if isinstance(value, str):
-        return AnyValue(string_value=value)
-    array = AnyValue()
-    array.array_value.values.extend(AnyValue(string_value=str(v)) for v in value)
-    return array
+        out.string_value = value
+    elif isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int):
+        out.int_value = value
+    elif isinstance(value, float):
+        out.double_value = value
+    else:
+        values = out.array_value.values
+        for item in value:
+            set_any_value(values.add(), item)
 
 
 def snapshot_time_unix_nano(snapshot: Snapshot) -> int:
@@ -110,12 +122,8 @@ def snapshot_time_unix_nano(snapshot: Snapshot) -> int:
     return int(started.timestamp() * 1_000_000_000)
 
 
-def _process_info(snapshot: Snapshot, pid: int) -> ProcessInfo | None:
-    return next((p for p in snapshot.processes if p.pid == pid), None)
-
-
 def processes_by_pid(snapshot: Snapshot) -> dict[int, ProcessInfo]:
-    """The snapshot's processes by pid (the first entry of a pid, as `_process_info` finds)."""
+    """The snapshot's processes by pid (the first entry of a pid)."""
     by_pid: dict[int, ProcessInfo] = {}
     for process in snapshot.processes:
         by_pid.setdefault(process.pid, process)
