@@ -24,7 +24,7 @@ pytestmark = pytest.mark.bpf
 
 CLIENT_NS, SERVER_NS = "oe-analyze-c", "oe-analyze-s"
 SERVER_ADDR, PORT = "10.231.7.2", 9000
-RUN_S, DROP_FROM_S, DROP_UNTIL_S = 6.0, 2.0, 4.0
+RUN_S, DROP_FROM_S, DROP_UNTIL_S = 7.0, 3.0, 5.0
 INTERVAL_S = 0.25
 
 # 16 KiB every 5 ms (3.2 MB/s, far below what a veth pair carries) for RUN_S seconds; the

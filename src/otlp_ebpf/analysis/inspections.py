@@ -322,14 +322,17 @@ def _causes_of(effect: Anomaly, anomalies: Sequence[Anomaly], context: Context) 
 # Retransmits, drops and resets are rare on a healthy connection, and under loss TCP backs
 # off (200 ms, 400 ms, 800 ms ...), so a connection stalled by dropped packets shows one or
 # two per row: too few for an anomaly of their own, yet their appearing with the symptom is
-# the cause. Counted around the symptom's window against the rows before it (an exact
-# conditional binomial test of two Poisson counts).
+# the cause. Counted around the symptom's window against the rows outside it, before and
+# after (an exact conditional binomial test of two Poisson counts).
 RARE_EVENT_SERIES = {
     ("net", "retransmits"): "retransmits",
     ("net", "drops"): "drops",
     ("net", "resets"): "resets",
 }
 RARE_EVENT_MIN = 3
+# The symptom's own connection is one hypothesis per kind, asked because of the symptom; the
+# host's drop reasons are searched, several at a time, for one that fits: a stricter bar.
+RARE_EVENT_P_SAME_CONNECTION = 0.01
 RARE_EVENT_P = 0.001
 
 
@@ -348,14 +351,15 @@ def _rare_events(effect: Anomaly, context: Context) -> list[Cause]:
         lengths = series.ends - series.starts
         counts = np.round(series.values * lengths)
         inside = (series.ends > lo) & (series.starts < hi)
-        before = series.ends <= lo
-        k_in, k_before = int(counts[inside].sum()), int(counts[before].sum())
-        t_in, t_before = float(lengths[inside].sum()), float(lengths[before].sum())
-        if k_in < RARE_EVENT_MIN or t_before <= 0:
+        outside = ~inside
+        k_in, k_out = int(counts[inside].sum()), int(counts[outside].sum())
+        t_in, t_out = float(lengths[inside].sum()), float(lengths[outside].sum())
+        if k_in < RARE_EVENT_MIN or t_out <= 0:
             continue
-        share = t_in / (t_in + t_before)
-        p_value = float(sps.binomtest(k_in, k_in + k_before, share, alternative="greater").pvalue)
-        if p_value > RARE_EVENT_P:
+        share = t_in / (t_in + t_out)
+        p_value = float(sps.binomtest(k_in, k_in + k_out, share, alternative="greater").pvalue)
+        same_connection = connection is not None and series.labels.get("connection") == connection
+        if p_value > (RARE_EVENT_P_SAME_CONNECTION if same_connection else RARE_EVENT_P):
             continue
         rows = np.flatnonzero(inside & (counts > 0))
         anomaly = Anomaly(
@@ -364,14 +368,14 @@ def _rare_events(effect: Anomaly, context: Context) -> list[Cause]:
             end_s=float(series.ends[rows[-1]]),
             first_row=int(rows[0]),
             last_row=int(rows[-1]),
-            baseline=k_before / t_before,
+            baseline=k_out / t_out,
             baseline_mad=0.0,
             observed=k_in / t_in,
             peak=float(series.values[rows].max()),
             direction="up",
             p_value=p_value,
             q_value=p_value,
-            score=min((k_in / t_in) / max(k_before / t_before, 1.0 / t_before), 1000.0),
+            score=min((k_in / t_in) / max(k_out / t_out, 1.0 / t_out), 1000.0),
         )
         phrase = _cause_phrase(kind, anomaly, float(k_in), context)
         overlap = _overlap(effect, anomaly)
