@@ -445,6 +445,10 @@ def test_the_inspections_keep_to_a_share_of_the_budget() -> None:
     assert inspection_stride(0.030, governor, 10.0, 30) == 3
     assert inspection_stride(5.0, governor, 10.0, 30) == 10  # a third of the window at most
     assert inspection_stride(5.0, None, 10.0, 30) == 1  # no budget: every interval
+    # A short window: a fault can begin in 4 of its 12 rows (after 5 of baseline, with 3 of
+    # its own to follow): inspected every 2 intervals at most, so it is seen twice.
+    assert inspection_stride(5.0, governor, 10.0, 12) == 2
+    assert inspection_stride(5.0, governor, 10.0, 9) == 1
     # A tight budget: inspected every few intervals, and a storm is still found, once.
     watch = Watch(WatchConfig(window=20), INTERVAL)
     events = run_watch(watch, Workload(storm=(16, 26)), 40, governor)

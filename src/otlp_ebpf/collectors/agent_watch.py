@@ -457,12 +457,15 @@ def inspection_stride(
     WATCH_SHARE of the budget on average (1: every interval; without a budget, always 1).
     The inspections' cost grows with the series in the window (a churning host brings
     hundreds of processes) and no sampling rate lowers it; inspecting every few intervals
-    instead of each one delays a finding by as many intervals, at most a third of the
-    window (the fault is still in it)."""
+    instead of each one delays a finding by as many intervals. At most a third of the
+    window, and at most half of the rows where the detector can see a fault begin (after a
+    baseline, with rows of its own left after it): every fault is inspected at least twice
+    while it can be found, even when its first row holds only part of it."""
     if governor is None or not governor.budget_pct or interval_s <= 0:
         return 1
     allowed_s = governor.budget_pct / 100 * interval_s * WATCH_SHARE
-    return max(1, min(math.ceil(spent_s / allowed_s), max(1, window // 3)))
+    longest = min(window // 3, (window - MIN_ROWS) // 2)
+    return max(1, min(math.ceil(spent_s / allowed_s), longest))
 
 
 @dataclass
