@@ -376,9 +376,10 @@ def test_the_agent_duty_cycles_in_long_windows_decides_once_a_second_and_freezes
     assert duty and min(duty) < 1, [b.rates for b in batches]
     assert "cpu_hz" not in batches[-1].rates  # no cpu signal, no cpu rate
     assert frozen and frozen[0] > 10_000, frozen
-    # the budget looks at the cost once a second, not record's four times
+    # the budget looks at the cost once a second, not record's four times (the first look
+    # comes at record's pace)
     decisions = governors[0].decisions  # type: ignore[attr-defined]
-    assert 0 < decisions <= elapsed / AGENT_CONTROL_S + 1, (decisions, elapsed)
+    assert 0 < decisions <= elapsed / AGENT_CONTROL_S + 2, (decisions, elapsed)
 
 
 def test_the_duty_cycle_is_a_second_long_at_the_default_interval_and_shorter_below():

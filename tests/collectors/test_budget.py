@@ -241,6 +241,24 @@ def test_the_governor_turns_every_knob_by_the_cost_since_the_last_decision(monke
     assert governor.ticks[-1].rates == {"cpu_hz": 84.0, "syscalls_1_in": 12.0}
 
 
+def test_a_slower_governor_still_decides_first_after_control_s(monkeypatch):
+    # The agent decides once a second; its first decision comes after record's CONTROL_S
+    # all the same, so the knobs' full starting rates last a quarter of a second, not one.
+    clock = [100.0]
+    monkeypatch.setattr(budget_mod.time, "monotonic", lambda: clock[0])
+    meter = CostMeter(lambda: 0, list)
+    monkeypatch.setattr(meter, "total_s", lambda: 0.0)
+    governor = Governor(1.0, meter, [], control_s=1.0)
+    governor.begin()
+    moments = [budget_mod.CONTROL_S, 0.5, 0.5, 0.25]  # seconds between two looks
+    decided = []
+    for step in moments:
+        clock[0] += step
+        governor.control()
+        decided.append(governor.decisions)
+    assert decided == [1, 1, 2, 2]
+
+
 def test_a_duty_cycle_alternates_windows_each_told_its_weight_and_generation():
     calls: list[tuple] = []
 

@@ -638,7 +638,10 @@ class Governor:
         if self._control is None:
             return
         wall = time.monotonic()
-        if wall - self._control.start_wall < self.control_s:
+        # The first decision comes at record's pace whatever the period after it: until
+        # then every knob runs at its full starting rate.
+        period = self.control_s if self.decisions else min(self.control_s, CONTROL_S)
+        if wall - self._control.start_wall < period:
             return
         self.decisions += 1
         cost = self.meter.total_s()
