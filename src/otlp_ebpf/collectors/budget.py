@@ -413,7 +413,7 @@ class DutyCycle:
     def step(self, now: float) -> None:
         """Open or close a window when its time has come (called from the poll loop)."""
         if self.attached and self._close_at is not None and now >= self._close_at:
-            self._close()
+            self._close(self._close_at)
         if self.attached and self._close_at is None:  # attached throughout
             if self.wanted > 1:
                 self._start_cycling(now)
@@ -482,12 +482,12 @@ class DutyCycle:
         self.windows += 1
         self._open_at = None
 
-    def _close(self) -> None:
+    def _close(self, planned_end: float) -> None:
         off_at = self.detach()
         self.attached = False
-        end = off_at if self._close_at is None else min(off_at, self._close_at)
         self._close_at = None
-        self.covered += max(0.0, end - self._on_at) * self.period
+        # the programs counted nothing after the planned end, however late the detach
+        self.covered += max(0.0, min(off_at, planned_end) - self._on_at) * self.period
 
     def cycle_left(self, now: float) -> float:
         """Seconds to the end of the cycle under way (0 when not cycling)."""

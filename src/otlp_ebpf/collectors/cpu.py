@@ -458,11 +458,7 @@ class FramePointerSampler:
         the new rate in place (or are opened again at it); the counts so far stay."""
         if self.obj is None or not self.sample_links:
             return
-        if not probes.set_cpu_clock_frequency(self.sample_links, hz):
-            for link in self.sample_links:
-                link.destroy()
-                self.obj.links.remove(link)
-            self.sample_links = probes.attach_cpu_clock(self.obj, SAMPLE_PROGRAM, hz)
+        self.sample_links = probes.retune_cpu_clock(self.obj, self.sample_links, SAMPLE_PROGRAM, hz)
 
     def start_sampling(self, hz: int) -> None:
         """A paused sampler starts on-CPU sampling at `hz` (before the end of the run)."""

@@ -767,11 +767,7 @@ class DwarfSampler:
         opened again at it)."""
         if self.obj is None or not self.sample_links:
             return
-        if not probes.set_cpu_clock_frequency(self.sample_links, hz):
-            for link in self.sample_links:
-                link.destroy()
-                self.obj.links.remove(link)
-            self.sample_links = probes.attach_cpu_clock(self.obj, PROGRAM, hz)
+        self.sample_links = probes.retune_cpu_clock(self.obj, self.sample_links, PROGRAM, hz)
         self.frequency_hz = hz
 
     def stop_sampling(self) -> None:

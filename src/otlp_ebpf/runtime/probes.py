@@ -157,3 +157,17 @@ def set_cpu_clock_frequency(links: list[Link], frequency_hz: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def retune_cpu_clock(
+    obj: BpfObject, links: list[Link], program: str, frequency_hz: int
+) -> list[Link]:
+    """The sampling links of `program` at `frequency_hz` from now on: `links` themselves when
+    their events took the new rate in place, else new links opened at it (the old ones
+    closed)."""
+    if set_cpu_clock_frequency(links, frequency_hz):
+        return links
+    for link in links:
+        link.destroy()
+        obj.links.remove(link)
+    return attach_cpu_clock(obj, program, frequency_hz)
