@@ -43,6 +43,7 @@ def compile_one(source: Path, clang: str, strip: str | None) -> None:
         "-Werror",
         "-target",
         "bpf",
+        "-mcpu=v3",  # atomic fetch-and-add (kernel 5.12+) and 32-bit jumps
         f"-D__TARGET_ARCH_{ARCH}",
         "-I",
         str(BPF_DIR),

@@ -9,8 +9,10 @@ import pytest
 
 from otlp_ebpf.collectors.syscalls import (
     ErrnoKey,
+    ExitErrno,
     ExitEvent,
-    ProcUsage,
+    ExitRow,
+    ExitRows,
     SyscallKey,
     SyscallStats,
 )
@@ -114,8 +116,10 @@ def test_ctypes_mirrors_match_the_objects_btf():
             ("syscall_key", SyscallKey),
             ("syscall_stats", SyscallStats),
             ("errno_key", ErrnoKey),
-            ("proc_usage", ProcUsage),
             ("exit_event", ExitEvent),
+            ("exit_row", ExitRow),
+            ("exit_rows", ExitRows),
+            ("exit_errno", ExitErrno),
         ):
             size, members = btf.struct_layout(obj, struct)
             assert size == ctypes.sizeof(mirror), struct

@@ -70,6 +70,8 @@ struct {
 /* Only reached through ring buffer pointers otherwise: this keeps the type in the object's BTF
  * so tests can check the Python mirror against it. */
 const volatile struct exit_event exit_event_layout = {};
+const volatile struct exit_rows exit_rows_layout = {};
+const volatile struct exit_errno exit_errno_layout = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -229,6 +231,45 @@ static __always_inline void record_unattributed(u64 nr, bool failed, u64 delta, 
 	}
 }
 
+/* List a process's new (syscall, errno) row for its exit; false when its list is full. */
+static __always_inline bool note_errno(struct proc_usage *u, u32 nr, u32 err)
+{
+	u32 i = __sync_fetch_and_add(&u->nerrnos, 1);
+
+	if (i >= PROC_ERRNOS)
+		return false;
+	u->errnos[i & (PROC_ERRNOS - 1)].nr = nr;
+	u->errnos[i & (PROC_ERRNOS - 1)].err = err;
+	return true;
+}
+
+/* The first call of a process to end in this errno: its row is created and listed. A row the
+ * process's list has no room for is not kept (its calls counted, their errno unknown). */
+static __always_inline void count_first_errno(u32 tgid, struct errno_key *ekey, u64 w)
+{
+	struct proc_usage *u = usage_of(tgid);
+	u64 first = w, *n;
+
+	if (u && u->nerrnos >= PROC_ERRNOS) {
+		bump(&drops, DROP_ERRNO_FULL);
+		return;
+	}
+	if (bpf_map_update_elem(&errnos, ekey, &first, BPF_NOEXIST) == 0) {
+		/* Without `usage` room the row stays to the end of the run, still read then. */
+		if (u && !note_errno(u, ekey->nr, ekey->err)) {
+			bpf_map_delete_elem(&errnos, ekey);
+			bump(&drops, DROP_ERRNO_FULL);
+		}
+		return;
+	}
+	/* Created meanwhile on another CPU: count in this CPU's slot. */
+	n = bpf_map_lookup_elem(&errnos, ekey);
+	if (n)
+		*n += w;
+	else
+		bump(&drops, DROP_ERRNO_FULL);
+}
+
 /* `w`: the calls this one stands for (sampling); every sum weighs it, extremes do not. */
 static __always_inline void record_exit(u32 tgid, u64 nr, long ret, u64 delta, bool timed, u64 w)
 {
@@ -263,20 +304,7 @@ static __always_inline void record_exit(u32 tgid, u64 nr, long ret, u64 delta, b
 		if (n) {
 			*n += w;
 		} else {
-			u64 first = w;
-			struct proc_usage *u;
-
-			if (bpf_map_update_elem(&errnos, &ekey, &first, BPF_NOEXIST) == 0) {
-				if ((u = usage_of(tgid)))
-					note_row(u->errs, ekey.err & (MAX_ERRNO_NR - 1));
-				return;
-			}
-			/* Created meanwhile on another CPU: count in this CPU's slot. */
-			n = bpf_map_lookup_elem(&errnos, &ekey);
-			if (n)
-				*n += w;
-			else
-				bump(&drops, DROP_ERRNO_FULL);
+			count_first_errno(tgid, &ekey, w);
 		}
 	}
 }
@@ -426,32 +454,252 @@ int tp_sys_exit(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
-/* A process is gone: hand its rows to user space, which folds them into the run's totals and
- * deletes them, so the tables hold live processes only however many come and go. */
+/* A process is gone: its rows leave the tables for the `exits` ring (exit_event, then one
+ * exit_row per syscall and one exit_errno per errno it saw, struct exit_event in syscalls.h),
+ * so the tables hold live processes only however many come and go. The kernel sums the
+ * rows' CPUs here: user space, folding hundreds of processes a second on a churning host,
+ * would otherwise pay system calls for every row. */
+
+/* One exiting process's fold, walked with bpf_loop. Kept in a per-CPU map, not on the stack:
+ * the verifier tracks stack values, and counters that change with every iteration would keep
+ * it from seeing that a callback's states repeat (it would walk the nested loops out). */
+struct fold {
+	u32 tgid;
+	u32 word;   /* the usage word being walked */
+	u64 bits;   /* its bits not walked yet */
+	u32 rows;   /* records handed over */
+	u32 errnos;
+	u32 kept;   /* rows left in the tables */
+	u32 pad;
+	u64 errno_count;
+	struct errno_key errno_key; /* the errno row being summed */
+	struct exit_rows out;       /* rows summed, not sent yet (still in the table) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct fold);
+} folds SEC(".maps");
+
+/* The possible CPUs (set at load): each row has one value per possible CPU. */
+const volatile u32 possible_cpus = 1;
+
+/* The index of the one bit set in `v` (a power of two). */
+static __always_inline u32 bit_index(u64 v)
+{
+	u32 r = 0, shift;
+
+	shift = (v > 0xFFFFFFFF) << 5; v >>= shift; r = shift;
+	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
+	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	return r | (v >> 1);
+}
+
+static __always_inline struct fold *this_fold(void)
+{
+	u32 zero = 0;
+
+	return bpf_map_lookup_elem(&folds, &zero);
+}
+
+static long add_cpu_row(u32 cpu, void *unused)
+{
+	struct fold *f = this_fold();
+	struct syscall_key key;
+	struct syscall_stats *st, *sum;
+	struct exit_row *row;
+
+	if (!f)
+		return 1;
+	row = &f->out.rows[f->out.count & (EXIT_ROWS_PER_RECORD - 1)];
+	key.tgid = f->tgid;
+	key.nr = row->nr;
+	st = bpf_map_lookup_percpu_elem(&stats, &key, cpu);
+	if (!st)
+		return 0;
+	sum = &row->stats;
+	sum->count += st->count;
+	sum->errors += st->errors;
+	sum->total_ns += st->total_ns;
+	if (st->max_ns > sum->max_ns)
+		sum->max_ns = st->max_ns;
+	if (st->min_ns && (!sum->min_ns || st->min_ns < sum->min_ns))
+		sum->min_ns = st->min_ns;
+#pragma unroll
+	for (int i = 0; i < SYSCALL_SLOTS; i++)
+		sum->hist[i] += st->hist[i];
+	return 0;
+}
+
+static long add_cpu_errno(u32 cpu, void *unused)
+{
+	struct fold *f = this_fold();
+	u64 *n;
+
+	if (!f)
+		return 1;
+	n = bpf_map_lookup_percpu_elem(&errnos, &f->errno_key, cpu);
+	if (n)
+		f->errno_count += *n;
+	return 0;
+}
+
+/* The process's `i`th (syscall, errno) row, its CPUs summed. */
+static long hand_errno(u32 i, void *unused)
+{
+	struct fold *f = this_fold();
+	struct proc_usage *u;
+	struct exit_errno out = { .kind = EXIT_RECORD_ERRNO };
+
+	if (!f)
+		return 1;
+	u = bpf_map_lookup_elem(&usage, &f->tgid);
+	if (!u)
+		return 1;
+	f->errno_key.tgid = f->tgid;
+	f->errno_key.nr = u->errnos[i & (PROC_ERRNOS - 1)].nr;
+	f->errno_key.err = u->errnos[i & (PROC_ERRNOS - 1)].err;
+	f->errno_key.pad = 0;
+	if (!bpf_map_lookup_elem(&errnos, &f->errno_key))
+		return 0;
+	f->errno_count = 0;
+	bpf_loop(possible_cpus, add_cpu_errno, NULL, 0);
+	out.tgid = f->tgid;
+	out.nr = f->errno_key.nr;
+	out.err = f->errno_key.err;
+	out.count = f->errno_count;
+	if (bpf_ringbuf_output(&exits, &out, sizeof(out), 0))
+		return 0; /* stays in the table, read at the end */
+	bpf_map_delete_elem(&errnos, &f->errno_key);
+	f->errnos++;
+	return 0;
+}
+
+/* The rows summed in `out` have been sent: out of the table with them. */
+static long delete_sent_row(u32 i, void *unused)
+{
+	struct fold *f = this_fold();
+	struct syscall_key key;
+
+	if (!f)
+		return 1;
+	key.tgid = f->tgid;
+	key.nr = f->out.rows[i & (EXIT_ROWS_PER_RECORD - 1)].nr;
+	bpf_map_delete_elem(&stats, &key);
+	return 0;
+}
+
+/* Send the rows summed so far in one record; only then delete them from the table (without
+ * room in the ring they stay there, read with the live rows at the end). */
+static __always_inline void send_rows(struct fold *f)
+{
+	u32 n = f->out.count;
+
+	if (n == 0)
+		return;
+	if (n > EXIT_ROWS_PER_RECORD)
+		n = EXIT_ROWS_PER_RECORD;
+	f->out.kind = EXIT_RECORD_ROWS;
+	f->out.tgid = f->tgid;
+	f->out.pad = 0;
+	if (bpf_ringbuf_output(&exits, &f->out,
+			       offsetof(struct exit_rows, rows) + n * sizeof(struct exit_row), 0)) {
+		f->kept += n;
+	} else {
+		bpf_loop(n, delete_sent_row, NULL, 0);
+		f->rows += n;
+	}
+	f->out.count = 0;
+}
+
+/* The process's next row in the current usage word, its CPUs summed into `out`. */
+static long hand_row(u32 i, void *unused)
+{
+	struct fold *f = this_fold();
+	struct syscall_key key;
+	struct exit_row *row;
+	u64 low;
+
+	if (!f)
+		return 1;
+	low = f->bits & -f->bits;
+	if (!low)
+		return 1;
+	f->bits ^= low;
+	key.tgid = f->tgid;
+	key.nr = f->word * 64 + bit_index(low);
+	if (!bpf_map_lookup_elem(&stats, &key))
+		return 0;
+	row = &f->out.rows[f->out.count & (EXIT_ROWS_PER_RECORD - 1)];
+	__builtin_memset(row, 0, sizeof(*row));
+	row->nr = key.nr;
+	bpf_loop(possible_cpus, add_cpu_row, NULL, 0);
+	if (++f->out.count >= EXIT_ROWS_PER_RECORD)
+		send_rows(f);
+	return 0;
+}
+
+static long hand_row_word(u32 word, void *unused)
+{
+	struct fold *f = this_fold();
+	struct proc_usage *u;
+
+	if (!f)
+		return 1;
+	u = bpf_map_lookup_elem(&usage, &f->tgid);
+	if (!u)
+		return 1;
+	f->bits = u->nrs[word & (MAX_SYSCALL_NR / 64 - 1)];
+	f->word = word;
+	if (f->bits)
+		bpf_loop(64, hand_row, NULL, 0);
+	return 0;
+}
+
 SEC("tp/sched/sched_process_exit")
 int process_gone(struct trace_event_raw_sched_process_exit *ctx)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tgid = pid_tgid >> 32;
-	struct proc_usage *u;
 	struct exit_event *event;
+	struct proc_usage *u;
+	struct fold *f;
 
 	if (!process_exits(ctx, pid_tgid))
 		return 0;
 	bpf_map_delete_elem(&comms, &tgid);
 	u = bpf_map_lookup_elem(&usage, &tgid);
-	if (!u)
+	f = this_fold();
+	if (!u || !f)
 		return 0;
+	/* Reserved first so that it reaches user space before the records it announces. */
 	event = bpf_ringbuf_reserve(&exits, sizeof(*event), 0);
-	if (event) {
-		event->tgid = tgid;
-		event->pad = 0;
-		bpf_get_current_comm(event->comm, sizeof(event->comm));
-		__builtin_memcpy(&event->usage, u, sizeof(*u));
-		bpf_ringbuf_submit(event, 0);
-	} else {
-		bump(&drops, DROP_EXIT_LOST);
+	if (!event) {
+		bump(&drops, DROP_EXIT_LOST); /* the rows stay in the tables to the end */
+		bpf_map_delete_elem(&usage, &tgid);
+		return 0;
 	}
+	f->tgid = tgid;
+	f->rows = f->errnos = f->kept = 0;
+	f->out.count = 0;
+	bpf_loop(MAX_SYSCALL_NR / 64, hand_row_word, NULL, 0);
+	send_rows(f);
+	if (u->nerrnos)
+		bpf_loop(u->nerrnos < PROC_ERRNOS ? u->nerrnos : PROC_ERRNOS, hand_errno, NULL, 0);
+	event->kind = EXIT_RECORD_PROCESS;
+	event->tgid = tgid;
+	bpf_get_current_comm(event->comm, sizeof(event->comm));
+	event->rows = f->rows;
+	event->errnos = f->errnos;
+	event->kept = f->kept;
+	event->pad = 0;
+	bpf_ringbuf_submit(event, 0);
+	if (f->kept)
+		bump(&drops, DROP_EXIT_LOST);
 	bpf_map_delete_elem(&usage, &tgid);
 	return 0;
 }

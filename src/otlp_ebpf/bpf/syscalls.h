@@ -15,21 +15,21 @@ enum syscalls_drop {
 	DROP_SLOTS = 8,
 };
 
-#define MAX_ERRNO_NR 4096
+#define PROC_ERRNOS 64 /* (syscall, errno) rows per process (a power of two: masked index) */
 
-/* Which (tgid, nr) and (tgid, nr, errno) entries a process created, so that its rows can be
- * taken out of the tables when it exits without walking them. */
-struct proc_usage {
-	__u64 nrs[MAX_SYSCALL_NR / 64];
-	__u64 errs[MAX_ERRNO_NR / 64];
+struct errno_pair {
+	__u32 nr;
+	__u32 err;
 };
 
-/* A process whose last thread exited: user space folds its rows out of the tables. */
-struct exit_event {
-	__u32 tgid;
+/* Which (tgid, nr) and (tgid, nr, errno) entries a process created, so that its exit takes
+ * them out of the tables without walking them. Errnos past PROC_ERRNOS distinct ones are
+ * counted without their errno (DROP_ERRNO_FULL). */
+struct proc_usage {
+	__u64 nrs[MAX_SYSCALL_NR / 64];
+	struct errno_pair errnos[PROC_ERRNOS];
+	__u32 nerrnos; /* pairs claimed (may pass PROC_ERRNOS: the extra ones were refused) */
 	__u32 pad;
-	char comm[16];
-	struct proc_usage usage;
 };
 
 struct syscall_key {
@@ -44,6 +44,52 @@ struct syscall_stats {
 	__u64 min_ns;
 	__u64 max_ns;
 	__u64 hist[SYSCALL_SLOTS];
+};
+
+/* A process whose last thread exited hands its rows to user space through the `exits` ring:
+ * first this header, then exit_rows records holding `rows` rows in all and `errnos`
+ * exit_errno records (interleaved with other processes' records, never reordered among its
+ * own). The kernel sums each row's CPUs and deletes it, so user space makes no system call
+ * per row of the churn it folds, and handles one record per EXIT_ROWS_PER_RECORD rows. */
+enum exit_record_kind {
+	EXIT_RECORD_PROCESS = 1,
+	EXIT_RECORD_ROWS = 2,
+	EXIT_RECORD_ERRNO = 3,
+};
+
+#define EXIT_ROWS_PER_RECORD 32
+
+struct exit_event {
+	__u32 kind; /* EXIT_RECORD_PROCESS */
+	__u32 tgid;
+	char comm[16];
+	__u32 rows;   /* rows that follow, in exit_rows records */
+	__u32 errnos; /* exit_errno records that follow */
+	__u32 kept;   /* rows left in the tables for want of room in the ring (read at the end) */
+	__u32 pad;
+};
+
+struct exit_row {
+	__u32 nr;
+	__u32 pad;
+	struct syscall_stats stats; /* its CPUs summed; min the smallest nonzero, max the largest */
+};
+
+/* Sent as its header and its first `count` rows only. */
+struct exit_rows {
+	__u32 kind; /* EXIT_RECORD_ROWS */
+	__u32 tgid;
+	__u32 count;
+	__u32 pad;
+	struct exit_row rows[EXIT_ROWS_PER_RECORD];
+};
+
+struct exit_errno {
+	__u32 kind; /* EXIT_RECORD_ERRNO */
+	__u32 tgid;
+	__u32 nr;
+	__u32 err;
+	__u64 count;
 };
 
 struct errno_key {

@@ -40,15 +40,16 @@ from otlp_ebpf.collectors.syscall_table import ARM64, X86_64
 from otlp_ebpf.errors import RuntimeFailure, UsageError
 from otlp_ebpf.latency import percentile_ns
 from otlp_ebpf.model import IntervalPoint, SyscallsSnapshot, SyscallStat
-from otlp_ebpf.runtime import features, probes
+from otlp_ebpf.runtime import features, libbpf, probes
 from otlp_ebpf.runtime.events import RingBuffer
 from otlp_ebpf.runtime.loader import BpfObject, Link
 from otlp_ebpf.runtime.maps import BpfMap
 from otlp_ebpf.targets import TargetSpec
 
 SYSCALL_SLOTS = 40
+EXIT_ROWS_PER_RECORD = 32
 MAX_SYSCALL_NR = 1024
-MAX_ERRNO_NR = 4096
+MAX_ERRNO_NR = 4096  # errno bitmap bits per process (bpf/syscalls.h)
 DROP_REASONS = (
     "syscall table full",
     "errno table full",
@@ -65,7 +66,9 @@ EXIT_PROGRAM = "process_gone"
 # Exited processes whose rows keep their pid; older ones are folded per command name (pid 0),
 # so a run that sees millions of short processes holds a bounded number of rows.
 EXITED_KEPT = 512
-EXITS_PER_POLL = 256  # exited processes folded per poll at most (~0.1-0.3 s of work)
+# Exit records (a process's header, then its rows) handled per poll at most: a poll returns
+# within milliseconds however fast processes come and go.
+EXIT_RECORDS_PER_POLL = 8192
 
 
 class SyscallKey(ctypes.Structure):
@@ -103,35 +106,60 @@ class ErrnoKey(ctypes.Structure):
     ]
 
 
-class ProcUsage(ctypes.Structure):
-    """Mirror of struct proc_usage (bpf/syscalls.h): bitmaps of the rows a process owns."""
-
-    _fields_ = [
-        ("nrs", ctypes.c_uint64 * (MAX_SYSCALL_NR // 64)),
-        ("errs", ctypes.c_uint64 * (MAX_ERRNO_NR // 64)),
-    ]
-
-
 class ExitEvent(ctypes.Structure):
-    """Mirror of struct exit_event (bpf/syscalls.h): a process gone and the rows it owned."""
+    """Mirror of struct exit_event (bpf/syscalls.h): a process gone, and how many of its
+    rows and errno counts follow it in the ring."""
 
     _fields_ = [
+        ("kind", ctypes.c_uint32),
         ("tgid", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
         ("comm", ctypes.c_char * 16),
-        ("usage", ProcUsage),
+        ("rows", ctypes.c_uint32),
+        ("errnos", ctypes.c_uint32),
+        ("kept", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
     ]
 
 
-def set_bits(words: Sequence[int]) -> list[int]:
-    """Indexes of the bits set in a little-endian array of u64 words."""
-    out = []
-    for i, word in enumerate(words):
-        while word:
-            low = word & -word
-            out.append(i * 64 + low.bit_length() - 1)
-            word ^= low
-    return out
+class ExitRow(ctypes.Structure):
+    """Mirror of struct exit_row (bpf/syscalls.h): one row of an exited process, its CPUs
+    summed by the kernel."""
+
+    _fields_ = [("nr", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("stats", SyscallStats)]
+
+
+class ExitRows(ctypes.Structure):
+    """Mirror of struct exit_rows (bpf/syscalls.h): up to EXIT_ROWS_PER_RECORD rows of an
+    exited process (sent as far as its `count`-th row)."""
+
+    _fields_ = [
+        ("kind", ctypes.c_uint32),
+        ("tgid", ctypes.c_uint32),
+        ("count", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("rows", ExitRow * EXIT_ROWS_PER_RECORD),
+    ]
+
+
+class ExitErrno(ctypes.Structure):
+    """Mirror of struct exit_errno (bpf/syscalls.h): one errno count of an exited process."""
+
+    _fields_ = [
+        ("kind", ctypes.c_uint32),
+        ("tgid", ctypes.c_uint32),
+        ("nr", ctypes.c_uint32),
+        ("err", ctypes.c_uint32),
+        ("count", ctypes.c_uint64),
+    ]
+
+
+EXIT_RECORD_PROCESS, EXIT_RECORD_ROWS, EXIT_RECORD_ERRNO = 1, 2, 3  # enum exit_record_kind
+_EXIT_HEAD = struct.Struct("<II")  # every exit record begins with its kind and tgid
+_EXIT_PROCESS = struct.Struct("<8x16sIII")  # comm, rows, errnos, kept
+_EXIT_ROWS_COUNT = struct.Struct("<8xI4x")
+_EXIT_ERRNO = struct.Struct("<8xIIQ")  # nr, err, count
+_ROWS_AT = ExitRows.rows.offset
+_ROW_WORDS = ctypes.sizeof(ExitRow) // 8  # nr and pad, then struct syscall_stats
 
 
 def syscall_table(machine: str | None = None) -> dict[int, str]:
@@ -231,6 +259,14 @@ def rows_of(values: Sequence[bytes], table: BpfMap) -> list[_Row]:
     ]
 
 
+def exit_rows(data: bytes, count: int) -> Iterator[tuple[int, _Row]]:
+    """The (syscall, row) pairs of an exit_rows record: all at once with numpy, as a churning
+    host sends hundreds of them a second."""
+    words = np.frombuffer(data, dtype=np.uint64, count=count * _ROW_WORDS, offset=_ROWS_AT)
+    for first, c, e, t, low, high, *hist in words.reshape(count, _ROW_WORDS).tolist():
+        yield first & 0xFFFFFFFF, _Row(c, e, t, low, high, hist)
+
+
 @dataclass
 class _Process:
     """The rows of one exited process (or of every folded process of one name)."""
@@ -246,6 +282,14 @@ class _Process:
             mine = self.errnos.setdefault(nr, {})
             for name, n in counts.items():
                 mine[name] = mine.get(name, 0) + n
+
+
+@dataclass
+class _Folding:
+    """An exited process whose rows are arriving: `left` records to go."""
+
+    proc: _Process
+    left: int
 
 
 class ExitedProcesses:
@@ -333,6 +377,8 @@ class SyscallsCollector:
         # export), valid while no exit has been folded since (`_exits_folded` unchanged).
         self._reused_rows: tuple[int, dict[tuple[int, int], _Row]] | None = None
         self._exits_folded = 0
+        self._folding: dict[int, _Folding] = {}  # exited processes whose records are arriving
+        self._exits_seen: set[int] | None = None  # exits arriving while the rows are read
         self.sampler: PeriodController | None = None
         self.cycle: DutyCycle | None = None
         self.cycle_s: float | None = None  # a duty cycle's length (None: record's CYCLE_S)
@@ -351,6 +397,7 @@ class SyscallsCollector:
             syscall_wanted=bytes(wanted),
             nr_exit=by_name.get("exit", -1),
             nr_exit_group=by_name.get("exit_group", -1),
+            possible_cpus=libbpf.lib().libbpf_num_possible_cpus(),
         )
         if self.config.comm:
             values.update(targ_has_comm=1, targ_comm=os.fsencode(self.config.comm)[:15])
@@ -372,7 +419,7 @@ class SyscallsCollector:
         self.targets.attach(self.obj)
         # A host starting processes without pause exits as fast as their rows are folded:
         # the loop must come round between batches (ticks, exports, /healthz).
-        self.exits = RingBuffer(self.obj.map("exits"), self._on_exit, EXITS_PER_POLL)
+        self.exits = RingBuffer(self.obj.map("exits"), self._on_exit, EXIT_RECORDS_PER_POLL)
         probes.attach_auto(self.obj, EXIT_PROGRAM)
         self.attach_events()
         console.debug(f"syscalls: attached ({'tp_btf' if self.use_btf else 'raw_syscalls'})")
@@ -467,35 +514,53 @@ class SyscallsCollector:
             self.exits = None
 
     def _on_exit(self, data: bytes) -> None:
+        """One record of an exited process's fold (struct exit_event in bpf/syscalls.h): its
+        header, then its rows and errno counts, each already summed over the CPUs."""
+        kind, tgid = _EXIT_HEAD.unpack_from(data)
+        if kind == EXIT_RECORD_PROCESS:
+            self._on_exit_header(tgid, data)
+            return
+        folding = self._folding.get(tgid)
+        if folding is None:
+            return  # its header was never seen (the collector started after it)
+        if kind == EXIT_RECORD_ROWS:
+            (count,) = _EXIT_ROWS_COUNT.unpack_from(data)
+            folding.proc.rows.update(exit_rows(data, count))
+            folding.left -= count
+        elif kind == EXIT_RECORD_ERRNO:
+            nr, err, n = _EXIT_ERRNO.unpack_from(data)
+            counts = folding.proc.errnos.setdefault(nr, {})
+            counts[_errno_name(err)] = counts.get(_errno_name(err), 0) + n
+            folding.left -= 1
+        if folding.left <= 0:
+            del self._folding[tgid]
+            self.exited.add(tgid, folding.proc)
+
+    def _on_exit_header(self, tgid: int, data: bytes) -> None:
         self._exits_folded += 1
-        event = ExitEvent.from_buffer_copy(data[: ctypes.sizeof(ExitEvent)])
-        tgid = event.tgid
-        proc = _Process(hosttext.decode(bytes(event.comm).split(b"\0", 1)[0]))
-        assert self.obj is not None
-        stats_map, errno_map = self.obj.map("stats"), self.obj.map("errnos")
-        taken = {}
-        for nr in set_bits(event.usage.nrs):
-            raw = stats_map.take(_SYSCALL_KEY.pack(tgid, nr))
-            if raw is not None:
-                taken[nr] = raw
-        proc.rows = dict(zip(taken, rows_of(list(taken.values()), stats_map), strict=True))
-        errs = set_bits(event.usage.errs)
-        for nr, row in proc.rows.items():
-            if not row.errors:
-                continue
-            for err in errs:
-                raw = errno_map.take(bytes(ErrnoKey(tgid, nr, err, 0)))
-                if raw is not None:
-                    n = sum(int.from_bytes(v[:8], "little") for v in errno_map.per_cpu(raw))
-                    counts = proc.errnos.setdefault(nr, {})
-                    counts[_errno_name(err)] = counts.get(_errno_name(err), 0) + n
-        if proc.rows:
-            self.exited.add(tgid, proc)
+        if self._exits_seen is not None:
+            self._exits_seen.add(tgid)
+        comm, rows, errnos, _kept = _EXIT_PROCESS.unpack_from(data)
+        if rows:
+            proc = _Process(hosttext.decode(comm.split(b"\0", 1)[0]))
+            self._folding[tgid] = _Folding(proc, rows + errnos)
 
     def read_rows(self) -> dict[tuple[int, int], _Row]:
+        """The live processes' rows. A process whose exit takes its rows out of the table
+        while it is read would be counted twice, in the read and in its exit's records: the
+        exits that arrive just after the read are folded, and their processes' rows dropped
+        from it (the records hold them all)."""
         assert self.obj is not None
         stats_map = self.obj.map("stats")
-        entries = stats_map.items()
+        self._exits_seen = set()
+        try:
+            entries = stats_map.items()
+            if self.exits is not None:
+                self.exits.drain()
+            gone = self._exits_seen
+        finally:
+            self._exits_seen = None
+        entries = [(k, v) for k, v in entries if _SYSCALL_KEY.unpack(k)[0] not in gone]
         keys = [_SYSCALL_KEY.unpack(raw_key) for raw_key, _ in entries]
         rows = rows_of([raw_value for _, raw_value in entries], stats_map)
         return dict(zip(keys, rows, strict=True))

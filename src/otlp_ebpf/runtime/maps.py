@@ -36,9 +36,6 @@ class BpfMap:
         # Per-CPU values come back as one 8-byte-aligned slot per possible CPU.
         self.slot = _round8(self.value_size) if self.percpu else self.value_size
         self.buffer_size = self.slot * self.ncpus
-        # One value buffer for `take`, which runs once per exited process and syscall on a
-        # churning host (its bytes are copied out before the next call).
-        self._take_buffer = ctypes.create_string_buffer(self.buffer_size)
 
     def lookup(self, key: bytes) -> bytes | None:
         value = ctypes.create_string_buffer(self.buffer_size)
@@ -59,20 +56,6 @@ class BpfMap:
         if ret < 0 and -ret != errno.ENOENT:
             raise libbpf.os_error(ret, f"delete from {self.name}")
         return ret == 0
-
-    def take(self, key: bytes) -> bytes | None:
-        """Read and delete one entry in one step (None when absent)."""
-        value = self._take_buffer
-        ret = libbpf.lib().bpf_map_lookup_and_delete_elem(self.fd, key, value)
-        if ret < 0:
-            if -ret == errno.ENOENT:
-                return None
-            if -ret not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise libbpf.os_error(ret, f"lookup and delete in {self.name}")
-            found = self.lookup(key)  # kernels before 5.14: not for hash maps
-            self.delete(key)
-            return found
-        return value.raw
 
     def __iter__(self) -> Iterator[bytes]:
         return self.keys()
