@@ -173,15 +173,18 @@ static __always_inline u64 wakeup_flag(u32 tgid)
 }
 
 /* A new image: its first sample wakes user space again (the maps changed). A process sampled
- * before stays known, so its mappings are still recorded at its exit. */
+ * before stays known, so its mappings are still recorded at its exit. Runs at every exec on
+ * the host, almost always of a process never sampled: a lookup, then a write in place (an
+ * update of an LRU hash takes a free entry before it finds the key missing: twice the cost). */
 SEC("tp/sched/sched_process_exec")
 int dwarf_exec(void *ctx)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tgid = pid_tgid >> 32;
-	u8 execed = EXECED;
+	u8 *state = bpf_map_lookup_elem(&announced, &tgid);
 
-	bpf_map_update_elem(&announced, &tgid, &execed, BPF_EXIST);
+	if (state)
+		*state = EXECED;
 	if (target_wanted(pid_tgid))
 		py_note_exec(tgid);
 	return 0;
