@@ -417,13 +417,26 @@ class DwarfSampler:
             if pid not in seen:
                 seen.add(pid)
                 if pid not in self._processes and pid not in self.own_pids():
-                    self._capture(pid) or self._adopt_recorded(pid)
+                    self._take_new(pid, _comm_of(data))
         own = self.own_pids()
         for data in batch:
             head = _header(data)
             python = self._python_frames(head) if head.pid not in own else ()
             self._prepared.append((data, python))
             self._prepared_bytes += len(data)
+
+    def _take_new(self, pid: int, comm: str) -> None:
+        """Maps for a process sampled for the first time: the ones the kernel recorded at its
+        exit when it is gone already (most short-lived ones: no /proc entry to look for),
+        else read now, else recorded since. The sample's thread name is known with them:
+        its first unwind does not look for an exec that the maps read now already follow."""
+        if self._exits is not None and self._exits.has(pid):
+            self._adopt_recorded(pid)
+        else:
+            self._capture(pid) or self._adopt_recorded(pid)
+        process = self._processes.get(pid)
+        if process is not None:
+            process.comms.add(comm)
 
     def _release_held(self, pid: int) -> None:
         """A new image stopped at its first sample (bpf/python.h): its maps read now (its
@@ -895,6 +908,12 @@ class DwarfSampler:
 
 def _header(data: bytes) -> DwarfSampleHeader:
     return DwarfSampleHeader.from_buffer_copy(data[:HEADER_BYTES].ljust(HEADER_BYTES, b"\0"))
+
+
+def _comm_of(data: bytes) -> str:
+    """The sampled thread's name, as `_unwind_sample` reads it from the header."""
+    at = DwarfSampleHeader.comm.offset
+    return sys.intern(hosttext.decode(data[at : at + 16].split(b"\0", 1)[0]))
 
 
 def _same_process(pid: int, process: _Process) -> bool:

@@ -6,8 +6,9 @@ sampled, its executable mappings (with each file's device, inode and path), its 
 vDSO; a sampler that finds a process gone builds its maps from that record
 (`ProcessMaps.from_recorded`) and unwinds and names its samples as if it had read them live.
 
-Records wait here by pid (at most MAX_RECORDS, the oldest dropped first) until a sampler asks
-for them or the process is retired.
+Records wait here by pid, as the kernel wrote them (at most MAX_RECORDS, the oldest dropped
+first), until a sampler asks for them or the process is retired: most belong to processes whose
+maps were read while they lived, and are dropped undecoded.
 """
 
 from __future__ import annotations
@@ -138,13 +139,13 @@ class ExitMaps:
         self.obj = obj
         self.received = 0
         self.used = 0  # records a sampler built maps from
-        self._records: Lru[int, ExitRecord] = Lru(MAX_RECORDS)
+        # pid -> the record's bytes: decoded only for a process whose maps are asked for.
+        self._records: Lru[int, bytes] = Lru(MAX_RECORDS)
         self._ring: RingBuffer | None = RingBuffer(obj.map(RING), self._on_record)
 
     def _on_record(self, data: bytes) -> None:
-        record = decode(data)
         self.received += 1
-        self._records[record.pid] = record
+        self._records[int.from_bytes(data[:4], "little")] = data
 
     def drain(self) -> int:
         """Take the records the kernel has written (they are not announced by a wakeup)."""
@@ -158,9 +159,10 @@ class ExitMaps:
         the kernel recorded none (yet)."""
         if pid not in self._records:
             self.drain()
-        record = self._records.pop(pid)
-        if record is None:
+        data = self._records.pop(pid)
+        if data is None:
             return None
+        record = decode(data)
         self.used += 1
         return ProcessMaps.from_recorded(
             pid, list(record.mappings), files, record.start_time, own_vdso_image()
