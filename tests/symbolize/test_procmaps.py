@@ -156,3 +156,36 @@ def test_beyond_its_cap_the_least_recently_used_file_is_closed(tmp_path: Path) -
         assert Path(files.path_of(first)).read_bytes() == b"a"
     finally:
         files.close()
+
+
+def test_lines_of_one_file_at_other_addresses_parse_to_their_own_ranges() -> None:
+    """The part of a line after the range is parsed once and shared: each process's mapping
+    keeps its own addresses."""
+    tail = " r-xp 00028000 fe:01 1835 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+    first = parse_maps_line("7f0000028000-7f0000100000" + tail)
+    second = parse_maps_line("7f5500028000-7f5500100000" + tail)
+    assert first is not None and second is not None
+    assert (first.start, first.end) == (0x7F0000028000, 0x7F0000100000)
+    assert (second.start, second.end) == (0x7F5500028000, 0x7F5500100000)
+    assert first[2:] == second[2:]
+    assert first.file_offset(0x7F0000028010) == second.file_offset(0x7F5500028010) == 0x28010
+
+
+def test_a_held_file_is_found_again_unless_it_was_rewritten_in_place(tmp_path: Path) -> None:
+    """A second process mapping a file already held gets it by device and inode, without a
+    path; a file written over in place (same inode, new bytes) is not taken for the old one."""
+    path = tmp_path / "lib.so"
+    path.write_bytes(b"\x7fELF first")
+    files = OpenFiles()
+    try:
+        st = path.stat()
+        kept = files.keep([(str(path), True)], st.st_ino, dev=st.st_dev, path=str(path))
+        assert kept is not None
+        assert files.held(st.st_dev, st.st_ino) == kept
+        assert files.held(st.st_dev, st.st_ino + 1) is None
+        with open(path, "r+b") as fh:  # the same inode, other content and size
+            fh.write(b"\x7fELF second, longer")
+        assert path.stat().st_ino == st.st_ino
+        assert files.held(st.st_dev, st.st_ino) is None
+    finally:
+        files.close()

@@ -313,3 +313,21 @@ def test_the_allowance_holds_work_to_its_share_of_cpu() -> None:
     allowance.spend(0.02)  # beyond the credit: the work waits until it is earned back
     assert not allowance.available()
     assert CpuAllowance().available()  # no share: no limit
+
+
+def test_a_second_process_mapping_a_file_is_named_from_the_first_ones_lookups(
+    proc: FakeProc, tmp_path: Path
+) -> None:
+    """Two processes of one program map the same file at other addresses: a frame of the
+    second at the same offset takes the name looked up for the first."""
+    other = FakeProc(tmp_path / "proc", 78)
+    elsewhere = BASE + 0x1000000000
+    other.map(elsewhere, elsewhere + os.path.getsize(LIBC), "r-xp", LIBC, os.stat(LIBC).st_ino)
+    offset = _libc_file_offset("qsort")
+    with _symbolizer(tmp_path) as symbolizer:
+        assert symbolizer.remember_process(77) and symbolizer.remember_process(78)
+        first = symbolizer.user_frames(77, [BASE + offset], adjust_return_addresses=False)
+        assert symbolizer.shared_frames == 0
+        second = symbolizer.user_frames(78, [elsewhere + offset], adjust_return_addresses=False)
+    assert first == second == [("qsort", LIBC)]
+    assert symbolizer.shared_frames == 1

@@ -596,12 +596,19 @@ class CfiCache:
         memory (they come back from the disk cache when needed); returns how many went."""
         return self._by_build_id.trim(max_rows)
 
-    def lookup_path(self, path: str, *, urgent: bool = True) -> CfiTable | Pending | None:
+    def lookup_path(
+        self,
+        path: str,
+        *,
+        urgent: bool = True,
+        identity: tuple[int, int, int, int] | None = None,
+    ) -> CfiTable | Pending | None:
         """The table of `path` if it is at hand (memory or disk); otherwise, with a background
-        worker, ask for it and answer PENDING (without one, decode it now)."""
+        worker, ask for it and answer PENDING (without one, decode it now). `identity`, the
+        file's (device, inode, size, mtime) when the caller knows it, spares a stat."""
         if self.worker is None:
             return self.table_for_path(path)
-        key = self._key_of(path)
+        key = self._key_of(path, identity)
         if key is None or self._failed.get(key):
             return None
         table = self._cached(key)
@@ -633,13 +640,14 @@ class CfiCache:
         if self.worker is not None:
             self.worker.close()
 
-    def _key_of(self, path: str) -> str | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            self.stats.unreadable += 1
-            return None
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    def _key_of(self, path: str, identity: tuple[int, int, int, int] | None = None) -> str | None:
+        if identity is None:
+            try:
+                st = os.stat(path)
+            except OSError:
+                self.stats.unreadable += 1
+                return None
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         key = self._keys.get(identity)
         if key is None:
             try:

@@ -87,6 +87,8 @@ def perf_map_path(pid: int, proc_root: str = "/proc") -> str:
 
 
 def _namespace_pid(pid: int, proc_root: str) -> int:
+    if _in_our_pid_namespace(pid, proc_root):
+        return pid  # the same pid inside: no need for /proc/PID/status, formatted in full
     try:
         with open(os.path.join(proc_root, str(pid), "status"), "rb") as fh:
             for line in fh:
@@ -95,6 +97,20 @@ def _namespace_pid(pid: int, proc_root: str) -> int:
     except (OSError, ValueError, IndexError):
         pass
     return pid
+
+
+_own_pid_namespace: list[str] = []
+
+
+def _in_our_pid_namespace(pid: int, proc_root: str) -> bool:
+    """Whether `pid` lives in this process's pid namespace (one link read, where the status
+    file costs the kernel every field of it); False when either cannot be read."""
+    try:
+        if not _own_pid_namespace:
+            _own_pid_namespace.append(os.readlink("/proc/self/ns/pid"))
+        return os.readlink(os.path.join(proc_root, str(pid), "ns", "pid")) == _own_pid_namespace[0]
+    except OSError:
+        return False
 
 
 def _parse_line(line: str) -> PerfMapEntry | None:

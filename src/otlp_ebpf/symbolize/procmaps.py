@@ -5,7 +5,9 @@ and once it has exited /proc/PID is gone. So `ProcessMaps.capture(pid)` records 
 for each executable file mapping, opens the file and keeps it open in an `OpenFiles` registry
 (one descriptor per distinct file, shared by every process mapping it). An open descriptor keeps
 the file readable after the process exits, after the file is deleted or replaced, and whatever
-mount namespace the process lives in; it is read back through /proc/self/fd/N.
+mount namespace the process lives in; it is read back through /proc/self/fd/N. A file held
+already is found again by the device and inode its maps line gives (every process of a program
+maps the same files), and the rest of the line, past the address range, is parsed once.
 
 Files are opened through /proc/PID/root/<path>, which reaches into a container's root, when the
 inode there is the one mapped; otherwise (deleted or replaced binaries) through
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import dataclasses
+import functools
 import os
 import stat
 from collections import OrderedDict
@@ -48,9 +50,9 @@ class FileId(NamedTuple):
     mtime_ns: int
 
 
-@dataclass(frozen=True)
-class Mapping:
-    """One line of /proc/PID/maps."""
+class Mapping(NamedTuple):
+    """One line of /proc/PID/maps. (A named tuple: a capture builds one per line, for every
+    new process, and a frozen dataclass takes several times longer to build.)"""
 
     start: int
     end: int
@@ -59,8 +61,8 @@ class Mapping:
     inode: int
     path: str  # as the process saw it, without the " (deleted)" mark; "" when anonymous
     deleted: bool = False
-    file_id: FileId | None = None  # set for executable file mappings we could open
     dev: int = 0  # device of the mapped file (st_dev encoding), 0 when anonymous
+    file_id: FileId | None = None  # set for executable file mappings we could open
 
     @property
     def executable(self) -> bool:
@@ -79,23 +81,41 @@ class Mapping:
         return addr - self.start + self.offset
 
 
+_Tail = tuple[str, int, int, str, bool, int]  # perms, offset, inode, path, deleted, dev
+# Distinct maps-line tails whose parse is remembered (see `_parse_tail`).
+MAX_TAILS = 4096
+
+
 def parse_maps_line(line: str) -> Mapping | None:
     """Parse one /proc/PID/maps line; None when it is not one."""
-    parts = line.rstrip("\n").split(maxsplit=5)
-    if len(parts) < 5:
-        return None
+    addresses, _, tail = line.partition(" ")
+    start_hex, _, end_hex = addresses.partition("-")
     try:
-        start_hex, end_hex = parts[0].split("-")
         start, end = int(start_hex, 16), int(end_hex, 16)
-        offset = int(parts[2], 16)
-        inode = int(parts[4])
     except ValueError:
         return None
-    path = parts[5] if len(parts) > 5 else ""
+    fields = _parse_tail(tail)
+    return Mapping(start, end, *fields) if fields is not None else None
+
+
+@functools.lru_cache(maxsize=MAX_TAILS)
+def _parse_tail(tail: str) -> _Tail | None:
+    """What follows the address range, `r-xp 00028000 fe:01 1835 /usr/lib/libc.so.6` (the
+    path may hold spaces). Remembered: the processes of one program map the same files at
+    other addresses, so their lines differ only in the range."""
+    parts = tail.rstrip("\n").split(maxsplit=4)
+    if len(parts) < 4:
+        return None
+    try:
+        offset = int(parts[1], 16)
+        inode = int(parts[3])
+    except ValueError:
+        return None
+    path = parts[4] if len(parts) > 4 else ""
     deleted = path.endswith(_DELETED)
     if deleted:
         path = path[: -len(_DELETED)]
-    return Mapping(start, end, parts[1], offset, inode, path, deleted, dev=_parse_dev(parts[3]))
+    return parts[0], offset, inode, path, deleted, _parse_dev(parts[2])
 
 
 def _parse_dev(text: str) -> int:
@@ -149,6 +169,24 @@ class OpenFiles:
     def known(self, dev: int, inode: int) -> tuple[FileId, str] | None:
         """The file held for the mapping of (`dev`, `inode`), and the path it was mapped at."""
         return self._by_inode.get((dev, inode))
+
+    def held(self, dev: int, inode: int) -> FileId | None:
+        """The file held for the mapping of (`dev`, `inode`) when it is still as it was opened:
+        every process of a program maps the same files, and the check costs one fstat where
+        opening it again by path costs a walk of the path and a descriptor. A file rewritten in
+        place keeps its inode but not its size or time: it is opened again (a new identity)."""
+        found = self._by_inode.get((dev, inode))
+        if found is None:
+            return None
+        file_id = found[0]
+        try:
+            st = os.fstat(self._fds[file_id])
+        except OSError:
+            return None
+        if (st.st_size, st.st_mtime_ns) != (file_id.size, file_id.mtime_ns):
+            return None
+        self._fds.move_to_end(file_id)
+        return file_id
 
     def keep(
         self, candidates: list[tuple[str, bool]], inode: int, *, dev: int = 0, path: str = ""
@@ -372,11 +410,14 @@ def process_start_time(pid: int, proc_root: str = PROC_ROOT) -> int:
 def _with_file(mapping: Mapping, proc: str, files: OpenFiles) -> Mapping:
     if not (mapping.executable and mapping.is_file):
         return mapping
+    held = files.held(mapping.dev, mapping.inode) if mapping.dev else None
+    if held is not None:
+        return mapping._replace(file_id=held)
     candidates = [(f"{proc}/map_files/{mapping.start:x}-{mapping.end:x}", False)]
     if not mapping.deleted:
         candidates.insert(0, (f"{proc}/root{mapping.path}", True))
     file_id = files.keep(candidates, mapping.inode, dev=mapping.dev, path=mapping.path)
-    return dataclasses.replace(mapping, file_id=file_id) if file_id else mapping
+    return mapping._replace(file_id=file_id) if file_id else mapping
 
 
 def _recorded_file(recorded: RecordedMapping, files: OpenFiles) -> Mapping:
@@ -397,7 +438,7 @@ def _recorded_file(recorded: RecordedMapping, files: OpenFiles) -> Mapping:
     if held is None:
         return mapping
     file_id, path = held
-    return dataclasses.replace(mapping, file_id=file_id, path=recorded.path or path)
+    return mapping._replace(file_id=file_id, path=recorded.path or path)
 
 
 def _read_memory(proc: str, mapping: Mapping) -> bytes:

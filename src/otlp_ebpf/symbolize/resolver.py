@@ -66,6 +66,10 @@ MAX_PROCESSES = 8192
 # Mapped files (dev, inode, size, mtime) whose symbol table is looked up again without reading
 # the file (every process of one binary maps the same file; a table is shared by build-id).
 MAX_FILES = 2048
+# Names of code addresses by (file, path it is mapped at, offset in it), shared by every
+# process mapping that file: the processes of one program (a shell's `ls`, `id`, ...) run the
+# same code at other addresses, and each would otherwise look every frame up again.
+MAX_SHARED_FRAMES = 8192
 # Tables of files without a build-id (not shared by build-id, held apart).
 MAX_UNIDENTIFIED = 32
 # Files whose symbols wait for the load allowance (beyond, the oldest leave the queue,
@@ -84,6 +88,8 @@ REASON_KALLSYMS_UNAVAILABLE = "kallsyms_unavailable"
 REASON_DEFERRED = "symbols_deferred"
 
 _Resolution = tuple[str, str, str]  # frame name, module path, reason ("" when resolved)
+# Outcomes that stay true for a file's content (see Symbolizer._resolve_shared).
+_LASTING = ("", REASON_NO_SYMBOL)
 
 
 @dataclass
@@ -153,6 +159,8 @@ class Symbolizer:
         self._by_file: Lru[FileId, str | None] = Lru(MAX_FILES)
         self._unidentified: Lru[FileId, LoadedElf] = Lru(MAX_UNIDENTIFIED)
         self._by_vdso_image: Lru[bytes, LoadedElf | None] = Lru(4)
+        self._by_offset: Lru[tuple[FileId, str, int], _Resolution] = Lru(MAX_SHARED_FRAMES)
+        self.shared_frames = 0  # frames named from another process's lookup
         # Loading a new binary's symbols is held to this share of CPU (none by default). Under
         # a limit a file is queued when first met (its frames named module+offset) and the
         # queue is loaded as the allowance comes back, the files most frames asked for first:
@@ -258,6 +266,7 @@ class Symbolizer:
             "symbol_bytes": self._elf.bytes_held,
             "symbol_files": len(self._by_file),
             "unidentified_tables": len(self._unidentified),
+            "shared_frames": len(self._by_offset),
         }
 
     def trim(self, marks: dict[str, int]) -> int:
@@ -268,6 +277,7 @@ class Symbolizer:
             self._elf.trim(marks.get("symbol_bytes", self._elf.bytes_held))
             + self._by_file.trim(marks.get("symbol_files", len(self._by_file)))
             + self._unidentified.trim(marks.get("unidentified_tables", len(self._unidentified)))
+            + self._by_offset.trim(marks.get("shared_frames", len(self._by_offset)))
         )
 
     def user_frames(
@@ -359,12 +369,31 @@ class Symbolizer:
         if mapping.path == "[vdso]":
             loaded = self._vdso_symbols(maps.vdso_image)
         elif mapping.is_file:
-            loaded = self._file_symbols(mapping)
+            return self._resolve_shared(mapping, addr)
         else:
             jit = _perf_map_name(maps, addr)
             if jit is not None:
                 return jit, maps.perf_map_path, ""
             return f"0x{addr:x}", mapping.path, REASON_ANONYMOUS
+        return self._resolve_in_file(mapping, addr, loaded)
+
+    def _resolve_shared(self, mapping: Mapping, addr: int) -> _Resolution:
+        """A frame in a mapped file, named once for every process mapping the file: only
+        names that will not change are kept (not those waiting for the file's symbols, nor
+        those of a file not at hand)."""
+        file_id = mapping.file_id
+        key = (file_id, mapping.path, mapping.file_offset(addr)) if file_id is not None else None
+        if key is not None and (known := self._by_offset.get(key)) is not None:
+            self.shared_frames += 1
+            return known
+        resolution = self._resolve_in_file(mapping, addr, self._file_symbols(mapping))
+        if key is not None and resolution[2] in _LASTING:
+            self._by_offset[key] = resolution
+        return resolution
+
+    def _resolve_in_file(
+        self, mapping: Mapping, addr: int, loaded: LoadedElf | _Deferred | None
+    ) -> _Resolution:
         offset = mapping.file_offset(addr)
         fallback = f"{mapping.basename}+0x{offset:x}"
         if isinstance(loaded, _Deferred):

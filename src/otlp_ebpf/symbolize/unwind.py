@@ -144,7 +144,7 @@ class UnwindMaps:
         for mapping in self.maps.mappings:
             file_id = mapping.file_id
             if mapping.executable and file_id is not None and self.files.is_open(file_id):
-                self.cache.lookup_path(self.files.path_of(file_id), urgent=False)
+                self.cache.lookup_path(self.files.path_of(file_id), urgent=False, identity=file_id)
 
     def _table_of(self, mapping: Mapping) -> CfiTable | Pending | None:
         if mapping.start in self._tables:
@@ -158,7 +158,9 @@ class UnwindMaps:
         if mapping.path == "[vdso]" and self.maps.vdso_image:
             return self.cache.table_for_image(self.maps.vdso_image)
         if mapping.is_file and mapping.file_id is not None and self.files.is_open(mapping.file_id):
-            return self.cache.lookup_path(self.files.path_of(mapping.file_id))
+            return self.cache.lookup_path(
+                self.files.path_of(mapping.file_id), identity=mapping.file_id
+            )
         return None
 
 
