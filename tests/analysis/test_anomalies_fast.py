@@ -21,6 +21,7 @@ from otlp_ebpf.analysis.anomalies import (
     _candidates,
     _mad,
     _median,
+    _nanmedian,
     change_points,
     departure_p_value,
     detect,
@@ -35,11 +36,24 @@ counts = st.lists(st.integers(0, 40), min_size=2, max_size=40).map(
 )
 
 
+@settings(deadline=None)
 @given(arrays)
 def test_the_median_is_numpys(values):
     assert _median(values) == float(np.median(values))
 
 
+@settings(deadline=None)
+@given(st.lists(finite | st.just(math.nan), min_size=1, max_size=150))
+def test_the_median_without_nans_is_numpys(values):
+    values = np.array(values, dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all NaN
+        expected = float(np.nanmedian(values))
+        found = _nanmedian(values)
+    assert found == expected or (math.isnan(found) and math.isnan(expected))
+
+
+@settings(deadline=None)
 @given(arrays)
 def test_the_mad_is_the_median_of_deviations_from_numpys_median(values):
     expected = float(np.median(np.abs(values - np.median(values))))
@@ -76,6 +90,7 @@ def _change_points_from_scratch(values: np.ndarray, min_size: int, max_points: i
     return sorted(cuts)
 
 
+@settings(deadline=None)
 @given(counts | arrays, st.integers(1, 4), st.integers(0, 8))
 def test_change_points_are_those_found_from_scratch(values, min_size, max_points):
     assert change_points(values, min_size, max_points) == _change_points_from_scratch(
@@ -100,7 +115,7 @@ samples = st.lists(st.integers(0, 30), min_size=1, max_size=20).map(
 )
 
 
-@settings(max_examples=200)
+@settings(max_examples=100, deadline=None)
 @given(samples, samples)
 def test_the_p_value_is_scipys(rows, baseline):
     anomalies._P_VALUES.clear()
@@ -164,7 +179,7 @@ column = st.tuples(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.lists(column, min_size=1, max_size=6),
     st.integers(8, 36),

@@ -122,6 +122,14 @@ def _median(values: np.ndarray) -> float:
     return ordered[half] if n % 2 else (ordered[half - 1] + ordered[half]) / 2
 
 
+def _nanmedian(values: np.ndarray) -> float:
+    """np.nanmedian of a 1-D array: the median of the values that are not NaN."""
+    present = values[~np.isnan(values)]
+    if len(present) == 0:
+        return float(np.nanmedian(values))  # NaN, and numpy's warning
+    return _median(present)
+
+
 def _mad(values: np.ndarray) -> float:
     """Median absolute deviation (unscaled) of finite values. scipy.stats.median_abs_deviation
     computes the same, with a per-call cost 50x np.median's that shows over hundreds of
@@ -399,7 +407,7 @@ def _noise(series: Series, base_rows: np.ndarray, timeline: Timeline) -> float:
     quiet rows must not make ordinary rows look loud)."""
     scale = MAD_TO_SIGMA * _mad(base_rows)
     if series.nature == "rate" and series.unit == "1/s":
-        level = max(_median(base_rows), float(np.nanmedian(series.values)))
+        level = max(_median(base_rows), _nanmedian(series.values))
         per_row = level * timeline.interval_s
         scale = max(scale, math.sqrt(max(per_row, 0.0)) / max(timeline.interval_s, 1e-9))
     return scale
