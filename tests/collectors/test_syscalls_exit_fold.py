@@ -14,11 +14,13 @@ import pytest
 from otlp_ebpf.collectors.syscalls import (
     _STATS,
     _SYSCALL_KEY,
+    BTF_PROGRAMS,
     EXIT_ROWS_PER_RECORD,
     SYSCALL_SLOTS,
     SyscallsCollector,
     SyscallsConfig,
 )
+from otlp_ebpf.runtime.loader import BpfObject
 from tests.conftest import build_c
 
 pytestmark = pytest.mark.bpf
@@ -163,3 +165,35 @@ def test_rows_read_while_their_process_exits_are_counted_once(collector, workloa
     assert [key for key in rows if key[0] == pid] == []
     getppid = dict(collector.exited.entries())[pid].rows[nr_of(collector, "getppid")]
     assert getppid.count == 40
+
+
+class SmallRing(SyscallsCollector):
+    """The exits ring at its smallest (one page): the rows of a second exited process do
+    not fit while the first one's wait to be read."""
+
+    def _load(self, use_btf: bool):  # type: ignore[no-untyped-def]
+        obj = BpfObject.open("syscalls")
+        obj.set_rodata(**self._rodata())
+        obj.resize_map("exits", os.sysconf("SC_PAGE_SIZE"))
+        for prog in ("tp_sys_enter", "tp_sys_exit") if use_btf else BTF_PROGRAMS:
+            obj.disable(prog)
+        for prog in self.targets.unused_programs(use_btf):
+            obj.disable(prog)
+        obj.load()
+        return obj
+
+
+def test_rows_without_room_in_the_ring_stay_in_the_table_and_are_counted(workload):
+    c = SmallRing(SyscallsConfig(syscalls=("getppid",)))
+    try:
+        c.start()
+        pids = [run_to_exit(workload, "30", "0") for _ in range(40)]
+        stats = c.stats()
+        by_pid = {s.pid: s.count for s in stats if s.name == "getppid"}
+        # Every process's calls are there: from its records, or from the table it stayed in.
+        assert sum(by_pid.get(pid, 0) for pid in pids) + by_pid.get(0, 0) >= 30 * len(pids)
+        assert c.read_drops().get("exit event lost", 0) >= 1
+    finally:
+        c.close()
+        if c.obj is not None:
+            c.obj.close()

@@ -63,9 +63,11 @@ struct {
 	__type(value, struct proc_usage);
 } usage SEC(".maps");
 
+/* ~10 KB an exited process (its ~28 rows of 368 bytes): room for ~400, the exits of a second
+ * or more of a host starting processes without pause, between two drains of user space. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, 4 << 20);
 } exits SEC(".maps");
 /* Only reached through ring buffer pointers otherwise: this keeps the type in the object's BTF
  * so tests can check the Python mirror against it. */
