@@ -60,8 +60,24 @@ def test_the_mad_is_the_median_of_deviations_from_numpys_median(values):
     assert _mad(values) == expected
 
 
+def _cost(first, second, a, b):
+    length = np.asarray(b) - np.asarray(a)
+    total = first[b] - first[a]
+    return second[b] - second[a] - total * total / length
+
+
+def _best_split_of(first, second, a, b, min_size):
+    if b - a < 2 * min_size:
+        return None
+    ks = np.arange(a + min_size, b - min_size + 1)
+    gains = _cost(first, second, a, b) - _cost(first, second, a, ks) - _cost(first, second, ks, b)
+    best = int(np.argmax(gains))
+    return int(ks[best]), float(gains[best])
+
+
 def _change_points_from_scratch(values: np.ndarray, min_size: int, max_points: int) -> list[int]:
-    """The binary segmentation that looks for the best split of every segment each round."""
+    """The binary segmentation that looks for the best split of every segment each round,
+    each split's costs computed apart."""
     n = len(values)
     if n < 2 * min_size:
         return []
@@ -78,7 +94,7 @@ def _change_points_from_scratch(values: np.ndarray, min_size: int, max_points: i
     while len(cuts) < max_points:
         best = None
         for index, (a, b) in enumerate(segments):
-            split = _best_split(first, second, a, b, min_size)
+            split = _best_split_of(first, second, a, b, min_size)
             if split is not None and split[1] > penalty and (best is None or split[1] > best[0]):
                 best = (split[1], index, split[0])
         if best is None:
@@ -88,6 +104,19 @@ def _change_points_from_scratch(values: np.ndarray, min_size: int, max_points: i
         segments[index : index + 1] = [(a, k), (k, b)]
         cuts.append(k)
     return sorted(cuts)
+
+
+@settings(deadline=None)
+@given(counts | arrays, st.integers(1, 4))
+def test_the_best_split_is_the_one_found_cost_by_cost(values, min_size):
+    x = values.astype(float)
+    first = np.concatenate(([0.0], np.cumsum(x)))
+    second = np.concatenate(([0.0], np.cumsum(x * x)))
+    n = len(x)
+    for a, b in ((0, n), (0, n // 2), (n // 3, n)):
+        assert _best_split(first, second, a, b, min_size) == _best_split_of(
+            first, second, a, b, min_size
+        )
 
 
 @settings(deadline=None)

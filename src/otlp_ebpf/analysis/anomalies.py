@@ -509,18 +509,24 @@ def change_points(values: np.ndarray, min_size: int, max_points: int) -> list[in
     return sorted(cuts)
 
 
-def _cost(first: np.ndarray, second: np.ndarray, a: np.ndarray | int, b: np.ndarray | int) -> Any:
-    length = np.asarray(b) - np.asarray(a)
-    total = first[b] - first[a]
-    return second[b] - second[a] - total * total / length
-
-
 def _best_split(
     first: np.ndarray, second: np.ndarray, a: int, b: int, min_size: int
 ) -> tuple[int, float] | None:
+    """The split of [a, b) that lowers the squared-error cost the most, and by how much:
+    cost(a, b) - cost(a, k) - cost(k, b) for every k at least `min_size` from each end, with
+    cost(i, j) = S2(i, j) - S1(i, j)^2 / (j - i) from the cumulative sums."""
     if b - a < 2 * min_size:
         return None
-    ks = np.arange(a + min_size, b - min_size + 1)
-    gains = _cost(first, second, a, b) - _cost(first, second, a, ks) - _cost(first, second, ks, b)
+    lo, hi = a + min_size, b - min_size + 1
+    ks = np.arange(lo, hi)
+    first_k, second_k = first[lo:hi], second[lo:hi]
+    first_a, second_a, first_b, second_b = first[a], second[a], first[b], second[b]
+    total = first_b - first_a
+    whole = second_b - second_a - total * total / (b - a)
+    left_total = first_k - first_a
+    left = second_k - second_a - left_total * left_total / (ks - a)
+    right_total = first_b - first_k
+    right = second_b - second_k - right_total * right_total / (b - ks)
+    gains = whole - left - right
     best = int(np.argmax(gains))
-    return int(ks[best]), float(gains[best])
+    return lo + best, float(gains[best])
