@@ -49,7 +49,6 @@ from otlp_ebpf.targets import TargetSpec
 SYSCALL_SLOTS = 40
 EXIT_ROWS_PER_RECORD = 32
 MAX_SYSCALL_NR = 1024
-MAX_ERRNO_NR = 4096  # errno bitmap bits per process (bpf/syscalls.h)
 DROP_REASONS = (
     "syscall table full",
     "errno table full",
@@ -155,9 +154,7 @@ class ExitErrno(ctypes.Structure):
 
 EXIT_RECORD_PROCESS, EXIT_RECORD_ROWS, EXIT_RECORD_ERRNO = 1, 2, 3  # enum exit_record_kind
 _EXIT_HEAD = struct.Struct("<II")  # every exit record begins with its kind and tgid
-_EXIT_PROCESS = struct.Struct("<8x16sIII")  # comm, rows, errnos, kept
-_EXIT_ROWS_COUNT = struct.Struct("<8xI4x")
-_EXIT_ERRNO = struct.Struct("<8xIIQ")  # nr, err, count
+_ROWS_COUNT_AT = ExitRows.count.offset
 _ROWS_AT = ExitRows.rows.offset
 _ROW_WORDS = ctypes.sizeof(ExitRow) // 8  # nr and pad, then struct syscall_stats
 
@@ -259,12 +256,15 @@ def rows_of(values: Sequence[bytes], table: BpfMap) -> list[_Row]:
     ]
 
 
-def exit_rows(data: bytes, count: int) -> Iterator[tuple[int, _Row]]:
+def exit_rows(data: bytes) -> list[tuple[int, _Row]]:
     """The (syscall, row) pairs of an exit_rows record: all at once with numpy, as a churning
     host sends hundreds of them a second."""
+    count = int.from_bytes(data[_ROWS_COUNT_AT : _ROWS_COUNT_AT + 4], "little")
     words = np.frombuffer(data, dtype=np.uint64, count=count * _ROW_WORDS, offset=_ROWS_AT)
-    for first, c, e, t, low, high, *hist in words.reshape(count, _ROW_WORDS).tolist():
-        yield first & 0xFFFFFFFF, _Row(c, e, t, low, high, hist)
+    return [
+        (first & 0xFFFFFFFF, _Row(c, e, t, low, high, hist))
+        for first, c, e, t, low, high, *hist in words.reshape(count, _ROW_WORDS).tolist()
+    ]
 
 
 @dataclass
@@ -524,13 +524,14 @@ class SyscallsCollector:
         if folding is None:
             return  # its header was never seen (the collector started after it)
         if kind == EXIT_RECORD_ROWS:
-            (count,) = _EXIT_ROWS_COUNT.unpack_from(data)
-            folding.proc.rows.update(exit_rows(data, count))
-            folding.left -= count
+            rows = exit_rows(data)
+            folding.proc.rows.update(rows)
+            folding.left -= len(rows)
         elif kind == EXIT_RECORD_ERRNO:
-            nr, err, n = _EXIT_ERRNO.unpack_from(data)
-            counts = folding.proc.errnos.setdefault(nr, {})
-            counts[_errno_name(err)] = counts.get(_errno_name(err), 0) + n
+            errno_count = ExitErrno.from_buffer_copy(data)
+            counts = folding.proc.errnos.setdefault(errno_count.nr, {})
+            name = _errno_name(errno_count.err)
+            counts[name] = counts.get(name, 0) + errno_count.count
             folding.left -= 1
         if folding.left <= 0:
             del self._folding[tgid]
@@ -540,10 +541,10 @@ class SyscallsCollector:
         self._exits_folded += 1
         if self._exits_seen is not None:
             self._exits_seen.add(tgid)
-        comm, rows, errnos, _kept = _EXIT_PROCESS.unpack_from(data)
-        if rows:
-            proc = _Process(hosttext.decode(comm.split(b"\0", 1)[0]))
-            self._folding[tgid] = _Folding(proc, rows + errnos)
+        event = ExitEvent.from_buffer_copy(data)
+        if event.rows or event.errnos:
+            proc = _Process(hosttext.decode(bytes(event.comm).split(b"\0", 1)[0]))
+            self._folding[tgid] = _Folding(proc, event.rows + event.errnos)
 
     def read_rows(self) -> dict[tuple[int, int], _Row]:
         """The live processes' rows. A process whose exit takes its rows out of the table
