@@ -143,7 +143,8 @@ static __always_inline bool syscall_selected(long nr)
 	return syscall_wanted[nr & (MAX_SYSCALL_NR - 1)];
 }
 
-static __always_inline u32 log2_slot(u64 v)
+/* floor(log2(v)), 0 for 0: without a loop, which the verifier would walk. */
+static __always_inline u32 log2_u64(u64 v)
 {
 	u32 r = 0, shift;
 
@@ -152,7 +153,13 @@ static __always_inline u32 log2_slot(u64 v)
 	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
 	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
 	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
-	r |= (v >> 1);
+	return r | (v >> 1);
+}
+
+static __always_inline u32 log2_slot(u64 v)
+{
+	u32 r = log2_u64(v);
+
 	return r < SYSCALL_SLOTS ? r : SYSCALL_SLOTS - 1;
 }
 
@@ -488,19 +495,6 @@ struct {
 /* The possible CPUs (set at load): each row has one value per possible CPU. */
 const volatile u32 possible_cpus = 1;
 
-/* The index of the one bit set in `v` (a power of two). */
-static __always_inline u32 bit_index(u64 v)
-{
-	u32 r = 0, shift;
-
-	shift = (v > 0xFFFFFFFF) << 5; v >>= shift; r = shift;
-	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
-	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
-	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
-	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
-	return r | (v >> 1);
-}
-
 static __always_inline struct fold *this_fold(void)
 {
 	u32 zero = 0;
@@ -633,7 +627,7 @@ static long hand_row(u32 i, void *unused)
 		return 1;
 	f->bits ^= low;
 	key.tgid = f->tgid;
-	key.nr = f->word * 64 + bit_index(low);
+	key.nr = f->word * 64 + log2_u64(low); /* the index of the bit */
 	if (!bpf_map_lookup_elem(&stats, &key))
 		return 0;
 	row = &f->out.rows[f->out.count & (EXIT_ROWS_PER_RECORD - 1)];
