@@ -100,3 +100,20 @@ def test_endpoint_credentials_never_reach_a_message(
 def test_cmdline_choice_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["syscalls", "--cmdline", "some", "-d", "1"]) == 2
     assert "--cmdline" in capsys.readouterr().err
+
+
+def test_a_command_line_seen_again_is_redacted_alike() -> None:
+    from otlp_ebpf import redact
+
+    redact._redacted.cache_clear()
+    first = redact_cmdline(("curl", "--token", SECRET, "http://h"), "redact")
+    again = redact_cmdline(("curl", "--token", SECRET, "http://h"), "redact")
+    other = redact_cmdline(("curl", "--token", "x", "--verbose", "http://h"), "redact")
+    assert first == again == ("curl", "--token", "***", "http://h")
+    assert other == ("curl", "--token", "***", "--verbose", "http://h")
+    assert redact_cmdline(["curl", "--token", SECRET], "redact") == ("curl", "--token", "***")
+    assert redact_cmdline(("curl", "--token", SECRET), "full") == ("curl", "--token", SECRET)
+    assert redact._redacted.cache_info().hits == 1
+    for n in range(redact.REDACTED_KEPT + 10):
+        redact_cmdline(("sleep", str(n)), "redact")
+    assert redact._redacted.cache_info().currsize == redact.REDACTED_KEPT

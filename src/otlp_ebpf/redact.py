@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["MASK", "mask_userinfo", "redact_cmdline"]
@@ -38,12 +39,23 @@ def _is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name.lstrip("-")))
 
 
+# Command lines redacted lately: the agent redacts every process's command line at every
+# interval, and on a host starting short processes without pause the same few commands come
+# back thousands of times (their regular expressions were a fifth of an interval's export).
+REDACTED_KEPT = 2048
+
+
 def redact_cmdline(args: tuple[str, ...], policy: str) -> tuple[str, ...]:
     """A command line as `policy` ("redact", "full" or "omit") wants it kept."""
     if policy == "full":
         return args
     if policy == "omit":
         return ()
+    return _redacted(tuple(args))
+
+
+@functools.lru_cache(maxsize=REDACTED_KEPT)
+def _redacted(args: tuple[str, ...]) -> tuple[str, ...]:
     out: list[str] = []
     secret_follows = False
     for arg in args:
