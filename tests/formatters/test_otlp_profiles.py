@@ -197,3 +197,28 @@ def test_any_cpu_snapshot_gives_a_conformant_request(
         if sample_type(request, p)[0] == "samples"
     )
     assert total == sum(s.count for s in on_cpu)
+
+
+def test_each_attribute_is_in_the_table_once_with_its_value() -> None:
+    """Frame types and thread attributes used by many samples: one entry each, its value the
+    one it was first given, and a second encoding of the same snapshot (frames parsed then
+    from what was kept) gives the same request but for the profiles' random ids."""
+    stacks = tuple(
+        StackCount(pid, pid + k, f"comm{k % 2}", ("main", f"f{k % 3}", "read_[k]"), 1 + k)
+        for pid in (10, 11)
+        for k in range(6)
+    )
+    snapshot = CpuSnapshot("2024-01-01T00:00:00+00:00", 1.0, "h", frequency_hz=99, stacks=stacks)
+    first, second = (build_profiles_request([snapshot]) for _ in range(2))
+    table = first.dictionary.attribute_table
+    strings = first.dictionary.string_table
+    entries = [(strings[kv.key_strindex], kv.value.WhichOneof("value")) for kv in table[1:]]
+    values = [str(getattr(kv.value, kv.value.WhichOneof("value"))) for kv in table[1:]]
+    assert len(set(zip([e[0] for e in entries], values, strict=True))) == len(entries)
+    tids = {str(pid + k) for pid in (10, 11) for k in range(6)}
+    assert sorted(values) == sorted({"kernel", "native", "comm0", "comm1", *tids})
+    for request in (first, second):
+        for resource in request.resource_profiles:
+            for profile in resource.scope_profiles[0].profiles:
+                profile.profile_id = b""
+    assert first.SerializeToString() == second.SerializeToString()

@@ -9,6 +9,7 @@ sample_type.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import uuid
@@ -156,6 +157,11 @@ class _Frame:
     kind: str
 
 
+# The frames parsed lately: the same frames come back in every interval the agent exports.
+PARSED_FRAMES_KEPT = 16384
+
+
+@functools.lru_cache(maxsize=PARSED_FRAMES_KEPT)
 def parse_frame(name: str, module: str) -> _Frame:
     """Split a snapshot frame (`vfs_read_[k]`, `main`, `libc.so.6+0x1a2b`) into its parts."""
     if name.endswith(KERNEL_SUFFIX):
@@ -235,7 +241,8 @@ class _RequestBuilder:
     def _attribute(self, key: str, value: str | int) -> int:
         key_index = self._strings.intern(key)
         index = self._attributes.intern((key_index, type(value).__name__, value))
-        self._attribute_values[index] = any_value(value)
+        if index not in self._attribute_values:  # once per distinct attribute, not per use
+            self._attribute_values[index] = any_value(value)
         return index
 
     def _stack(self, stack: StackCount) -> int:
