@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from otlp_ebpf.collectors.syscalls import ExitedProcesses, _Process, _Row
+from otlp_ebpf.collectors.syscalls import ExitedProcesses, _Process, _Row, set_bits
 
 
 def proc(comm: str, count: int, errnos: dict[str, int] | None = None) -> _Process:
     row = _Row(count=count, errors=sum((errnos or {}).values()), hist=[count] + [0] * 39)
     return _Process(comm, {0: row}, {0: dict(errnos or {})})
+
+
+def test_set_bits_reads_little_endian_words():
+    assert set_bits([0b1011, 0, 1 << 63]) == [0, 1, 3, 191]
+    assert set_bits([0] * 16) == []
 
 
 def test_the_newest_processes_keep_their_pid_and_older_ones_fold_by_name():

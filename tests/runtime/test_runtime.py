@@ -9,10 +9,12 @@ import pytest
 
 from otlp_ebpf.collectors.syscalls import (
     ErrnoKey,
+    ErrnoPair,
     ExitErrno,
     ExitEvent,
     ExitRow,
     ExitRows,
+    ProcUsage,
     SyscallKey,
     SyscallStats,
 )
@@ -116,6 +118,8 @@ def test_ctypes_mirrors_match_the_objects_btf():
             ("syscall_key", SyscallKey),
             ("syscall_stats", SyscallStats),
             ("errno_key", ErrnoKey),
+            ("errno_pair", ErrnoPair),
+            ("proc_usage", ProcUsage),
             ("exit_event", ExitEvent),
             ("exit_row", ExitRow),
             ("exit_rows", ExitRows),

@@ -44,6 +44,14 @@ struct {
 	__type(value, char[TASK_COMM_LEN]);
 } comms SEC(".maps");
 
+/* Processes gone whose rows the exits ring had no room for (process_gone): tgid -> name. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, u32);
+	__type(value, char[TASK_COMM_LEN]);
+} stranded SEC(".maps");
+
 /* Calls that found no row of their own (the table full while user space lags behind a burst
  * of exits, or no memory for a new row at that instant): counted here by syscall, without
  * their process, so that no call is lost. Shared by every CPU: atomic adds. */
@@ -568,8 +576,10 @@ static long hand_errno(u32 i, void *unused)
 	out.nr = f->errno_key.nr;
 	out.err = f->errno_key.err;
 	out.count = f->errno_count;
-	if (bpf_ringbuf_output(&exits, &out, sizeof(out), 0))
-		return 0; /* stays in the table, read at the end */
+	if (bpf_ringbuf_output(&exits, &out, sizeof(out), 0)) {
+		f->kept++; /* stays in the table, taken by user space (stranded) */
+		return 0;
+	}
 	bpf_map_delete_elem(&errnos, &f->errno_key);
 	f->errnos++;
 	return 0;
@@ -604,7 +614,7 @@ static __always_inline void send_rows(struct fold *f)
 	f->out.pad = 0;
 	if (bpf_ringbuf_output(&exits, &f->out,
 			       offsetof(struct exit_rows, rows) + n * sizeof(struct exit_row), 0)) {
-		f->kept += n;
+		f->kept += n; /* they stay in the table, taken by user space (stranded) */
 	} else {
 		bpf_loop(n, delete_sent_row, NULL, 0);
 		f->rows += n;
@@ -656,6 +666,18 @@ static long hand_row_word(u32 word, void *unused)
 	return 0;
 }
 
+/* A process gone whose rows did not all fit in the ring: they stay in the tables, with the
+ * process's `usage` (their keys), and user space takes them from there (its next read). */
+static __always_inline void strand(u32 tgid)
+{
+	char comm[TASK_COMM_LEN];
+
+	bump(&drops, DROP_EXIT_LOST);
+	bpf_get_current_comm(comm, sizeof(comm));
+	if (bpf_map_update_elem(&stranded, &tgid, comm, BPF_ANY))
+		bpf_map_delete_elem(&usage, &tgid); /* no room to say so: read with the live rows */
+}
+
 SEC("tp/sched/sched_process_exit")
 int process_gone(struct trace_event_raw_sched_process_exit *ctx)
 {
@@ -675,8 +697,7 @@ int process_gone(struct trace_event_raw_sched_process_exit *ctx)
 	/* Reserved first so that it reaches user space before the records it announces. */
 	event = bpf_ringbuf_reserve(&exits, sizeof(*event), 0);
 	if (!event) {
-		bump(&drops, DROP_EXIT_LOST); /* the rows stay in the tables to the end */
-		bpf_map_delete_elem(&usage, &tgid);
+		strand(tgid);
 		return 0;
 	}
 	f->tgid = tgid;
@@ -695,7 +716,8 @@ int process_gone(struct trace_event_raw_sched_process_exit *ctx)
 	event->pad = 0;
 	bpf_ringbuf_submit(event, 0);
 	if (f->kept)
-		bump(&drops, DROP_EXIT_LOST);
-	bpf_map_delete_elem(&usage, &tgid);
+		strand(tgid);
+	else
+		bpf_map_delete_elem(&usage, &tgid);
 	return 0;
 }

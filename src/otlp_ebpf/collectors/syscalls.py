@@ -48,6 +48,7 @@ from otlp_ebpf.targets import TargetSpec
 
 SYSCALL_SLOTS = 40
 EXIT_ROWS_PER_RECORD = 32
+PROC_ERRNOS = 64
 MAX_SYSCALL_NR = 1024
 DROP_REASONS = (
     "syscall table full",
@@ -105,6 +106,23 @@ class ErrnoKey(ctypes.Structure):
     ]
 
 
+class ErrnoPair(ctypes.Structure):
+    """Mirror of struct errno_pair (bpf/syscalls.h)."""
+
+    _fields_ = [("nr", ctypes.c_uint32), ("err", ctypes.c_uint32)]
+
+
+class ProcUsage(ctypes.Structure):
+    """Mirror of struct proc_usage (bpf/syscalls.h): the rows a process created, by key."""
+
+    _fields_ = [
+        ("nrs", ctypes.c_uint64 * (MAX_SYSCALL_NR // 64)),
+        ("errnos", ErrnoPair * PROC_ERRNOS),
+        ("nerrnos", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
 class ExitEvent(ctypes.Structure):
     """Mirror of struct exit_event (bpf/syscalls.h): a process gone, and how many of its
     rows and errno counts follow it in the ring."""
@@ -157,6 +175,17 @@ _EXIT_HEAD = struct.Struct("<II")  # every exit record begins with its kind and 
 _ROWS_COUNT_AT = ExitRows.count.offset
 _ROWS_AT = ExitRows.rows.offset
 _ROW_WORDS = ctypes.sizeof(ExitRow) // 8  # nr and pad, then struct syscall_stats
+
+
+def set_bits(words: Sequence[int]) -> list[int]:
+    """Indexes of the bits set in a little-endian array of u64 words."""
+    out = []
+    for i, word in enumerate(words):
+        while word:
+            low = word & -word
+            out.append(i * 64 + low.bit_length() - 1)
+            word ^= low
+    return out
 
 
 def syscall_table(machine: str | None = None) -> dict[int, str]:
@@ -306,8 +335,9 @@ class ExitedProcesses:
         self.folded: dict[str, _Process] = {}
         self.processes = 0
 
-    def add(self, pid: int, proc: _Process) -> None:
-        self.processes += 1
+    def add(self, pid: int, proc: _Process, new: bool = True) -> None:
+        """`new`: a process not added before (False: more rows of one that was)."""
+        self.processes += new
         known = self.by_pid.get(pid)
         if known is not None:  # the pid was used again within the run
             known.merge(proc)
@@ -379,6 +409,7 @@ class SyscallsCollector:
         self._exits_folded = 0
         self._folding: dict[int, _Folding] = {}  # exited processes whose records are arriving
         self._exits_seen: set[int] | None = None  # exits arriving while the rows are read
+        self._partly_sent: set[int] = set()  # exits whose records brought some rows, not all
         self.sampler: PeriodController | None = None
         self.cycle: DutyCycle | None = None
         self.cycle_s: float | None = None  # a duty cycle's length (None: record's CYCLE_S)
@@ -543,6 +574,8 @@ class SyscallsCollector:
             self._exits_seen.add(tgid)
         event = ExitEvent.from_buffer_copy(data)
         if event.rows or event.errnos:
+            if event.kept:  # the rest is taken from the tables (`_take_stranded`)
+                self._partly_sent.add(tgid)
             proc = _Process(hosttext.decode(bytes(event.comm).split(b"\0", 1)[0]))
             self._folding[tgid] = _Folding(proc, event.rows + event.errnos)
 
@@ -550,7 +583,8 @@ class SyscallsCollector:
         """The live processes' rows. A process whose exit takes its rows out of the table
         while it is read would be counted twice, in the read and in its exit's records: the
         exits that arrive just after the read are folded, and their processes' rows dropped
-        from it (the records hold them all)."""
+        from it (the records hold them all), as are those of processes stranded (their rows
+        taken from the table by `_take_stranded`)."""
         assert self.obj is not None
         stats_map = self.obj.map("stats")
         self._exits_seen = set()
@@ -558,13 +592,64 @@ class SyscallsCollector:
             entries = stats_map.items()
             if self.exits is not None:
                 self.exits.drain()
-            gone = self._exits_seen
+            gone = self._exits_seen | self._take_stranded()
         finally:
             self._exits_seen = None
         entries = [(k, v) for k, v in entries if _SYSCALL_KEY.unpack(k)[0] not in gone]
         keys = [_SYSCALL_KEY.unpack(raw_key) for raw_key, _ in entries]
         rows = rows_of([raw_value for _, raw_value in entries], stats_map)
         return dict(zip(keys, rows, strict=True))
+
+    def _take_stranded(self) -> set[int]:
+        """Processes gone whose rows did not all fit in the exits ring (counted as exit
+        event lost) left them in the tables, and their keys in `usage`: they are taken out
+        here and folded as exited. Returns their pids."""
+        assert self.obj is not None
+        stranded = self.obj.map("stranded")
+        entries = stranded.items()
+        for raw_tgid, raw_comm in entries:
+            tgid = int.from_bytes(raw_tgid, "little")
+            proc = _Process(hosttext.decode(raw_comm.split(b"\0", 1)[0]))
+            noted = self.obj.map("usage").lookup(raw_tgid)
+            if noted is not None:
+                self._take_noted(tgid, ProcUsage.from_buffer_copy(noted), proc)
+                self.obj.map("usage").delete(raw_tgid)
+            stranded.delete(raw_tgid)
+            self._fold_stranded(tgid, proc)
+        return {int.from_bytes(raw_tgid, "little") for raw_tgid, _ in entries}
+
+    def _fold_stranded(self, tgid: int, proc: _Process) -> None:
+        """With the rows its exit's records brought, if any (the header said some stayed)."""
+        folding = self._folding.get(tgid)
+        if folding is not None:  # its records are still arriving
+            folding.proc.merge(proc)
+            return
+        header_seen = tgid in self._partly_sent
+        self._partly_sent.discard(tgid)
+        if proc.rows or proc.errnos:
+            self.exited.add(tgid, proc, new=not header_seen)
+
+    def _take_noted(self, tgid: int, noted: ProcUsage, proc: _Process) -> None:
+        """The rows and errno counts a stranded process noted, those still in the tables."""
+        assert self.obj is not None
+        stats_map, errno_map = self.obj.map("stats"), self.obj.map("errnos")
+        taken = {}
+        for nr in set_bits(noted.nrs):
+            key = _SYSCALL_KEY.pack(tgid, nr)
+            raw = stats_map.lookup(key)
+            if raw is not None:
+                stats_map.delete(key)
+                taken[nr] = raw
+        proc.rows = dict(zip(taken, rows_of(list(taken.values()), stats_map), strict=True))
+        for pair in noted.errnos[: min(noted.nerrnos, PROC_ERRNOS)]:
+            key = bytes(ErrnoKey(tgid, pair.nr, pair.err, 0))
+            raw = errno_map.lookup(key)
+            if raw is None:
+                continue
+            errno_map.delete(key)
+            n = sum(int.from_bytes(v[:8], "little") for v in errno_map.per_cpu(raw))
+            counts = proc.errnos.setdefault(pair.nr, {})
+            counts[_errno_name(pair.err)] = counts.get(_errno_name(pair.err), 0) + n
 
     def read_rows_to_reuse(self) -> dict[tuple[int, int], _Row]:
         """The kernel's rows now (exits folded first), kept for the next `stats` to use
