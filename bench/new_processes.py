@@ -7,7 +7,9 @@ woken by a new process's first sample), so almost every sample is of a process i
 yet: its maps read (or taken from what the kernel recorded at its exit), its sample unwound, its
 stack named, the process retired. Printed per tree: the sampler thread's CPU per new process
 (median of the runs), the BPF run time per exec on the host, and what was unwound and named (the
-share of samples whose walk stopped early, for whatever reason, and of frames named).
+share of samples whose walk stopped early, for whatever reason, and of frames named); and,
+apart, the CPU that reading the maps and details of a live process of a program already seen
+takes (60 `sleep`s, one after the other).
 
 As the agent runs (system-wide), a new image is not held at its first sample for its Python
 interpreter to be known: that hold, which a targeted run uses, is turned off here.
@@ -92,6 +94,36 @@ print(json.dumps({
 """
 
 
+# The maps of new processes of one program (60 `sleep`s), read with a shared registry of held
+# files as the sampler reads them: median CPU per process, the first few left out.
+CAPTURES = r"""
+import statistics, subprocess, time
+from otlp_ebpf.collectors import base
+from otlp_ebpf.symbolize.procmaps import OpenFiles, ProcessMaps
+
+files, spent = OpenFiles(), []
+sleepers = [subprocess.Popen(["/bin/sleep", "30"]) for _ in range(60)]
+time.sleep(0.5)  # all exec'd
+for sleeper in sleepers:
+    started = time.thread_time()
+    ProcessMaps.capture(sleeper.pid, files)
+    base.read_process_info(sleeper.pid)
+    spent.append(time.thread_time() - started)
+for sleeper in sleepers:
+    sleeper.kill()
+    sleeper.wait()
+print(1e6 * statistics.median(spent[5:]))
+"""
+
+
+def capture_us(src: str) -> float:
+    env = dict(os.environ, PYTHONPATH=src)
+    out = subprocess.run(
+        [sys.executable, "-c", CAPTURES], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
 def run(src: str, seconds: float, hz: int) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=src)
     out = subprocess.run(
@@ -115,7 +147,7 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {t: [] for t in trees}
     for _ in range(args.runs):
         for tree in trees:
-            results[tree].append(run(tree, args.seconds, args.hz))
+            results[tree].append({**run(tree, args.seconds, args.hz), "capture": capture_us(tree)})
     print(f"the soak's churn, -F {args.hz}, {args.seconds:.0f} s, median (range) of {args.runs}")
     for tree, runs in results.items():
         per = sorted(r["cpu_ms_per_process"] for r in runs)
@@ -126,7 +158,9 @@ def main() -> None:
             f"exec program {statistics.median(r['exec_ns'] for r in runs):.0f} ns, "
             f"BPF {statistics.median(r['bpf_pct'] for r in runs):.3f}% of a core, "
             f"walks stopped early {statistics.median(r['stopped'] for r in runs):.1%}, "
-            f"frames named {statistics.median(r['named'] for r in runs):.1%}"
+            f"frames named {statistics.median(r['named'] for r in runs):.1%}; "
+            f"a live process's maps and details read in "
+            f"{statistics.median(r['capture'] for r in runs):.0f} us"
         )
 
 
