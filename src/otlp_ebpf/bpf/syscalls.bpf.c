@@ -471,9 +471,9 @@ int tp_sys_exit(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
-/* A process is gone: its rows leave the tables for the `exits` ring (exit_event, then one
- * exit_row per syscall and one exit_errno per errno it saw, struct exit_event in syscalls.h),
- * so the tables hold live processes only however many come and go. The kernel sums the
+/* A process is gone: its rows leave the tables for the `exits` ring (exit_event, then
+ * exit_rows records of up to 32 rows and one exit_errno per errno it saw, struct exit_event in
+ * syscalls.h), so the tables hold live processes only however many come and go. The kernel sums the
  * rows' CPUs here: user space, folding hundreds of processes a second on a churning host,
  * would otherwise pay system calls for every row. */
 
@@ -484,7 +484,7 @@ struct fold {
 	u32 tgid;
 	u32 word;   /* the usage word being walked */
 	u64 bits;   /* its bits not walked yet */
-	u32 rows;   /* records handed over */
+	u32 rows;   /* rows handed over */
 	u32 errnos;
 	u32 kept;   /* rows left in the tables */
 	u32 pad;
