@@ -145,12 +145,7 @@ def _change_points_every_round(values: np.ndarray, min_size: int, max_points: in
     n = len(values)
     if n < 2 * min_size:
         return []
-    x = values.astype(float)
-    first = np.concatenate(([0.0], np.cumsum(x)))
-    second = np.concatenate(([0.0], np.cumsum(x * x)))
-    sigma = anomalies.MAD_TO_SIGMA * anomalies._mad(np.diff(x)) / np.sqrt(2.0)
-    spread = float(np.max(np.abs(x)))
-    penalty = max(3.0 * sigma * sigma * np.log(n), 1e-9 * (1.0 + spread * spread))
+    first, second, penalty = anomalies.segmentation_costs(values)
     segments, cuts = [(0, n)], []
     while len(cuts) < max_points:
         best = None

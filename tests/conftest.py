@@ -10,6 +10,7 @@ import sysconfig
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +62,20 @@ def cc() -> str:
     compiler = shutil.which("gcc") or shutil.which("cc")
     assert compiler, "a C compiler is needed to build test workloads"
     return compiler
+
+
+def sample_held_targets(sampler: Any, targets: Any, on_poll: Any = None) -> None:
+    """Start `sampler` (a cpu sampler) on held targets, release them and poll until they end
+    (calling `on_poll()` after each poll); the caller drains and cleans up."""
+    from otlp_ebpf.runtime.stats import StatsSession
+
+    with StatsSession():
+        sampler.start(targets)
+        targets.release()
+        while not targets.finished():
+            sampler.poll(100)
+            if on_poll is not None:
+                on_poll()
 
 
 def build_c(cc: str, source: str, out: Path, *flags: str) -> Path:

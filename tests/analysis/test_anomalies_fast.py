@@ -81,14 +81,7 @@ def _change_points_from_scratch(values: np.ndarray, min_size: int, max_points: i
     n = len(values)
     if n < 2 * min_size:
         return []
-    x = values.astype(float)
-    first = np.concatenate(([0.0], np.cumsum(x)))
-    second = np.concatenate(([0.0], np.cumsum(x * x)))
-    diffs = np.diff(x)
-    sigma = anomalies.MAD_TO_SIGMA * float(np.median(np.abs(diffs - np.median(diffs))))
-    sigma /= math.sqrt(2.0)
-    spread = float(np.max(np.abs(x)))
-    penalty = max(3.0 * sigma * sigma * math.log(n), 1e-9 * (1.0 + spread * spread))
+    first, second, penalty = anomalies.segmentation_costs(values)  # its MAD: tested apart
     segments = [(0, n)]
     cuts: list[int] = []
     while len(cuts) < max_points:

@@ -17,10 +17,9 @@ import pytest
 
 from otlp_ebpf.collectors import base
 from otlp_ebpf.collectors.cpu_dwarf import DwarfSampler
-from otlp_ebpf.runtime.stats import StatsSession
 from otlp_ebpf.symbolize.procmaps import FileId, OpenFiles
 from otlp_ebpf.targets import TargetSpec
-from tests.conftest import SPIN_CPU_C, build_c
+from tests.conftest import SPIN_CPU_C, build_c, sample_held_targets
 
 pytestmark = pytest.mark.bpf
 
@@ -58,12 +57,8 @@ def test_the_second_process_of_a_binary_reuses_its_files_and_names(
     targets = base.Targets(TargetSpec(command=("sh", "-c", f"{arrival_bin}; {arrival_bin}")))
     sampler = DwarfSampler(frequency_hz=499)
     try:
-        with StatsSession():
-            sampler.start(targets)
-            targets.release()
-            while not targets.finished():
-                sampler.poll(100)
-            sampler.drain()
+        sample_held_targets(sampler, targets)
+        sampler.drain()
         stacks = sampler.stacks()
     finally:
         targets.abandon()

@@ -16,7 +16,7 @@ from otlp_ebpf.collectors import base, cpu_dwarf
 from otlp_ebpf.collectors.cpu_dwarf import DwarfSampler
 from otlp_ebpf.runtime.stats import StatsSession
 from otlp_ebpf.targets import TargetSpec
-from tests.conftest import SPIN_CPU_C, build_c
+from tests.conftest import SPIN_CPU_C, build_c, sample_held_targets
 
 pytestmark = pytest.mark.bpf
 
@@ -57,13 +57,14 @@ def run_to_the_end(
     """Sample the targets until they end, then `settle_s` more; what the sampler holds then,
     and the most of its `watch` holding seen while the targets ran."""
     most = 0
+
+    def note_most() -> None:
+        nonlocal most
+        most = max(most, sampler.held()[watch])
+
     try:
-        with StatsSession():
-            sampler.start(targets)
-            targets.release()
-            while not targets.finished():
-                sampler.poll(100)
-                most = max(most, sampler.held()[watch])
+        with StatsSession():  # the settling polls too
+            sample_held_targets(sampler, targets, note_most)
             settle = time.monotonic() + settle_s
             while time.monotonic() < settle:
                 sampler.poll(100)

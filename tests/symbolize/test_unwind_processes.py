@@ -13,9 +13,8 @@ import pytest
 from otlp_ebpf.collectors import base
 from otlp_ebpf.collectors.cpu_dwarf import TRUNCATED_FRAME, DwarfSampler
 from otlp_ebpf.model import StackCount
-from otlp_ebpf.runtime.stats import StatsSession
 from otlp_ebpf.targets import TargetSpec
-from tests.conftest import SPIN_CPU_C, assert_ratio, build_c
+from tests.conftest import SPIN_CPU_C, assert_ratio, build_c, sample_held_targets
 
 pytestmark = pytest.mark.bpf
 
@@ -131,12 +130,8 @@ def profile(argv: Sequence[str], **options: int) -> DwarfSampler:
         frequency_hz=options.pop("frequency_hz", 199), cache_dir=CACHE_DIR[-1], **options
     )
     try:
-        with StatsSession():
-            sampler.start(targets)
-            targets.release()
-            while not targets.finished():
-                sampler.poll(100)
-            sampler.drain()
+        sample_held_targets(sampler, targets)
+        sampler.drain()
     finally:
         targets.abandon()
         base.cleanup()

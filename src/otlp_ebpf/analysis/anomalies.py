@@ -473,20 +473,27 @@ def _anomaly(candidate: _Candidate, q_value: float, timeline: Timeline) -> Anoma
     )
 
 
+def segmentation_costs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """What binary segmentation needs of a series: the cumulative sums of its values and of
+    their squares (a segment's L2 cost from four lookups) and the penalty a split must beat
+    (3 sigma^2 log n, sigma from the MAD of successive differences)."""
+    x = values.astype(float)
+    first = np.concatenate(([0.0], np.cumsum(x)))
+    second = np.concatenate(([0.0], np.cumsum(x * x)))
+    sigma = MAD_TO_SIGMA * _mad(np.diff(x)) / math.sqrt(2.0)
+    spread = float(np.max(np.abs(x))) if len(x) else 0.0
+    # A series that is flat between its steps has sigma 0: any real step still gains more
+    # than rounding noise.
+    penalty = max(3.0 * sigma * sigma * math.log(len(x)), 1e-9 * (1.0 + spread * spread))
+    return first, second, penalty
+
+
 def change_points(values: np.ndarray, min_size: int, max_points: int) -> list[int]:
     """Indices where a new regime starts (binary segmentation, L2 cost, robust penalty)."""
     n = len(values)
     if n < 2 * min_size:
         return []
-    x = values.astype(float)
-    first = np.concatenate(([0.0], np.cumsum(x)))
-    second = np.concatenate(([0.0], np.cumsum(x * x)))
-    diffs = np.diff(x)
-    sigma = MAD_TO_SIGMA * _mad(diffs) / math.sqrt(2.0)
-    spread = float(np.max(np.abs(x))) if n else 0.0
-    # A series that is flat between its steps has sigma 0: any real step still gains more
-    # than rounding noise.
-    penalty = max(3.0 * sigma * sigma * math.log(n), 1e-9 * (1.0 + spread * spread))
+    first, second, penalty = segmentation_costs(values)
     segments = [(0, n)]
     # each segment's best split, found once: a round splits one segment, the others keep theirs
     splits = [_best_split(first, second, 0, n, min_size)]
