@@ -256,6 +256,42 @@ def test_what_the_agent_keeps_between_intervals_stays_bounded_under_churn(
     assert all(b.cpu_s > 0 for b in batches)
 
 
+@pytest.mark.bpf
+def test_the_budget_the_agent_leaves_unspent_goes_to_its_unwind_table_decoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Under a budget with room in it, the decoder is given the room the rest of the agent
+    leaves (beyond its floor share), and never more than the budget holds."""
+    from otlp_ebpf.collectors.agent import Agent, AgentConfig, IntervalBatch, run
+    from otlp_ebpf.collectors.agent_signals import DECODER_FLOOR_SHARE, AgentCpuSignal
+    from otlp_ebpf.symbolize.cfi import DecodeWorker
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # every table decoded
+    spin = subprocess.Popen(["sh", "-c", "while :; do :; done"])
+    workers: list[DecodeWorker] = []
+    batches: list[IntervalBatch] = []
+
+    def on_poll(agent: Agent) -> None:
+        if not workers:
+            for s in agent.recording.signals:
+                if isinstance(s, AgentCpuSignal) and s.dwarf.sampler.cfi.worker is not None:
+                    workers.append(s.dwarf.sampler.cfi.worker)
+        if len(batches) >= 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    config = AgentConfig(interval_s=1.0, signals=("cpu",), frequency_hz=49, budget_pct=20.0)
+    t0 = time.monotonic()
+    try:
+        run(config, batches.append, on_poll=on_poll)
+    finally:
+        spin.kill()
+        spin.wait()
+    wall = time.monotonic() - t0
+    allowance = workers[0].allowance
+    assert allowance.pct == DECODER_FLOOR_SHARE * 20.0
+    assert 0 < allowance.deposited_s <= 0.20 * wall
+
+
 PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_DETACH = 0x4206, 0x4207, 17
 WALL = 0x40000000
 

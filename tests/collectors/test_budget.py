@@ -241,6 +241,28 @@ def test_the_governor_turns_every_knob_by_the_cost_since_the_last_decision(monke
     assert governor.ticks[-1].rates == {"cpu_hz": 84.0, "syscalls_1_in": 12.0}
 
 
+def test_each_decision_hands_on_what_all_but_the_helpers_left_of_the_budget(monkeypatch):
+    clock = [100.0]
+    cost = [0.0]
+    helpers = [0.0]
+    monkeypatch.setattr(budget_mod.time, "monotonic", lambda: clock[0])
+    meter = CostMeter(lambda: 0, list)
+    monkeypatch.setattr(meter, "total_s", lambda: cost[0])
+    monkeypatch.setattr(meter, "helpers_s", lambda: helpers[0])
+    slack: list[tuple[float, float]] = []
+    governor = Governor(1.0, meter, [], control_s=1.0, on_slack=lambda s, w: slack.append((s, w)))
+    governor.begin()
+    # 2 s at 1%: 20 ms of budget; the agent used 12 ms, its decoder 30 ms more
+    clock[0] += 2.0
+    cost[0], helpers[0] = 0.042, 0.030
+    governor.control()
+    # then 1 s in which the agent alone used 15 ms: 5 ms over
+    clock[0] += 1.0
+    cost[0] = 0.057
+    governor.control()
+    assert [(round(s, 6), w) for s, w in slack] == [(0.008, 2.0), (-0.005, 1.0)]
+
+
 def test_a_slower_governor_still_decides_first_after_control_s(monkeypatch):
     # The agent decides once a second; its first decision comes after record's CONTROL_S
     # all the same, so the knobs' full starting rates last a quarter of a second, not one.

@@ -369,7 +369,7 @@ def test_a_decoder_held_to_a_cpu_limit_is_paused_and_still_finishes(
 
     monkeypatch.setattr(cfi, "PACE_AHEAD_S", 0.1)
     worker = DecodeWorker(None, ())
-    worker.cpu_limit_pct = 50.0
+    worker.allowance.pct = 50.0
     done: list[tuple[str, bytes | None]] = []
     try:
         worker.request("big", str(_libpython()), urgent=True)
@@ -379,6 +379,33 @@ def test_a_decoder_held_to_a_cpu_limit_is_paused_and_still_finishes(
         worker.close()
     assert [(key, data is not None) for key, data in done] == [("big", True)]
     assert worker.paused_s > 0
+
+
+def test_the_decoders_children_pay_from_one_allowance_every_cpu_second_they_use() -> None:
+    """Credit spent (here: a debt) stays spent for the next child, which is stopped before it
+    decodes; a deposit lets it go on. Each child is charged from its start to its end, so
+    the allowance's spending is the children's CPU, whatever pacing saw of them."""
+    from otlp_ebpf.symbolize.allowance import CpuAllowance
+
+    worker = DecodeWorker(None, ())
+    worker.recycle_rss_kb = 0  # a new child for every decode
+    worker.allowance = CpuAllowance(pct=1e-6, ahead_s=5.0)  # earns next to nothing
+    worker.allowance.spend(6.0)  # a second in debt, as a child before might leave it
+    done: list[tuple[str, bool]] = []
+    try:
+        worker.request("libc", LIBC, urgent=True)
+        for _ in range(20):  # a second of the agent's polls (each paces the child)
+            done += [(key, data is not None) for key, data in worker.receive(0.05)]
+        assert done == [] and worker._paused_at is not None, "a child in debt decoded"
+        worker.allowance.deposit(10.0)  # the budget's unspent part: credit again (capped)
+        done += _decode_all(worker)
+        worker.request("libc-again", LIBC, urgent=True)
+        done += _decode_all(worker)
+    finally:
+        worker.close()
+    assert done == [("libc", True), ("libc-again", True)]
+    assert worker.starts == 2 and worker.paused_s > 0
+    assert worker.allowance.spent_s - 6.0 == pytest.approx(worker.cpu_s, abs=0.02)
 
 
 def test_a_child_stopped_in_the_middle_of_a_table_does_not_block_its_parent() -> None:

@@ -315,6 +315,21 @@ def test_the_allowance_holds_work_to_its_share_of_cpu() -> None:
     assert CpuAllowance().available()  # no share: no limit
 
 
+def test_a_deposit_adds_credit_up_to_the_allowance_s_cap() -> None:
+    allowance = CpuAllowance(pct=1e-9, ahead_s=0.5)
+    allowance.spend(1.0)  # half a second in debt: it waits
+    assert not allowance.available()
+    allowance.deposit(0.4)
+    assert not allowance.available()  # still 0.1 s short
+    allowance.deposit(5.0)
+    assert allowance.available()
+    allowance.spend(0.49)  # the deposit was capped at 0.5 s: 0.01 s left
+    assert allowance.available()
+    allowance.spend(0.02)
+    assert not allowance.available()
+    assert allowance.deposited_s == 5.4
+
+
 def test_a_second_process_mapping_a_file_is_named_from_the_first_ones_lookups(
     proc: FakeProc, tmp_path: Path
 ) -> None:

@@ -35,7 +35,10 @@ from otlp_ebpf.model import Connection, MemSnapshot, NetSnapshot, ProcessInfo, S
 PeerKey = tuple[int, str, int, str, int]
 MAX_FOLDED_PEERS = 4096  # rows of closed connections kept (the oldest go first)
 EXITED_KEPT_BY_PID = 64  # exited processes whose syscall rows keep their pid (then: by name)
-DECODER_SHARE = 0.25  # of the budget: what the unwind-table decoder may use on average
+# Of the budget: what the unwind-table decoder may always use on average. It also gets what
+# the rest of the agent leaves unspent (`fund_decoder`), so its decodes fit in the budget
+# whenever the rest does; this much goes on even when it does not, so that tables still come.
+DECODER_FLOOR_SHARE = 0.05
 # Of the budget: loading new binaries' symbols (the files beyond it wait in a queue, their
 # frames named module+offset meanwhile).
 SYMBOLS_SHARE = 0.1
@@ -74,16 +77,29 @@ class AgentCpuSignal(CpuSignal):
         self.dwarf.sampler.max_waiting_bytes = AGENT_WAITING_BYTES
 
     def limit_decoder(self, budget_pct: float | None) -> None:
-        """Hold the unwind-table decoder to DECODER_SHARE of the budget and symbol loading to
-        SYMBOLS_SHARE (none without one): no sampling rate lowers the work done once per new
-        binary, and a binary of tens of MB costs a minute of CPU."""
+        """Hold the unwind-table decoder to DECODER_FLOOR_SHARE of the budget plus what the
+        rest leaves (`fund_decoder`), and symbol loading to SYMBOLS_SHARE (no limit without a
+        budget): no sampling rate lowers the work done once per new binary, and a binary of
+        tens of MB costs a minute of CPU."""
         sampler = self.dwarf.sampler
         worker = sampler.cfi.worker
         if worker is not None:
-            worker.cpu_limit_pct = DECODER_SHARE * budget_pct if budget_pct else 0.0
+            worker.allowance.pct = DECODER_FLOOR_SHARE * budget_pct if budget_pct else 0.0
         sampler.symbolizer.load_allowance.pct = SYMBOLS_SHARE * budget_pct if budget_pct else 0.0
         self.interval: list[StackCount] = []
         self.infos: dict[int, ProcessInfo] = {}
+
+    def fund_decoder(self, slack_s: float, wall_s: float) -> None:
+        """The budget's `slack_s` CPU seconds that the rest of the agent left unspent over
+        `wall_s` go to the decoder, beyond what its floor share earned meanwhile: it decodes
+        with the larger of the two, and over time the agent with its decodes holds the
+        budget as long as the rest does."""
+        worker = self.dwarf.sampler.cfi.worker
+        if worker is None or not worker.allowance.pct:
+            return
+        floor_s = worker.allowance.pct / 100 * wall_s
+        if slack_s > floor_s:
+            worker.allowance.deposit(slack_s - floor_s)
 
     def deferred(self) -> tuple[int, int]:
         """New binaries whose symbols were queued under the budget so far, and how many of

@@ -114,6 +114,10 @@ class CostMeter:
             self._helpers[pid] = max(self._helpers.get(pid, 0.0), child_cpu_seconds(pid))
         return stats.process_cpu_seconds() + sum(self._helpers.values())
 
+    def helpers_s(self) -> float:
+        """The helpers' CPU seconds at the last `cpu_s` (their share of it)."""
+        return sum(self._helpers.values())
+
     def total_s(self) -> float:
         """CPU and BPF seconds so far: the cost in core-seconds."""
         return self.cpu_s() + self.bpf_ns() / 1e9
@@ -623,8 +627,13 @@ class Governor:
     ticks: list[CostTick] = field(default_factory=list)
     control_s: float = CONTROL_S  # how often the cost is read and the knobs decide
     decisions: int = 0
+    # At each decision: the CPU seconds of the budget that all but the helper processes left
+    # unspent since the last one (below zero: over it), and the wall seconds it covers. The
+    # agent's unwind-table decoder, a helper, is given them: its decodes fit in the budget.
+    on_slack: Callable[[float, float], None] | None = None
     _tick: Interval | None = None
     _control: Interval | None = None
+    _control_helpers_s: float = 0.0
     settled: Interval | None = None
     first: Interval | None = None
 
@@ -632,6 +641,7 @@ class Governor:
         """The collection loop starts: what the run cost so far is startup."""
         cost = self.meter.total_s()
         self._tick = self._control = self.first = Interval(time.monotonic(), cost)
+        self._control_helpers_s = self.meter.helpers_s()
         return cost
 
     def control(self) -> None:
@@ -651,9 +661,21 @@ class Governor:
             after = knob.decide(pct)
             if after != before:
                 knob.apply(after)
+        self._give_slack(wall, cost)
         # one reading ends this stretch and begins the next (each costs the tool a system
         # call per program): what the knobs' changes cost falls into the next stretch
         self._control = Interval(wall, cost)
+
+    def _give_slack(self, wall: float, cost: float) -> None:
+        """Tell `on_slack` what the stretch ending at (`wall`, `cost`) left of the budget."""
+        helpers, helpers_before = self.meter.helpers_s(), self._control_helpers_s
+        self._control_helpers_s = helpers
+        stretch = self._control
+        if self.on_slack is None or stretch is None:
+            return
+        wall_s = wall - stretch.start_wall
+        others = (cost - stretch.start_cost) - (helpers - helpers_before)
+        self.on_slack(self.budget_pct / 100 * wall_s - others, wall_s)
 
     def rates(self) -> dict[str, float]:
         return {k.rate_key: k.show(k.current()) for k in self.knobs}

@@ -4,7 +4,8 @@ On a host that keeps starting new binaries (builds, test runs, short-lived tools
 done once per binary is a cost of its own, paid whatever the sampling rate. An allowance
 holds it to `pct` percent of one core on average: the work runs while there is credit (it
 accrues with wall time, at most `ahead_s` of it in advance, so a first large table loads at
-once) and waits otherwise; the caller queues what waits and counts it.
+once) and waits otherwise; the caller queues what waits and counts it. Credit may also be
+`deposit`ed: what a budget left unspent (the unwind-table decoder's, in the agent).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class CpuAllowance:
         self.pct = pct
         self.ahead_s = ahead_s
         self.spent_s = 0.0
+        self.deposited_s = 0.0
         self._credit = ahead_s
         self._at = time.monotonic()
 
@@ -32,6 +34,12 @@ class CpuAllowance:
         self._credit = min(self.ahead_s, self._credit + (now - self._at) * self.pct / 100)
         self._at = now
         return self._credit > 0
+
+    def deposit(self, cpu_s: float) -> None:
+        """Add `cpu_s` of credit on top of what `pct` earns (still at most `ahead_s`)."""
+        self.available()  # what was earned until now first, then the deposit on top
+        self.deposited_s += cpu_s
+        self._credit = min(self.ahead_s, self._credit + cpu_s)
 
     def spend(self, cpu_s: float) -> None:
         """Charge `cpu_s` of CPU the work took (credit may go below zero: the work waits

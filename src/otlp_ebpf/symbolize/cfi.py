@@ -47,6 +47,7 @@ from elftools.common.exceptions import ELFError
 from elftools.dwarf.callframe import CIE, FDE, RegisterRule
 from elftools.elf.elffile import ELFFile
 
+from otlp_ebpf.symbolize.allowance import CpuAllowance
 from otlp_ebpf.symbolize.elf import DEFAULT_DEBUG_ROOT
 from otlp_ebpf.symbolize.lru import Lru
 
@@ -459,8 +460,8 @@ RECYCLE_RSS_KB = 256 * 1024
 READ_CHUNK = 1 << 20  # bytes read from the decoding child at a time
 MAX_WORKER_STARTS = 64  # a child that keeps dying is not started again past this
 DECODER_IDLE_ENV = "OTLP_EBPF_DECODER_IDLE"  # set for the child by DecodeWorker.idle
-# DecodeWorker.cpu_limit_pct: the child may run ahead of its average by this much CPU (a
-# library of a few MB decodes at once), then it is paused until its average is back under.
+# DecodeWorker.allowance: the child may run ahead of its average by this much CPU (a library
+# of a few MB decodes at once), then it is paused until its average is back under.
 PACE_AHEAD_S = 2.0
 PACE_EVERY_S = 0.25
 
@@ -798,11 +799,13 @@ class DecodeWorker:
         # binary of tens of MB (a minute of CPU to decode) must not take the workload's CPU;
         # its tables come later on a busy host. Off for short runs, which need them now.
         self.idle = False
-        # At most this % of one core on average (0: no limit): the child is stopped
-        # (SIGSTOP) while it is ahead, so a run under a budget pays for its decodes over time.
-        self.cpu_limit_pct = 0.0
+        # At most `allowance.pct` % of one core on average (0: no limit), plus the credit
+        # deposited in it (the agent: what its budget left unspent): the child is stopped
+        # (SIGSTOP) while it has spent more, so a run under a budget pays for its decodes
+        # over time. One allowance for all the children: a new one starts with no new credit.
+        self.allowance = CpuAllowance(0.0, PACE_AHEAD_S)
         self.paused_s = 0.0  # time the child spent stopped for it
-        self._pace: tuple[float, float, float] | None = None  # (checked at, its CPU, credit)
+        self._pace_mark: tuple[float, float] | None = None  # (checked at, the child's CPU)
         self._paused_at: float | None = None
         self._closed = False
         self._recycle = False  # the child asked to be replaced (out of its heap cap)
@@ -874,23 +877,23 @@ class DecodeWorker:
         return done
 
     def pace(self) -> None:
-        """Hold the child to `cpu_limit_pct` of a core: it earns that much CPU time per second
-        (up to PACE_AHEAD_S ahead) and is stopped while it has used more than it earned."""
+        """Hold the child to its allowance: it is stopped while it has used more CPU than it
+        was given (up to PACE_AHEAD_S ahead), and runs again once the credit is back."""
         proc = self._proc
-        if proc is None or self.cpu_limit_pct <= 0:
+        if proc is None or not self.allowance.pct:
             return
         now = time.monotonic()
-        if self._pace is not None and now - self._pace[0] < PACE_EVERY_S:
+        mark = self._pace_mark
+        if mark is not None and now - mark[0] < PACE_EVERY_S:
             return
         used = _cpu_s(proc.pid)
-        at, used_before, credit = self._pace or (now, used, PACE_AHEAD_S)
-        credit = min(PACE_AHEAD_S, credit + (now - at) * self.cpu_limit_pct / 100)
-        credit -= used - used_before
-        self._pace = (now, used, credit)
-        if credit < 0 and self._paused_at is None:
+        self.allowance.spend(used - mark[1] if mark is not None else used)
+        self._pace_mark = (now, used)
+        ahead = self.allowance.available()
+        if not ahead and self._paused_at is None:
             self._signal(proc.pid, signal.SIGSTOP)
             self._paused_at = now
-        elif credit >= 0 and self._paused_at is not None:
+        elif ahead and self._paused_at is not None:
             self._resume(proc.pid)
 
     def _resume(self, pid: int) -> None:
@@ -918,9 +921,11 @@ class DecodeWorker:
         self._received.clear()
         if proc is None:
             return
-        self._record_cost(proc.pid)
+        used = self._record_cost(proc.pid)
+        if self._pace_mark is not None:  # what it used since it was last paced is paid too
+            self.allowance.spend(max(0.0, used - self._pace_mark[1]))
+            self._pace_mark = None
         self._resume(proc.pid)
-        self._pace = None
         proc.kill()
         proc.wait()
         for stream in (proc.stdin, proc.stdout):
@@ -1006,16 +1011,18 @@ class DecodeWorker:
         self._end_child()
         return key, None
 
-    def _record_cost(self, pid: int) -> None:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(f"/proc/{pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            ticks = os.sysconf("SC_CLK_TCK")
-            self.cpu_s += (int(fields[11]) + int(fields[12])) / ticks
-            with open(f"/proc/{pid}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmHWM:"):
-                        self.peak_rss_kb = max(self.peak_rss_kb, int(line.split()[1]))
+    def _record_cost(self, pid: int) -> float:
+        """Add the ending child's CPU and peak RSS to the totals; returns its CPU seconds."""
+        used = _cpu_s(pid)
+        self.cpu_s += used
+        with (
+            contextlib.suppress(OSError, ValueError, IndexError),
+            open(f"/proc/{pid}/status") as fh,
+        ):
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    self.peak_rss_kb = max(self.peak_rss_kb, int(line.split()[1]))
+        return used
 
 
 def _cpu_s(pid: int) -> float:
