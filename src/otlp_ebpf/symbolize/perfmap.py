@@ -12,6 +12,7 @@ A later line for the same start wins, since runtimes reuse code space after coll
 from __future__ import annotations
 
 import bisect
+import functools
 import os
 import stat
 from dataclasses import dataclass
@@ -99,16 +100,17 @@ def _namespace_pid(pid: int, proc_root: str) -> int:
     return pid
 
 
-_own_pid_namespace: list[str] = []
+@functools.cache
+def _own_pid_namespace() -> str:
+    """This process's pid namespace link (it never changes; an error is not kept)."""
+    return os.readlink("/proc/self/ns/pid")
 
 
 def _in_our_pid_namespace(pid: int, proc_root: str) -> bool:
     """Whether `pid` lives in this process's pid namespace (one link read, where the status
     file costs the kernel every field of it); False when either cannot be read."""
     try:
-        if not _own_pid_namespace:
-            _own_pid_namespace.append(os.readlink("/proc/self/ns/pid"))
-        return os.readlink(os.path.join(proc_root, str(pid), "ns", "pid")) == _own_pid_namespace[0]
+        return os.readlink(os.path.join(proc_root, str(pid), "ns", "pid")) == _own_pid_namespace()
     except OSError:
         return False
 
