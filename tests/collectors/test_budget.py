@@ -263,6 +263,41 @@ def test_each_decision_hands_on_what_all_but_the_helpers_left_of_the_budget(monk
     assert [(round(s, 6), w) for s, w in slack] == [(0.008, 2.0), (-0.005, 1.0)]
 
 
+def test_work_done_once_an_interval_keeps_the_rate_down_between_its_stretches(monkeypatch):
+    """1% budget, decisions once a second, 10 s intervals: each interval costs 0.95% of a
+    core in all, 86 ms in its last second (the export) and 1 ms in each of the 9 before.
+    Judged a stretch at a time, the cheap stretches raise the rate and the dear one lowers
+    it; judged on the cost since the rate last changed, it stays where it is."""
+
+    def run(window_s: float, dear_s: float = 0.086, cheap_s: float = 0.001) -> list[int]:
+        clock = [100.0]
+        cost = [0.0]
+        monkeypatch.setattr(budget_mod.time, "monotonic", lambda: clock[0])
+        meter = CostMeter(lambda: 0, list)
+        monkeypatch.setattr(meter, "total_s", lambda: cost[0])
+        hz = BudgetController(budget_pct=1.0, requested_hz=99)
+        hz.hz = 2
+        governor = Governor(1.0, meter, [cpu_knob(hz, lambda _: None)], control_s=1.0)
+        governor.window_s = window_s
+        governor.begin()
+        rates = []
+        for second in range(1, 61):
+            clock[0] += 1.0
+            cost[0] += dear_s if second % 10 == 0 else cheap_s
+            governor.control()
+            rates.append(hz.hz)
+        return rates
+
+    assert set(run(10.0)) == {2}
+    alone = run(0.0)
+    assert max(alone) > 2 and min(alone) < 2  # up, then down below where it began
+    # room in the budget: raised once the rate has held a whole window, then every window
+    roomy = run(10.0, dear_s=0.01)
+    assert roomy[:9] == [2] * 9 and roomy[9] == roomy[18] == 3 and roomy[-1] >= 11
+    # over it: lowered before a window is over
+    assert run(10.0, cheap_s=0.03)[:3] == [1, 1, 1]
+
+
 def test_a_slower_governor_still_decides_first_after_control_s(monkeypatch):
     # The agent decides once a second; its first decision comes after record's CONTROL_S
     # all the same, so the knobs' full starting rates last a quarter of a second, not one.

@@ -484,6 +484,7 @@ def _loop(
         try:
             if recording.governor is not None:
                 recording.governor.control_s = control_period_s(config.interval_s)
+                recording.governor.window_s = config.interval_s
                 cpu = recording.cpu_signal()
                 if isinstance(cpu, AgentCpuSignal):
                     recording.governor.on_slack = cpu.fund_decoder

@@ -28,6 +28,7 @@ import math
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -631,9 +632,16 @@ class Governor:
     # unspent since the last one (below zero: over it), and the wall seconds it covers. The
     # agent's unwind-table decoder, a helper, is given them: its decodes fit in the budget.
     on_slack: Callable[[float, float], None] | None = None
+    # Decide on the cost since the rates last changed, up to `window_s` back (0: the last
+    # stretch alone), and raise no rate before they have held for `window_s`. Work done
+    # once an interval (the agent's export and inspections) lands in one stretch of several:
+    # judged alone, the stretches between look cheap and raise the rates, and the dear one
+    # brings them down again, on average over the budget.
+    window_s: float = 0.0
     _tick: Interval | None = None
     _control: Interval | None = None
     _control_helpers_s: float = 0.0
+    _since_change: deque[Interval] = field(default_factory=deque)  # readings at decisions
     settled: Interval | None = None
     first: Interval | None = None
 
@@ -641,6 +649,7 @@ class Governor:
         """The collection loop starts: what the run cost so far is startup."""
         cost = self.meter.total_s()
         self._tick = self._control = self.first = Interval(time.monotonic(), cost)
+        self._since_change = deque([self._control])
         self._control_helpers_s = self.meter.helpers_s()
         return cost
 
@@ -655,16 +664,36 @@ class Governor:
             return
         self.decisions += 1
         cost = self.meter.total_s()
-        pct = self._control.pct(wall, cost)
+        pct = self._decision_pct(wall, cost)
+        changed = False
         for knob in self.knobs:
             before = knob.current()
             after = knob.decide(pct)
             if after != before:
                 knob.apply(after)
+                changed = True
+        if self.window_s:
+            if changed:  # what came before was paid at other rates
+                self._since_change.clear()
+            self._since_change.append(Interval(wall, cost))
         self._give_slack(wall, cost)
         # one reading ends this stretch and begins the next (each costs the tool a system
         # call per program): what the knobs' changes cost falls into the next stretch
         self._control = Interval(wall, cost)
+
+    def _decision_pct(self, wall: float, cost: float) -> float:
+        """The cost the knobs decide on (see `window_s`)."""
+        assert self._control is not None
+        readings = self._since_change
+        if not self.window_s or not readings:
+            return self._control.pct(wall, cost)
+        while len(readings) > 1 and readings[1].start_wall <= wall - self.window_s:
+            readings.popleft()
+        pct = readings[0].pct(wall, cost)
+        if wall - readings[0].start_wall < self.window_s:
+            # not yet a whole window at these rates: lowered if dear, not raised yet
+            pct = max(pct, RAISE_BELOW * self.budget_pct)
+        return pct
 
     def _give_slack(self, wall: float, cost: float) -> None:
         """Tell `on_slack` what the stretch ending at (`wall`, `cost`) left of the budget."""
