@@ -9,7 +9,7 @@ effective cpu sampling rate, and what a node sends: batches per second and bytes
 
     python bench/agent_soak.py [--minutes 10] [--interval 10] [--warmup-minutes 1]
                                [--signals cpu,syscalls] [--agent-args '--burst-intervals 0']
-                               [--sleepers N]
+                               [--sleepers N] [--fresh-cache]
 
 `--sleepers N` adds N long-lived processes that each make a few syscalls a second: every
 interval then exports the rows of N more processes (a host running many services), which
@@ -138,6 +138,11 @@ def main() -> None:
         "--agent-args", default="", help="more options for the agent, e.g. '--burst-intervals 0'"
     )
     parser.add_argument("--sleepers", type=int, default=0, help="long-lived processes to add")
+    parser.add_argument(
+        "--fresh-cache",
+        action="store_true",
+        help="start with no unwind table cached: the decoder works into the steady state",
+    )
     args = parser.parse_args()
 
     counts = Counting()
@@ -154,6 +159,8 @@ def main() -> None:
         load.append(sleepers)
     env = env_with_src()
     env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
+    if args.fresh_cache:
+        env["XDG_CACHE_HOME"] = os.path.join(work, "cache")
     agent = subprocess.Popen(
         [*CLI, "agent", "--interval", str(args.interval), "--otlp", url, "--signals", args.signals,
          "--serve", f"127.0.0.1:{port}", "--spill-dir", os.path.join(work, "spill"),
