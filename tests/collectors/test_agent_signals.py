@@ -261,15 +261,29 @@ def test_the_budget_the_agent_leaves_unspent_goes_to_its_unwind_table_decoder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """Under a budget with room in it, the decoder is given the room the rest of the agent
-    leaves (beyond its floor share), and never more than the budget holds."""
+    leaves (beyond its floor share), and never more than the budget holds; the credit it
+    starts with for the binaries met at start lapses when the first interval ends."""
     from otlp_ebpf.collectors.agent import Agent, AgentConfig, IntervalBatch, run
     from otlp_ebpf.collectors.agent_signals import DECODER_FLOOR_SHARE, AgentCpuSignal
     from otlp_ebpf.symbolize.cfi import DecodeWorker
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # every table decoded
-    spin = subprocess.Popen(["sh", "-c", "while :; do :; done"])
+    # not a child: the budget counts its children as its helpers
+    spin = int(
+        subprocess.run(
+            ["sh", "-c", "(while :; do :; done) >/dev/null 2>&1 & echo $!"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     workers: list[DecodeWorker] = []
     batches: list[IntervalBatch] = []
+    credits: list[float] = []
+
+    def deliver(batch: IntervalBatch) -> None:
+        batches.append(batch)
+        credits.append(workers[0].allowance.credit_s)
 
     def on_poll(agent: Agent) -> None:
         if not workers:
@@ -282,14 +296,14 @@ def test_the_budget_the_agent_leaves_unspent_goes_to_its_unwind_table_decoder(
     config = AgentConfig(interval_s=1.0, signals=("cpu",), frequency_hz=49, budget_pct=20.0)
     t0 = time.monotonic()
     try:
-        run(config, batches.append, on_poll=on_poll)
+        run(config, deliver, on_poll=on_poll)
     finally:
-        spin.kill()
-        spin.wait()
+        os.kill(spin, signal.SIGKILL)
     wall = time.monotonic() - t0
     allowance = workers[0].allowance
     assert allowance.pct == DECODER_FLOOR_SHARE * 20.0
     assert 0 < allowance.deposited_s <= 0.20 * wall
+    assert credits[0] < 0.05  # the 2 s it started with lapsed at the first interval's end
 
 
 PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_DETACH = 0x4206, 0x4207, 17

@@ -330,6 +330,16 @@ def test_a_deposit_adds_credit_up_to_the_allowance_s_cap() -> None:
     assert allowance.deposited_s == 5.4
 
 
+def test_credit_that_lapses_is_gone_but_a_debt_stays() -> None:
+    allowance = CpuAllowance(pct=1e-9, ahead_s=2.0)
+    assert allowance.credit_s == pytest.approx(2.0)
+    allowance.lapse()
+    assert allowance.credit_s == pytest.approx(0.0, abs=1e-6)
+    allowance.spend(0.5)
+    allowance.lapse()
+    assert allowance.credit_s == pytest.approx(-0.5)
+
+
 def test_a_second_process_mapping_a_file_is_named_from_the_first_ones_lookups(
     proc: FakeProc, tmp_path: Path
 ) -> None:

@@ -75,6 +75,7 @@ class AgentCpuSignal(CpuSignal):
         # Tables come slowly from a decoder held to the budget: fewer samples wait for them
         # (each holds its stack copy and keeps its exited process's maps until then).
         self.dwarf.sampler.max_waiting_bytes = AGENT_WAITING_BYTES
+        self.ticked = False  # the first interval has ended
 
     def limit_decoder(self, budget_pct: float | None) -> None:
         """Hold the unwind-table decoder to DECODER_FLOOR_SHARE of the budget plus what the
@@ -120,6 +121,17 @@ class AgentCpuSignal(CpuSignal):
 
     def tick(self) -> None:
         self.interval, self.infos = self.dwarf.take_stacks()
+        if not self.ticked:
+            self.ticked = True
+            self._end_decoder_startup()
+
+    def _end_decoder_startup(self) -> None:
+        """The decoder starts with credit for the binaries met at start (PACE_AHEAD_S):
+        what is left of it when the first interval ends lapses, and from then on (the
+        steady state) it decodes with what it is given, within the budget."""
+        worker = self.dwarf.sampler.cfi.worker
+        if worker is not None and worker.allowance.pct:
+            worker.allowance.lapse()
 
 
 class AgentSyscallsSignal(SyscallsSignal):

@@ -41,6 +41,16 @@ class CpuAllowance:
         self.deposited_s += cpu_s
         self._credit = min(self.ahead_s, self._credit + cpu_s)
 
+    @property
+    def credit_s(self) -> float:
+        """CPU seconds the work may use now (below zero: owed)."""
+        self.available()
+        return self._credit
+
+    def lapse(self) -> None:
+        """Give up the credit not spent so far (what is owed stays owed)."""
+        self._credit = min(self.credit_s, 0.0)
+
     def spend(self, cpu_s: float) -> None:
         """Charge `cpu_s` of CPU the work took (credit may go below zero: the work waits
         until it has been earned back)."""
