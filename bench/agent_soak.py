@@ -128,6 +128,22 @@ def helpers_rss_kb(pid: int) -> int:
     return total
 
 
+def helpers_cpu_s(pid: int, seen: dict[int, float]) -> float:
+    """CPU seconds of the agent's helpers so far: each one's last reading while it lived."""
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                for child in map(int, fh.read().split()):
+                    with contextlib.suppress(OSError, ValueError, IndexError):
+                        with open(f"/proc/{child}/stat") as stat:
+                            fields = stat.read().rpartition(")")[2].split()
+                        ticks = int(fields[11]) + int(fields[12])
+                        seen[child] = max(seen.get(child, 0.0), ticks / os.sysconf("SC_CLK_TCK"))
+    except OSError:
+        pass
+    return sum(seen.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -169,6 +185,8 @@ def main() -> None:
     )  # fmt: skip
     rows: list[tuple[float, int, dict[str, float]]] = []
     helpers: list[int] = []
+    decoder_cpu: list[float] = []  # the helpers' CPU so far, at each scrape
+    decoder_seen: dict[int, float] = {}
     t0 = time.monotonic()
     try:
         while time.monotonic() - t0 < args.minutes * 60:
@@ -181,6 +199,7 @@ def main() -> None:
                 )
             )
             helpers.append(helpers_rss_kb(agent.pid))
+            decoder_cpu.append(helpers_cpu_s(agent.pid, decoder_seen))
             t, rss, m = rows[-1]
             print(
                 f"{t:7.0f} s  RSS {rss / 1024:6.1f} MB (helpers {helpers[-1] / 1024:5.1f} MB, "
@@ -211,6 +230,15 @@ def main() -> None:
             print("agent's last lines:", *log.readlines()[-5:], sep="\n  ")
     peak_helpers = max(helpers or [0]) / 1024
     print(f"helpers' RSS (unwind-table decoder, apart): at most {peak_helpers:.1f} MB")
+    warm = [i for i, r in enumerate(rows) if r[0] >= args.warmup_minutes * 60]
+    if len(warm) >= 2 and len(decoder_cpu) == len(rows):
+        first, last = warm[0], warm[-1]
+        spent = decoder_cpu[last] - decoder_cpu[first]
+        wall = rows[last][0] - rows[first][0]
+        print(
+            f"decoder's CPU (in the cost above): {decoder_cpu[first]:.2f} s in warm-up, "
+            f"{spent:.2f} s after it ({100 * spent / wall:.3f}% of one core)"
+        )
 
 
 def report(args: argparse.Namespace, rows, counts: Counting, code: int, stop_s: float) -> None:
