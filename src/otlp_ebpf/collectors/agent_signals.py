@@ -76,6 +76,8 @@ class AgentCpuSignal(CpuSignal):
         # (each holds its stack copy and keeps its exited process's maps until then).
         self.dwarf.sampler.max_waiting_bytes = AGENT_WAITING_BYTES
         self.ticked = False  # the first interval has ended
+        self.interval: list[StackCount] = []
+        self.infos: dict[int, ProcessInfo] = {}
 
     def limit_decoder(self, budget_pct: float | None) -> None:
         """Hold the unwind-table decoder to DECODER_FLOOR_SHARE of the budget plus what the
@@ -87,8 +89,6 @@ class AgentCpuSignal(CpuSignal):
         if worker is not None:
             worker.allowance.pct = DECODER_FLOOR_SHARE * budget_pct if budget_pct else 0.0
         sampler.symbolizer.load_allowance.pct = SYMBOLS_SHARE * budget_pct if budget_pct else 0.0
-        self.interval: list[StackCount] = []
-        self.infos: dict[int, ProcessInfo] = {}
 
     def fund_decoder(self, slack_s: float, wall_s: float) -> None:
         """The budget's `slack_s` CPU seconds that the rest of the agent left unspent over
