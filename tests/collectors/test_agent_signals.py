@@ -306,6 +306,50 @@ def test_the_budget_the_agent_leaves_unspent_goes_to_its_unwind_table_decoder(
     assert credits[0] < 0.05  # the 2 s it started with lapsed at the first interval's end
 
 
+def test_what_the_rest_spends_over_the_budget_is_taken_from_the_decoders_next_room() -> None:
+    """1% budget, decisions once a second: a dear second (an interval's export, 5%) and
+    nine cheap ones (0.5% each) cost 0.95% in all. The decoder gets the 0.05% left over the
+    ten seconds, which its floor share already earns, not the cheap seconds' 0.5% each."""
+    from otlp_ebpf.collectors import base
+    from otlp_ebpf.collectors.agent import TargetSpec
+    from otlp_ebpf.collectors.agent_signals import AgentCpuSignal
+    from otlp_ebpf.collectors.record import RecordConfig
+    from otlp_ebpf.symbolize.allowance import CpuAllowance
+
+    config = RecordConfig(
+        targets=TargetSpec(),
+        duration_s=None,
+        interval_s=10.0,
+        signals=("cpu",),
+        signals_given=True,
+        frequency_hz=49,
+        budget_pct=1.0,
+    )
+    targets = base.Targets(config.targets)
+    try:
+        cpu = AgentCpuSignal(config, targets)
+        worker = cpu.dwarf.sampler.cfi.worker
+        assert worker is not None and worker.allowance.pct == 0.05
+        worker.allowance = CpuAllowance(worker.allowance.pct, 2.0)
+
+        def interval(dear_s: float) -> float:
+            before = worker.allowance.deposited_s
+            cpu.fund_decoder(0.010 - dear_s, 1.0)  # the dear second first: owed
+            for _ in range(9):
+                cpu.fund_decoder(0.010 - 0.005, 1.0)
+            return worker.allowance.deposited_s - before
+
+        given = [interval(0.050) for _ in range(3)]
+        given.append(interval(0.030))  # 0.75% in all: 20 ms of room over the floor's 5
+        given.append(interval(0.200))  # 2.45%: 150 ms over (at most 100 ms of it owed)
+        given.append(interval(0.050))  # 0.95% again: no room
+        given.append(interval(0.010))  # 0.55%: 40 ms of room, all of it to what is owed
+    finally:
+        targets.abandon()
+    assert given == pytest.approx([0.0, 0.0, 0.0, 0.020, 0.0, 0.0, 0.0], abs=1e-9)
+    assert worker.allowance.deposited_s == pytest.approx(0.020, abs=1e-9)
+
+
 PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_DETACH = 0x4206, 0x4207, 17
 WALL = 0x40000000
 

@@ -39,6 +39,10 @@ EXITED_KEPT_BY_PID = 64  # exited processes whose syscall rows keep their pid (t
 # the rest of the agent leaves unspent (`fund_decoder`), so its decodes fit in the budget
 # whenever the rest does; this much goes on even when it does not, so that tables still come.
 DECODER_FLOOR_SHARE = 0.05
+# What the rest of the agent spent over the budget is taken from what it leaves next, up to
+# this many seconds of the budget: it spends unevenly (an interval's export and inspections
+# land in one second of ten), and its cheap seconds alone would overstate the room.
+SLACK_MEMORY_S = 10.0
 # Of the budget: loading new binaries' symbols (the files beyond it wait in a queue, their
 # frames named module+offset meanwhile).
 SYMBOLS_SHARE = 0.1
@@ -76,6 +80,7 @@ class AgentCpuSignal(CpuSignal):
         # (each holds its stack copy and keeps its exited process's maps until then).
         self.dwarf.sampler.max_waiting_bytes = AGENT_WAITING_BYTES
         self.ticked = False  # the first interval has ended
+        self.slack_s = 0.0  # the rest's spending over the budget not yet made up (<= 0)
         self.interval: list[StackCount] = []
         self.infos: dict[int, ProcessInfo] = {}
 
@@ -92,15 +97,18 @@ class AgentCpuSignal(CpuSignal):
 
     def fund_decoder(self, slack_s: float, wall_s: float) -> None:
         """The budget's `slack_s` CPU seconds that the rest of the agent left unspent over
-        `wall_s` go to the decoder, beyond what its floor share earned meanwhile: it decodes
-        with the larger of the two, and over time the agent with its decodes holds the
-        budget as long as the rest does."""
+        `wall_s` (below zero: spent over it) go to the decoder, beyond what its floor share
+        earned meanwhile: over time the agent with its decodes holds the budget as long as
+        the rest does."""
         worker = self.dwarf.sampler.cfi.worker
         if worker is None or not worker.allowance.pct:
             return
         floor_s = worker.allowance.pct / 100 * wall_s
-        if slack_s > floor_s:
-            worker.allowance.deposit(slack_s - floor_s)
+        budget_s = worker.allowance.pct / DECODER_FLOOR_SHARE / 100 * SLACK_MEMORY_S
+        self.slack_s = max(-budget_s, self.slack_s + slack_s - floor_s)
+        if self.slack_s > 0:
+            worker.allowance.deposit(self.slack_s)
+            self.slack_s = 0.0
 
     def deferred(self) -> tuple[int, int]:
         """New binaries whose symbols were queued under the budget so far, and how many of
