@@ -9,7 +9,7 @@ effective cpu sampling rate, and what a node sends: batches per second and bytes
 
     python bench/agent_soak.py [--minutes 10] [--interval 10] [--warmup-minutes 1]
                                [--signals cpu,syscalls] [--agent-args '--burst-intervals 0']
-                               [--sleepers N] [--fresh-cache]
+                               [--sleepers N] [--fresh-cache] [--new-binary-at SEC]
 
 `--sleepers N` adds N long-lived processes that each make a few syscalls a second: every
 interval then exports the rows of N more processes (a host running many services), which
@@ -51,6 +51,7 @@ for _ in range(int(sys.argv[1])):
             os.getppid()
 time.sleep(1e9)
 """
+NEW_BINARY = "$t = time; while (time - $t < 60) { $x++ }"  # perl, for a minute
 CPU_RATE = 'otlp_ebpf_sampling_rate_hertz{signal="cpu"}'
 SYSCALLS = 'otlp_ebpf_events_total{signal="syscalls"}'
 TRACED = 'otlp_ebpf_traced_ratio{signal="syscalls"}'
@@ -155,6 +156,13 @@ def main() -> None:
     )
     parser.add_argument("--sleepers", type=int, default=0, help="long-lived processes to add")
     parser.add_argument(
+        "--new-binary-at",
+        type=float,
+        default=0.0,
+        help="seconds into the run: a program not run before (perl) spins for a minute, "
+        "its unwind table decoded in the steady state (with --fresh-cache)",
+    )
+    parser.add_argument(
         "--fresh-cache",
         action="store_true",
         help="start with no unwind table cached: the decoder works into the steady state",
@@ -191,6 +199,9 @@ def main() -> None:
     try:
         while time.monotonic() - t0 < args.minutes * 60:
             time.sleep(args.interval)
+            if args.new_binary_at and time.monotonic() - t0 >= args.new_binary_at:
+                args.new_binary_at = 0.0
+                load.append(subprocess.Popen(["perl", "-e", NEW_BINARY]))
             rows.append(
                 (
                     time.monotonic() - t0,
