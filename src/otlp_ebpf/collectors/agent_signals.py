@@ -89,11 +89,12 @@ class AgentCpuSignal(CpuSignal):
         rest leaves (`fund_decoder`), and symbol loading to SYMBOLS_SHARE (no limit without a
         budget): no sampling rate lowers the work done once per new binary, and a binary of
         tens of MB costs a minute of CPU."""
+        self.budget_pct = budget_pct or 0.0
         sampler = self.dwarf.sampler
         worker = sampler.cfi.worker
         if worker is not None:
-            worker.allowance.pct = DECODER_FLOOR_SHARE * budget_pct if budget_pct else 0.0
-        sampler.symbolizer.load_allowance.pct = SYMBOLS_SHARE * budget_pct if budget_pct else 0.0
+            worker.allowance.pct = DECODER_FLOOR_SHARE * self.budget_pct
+        sampler.symbolizer.load_allowance.pct = SYMBOLS_SHARE * self.budget_pct
 
     def fund_decoder(self, slack_s: float, wall_s: float) -> None:
         """The budget's `slack_s` CPU seconds that the rest of the agent left unspent over
@@ -104,8 +105,8 @@ class AgentCpuSignal(CpuSignal):
         if worker is None or not worker.allowance.pct:
             return
         floor_s = worker.allowance.pct / 100 * wall_s
-        budget_s = worker.allowance.pct / DECODER_FLOOR_SHARE / 100 * SLACK_MEMORY_S
-        self.slack_s = max(-budget_s, self.slack_s + slack_s - floor_s)
+        owed_at_most_s = self.budget_pct / 100 * SLACK_MEMORY_S
+        self.slack_s = max(-owed_at_most_s, self.slack_s + slack_s - floor_s)
         if self.slack_s > 0:
             worker.allowance.deposit(self.slack_s)
             self.slack_s = 0.0
