@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 from _util import CLI, env_with_src
 
+from otlp_ebpf.collectors.budget import child_cpu_seconds, children_of
+
 CHURN = """
 while :; do /bin/true; ls / >/dev/null; id >/dev/null; uname >/dev/null; done
 """
@@ -131,17 +133,8 @@ def helpers_rss_kb(pid: int) -> int:
 
 def helpers_cpu_s(pid: int, seen: dict[int, float]) -> float:
     """CPU seconds of the agent's helpers so far: each one's last reading while it lived."""
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                for child in map(int, fh.read().split()):
-                    with contextlib.suppress(OSError, ValueError, IndexError):
-                        with open(f"/proc/{child}/stat") as stat:
-                            fields = stat.read().rpartition(")")[2].split()
-                        ticks = int(fields[11]) + int(fields[12])
-                        seen[child] = max(seen.get(child, 0.0), ticks / os.sysconf("SC_CLK_TCK"))
-    except OSError:
-        pass
+    for child in children_of(pid):
+        seen[child] = max(seen.get(child, 0.0), child_cpu_seconds(child))
     return sum(seen.values())
 
 
